@@ -1,0 +1,45 @@
+"""dinofeat: DINOv2 dense patch features for matching, PCA and point tracking.
+
+Importing the package is cheap: torch is imported only when a public name is first used.
+
+Coordinates everywhere are float (x, y) pixels of the original image, x to the right, y down,
+with the centre of the top-left pixel at (0, 0).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it; resolved lazily so `dinofeat --help` never imports torch.
+_LAZY = {
+    "MODELS": "registry",
+    "ModelSpec": "registry",
+    "get_spec": "registry",
+    "DinoVisionTransformer": "vit",
+    "load_model": "weights",
+    "load_image": "images",
+    "FeatureMap": "features",
+    "Extractor": "extractor",
+    "DinofeatError": "errors",
+    "InputError": "errors",
+    "UnknownModelError": "errors",
+    "WeightsError": "errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dinofeat' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"dinofeat.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,70 @@
+"""The ``dinofeat`` command: a thin layer that parses options, calls the API and writes files.
+
+Only argparse is imported here, so ``dinofeat --help`` answers instantly; each command imports
+torch and the API when it runs. Every :class:`~dinofeat.errors.DinofeatError` (and every OS error
+about files) becomes one line on stderr and exit status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from dinofeat import __version__
+
+# Each command is a module of this package with `add_parser(subparsers)` and `run(args) -> int`.
+COMMANDS = ("models", "extract")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dinofeat",
+        description="DINOv2 dense features: extract, match, PCA and tracking. "
+        "Coordinates are pixels of the original image (x right, y down, centre of the top-left pixel = 0,0).",
+    )
+    parser.add_argument("--version", action="version", version=f"dinofeat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        module = importlib.import_module(f"dinofeat.cli.{name}")
+        module.add_parser(sub).set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="dinofeat: %(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("dinofeat: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place that turns errors into messages
+        if args.debug:
+            raise
+        print(f"dinofeat {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2 if _is_user_error(err) else 1
+
+
+def _is_user_error(err: BaseException) -> bool:
+    from dinofeat.errors import DinofeatError
+
+    return isinstance(err, (DinofeatError, OSError))
+
+
+def _one_line(err: BaseException) -> str:
+    from dinofeat.errors import DinofeatError
+
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (DinofeatError, OSError)):
+        return text
+    return f"{type(err).__name__}: {text} (this is a bug in dinofeat; run with --debug for the traceback)"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Options shared by several commands, and their validation."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def point_xy(text: str) -> tuple[float, float]:
+    """Parse ``X,Y`` (pixels) into a finite float pair."""
+    return tuple(_floats(text, 2, "X,Y"))  # type: ignore[return-value]
+
+
+def query_txy(text: str) -> tuple[int, float, float]:
+    """Parse ``T,X,Y`` (frame index, pixels)."""
+    t, x, y = _floats(text, 3, "T,X,Y")
+    if t != int(t) or t < 0:
+        raise argparse.ArgumentTypeError(f"frame index in {text!r} must be a non-negative integer")
+    return int(t), x, y
+
+
+def _floats(text: str, count: int, form: str) -> list[float]:
+    parts = text.replace(" ", "").split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(f"expected {form} numbers, got {text!r}")
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite position")
+    return values
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, resolution: int = 448) -> None:
+    """--model, --weights, --device, --precision, --resolution, --max-size, --debug."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="dinov2_vits14",
+                       help="model name (see `dinofeat models`; default: %(default)s)")
+    group.add_argument("--weights", metavar="PATH",
+                       help="checkpoint: official .pth, .safetensors, or a Hugging Face model folder "
+                       "(default: torch hub cache, then Hugging Face hub, then the official URL)")
+    group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                       help="where the model runs (default: %(default)s = cuda, mps or cpu)")
+    group.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                       help="auto = bf16 on CUDA and on CPUs with bf16 matrix units, else fp32")
+    group.add_argument("--resolution", type=positive_int, default=resolution, metavar="N",
+                       help="shorter image side in pixels fed to the model, rounded to the patch grid; "
+                       "aspect ratio kept, no crop (default: %(default)s)")
+    group.add_argument("--max-size", type=positive_int, default=1792, metavar="N",
+                       help="cap on the longer side fed to the model (default: %(default)s)")
+    add_debug_option(parser)
+
+
+def add_debug_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logging")
+
+
+def add_feature_options(parser: argparse.ArgumentParser) -> None:
+    """--layer, --facet, --stride."""
+    group = parser.add_argument_group("features")
+    group.add_argument("--layer", type=int, nargs="+", default=[-1], metavar="L",
+                       help="block(s) to read, 0-based, negative from the end; several are concatenated "
+                       "(default: -1, the last)")
+    group.add_argument("--facet", default="token", choices=("token", "key", "query", "value"),
+                       help="block output (token, with the final norm) or the attention key/query/value "
+                       "(default: %(default)s)")
+    group.add_argument("--stride", type=int, default=None, metavar="S",
+                       help="patch stride in model pixels; below 14 gives overlapping patches and a denser "
+                       "grid (default: 14)")
+
+
+def make_extractor(args: argparse.Namespace, **overrides):
+    """Build an :class:`~dinofeat.extractor.Extractor` from parsed model/feature options."""
+    from dinofeat.extractor import Extractor
+
+    options = dict(
+        weights=args.weights, device=args.device, precision=args.precision, resolution=args.resolution,
+        max_size=args.max_size, stride=getattr(args, "stride", None), layers=getattr(args, "layer", [-1]),
+        facet=getattr(args, "facet", "token"),
+    )
+    options.update(overrides)
+    return Extractor(args.model, **options)

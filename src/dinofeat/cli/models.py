@@ -1,0 +1,30 @@
+"""``dinofeat models``: the registry, with parameter counts and what is cached locally."""
+
+from __future__ import annotations
+
+import argparse
+
+from dinofeat.cli.common import add_debug_option
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    parser = sub.add_parser("models", help="list the DINOv2 models and whether their weights are cached",
+                            description="List the DINOv2 backbones dinofeat knows.")
+    add_debug_option(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from dinofeat.registry import DEFAULT_MODEL, MODELS
+    from dinofeat.vit import count_parameters
+    from dinofeat.weights import cached_locally
+
+    rows = [("name", "params", "patch", "registers", "dim", "cached", "hugging face repo")]
+    for spec in MODELS.values():
+        name = spec.name + (" (default)" if spec.name == DEFAULT_MODEL else "")
+        rows.append((name, f"{count_parameters(spec) / 1e6:.1f}M", str(spec.patch_size), str(spec.num_registers),
+                     str(spec.embed_dim), cached_locally(spec) or "no", spec.hf_repo))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0

@@ -1,0 +1,65 @@
+"""Choosing the device and numeric precision the model runs in."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import torch
+
+from dinofeat.errors import InputError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; an unavailable device is an error."""
+    if isinstance(name, torch.device):
+        return name
+    kind = name.split(":")[0]
+    if kind not in DEVICES:
+        raise InputError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for, but this torch build sees no CUDA GPU")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise InputError("device 'mps' was asked for, but Apple MPS is not available here")
+    return torch.device(name)
+
+
+@functools.cache
+def cpu_has_bf16_matrix_units() -> bool:
+    """True on CPUs with native bf16 matrix instructions (Intel AMX), where bf16 beats fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="ignore")
+    except OSError:
+        return False
+    return "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA and on CPUs with bf16 matrix units, fp16 on MPS, fp32 otherwise."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return _DTYPES[precision]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_bf16_matrix_units() else torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed-precision context for ``dtype``; a no-op for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

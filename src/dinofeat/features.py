@@ -1,0 +1,151 @@
+"""Feature maps and their geometry: the one place where pixels and patch-grid positions meet.
+
+Coordinate conventions
+----------------------
+* Pixel coordinates are float ``(x, y)`` in the **original** image: x to the right, y down, the
+  centre of the top-left pixel at ``(0, 0)``; the image covers ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``.
+* The image is resized to the processed size ``(W', H')`` before the model. Resizing maps pixel
+  centres with the half-pixel rule: ``x' = (x + 0.5) * W' / W - 0.5``.
+* Patch ``(row i, col j)`` covers processed pixels ``[j*s, j*s + p)`` horizontally (``p`` the patch
+  size, ``s`` the stride), and its feature belongs to its centre ``x' = j*s + (p - 1) / 2``.
+* Grid coordinates ``(u, v)`` are float column/row indices: ``(j, i)`` is the centre of patch (i, j).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+
+@dataclass
+class FeatureMap:
+    """Dense features of one image with the geometry needed to place them.
+
+    Attributes:
+        features: ``(h, w, C)`` float32, one vector per patch (rows = y).
+        image_size_wh: size of the original image in pixels.
+        processed_size_wh: size the image was resized to for the model.
+        patch_size: model patch size in processed pixels (14 for DINOv2).
+        stride: step between patches in processed pixels (``patch_size`` unless overlapping).
+        cls_token: ``(C,)`` or None.
+        register_tokens: ``(R, C)`` or None.
+
+    >>> fm = FeatureMap(torch.zeros(2, 3, 4), image_size_wh=(42, 28), processed_size_wh=(42, 28))
+    >>> fm.grid_to_pixel(np.array([[0.0, 0.0], [2.0, 1.0]]))
+    array([[ 6.5,  6.5],
+           [34.5, 20.5]])
+    """
+
+    features: torch.Tensor
+    image_size_wh: tuple[int, int]
+    processed_size_wh: tuple[int, int]
+    patch_size: int = 14
+    stride: int = 14
+    cls_token: torch.Tensor | None = None
+    register_tokens: torch.Tensor | None = None
+
+    # -- shape ------------------------------------------------------------------------------
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        return int(self.features.shape[0]), int(self.features.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[-1])
+
+    @property
+    def scale_xy(self) -> tuple[float, float]:
+        """Processed pixels per original pixel along x and y."""
+        (w, h), (pw, ph) = self.image_size_wh, self.processed_size_wh
+        return pw / w, ph / h
+
+    # -- geometry ---------------------------------------------------------------------------
+    def pixel_to_grid(self, points_xy):
+        """Original-image pixels ``(N, 2)`` -> grid coordinates ``(u, v)`` (same array type)."""
+        centre = (self.patch_size - 1) / 2
+        out = _float_copy(points_xy)
+        for axis, scale in enumerate(self.scale_xy):
+            out[..., axis] = ((out[..., axis] + 0.5) * scale - 0.5 - centre) / self.stride
+        return out
+
+    def grid_to_pixel(self, grid_xy):
+        """Grid coordinates ``(u, v)`` ``(N, 2)`` -> original-image pixels (same array type)."""
+        centre = (self.patch_size - 1) / 2
+        out = _float_copy(grid_xy)
+        for axis, scale in enumerate(self.scale_xy):
+            out[..., axis] = (out[..., axis] * self.stride + centre + 0.5) / scale - 0.5
+        return out
+
+    def patch_centers(self) -> torch.Tensor:
+        """``(h, w, 2)`` pixel coordinates (x, y) of every patch centre in the original image."""
+        h, w = self.grid_hw
+        v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                              indexing="ij")
+        return self.grid_to_pixel(torch.stack((u, v), dim=-1)).float()
+
+    def contains(self, points_xy) -> np.ndarray:
+        """Boolean ``(N,)``: which pixel positions lie inside the original image."""
+        pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+        w, h = self.image_size_wh
+        finite = np.isfinite(pts).all(axis=1)
+        inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h - 0.5)
+        return finite & inside
+
+    # -- sampling ---------------------------------------------------------------------------
+    def sample(self, points_xy, *, normalize: bool = False) -> torch.Tensor:
+        """Bilinear feature ``(N, C)`` at pixel positions ``(N, 2)``; clamps at the outer patch centres."""
+        pts = torch.as_tensor(points_xy, dtype=torch.float64).reshape(-1, 2)
+        grid = self._normalised_grid(self.pixel_to_grid(pts)).to(self.features.device)
+        fmap = self.features.permute(2, 0, 1)[None].float()
+        out = F.grid_sample(fmap, grid[None, None], mode="bilinear", padding_mode="border", align_corners=True)
+        out = out[0, :, 0].T
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def upsample(self, size_wh: tuple[int, int] | None = None) -> torch.Tensor:
+        """Features bilinearly interpolated at every pixel: ``(H, W, C)`` for the original size.
+
+        ``size_wh`` gives another output size covering the same image (pixel centres scaled with
+        the half-pixel rule). Memory is ``H * W * C * 4`` bytes: reduce C (e.g. PCA) first for big images.
+        """
+        w, h = self.image_size_wh
+        out_w, out_h = size_wh or (w, h)
+        xs = (torch.arange(out_w, dtype=torch.float64) + 0.5) * w / out_w - 0.5
+        ys = (torch.arange(out_h, dtype=torch.float64) + 0.5) * h / out_h - 0.5
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        grid = self._normalised_grid(self.pixel_to_grid(torch.stack((xx, yy), dim=-1)))
+        fmap = self.features.permute(2, 0, 1)[None].float()
+        out = F.grid_sample(fmap, grid[None].to(fmap.device), mode="bilinear", padding_mode="border",
+                            align_corners=True)
+        return out[0].permute(1, 2, 0)
+
+    def _normalised_grid(self, grid_xy: torch.Tensor) -> torch.Tensor:
+        """Grid coordinates -> ``grid_sample``'s [-1, 1] range (``align_corners=True``: -1 is patch 0)."""
+        h, w = self.grid_hw
+        out = grid_xy.clone()
+        out[..., 0] = out[..., 0] * 2 / (w - 1) - 1 if w > 1 else 0.0
+        out[..., 1] = out[..., 1] * 2 / (h - 1) - 1 if h > 1 else 0.0
+        return out.float()
+
+    # -- conversions ------------------------------------------------------------------------
+    def normalized(self) -> FeatureMap:
+        """A copy with every feature vector L2-normalised (cosine similarity = dot product)."""
+        return replace(self, features=F.normalize(self.features.float(), dim=-1))
+
+    def to(self, device: torch.device | str) -> FeatureMap:
+        move = (lambda t: None if t is None else t.to(device))
+        return replace(self, features=self.features.to(device), cls_token=move(self.cls_token),
+                       register_tokens=move(self.register_tokens))
+
+    def numpy(self) -> np.ndarray:
+        """The features as a float32 ``(h, w, C)`` numpy array."""
+        return self.features.detach().float().cpu().numpy()
+
+
+def _float_copy(points):
+    if isinstance(points, torch.Tensor):
+        return points.to(torch.float64 if points.dtype != torch.float32 else points.dtype).clone()
+    return np.array(points, dtype=np.float64)
