@@ -197,15 +197,16 @@ def _convert_hf_key(key: str) -> str | tuple[str, str] | None:
 # Architecture checks and loading
 
 
-def describe_architecture(state: StateDict) -> str:
-    """Guess which registry model a Meta-keyed state dict belongs to, for error messages."""
+def describe_architecture(state: StateDict) -> tuple[str | None, str]:
+    """Guess which registry model a Meta-keyed state dict belongs to: (name or None, description)."""
     dim = state["cls_token"].shape[-1] if "cls_token" in state else None
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     regs = state["register_tokens"].shape[1] if "register_tokens" in state else 0
+    shape = f"embed dim {dim}, {depth} blocks, {regs} registers"
     for spec in MODELS.values():
         if (spec.embed_dim, spec.depth, spec.num_registers) == (dim, depth, regs):
-            return f"{spec.name} (embed dim {dim}, {depth} blocks, {regs} registers)"
-    return f"an unknown architecture (embed dim {dim}, {depth} blocks, {regs} registers)"
+            return spec.name, f"{spec.name} ({shape})"
+    return None, f"an unknown architecture ({shape})"
 
 
 def load_state(model: DinoVisionTransformer, state: StateDict, source: str) -> None:
@@ -218,8 +219,9 @@ def load_state(model: DinoVisionTransformer, state: StateDict, source: str) -> N
     wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong_shape:
         problems = []
-        if wrong_shape or (missing and unexpected):
-            problems.append(f"it looks like {describe_architecture(state)}, not {model.spec.name}")
+        guess, description = describe_architecture(state)
+        if (guess is not None and guess != model.spec.name) or wrong_shape:
+            problems.append(f"it looks like {description}, not {model.spec.name}")
         if wrong_shape:
             problems.append(f"{len(wrong_shape)} tensors of the wrong shape (first: {wrong_shape[0]})")
         if missing:

@@ -1,0 +1,105 @@
+"""`dinofeat models`, `dinofeat extract`, and the CLI's error handling."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dinofeat.cli import main
+
+from conftest import save_png
+
+
+def test_help_is_instant_and_does_not_import_torch():
+    code = ("import sys; from dinofeat.cli import build_parser; build_parser().format_help(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and "dinofeat" in capsys.readouterr().out
+
+
+def test_models_lists_the_registry(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("dinov2_vits14 (default)", "dinov2_vitg14_reg", "facebook/dinov2-base"):
+        assert name in out
+
+
+@pytest.fixture()
+def images(tmp_path, photo):
+    return [save_png(tmp_path / "a.png", photo), save_png(tmp_path / "b.png", photo[:150, :200].copy())]
+
+
+def test_extract_npz(tmp_path, images, vits14_checkpoint):
+    out = tmp_path / "f.npz"
+    code = main(["extract", *map(str, images), "-o", str(out), "--weights", str(vits14_checkpoint),
+                 "--resolution", "56", "--device", "cpu"])
+    assert code == 0
+    with np.load(out) as f:
+        assert f["features_0"].shape == (4, 6, 384) and f["features_0"].dtype == np.float32
+        assert f["image_size_0"].tolist() == [451, 300]
+        assert f["image_size_1"].tolist() == [200, 150]
+        assert f["features_1"].shape == (4, 5, 384)
+        assert str(f["model"]) == "dinov2_vits14" and json.loads(str(f["resolution"])) == 56
+
+
+def test_extract_safetensors_with_layers_and_stride(tmp_path, images, vits14_checkpoint):
+    from safetensors import safe_open
+
+    out = tmp_path / "f.safetensors"
+    assert main(["extract", str(images[0]), "-o", str(out), "--weights", str(vits14_checkpoint),
+                 "--resolution", "56", "--layer", "3", "-1", "--stride", "7", "--facet", "value"]) == 0
+    with safe_open(str(out), "np") as f:
+        assert f.get_tensor("features_0").shape == (7, 11, 768)  # 84x56 px at stride 7
+        assert f.metadata()["layers"] == "[3, -1]" and f.metadata()["stride"] == "7"
+
+
+def _fails(capsys, argv, expected):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert expected in err
+    return err
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "tiny"])
+def test_extract_bad_images(tmp_path, capsys, images, vits14_checkpoint, problem):
+    bad = tmp_path / "bad.png"
+    if problem == "corrupt":
+        bad.write_bytes(b"nope")
+    elif problem == "tiny":
+        save_png(bad, np.zeros((5, 5, 3), np.uint8))
+    out = tmp_path / "o.npz"
+    expected = {"missing": "not found", "corrupt": "not an image", "tiny": "smaller than one"}[problem]
+    _fails(capsys, ["extract", str(images[0]), str(bad), "-o", str(out), "--weights", str(vits14_checkpoint)],
+           expected)
+    assert not out.exists() and list(tmp_path.glob(".o*")) == []
+
+
+def test_extract_bad_model_weights_and_output(tmp_path, capsys, images, vits14_checkpoint):
+    out = tmp_path / "o.npz"
+    _fails(capsys, ["extract", str(images[0]), "-o", str(out), "--model", "dinov2_vitx14"], "unknown model")
+    junk = tmp_path / "junk.pth"
+    junk.write_text("junk")
+    _fails(capsys, ["extract", str(images[0]), "-o", str(out), "--weights", str(junk)], "cannot read")
+    _fails(capsys, ["extract", str(images[0]), "-o", str(out), "--model", "dinov2_vitb14",
+                    "--weights", str(vits14_checkpoint)], "looks like dinov2_vits14")
+    _fails(capsys, ["extract", str(images[0]), "-o", str(tmp_path / "no" / "o.npz")], "does not exist")
+    _fails(capsys, ["extract", str(images[0]), "-o", str(tmp_path / "o.txt")], ".npz or .safetensors")
+    assert not out.exists()
+
+
+def test_bad_option_values_exit_with_usage(capsys, images):
+    with pytest.raises(SystemExit) as info:
+        main(["extract", str(images[0]), "-o", "x.npz", "--resolution", "-3"])
+    assert info.value.code == 2
+    assert "positive integer" in capsys.readouterr().err

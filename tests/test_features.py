@@ -1,0 +1,110 @@
+"""The pixel <-> grid geometry against ground truth."""
+
+import numpy as np
+import pytest
+import torch
+
+from dinofeat.extractor import Extractor
+from dinofeat.features import FeatureMap
+from dinofeat.images import processed_size, resize
+
+from conftest import random_vit
+
+SIZES = [(42, 28), (451, 300), (300, 451), (640, 480), (100, 1000), (97, 61)]
+
+
+def _fmap(size_wh, resolution=224, stride=14, channels=2):
+    processed = processed_size(size_wh, resolution, stride=stride, max_size=None)
+    gh, gw = (processed[1] - 14) // stride + 1, (processed[0] - 14) // stride + 1
+    v, u = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32), indexing="ij")
+    features = torch.stack([u, v] + [u * 0] * (channels - 2), dim=-1)  # feature = its own grid position
+    return FeatureMap(features, image_size_wh=size_wh, processed_size_wh=processed, stride=stride)
+
+
+@pytest.mark.parametrize("size_wh", SIZES)
+@pytest.mark.parametrize("resolution", [112, 224, 448])
+@pytest.mark.parametrize("stride", [14, 7])
+def test_patch_centres_round_trip(size_wh, resolution, stride):
+    fmap = _fmap(size_wh, resolution, stride)
+    centres = fmap.patch_centers().double()
+    h, w = fmap.grid_hw
+    back = fmap.pixel_to_grid(centres)
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    assert torch.allclose(back, torch.stack((u, v), -1), atol=1e-5)  # centres come back as float32
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-0.5, min(size_wh) - 0.5, (50, 2))
+    assert np.allclose(fmap.grid_to_pixel(fmap.pixel_to_grid(points)), points, atol=1e-9)
+
+
+def test_no_resize_patch_centres_are_pixel_centres_of_each_patch():
+    fmap = _fmap((42, 28), resolution=28)
+    assert fmap.processed_size_wh == (42, 28)
+    assert fmap.patch_centers()[1, 2].tolist() == [34.5, 20.5]  # columns 28..41, rows 14..27
+    assert fmap.pixel_to_grid(np.array([[-0.5, -0.5]])).tolist() == [[-0.5, -0.5]]  # image corner = patch corner
+
+
+@pytest.mark.parametrize("size_wh", [(451, 300), (300, 451), (97, 61), (1000, 999)])
+def test_patch_centres_land_on_the_resized_pixels(size_wh):
+    """Ground truth from the actual resizer: a dot at a patch centre's original pixel position ends
+    up, after resizing, at that patch's centre in the model's pixels."""
+    fmap = _fmap(size_wh, resolution=224)
+    pw, ph = fmap.processed_size_wh
+    for (i, j) in [(0, 0), (3, 5), (fmap.grid_hw[0] - 1, fmap.grid_hw[1] - 1)]:
+        x, y = fmap.patch_centers()[i, j].tolist()
+        yy, xx = np.mgrid[0:size_wh[1], 0:size_wh[0]]
+        blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * (0.08 * min(size_wh)) ** 2))
+        image = np.repeat((blob * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+        small = resize(image, (pw, ph))[..., 0].astype(np.float64)
+        small = np.where(small > 0.3 * small.max(), small, 0)
+        sy, sx = np.mgrid[0:ph, 0:pw]
+        centroid = np.array([(sx * small).sum(), (sy * small).sum()]) / small.sum()
+        expected = np.array([j * 14 + 6.5, i * 14 + 6.5])
+        if 0 < i < fmap.grid_hw[0] - 1 or (i, j) == (3, 5):  # blobs cut by the border shift their centroid
+            assert np.abs(centroid - expected).max() < 0.25
+
+
+def test_bilinear_sampling_is_exact_on_linear_features():
+    fmap = _fmap((451, 300))
+    rng = np.random.default_rng(1)
+    points = rng.uniform(40, 260, (100, 2))
+    sampled = fmap.sample(points)
+    assert torch.allclose(sampled, fmap.pixel_to_grid(torch.tensor(points)).float(), atol=1e-4)
+    assert torch.allclose(fmap.sample(fmap.patch_centers().reshape(-1, 2)), fmap.features.reshape(-1, 2), atol=1e-4)
+
+
+def test_upsample_matches_sample_at_every_pixel():
+    fmap = _fmap((97, 61), resolution=56)
+    dense = fmap.upsample()
+    assert dense.shape == (61, 97, 2)
+    yy, xx = np.mgrid[0:61, 0:97]
+    points = np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64)
+    assert torch.allclose(dense.reshape(-1, 2), fmap.sample(points), atol=1e-5)
+
+
+def test_contains():
+    fmap = _fmap((42, 28), resolution=28)
+    inside = fmap.contains([[-0.5, 0], [41.5, 27.5], [41.6, 0], [0, np.nan], [10, -1]])
+    assert inside.tolist() == [True, True, False, False, False]
+
+
+@pytest.mark.parametrize("shift", [(1, 0), (0, 2), (3, 1)])
+def test_whole_patch_shift_shifts_features_exactly(shift, photo):
+    """With the positional embedding zeroed the ViT is permutation-equivariant over patches, so a
+    circular shift of the image by whole patches must permute the features exactly."""
+    vit = random_vit("dinov2_vits14", depth=2, seed=3)
+    state = {k: v.clone() for k, v in vit.state_dict().items()}
+    state["pos_embed"].zero_()
+    shiftless = type(vit)(vit.spec, depth=2)
+    shiftless.load_state_dict(state)
+    image = np.ascontiguousarray(photo[:224, :280])
+    extractor = Extractor(shiftless, device="cpu", precision="fp32", resolution=224)
+    dx, dy = shift
+    rolled = np.roll(image, (dy * 14, dx * 14), axis=(0, 1))
+    a, b = extractor.extract_arrays([image, rolled])
+    assert a.processed_size_wh == a.image_size_wh == (280, 224)
+    expected = torch.roll(a.features, (dy, dx), dims=(0, 1))
+    assert torch.allclose(b.features, expected, atol=1e-4)
+    # and the geometry agrees: a pixel and its shifted twin sample the same feature
+    points = np.array([[30.0, 40.0], [100.5, 77.25], [150.0, 20.0]])
+    twins = points + np.array([dx * 14, dy * 14])
+    assert torch.allclose(a.sample(points), b.sample(twins), atol=1e-4)
