@@ -103,3 +103,12 @@ def test_bad_option_values_exit_with_usage(capsys, images):
         main(["extract", str(images[0]), "-o", "x.npz", "--resolution", "-3"])
     assert info.value.code == 2
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_models_shows_cached_weights(capsys, monkeypatch, tmp_path, vits14_checkpoint):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth").symlink_to(vits14_checkpoint)
+    assert main(["models"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("dinov2_vits14 "))
+    assert "torch hub" in line
