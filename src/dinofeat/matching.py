@@ -17,15 +17,22 @@ vector is gathered per query and no Python loop runs over queries or patches.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from dinofeat.features import FeatureMap
 
-#: The fine search divides one processed pixel into this many steps around the coarse best.
+#: Global search: grid cells searched per query in each round of the branch and bound ...
+CELLS_PER_ROUND = 4
+#: ... and at most this many cells per query in all.
+MAX_CELLS = 64
+#: Final search: this many steps per processed pixel, within 1 processed pixel of the local best.
 FINE_SUBDIVISIONS = 4
-#: Queries refined together; bounds memory to about ``chunk * (2 * radius * stride + 1)^2 * 40`` bytes.
+#: Ratio test: the runner-up is the best position farther than this many patches from the best.
+RATIO_EXCLUSION = 1.5
+#: Queries searched together (bounds memory).
 DEFAULT_CHUNK = 256
 
 
@@ -60,20 +67,21 @@ def refine_peaks(
     radius: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sub-patch position of each query's best match around integer peaks of the target grid.
+    """Sub-patch position of each query's best match near given peaks of the target grid.
 
     The target features are interpolated bilinearly (exactly as :meth:`FeatureMap.sample`) and
-    re-normalised; the cosine with the query is evaluated on a lattice of 1 processed pixel within
+    re-normalised; the cosine with the query is evaluated at every processed pixel within
     ``radius`` patches (grid cells) of the peak, then on a 1/4-pixel lattice within 1 pixel of the
-    best of those. An image matched against itself therefore comes back to the query pixel to
-    within 1/8 of a processed pixel.
+    best of those. Matched against its own image, a query comes back to its pixel to within 1/8
+    of a processed pixel, provided the peak is within ``radius`` of it.
 
     Args:
         queries: ``(N, C)`` float query features (L2-normalised here if they are not already).
         target: the feature map searched.
-        peaks_grid: ``(N, 2)`` integer grid positions (col, row) to refine around, usually the
-            argmax of :func:`similarity`; or ``(N, K, 2)`` for K candidate peaks per query, of which
-            the one with the best refined cosine wins. Floats are rounded.
+        peaks_grid: ``(N, 2)`` grid positions (col, row) to search around, usually the integer
+            argmax of :func:`similarity` (floats are fine: the window is centred on the nearest
+            processed pixel); or ``(N, K, 2)`` for K candidate peaks per query, of which the one
+            with the best refined cosine wins.
         radius: half-width of the search window around a peak, in grid cells (patches at the
             map's stride).
         chunk_size: queries processed together (bounds memory).
@@ -88,19 +96,85 @@ def refine_peaks(
     >>> xy.round().tolist(), round(float(score), 4)
     ([[20.0, 17.0]], 1.0)
     """
-    refiner = Refiner(target, radius=radius)
+    refiner = Refiner(target)
     q = F.normalize(queries.float(), dim=-1).to(refiner.device)
     peaks = torch.as_tensor(peaks_grid).to(refiner.device)
     if peaks.ndim == 2:
         peaks = peaks[:, None]
     if peaks.ndim != 3 or peaks.shape[-1] != 2 or len(peaks) != len(q):
         raise ValueError(f"peaks_grid must be ({len(q)}, 2) or ({len(q)}, K, 2), got {tuple(peaks.shape)}")
-    grid_xy = torch.empty(len(q), 2, device=refiner.device)
+    grid_uv = torch.empty(len(q), 2, device=refiner.device)
     scores = torch.empty(len(q), device=refiner.device)
-    for start in range(0, len(q), max(1, chunk_size)):
-        part = slice(start, start + max(1, chunk_size))
-        grid_xy[part], scores[part] = refiner.refine(similarity(q[part], target), peaks[part])
-    return target.grid_to_pixel(grid_xy.double()).float(), scores
+    for part in _chunks(len(q), chunk_size):
+        grid_uv[part], scores[part] = refiner.refine(similarity(q[part], target), peaks[part], radius=radius)
+    return target.grid_to_pixel(grid_uv.double()).float(), scores
+
+
+class Located(NamedTuple):
+    """Where queries are found in a target map (see :func:`locate`)."""
+
+    points_xy: torch.Tensor  #: (N, 2) float32 target-image pixels of the best match
+    scores: torch.Tensor  #: (N,) float32 cosine at ``points_xy``
+    runner_up: torch.Tensor  #: (N,) float32 best cosine farther than ``exclusion`` patches away (NaN if not asked)
+
+
+def locate(
+    queries: torch.Tensor,
+    target: FeatureMap,
+    *,
+    exclusion: float | None = None,
+    cells_per_round: int = CELLS_PER_ROUND,
+    max_cells: int = MAX_CELLS,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Located:
+    """Best match of each query anywhere in ``target``, to sub-pixel precision.
+
+    The score of a position is the exact cosine with the bilinearly interpolated, re-normalised
+    target feature there (as :meth:`FeatureMap.sample`). The search is branch and bound over the
+    grid cells (the squares between four patch centres): a cell's cosine is at most its largest
+    corner similarity divided by its smallest feature norm, so cells are searched at every
+    processed pixel in order of that bound, ``cells_per_round`` at a time, until the best found
+    beats the bound of every cell left (or ``max_cells`` were searched). The best pixel is then
+    refined on a 1/4-pixel lattice. A query sampled between patch centres is thus found even
+    where its containing patch is not the argmax; matched against its own image it comes back
+    to within 1/8 of a processed pixel.
+
+    Args:
+        queries: ``(N, C)`` float query features (L2-normalised here if they are not already).
+        target: the feature map searched.
+        exclusion: also find the runner-up (for a ratio test): the best position farther than this
+            many patches (Chebyshev distance between cells) from the best. None skips it (NaN).
+        cells_per_round: cells searched per query and round of the branch and bound.
+        max_cells: at most this many cells are searched per query (bounds the worst case).
+        chunk_size: queries processed together (bounds memory).
+
+    >>> fmap = FeatureMap(torch.randn(3, 4, 8), image_size_wh=(56, 42), processed_size_wh=(56, 42))
+    >>> q = fmap.normalized().sample(torch.tensor([[20.0, 17.0]]), normalize=True)
+    >>> found = locate(q, fmap)
+    >>> found.points_xy.round().tolist(), round(float(found.scores), 4)
+    ([[20.0, 17.0]], 1.0)
+    """
+    refiner = Refiner(target)
+    q = F.normalize(queries.float(), dim=-1).to(refiner.device)
+    n = len(q)
+    grid_uv = torch.empty(n, 2, device=refiner.device)
+    scores = torch.empty(n, device=refiner.device)
+    runner_up = torch.full((n,), float("nan"), device=refiner.device)
+    for part in _chunks(n, chunk_size):
+        sim = similarity(q[part], target)
+        bound, order = refiner.cell_bounds(sim), refiner.cell_estimates(sim)
+        best_xy, _, best_cell = refiner.search(sim, bound, order, per_round=cells_per_round, max_cells=max_cells)
+        grid_uv[part], scores[part] = refiner._fine(sim, best_xy)
+        if exclusion is not None:
+            far = refiner.far_cells(best_cell, exclusion)
+            _, runner_up[part], _ = refiner.search(sim, bound.masked_fill(~far, -math.inf), order,
+                                                   per_round=cells_per_round, max_cells=max_cells)
+    return Located(target.grid_to_pixel(grid_uv.double()).float(), scores, runner_up.clamp_min(-1.0))
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    size = max(1, int(size))
+    return [slice(start, start + size) for start in range(0, n, size)]
 
 
 class Refiner:
@@ -108,57 +182,139 @@ class Refiner:
 
     Positions between patch centres carry the bilinearly interpolated, re-normalised feature, and
     positions beyond the outer patch centres are clamped, exactly as :meth:`FeatureMap.sample` on
-    the normalised map. The search is two vectorised stages:
+    the normalised map. Dot products with a query are its similarity map interpolated (small
+    matrix products); the feature norms do not depend on the query and come from the Gram
+    matrices of the patches involved: per cell, precomputed on lattices (global and 1-pixel
+    searches), or of the 3x3 patches around the point (final sub-pixel search).
 
-    * coarse: every processed pixel within ``radius`` patches of a peak. The dot products are the
-      similarity map interpolated by two small matrix products; the feature norms do not depend on
-      the query and are precomputed once on that 1-pixel lattice from per-cell Gram matrices.
-    * fine: a 1/``FINE_SUBDIVISIONS``-pixel lattice within 1 pixel of the coarse best, with the
-      norms from the Gram matrix of the 3x3 patches around it.
-
-    Args:
-        target: the feature map searched.
-        radius: half-width of the coarse search window, in grid cells.
+    Grid positions ``(u, v)`` are float (col, row); lattice positions are integer processed pixels
+    from the first patch centre, ``(u * stride, v * stride)``.
     """
 
-    def __init__(self, target: FeatureMap, *, radius: float = 1.0) -> None:
-        if not (radius >= 0 and math.isfinite(radius)):
-            raise ValueError(f"radius must be a finite non-negative number of patches, got {radius}")
+    def __init__(self, target: FeatureMap) -> None:
         feats = F.normalize(target.features.float(), dim=-1)
         self.device = feats.device
         self.h, self.w = h, w = target.grid_hw
-        s = self.stride = int(target.stride)
-        self.reach = int(math.floor(radius * s + 1e-9))  # coarse half-width, processed pixels
-        self.cells = -(-self.reach // s)  # patches the coarse window reaches on each side
+        self.stride = int(target.stride)
+        self._feats = feats.reshape(h * w, -1)
         chw = feats.permute(2, 0, 1)[None]
-        self._padded_feats = F.pad(chw, (1, 1, 1, 1), mode="replicate")[0].permute(1, 2, 0).reshape((h + 2) * (w + 2), -1)
-        # inverse feature norm at every processed pixel between patch centres, from the 4x4 Gram
-        # matrix of each cell's corners (order 00, 01, 10, 11); the extra row/column of padding
-        # makes the last centre row/column an ordinary cell corner
+        # 4x4 Gram matrix of each cell's corners (order 00, 01, 10, 11); one replicated row and
+        # column of padding make the last centre row/column an ordinary cell corner
         padded = F.pad(chw, (0, 1, 0, 1), mode="replicate")[0].permute(1, 2, 0)
         corners = torch.stack((padded[:-1, :-1], padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]))
-        gram = torch.einsum("ahwc,bhwc->hwab", corners, corners)  # (h, w, 4, 4)
-        frac = torch.arange(s, device=self.device, dtype=torch.float32) / s
-        weights = _bilinear_weights(frac[None, :].expand(s, s), frac[:, None].expand(s, s))  # (s, s, 4)
-        norm2 = torch.einsum("kla,hwab,klb->hkwl", weights, gram, weights).reshape(h * s, w * s)
-        lattice = norm2[: (h - 1) * s + 1, : (w - 1) * s + 1].clamp_min(1e-12).rsqrt()
-        self._inv_norm = F.pad(lattice[None, None], (self.reach,) * 4, mode="replicate")[0, 0]
-        # coarse interpolation matrix: lattice offset t (pixels) -> weights on window patches
-        t = torch.arange(-self.reach, self.reach + 1, device=self.device)
-        cell = torch.div(t, s, rounding_mode="floor")
-        self._coarse_matrix = _interpolation_matrix(cell + self.cells, (t - cell * s).float() / s, 2 * self.cells + 2)
+        self._gram = torch.einsum("ahwc,bhwc->hwab", corners, corners)  # (h, w, 4, 4)
+        self._inv_norms: dict[int, torch.Tensor] = {}
+        self._blocks: torch.Tensor | None = None
 
-    def refine(self, sim: torch.Tensor, peaks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best grid position ``(n, 2)`` (u, v) and its cosine ``(n,)`` near ``peaks`` ``(n, K, 2)``
-        (integer col, row), given the queries' similarity maps ``sim`` ``(n, h, w)`` from
-        :func:`similarity`."""
+    def inv_norm(self, steps: int) -> torch.Tensor:
+        """``((h-1) steps + 1, (w-1) steps + 1)`` inverse feature norms at grid positions k / steps."""
+        if steps not in self._inv_norms:
+            frac = torch.arange(steps, device=self.device, dtype=torch.float32) / steps
+            weights = _bilinear_weights(frac[None, :].expand(steps, steps), frac[:, None].expand(steps, steps))
+            norm2 = torch.einsum("kla,hwab,klb->hkwl", weights, self._gram, weights)
+            norm2 = norm2.reshape(self.h * steps, self.w * steps)[: (self.h - 1) * steps + 1, : (self.w - 1) * steps + 1]
+            self._inv_norms[steps] = norm2.clamp_min(1e-12).rsqrt()
+        return self._inv_norms[steps]
+
+    def _cell_blocks(self) -> torch.Tensor:
+        """``(cells, (s+1)^2)`` inverse norms at the 1-pixel lattice points of every grid cell
+        (cells ``(i, j)``, ``i < max(h - 1, 1)``, ``j < max(w - 1, 1)``, row-major)."""
+        if self._blocks is None:
+            s, inv = self.stride, self.inv_norm(self.stride)
+            t = torch.arange(s + 1, device=self.device)
+            rows = (torch.arange(self.cells_hw[0], device=self.device)[:, None] * s + t).clamp(max=inv.shape[0] - 1)
+            cols = (torch.arange(self.cells_hw[1], device=self.device)[:, None] * s + t).clamp(max=inv.shape[1] - 1)
+            blocks = inv[rows[:, None, :, None], cols[None, :, None, :]]  # (ch, cw, s+1, s+1)
+            self._blocks = blocks.reshape(-1, (s + 1) ** 2)
+        return self._blocks
+
+    @property
+    def cells_hw(self) -> tuple[int, int]:
+        return max(self.h - 1, 1), max(self.w - 1, 1)
+
+    def cell_bounds(self, sim: torch.Tensor) -> torch.Tensor:
+        """Upper bound ``(n, cells)`` of the cosine anywhere in each cell: its largest corner
+        similarity divided by its smallest feature norm (positive case; norms are at most 1)."""
+        n = len(sim)
+        padded = F.pad(sim[:, None], (0, int(self.w == 1), 0, int(self.h == 1)), mode="replicate")
+        corner_max = F.max_pool2d(padded, kernel_size=2, stride=1).reshape(n, -1)
+        inv_max = self._cell_blocks().amax(dim=1)
+        return torch.where(corner_max > 0, corner_max * inv_max, corner_max)
+
+    def far_cells(self, cell: torch.Tensor, exclusion: float) -> torch.Tensor:
+        """``(n, cells)`` bool: cells farther than ``exclusion`` patches (Chebyshev) from ``cell`` ``(n,)``."""
+        ch, cw = self.cells_hw
+        i = torch.arange(ch, device=self.device)[:, None].expand(ch, cw).reshape(-1)
+        j = torch.arange(cw, device=self.device)[None, :].expand(ch, cw).reshape(-1)
+        di = (i - (cell // cw)[:, None]).abs()
+        dj = (j - (cell % cw)[:, None]).abs()
+        return torch.maximum(di, dj) > exclusion
+
+    def cell_estimates(self, sim: torch.Tensor) -> torch.Tensor:
+        """Cheap ``(n, cells)`` estimate of each cell's best cosine, to order the search: the
+        exact cosine at its corners, edge midpoints and centre (a half-patch lattice)."""
+        n, (h, w) = len(sim), self.cells_hw
+        size = (2 * (self.h - 1) + 1, 2 * (self.w - 1) + 1)
+        # bilinear with align_corners=True puts output k exactly at grid position k / 2
+        cos = F.interpolate(sim[:, None], size=size, mode="bilinear", align_corners=True) * self.inv_norm(2)
+        cos = F.pad(cos, (0, 2 * int(self.w == 1), 0, 2 * int(self.h == 1)), mode="replicate")
+        return F.max_pool2d(cos, kernel_size=3, stride=2).reshape(n, -1)
+
+    def search(self, sim: torch.Tensor, bound: torch.Tensor, order: torch.Tensor, *, per_round: int,
+               max_cells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Branch and bound over cells: best 1-pixel lattice point ``(n, 2)`` long, its cosine
+        ``(n,)`` and its cell ``(n,)``. Cells are searched in decreasing ``order`` until the best
+        found beats the ``bound`` of every cell left; cells with bound -inf are never searched."""
+        n, count = len(sim), bound.shape[1]
+        limit = min(max(1, max_cells), count)
+        ranked = order.masked_fill(bound == -math.inf, -math.inf).topk(limit, dim=1).indices
+        left = bound.clone()  # bounds of the cells not searched yet
+        best_xy = torch.zeros(n, 2, dtype=torch.long, device=self.device)
+        best_score = torch.full((n,), -math.inf, device=self.device)
+        best_cell = ranked[:, 0].clone()
+        active = torch.arange(n, device=self.device)
+        for lo in range(0, limit, max(1, per_round)):
+            cells = ranked[active, lo:lo + max(1, per_round)]
+            xy, score = self._search_cells(sim[active], cells)  # (a, m, 2), (a, m)
+            score = score.masked_fill(left[active[:, None], cells] == -math.inf, -math.inf)
+            left[active[:, None], cells] = -math.inf
+            round_score, arg = score.max(dim=1)
+            rows = torch.arange(len(active), device=self.device)
+            better = round_score > best_score[active]
+            improved = active[better]
+            best_score[improved] = round_score[better]
+            best_xy[improved] = xy[rows, arg][better]
+            best_cell[improved] = cells[rows, arg][better]
+            active = active[best_score[active] < left[active].max(dim=1).values]
+            if len(active) == 0:
+                break
+        return best_xy, best_score, best_cell
+
+    def _search_cells(self, sim: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every 1-pixel lattice point of ``cells`` ``(n, m)``: best point ``(n, m, 2)`` long and cosine ``(n, m)``."""
+        n, m = cells.shape
+        s, (ch, cw) = self.stride, self.cells_hw
+        i, j = cells // cw, cells % cw
+        corners = _window_index(i.reshape(-1), j.reshape(-1), 2, self.h, self.w)  # (n*m, 2, 2)
+        window = sim.reshape(n, -1).gather(1, corners.reshape(n, -1)).reshape(n, m, 2, 2)
+        frac = torch.arange(s + 1, device=self.device).float() / s
+        interp = torch.stack((1 - frac, frac), dim=-1)  # (s+1, 2): the same in every cell
+        dot = interp @ window @ interp.T  # (n, m, s+1, s+1)
+        cos = dot.reshape(n, m, -1) * self._cell_blocks()[cells]
+        score, arg = cos.max(dim=-1)
+        x = (j * s + arg % (s + 1)).clamp(max=(self.w - 1) * s)
+        y = (i * s + arg // (s + 1)).clamp(max=(self.h - 1) * s)
+        return torch.stack((x, y), dim=-1), score
+
+    def refine(self, sim: torch.Tensor, peaks: torch.Tensor, *, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best grid position ``(n, 2)`` and its cosine ``(n,)`` within ``radius`` patches of
+        ``peaks`` ``(n, K, 2)`` (grid units), given the queries' similarity maps ``(n, h, w)``."""
+        if not (radius >= 0 and math.isfinite(radius)):
+            raise ValueError(f"radius must be a finite non-negative number of patches, got {radius}")
+        reach = int(math.floor(radius * self.stride + 1e-9))
         best_xy, best_score = None, None
-        padded = F.pad(sim[:, None], (self.cells, self.cells + 1) * 2, mode="replicate")[:, 0]
         for k in range(peaks.shape[1]):
-            peak = peaks[:, k].round().long()
-            peak[:, 0].clamp_(0, self.w - 1)
-            peak[:, 1].clamp_(0, self.h - 1)
-            xy, score = self._coarse(padded, peak)
+            xy, score = self._local(sim, peaks[:, k].float(), reach)
             if best_score is None:
                 best_xy, best_score = xy, score
             else:
@@ -167,59 +323,71 @@ class Refiner:
                 best_score = torch.where(better, score, best_score)
         return self._fine(sim, best_xy)
 
-    def _coarse(self, sim_padded: torch.Tensor, peak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best 1-pixel lattice point ``(n, 2)`` long (x, y in processed pixels from the first
-        centre) within ``reach`` of ``peak`` ``(n, 2)``, and its cosine ``(n,)``."""
-        n, s, size = len(peak), self.stride, 2 * self.cells + 2
-        # similarities of the window patches: padded rows/cols peak .. peak + size - 1
-        span = torch.arange(size, device=self.device)
-        width = sim_padded.shape[-1]
-        index = (peak[:, 1, None, None] + span[:, None]) * width + peak[:, 0, None, None] + span
-        window = sim_padded.reshape(n, -1).gather(1, index.reshape(n, -1)).reshape(n, size, size)
-        matrix = self._coarse_matrix
-        dot = matrix @ window @ matrix.T  # (n, T, T): rows y, columns x
-        lattice = torch.arange(2 * self.reach + 1, device=self.device)
-        width = self._inv_norm.shape[-1]
-        index = (peak[:, 1, None, None] * s + lattice[:, None]) * width + peak[:, 0, None, None] * s + lattice
-        cos = dot * self._inv_norm.reshape(-1)[index]
+    def _local(self, sim: torch.Tensor, peak_uv: torch.Tensor, reach: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best 1-pixel lattice point ``(n, 2)`` long within ``reach`` pixels of ``peak_uv``, and its cosine."""
+        n, s = len(peak_uv), self.stride
+        offsets = torch.arange(-reach, reach + 1, device=self.device)
+        centre = (peak_uv * s).round().long()
+        x = (centre[:, :1] + offsets).clamp(0, (self.w - 1) * s)  # (n, T); clamping = border padding
+        y = (centre[:, 1:] + offsets).clamp(0, (self.h - 1) * s)
+        cells = 2 * reach // s + 3
+        kx, col0 = _axis_weights(x.float() / s, cells)
+        ky, row0 = _axis_weights(y.float() / s, cells)
+        window = _window(sim, row0, col0, cells)  # (n, cells, cells)
+        dot = ky @ window @ kx.transpose(1, 2)  # (n, T, T): rows y, columns x
+        inv = self.inv_norm(s)
+        cos = dot * inv.reshape(-1)[y[:, :, None] * inv.shape[1] + x[:, None, :]]
         score, arg = cos.reshape(n, -1).max(dim=1)
-        x = peak[:, 0] * s + arg % lattice.numel() - self.reach
-        y = peak[:, 1] * s + arg // lattice.numel() - self.reach
-        return torch.stack((x.clamp(0, (self.w - 1) * s), y.clamp(0, (self.h - 1) * s)), dim=-1), score
+        rows, size = torch.arange(n, device=self.device), offsets.numel()
+        return torch.stack((x[rows, arg % size], y[rows, arg // size]), dim=-1), score
 
     def _fine(self, sim: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Best position within 1 pixel of lattice points ``centre`` ``(n, 2)``, on a
         1/FINE_SUBDIVISIONS-pixel lattice: grid (u, v) ``(n, 2)`` and cosine ``(n,)``."""
-        n, s, h, w = len(centre), self.stride, self.h, self.w
+        n, s, w = len(centre), self.stride, self.w
         steps = torch.arange(-FINE_SUBDIVISIONS, FINE_SUBDIVISIONS + 1, device=self.device).float() / FINE_SUBDIVISIONS
-        cell = centre // s  # (n, 2): the window is patches cell - 1 .. cell + 1 on each axis
-        u = ((centre[:, :1] + steps) / s).clamp(0, w - 1)  # (n, F)
-        v = ((centre[:, 1:] + steps) / s).clamp(0, h - 1)
-        kx = _interpolation_matrix(u.floor().long() - cell[:, :1] + 1, u - u.floor(), 3)  # (n, F, 3)
-        ky = _interpolation_matrix(v.floor().long() - cell[:, 1:] + 1, v - v.floor(), 3)
+        u = ((centre[:, :1] + steps) / s).clamp(0, self.w - 1)  # (n, F)
+        v = ((centre[:, 1:] + steps) / s).clamp(0, self.h - 1)
+        kx, col0 = _axis_weights(u, 3)
+        ky, row0 = _axis_weights(v, 3)
         weights = (ky[:, :, None, :, None] * kx[:, None, :, None, :]).reshape(n, -1, 9)  # (n, F*F, 9)
-        # the 3x3 window in the 1-padded map: padded rows/cols cell .. cell + 2
-        span = torch.arange(3, device=self.device)
-        index = ((cell[:, 1, None, None] + span[:, None]) * (w + 2) + cell[:, 0, None, None] + span).reshape(n, 9)
-        feats = self._padded_feats[index]  # (n, 9, C)
-        sim_padded = F.pad(sim[:, None], (1, 1, 1, 1), mode="replicate")[:, 0].reshape(n, -1)
-        dot = (weights @ sim_padded.gather(1, index)[:, :, None])[..., 0]
-        gram = feats @ feats.transpose(1, 2)
-        norm2 = ((weights @ gram) * weights).sum(-1)
+        index = _window_index(row0, col0, 3, self.h, w).reshape(n, 9)
+        dot = (weights @ sim.reshape(n, -1).gather(1, index)[:, :, None])[..., 0]
+        feats = self._feats[index]  # (n, 9, C): the 3x3 patches around each point
+        norm2 = ((weights @ (feats @ feats.transpose(1, 2))) * weights).sum(-1)
         score, arg = (dot * norm2.clamp_min(1e-12).rsqrt()).max(dim=1)
-        rows = torch.arange(n, device=self.device)
-        size = steps.numel()
+        rows, size = torch.arange(n, device=self.device), steps.numel()
         return torch.stack((u[rows, arg % size], v[rows, arg // size]), dim=-1), score
+
+
+def _axis_weights(pos: torch.Tensor, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear interpolation along one axis for sorted grid positions ``pos`` ``(n, T)``:
+    weights ``(n, T, cells)`` over patches ``first .. first + cells - 1`` and ``first`` ``(n,)``."""
+    left = pos.floor()
+    first = left[:, 0].long()
+    index = left.long() - first[:, None]
+    frac = pos - left
+    lo = F.one_hot(index.clamp(0, cells - 1), cells).float()
+    hi = F.one_hot((index + 1).clamp(0, cells - 1), cells).float()  # frac is 0 where this clamps
+    return lo * (1 - frac)[..., None] + hi * frac[..., None], first
+
+
+def _window(sim: torch.Tensor, row0: torch.Tensor, col0: torch.Tensor, cells: int) -> torch.Tensor:
+    """Similarities ``(n, cells, cells)`` of patches ``row0 ..``, ``col0 ..``; indices past the
+    last row/column repeat it (border padding)."""
+    n, h, w = sim.shape
+    index = _window_index(row0, col0, cells, h, w).reshape(n, -1)
+    return sim.reshape(n, -1).gather(1, index).reshape(n, cells, cells)
+
+
+def _window_index(row0: torch.Tensor, col0: torch.Tensor, cells: int, h: int, w: int) -> torch.Tensor:
+    """Flat indices ``(n, cells, cells)`` into an ``(h, w)`` grid, clamped to its last row/column."""
+    span = torch.arange(cells, device=row0.device)
+    rows = (row0[:, None] + span).clamp(max=h - 1)
+    cols = (col0[:, None] + span).clamp(max=w - 1)
+    return rows[:, :, None] * w + cols[:, None, :]
 
 
 def _bilinear_weights(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Weights ``(..., 4)`` of corners 00, 01, 10, 11 for fractional offsets ``a`` (x) and ``b`` (y)."""
     return torch.stack(((1 - a) * (1 - b), a * (1 - b), (1 - a) * b, a * b), dim=-1)
-
-
-def _interpolation_matrix(left: torch.Tensor, frac: torch.Tensor, size: int) -> torch.Tensor:
-    """Linear interpolation weights ``(..., size)``: ``1 - frac`` on index ``left``, ``frac`` on
-    ``left + 1`` (dropped past the end, where ``frac`` is 0)."""
-    lo = F.one_hot(left.clamp(0, size - 1), size).float()
-    hi = F.one_hot((left + 1).clamp(0, size - 1), size).float()
-    return lo * (1 - frac)[..., None] + hi * frac[..., None]
