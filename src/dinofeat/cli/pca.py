@@ -85,7 +85,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     pca.add_argument("--percentiles", type=percentile, nargs=2, default=(1.0, 99.0), metavar=("LOW", "HIGH"),
                      help="per-channel percentiles mapped to 0 and 255 (default: 1 99)")
     pca.add_argument("--save-pca", metavar="FILE.npz", help="save the fitted PCA to colour other inputs alike")
-    pca.add_argument("--load-pca", metavar="FILE.npz", help="colour with a saved PCA instead of fitting one")
+    pca.add_argument("--load-pca", metavar="FILE.npz", help="colour with a saved PCA instead of fitting one (its foreground threshold and colour "
+                     "scaling are used; --foreground and --percentiles are ignored)")
     pca.add_argument("--save-features", metavar="FILE.npz",
                      help="write the first K components per patch: features_{i} (h, w, K) float32, "
                      "foreground_{i} (h, w) bool, image_size_{i} (w, h) (images only)")
@@ -138,15 +139,10 @@ def _run_images(args: argparse.Namespace) -> int:
     maps = extractor.extract_arrays(images)
     pca = loaded or _fit(args, extractor, maps)
 
-    from dataclasses import replace
-
-    import numpy as np
-
     from dinofeat.drawing import draw_pca_grid
-
-    panels = [_panel(args, image, pca.colorize(fmap, nearest=args.nearest)) for image, fmap in zip(images, maps)]
     from dinofeat.outputs import staged_outputs
 
+    panels = [_panel(args, image, pca.colorize(fmap, nearest=args.nearest)) for image, fmap in zip(images, maps)]
     with staged_outputs(outputs) as (figure_tmp, *rest):
         panel_tmps, pca_tmp, features_tmp = rest[:len(targets)], rest[-2], rest[-1]
         if figure_tmp is not None:
@@ -157,16 +153,7 @@ def _run_images(args: argparse.Namespace) -> int:
         if pca_tmp is not None:
             pca.save(pca_tmp)
         if features_tmp is not None:
-            from dinofeat.featurefile import feature_arrays
-
-            reduced = [pca.reduce(fmap) for fmap in maps]
-            arrays = feature_arrays([replace(r, features=r.features[..., :args.components]) for r in reduced])
-            for i, fmap in enumerate(maps):
-                arrays[f"foreground_{i}"] = pca.foreground_mask(fmap.features).cpu().numpy()
-            arrays["explained_variance"] = pca.basis.explained_variance[:args.components].numpy()
-            meta = {k: np.asarray(str(v)) for k, v in _metadata(args, extractor).items()}
-            with open(features_tmp, "wb") as f:
-                np.savez(f, **arrays, **meta, patch_size=np.asarray(str(extractor.model.patch_size)))
+            _write_features(features_tmp, pca, maps, args.components, _metadata(args, extractor))
     _summary(pca, maps, [p for p in outputs if p])
     return 0
 
@@ -294,6 +281,24 @@ def _check_dim(pca, extractor) -> None:
     if fitted != extractor.spec.name:
         logging.getLogger(__name__).warning("the loaded PCA was fitted on %s features, these are %s",
                                             fitted, extractor.spec.name)
+
+
+def _write_features(path, pca, maps, components: int, metadata: dict) -> None:
+    """``features_{i}`` (h, w, K) float32 + ``foreground_{i}`` (h, w) bool + geometry, as ``dinofeat extract``."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from dinofeat.featurefile import feature_arrays
+
+    reduced = [pca.reduce(fmap) for fmap in maps]
+    arrays = feature_arrays([replace(r, features=r.features[..., :components]) for r in reduced])
+    for i, fmap in enumerate(maps):
+        arrays[f"foreground_{i}"] = pca.foreground_mask(fmap.features).cpu().numpy()
+    arrays["explained_variance"] = pca.basis.explained_variance[:components].numpy()
+    text = {**metadata, "patch_size": maps[0].patch_size}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays, **{k: np.asarray(str(v)) for k, v in text.items()})
 
 
 def _write_image(path, image) -> None:
