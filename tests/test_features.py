@@ -81,6 +81,17 @@ def test_upsample_matches_sample_at_every_pixel():
     assert torch.allclose(dense.reshape(-1, 2), fmap.sample(points), atol=1e-5)
 
 
+def test_upsample_nearest_picks_the_patch_pixel_to_grid_gives():
+    gen = torch.Generator().manual_seed(0)
+    fmap = FeatureMap(torch.randn(5, 7, 3, generator=gen), image_size_wh=(151, 103), processed_size_wh=(98, 70))
+    nearest = fmap.upsample(nearest=True)
+    ys, xs = np.mgrid[0:103:7, 0:151:9]
+    pts = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    grid = np.clip(np.rint(fmap.pixel_to_grid(pts)), 0, [6, 4]).astype(int)
+    assert torch.equal(nearest[ys.ravel(), xs.ravel()], fmap.features[grid[:, 1], grid[:, 0]])
+    assert fmap.upsample((40, 20)).shape == (20, 40, 3)
+
+
 def test_contains():
     fmap = _fmap((42, 28), resolution=28)
     inside = fmap.contains([[-0.5, 0], [41.5, 27.5], [41.6, 0], [0, np.nan], [10, -1]])

@@ -21,7 +21,6 @@ from dinofeat.pca import (
     otsu_threshold,
     robust_range,
     to_rgb,
-    upsample_features,
 )
 
 H, W = 140, 196  # a 10 x 14 patch grid at resolution 140
@@ -122,18 +121,6 @@ def test_border_rule():
     assert foreground_sign(big, border) == 1.0
     # no interior information: the smaller side
     assert foreground_sign(torch.tensor([True, False, False]), torch.ones(3, dtype=torch.bool)) == 1.0
-
-
-def test_upsample_features_matches_featuremap_and_nearest_patch():
-    gen = torch.Generator().manual_seed(0)
-    fmap = FeatureMap(torch.randn(5, 7, 3, generator=gen), image_size_wh=(151, 103), processed_size_wh=(98, 70))
-    np.testing.assert_allclose(upsample_features(fmap).numpy(), fmap.upsample().numpy(), atol=1e-5)
-    nearest = upsample_features(fmap, nearest=True)
-    ys, xs = np.mgrid[0:103:7, 0:151:9]
-    pts = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
-    grid = np.clip(np.rint(fmap.pixel_to_grid(pts)), 0, [6, 4]).astype(int)
-    np.testing.assert_array_equal(nearest[ys.ravel(), xs.ravel()].numpy(), fmap.features[grid[:, 1], grid[:, 0]].numpy())
-    assert upsample_features(fmap, (40, 20)).shape == (20, 40, 3)
 
 
 # -- foreground ----------------------------------------------------------------------------------

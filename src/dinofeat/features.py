@@ -105,22 +105,33 @@ class FeatureMap:
         out = out[0, :, 0].T
         return F.normalize(out, dim=-1) if normalize else out
 
-    def upsample(self, size_wh: tuple[int, int] | None = None) -> torch.Tensor:
-        """Features bilinearly interpolated at every pixel: ``(H, W, C)`` for the original size.
+    def upsample(self, size_wh: tuple[int, int] | None = None, *, nearest: bool = False) -> torch.Tensor:
+        """Features at every pixel: ``(H, W, C)`` float32 for the original size.
 
-        ``size_wh`` gives another output size covering the same image (pixel centres scaled with
-        the half-pixel rule). Memory is ``H * W * C * 4`` bytes: reduce C (e.g. PCA) first for big images.
+        Bilinear between patch centres (constant beyond the outer ones), or the nearest patch with
+        ``nearest=True``. ``size_wh`` gives another output size covering the same image (pixel
+        centres scaled with the half-pixel rule). Bilinear interpolation of a grid is separable, so
+        this is two small matrix products with per-axis weights. Memory is ``H * W * C * 4`` bytes:
+        reduce C (e.g. PCA) first for big images.
+
+        >>> fmap = FeatureMap(torch.tensor([[[0.0], [1.0]]]), image_size_wh=(28, 14), processed_size_wh=(28, 14))
+        >>> fmap.upsample()[0, [0, 6, 10, 14, 20, 27], 0]  # patch centres at x = 6.5 and 20.5
+        tensor([0.0000, 0.0000, 0.2500, 0.5357, 0.9643, 1.0000])
+        >>> fmap.upsample(nearest=True)[0, [0, 13, 14, 27], 0]
+        tensor([0., 0., 1., 1.])
         """
         w, h = self.image_size_wh
         out_w, out_h = size_wh or (w, h)
         xs = (torch.arange(out_w, dtype=torch.float64) + 0.5) * w / out_w - 0.5
         ys = (torch.arange(out_h, dtype=torch.float64) + 0.5) * h / out_h - 0.5
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        grid = self._normalised_grid(self.pixel_to_grid(torch.stack((xx, yy), dim=-1)))
-        fmap = self.features.permute(2, 0, 1)[None].float()
-        out = F.grid_sample(fmap, grid[None].to(fmap.device), mode="bilinear", padding_mode="border",
-                            align_corners=True)
-        return out[0].permute(1, 2, 0)
+        cols = self.pixel_to_grid(torch.stack((xs, torch.zeros_like(xs)), dim=-1))[:, 0]
+        rows = self.pixel_to_grid(torch.stack((torch.zeros_like(ys), ys), dim=-1))[:, 1]
+        grid_h, grid_w = self.grid_hw
+        device = self.features.device
+        weights_x = _interpolation_weights(cols, grid_w, nearest).to(device)
+        weights_y = _interpolation_weights(rows, grid_h, nearest).to(device)
+        features = self.features.float()
+        return torch.einsum("Hwc,Ww->HWc", torch.einsum("Hh,hwc->Hwc", weights_y, features), weights_x)
 
     def _normalised_grid(self, grid_xy: torch.Tensor) -> torch.Tensor:
         """Grid coordinates -> ``grid_sample``'s [-1, 1] range (``align_corners=True``: -1 is patch 0)."""
@@ -149,3 +160,18 @@ def _float_copy(points):
     if isinstance(points, torch.Tensor):
         return points.to(torch.float64 if points.dtype != torch.float32 else points.dtype).clone()
     return np.array(points, dtype=np.float64)
+
+
+def _interpolation_weights(coords: torch.Tensor, size: int, nearest: bool) -> torch.Tensor:
+    """``(N, size)`` float32: row n interpolates grid positions at ``coords[n]`` (clamped to the grid)."""
+    coords = coords.clamp(0, size - 1)
+    rows = torch.arange(coords.shape[0])
+    weights = torch.zeros(coords.shape[0], size, dtype=torch.float64)
+    if nearest:
+        weights[rows, coords.round().long()] = 1.0
+        return weights.float()
+    low = coords.floor().long().clamp(max=size - 1)
+    frac = coords - low
+    weights[rows, low] += 1 - frac
+    weights[rows, (low + 1).clamp(max=size - 1)] += frac
+    return weights.float()

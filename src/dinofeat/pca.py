@@ -308,52 +308,6 @@ def fit_foreground(grids: Sequence[torch.Tensor], *, threshold: float | str = "o
     return replace(fg, threshold=float(threshold))
 
 
-def upsample_features(fmap: FeatureMap, size_wh: tuple[int, int] | None = None, *,
-                      nearest: bool = False) -> torch.Tensor:
-    """Features at every pixel of the original image (or of ``size_wh``): ``(H, W, C)`` float32.
-
-    Bilinear by default -- equal (to float rounding) to :meth:`FeatureMap.upsample`, which clamps
-    at the outer patch centres -- or the nearest patch centre with ``nearest=True``. Bilinear
-    interpolation of a grid is separable, so this is two small matrix products with per-axis
-    weights built from :meth:`FeatureMap.pixel_to_grid` on one row and one column of pixels;
-    ``grid_sample`` over every pixel would cost seconds per frame on full-HD video.
-
-    >>> fmap = FeatureMap(torch.tensor([[[0.0], [1.0]]]), image_size_wh=(28, 14), processed_size_wh=(28, 14))
-    >>> # patch centres at x = 6.5 and 20.5: constant outside, linear between
-    >>> upsample_features(fmap)[0, [0, 6, 10, 14, 20, 27], 0]
-    tensor([0.0000, 0.0000, 0.2500, 0.5357, 0.9643, 1.0000])
-    >>> upsample_features(fmap, nearest=True)[0, [0, 13, 14, 27], 0]
-    tensor([0., 0., 1., 1.])
-    """
-    w, h = fmap.image_size_wh
-    out_w, out_h = size_wh or (w, h)
-    xs = (torch.arange(out_w, dtype=torch.float64) + 0.5) * w / out_w - 0.5
-    ys = (torch.arange(out_h, dtype=torch.float64) + 0.5) * h / out_h - 0.5
-    grid_h, grid_w = fmap.grid_hw
-    cols = fmap.pixel_to_grid(torch.stack((xs, torch.zeros_like(xs)), dim=-1))[:, 0]
-    rows = fmap.pixel_to_grid(torch.stack((torch.zeros_like(ys), ys), dim=-1))[:, 1]
-    device = fmap.features.device
-    weights_x = _interpolation_weights(cols, grid_w, nearest).to(device)
-    weights_y = _interpolation_weights(rows, grid_h, nearest).to(device)
-    features = fmap.features.float()
-    return torch.einsum("Hwc,Ww->HWc", torch.einsum("Hh,hwc->Hwc", weights_y, features), weights_x)
-
-
-def _interpolation_weights(coords: torch.Tensor, size: int, nearest: bool) -> torch.Tensor:
-    """``(N, size)`` float32: row n interpolates grid positions at ``coords[n]`` (clamped to the grid)."""
-    coords = coords.clamp(0, size - 1)
-    rows = torch.arange(coords.shape[0])
-    weights = torch.zeros(coords.shape[0], size, dtype=torch.float64)
-    if nearest:
-        weights[rows, coords.round().long()] = 1.0
-        return weights.float()
-    low = coords.floor().long().clamp(max=size - 1)
-    frac = coords - low
-    weights[rows, low] += 1 - frac
-    weights[rows, (low + 1).clamp(max=size - 1)] += frac
-    return weights.float()
-
-
 # ---------------------------------------------------------------------------------------------
 # The object
 
@@ -485,7 +439,7 @@ class FeaturePCA:
         if self.foreground is not None:
             channels = torch.cat([channels, self.foreground.score(fmap.features)[..., None]], dim=-1)
         small = replace(fmap, features=channels, cls_token=None, register_tokens=None)
-        big = upsample_features(small, size_wh, nearest=nearest)
+        big = small.upsample(size_wh, nearest=nearest)
         mask = big[..., 3] > self.foreground.threshold if self.foreground is not None else None
         rgb = self.to_rgb(big[..., :3], mask)
         full = mask.cpu().numpy() if mask is not None else np.ones(rgb.shape[:2], dtype=bool)

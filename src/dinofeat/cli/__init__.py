@@ -20,8 +20,15 @@ from dinofeat import __version__
 COMMANDS = ("models", "extract", "match", "pca", "track", "app")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors are one line too (``dinofeat match: error: ...``, exit 2); --help shows usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="dinofeat",
         description="DINOv2 dense features: extract, match, PCA and tracking. "
         "Coordinates are pixels of the original image (x right, y down, centre of the top-left pixel = 0,0).",
