@@ -100,3 +100,126 @@ def draw_pca_grid(panels, *, columns: int | None = None, height: int | None = No
             out[y:y + height, x:x + panel.shape[1]] = panel
             x += panel.shape[1] + gap
     return out
+
+
+# -- Matches -------------------------------------------------------------------------------------
+
+#: Pictures of matches are scaled to a height in this range (small images up, huge ones down).
+MATCH_MIN_HEIGHT = 360
+MATCH_MAX_HEIGHT = 1440
+
+
+def match_canvas_layout(size_a_wh: tuple[int, int], size_b_wh: tuple[int, int],
+                        height: int | None = None) -> tuple[int, int, float, float, int]:
+    """Layout of :func:`draw_matches`: ``(height, gap, scale_a, scale_b, offset_b)``.
+
+    Both images are scaled to a common ``height`` (default: the taller image's height, clamped to
+    ``[MATCH_MIN_HEIGHT, MATCH_MAX_HEIGHT]``) and placed side by side with ``gap`` white pixels;
+    image B starts at x = ``offset_b``. The picture is ``offset_b + round(w_b * scale_b)`` wide.
+
+    >>> match_canvas_layout((400, 300), (200, 100), height=300)
+    (300, 4, 1.0, 3.0, 404)
+    """
+    (wa, ha), (wb, hb) = size_a_wh, size_b_wh
+    if height is None:
+        height = min(max(ha, hb, MATCH_MIN_HEIGHT), MATCH_MAX_HEIGHT)
+    gap = max(4, round(height / 100))
+    scale_a, scale_b = height / ha, height / hb
+    return height, gap, scale_a, scale_b, max(1, round(wa * scale_a)) + gap
+
+
+def score_colors(scores, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    """``(N, 3) uint8`` RGB colours of scores on OpenCV's TURBO map, ``low`` blue to ``high`` red."""
+    import cv2
+
+    values = np.clip((np.asarray(scores, dtype=np.float64).reshape(-1) - low) / max(high - low, 1e-12), 0, 1)
+    levels = np.round(values * 255).astype(np.uint8).reshape(-1, 1)
+    return cv2.applyColorMap(levels, cv2.COLORMAP_TURBO).reshape(-1, 3)[:, ::-1].copy()
+
+
+def draw_matches(image_a: np.ndarray, image_b: np.ndarray, matches, *, color_by: str = "index",
+                 height: int | None = None, mask=None) -> np.ndarray:
+    """A and B side by side with each match as a coloured line between two dots.
+
+    Args:
+        image_a, image_b: ``(H, W, 3) uint8`` RGB.
+        matches: anything with ``source_xy`` and ``target_xy`` ``(N, 2)`` (pixels of A and B) and
+            ``scores`` ``(N,)`` (e.g. :class:`dinofeat.matching.Matches`).
+        color_by: ``index`` (a distinct colour per match) or ``score`` (TURBO map, cosine 0..1).
+        height: common height of the picture (see :func:`match_canvas_layout`).
+        mask: ``(N,)`` bool, draw only these matches (default: all).
+
+    Line width and dot size grow with the picture, and dots have a dark outline, so matches stay
+    readable on small and large images.
+
+    Returns:
+        ``(height, width, 3) uint8`` RGB, width as in :func:`match_canvas_layout`.
+
+    >>> from types import SimpleNamespace
+    >>> m = SimpleNamespace(source_xy=np.array([[1.0, 2.0]]), target_xy=np.array([[3.0, 4.0]]), scores=np.ones(1))
+    >>> draw_matches(np.zeros((10, 20, 3), np.uint8), np.zeros((10, 10, 3), np.uint8), m).shape
+    (360, 1084, 3)
+    """
+    import cv2
+
+    if color_by not in ("index", "score"):
+        raise ValueError(f"color_by must be 'index' or 'score', got {color_by!r}")
+    src = np.asarray(matches.source_xy, dtype=np.float64).reshape(-1, 2)
+    dst = np.asarray(matches.target_xy, dtype=np.float64).reshape(-1, 2)
+    scores = np.asarray(matches.scores, dtype=np.float64).reshape(-1)
+    colors = palette(len(src)) if color_by == "index" else score_colors(scores)
+    if mask is not None:
+        keep = np.asarray(mask, dtype=bool).reshape(-1)
+        src, dst, colors = src[keep], dst[keep], colors[keep]
+    h, gap, scale_a, scale_b, offset_b = match_canvas_layout(
+        (image_a.shape[1], image_a.shape[0]), (image_b.shape[1], image_b.shape[0]), height)
+    panel_a = _resize_to(image_a, max(1, round(image_a.shape[1] * scale_a)), h)
+    panel_b = _resize_to(image_b, max(1, round(image_b.shape[1] * scale_b)), h)
+    canvas = np.full((h, offset_b + panel_b.shape[1], 3), 255, np.uint8)
+    canvas[:, :panel_a.shape[1]] = panel_a[..., :3]
+    canvas[:, offset_b:] = panel_b[..., :3]
+    # pixel centres scale with the half-pixel rule; OpenCV draws with 4 fractional bits
+    shift = 4
+    to_canvas = (lambda xy, scale, dx: np.round(((xy + 0.5) * scale - 0.5 + [dx, 0]) * (1 << shift)).astype(np.int64))
+    pa, pb = to_canvas(src, scale_a, 0), to_canvas(dst, scale_b, offset_b)
+    thickness = max(1, round(h / 480))
+    radius = max(3, round(h / 150))
+    for (xa, ya), (xb, yb), color in zip(pa.tolist(), pb.tolist(), colors.tolist()):
+        cv2.line(canvas, (xa, ya), (xb, yb), color, thickness, cv2.LINE_AA, shift)
+    for (xa, ya), (xb, yb), color in zip(pa.tolist(), pb.tolist(), colors.tolist()):
+        for point in ((xa, ya), (xb, yb)):
+            cv2.circle(canvas, point, (radius + 1) << shift, (0, 0, 0), -1, cv2.LINE_AA, shift)
+            cv2.circle(canvas, point, radius << shift, color, -1, cv2.LINE_AA, shift)
+    return canvas
+
+
+def draw_heatmap(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.55,
+                 point_xy=None) -> np.ndarray:
+    """``heat`` ``(H, W)`` float (any range; min-max scaled, TURBO colours) blended over ``image``
+    ``(H, W, 3) uint8`` RGB; ``point_xy`` (x, y) marks a position with a white cross.
+
+    >>> draw_heatmap(np.zeros((4, 6, 3), np.uint8), np.arange(24.0).reshape(4, 6)).shape
+    (4, 6, 3)
+    """
+    import cv2
+
+    if heat.shape[:2] != image.shape[:2]:
+        raise ValueError(f"heat map {heat.shape[:2]} and image {image.shape[:2]} differ in size")
+    low, high = float(np.nanmin(heat)), float(np.nanmax(heat))
+    colors = score_colors(np.nan_to_num(heat, nan=low).reshape(-1), low, high).reshape(*heat.shape[:2], 3)
+    out = draw_pca_overlay(image[..., :3], colors, alpha)
+    if point_xy is not None:
+        size = max(4, round(max(image.shape[:2]) / 60))
+        x, y = (int(round(v)) for v in point_xy)
+        cv2.drawMarker(out, (x, y), (0, 0, 0), cv2.MARKER_CROSS, size + 2, max(2, size // 3) + 2, cv2.LINE_AA)
+        cv2.drawMarker(out, (x, y), (255, 255, 255), cv2.MARKER_CROSS, size, max(2, size // 3), cv2.LINE_AA)
+    return out
+
+
+def _resize_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    import cv2
+
+    if image.shape[:2] == (height, width):
+        return image
+    shrink = width < image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)

@@ -4,6 +4,9 @@ The functional core works on :class:`~dinofeat.features.FeatureMap` objects:
 
 * :func:`similarity` - cosine of query vectors against every patch of a target map (one matmul);
 * :func:`refine_peaks` - moves integer patch peaks to the best sub-patch position;
+* :func:`locate` - the best sub-pixel position of each query anywhere in the target;
+* :func:`match_features` / :func:`match` - query points of image A matched into image B, with
+  mutual (cycle) check, ratio test and RANSAC verification, as :class:`Matches`.
 
 Why refinement is cheap: bilinear interpolation is linear, so at a point between four patch
 centres the dot product ``q . f(u, v)`` is the bilinear interpolation of the four similarities,
@@ -16,13 +19,20 @@ vector is gathered per query and no Python loop runs over queries or patches.
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dinofeat.errors import InputError
+from dinofeat.extractor import Extractor
 from dinofeat.features import FeatureMap
+from dinofeat.images import ImageLike, load_image
+from dinofeat.registry import DEFAULT_MODEL
 
 #: Global search: grid cells searched per query in each round of the branch and bound ...
 CELLS_PER_ROUND = 4
@@ -391,3 +401,332 @@ def _window_index(row0: torch.Tensor, col0: torch.Tensor, cells: int, h: int, w:
 def _bilinear_weights(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Weights ``(..., 4)`` of corners 00, 01, 10, 11 for fractional offsets ``a`` (x) and ``b`` (y)."""
     return torch.stack(((1 - a) * (1 - b), a * (1 - b), (1 - a) * b, a * b), dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching two images
+
+#: Number of automatic query points when none are given.
+DEFAULT_AUTO = 20
+#: Mutual check: the match is mutual when matching the target back lands within this many
+#: patches (at image A's stride, Chebyshev distance in grid units) of the source.
+MUTUAL_TOLERANCE = 1.0
+#: RANSAC: default inlier threshold, in processed pixels of image B (converted to its pixels).
+RANSAC_THRESHOLD_PX = 7.0
+#: RANSAC confidence and iteration cap (OpenCV USAC_MAGSAC).
+RANSAC_CONFIDENCE = 0.999
+RANSAC_MAX_ITERS = 10_000
+GEOMETRIES = ("homography", "fundamental")
+_MIN_POINTS = {"homography": 4, "fundamental": 8}
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Geometry:
+    """A verified two-view model: ``kind`` is ``homography`` (x_b ~ H x_a) or ``fundamental``
+    (x_b^T F x_a = 0), ``matrix`` a ``(3, 3)`` float64 array in original-image pixels."""
+
+    kind: str
+    matrix: np.ndarray
+    threshold_px: float
+
+
+@dataclass
+class Matches:
+    """Correspondences from image A to image B, one per query point, in query order.
+
+    Attributes:
+        source_xy: ``(N, 2)`` float32 query positions, image-A pixels.
+        target_xy: ``(N, 2)`` float32 matched positions, image-B pixels (sub-pixel).
+        scores: ``(N,)`` float32 cosine similarity at the match, in [-1, 1].
+        mutual: ``(N,)`` bool, matching ``target_xy`` back into A lands within
+            ``MUTUAL_TOLERANCE`` patches of the source (cycle-consistent).
+        ratio: ``(N,)`` float32 Lowe ratio ``d_best / d_runner_up`` of feature distances
+            (``d = sqrt(2 - 2 cos)``; lower is more distinctive); NaN where not computed.
+        inlier: ``(N,)`` bool, consistent with the verified ``geometry`` (all True without one).
+        keep: ``(N,)`` bool, passes every check asked for (mutual, ratio, geometry).
+        image_size_a_wh, image_size_b_wh: original image sizes.
+        geometry: the model found by RANSAC, or None.
+
+    All tensors are on the CPU.
+    """
+
+    source_xy: torch.Tensor
+    target_xy: torch.Tensor
+    scores: torch.Tensor
+    mutual: torch.Tensor
+    ratio: torch.Tensor
+    inlier: torch.Tensor
+    keep: torch.Tensor
+    image_size_a_wh: tuple[int, int]
+    image_size_b_wh: tuple[int, int]
+    geometry: Geometry | None = None
+
+    _FIELDS = ("source_xy", "target_xy", "scores", "mutual", "ratio", "inlier", "keep")
+
+    def __len__(self) -> int:
+        return int(self.source_xy.shape[0])
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """The per-match fields as numpy arrays, keyed by field name."""
+        return {name: getattr(self, name).detach().cpu().numpy() for name in self._FIELDS}
+
+    def to(self, device: torch.device | str) -> Matches:
+        return replace(self, **{name: getattr(self, name).to(device) for name in self._FIELDS})
+
+    def select(self, mask) -> Matches:
+        """The matches where ``mask`` ``(N,)`` bool is True (e.g. ``matches.select(matches.keep)``)."""
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=self.source_xy.device)
+        return replace(self, **{name: getattr(self, name)[mask] for name in self._FIELDS})
+
+
+def grid_points(size_wh: tuple[int, int], n: int) -> torch.Tensor:
+    """``(n * n, 2)`` float32 pixel positions of a regular n x n grid of cell centres, row by row.
+
+    >>> grid_points((40, 20), 2).tolist()
+    [[9.5, 4.5], [29.5, 4.5], [9.5, 14.5], [29.5, 14.5]]
+    """
+    if n < 1:
+        raise InputError(f"grid must be at least 1, got {n}")
+    w, h = size_wh
+    xs = (torch.arange(n, dtype=torch.float64) + 0.5) * w / n - 0.5
+    ys = (torch.arange(n, dtype=torch.float64) + 0.5) * h / n - 0.5
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((xx, yy), dim=-1).reshape(-1, 2).float()
+
+
+def check_points(points_xy, size_wh: tuple[int, int], label: str = "image A") -> torch.Tensor:
+    """Validate user query points: ``(N, 2)`` finite, inside the image; returns float32 ``(N, 2)``.
+
+    Raises :class:`InputError` naming the first bad point.
+    """
+    try:
+        pts = torch.as_tensor(np.asarray(points_xy, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise InputError("query points must be a list of (x, y) number pairs") from None
+    if pts.numel() == 0:
+        raise InputError("no query points given")
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise InputError(f"query points must be (x, y) pairs, got an array of shape {tuple(pts.shape)}")
+    w, h = size_wh
+    for index, (x, y) in enumerate(pts.tolist()):
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise InputError(f"query point {index} ({x}, {y}) is not a finite position")
+        if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
+            raise InputError(f"query point {index} ({x:g}, {y:g}) is outside {label} "
+                             f"({w}x{h}: x in [-0.5, {w - 0.5}], y in [-0.5, {h - 0.5}])")
+    return pts.float()
+
+
+def mutual_nearest_patches(fa: FeatureMap, fb: FeatureMap, *, chunk_size: int = 4096
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mutual nearest neighbours between the patches of two maps ("best buddies").
+
+    Returns ``index_a`` ``(M,)`` and ``index_b`` ``(M,)`` flat patch indices (row-major) and their
+    cosine ``(M,)``. The similarity is computed in row chunks, so memory stays
+    ``chunk_size * h_b * w_b`` floats.
+    """
+    a = F.normalize(fa.features.float(), dim=-1).reshape(-1, fa.dim)
+    b = F.normalize(fb.features.float(), dim=-1).reshape(-1, fb.dim).to(a.device)
+    best_b = torch.empty(len(a), dtype=torch.long, device=a.device)
+    best_ab = torch.empty(len(a), device=a.device)
+    col_best = torch.full((len(b),), -math.inf, device=a.device)
+    col_arg = torch.zeros(len(b), dtype=torch.long, device=a.device)
+    for part in _chunks(len(a), chunk_size):
+        sim = a[part] @ b.T
+        best_ab[part], best_b[part] = sim.max(dim=1)
+        chunk_best, chunk_arg = sim.max(dim=0)
+        better = chunk_best > col_best
+        col_best = torch.where(better, chunk_best, col_best)
+        col_arg = torch.where(better, chunk_arg + part.start, col_arg)
+    index_a = torch.arange(len(a), device=a.device)
+    mutual = col_arg[best_b] == index_a
+    return index_a[mutual], best_b[mutual], best_ab[mutual]
+
+
+def auto_points(fa: FeatureMap, fb: FeatureMap, k: int) -> torch.Tensor:
+    """``(<= k, 2)`` float32 image-A pixels of ``k`` distinctive, well-spread query points.
+
+    Candidates are the patches of A that are mutual nearest neighbours with a patch of B; those
+    scoring at least the median are spread over the image by farthest-point sampling (starting
+    from the best), and the chosen ones are returned best score first. Fewer than ``k`` come back
+    when there are fewer mutual pairs.
+    """
+    if k < 1:
+        raise InputError(f"auto must be at least 1, got {k}")
+    index_a, _, score = mutual_nearest_patches(fa, fb)
+    if len(index_a) == 0:
+        return torch.zeros(0, 2)
+    order = score.argsort(descending=True)
+    index_a, score = index_a[order], score[order]
+    keep = max(min(k, len(score)), int((score >= score.median()).sum()))
+    index_a, score = index_a[:keep], score[:keep]
+    centres = fa.patch_centers().reshape(-1, 2).to(index_a.device)[index_a]
+    chosen = _farthest_points(centres, min(k, len(centres)))
+    chosen = chosen[score[chosen].argsort(descending=True)]
+    return centres[chosen].float().cpu()
+
+
+def _farthest_points(points: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of ``k`` points picked greedily to be far from each other, starting with point 0
+    (farthest-point sampling: a few lines, no library in our dependencies has it)."""
+    chosen = [0]
+    dist = (points - points[0]).norm(dim=1)
+    for _ in range(k - 1):
+        nxt = int(dist.argmax())
+        chosen.append(nxt)
+        dist = torch.minimum(dist, (points - points[nxt]).norm(dim=1))
+    return torch.tensor(chosen, device=points.device)
+
+
+def joint_pca(fa: FeatureMap, fb: FeatureMap, dim: int) -> tuple[FeatureMap, FeatureMap]:
+    """Both maps projected on the ``dim`` principal components of their features taken together.
+
+    Features are L2-normalised first (cosine geometry), centred on the joint mean and projected
+    with the top right-singular vectors of the joint ``(h_a w_a + h_b w_b, C)`` matrix (exact SVD:
+    deterministic up to sign, and the sign is shared by both maps, so matching is unaffected).
+    """
+    c = fa.dim
+    if not 1 <= dim <= c:
+        raise InputError(f"pca dimension must be between 1 and the feature size {c}, got {dim}")
+    a = F.normalize(fa.features.float(), dim=-1).reshape(-1, c)
+    b = F.normalize(fb.features.float(), dim=-1).reshape(-1, c).to(a.device)
+    joint = torch.cat((a, b))
+    mean = joint.mean(dim=0)
+    _, _, vh = torch.linalg.svd(joint - mean, full_matrices=False)
+    basis = vh[:dim].T
+    project = (lambda f, m: replace(m, features=((f - mean) @ basis).reshape(*m.grid_hw, dim)))
+    return project(a, fa), project(b, fb)
+
+
+def match_features(
+    fa: FeatureMap,
+    fb: FeatureMap,
+    points_xy=None,
+    *,
+    grid: int | None = None,
+    auto: int | None = None,
+    pca_dim: int | None = None,
+    require_mutual: bool = False,
+    max_ratio: float | None = None,
+    ransac: str | None = None,
+    ransac_threshold: float | None = None,
+    mutual_tolerance: float = MUTUAL_TOLERANCE,
+    exclusion: float = RATIO_EXCLUSION,
+) -> Matches:
+    """Match query points of feature map ``fa`` (image A) into ``fb`` (image B).
+
+    Query points are ``points_xy`` ``(N, 2)`` image-A pixels, or a ``grid`` x ``grid`` regular
+    grid, or ``auto`` distinctive well-spread points (:func:`auto_points`); with none of them,
+    ``auto=DEFAULT_AUTO``. Each query feature is sampled bilinearly at its exact position and
+    found in B by :func:`locate` (exact sub-pixel cosine search over the whole map).
+
+    Args:
+        pca_dim: match in the ``pca_dim``-dimensional space of a PCA fitted on both maps jointly.
+        require_mutual: ``keep`` only matches that pass the mutual (cycle) check.
+        max_ratio: ``keep`` only matches whose Lowe ratio is below this (computes ``ratio``).
+        ransac: ``homography`` or ``fundamental``: fit that model to the matches that pass the
+            checks above with OpenCV's USAC MAGSAC and ``keep`` only its inliers.
+        ransac_threshold: inlier threshold in image-B pixels (default: ``RANSAC_THRESHOLD_PX``
+            processed pixels of B, i.e. half a patch).
+        mutual_tolerance: patches (image A grid) within which the back-match must land.
+        exclusion: ratio test runner-up is searched farther than this many patches from the best.
+    """
+    chosen = [name for name, value in (("points", points_xy), ("grid", grid), ("auto", auto)) if value is not None]
+    if len(chosen) > 1:
+        raise InputError(f"give query points in one way only, got {' and '.join(chosen)}")
+    if ransac is not None and ransac not in GEOMETRIES:
+        raise InputError(f"unknown geometry {ransac!r}; choose one of {', '.join(GEOMETRIES)}")
+    if max_ratio is not None and not (max_ratio > 0 and math.isfinite(max_ratio)):
+        raise InputError(f"ratio must be a positive number, got {max_ratio}")
+    if ransac_threshold is not None and not (ransac_threshold > 0 and math.isfinite(ransac_threshold)):
+        raise InputError(f"RANSAC threshold must be a positive number of pixels, got {ransac_threshold}")
+    if pca_dim is not None:
+        fa, fb = joint_pca(fa, fb, pca_dim)
+    fa, fb = fa.normalized(), fb.to(fa.features.device).normalized()
+    if points_xy is not None:
+        source = check_points(points_xy, fa.image_size_wh)
+    elif grid is not None:
+        source = grid_points(fa.image_size_wh, grid)
+    else:
+        source = auto_points(fa, fb, DEFAULT_AUTO if auto is None else auto)
+
+    queries = fa.sample(source, normalize=True)
+    found = locate(queries, fb, exclusion=exclusion if max_ratio is not None else None)
+    # mutual (cycle) check: match the target feature back into A
+    back = locate(fb.sample(found.points_xy, normalize=True), fa)
+    offset = (fa.pixel_to_grid(back.points_xy.double()) - fa.pixel_to_grid(source.double().to(back.points_xy.device)))
+    mutual = offset.abs().amax(dim=1) <= mutual_tolerance + 1e-6 if len(source) else torch.zeros(0, dtype=torch.bool)
+    distance = lambda cos: (2 - 2 * cos).clamp_min(0).sqrt()  # noqa: E731
+    ratio = distance(found.scores) / distance(found.runner_up).clamp_min(1e-12)
+    keep = torch.ones(len(source), dtype=torch.bool, device=mutual.device)
+    if require_mutual:
+        keep &= mutual
+    if max_ratio is not None:
+        keep &= ratio < max_ratio
+    matches = Matches(
+        source_xy=source.float().cpu(), target_xy=found.points_xy.cpu(), scores=found.scores.cpu(),
+        mutual=mutual.cpu(), ratio=ratio.float().cpu(), inlier=torch.ones(len(source), dtype=torch.bool),
+        keep=keep.cpu(), image_size_a_wh=tuple(fa.image_size_wh), image_size_b_wh=tuple(fb.image_size_wh),
+    )
+    if ransac is not None:
+        threshold = ransac_threshold or RANSAC_THRESHOLD_PX / fb.scale_xy[0]
+        matches = verify(matches, ransac, threshold)
+    return matches
+
+
+def verify(matches: Matches, kind: str, threshold_px: float) -> Matches:
+    """Fit a homography or fundamental matrix to the kept matches (OpenCV USAC MAGSAC); returns
+    new matches with ``inlier``, ``keep`` and ``geometry`` set. With too few matches for the
+    model, nothing is an inlier and ``geometry`` is None (logged as a warning)."""
+    import cv2
+
+    candidates = torch.nonzero(matches.keep)[:, 0]
+    inlier = torch.zeros(len(matches), dtype=torch.bool)
+    need = _MIN_POINTS[kind]
+    if len(candidates) < need:
+        log.warning("%s needs at least %d matches, got %d: no geometric verification", kind, need, len(candidates))
+        return replace(matches, inlier=inlier, keep=inlier.clone(), geometry=None)
+    src = matches.source_xy[candidates].double().numpy()
+    dst = matches.target_xy[candidates].double().numpy()
+    if kind == "homography":
+        matrix, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, threshold_px,
+                                          maxIters=RANSAC_MAX_ITERS, confidence=RANSAC_CONFIDENCE)
+    else:
+        matrix, mask = cv2.findFundamentalMat(src, dst, cv2.USAC_MAGSAC, threshold_px,
+                                              RANSAC_CONFIDENCE, RANSAC_MAX_ITERS)
+    if matrix is None or mask is None or matrix.shape != (3, 3):
+        log.warning("no %s found that fits the matches", kind)
+        return replace(matches, inlier=inlier, keep=inlier.clone(), geometry=None)
+    inlier[candidates] = torch.from_numpy(mask.reshape(-1).astype(bool))
+    return replace(matches, inlier=inlier, keep=matches.keep & inlier,
+                   geometry=Geometry(kind, np.asarray(matrix, dtype=np.float64), float(threshold_px)))
+
+
+def match(
+    image_a: ImageLike,
+    image_b: ImageLike,
+    points_xy=None,
+    *,
+    extractor: Extractor | str | None = None,
+    **options,
+) -> Matches:
+    """Match points of ``image_a`` into ``image_b`` (paths, PIL images or ``(H, W, 3) uint8`` arrays).
+
+    ``extractor`` is an :class:`~dinofeat.extractor.Extractor` (model, device, resolution, layer,
+    facet, stride), or a model name for one with default settings. Every other option is
+    :func:`match_features`'s. Coordinates are pixels of the original images.
+
+    >>> from dinofeat.vit import DinoVisionTransformer
+    >>> from dinofeat.registry import get_spec
+    >>> vit = DinoVisionTransformer(get_spec("dinov2_vits14"), depth=1).init_random()
+    >>> image = np.random.default_rng(0).integers(0, 255, (56, 84, 3), dtype=np.uint8)
+    >>> m = match(image, image, [[30.0, 20.0]], extractor=Extractor(vit, resolution=56, device="cpu"))
+    >>> m.target_xy.round().tolist(), bool(m.mutual[0])
+    ([[30.0, 20.0]], True)
+    """
+    if extractor is None or isinstance(extractor, str):
+        extractor = Extractor(extractor or DEFAULT_MODEL)
+    fa, fb = extractor.extract_arrays([load_image(image_a), load_image(image_b)])
+    return match_features(fa, fb, points_xy, **options)
