@@ -21,7 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("image_a", metavar="IMAGE_A", help="image with the query points")
     parser.add_argument("image_b", metavar="IMAGE_B", help="image searched")
     queries = parser.add_argument_group("query points (one way)")
-    queries.add_argument("--point", type=point_xy, action="append", metavar="X,Y",
+    queries.add_argument("--point", action="append", metavar="X,Y",  # parsed in run(): one-line errors
                          help="a query point in IMAGE_A pixels; repeat for several")
     queries.add_argument("--points-file", metavar="FILE",
                          help="query points: a JSON list of [x, y] pairs, or CSV lines x,y (header optional)")
@@ -75,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.output, args.json):
         if path:
             check_writable(path)
-    points = list(args.point or [])
+    points = []
+    for text in args.point or []:
+        try:
+            points.append(point_xy(text))
+        except argparse.ArgumentTypeError as err:
+            raise InputError(f"--point: {err}") from None
     if args.points_file:
         points += read_points_file(args.points_file)
     ways = [name for name, used in (("--point/--points-file", bool(args.point or args.points_file)),
