@@ -1,0 +1,363 @@
+"""The web app's handlers (no browser): :class:`dinofeat.app.AppSession`, the page, the CLI command.
+
+A random-weight ViT-S-shaped model with 2 blocks stands in for DINOv2: identical pixels give
+identical features, so an image matched against itself must come back to the clicked points.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import random_vit, save_png
+from dinofeat.app import AppSession, MAX_POINTS, click_to_pixel, example_files, require_gradio
+from dinofeat.errors import DinofeatError, InputError
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    from dinofeat.extractor import Extractor
+
+    return Extractor(random_vit("dinov2_vits14", depth=2), resolution=112, device="cpu", precision="fp32")
+
+
+@pytest.fixture()
+def session(extractor, tmp_path):
+    return AppSession(extractor, workdir=tmp_path / "work")
+
+
+@pytest.fixture(scope="module")
+def images(photo):
+    """Two crops of a photo, (120, 160, 3) and (112, 150, 3) uint8."""
+    return np.ascontiguousarray(photo[60:180, 150:310]), np.ascontiguousarray(photo[70:182, 160:310])
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory, photo):
+    """A 6-frame 12 fps pan over the photo, 112x84 pixels."""
+    from dinofeat.video import VideoWriter
+
+    path = tmp_path_factory.mktemp("video") / "pan.mp4"
+    with VideoWriter(path, fps=12, size_wh=(112, 84)) as sink:
+        for t in range(6):
+            sink.write(np.ascontiguousarray(photo[100:184, 150 + 3 * t:262 + 3 * t]))
+    return path
+
+
+# -- clicks ---------------------------------------------------------------------------------------
+def test_click_maps_gradio_index_to_pixel_centres():
+    # the browser reports the rounded distance from the image corner; pixel centres are at integers
+    assert click_to_pixel([0, 0], (10, 8)) == (-0.5, -0.5)
+    assert click_to_pixel([5, 3], (10, 8)) == (4.5, 2.5)
+    assert click_to_pixel([10, 8], (10, 8)) == (9.5, 7.5)  # clamped to the image
+    assert click_to_pixel([99, -4], (10, 8)) == (9.5, -0.5)
+
+
+@pytest.mark.parametrize("index", [None, [], [1], ["a", 2], [1, 2, 3]])
+def test_click_outside_the_image_is_a_clear_error(index):
+    with pytest.raises(InputError, match="click inside the image"):
+        click_to_pixel(index, (10, 8))
+
+
+# -- images ---------------------------------------------------------------------------------------
+def test_load_image_reads_uploads(session, tmp_path, images):
+    path = save_png(tmp_path / "a.png", images[0])
+    np.testing.assert_array_equal(session.load_image(path), images[0])
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, I am text", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
+def test_load_image_refuses_non_images_naming_the_file(session, tmp_path, content):
+    path = tmp_path / "upload.png"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=r"^upload\.png is not an image"):
+        session.load_image(path)
+
+
+def test_load_image_refuses_too_large_images(extractor, tmp_path, images):
+    small_limit = AppSession(extractor, max_image_megapixels=0.01, workdir=tmp_path)
+    path = save_png(tmp_path / "big.png", images[0])
+    with pytest.raises(InputError, match=r"big\.png is too large: 160x120 pixels .* up to 0\.01 MP"):
+        small_limit.load_image(path)
+
+
+def test_load_image_without_a_file(session, tmp_path):
+    with pytest.raises(InputError, match="no image"):
+        session.load_image(None)
+    with pytest.raises(InputError, match="not found: gone.png"):
+        session.load_image(tmp_path / "gone.png")
+
+
+def test_truncated_image_is_refused(session, tmp_path, photo):
+    from PIL import Image
+
+    path = tmp_path / "cut.jpg"
+    Image.fromarray(photo).save(path)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(InputError, match="cut.jpg"):
+        session.load_image(path)
+
+
+# -- matching -------------------------------------------------------------------------------------
+def test_match_clicked_points_gives_pictures_and_json(session, images):
+    a, b = images
+    view = session.match(a, b, [[40.5, 30.0], [100.0, 80.5]], name_a="a.png", name_b="b.png")
+    assert view.picture.ndim == 3 and view.picture.dtype == np.uint8
+    assert view.picture.shape[1] > a.shape[1]  # A and B side by side
+    assert view.heatmap.shape[:2] == b.shape[:2]
+    assert view.image_a.shape == a.shape and not np.array_equal(view.image_a, a)  # points marked
+    data = view.data
+    assert data["model"] == "dinov2_vits14"
+    assert data["image_a"] == {"path": "a.png", "size": [160, 120]}
+    assert data["image_b"]["size"] == [150, 112]
+    assert [m["source"] for m in data["matches"]] == [[40.5, 30.0], [100.0, 80.5]]
+    for m in data["matches"]:
+        assert {"source", "target", "score", "mutual"} <= set(m)
+    assert json.loads(view.json_path.read_text()) == data
+    assert view.json_path.parent.parent == session.workdir
+
+
+def test_match_image_with_itself_returns_the_clicked_points(session, images):
+    a = images[0]
+    points = [[20.0, 15.0], [80.5, 60.0], [140.0, 100.0]]
+    view = session.match(a, a, points)
+    targets = np.array([m["target"] for m in view.data["matches"]])
+    np.testing.assert_allclose(targets, points, atol=1.0)
+
+
+def test_match_before_b_marks_points_only(session, images):
+    view = session.match(images[0], None, [[10.0, 10.0]])
+    assert view.picture is None and view.data is None and view.json_path is None
+    assert view.points_xy == [[10.0, 10.0]]
+
+
+def test_match_automatic_points(session, images):
+    view = session.match(*images, [], auto=5)
+    assert 1 <= len(view.points_xy) <= 5
+    assert len(view.data["matches"]) == len(view.points_xy)
+
+
+def test_match_reuses_features_of_images_seen_before(session, images, monkeypatch):
+    calls = []
+    original = session.extractor.extract_arrays
+    monkeypatch.setattr(session.extractor, "extract_arrays", lambda imgs: calls.append(len(imgs)) or original(imgs))
+    session.match(*images, [[10.0, 10.0]])
+    session.match(*images, [[10.0, 10.0], [50.0, 40.0]])
+    session.match(images[1], images[0], [[5.0, 5.0]])
+    assert calls == [2]
+
+
+def test_match_rejects_points_outside_a(session, images):
+    with pytest.raises(InputError, match="outside"):
+        session.match(*images, [[500.0, 10.0]])
+    with pytest.raises(InputError, match="upload image A"):
+        session.match(None, images[1], [[5.0, 5.0]])
+    with pytest.raises(InputError, match=f"at most {MAX_POINTS}"):
+        session.match(*images, [[1.0, 1.0]] * (MAX_POINTS + 1))
+
+
+def test_resolution_is_per_call_and_shares_the_model(session, images):
+    other = session.extractor_at(224)
+    assert other.resolution == 224 and other.model is session.extractor.model
+    assert session.extractor_at(None) is session.extractor and session.extractor.resolution == 112
+    fine = session.features([images[0]], 224)[0]
+    coarse = session.features([images[0]])[0]
+    assert fine.grid_hw[0] > coarse.grid_hw[0]
+    with pytest.raises(InputError, match="at least the patch size"):
+        session.extractor_at(7)
+
+
+# -- PCA ------------------------------------------------------------------------------------------
+def test_pca_colours_images_jointly(session, images):
+    from dinofeat.pca import FeaturePCA
+
+    view = session.pca(list(images), names=["a.png", "b.png"], components=5)
+    assert [p.shape for p in view.panels] == [(120, 320, 3), (112, 300, 3)]
+    assert [m.shape for m in view.masks] == [(120, 160), (112, 150)]
+    assert all(m.dtype == np.uint8 and set(np.unique(m)) <= {0, 255} for m in view.masks)
+    assert view.figure_path.is_file() and view.summary.startswith("Joint PCA of a.png, b.png")
+    loaded = FeaturePCA.load(view.pca_path)
+    assert loaded.n_components == 5 and loaded.metadata["model"] == "dinov2_vits14"
+
+
+def test_pca_options(session, images):
+    overlay = session.pca([images[0]], overlay=0.5, foreground=None)
+    assert overlay.panels[0].shape == images[0].shape
+    assert (overlay.masks[0] == 255).all() and "no foreground split" in overlay.summary
+    manual = session.pca([images[0]], foreground=0.5, nearest=True)
+    assert "user threshold 0.5" in manual.summary
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"components": 2}, "at least 3 components"),
+    ({"overlay": 1.5}, "between 0 and 1"),
+])
+def test_pca_bad_options(session, images, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        session.pca([images[0]], **kwargs)
+    with pytest.raises(InputError, match="no images"):
+        session.pca([])
+
+
+# -- video and tracking ---------------------------------------------------------------------------
+def test_open_video_and_read_frames(session, video):
+    view = session.open_video(video)
+    assert (view.frames, view.fps, view.size_wh, view.usable_frames, view.notice) == (6, 12.0, (112, 84), 6, None)
+    assert session.video_frame(video, 5).shape == (84, 112, 3)
+    with pytest.raises(InputError, match="no frame 6"):
+        session.video_frame(video, 6)
+
+
+def test_long_video_is_cut_with_a_notice(extractor, tmp_path, video):
+    view = AppSession(extractor, max_video_frames=4, workdir=tmp_path).open_video(video)
+    assert view.usable_frames == 4
+    assert "has 6 frames; the app tracks the first 4" in view.notice
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100, "not a video|no video stream|truncated|damaged"),
+])
+def test_open_video_refuses_undecodable_files_naming_the_file(session, tmp_path, content, message):
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as info:
+        session.open_video(path)
+    assert str(tmp_path) not in str(info.value) and "clip.mp4" in str(info.value)
+
+
+def test_open_video_refuses_images(session, tmp_path, images):
+    with pytest.raises(InputError, match="is an image, not a video"):
+        session.open_video(save_png(tmp_path / "still.png", images[0]))
+
+
+def test_track_writes_video_json_and_csv(session, video):
+    from dinofeat.video import probe_video
+
+    seen = []
+    view = session.track(video, [[0, 40.0, 30.0], [2, 70.5, 50.0]], progress=lambda d, n: seen.append((d, n)))
+    assert seen == [(k, 6) for k in range(1, 7)]
+    info = probe_video(view.video_path)
+    assert (info.frames, info.fps, info.size_wh) == (6, 12.0, (112, 84))
+    data = json.loads(view.json_path.read_text())
+    assert data == view.data
+    assert data["video"] == {"path": "pan.mp4", "fps": 12.0, "frames": 6, "size": [112, 84]}
+    assert [t["query"] for t in data["tracks"]] == [[0, 40.0, 30.0], [2, 70.5, 50.0]]
+    for track in data["tracks"]:
+        assert len(track["points"]) == len(track["scores"]) == len(track["visible"]) == 6
+    assert data["tracks"][0]["points"][0] == [40.0, 30.0]
+    rows = view.csv_path.read_text().splitlines()
+    assert rows[0] == "track,frame,x,y,score,visible" and len(rows) == 1 + 2 * 6
+    assert "Tracked 2 point(s) through 6 frames of pan.mp4" in view.summary
+
+
+def test_track_bad_queries(session, video, extractor, tmp_path):
+    with pytest.raises(InputError, match="outside"):
+        session.track(video, [[0, 200.0, 30.0]])
+    with pytest.raises(InputError, match="frame"):
+        session.track(video, [[9, 20.0, 30.0]])
+    with pytest.raises(InputError, match="frame"):  # beyond the app's frame limit
+        AppSession(extractor, max_video_frames=3, workdir=tmp_path).track(video, [[4, 20.0, 30.0]])
+    with pytest.raises(InputError, match="triples"):
+        session.track(video, [[0, 1.0]])
+    assert not list(session.workdir.glob("track-*/*.mp4"))  # nothing half-written left behind
+
+
+# -- the page -------------------------------------------------------------------------------------
+def test_example_files_are_found():
+    found = example_files()
+    assert found["pairs"][0][0].endswith("astronaut.jpg") and found["pairs"][0][1].endswith("astronaut_warped.jpg")
+    assert any(v[0].endswith("pan.mp4") for v in found["videos"])
+    assert example_files(None) == {"pairs": [], "images": [], "videos": []}
+
+
+def test_build_app_has_the_three_tabs(session):
+    pytest.importorskip("gradio")
+    from dinofeat.app import build_app
+
+    demo = build_app(session)
+    config = demo.get_config_file()
+    ids = {c["props"].get("elem_id") for c in config["components"]}
+    assert {"match_a", "match_b", "match_picture", "match_json", "pca_files", "pca_gallery", "track_video",
+            "track_frame", "track_result", "track_downloads", "resolution"} <= ids
+    labels = {c["props"].get("label") for c in config["components"]}
+    assert {"Match", "PCA", "Track"} <= labels
+    assert demo.dinofeat_session is session
+
+
+def test_errors_become_in_page_messages():
+    gr = pytest.importorskip("gradio")
+    from dinofeat.app import _messages
+
+    @_messages
+    def handler(x):
+        raise InputError(f"bad   input\n{x}")
+
+    with pytest.raises(gr.Error) as info:
+        handler(3)
+    assert info.value.message == "bad input 3"
+
+
+def test_undecodable_image_upload_is_a_clear_message(tmp_path):
+    gr = pytest.importorskip("gradio")
+    from gradio.data_classes import ImageData
+
+    from dinofeat.app import _checked_image_class
+
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"not an image")
+    component = _checked_image_class()(type="filepath", image_mode=None, render=False)
+    assert component.get_block_name() == "image"
+    with pytest.raises(gr.Error) as info:
+        component.preprocess(ImageData(path=str(bad), orig_name="photo.png"))
+    assert info.value.message.startswith("photo.png is not an image")
+
+
+def test_without_gradio_the_app_says_how_to_install_it(monkeypatch, capsys):
+    from dinofeat.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
+    with pytest.raises(DinofeatError, match=r'pip install "dinofeat\[app\]"'):
+        require_gradio()
+    # the check comes before any model work: a missing checkpoint is not what the user hears about
+    assert main(["app", "--weights", "/nonexistent.pth"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "dinofeat[app]"' in err
+
+
+# -- the command ----------------------------------------------------------------------------------
+def test_cli_builds_the_model_once_and_launches(monkeypatch, vits14_checkpoint, capsys):
+    pytest.importorskip("gradio")
+    import dinofeat.app
+    from dinofeat.cli import main
+
+    launched = {}
+    monkeypatch.setattr(dinofeat.app, "launch", lambda session, **kw: launched.update(session=session, **kw))
+    code = main(["app", "--weights", str(vits14_checkpoint), "--device", "cpu", "--resolution", "224",
+                 "--port", "8123", "--host", "0.0.0.0", "--max-frames", "50", "--max-upload-mb", "10"])
+    assert code == 0
+    session = launched["session"]
+    assert (launched["host"], launched["port"], launched["max_upload_mb"], launched["block"]) == \
+        ("0.0.0.0", 8123, 10, True)
+    assert session.extractor.resolution == 224 and session.max_video_frames == 50
+    assert "dinov2_vits14 on cpu" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--port", "0"], ["--port", "http"], ["--max-frames", "0"],
+                                  ["--max-upload-mb", "-1"]])
+def test_cli_bad_options(argv):
+    from dinofeat.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["app", *argv])
+    assert info.value.code == 2
+
+
+def test_cli_examples_folder_must_exist(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("gradio")
+    from dinofeat.cli import main
+
+    assert main(["app", "--examples", str(tmp_path / "missing")]) == 2
+    assert "--examples must be a folder" in capsys.readouterr().err

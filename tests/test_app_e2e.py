@@ -1,0 +1,174 @@
+"""End to end: the web app in a real headless browser (Chromium driven by Playwright).
+
+The app runs in this process on a free localhost port with a random-weight ViT-S-shaped model (2
+blocks, so a click answers in well under a second). The browser uploads files, clicks on images
+and checks what the page shows. Skipped only when no Chromium exists (``.ci/run`` installs
+Debian's ``chromium``); ``playwright install`` is not needed: the system browser is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import random_vit, save_png
+
+pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+TIMEOUT_MS = 30_000
+
+
+def find_chromium() -> str | None:
+    for candidate in (os.environ.get("DINOFEAT_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser"), shutil.which("google-chrome")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+CHROMIUM = find_chromium()
+pytestmark = [
+    pytest.mark.slow,
+    # Gradio's queue calls pandas options that pandas 3 deprecates; not ours to fix
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing"),
+    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium browser (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app on a free port; yields (url, session)."""
+    from dinofeat.app import AppSession, launch
+    from dinofeat.extractor import Extractor
+
+    extractor = Extractor(random_vit("dinov2_vits14", depth=2), resolution=112, device="cpu", precision="fp32")
+    session = AppSession(extractor, workdir=tmp_path_factory.mktemp("appwork"))
+    port = free_port()
+    demo = launch(session, host="127.0.0.1", port=port, block=False, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", session
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server[0])
+        page.wait_for_selector("#match_a")
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, photo):
+    """Two photos (B is A shifted) and a short video of a pan over a photo, all small."""
+    folder = tmp_path_factory.mktemp("inputs")
+    a = photo[40:200, 100:340]
+    b = photo[54:214, 128:368]
+    from dinofeat.video import VideoWriter
+
+    video = folder / "pan.mp4"
+    with VideoWriter(video, fps=10, size_wh=(160, 112)) as sink:
+        for t in range(5):
+            sink.write(np.ascontiguousarray(photo[60:172, 120 + 4 * t:280 + 4 * t]))
+    bad = folder / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 20)
+    return {"a": save_png(folder / "a.png", a), "b": save_png(folder / "b.png", b), "video": video, "bad": bad,
+            "size_a": (a.shape[1], a.shape[0])}
+
+
+def click_image(page, selector: str, fx: float, fy: float) -> tuple[int, int]:
+    """Click at the fraction (fx, fy) of the displayed image; returns the expected ``evt.index``:
+    the distance from the image corner in natural pixels, rounded (what the browser computes)."""
+    img = page.locator(f"{selector} img").first
+    box = img.bounding_box()
+    natural_w, natural_h = img.evaluate("e => [e.naturalWidth, e.naturalHeight]")
+    cx, cy = round(box["x"] + fx * box["width"]), round(box["y"] + fy * box["height"])
+    page.mouse.click(cx, cy)
+    scale = min(box["width"] / natural_w, box["height"] / natural_h, 1.0)
+    left = box["x"] + (box["width"] - natural_w * scale) / 2
+    top = box["y"] + (box["height"] - natural_h * scale) / 2
+    return round((cx - left) / scale), round((cy - top) / scale)
+
+
+def wait_image(page, selector: str) -> None:
+    page.wait_for_selector(f"{selector} img[src]", state="visible")
+
+
+def json_text(page, selector: str) -> str:
+    return page.locator(selector).inner_text()
+
+
+def test_match_tab_upload_click_shows_matches_and_json(page, inputs, server):
+    page.locator("#match_a input[type=file]").set_input_files(str(inputs["a"]))
+    wait_image(page, "#match_a")
+    page.locator("#match_b input[type=file]").set_input_files(str(inputs["b"]))
+    wait_image(page, "#match_b")
+    page.wait_for_timeout(300)  # let the upload handlers finish storing the images
+
+    index = click_image(page, "#match_a", 0.5, 0.5)
+    wait_image(page, "#match_picture")
+    wait_image(page, "#match_heatmap")
+    page.wait_for_function("document.querySelector('#match_json') && "
+                           "document.querySelector('#match_json').innerText.includes('target')")
+    text = json_text(page, "#match_json")
+    assert "matches" in text and "score" in text
+    page.wait_for_selector("#match_download a, #match_download .file-name, #match_download td")
+    assert "a_b_matches.json" in page.locator("#match_download").inner_text().replace("\n", "")
+
+    # the JSON served for download holds the clicked point in dinofeat's convention
+    files = sorted(server[1].workdir.glob("match-*/*.json"))
+    data = json.loads(files[-1].read_text())
+    source = data["matches"][-1]["source"]
+    assert source == pytest.approx([index[0] - 0.5, index[1] - 0.5], abs=1e-3)
+    assert data["image_a"]["size"] == list(inputs["size_a"])
+
+    # a second click adds a second match
+    click_image(page, "#match_a", 0.25, 0.3)
+    page.wait_for_function("(document.querySelector('#match_json').innerText.match(/target/g) || []).length >= 2")
+
+
+def test_match_tab_bad_upload_says_so(page, inputs):
+    page.locator("#match_b input[type=file]").set_input_files(str(inputs["bad"]))
+    toast = page.locator(".toast-body", has_text=re.compile("not an image"))
+    toast.first.wait_for(state="visible")
+    assert "broken.png" in toast.first.inner_text()
+
+
+def test_track_tab_click_and_track(page, inputs):
+    page.get_by_role("tab", name="Track").click()
+    page.locator("#track_video input[type=file]").set_input_files(str(inputs["video"]))
+    wait_image(page, "#track_frame")
+    page.wait_for_function("document.querySelector('#track_summary').innerText.includes('5 frames')")
+    index = click_image(page, "#track_frame", 0.5, 0.5)
+    page.wait_for_function("document.querySelector('#track_points').innerText.includes('.5')")
+    assert f"{index[0] - 0.5:g}" in json_text(page, "#track_points")
+
+    page.locator("#track_run").click()
+    page.wait_for_selector("#track_result video[src]", state="attached")
+    page.wait_for_function("document.querySelector('#track_downloads').innerText.includes('.csv')")
+    downloads = page.locator("#track_downloads").inner_text().replace("\n", "")
+    assert "pan_tracks.mp4" in downloads and "pan_tracks.json" in downloads
+    assert "Tracked 1 point" in page.locator("#track_summary").inner_text()
