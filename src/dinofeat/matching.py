@@ -34,10 +34,12 @@ from dinofeat.features import FeatureMap
 from dinofeat.images import ImageLike, load_image
 from dinofeat.registry import DEFAULT_MODEL
 
-#: Global search: grid cells searched per query in each round of the branch and bound ...
+#: Global search: grid cells searched per query in the first round of the branch and bound ...
 CELLS_PER_ROUND = 4
 #: ... and at most this many cells per query in all.
-MAX_CELLS = 64
+MAX_CELLS = 16
+#: Cells are searched every this many processed pixels, then the best one to the pixel.
+CELL_STEP_PX = 1
 #: Final search: this many steps per processed pixel, within 1 processed pixel of the local best.
 FINE_SUBDIVISIONS = 4
 #: Ratio test: the runner-up is the best position farther than this many patches from the best.
@@ -142,10 +144,12 @@ def locate(
     The score of a position is the exact cosine with the bilinearly interpolated, re-normalised
     target feature there (as :meth:`FeatureMap.sample`). The search is branch and bound over the
     grid cells (the squares between four patch centres): a cell's cosine is at most its largest
-    corner similarity divided by its smallest feature norm, so cells are searched at every
-    processed pixel in order of that bound, ``cells_per_round`` at a time, until the best found
-    beats the bound of every cell left (or ``max_cells`` were searched). The best pixel is then
-    refined on a 1/4-pixel lattice. A query sampled between patch centres is thus found even
+    corner similarity divided by its smallest feature norm. Cells are searched every
+    ``CELL_STEP_PX`` processed pixels, best estimate first (the exact cosine at corners, edge
+    midpoints and centre), in rounds of ``cells_per_round``, then doubling, until the best found
+    beats the bound of every cell left (or ``max_cells`` were searched). The best point is then
+    refined to the processed pixel around it, then on a 1/4-pixel lattice. A query sampled
+    between patch centres is thus found even
     where its containing patch is not the argmax; matched against its own image it comes back
     to within 1/8 of a processed pixel.
 
@@ -154,7 +158,7 @@ def locate(
         target: the feature map searched.
         exclusion: also find the runner-up (for a ratio test): the best position farther than this
             many patches (Chebyshev distance between cells) from the best. None skips it (NaN).
-        cells_per_round: cells searched per query and round of the branch and bound.
+        cells_per_round: cells searched per query in the first round of the branch and bound.
         max_cells: at most this many cells are searched per query (bounds the worst case).
         chunk_size: queries processed together (bounds memory).
 
@@ -172,8 +176,9 @@ def locate(
     runner_up = torch.full((n,), float("nan"), device=refiner.device)
     for part in _chunks(n, chunk_size):
         sim = similarity(q[part], target)
-        bound, order = refiner.cell_bounds(sim), refiner.cell_estimates(sim)
+        bound, order = refiner.cell_scores(sim)
         best_xy, _, best_cell = refiner.search(sim, bound, order, per_round=cells_per_round, max_cells=max_cells)
+        best_xy, _ = refiner._local(sim, best_xy.float() / refiner.stride, CELL_STEP_PX)
         grid_uv[part], scores[part] = refiner._fine(sim, best_xy)
         if exclusion is not None:
             far = refiner.far_cells(best_cell, exclusion)
@@ -226,30 +231,54 @@ class Refiner:
             self._inv_norms[steps] = norm2.clamp_min(1e-12).rsqrt()
         return self._inv_norms[steps]
 
-    def _cell_blocks(self) -> torch.Tensor:
-        """``(cells, (s+1)^2)`` inverse norms at the 1-pixel lattice points of every grid cell
-        (cells ``(i, j)``, ``i < max(h - 1, 1)``, ``j < max(w - 1, 1)``, row-major)."""
+    def _cell_offsets(self) -> torch.Tensor:
+        """Pixel offsets from a cell's first corner searched in each cell: every ``CELL_STEP_PX``
+        pixels, and the far corner."""
+        s = self.stride
+        t = torch.arange(0, s + 1, max(1, min(CELL_STEP_PX, s)), device=self.device)
+        return t if int(t[-1]) == s else torch.cat((t, t.new_tensor([s])))
+
+    def _cell_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per cell (``i < max(h - 1, 1)``, ``j < max(w - 1, 1)``, row-major): inverse norms
+        ``(cells, T * T)`` at the searched offsets, and the largest inverse norm ``(cells,)`` at any
+        processed pixel of the cell (for the bound)."""
         if self._blocks is None:
             s, inv = self.stride, self.inv_norm(self.stride)
-            t = torch.arange(s + 1, device=self.device)
-            rows = (torch.arange(self.cells_hw[0], device=self.device)[:, None] * s + t).clamp(max=inv.shape[0] - 1)
-            cols = (torch.arange(self.cells_hw[1], device=self.device)[:, None] * s + t).clamp(max=inv.shape[1] - 1)
-            blocks = inv[rows[:, None, :, None], cols[None, :, None, :]]  # (ch, cw, s+1, s+1)
-            self._blocks = blocks.reshape(-1, (s + 1) ** 2)
+            t = self._cell_offsets()
+            ch, cw = self.cells_hw
+            rows = (torch.arange(ch, device=self.device)[:, None] * s + t).clamp(max=inv.shape[0] - 1)
+            cols = (torch.arange(cw, device=self.device)[:, None] * s + t).clamp(max=inv.shape[1] - 1)
+            blocks = inv[rows[:, None, :, None], cols[None, :, None, :]].reshape(ch * cw, -1)
+            padded = F.pad(inv[None, None], (0, max(0, s + 1 - inv.shape[1]), 0, max(0, s + 1 - inv.shape[0])),
+                           mode="replicate")
+            largest = F.max_pool2d(padded, kernel_size=s + 1, stride=s)[0, 0, :ch, :cw].reshape(-1)
+            self._blocks = blocks, largest
         return self._blocks
 
     @property
     def cells_hw(self) -> tuple[int, int]:
         return max(self.h - 1, 1), max(self.w - 1, 1)
 
-    def cell_bounds(self, sim: torch.Tensor) -> torch.Tensor:
-        """Upper bound ``(n, cells)`` of the cosine anywhere in each cell: its largest corner
-        similarity divided by its smallest feature norm (positive case; norms are at most 1)."""
+    def cell_scores(self, sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per cell, from the similarity maps ``(n, h, w)``: an upper ``bound`` ``(n, cells)`` of the
+        cosine anywhere in it (largest corner similarity divided by the smallest feature norm,
+        positive case; norms are at most 1) and a cheap ``estimate`` ``(n, cells)`` to search in
+        order: the exact cosine at its corners, edge midpoints and centre."""
         n = len(sim)
-        padded = F.pad(sim[:, None], (0, int(self.w == 1), 0, int(self.h == 1)), mode="replicate")
-        corner_max = F.max_pool2d(padded, kernel_size=2, stride=1).reshape(n, -1)
-        inv_max = self._cell_blocks().amax(dim=1)
-        return torch.where(corner_max > 0, corner_max * inv_max, corner_max)
+        if self.h == 1 or self.w == 1:  # a 1-wide grid: its cells are degenerate, pad to 2
+            sim = F.pad(sim[:, None], (0, int(self.w == 1), 0, int(self.h == 1)), mode="replicate")[:, 0]
+        half = F.pad(self.inv_norm(2)[None, None], (0, 2 * int(self.w == 1), 0, 2 * int(self.h == 1)),
+                     mode="replicate")[0, 0]  # inverse norms at half-patch steps
+        top, bottom = sim[:, :-1], sim[:, 1:]
+        corner = torch.maximum(torch.maximum(top[..., :-1], top[..., 1:]), torch.maximum(bottom[..., :-1], bottom[..., 1:]))
+        across = (sim[..., :-1] + sim[..., 1:]) * (0.5 * half[0::2, 1::2])  # horizontal edge midpoints
+        down = (top + bottom) * (0.5 * half[1::2, 0::2])  # vertical edge midpoints
+        centre = (top[..., :-1] + top[..., 1:] + bottom[..., :-1] + bottom[..., 1:]) * (0.25 * half[1::2, 1::2])
+        estimate = torch.maximum(torch.maximum(across[:, :-1], across[:, 1:]), torch.maximum(down[..., :-1], down[..., 1:]))
+        estimate = torch.maximum(torch.maximum(estimate, centre), corner)  # corner norms are 1
+        corner = corner.reshape(n, -1)
+        bound = torch.where(corner > 0, corner * self._cell_blocks()[1], corner)
+        return bound, estimate.reshape(n, -1)
 
     def far_cells(self, cell: torch.Tensor, exclusion: float) -> torch.Tensor:
         """``(n, cells)`` bool: cells farther than ``exclusion`` patches (Chebyshev) from ``cell`` ``(n,)``."""
@@ -260,21 +289,12 @@ class Refiner:
         dj = (j - (cell % cw)[:, None]).abs()
         return torch.maximum(di, dj) > exclusion
 
-    def cell_estimates(self, sim: torch.Tensor) -> torch.Tensor:
-        """Cheap ``(n, cells)`` estimate of each cell's best cosine, to order the search: the
-        exact cosine at its corners, edge midpoints and centre (a half-patch lattice)."""
-        n, (h, w) = len(sim), self.cells_hw
-        size = (2 * (self.h - 1) + 1, 2 * (self.w - 1) + 1)
-        # bilinear with align_corners=True puts output k exactly at grid position k / 2
-        cos = F.interpolate(sim[:, None], size=size, mode="bilinear", align_corners=True) * self.inv_norm(2)
-        cos = F.pad(cos, (0, 2 * int(self.w == 1), 0, 2 * int(self.h == 1)), mode="replicate")
-        return F.max_pool2d(cos, kernel_size=3, stride=2).reshape(n, -1)
-
     def search(self, sim: torch.Tensor, bound: torch.Tensor, order: torch.Tensor, *, per_round: int,
                max_cells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Branch and bound over cells: best 1-pixel lattice point ``(n, 2)`` long, its cosine
         ``(n,)`` and its cell ``(n,)``. Cells are searched in decreasing ``order`` until the best
-        found beats the ``bound`` of every cell left; cells with bound -inf are never searched."""
+        found beats the ``bound`` of every cell left; cells with bound -inf are never searched.
+        The first round searches ``per_round`` cells, each later one as many as all before it."""
         n, count = len(sim), bound.shape[1]
         limit = min(max(1, max_cells), count)
         ranked = order.masked_fill(bound == -math.inf, -math.inf).topk(limit, dim=1).indices
@@ -283,8 +303,10 @@ class Refiner:
         best_score = torch.full((n,), -math.inf, device=self.device)
         best_cell = ranked[:, 0].clone()
         active = torch.arange(n, device=self.device)
-        for lo in range(0, limit, max(1, per_round)):
-            cells = ranked[active, lo:lo + max(1, per_round)]
+        lo, size = 0, max(1, per_round)
+        while lo < limit:
+            cells = ranked[active, lo:lo + size]
+            lo, size = lo + size, lo + size  # rounds double the cells searched so far: few rounds
             xy, score = self._search_cells(sim[active], cells)  # (a, m, 2), (a, m)
             score = score.masked_fill(left[active[:, None], cells] == -math.inf, -math.inf)
             left[active[:, None], cells] = -math.inf
@@ -301,19 +323,22 @@ class Refiner:
         return best_xy, best_score, best_cell
 
     def _search_cells(self, sim: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every 1-pixel lattice point of ``cells`` ``(n, m)``: best point ``(n, m, 2)`` long and cosine ``(n, m)``."""
+        """Every ``CELL_STEP_PX`` pixels of ``cells`` ``(n, m)``: best lattice point ``(n, m, 2)``
+        long (processed pixels) and its cosine ``(n, m)``."""
         n, m = cells.shape
         s, (ch, cw) = self.stride, self.cells_hw
         i, j = cells // cw, cells % cw
         corners = _window_index(i.reshape(-1), j.reshape(-1), 2, self.h, self.w)  # (n*m, 2, 2)
         window = sim.reshape(n, -1).gather(1, corners.reshape(n, -1)).reshape(n, m, 2, 2)
-        frac = torch.arange(s + 1, device=self.device).float() / s
-        interp = torch.stack((1 - frac, frac), dim=-1)  # (s+1, 2): the same in every cell
-        dot = interp @ window @ interp.T  # (n, m, s+1, s+1)
-        cos = dot.reshape(n, m, -1) * self._cell_blocks()[cells]
+        offsets = self._cell_offsets()
+        frac = offsets.float() / s
+        interp = torch.stack((1 - frac, frac), dim=-1)  # (T, 2): the same in every cell
+        dot = interp @ window @ interp.T  # (n, m, T, T)
+        cos = dot.reshape(n, m, -1) * self._cell_blocks()[0][cells]
         score, arg = cos.max(dim=-1)
-        x = (j * s + arg % (s + 1)).clamp(max=(self.w - 1) * s)
-        y = (i * s + arg // (s + 1)).clamp(max=(self.h - 1) * s)
+        size = len(offsets)
+        x = (j * s + offsets[arg % size]).clamp(max=(self.w - 1) * s)
+        y = (i * s + offsets[arg // size]).clamp(max=(self.h - 1) * s)
         return torch.stack((x, y), dim=-1), score
 
     def refine(self, sim: torch.Tensor, peaks: torch.Tensor, *, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
