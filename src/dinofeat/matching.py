@@ -8,13 +8,15 @@ The functional core works on :class:`~dinofeat.features.FeatureMap` objects:
 * :func:`match_features` / :func:`match` - query points of image A matched into image B, with
   mutual (cycle) check, ratio test and RANSAC verification, as :class:`Matches`.
 
-Why refinement is cheap: bilinear interpolation is linear, so at a point between four patch
-centres the dot product ``q . f(u, v)`` is the bilinear interpolation of the four similarities,
-and ``|f(u, v)|^2 = w^T G w`` with ``G`` the 4x4 Gram matrix of those four features. The norms
-do not depend on the query: they are computed once per target on a 1-processed-pixel lattice
-(``16 h w C`` flops for the Gram matrices). The exact cosine against the bilinearly sampled,
-re-normalised target feature then costs O(1) per candidate position instead of O(C): no feature
-vector is gathered per query and no Python loop runs over queries or patches.
+Why the exact sub-pixel search is cheap: bilinear interpolation is linear, so at a point between
+four patch centres the dot product ``q . f(u, v)`` is the bilinear interpolation of the four
+similarities, and ``|f(u, v)|^2 = w^T G w`` with ``G`` the 4x4 Gram matrix of those four
+features. The norms do not depend on the query: they are computed once per target on a
+1-processed-pixel lattice (``16 h w C`` flops for the Gram matrices). The exact cosine against
+the bilinearly sampled, re-normalised target feature then costs O(1) per candidate position
+instead of O(C) (only the final 1/4-pixel step uses the 3x3 patches around each answer), and no
+Python loop runs over queries or patches. The whole-map search is a branch and bound over grid
+cells (see :func:`locate`).
 """
 
 from __future__ import annotations
@@ -67,8 +69,6 @@ def similarity(queries: torch.Tensor, target: FeatureMap) -> torch.Tensor:
     h, w = target.grid_hw
     q = F.normalize(queries.float(), dim=-1).to(feats.device)
     return (q @ feats.reshape(h * w, -1).T).reshape(-1, h, w)
-
-
 
 
 def refine_peaks(
@@ -219,7 +219,7 @@ class Refiner:
         corners = torch.stack((padded[:-1, :-1], padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]))
         self._gram = torch.einsum("ahwc,bhwc->hwab", corners, corners)  # (h, w, 4, 4)
         self._inv_norms: dict[int, torch.Tensor] = {}
-        self._blocks: torch.Tensor | None = None
+        self._blocks: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def inv_norm(self, steps: int) -> torch.Tensor:
         """``((h-1) steps + 1, (w-1) steps + 1)`` inverse feature norms at grid positions k / steps."""
