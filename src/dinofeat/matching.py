@@ -608,20 +608,18 @@ def _farthest_points(points: torch.Tensor, k: int) -> torch.Tensor:
 def joint_pca(fa: FeatureMap, fb: FeatureMap, dim: int) -> tuple[FeatureMap, FeatureMap]:
     """Both maps projected on the ``dim`` principal components of their features taken together.
 
-    Features are L2-normalised first (cosine geometry), centred on the joint mean and projected
-    with the top right-singular vectors of the joint ``(h_a w_a + h_b w_b, C)`` matrix (exact SVD:
-    deterministic up to sign, and the sign is shared by both maps, so matching is unaffected).
+    Features are L2-normalised first (cosine geometry), then one PCA (:func:`dinofeat.pca.fit_pca`)
+    is fitted on both maps' patches jointly, so the two projections share one basis.
     """
+    from dinofeat.pca import fit_pca
+
     c = fa.dim
     if not 1 <= dim <= c:
         raise InputError(f"pca dimension must be between 1 and the feature size {c}, got {dim}")
     a = F.normalize(fa.features.float(), dim=-1).reshape(-1, c)
     b = F.normalize(fb.features.float(), dim=-1).reshape(-1, c).to(a.device)
-    joint = torch.cat((a, b))
-    mean = joint.mean(dim=0)
-    _, _, vh = torch.linalg.svd(joint - mean, full_matrices=False)
-    basis = vh[:dim].T
-    project = (lambda f, m: replace(m, features=((f - mean) @ basis).reshape(*m.grid_hw, dim)))
+    basis = fit_pca(torch.cat((a, b)), dim)
+    project = (lambda f, m: replace(m, features=basis.transform(f).reshape(*m.grid_hw, dim)))
     return project(a, fa), project(b, fb)
 
 
