@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,6 +126,16 @@ def test_match_image_with_itself_returns_the_clicked_points(session, images):
     view = session.match(a, a, points)
     targets = np.array([m["target"] for m in view.data["matches"]])
     np.testing.assert_allclose(targets, points, atol=1.0)
+
+
+def test_match_checks_and_colours(session, images):
+    a = images[0]
+    view = session.match(a, a, [], auto=12, ransac="homography", mutual=True, color_by="score")
+    assert view.data["geometry"]["type"] == "homography"
+    assert view.data["settings"]["ransac"] == "homography" and view.data["settings"]["mutual"] is True
+    assert all(m["inlier"] is not None for m in view.data["matches"])
+    with pytest.raises(InputError, match="unknown geometry"):
+        session.match(a, a, [[5.0, 5.0]], ransac="affine")
 
 
 def test_match_before_b_marks_points_only(session, images):
@@ -285,6 +296,10 @@ def test_build_app_has_the_three_tabs(session):
     labels = {c["props"].get("label") for c in config["components"]}
     assert {"Match", "PCA", "Track"} <= labels
     assert demo.dinofeat_session is session
+    # Gradio writes a .pyi stub next to any module that subclasses a component: the app must not
+    import dinofeat.app
+
+    assert not Path(dinofeat.app.__file__).with_suffix(".pyi").exists()
 
 
 def test_errors_become_in_page_messages():
@@ -304,12 +319,11 @@ def test_undecodable_image_upload_is_a_clear_message(tmp_path):
     gr = pytest.importorskip("gradio")
     from gradio.data_classes import ImageData
 
-    from dinofeat.app import _checked_image_class
+    from dinofeat.app import _checked_image
 
     bad = tmp_path / "x.png"
     bad.write_bytes(b"not an image")
-    component = _checked_image_class()(type="filepath", image_mode=None, render=False)
-    assert component.get_block_name() == "image"
+    component = _checked_image(gr, type="filepath", image_mode=None, render=False)
     with pytest.raises(gr.Error) as info:
         component.preprocess(ImageData(path=str(bad), orig_name="photo.png"))
     assert info.value.message.startswith("photo.png is not an image")

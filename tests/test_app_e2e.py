@@ -117,22 +117,27 @@ def wait_image(page, selector: str) -> None:
     page.wait_for_selector(f"{selector} img[src]", state="visible")
 
 
+def wait_text(page, selector: str, text: str) -> None:
+    """Wait until the element's text (line breaks removed: file names are split over lines) holds ``text``."""
+    page.wait_for_function("([s, t]) => { const e = document.querySelector(s); "
+                           "return e && e.innerText.replace(/\\n/g, '').includes(t); }", arg=[selector, text])
+
+
 def json_text(page, selector: str) -> str:
     return page.locator(selector).inner_text()
 
 
 def test_match_tab_upload_click_shows_matches_and_json(page, inputs, server):
     page.locator("#match_a input[type=file]").set_input_files(str(inputs["a"]))
-    wait_image(page, "#match_a")
+    wait_text(page, "#match_status", "A: a.png (240x160)")
     page.locator("#match_b input[type=file]").set_input_files(str(inputs["b"]))
-    wait_image(page, "#match_b")
-    page.wait_for_timeout(300)  # let the upload handlers finish storing the images
+    wait_text(page, "#match_status", "B: b.png (240x160)")
 
     index = click_image(page, "#match_a", 0.5, 0.5)
     wait_image(page, "#match_picture")
     wait_image(page, "#match_heatmap")
-    page.wait_for_function("document.querySelector('#match_json') && "
-                           "document.querySelector('#match_json').innerText.includes('target')")
+    wait_text(page, "#match_status", "1 point(s), 1 match(es) kept")
+    wait_text(page, "#match_json", "target")
     text = json_text(page, "#match_json")
     assert "matches" in text and "score" in text
     page.wait_for_selector("#match_download a, #match_download .file-name, #match_download td")
@@ -147,6 +152,7 @@ def test_match_tab_upload_click_shows_matches_and_json(page, inputs, server):
 
     # a second click adds a second match
     click_image(page, "#match_a", 0.25, 0.3)
+    wait_text(page, "#match_status", "2 point(s)")
     page.wait_for_function("(document.querySelector('#match_json').innerText.match(/target/g) || []).length >= 2")
 
 
@@ -161,14 +167,22 @@ def test_track_tab_click_and_track(page, inputs):
     page.get_by_role("tab", name="Track").click()
     page.locator("#track_video input[type=file]").set_input_files(str(inputs["video"]))
     wait_image(page, "#track_frame")
-    page.wait_for_function("document.querySelector('#track_summary').innerText.includes('5 frames')")
+    wait_text(page, "#track_summary", "5 frames")
     index = click_image(page, "#track_frame", 0.5, 0.5)
-    page.wait_for_function("document.querySelector('#track_points').innerText.includes('.5')")
+    wait_text(page, "#track_points", ".5")
     assert f"{index[0] - 0.5:g}" in json_text(page, "#track_points")
 
     page.locator("#track_run").click()
     page.wait_for_selector("#track_result video[src]", state="attached")
-    page.wait_for_function("document.querySelector('#track_downloads').innerText.includes('.csv')")
+    wait_text(page, "#track_downloads", ".csv")
     downloads = page.locator("#track_downloads").inner_text().replace("\n", "")
     assert "pan_tracks.mp4" in downloads and "pan_tracks.json" in downloads
     assert "Tracked 1 point" in page.locator("#track_summary").inner_text()
+
+
+def test_pca_tab_example_runs_in_one_click(page):
+    page.get_by_role("tab", name="PCA").click()
+    page.locator("#pca_examples button.gallery-item").first.click()
+    wait_text(page, "#pca_summary", "Joint PCA of astronaut.jpg, astronaut_warped.jpg")
+    assert page.locator("#pca_gallery img").count() >= 2
+    wait_text(page, "#pca_downloads", "pca.npz")

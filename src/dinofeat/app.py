@@ -403,7 +403,8 @@ class AppSession:
     # -- matching -----------------------------------------------------------------------------
     def match(self, image_a: np.ndarray | None, image_b: np.ndarray | None,
               points_xy: Sequence[Sequence[float]], *, auto: int | None = None,
-              resolution: int | None = None, name_a: str = "A", name_b: str = "B") -> MatchView:
+              resolution: int | None = None, mutual: bool = False, ransac: str | None = None,
+              color_by: str = "index", name_a: str = "A", name_b: str = "B") -> MatchView:
         """Match query points of A into B (see :func:`dinofeat.matching.match_features`).
 
         Args:
@@ -411,11 +412,17 @@ class AppSession:
             points_xy: ``(N, 2)`` query points in A's pixels (clicked); ignored with ``auto``.
             auto: find this many distinctive, well-spread points of A instead.
             resolution: model resolution for this call (default: the session's).
+            mutual: keep (draw) only mutual matches.
+            ransac: ``homography`` or ``fundamental``: keep only the inliers of that RANSAC model.
+            color_by: line colours, ``index`` or ``score``.
             name_a, name_b: file names for the JSON.
 
+        The heatmap is the last clicked point's similarity (the best point's, for ``auto``).
         Returns the pictures and the JSON; feature maps are cached, so another click on the same
         pair does not run the model again.
         """
+        from dinofeat.cli.match import format_json, matches_json, similarity_image
+        from dinofeat.drawing import draw_heatmap, draw_matches
         from dinofeat.matching import match_features
 
         if image_a is None:
@@ -426,20 +433,24 @@ class AppSession:
         if len(points) > MAX_POINTS or (auto is not None and not 1 <= auto <= MAX_POINTS):
             raise InputError(f"at most {MAX_POINTS} points")
         fa, fb = self.features([image_a, image_b], resolution)
-        if auto is not None:
-            matches = match_features(fa, fb, auto=int(auto))
-            if len(matches) == 0:
-                raise InputError("no distinctive points found: the images share no mutual nearest patches")
-        else:
-            matches = match_features(fa, fb, points)
+        queries = {"auto": int(auto)} if auto is not None else {"points_xy": points}
+        matches = match_features(fa, fb, **queries, require_mutual=mutual, ransac=ransac)
+        if len(matches) == 0:
+            raise InputError("no distinctive points found: the images share no mutual nearest patches")
         points = matches.source_xy.tolist()
         extractor = self.extractor_at(resolution)
-        data = _matches_json(matches, extractor.spec.name, name_a, name_b)
+        settings = {"queries": "auto" if auto is not None else "points", **({"auto": int(auto)} if auto else {}),
+                    "resolution": extractor.resolution, "max_size": extractor.max_size, "stride": extractor.stride,
+                    "layers": list(extractor.layers), "facet": extractor.facet, "mutual": mutual, "ransac": ransac}
+        data = matches_json(matches, model=extractor.spec.name, path_a=name_a, path_b=name_b, settings=settings,
+                            verified=ransac is not None)
         folder = self.new_folder("match")
         json_path = folder / f"{Path(name_a).stem}_{Path(name_b).stem}_matches.json"
-        json_path.write_text(json.dumps(data, indent=1))
-        picture = _draw_matches(image_a, image_b, matches)
-        heatmap = _draw_heatmap(image_b, fa, fb, points[-1], matches.target_xy[-1].tolist())
+        json_path.write_text(format_json(data))
+        picture = draw_matches(image_a, image_b, matches, color_by=color_by, mask=matches.keep.numpy())
+        last = 0 if auto is not None else len(points) - 1
+        heat = similarity_image(fa, fb, matches.source_xy[last:last + 1])
+        heatmap = draw_heatmap(image_b, heat, point_xy=matches.target_xy[last].tolist())
         return MatchView(_mark_points(image_a, points), picture, heatmap, data, json_path, points)
 
 
@@ -460,46 +471,6 @@ def _draw_track_frame(step) -> np.ndarray:
     """One output frame: the visible points of a tracking step marked on its image."""
     visible = step.points_xy[step.visible]
     return _mark_points(step.image, visible.tolist())  # TODO: trails, from the tracking drawing helper
-
-
-def _matches_json(matches, model: str, name_a: str, name_b: str) -> dict:
-    """TODO: replace by the matching CLI's public JSON helper."""
-    m = matches.numpy()
-    return {"model": model,
-            "image_a": {"path": name_a, "size": list(matches.image_size_a_wh)},
-            "image_b": {"path": name_b, "size": list(matches.image_size_b_wh)},
-            "matches": [{"source": [round(float(v), 3) for v in m["source_xy"][i]],
-                         "target": [round(float(v), 3) for v in m["target_xy"][i]],
-                         "score": round(float(m["scores"][i]), 4), "mutual": bool(m["mutual"][i])}
-                        for i in range(len(matches))]}
-
-
-def _draw_matches(image_a, image_b, matches) -> np.ndarray:
-    """TODO: replace by drawing.draw_matches."""
-    import cv2
-
-    h = max(image_a.shape[0], image_b.shape[0])
-    out = np.zeros((h, image_a.shape[1] + image_b.shape[1], 3), np.uint8)
-    out[:image_a.shape[0], :image_a.shape[1]] = image_a
-    out[:image_b.shape[0], image_a.shape[1]:] = image_b
-    for (xa, ya), (xb, yb) in zip(matches.source_xy.tolist(), matches.target_xy.tolist()):
-        cv2.line(out, (round(xa), round(ya)), (round(xb) + image_a.shape[1], round(yb)), (255, 0, 0), 2)
-    return out
-
-
-def _draw_heatmap(image_b, fa, fb, point_a, point_b) -> np.ndarray:
-    """TODO: replace by the matching drawing helper."""
-    import cv2
-    import torch
-
-    from dinofeat.matching import similarity
-
-    sim = similarity(fa.sample([point_a], normalize=True), fb)[0]
-    small = fb.__class__(sim[..., None], fb.image_size_wh, fb.processed_size_wh, fb.patch_size, fb.stride)
-    up = small.upsample()[..., 0].clamp(-1, 1).cpu().numpy()
-    colored = cv2.applyColorMap(((up + 1) * 127.5).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    _ = torch
-    return _mark_points((0.5 * image_b + 0.5 * colored).astype(np.uint8), [point_b])
 
 
 def _digest(image: np.ndarray) -> str:
@@ -567,23 +538,28 @@ def example_files(examples_dir: str | Path | None = EXAMPLES_DIR) -> dict:
     return found
 
 
-@functools.cache
-def _checked_image_class():
-    """``gr.Image`` whose undecodable uploads give a clear in-page message instead of a traceback."""
-    gr = require_gradio()
+def _checked_image(gr, **kwargs):
+    """``gr.Image(**kwargs)`` whose undecodable uploads give a clear in-page message.
 
-    class CheckedImage(gr.Image):
-        is_template = True  # Gradio's mechanism for component variants: use gr.Image's front end
+    Gradio opens an uploaded image with Pillow before any handler runs and reports a failure as
+    its own traceback text; this wraps the instance's ``preprocess`` to say what happened instead.
+    (Not a subclass: Gradio writes a ``.pyi`` stub next to the module of every Component subclass.)
+    """
+    image = gr.Image(**kwargs)
+    plain = image.preprocess
 
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except Exception:  # noqa: BLE001 - Pillow raises many types for files it cannot read
-                name = getattr(payload, "orig_name", None) or "the upload"
-                raise gr.Error(f"{name} is not an image, or a damaged one (cannot read it)",
-                               print_exception=False) from None
+    def preprocess(payload):
+        try:
+            return plain(payload)
+        except gr.Error:
+            raise
+        except Exception:  # noqa: BLE001 - Pillow raises many types for files it cannot read
+            name = getattr(payload, "orig_name", None) or "the upload"
+            raise gr.Error(f"{name} is not an image, or a damaged one (cannot read it)",
+                           print_exception=False) from None
 
-    return CheckedImage
+    image.preprocess = preprocess
+    return image
 
 
 def _messages(fn):
@@ -612,7 +588,7 @@ def build_app(session: AppSession | None = None, *, extractor=None,
             raise ValueError("build_app needs a session or an extractor")
         session = AppSession(extractor, **session_options)
     examples = example_files(examples_dir)
-    Image = _checked_image_class()
+    Image = functools.partial(_checked_image, gr)
     resolutions = sorted({*RESOLUTION_CHOICES, session.extractor.resolution})
 
     with gr.Blocks(title="dinofeat", analytics_enabled=False) as demo:
@@ -672,49 +648,69 @@ def _match_tab(gr, Image, session: AppSession, resolution, pairs: list) -> None:
     data = gr.JSON(label="Matches (JSON)", elem_id="match_json", open=True, max_height=300, render=False)
     download = gr.File(label="Download JSON", interactive=False, elem_id="match_download", height=80,
                        render=False)
+    status = gr.Markdown("Upload two images or pick an example pair, then click points on image A.",
+                         elem_id="match_status")
     examples_here = gr.Column()  # the examples go right under the images (created below, once outputs exist)
     with gr.Row():
         auto = gr.Slider(1, MAX_POINTS, value=20, step=1, label="Automatic points", scale=3,
                          info="distinctive, well-spread points of A with confident matches")
         auto_button = gr.Button("Find automatic points", elem_id="match_auto", scale=1)
         clear_button = gr.Button("Clear points", elem_id="match_clear", scale=1)
+    with gr.Accordion("Match options", open=False):
+        with gr.Row():
+            mutual = gr.Checkbox(False, label="Mutual matches only",
+                                 info="keep a match only if B's point matches back onto the query's patch")
+            ransac = gr.Dropdown(["none", "homography", "fundamental"], value="none", label="RANSAC check",
+                                 info="keep only the inliers of a homography (planar scene) or fundamental matrix")
+            color_by = gr.Radio(["index", "score"], value="index", label="Line colours",
+                                info="one colour per point, or by cosine score (blue low, red high)")
     with gr.Row():
         picture.render()
         heatmap.render()
     with gr.Row():
         data.render()
         download.render()
-    outputs = [image_a, points, picture, heatmap, data, download]
+    outputs = [image_a, points, picture, heatmap, data, download, status]
+    options = [resolution, mutual, ransac, color_by]
 
-    def show(view: MatchView):
+    def describe(a, b, names_, n_points, kept=None):
+        def one(label, name, image):
+            return f"{label}: {name} ({image.shape[1]}x{image.shape[0]})" if image is not None else f"no image {label}"
+
+        count = f"{n_points} point(s)" + (f", {kept} match(es) kept" if kept is not None else "")
+        return " · ".join([one("A", names_[0], a), one("B", names_[1], b), count])
+
+    def show(a, b, points_, names_, res, mutual_, ransac_, color, auto_count=None):
+        if a is None:
+            return None, [], None, None, None, None, describe(a, b, names_, 0)
+        view = session.match(a, b, points_, auto=auto_count, resolution=res, mutual=bool(mutual_),
+                             ransac=None if ransac_ in (None, "none") else ransac_, color_by=color,
+                             name_a=names_[0], name_b=names_[1])
+        kept = None if view.data is None else sum(m["kept"] for m in view.data["matches"])
         return (view.image_a, view.points_xy, view.picture, view.heatmap, view.data,
-                str(view.json_path) if view.json_path else None)
-
-    def empty_outputs(a):
-        return (None if a is None else a, [], None, None, None, None)
+                str(view.json_path) if view.json_path else None, describe(a, b, names_, len(view.points_xy), kept))
 
     @_messages
     def load_pair(path_a, path_b):
         a = session.load_image(path_a) if path_a else None
         b = session.load_image(path_b) if path_b else None
-        return (a, b, [Path(path_a).name if path_a else "A", Path(path_b).name if path_b else "B"],
-                *empty_outputs(a))
+        names_ = [Path(path_a).name if path_a else "A", Path(path_b).name if path_b else "B"]
+        return (a, b, names_, a, [], None, None, None, None, describe(a, b, names_, 0))
 
     @_messages
-    def upload_a(path_a, b, names_, res):
+    def upload_a(path_a, b, names_):  # a new image A: its points start again
         a = session.load_image(path_a)
-        return (a, [Path(path_a).name, names_[1]], *empty_outputs(a))
+        names_ = [Path(path_a).name, names_[1]]
+        return a, names_, a, [], None, None, None, None, describe(a, b, names_, 0)
 
     @_messages
-    def upload_b(path_b, a, points_, names_, res):
+    def upload_b(path_b, a, points_, names_, *opts):  # a new image B: the same points, matched again
         b = session.load_image(path_b)
         names_ = [names_[0], Path(path_b).name]
-        if a is None or not points_:
-            return (b, names_, *empty_outputs(a))
-        return (b, names_, *show(session.match(a, b, points_, resolution=res, name_a=names_[0], name_b=names_[1])))
+        return (b, names_, *show(a, b, points_, names_, *opts))
 
     @_messages
-    def click_a(a, b, points_, names_, res, evt: gr.SelectData):
+    def click_a(a, b, points_, names_, res, mutual_, ransac_, color, evt: gr.SelectData):
         if a is None:
             raise InputError("upload image A first")
         if len(points_) >= MAX_POINTS:
@@ -722,25 +718,30 @@ def _match_tab(gr, Image, session: AppSession, resolution, pairs: list) -> None:
         points_ = [*points_, list(click_to_pixel(evt.index, (a.shape[1], a.shape[0])))]
         if b is None:
             gr.Info("point added; upload image B to see its match")
-            return _mark_points(a, points_), points_, None, None, None, None
-        return show(session.match(a, b, points_, resolution=res, name_a=names_[0], name_b=names_[1]))
+        return show(a, b, points_, names_, res, mutual_, ransac_, color)
 
     @_messages
-    def auto_points(a, b, count, names_, res):
+    def auto_points(a, b, count, names_, *opts):
         if a is None or b is None:
             raise InputError("upload both images first")
-        return show(session.match(a, b, [], auto=int(count), resolution=res, name_a=names_[0], name_b=names_[1]))
+        return show(a, b, [], names_, *opts, auto_count=int(count))
 
-    def clear(a):
-        return empty_outputs(a)
+    @_messages
+    def rematch(a, b, points_, names_, *opts):  # options changed: the same points again
+        return show(a, b, points_, names_, *opts)
 
-    image_a.upload(upload_a, [image_a, state_b, names, resolution], [state_a, names, *outputs])
-    image_b.upload(upload_b, [image_b, state_a, points, names, resolution], [state_b, names, *outputs])
-    image_a.clear(lambda: (None, [], None, None, None, None, None), None, [state_a, *outputs])
-    image_b.clear(lambda a: (None, *empty_outputs(a)), [state_a], [state_b, *outputs])
-    image_a.select(click_a, [state_a, state_b, points, names, resolution], outputs)
-    auto_button.click(auto_points, [state_a, state_b, auto, names, resolution], outputs)
-    clear_button.click(clear, [state_a], outputs)
+    image_a.upload(upload_a, [image_a, state_b, names], [state_a, names, *outputs])
+    image_b.upload(upload_b, [image_b, state_a, points, names, *options], [state_b, names, *outputs])
+    image_a.clear(lambda b, n: (None, None, [], None, None, None, None, describe(None, b, n, 0)),
+                  [state_b, names], [state_a, *outputs])
+    image_b.clear(lambda a, p, n: (None, a if a is None else _mark_points(a, p), p, None, None, None, None,
+                                   describe(a, None, n, len(p))), [state_a, points, names], [state_b, *outputs])
+    image_a.select(click_a, [state_a, state_b, points, names, *options], outputs)
+    auto_button.click(auto_points, [state_a, state_b, auto, names, *options], outputs)
+    clear_button.click(lambda a, b, n: (a, [], None, None, None, None, describe(a, b, n, 0)),
+                       [state_a, state_b, names], outputs)
+    for option in options:
+        option.change(rematch, [state_a, state_b, points, names, *options], outputs)
     if pairs:
         with examples_here:
             gr.Examples(pairs, inputs=[image_a, image_b], fn=load_pair, run_on_click=True, cache_examples=False,
