@@ -255,6 +255,7 @@ def test_track_writes_video_json_and_csv(session, video):
     data = json.loads(view.json_path.read_text())
     assert data == view.data
     assert data["video"] == {"path": "pan.mp4", "fps": 12.0, "frames": 6, "size": [112, 84]}
+    assert data["frame_indices"] == list(range(6))
     assert [t["query"] for t in data["tracks"]] == [[0, 40.0, 30.0], [2, 70.5, 50.0]]
     for track in data["tracks"]:
         assert len(track["points"]) == len(track["scores"]) == len(track["visible"]) == 6
@@ -262,6 +263,11 @@ def test_track_writes_video_json_and_csv(session, video):
     rows = view.csv_path.read_text().splitlines()
     assert rows[0] == "track,frame,x,y,score,visible" and len(rows) == 1 + 2 * 6
     assert "Tracked 2 point(s) through 6 frames of pan.mp4" in view.summary
+
+
+def test_track_options_reach_the_tracker(session, video):
+    strict = session.track(video, [[0, 40.0, 30.0]], min_score=1.01, trail=0, window=20.0)
+    assert strict.data["tracks"][0]["visible"] == [True] + [False] * 5  # nothing scores above 1
 
 
 def test_track_bad_queries(session, video, extractor, tmp_path):
@@ -273,6 +279,8 @@ def test_track_bad_queries(session, video, extractor, tmp_path):
         AppSession(extractor, max_video_frames=3, workdir=tmp_path).track(video, [[4, 20.0, 30.0]])
     with pytest.raises(InputError, match="triples"):
         session.track(video, [[0, 1.0]])
+    with pytest.raises(InputError, match="trail"):
+        session.track(video, [[0, 20.0, 30.0]], trail=-1)
     assert not list(session.workdir.glob("track-*/*.mp4"))  # nothing half-written left behind
 
 
@@ -300,6 +308,26 @@ def test_build_app_has_the_three_tabs(session):
     import dinofeat.app
 
     assert not Path(dinofeat.app.__file__).with_suffix(".pyi").exists()
+
+
+def test_launch_serves_the_page_with_the_upload_limit(session):
+    pytest.importorskip("gradio")
+    import socket
+    import urllib.request
+
+    from dinofeat.app import launch
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = launch(session, port=port, block=False, quiet=True, max_upload_mb=0.5)
+    try:
+        assert demo.max_file_size == 500_000  # Gradio refuses bigger uploads in the page, with a message
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with no_proxy.open(f"http://127.0.0.1:{port}/", timeout=30) as response:
+            assert response.status == 200 and b"dinofeat" in response.read()
+    finally:
+        demo.close()
 
 
 def test_errors_become_in_page_messages():

@@ -24,7 +24,7 @@ pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--no-proxy-server"]
 TIMEOUT_MS = 30_000
 
 

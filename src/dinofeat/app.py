@@ -357,17 +357,25 @@ class AppSession:
         raise InputError(f"{Path(path).name} has no frame {index}")
 
     def track(self, path: str | Path, queries_txy: Sequence[Sequence[float]], *,
-              window: float | None = None, resolution: int | None = None,
-              progress: ProgressFn | None = None) -> TrackView:
+              window: float | None = None, min_score: float | None = None, trail: int | None = None,
+              resolution: int | None = None, progress: ProgressFn | None = None) -> TrackView:
         """Track ``(t, x, y)`` query points through a video and write MP4, JSON and CSV.
 
+        The outputs are those of ``dinofeat track -o --json --csv`` (same drawing, same schemas).
+
         Args:
-            path: the video (checked as :meth:`open_video` does).
+            path: the video (checked as :meth:`open_video` does; cut at the session's frame limit).
             queries_txy: query frame index and original-pixel position per point.
             window: search radius in pixels (default: the tracker's, a few patches).
+            min_score: cosine below which a match is weak (default: the tracker's).
+            trail: trail length in frames in the output video (default: the command's).
             resolution: model resolution for this call (default: the session's).
             progress: called as ``progress(frames_done, frames_total)`` after each frame.
         """
+        from collections import deque
+
+        from dinofeat.cli.track import DEFAULT_TRAIL
+        from dinofeat.drawing import draw_tracks, palette
         from dinofeat.tracking import Tracks, check_queries, processed_frame_indices, track_frames
         from dinofeat.video import VideoWriter, read_frames
 
@@ -375,25 +383,33 @@ class AppSession:
         name = Path(path).name
         indices = processed_frame_indices(view.frames, max_frames=view.usable_frames)
         queries = check_queries(_as_queries(queries_txy), indices, view.size_wh)
+        trail = DEFAULT_TRAIL if trail is None else int(trail)
+        if trail < 0:
+            raise InputError(f"trail must be 0 or more frames, got {trail}")
         extractor = self.extractor_at(resolution)
-        options = {} if window is None else {"window": float(window)}
+        options = {key: float(value) for key, value in (("window", window), ("min_score", min_score))
+                   if value is not None}
         folder = self.new_folder("track")
         stem = Path(name).stem or "video"
         video_path, json_path, csv_path = (folder / f"{stem}_tracks{s}" for s in (".mp4", ".json", ".csv"))
+        colors = palette(len(queries))
+        recent = deque(maxlen=trail + 1)  # positions of the last frames, the current one included
         steps = []
         with self._model_lock, VideoWriter(video_path, view.fps, view.size_wh) as sink:
             frames = read_frames(path, max_frames=view.usable_frames)
             for step in track_frames(frames, queries, extractor, **options):
-                sink.write(_draw_track_frame(step))
+                recent.append((step.points_xy, step.visible))
+                sink.write(draw_tracks(step.image, np.stack([xy for xy, _ in recent]),
+                                       np.stack([v for _, v in recent]), colors))
                 step.image = None
                 steps.append(step)
                 if progress is not None:
                     progress(len(steps), len(indices))
         tracks = Tracks.from_steps(queries, steps)
         data = {"model": extractor.spec.name,
-                "video": {"path": name, "fps": view.fps, "frames": view.frames, "size": list(view.size_wh)},
+                "video": {"path": name, "fps": view.fps, "frames": len(tracks), "size": list(view.size_wh)},
                 **tracks.to_dict()}
-        json_path.write_text(json.dumps(data, indent=1))
+        json_path.write_text(json.dumps(data) + "\n")
         tracks.write_csv(csv_path)
         visible = float(tracks.visible.mean()) if tracks.visible.size else 0.0
         summary = (f"Tracked {len(queries)} point(s) through {len(tracks)} frames of {name}; "
@@ -465,12 +481,6 @@ def _as_queries(queries_txy) -> np.ndarray:
     if len(queries) > MAX_POINTS:
         raise InputError(f"at most {MAX_POINTS} points, got {len(queries)}")
     return queries
-
-
-def _draw_track_frame(step) -> np.ndarray:
-    """One output frame: the visible points of a tracking step marked on its image."""
-    visible = step.points_xy[step.visible]
-    return _mark_points(step.image, visible.tolist())  # TODO: trails, from the tracking drawing helper
 
 
 def _digest(image: np.ndarray) -> str:
@@ -627,9 +637,9 @@ def launch(session_or_extractor, *, host: str = "127.0.0.1", port: int | None = 
     session = demo.dinofeat_session
     allowed = [str(session.workdir)] + ([str(examples_dir)] if examples_dir and Path(examples_dir).is_dir() else [])
     demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name=host, server_port=port, max_file_size=f"{max_upload_mb:g}mb", allowed_paths=allowed,
-                show_error=True, prevent_thread_lock=not block, quiet=quiet, ssr_mode=False,
-                footer_links=["gradio"])
+    demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1_000_000),
+                allowed_paths=allowed, show_error=True, prevent_thread_lock=not block, quiet=quiet,
+                ssr_mode=False, footer_links=["gradio"])
     return demo
 
 
@@ -797,6 +807,9 @@ def _pca_tab(gr, session: AppSession, resolution, groups: list) -> None:
 
 
 def _track_tab(gr, session: AppSession, resolution, videos: list) -> None:
+    from dinofeat.cli.track import DEFAULT_TRAIL
+    from dinofeat.tracking import DEFAULT_MIN_SCORE
+
     video_state = gr.State(None)  # VideoView of the uploaded video
     frame_state = gr.State(None)  # the clean frame on show, (H, W, 3) uint8
     queries = gr.State([])  # [[t, x, y], ...]
@@ -805,17 +818,22 @@ def _track_tab(gr, session: AppSession, resolution, videos: list) -> None:
         with gr.Column(scale=1):
             frame_image = gr.Image(label="Click points to track on this frame", interactive=False, format="png",
                                    elem_id="track_frame")
-            frame_index = gr.Slider(0, 1, value=0, step=1, interactive=False, label="Frame", elem_id="track_frame_index",
-                                    info="points may start on any frame")
+            frame_index = gr.Slider(0, 1, value=0, step=1, interactive=False, label="Frame",
+                                    elem_id="track_frame_index", info="points may start on any frame")
     examples_here = gr.Column()
     with gr.Row():
         points_json = gr.JSON(label="Query points [frame, x, y]", elem_id="track_points", open=True,
-                              max_height=200)
-        with gr.Column():
-            window = gr.Number(0, label="Search window radius in pixels (0 = automatic: a few patches)",
-                               minimum=0)
+                              max_height=200, scale=2)
+        with gr.Column(scale=1):
             clear_button = gr.Button("Clear points", elem_id="track_clear")
             run = gr.Button("Track", variant="primary", elem_id="track_run")
+    with gr.Row():
+        window = gr.Number(0, label="Search radius (pixels)", minimum=0,
+                           info="around the last position; 0 = automatic (4 patches)")
+        min_score = gr.Slider(0, 1, value=DEFAULT_MIN_SCORE, step=0.05, label="Minimum score",
+                              info="a weaker match counts as not visible")
+        trail = gr.Slider(0, 60, value=DEFAULT_TRAIL, step=1, label="Trail (frames)",
+                          info="in the output video")
     summary = gr.Markdown(elem_id="track_summary")
     with gr.Row():
         result = gr.Video(label="Tracks", interactive=False, elem_id="track_result")
@@ -856,7 +874,7 @@ def _track_tab(gr, session: AppSession, resolution, videos: list) -> None:
         return queries_, queries_, marked(frame, queries_, t)
 
     @_messages
-    def run_track(view, queries_, radius, res, progress=gr.Progress()):
+    def run_track(view, queries_, radius, score, trail_, res, progress=gr.Progress()):
         if view is None:
             raise InputError("upload a video first")
         if not queries_:
@@ -865,8 +883,8 @@ def _track_tab(gr, session: AppSession, resolution, videos: list) -> None:
         def report(done, total):
             progress((done, total), desc="Tracking", unit="frames")
 
-        out = session.track(view.path, queries_, window=float(radius) if radius else None, resolution=res,
-                            progress=report)
+        out = session.track(view.path, queries_, window=float(radius) if radius else None, min_score=score,
+                            trail=int(trail_), resolution=res, progress=report)
         return (str(out.video_path), [str(out.video_path), str(out.json_path), str(out.csv_path)], out.data,
                 out.summary)
 
@@ -877,7 +895,8 @@ def _track_tab(gr, session: AppSession, resolution, videos: list) -> None:
     frame_image.select(click_frame, [video_state, frame_state, frame_index, queries],
                        [queries, points_json, frame_image])
     clear_button.click(lambda frame: ([], [], frame), [frame_state], [queries, points_json, frame_image])
-    run.click(run_track, [video_state, queries, window, resolution], [result, downloads, data, summary])
+    run.click(run_track, [video_state, queries, window, min_score, trail, resolution],
+              [result, downloads, data, summary])
     if videos:
         with examples_here:
             gr.Examples(videos, inputs=[video], fn=open_video, outputs=open_outputs, run_on_click=True,
