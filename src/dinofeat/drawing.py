@@ -223,3 +223,61 @@ def _resize_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
         return image
     shrink = width < image.shape[1]
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+# -- tracks ---------------------------------------------------------------------------------------
+_SUBPIXEL_BITS = 4  # OpenCV draws at 1/16-pixel precision with shift=4
+
+
+def draw_tracks(image: np.ndarray, trail_xy: np.ndarray, trail_visible: np.ndarray,
+                colors: np.ndarray | None = None, *, radius: int | None = None,
+                thickness: int | None = None) -> np.ndarray:
+    """Tracked points with fading trails on a video frame: a new ``(H, W, 3) uint8 RGB`` image.
+
+    Args:
+        image: the frame, ``(H, W, 3) uint8 RGB`` (not modified).
+        trail_xy: ``(L, N, 2)`` positions (original pixels) of ``N`` points over the last ``L`` frames,
+            oldest first; the last row is the current frame.
+        trail_visible: ``(L, N)`` bool; a trail segment is drawn only between two visible positions,
+            a point only if visible in the current frame.
+        colors: ``(N, 3) uint8`` RGB, one per point (default: :func:`palette`).
+        radius, thickness: marker radius and trail width in pixels (default: scaled to the frame).
+
+    Older trail segments are more transparent (linear fade), the current position is an opaque
+    dot with a dark rim.
+
+    >>> out = draw_tracks(np.zeros((20, 30, 3), np.uint8), np.array([[[5.0, 5.0]], [[15.0, 10.0]]]),
+    ...                   np.array([[True], [True]]))
+    >>> out.shape, bool(out[10, 15].any()), bool(out[0, 29].any())
+    ((20, 30, 3), True, False)
+    """
+    import cv2
+
+    trail_xy = np.asarray(trail_xy, dtype=np.float64).reshape(len(trail_visible), -1, 2)
+    trail_visible = np.asarray(trail_visible, dtype=bool) & np.isfinite(trail_xy).all(axis=-1)
+    length, n = trail_visible.shape
+    colors = palette(n) if colors is None else np.asarray(colors, dtype=np.uint8).reshape(n, 3)
+    side = min(image.shape[:2])
+    radius = radius or max(2, round(side / 120))
+    thickness = thickness or max(1, round(side / 240))
+    fixed = np.round(trail_xy * (1 << _SUBPIXEL_BITS)).astype(np.int64)
+    out = image.copy()
+    if length > 1:
+        lines = np.zeros_like(image)
+        alpha = np.zeros(image.shape[:2], np.uint8)
+        for age in range(length - 1):  # oldest first, so newer segments are drawn on top
+            strength = round(255 * (age + 1) / (length - 1))
+            for i in np.flatnonzero(trail_visible[age] & trail_visible[age + 1]):
+                a, b = tuple(fixed[age, i]), tuple(fixed[age + 1, i])
+                cv2.line(lines, a, b, tuple(int(c) for c in colors[i]), thickness, cv2.LINE_AA, _SUBPIXEL_BITS)
+                cv2.line(alpha, a, b, strength, thickness, cv2.LINE_AA, _SUBPIXEL_BITS)
+        drawn = alpha > 0
+        if drawn.any():
+            weight = alpha[drawn, None].astype(np.float32) / 255
+            out[drawn] = np.clip(out[drawn] * (1 - weight) + lines[drawn] * weight + 0.5, 0, 255).astype(np.uint8)
+    for i in np.flatnonzero(trail_visible[-1]):
+        centre = tuple(fixed[-1, i])
+        cv2.circle(out, centre, (radius + 1) << _SUBPIXEL_BITS, (0, 0, 0), -1, cv2.LINE_AA, _SUBPIXEL_BITS)
+        cv2.circle(out, centre, radius << _SUBPIXEL_BITS, tuple(int(c) for c in colors[i]), -1, cv2.LINE_AA,
+                   _SUBPIXEL_BITS)
+    return out

@@ -1,0 +1,240 @@
+"""Point tracking on synthetic videos made from a real photo, with known motion.
+
+Two kinds of features are used, and why:
+
+* **A random-weight ViT made content-only** (:func:`content_vit`): random blocks mix in context and a
+  random positional embedding makes the same pixels at another grid position a slightly different
+  vector, so raw random features are not what tracking needs (trained DINOv2 features are dominated
+  by content). With layerscale 1e-3 the blocks barely change the tokens and with the positional
+  embedding set to zero each feature is a function of its patch's pixels only: the same pixels give
+  the same feature anywhere. That is exactly what a whole-patch camera step checks (exactness), and
+  what occlusion, look-alike and late-query tests need: the real model code, frames in, tracks out.
+* **A smooth stand-in descriptor** (:class:`SmoothDescriptor`) where sub-patch precision is tested:
+  trained DINOv2 features vary smoothly between patch centres, random ones do not (the next patch
+  sees unrelated pixels), so bilinear sub-patch positions only mean something with smooth
+  features. The stand-in samples a blurred image on a lattice wider than a patch, which is smooth
+  at the patch scale, and goes through the same :class:`~dinofeat.features.FeatureMap` geometry.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dinofeat.errors import InputError
+from dinofeat.extractor import Extractor
+from dinofeat.features import FeatureMap
+from dinofeat.matching import grid_points
+from dinofeat.registry import get_spec
+from dinofeat.tracking import (PointTracker, Tracks, check_queries, processed_frame_indices, track_frames,
+                               track_video)
+from dinofeat.video import VideoWriter
+from dinofeat.vit import DinoVisionTransformer
+
+SIZE_WH = (168, 126)  # 12 x 9 patches at resolution 126: the model sees the frame 1:1
+
+
+@functools.cache
+def photo() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()  # 512 x 512 RGB, public domain
+
+
+def camera(origins, source=None) -> list[np.ndarray]:
+    """Frames of ``SIZE_WH`` whose top-left corner is at ``origins[k]`` (float x, y) of the photo."""
+    source = photo() if source is None else source
+    frames = []
+    for ox, oy in origins:
+        shift = np.float32([[1, 0, -ox], [0, 1, -oy]])
+        frames.append(cv2.warpAffine(source, shift, SIZE_WH, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
+    return frames
+
+
+def truth(points_xy, origins) -> np.ndarray:
+    """``(T, N, 2)`` where photo-fixed points seen at ``points_xy`` in frame 0 are in every frame."""
+    return np.array([np.asarray(points_xy) + np.subtract(origins[0], o) for o in origins])
+
+
+@functools.cache
+def content_vit(depth: int = 2) -> DinoVisionTransformer:
+    """Random ViT-S/14 whose features depend on the patch's own pixels only (see module docstring)."""
+    vit = DinoVisionTransformer(get_spec("dinov2_vits14"), depth=depth).init_random(0, layerscale=1e-3)
+    with torch.no_grad():
+        vit.pos_embed.zero_()
+    return vit.eval()
+
+
+def vit_extractor() -> Extractor:
+    return Extractor(content_vit(), resolution=126, device="cpu", precision="fp32", batch_size=4)
+
+
+class SmoothDescriptor:
+    """Stand-in extractor with features smooth at the patch scale: a Gaussian-blurred image sampled
+    on a 5 x 5 lattice (8-px spacing) around each patch centre, mean removed."""
+
+    batch_size = 4
+    patch_size = stride = 14
+
+    def extract_arrays(self, images) -> list[FeatureMap]:
+        return [self._one(image) for image in images]
+
+    def _one(self, image: np.ndarray) -> FeatureMap:
+        h, w = image.shape[:2]
+        blurred = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 8.0)
+        centre = (self.patch_size - 1) / 2
+        gx, gy = np.meshgrid(centre + self.stride * np.arange((w - self.patch_size) // self.stride + 1),
+                             centre + self.stride * np.arange((h - self.patch_size) // self.stride + 1))
+        offsets = (np.arange(5) - 2) * 8.0
+        samples = [cv2.remap(blurred, (gx + dx).astype(np.float32), (gy + dy).astype(np.float32),
+                             cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for dy in offsets for dx in offsets]
+        feats = np.concatenate(samples, axis=-1)
+        feats -= feats.mean(axis=-1, keepdims=True)
+        return FeatureMap(torch.from_numpy(feats), image_size_wh=(w, h), processed_size_wh=(w, h))
+
+
+def track(frames, queries_txy, extractor, **options) -> Tracks:
+    steps = list(track_frames(enumerate(frames), queries_txy, extractor, **options))
+    return Tracks.from_steps(queries_txy, steps)
+
+
+def at_frame(t, points_xy) -> np.ndarray:
+    points_xy = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    return np.concatenate([np.full((len(points_xy), 1), float(t)), points_xy], axis=1)
+
+
+# -- accuracy ---------------------------------------------------------------------------------------
+def test_whole_patch_camera_steps_are_exact():
+    origins = [(100 + 14 * (k % 3), 60 + 14 * ((k // 2) % 2)) for k in range(8)]  # back and forth, x and y
+    points = grid_points((100, 60), 5).numpy() + [40, 30]  # sub-pixel positions that stay inside
+    tracks = track(camera(origins), at_frame(0, points), vit_extractor())
+    error = np.linalg.norm(tracks.points_xy - truth(points, origins), axis=-1)
+    assert tracks.visible.all()
+    assert error.max() <= 1.0
+    assert (tracks.frame_indices == np.arange(8)).all() and tracks.points_xy.shape == (8, 25, 2)
+
+
+def test_smooth_subpixel_pan_error_bound():
+    origins = [(100 + 2.37 * k, 60 + 1.21 * k) for k in range(12)]  # 2.7 px per frame, never whole pixels
+    points = grid_points((108, 76), 4).numpy() + [40, 35]
+    tracks = track(camera(origins), at_frame(0, points), SmoothDescriptor())
+    error = np.linalg.norm(tracks.points_xy - truth(points, origins), axis=-1)
+    assert tracks.visible.all()
+    assert np.median(error) < 2.0  # 1/7 of a patch
+    assert error.max() < 7.0  # half a patch
+
+
+def test_occluder_hides_the_point_then_it_is_recovered():
+    origins = [(100 + 14 * k, 60) for k in range(9)]
+    points = np.array([[130.5, 48.3], [140.0, 100.0]])
+    where = truth(points, origins)
+    frames = camera(origins)
+    cover = cv2.resize(photo(), (64, 64))[:50, :50]  # another part of the photo
+    for k in (3, 4, 5):
+        x, y = np.round(where[k, 0]).astype(int)
+        frames[k][y - 25:y + 25, x - 25:x + 25] = cover
+    tracks = track(frames, at_frame(0, points), vit_extractor())
+    assert tracks.visible[:, 0].tolist() == [True] * 3 + [False] * 3 + [True] * 3
+    assert tracks.visible[:, 1].all()
+    hidden = tracks.points_xy[3:6, 0]
+    assert np.allclose(hidden, tracks.points_xy[2, 0])  # the last visible position is kept
+    error = np.linalg.norm(tracks.points_xy - where, axis=-1)
+    assert error[6:, 0].max() <= 1.0 and error[:3].max() <= 1.0 and error[:, 1].max() <= 1.0
+
+
+def test_window_prevents_jumping_to_a_look_alike():
+    origins = [(100 - 14 * (k % 3), 60 + 14 * (k % 2)) for k in range(8)]
+    point = np.array([[40.5, 62.5]])
+    frames = camera(origins)
+    copy = frames[0][28:98, 0:70].copy()  # the 5 x 5 patches around the point in frame 0
+    for k in range(1, 8):
+        frames[k] = cv2.GaussianBlur(frames[k], (0, 0), 0.6)  # the real scene changes a little ...
+        frames[k][28:98, 98:168] = copy  # ... the look-alike, 7 patches away, is the exact first view
+    where = truth(point, origins)
+    ours = track(frames, at_frame(0, point), vit_extractor())
+    error = np.linalg.norm(ours.points_xy - where, axis=-1)[:, 0]
+    assert ours.visible.all() and error.max() <= 3.0
+    everywhere = track(frames, at_frame(0, point), vit_extractor(), window=1e4)  # no motion prior
+    jumped = np.linalg.norm(everywhere.points_xy - where, axis=-1)[:, 0]
+    assert (jumped > 50).sum() >= 2  # the window is what prevents it
+
+
+def test_anchored_template_follows_appearance_change():
+    """Chooses the default template policy: on a pan whose colours drift (channels rotating towards
+    G, B, R), the anchored template keeps more points found and visible than the fixed one."""
+    origins = [(100 + 2.37 * k, 60 + 1.21 * k) for k in range(20)]
+    points = grid_points((108, 76), 4).numpy() + [40, 35]
+    frames = []
+    for k, frame in enumerate(camera(origins)):
+        a = 0.7 * k / 19
+        frames.append(np.clip((1 - a) * frame + a * frame[..., [1, 2, 0]], 0, 255).astype(np.uint8))
+    where = truth(points, origins)
+    found = {}
+    for policy in ("fixed", "anchored"):
+        tracks = track(frames, at_frame(0, points), SmoothDescriptor(), template=policy)
+        good = tracks.visible & (np.linalg.norm(tracks.points_xy - where, axis=-1) < 7.0)
+        found[policy] = int(good[-5:].sum())
+    assert found["anchored"] > found["fixed"]
+    assert PointTracker(at_frame(0, [[1.0, 1.0]])).template_policy == "anchored"  # hence the default
+
+
+# -- queries at any frame ---------------------------------------------------------------------------
+def test_queries_start_at_their_own_frame():
+    origins = [(100 + 14 * k, 60) for k in range(6)]
+    frames = camera(origins)
+    late = np.array([[120.5, 70.2]])  # placed in frame 2
+    queries = np.concatenate([at_frame(0, [[130.5, 48.3]]), at_frame(2, late)])
+    tracks = track(frames, queries, vit_extractor())
+    assert tracks.visible[:, 0].all()
+    assert tracks.visible[:, 1].tolist() == [False, False, True, True, True, True]
+    assert (tracks.scores[:2, 1] == 0).all() and np.allclose(tracks.points_xy[:3, 1], late)
+    expected = late + np.array([[-14.0 * (k - 2), 0.0] for k in range(2, 6)])
+    assert np.abs(tracks.points_xy[2:, 1] - expected).max() <= 1.0
+
+
+def test_bad_queries_are_refused():
+    indices = processed_frame_indices(10, start=2, every=2)
+    assert list(indices) == [2, 4, 6, 8]
+    check_queries(at_frame(4, [[0, 0]]), indices, (40, 30))
+    with pytest.raises(InputError, match="not processed"):
+        check_queries(at_frame(3, [[5, 5]]), indices, (40, 30))
+    with pytest.raises(InputError, match="outside"):
+        check_queries(at_frame(2, [[40.0, 5]]), indices, (40, 30))
+    with pytest.raises(InputError, match="no points"):
+        check_queries(np.zeros((0, 3)), indices, (40, 30))
+    with pytest.raises(InputError):
+        PointTracker([[0, 1.0]])
+    with pytest.raises(InputError, match="template"):
+        PointTracker(at_frame(0, [[1, 1]]), template="sometimes")
+    fmap = SmoothDescriptor().extract_arrays([camera([(0, 0)])[0]])[0]
+    tracker = PointTracker(at_frame(1, [[3, 3]]))
+    with pytest.raises(InputError, match="not one of the processed frames"):
+        tracker.step(2, fmap)  # frame 1 was skipped
+    with pytest.raises(InputError, match="outside"):
+        PointTracker(at_frame(0, [[500, 3]])).step(0, fmap)
+
+
+# -- from a file ------------------------------------------------------------------------------------
+def test_track_video_from_a_file(tmp_path):
+    origins = [(100 + 14 * k, 60) for k in range(7)]
+    path = tmp_path / "pan.mp4"
+    with VideoWriter(path, fps=12, size_wh=SIZE_WH, crf=4) as sink:
+        for frame in camera(origins):
+            sink.write(frame)
+    point = np.array([[130.5, 48.3]])
+    tracks = track_video(path, at_frame(1, point), vit_extractor(), start=1, every=2)
+    assert tracks.frame_indices.tolist() == [1, 3, 5]
+    assert tracks.visible.all()
+    expected = point + np.array([[-28.0 * k, 0.0] for k in range(3)])
+    assert np.abs(tracks.points_xy[:, 0] - expected).max() <= 1.5  # nearly lossless H.264
+    document = tracks.to_dict()
+    assert document["frame_indices"] == [1, 3, 5]
+    (entry,) = document["tracks"]
+    assert entry["query"] == [1, 130.5, 48.3] and len(entry["points"]) == 3 and entry["visible"] == [True] * 3
+    tracks.write_csv(tmp_path / "t.csv")
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    assert lines[0] == "track,frame,x,y,score,visible" and lines[1].startswith("0,1,130.500,48.300,1.0000,1")
