@@ -14,8 +14,9 @@ For each query point ``(t, x, y)`` (frame index, original pixels):
    fast, or was hidden and reappears elsewhere), the best position in the whole frame
    (:func:`dinofeat.matching.locate`) is used if it scores higher.
 4. **Visibility**: a point is visible when its refined score is at least ``min_score`` *and* the
-   match is cycle-consistent: the feature found, matched back into the query frame, lands within
-   ``cycle_tolerance`` pixels of the query point. A point that is not visible keeps its last
+   match is cycle-consistent: the feature found, matched back against every patch of the query
+   frame, matches best within ``cycle_tolerance`` pixels of the query point (at the query point
+   itself or a patch that close; one matrix product for all points). A point that is not visible keeps its last
    visible position in the data (the search stays centred there) and is picked up again when it
    reappears.
 5. **Template policy**: ``"fixed"`` keeps the query feature (the naive tracker's behaviour);
@@ -295,7 +296,9 @@ class PointTracker:
         return found_xy.cpu(), found_scores.float().cpu(), visible.cpu(), feats.cpu()
 
     def _cycle_consistent(self, idx: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """Match ``feats`` back into each query's frame: does it land near the query point?"""
+        """Match ``feats`` back into each query's frame: is the best match within the tolerance of
+        the query point? True when the best cosine there (at the query point itself or at a patch
+        within the tolerance) is at least the best cosine of every patch farther away."""
         ok = torch.ones(len(idx), dtype=torch.bool)
         if self.cycle_tolerance is not None and math.isinf(self.cycle_tolerance):
             return ok
@@ -303,10 +306,15 @@ class PointTracker:
         for frame in np.unique(t):  # one matrix product per distinct query frame, not per point
             rows = torch.from_numpy(np.flatnonzero(t == frame))
             anchor_map = self._anchor_maps[int(frame)]
-            back_xy = locate(feats[rows].to(anchor_map.features.device), anchor_map).points_xy.cpu().double()
-            query_xy = torch.from_numpy(self.queries_txy[idx.numpy()[rows.numpy()], 1:])
+            h, w = anchor_map.grid_hw
+            back = feats[rows].to(anchor_map.features.device) @ anchor_map.features.reshape(h * w, -1).T
+            query_xy = torch.from_numpy(self.queries_txy[idx.numpy()[rows.numpy()], 1:]).float()
             tolerance = self.cycle_tolerance or DEFAULT_CYCLE_TOLERANCE_PATCHES * self._patch_pixels(anchor_map)
-            ok[rows] = (back_xy - query_xy).norm(dim=-1) <= tolerance
+            near = (torch.cdist(query_xy, anchor_map.patch_centers().reshape(-1, 2)) <= tolerance).to(back.device)
+            at_query = (feats[rows] * self._anchor[idx[rows]]).sum(-1).to(back.device)
+            best_near = torch.maximum(at_query, back.masked_fill(~near, -math.inf).max(dim=1).values)
+            best_far = back.masked_fill(near, -math.inf).max(dim=1).values
+            ok[rows] = (best_near >= best_far).cpu()
         return ok
 
     def _update_templates(self, idx: torch.Tensor, feats: torch.Tensor) -> None:
