@@ -307,11 +307,12 @@ class PointTracker:
             rows = torch.from_numpy(np.flatnonzero(t == frame))
             anchor_map = self._anchor_maps[int(frame)]
             h, w = anchor_map.grid_hw
-            back = feats[rows].to(anchor_map.features.device) @ anchor_map.features.reshape(h * w, -1).T
+            found = feats[rows].to(anchor_map.features.device)
+            back = found @ anchor_map.features.reshape(h * w, -1).T
             query_xy = torch.from_numpy(self.queries_txy[idx.numpy()[rows.numpy()], 1:]).float()
             tolerance = self.cycle_tolerance or DEFAULT_CYCLE_TOLERANCE_PATCHES * self._patch_pixels(anchor_map)
             near = (torch.cdist(query_xy, anchor_map.patch_centers().reshape(-1, 2)) <= tolerance).to(back.device)
-            at_query = (feats[rows] * self._anchor[idx[rows]]).sum(-1).to(back.device)
+            at_query = (found * self._anchor[idx[rows]].to(found.device)).sum(-1)
             best_near = torch.maximum(at_query, back.masked_fill(~near, -math.inf).max(dim=1).values)
             best_far = back.masked_fill(near, -math.inf).max(dim=1).values
             ok[rows] = (best_near >= best_far).cpu()
