@@ -194,3 +194,11 @@ def test_help_is_instant_and_names_the_contract(capsys):
                    "--batch-size", "--model", "--weights", "--device", "--precision", "--resolution", "--start",
                    "--max-frames", "--every"):
         assert option in text
+
+
+def test_cli_defaults_are_the_trackers():
+    from dinofeat import tracking
+    from dinofeat.cli import track
+
+    assert track.DEFAULT_MIN_SCORE == tracking.DEFAULT_MIN_SCORE
+    assert tracking.DEFAULT_WINDOW_PATCHES == 4 and tracking.DEFAULT_CYCLE_TOLERANCE_PATCHES == 1.5  # as --help says
