@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -376,15 +377,21 @@ def test_cli_builds_the_model_once_and_launches(monkeypatch, vits14_checkpoint, 
     from dinofeat.cli import main
 
     launched = {}
-    monkeypatch.setattr(dinofeat.app, "launch", lambda session, **kw: launched.update(session=session, **kw))
+
+    def fake_launch(session, **options):
+        launched.update(session=session, **options)
+        return SimpleNamespace(local_url="http://0.0.0.0:8123/", block_thread=lambda: launched.update(served=True))
+
+    monkeypatch.setattr(dinofeat.app, "launch", fake_launch)
     code = main(["app", "--weights", str(vits14_checkpoint), "--device", "cpu", "--resolution", "224",
                  "--port", "8123", "--host", "0.0.0.0", "--max-frames", "50", "--max-upload-mb", "10"])
     assert code == 0
     session = launched["session"]
-    assert (launched["host"], launched["port"], launched["max_upload_mb"], launched["block"]) == \
-        ("0.0.0.0", 8123, 10, True)
+    assert (launched["host"], launched["port"], launched["max_upload_mb"]) == ("0.0.0.0", 8123, 10)
+    assert launched["served"]
     assert session.extractor.resolution == 224 and session.max_video_frames == 50
-    assert "dinov2_vits14 on cpu" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dinov2_vits14 on cpu" in out and "open http://0.0.0.0:8123/ in a browser" in out
 
 
 @pytest.mark.parametrize("argv", [["--port", "0"], ["--port", "http"], ["--max-frames", "0"],

@@ -3,7 +3,8 @@
 The app runs in this process on a free localhost port with a random-weight ViT-S-shaped model (2
 blocks, so a click answers in well under a second). The browser uploads files, clicks on images
 and checks what the page shows. Skipped only when no Chromium exists (``.ci/run`` installs
-Debian's ``chromium``); ``playwright install`` is not needed: the system browser is used.
+Debian's ``chromium``; ``DINOFEAT_CHROMIUM`` names another binary); ``playwright install`` is
+not needed: the system browser is used.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright import sync_api  # the test extra installs it (and Gradio): no skip without them
 
 from conftest import random_vit, save_png
-
-pytest.importorskip("gradio")
-sync_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--no-proxy-server"]

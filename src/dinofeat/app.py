@@ -25,7 +25,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import shutil
 import tempfile
 import threading
@@ -628,7 +627,8 @@ def launch(session_or_extractor, *, host: str = "127.0.0.1", port: int | None = 
     """Build the page and serve it on ``host:port`` (``port=None``: the first free port from 7860).
 
     With ``block=False`` the server runs in a background thread and the ``gr.Blocks`` is returned
-    (call ``.close()`` to stop it); otherwise this returns when the server stops.
+    (call ``.close()`` to stop it); otherwise this returns when the server stops (Ctrl+C). The
+    page's address is ``blocks.local_url``; ``quiet=False`` logs it.
     """
     if isinstance(session_or_extractor, AppSession):
         demo = build_app(session_or_extractor, examples_dir=examples_dir)
@@ -638,8 +638,12 @@ def launch(session_or_extractor, *, host: str = "127.0.0.1", port: int | None = 
     allowed = [str(session.workdir)] + ([str(examples_dir)] if examples_dir and Path(examples_dir).is_dir() else [])
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1_000_000),
-                allowed_paths=allowed, show_error=True, prevent_thread_lock=not block, quiet=quiet,
+                allowed_paths=allowed, show_error=True, prevent_thread_lock=True, quiet=True,
                 ssr_mode=False, footer_links=["gradio"])
+    if not quiet:
+        log.warning("serving %s on %s", session.description, demo.local_url)
+    if block:
+        demo.block_thread()  # until Ctrl+C, which closes the server
     return demo
 
 

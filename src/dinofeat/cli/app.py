@@ -73,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
         max_image_megapixels=args.max_image_mp or app.DEFAULT_MAX_IMAGE_MEGAPIXELS,
         max_video_frames=args.max_frames or app.DEFAULT_MAX_VIDEO_FRAMES,
     )
-    print(f"dinofeat app: {session.description}; press Ctrl+C to stop")
-    app.launch(session, host=args.host, port=args.port,
-               examples_dir=args.examples if args.examples is not None else app.EXAMPLES_DIR,
-               max_upload_mb=args.max_upload_mb or app.DEFAULT_MAX_UPLOAD_MB, block=True)
+    demo = app.launch(session, host=args.host, port=args.port, block=False, quiet=True,
+                      examples_dir=args.examples if args.examples is not None else app.EXAMPLES_DIR,
+                      max_upload_mb=args.max_upload_mb or app.DEFAULT_MAX_UPLOAD_MB)
+    print(f"dinofeat app: {session.description}\nopen {demo.local_url} in a browser; press Ctrl+C to stop",
+          flush=True)
+    demo.block_thread()  # until Ctrl+C, which closes the server
     return 0
