@@ -178,7 +178,13 @@ def locate(
         sim = similarity(q[part], target)
         bound, order = refiner.cell_scores(sim)
         best_xy, _, best_cell = refiner.search(sim, bound, order, per_round=cells_per_round, max_cells=max_cells)
-        best_xy, _ = refiner._local(sim, best_xy.float() / refiner.stride, CELL_STEP_PX)
+        best_xy, best = refiner._local(sim, best_xy.float() / refiner.stride, CELL_STEP_PX)
+        # the search is capped at max_cells; where bounds are loose it can stop short, so the
+        # neighbourhood of the best patch (the naive answer) is always searched too
+        peak_xy, peak = refiner._local(sim, refiner.argmax_patch(sim).float(), refiner.stride)
+        take_peak = peak > best
+        best_xy = torch.where(take_peak[:, None], peak_xy, best_xy)
+        best_cell = torch.where(take_peak, refiner.cell_of(peak_xy), best_cell)
         grid_uv[part], scores[part] = refiner._fine(sim, best_xy)
         if exclusion is not None:
             far = refiner.far_cells(best_cell, exclusion)
@@ -279,6 +285,18 @@ class Refiner:
         corner = corner.reshape(n, -1)
         bound = torch.where(corner > 0, corner * self._cell_blocks()[1], corner)
         return bound, estimate.reshape(n, -1)
+
+    def argmax_patch(self, sim: torch.Tensor) -> torch.Tensor:
+        """Grid position (col, row) ``(n, 2)`` long of each similarity map's best patch."""
+        flat = sim.reshape(len(sim), -1).argmax(dim=1)
+        return torch.stack((flat % self.w, flat // self.w), dim=-1)
+
+    def cell_of(self, lattice_xy: torch.Tensor) -> torch.Tensor:
+        """Cell index ``(n,)`` (row-major) containing 1-pixel lattice points ``(n, 2)``."""
+        ch, cw = self.cells_hw
+        col = (lattice_xy[:, 0] // self.stride).clamp(max=cw - 1)
+        row = (lattice_xy[:, 1] // self.stride).clamp(max=ch - 1)
+        return row * cw + col
 
     def far_cells(self, cell: torch.Tensor, exclusion: float) -> torch.Tensor:
         """``(n, cells)`` bool: cells farther than ``exclusion`` patches (Chebyshev) from ``cell`` ``(n,)``."""
