@@ -405,9 +405,7 @@ class AppSession:
                 if progress is not None:
                     progress(len(steps), len(indices))
         tracks = Tracks.from_steps(queries, steps)
-        data = {"model": extractor.spec.name,
-                "video": {"path": name, "fps": view.fps, "frames": len(tracks), "size": list(view.size_wh)},
-                **tracks.to_dict()}
+        data = tracks.to_json(model=extractor.spec.name, video_path=name, fps=view.fps, size_wh=view.size_wh)
         json_path.write_text(json.dumps(data) + "\n")
         tracks.write_csv(csv_path)
         visible = float(tracks.visible.mean()) if tracks.visible.size else 0.0
@@ -436,7 +434,8 @@ class AppSession:
         Returns the pictures and the JSON; feature maps are cached, so another click on the same
         pair does not run the model again.
         """
-        from dinofeat.cli.match import format_json, matches_json, similarity_image
+        from dinofeat.matching import matches_json, similarity_image
+        from dinofeat.outputs import format_json
         from dinofeat.drawing import draw_heatmap, draw_matches
         from dinofeat.matching import match_features
 

@@ -771,3 +771,46 @@ def match(
         extractor = Extractor(extractor or DEFAULT_MODEL)
     fa, fb = extractor.extract_arrays([load_image(image_a), load_image(image_b)])
     return match_features(fa, fb, points_xy, **options)
+
+
+def matches_json(matches, *, model: str, path_a: str, path_b: str, settings: dict | None = None,
+                 verified: bool = False) -> dict:
+    """The JSON document of the CLI contract: model, image_a, image_b, matches (query order), then
+    geometry and settings. Coordinates are original-image pixels rounded to 0.01; ``inlier`` is
+    null unless geometric verification was asked for (``verified``)."""
+    rows = []
+    data = matches.numpy()
+    for i in range(len(matches)):
+        ratio = float(data["ratio"][i])
+        rows.append({
+            "source": [round(float(v), 2) for v in data["source_xy"][i]],
+            "target": [round(float(v), 2) for v in data["target_xy"][i]],
+            "score": round(float(data["scores"][i]), 4),
+            "mutual": bool(data["mutual"][i]),
+            "ratio": round(ratio, 4) if math.isfinite(ratio) else None,
+            "inlier": bool(data["inlier"][i]) if verified else None,
+            "kept": bool(data["keep"][i]),
+        })
+    geometry = None
+    if matches.geometry is not None:
+        geometry = {"type": matches.geometry.kind, "matrix": [[float(v) for v in row] for row in matches.geometry.matrix],
+                    "threshold_px": round(matches.geometry.threshold_px, 3),
+                    "inliers": int(matches.inlier.sum())}
+    return {
+        "model": model,
+        "image_a": {"path": str(path_a), "size": list(matches.image_size_a_wh)},
+        "image_b": {"path": str(path_b), "size": list(matches.image_size_b_wh)},
+        "matches": rows,
+        "geometry": geometry,
+        "settings": settings or {},
+    }
+
+
+def similarity_image(fa, fb, point_xy, pca_dim=None):
+    """Cosine of the feature at ``point_xy`` in A with B's features interpolated at every pixel
+    of B (bilinear between patch centres): ``(H_b, W_b)`` float32 numpy."""
+    if pca_dim is not None:
+        fa, fb = joint_pca(fa, fb, pca_dim)
+    fa, fb = fa.normalized(), fb.normalized()
+    sim = similarity(fa.sample(point_xy, normalize=True), fb)[0]
+    return replace(fb, features=sim[..., None]).upsample()[..., 0].cpu().numpy()

@@ -50,3 +50,14 @@ def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> Iterator[list[P
         for tmp in temps:
             if tmp is not None and tmp.exists():
                 tmp.unlink()
+
+
+def format_json(document: dict) -> str:
+    """Indented JSON with short number lists (points, sizes, matrix rows) kept on one line."""
+    import json
+    import re
+
+    text = json.dumps(document, indent=2)
+    return re.sub(r"\[\s+([-+0-9.eE]+(?:,\s+[-+0-9.eE]+)*)\s+\]",
+                  lambda m: "[" + ", ".join(m.group(1).split(",\n")).replace(" ", "").replace(",", ", ") + "]",
+                  text) + "\n"

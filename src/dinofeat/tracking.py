@@ -133,6 +133,15 @@ class Tracks:
             })
         return {"tracks": tracks, "frame_indices": self.frame_indices.tolist()}
 
+    def to_json(self, *, model: str, video_path: str | os.PathLike, fps: float, size_wh: tuple[int, int]) -> dict:
+        """The ``dinofeat track --json`` document: model, video (path, fps, processed frame count,
+        size), then :meth:`to_dict`'s tracks and frame indices."""
+        return {
+            "model": model,
+            "video": {"path": str(video_path), "fps": fps, "frames": len(self), "size": list(size_wh)},
+            **self.to_dict(),
+        }
+
     def write_csv(self, path: str | os.PathLike) -> None:
         """One row per point and processed frame: ``track,frame,x,y,score,visible`` (visible 0/1)."""
         with open(path, "w", newline="") as handle:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
@@ -37,8 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        if importlib.util.find_spec(f"dinofeat.cli.{name}") is None:  # TODO(lead): remove once all exist
-            continue
         module = importlib.import_module(f"dinofeat.cli.{name}")
         module.add_parser(sub).set_defaults(_run=module.run)
     return parser

@@ -91,3 +91,66 @@ def make_extractor(args: argparse.Namespace, **overrides):
     )
     options.update(overrides)
     return Extractor(args.model, **options)
+
+
+def read_points_file(path: str, *, with_frames: bool = False) -> list[tuple[float, ...]]:
+    """Points from a JSON list of ``[x, y]`` pairs or CSV lines ``x,y`` (an optional header line is
+    skipped); with ``with_frames``, ``[t, x, y]`` / ``t,x,y`` rows (frame index first) too.
+
+    Raises :class:`~dinofeat.errors.InputError` naming the file and the first bad row.
+    """
+    import csv
+    import io
+    import json
+    from pathlib import Path
+
+    from dinofeat.errors import InputError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig").strip()
+    except FileNotFoundError:
+        raise InputError(f"points file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"points file is a folder: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read points file {path}: {err}") from None
+    if not text:
+        raise InputError(f"points file is empty: {path}")
+    form = "x, y pair or t,x,y triple" if with_frames else "x, y pair"
+    if text[0] in "[{":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"points file {path} is not valid JSON: {err}") from None
+        if not isinstance(rows, list):
+            raise InputError(f"points file {path} must hold a JSON list of [x, y]{' or [t, x, y]' * with_frames}")
+        where = "item"
+    else:
+        rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+        if rows and _numbers(rows[0], strings=True) is None:
+            rows = rows[1:]  # header
+        where = "line"
+    sizes = (2, 3) if with_frames else (2,)
+    points = []
+    for index, row in enumerate(rows):
+        values = _numbers(row, strings=where == "line")
+        if values is None or len(values) not in sizes or not all(math.isfinite(v) for v in values):
+            raise InputError(f"points file {path}: {where} {index + 1} is not a finite {form}: {row!r}")
+        if len(values) == 3 and (values[0] < 0 or values[0] != int(values[0])):
+            raise InputError(f"points file {path}: {where} {index + 1}: frame index must be a "
+                             f"non-negative integer, got {values[0]:g}")
+        points.append(tuple(values))
+    if not points:
+        raise InputError(f"points file {path} holds no points")
+    return points
+
+
+def _numbers(row, *, strings: bool) -> list[float] | None:
+    """The row as floats: CSV cells (strings) or JSON numbers (not booleans, not strings); else None."""
+    allowed = (str,) if strings else (int, float)
+    if not isinstance(row, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, allowed) for v in row):
+        return None
+    try:
+        return [float(v) for v in row]
+    except ValueError:
+        return None

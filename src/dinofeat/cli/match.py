@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dinofeat.cli.common import add_feature_options, add_model_options, point_xy, positive_int
+from dinofeat.cli.common import add_feature_options, add_model_options, point_xy, positive_int, read_points_file
 
 DEFAULT_AUTO = 20  # same as dinofeat.matching.DEFAULT_AUTO (not imported: keeps --help free of torch)
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dinofeat.errors import InputError
     from dinofeat.images import load_image
-    from dinofeat.outputs import check_writable, staged_outputs
+    from dinofeat.outputs import check_writable, format_json, staged_outputs
 
     if args.output and not args.output.lower().endswith((".png", ".jpg", ".jpeg", ".webp")):
         raise InputError(f"picture must end in .png, .jpg or .webp, got {args.output}")
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--heatmap draws into the picture: give -o OUT.png")
 
     image_a, image_b = load_image(args.image_a), load_image(args.image_b)
-    from dinofeat.matching import check_points, match_features
+    from dinofeat.matching import check_points, match_features, matches_json, similarity_image
 
     if points:
         check_points(points, (image_a.shape[1], image_a.shape[0]), label=f"image A ({args.image_a})")
@@ -133,135 +133,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.output and not args.json:
         sys.stdout.write(text)
     return 0
-
-
-def read_points_file(path: str) -> list[tuple[float, float]]:
-    """Query points from a JSON list of ``[x, y]`` pairs or CSV lines ``x,y`` (optional header)."""
-    import csv
-    import io
-    import json
-    from pathlib import Path
-
-    from dinofeat.errors import InputError
-
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"points file not found: {path}") from None
-    except IsADirectoryError:
-        raise InputError(f"points file is a folder: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read points file {path}: {err}") from None
-    stripped = text.strip()
-    if not stripped:
-        raise InputError(f"points file is empty: {path}")
-    if stripped[0] in "[{":
-        try:
-            data = json.loads(stripped)
-        except json.JSONDecodeError as err:
-            raise InputError(f"points file {path} is not valid JSON: {err}") from None
-        if not isinstance(data, list):
-            raise InputError(f"points file {path} must hold a JSON list of [x, y] pairs")
-        rows, where = data, "item"
-    else:
-        rows = [row for row in csv.reader(io.StringIO(stripped)) if any(cell.strip() for cell in row)]
-        if rows and _is_header(rows[0]):
-            rows = rows[1:]
-        where = "line"
-    points = []
-    for index, row in enumerate(rows):
-        pair = _finite_pair(row, strings=where == "line")
-        if pair is None:
-            raise InputError(f"points file {path}: {where} {index + 1} is not a finite x, y pair: {row!r}")
-        points.append(pair)
-    if not points:
-        raise InputError(f"points file {path} holds no points")
-    return points
-
-
-def _finite_pair(row, *, strings: bool) -> tuple[float, float] | None:
-    """``(x, y)`` from a 2-item row of numbers (or of number strings, for CSV), else None."""
-    import math
-
-    if not isinstance(row, (list, tuple)) or len(row) != 2:
-        return None
-    allowed = (str,) if strings else (int, float)
-    if any(isinstance(v, bool) or not isinstance(v, allowed) for v in row):
-        return None
-    try:
-        x, y = (float(v) for v in row)
-    except ValueError:
-        return None
-    return (x, y) if math.isfinite(x) and math.isfinite(y) else None
-
-
-def _is_header(row: list[str]) -> bool:
-    try:
-        [float(cell) for cell in row]
-    except ValueError:
-        return True
-    return False
-
-
-def format_json(document: dict) -> str:
-    """Indented JSON with short number lists (points, sizes, matrix rows) kept on one line."""
-    import json
-    import re
-
-    text = json.dumps(document, indent=2)
-    return re.sub(r"\[\s+([-+0-9.eE]+(?:,\s+[-+0-9.eE]+)*)\s+\]",
-                  lambda m: "[" + ", ".join(m.group(1).split(",\n")).replace(" ", "").replace(",", ", ") + "]",
-                  text) + "\n"
-
-
-def matches_json(matches, *, model: str, path_a: str, path_b: str, settings: dict | None = None,
-                 verified: bool = False) -> dict:
-    """The JSON document of the CLI contract: model, image_a, image_b, matches (query order), then
-    geometry and settings. Coordinates are original-image pixels rounded to 0.01; ``inlier`` is
-    null unless geometric verification was asked for (``verified``)."""
-    import math
-
-    rows = []
-    data = matches.numpy()
-    for i in range(len(matches)):
-        ratio = float(data["ratio"][i])
-        rows.append({
-            "source": [round(float(v), 2) for v in data["source_xy"][i]],
-            "target": [round(float(v), 2) for v in data["target_xy"][i]],
-            "score": round(float(data["scores"][i]), 4),
-            "mutual": bool(data["mutual"][i]),
-            "ratio": round(ratio, 4) if math.isfinite(ratio) else None,
-            "inlier": bool(data["inlier"][i]) if verified else None,
-            "kept": bool(data["keep"][i]),
-        })
-    geometry = None
-    if matches.geometry is not None:
-        geometry = {"type": matches.geometry.kind, "matrix": [[float(v) for v in row] for row in matches.geometry.matrix],
-                    "threshold_px": round(matches.geometry.threshold_px, 3),
-                    "inliers": int(matches.inlier.sum())}
-    return {
-        "model": model,
-        "image_a": {"path": str(path_a), "size": list(matches.image_size_a_wh)},
-        "image_b": {"path": str(path_b), "size": list(matches.image_size_b_wh)},
-        "matches": rows,
-        "geometry": geometry,
-        "settings": settings or {},
-    }
-
-
-def similarity_image(fa, fb, point_xy, pca_dim=None):
-    """Cosine of the feature at ``point_xy`` in A with B's features interpolated at every pixel
-    of B (bilinear between patch centres): ``(H_b, W_b)`` float32 numpy."""
-    from dataclasses import replace
-
-    from dinofeat.matching import joint_pca, similarity
-
-    if pca_dim is not None:
-        fa, fb = joint_pca(fa, fb, pca_dim)
-    fa, fb = fa.normalized(), fb.normalized()
-    sim = similarity(fa.sample(point_xy, normalize=True), fb)[0]
-    return replace(fb, features=sim[..., None]).upsample()[..., 0].cpu().numpy()
 
 
 def _settings(args: argparse.Namespace, extractor) -> dict:

@@ -133,12 +133,8 @@ def run(args: argparse.Namespace) -> int:
                 bar.update()
         tracks = Tracks.from_steps(queries, steps)
         if json_tmp is not None:
-            document = {
-                "model": extractor.spec.name,
-                "video": {"path": str(args.video), "fps": info.fps, "frames": len(tracks),
-                          "size": list(info.size_wh)},
-                **tracks.to_dict(),
-            }
+            document = tracks.to_json(model=extractor.spec.name, video_path=args.video, fps=info.fps,
+                                      size_wh=info.size_wh)
             json_tmp.write_text(json.dumps(document) + "\n")
         if csv_tmp is not None:
             tracks.write_csv(csv_tmp)
@@ -147,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _collect_queries(args, first_frame: int, size_wh: tuple[int, int]) -> list[tuple[float, float, float]]:
     """All query points as ``(t, x, y)``: --point and --grid at ``first_frame``, --query, --points-file."""
-    from dinofeat.cli.common import point_xy, query_txy
+    from dinofeat.cli.common import point_xy, query_txy, read_points_file
     from dinofeat.errors import InputError
 
     queries: list[tuple[float, float, float]] = []
@@ -163,7 +159,7 @@ def _collect_queries(args, first_frame: int, size_wh: tuple[int, int]) -> list[t
         except argparse.ArgumentTypeError as err:
             raise InputError(f"--query: {err}") from None
     if args.points_file:
-        queries += [(first_frame, *row) if len(row) == 2 else row for row in read_points_file(args.points_file)]
+        queries += [(first_frame, *row) if len(row) == 2 else row for row in read_points_file(args.points_file, with_frames=True)]
     if args.grid is not None:
         from dinofeat.matching import grid_points
 
@@ -171,60 +167,3 @@ def _collect_queries(args, first_frame: int, size_wh: tuple[int, int]) -> list[t
     if not queries:
         raise InputError("no points to track: give --point X,Y, --query T,X,Y, --points-file FILE or --grid N")
     return queries
-
-
-def read_points_file(path: str) -> list[tuple[float, ...]]:
-    """Points from a JSON list of ``[x, y]`` / ``[t, x, y]`` or CSV lines ``x,y`` / ``t,x,y``
-    (an optional header line is skipped)."""
-    import csv
-    import io
-    import json
-    import math
-    from pathlib import Path
-
-    from dinofeat.errors import InputError
-
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig").strip()
-    except FileNotFoundError:
-        raise InputError(f"points file not found: {path}") from None
-    except IsADirectoryError:
-        raise InputError(f"points file is a folder: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read points file {path}: {err}") from None
-    if not text:
-        raise InputError(f"points file is empty: {path}")
-    if text[0] in "[{":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"points file {path} is not valid JSON: {err}") from None
-        if not isinstance(rows, list):
-            raise InputError(f"points file {path} must hold a JSON list of [x, y] or [t, x, y]")
-        where = "item"
-    else:
-        rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
-        if rows and not _numbers(rows[0]):
-            rows = rows[1:]  # header
-        where = "line"
-    points = []
-    for index, row in enumerate(rows):
-        values = _numbers(row)
-        if values is None or len(values) not in (2, 3) or not all(math.isfinite(v) for v in values):
-            raise InputError(f"points file {path}: {where} {index + 1} is not x,y or t,x,y: {row!r}")
-        if len(values) == 3 and (values[0] < 0 or values[0] != int(values[0])):
-            raise InputError(f"points file {path}: {where} {index + 1}: frame index must be a "
-                             f"non-negative integer, got {values[0]:g}")
-        points.append(tuple(values))
-    if not points:
-        raise InputError(f"points file {path} holds no points")
-    return points
-
-
-def _numbers(row) -> list[float] | None:
-    if not isinstance(row, (list, tuple)) or any(isinstance(v, bool) for v in row):
-        return None
-    try:
-        return [float(v) for v in row]
-    except (TypeError, ValueError):
-        return None
