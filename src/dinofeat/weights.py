@@ -238,9 +238,20 @@ def _from_torch_hub_cache(spec: ModelSpec) -> StateDict | None:
 
 
 def _from_hf_hub(spec: ModelSpec) -> StateDict:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    return read_checkpoint(hf_hub_download(spec.hf_repo, "model.safetensors"))
+    cached = try_to_load_from_cache(spec.hf_repo, "model.safetensors")
+    if isinstance(cached, str):  # no network round trip when the file is already cached
+        return read_checkpoint(cached)
+    hub_log = logging.getLogger("huggingface_hub")
+    quiet = not log.isEnabledFor(logging.DEBUG)
+    previous = hub_log.level
+    if quiet:  # its retry warnings would bury our one-line summary of what was tried
+        hub_log.setLevel(logging.ERROR)
+    try:
+        return read_checkpoint(hf_hub_download(spec.hf_repo, "model.safetensors"))
+    finally:
+        hub_log.setLevel(previous)
 
 
 def _from_url(spec: ModelSpec) -> StateDict:
@@ -252,6 +263,12 @@ def _from_url(spec: ModelSpec) -> StateDict:
         ),
         Path(spec.url),
     )
+
+
+def _first_sentence(err: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    text = text.split(". ")[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def find_weights(spec: ModelSpec) -> tuple[StateDict, str]:
@@ -269,8 +286,7 @@ def find_weights(spec: ModelSpec) -> tuple[StateDict, str]:
                 raise
             tried.append(f"{label} ({err})")
         except Exception as err:  # noqa: BLE001 - network and cache failures of every kind
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            tried.append(f"{label} ({reason[:160]})")
+            tried.append(f"{label} ({_first_sentence(err)})")
     raise WeightsError(
         f"no weights found for {spec.name}. Tried: " + "; ".join(tried)
         + f". Offline, download {spec.url} elsewhere and pass --weights FILE, or copy it to "

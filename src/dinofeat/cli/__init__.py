@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="dinofeat: %(message)s")
+    _configure_logging(debug=args.debug)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
@@ -56,6 +56,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"dinofeat {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2 if _is_user_error(err) else 1
+
+
+def _configure_logging(*, debug: bool) -> None:
+    """dinofeat's own messages on stderr (warnings; everything with --debug), others' left alone."""
+    logger = logging.getLogger("dinofeat")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("dinofeat: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    if debug:
+        logging.basicConfig(level=logging.DEBUG)
 
 
 def _is_user_error(err: BaseException) -> bool:
