@@ -36,14 +36,17 @@ def build_models(depth: int | None):
     return ours, hf
 
 
-def images_per_second(fn, x: torch.Tensor, reps: int) -> float:
-    fn(x)  # warm-up
-    times = []
+def images_per_second(fns, x: torch.Tensor, reps: int) -> list[float]:
+    """Median images/s of each function, runs interleaved so that load drift hits all alike."""
+    for fn in fns:
+        fn(x)  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return x.shape[0] / statistics.median(times)
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn(x)
+            bucket.append(time.perf_counter() - start)
+    return [x.shape[0] / statistics.median(bucket) for bucket in times]
 
 
 def main() -> None:
@@ -74,8 +77,7 @@ def main() -> None:
                 with torch.inference_mode(), autocast(device, dtype):
                     return hf(pixel_values=batch).last_hidden_state
 
-            ours_ips = images_per_second(run_ours, x, reps)
-            hf_ips = images_per_second(run_hf, x, reps)
+            ours_ips, hf_ips = images_per_second([run_ours, run_hf], x, reps)
             print(f"{size:>5} {precision:>5} {ours_ips:>15.2f} {hf_ips:>19.2f} {ours_ips / hf_ips:>6.2f}")
 
 
