@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 
-from dinofeat.cli.common import add_feature_options, add_model_options, positive_int
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+from dinofeat.cli.common import add_feature_options, add_model_options, number_in, positive_int
 
 
-def port_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number between 1 and 65535, got {text!r}")
-    return value
+positive_float = number_in(0, math.inf, "a positive number", open_low=True)
+port_number = number_in(1, 65535, "a port number between 1 and 65535", integer=True)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

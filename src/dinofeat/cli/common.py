@@ -16,6 +16,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def number_in(low: float, high: float, what: str, *, integer: bool = False, open_low: bool = False):
+    """An argparse type accepting a finite number in [low, high] (``(low, high]`` with ``open_low``),
+    rejecting anything else with ``expected {what}, got '...'``."""
+
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = math.nan
+        inside = (value > low if open_low else value >= low) and value <= high and math.isfinite(value)
+        if not inside:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
 def point_xy(text: str) -> tuple[float, float]:
     """Parse ``X,Y`` (pixels) into a finite float pair."""
     return tuple(_floats(text, 2, "X,Y"))  # type: ignore[return-value]

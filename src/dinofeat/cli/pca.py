@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from dinofeat.cli.common import add_feature_options, add_model_options, positive_int
+from dinofeat.cli.common import add_feature_options, add_model_options, number_in, positive_int
 
 #: Inputs with these suffixes are read as videos (everything else as images).
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
@@ -28,24 +28,8 @@ def foreground_option(text: str) -> str | float | None:
     return value
 
 
-def unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
-    return value
-
-
-def percentile(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 100.0:
-        raise argparse.ArgumentTypeError(f"expected a percentile between 0 and 100, got {text!r}")
-    return value
+unit_float = number_in(0, 1, "a number between 0 and 1")
+percentile = number_in(0, 100, "a percentile between 0 and 100")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
