@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dinofeat.drawing import draw_points
 from dinofeat.errors import DinofeatError, InputError
 
 log = logging.getLogger(__name__)
@@ -443,7 +444,7 @@ class AppSession:
             raise InputError("upload image A first")
         points = [list(map(float, p)) for p in points_xy]
         if image_b is None or (not points and auto is None):
-            return MatchView(_mark_points(image_a, points), points_xy=points)
+            return MatchView(draw_points(image_a, points), points_xy=points)
         if len(points) > MAX_POINTS or (auto is not None and not 1 <= auto <= MAX_POINTS):
             raise InputError(f"at most {MAX_POINTS} points")
         fa, fb = self.features([image_a, image_b], resolution)
@@ -465,7 +466,7 @@ class AppSession:
         last = 0 if auto is not None else len(points) - 1
         heat = similarity_image(fa, fb, matches.source_xy[last:last + 1])
         heatmap = draw_heatmap(image_b, heat, point_xy=matches.target_xy[last].tolist())
-        return MatchView(_mark_points(image_a, points), picture, heatmap, data, json_path, points)
+        return MatchView(draw_points(image_a, points), picture, heatmap, data, json_path, points)
 
 
 def _as_queries(queries_txy) -> np.ndarray:
@@ -492,32 +493,6 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
     Image.fromarray(image).save(path)
-
-
-def _mark_points(image: np.ndarray, points_xy: Sequence[Sequence[float]]) -> np.ndarray:
-    """``image`` with numbered coloured dots at ``points_xy`` (a new array; the input is untouched)."""
-    import cv2
-
-    from dinofeat.drawing import palette
-
-    out = np.ascontiguousarray(image[..., :3]).copy()
-    if len(points_xy) == 0:
-        return out
-    colors = palette(len(points_xy))
-    size = max(out.shape[:2])
-    radius = max(3, round(size / 120))
-    thickness = max(1, radius // 3)
-    font_scale = max(0.4, size / 1400)
-    shift = 4  # cv2 draws at 1/16-pixel precision with shift=4
-    for i, (x, y) in enumerate(points_xy):
-        centre = (round(x * 16), round(y * 16))
-        color = tuple(int(c) for c in colors[i])
-        cv2.circle(out, centre, radius * 16 + 16, (0, 0, 0), thickness + 1, cv2.LINE_AA, shift)
-        cv2.circle(out, centre, radius * 16, color, -1, cv2.LINE_AA, shift)
-        org = (round(x + radius + 2), round(y - radius - 2))
-        cv2.putText(out, str(i), org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-        cv2.putText(out, str(i), org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, color, thickness, cv2.LINE_AA)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -747,7 +722,7 @@ def _match_tab(gr, Image, session: AppSession, resolution, pairs: list) -> None:
     image_b.upload(upload_b, [image_b, state_a, points, names, *options], [state_b, names, *outputs])
     image_a.clear(lambda b, n: (None, None, [], None, None, None, None, describe(None, b, n, 0)),
                   [state_b, names], [state_a, *outputs])
-    image_b.clear(lambda a, p, n: (None, a if a is None else _mark_points(a, p), p, None, None, None, None,
+    image_b.clear(lambda a, p, n: (None, a if a is None else draw_points(a, p), p, None, None, None, None,
                                    describe(a, None, n, len(p))), [state_a, points, names], [state_b, *outputs])
     image_a.select(click_a, [state_a, state_b, points, names, *options], outputs)
     auto_button.click(auto_points, [state_a, state_b, auto, names, *options], outputs)
@@ -845,7 +820,7 @@ def _track_tab(gr, session: AppSession, resolution, videos: list) -> None:
     data = gr.JSON(label="Tracks (JSON)", elem_id="track_json", open=False, max_height=300)
 
     def marked(frame, queries_, t):
-        return _mark_points(frame, [q[1:] for q in queries_ if int(q[0]) == int(t)])
+        return draw_points(frame, [q[1:] for q in queries_ if int(q[0]) == int(t)])
 
     @_messages
     def open_video(path):

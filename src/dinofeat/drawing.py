@@ -27,6 +27,47 @@ def palette(n: int) -> np.ndarray:
 # (RGBA keeps a transparent PCA background in PNG files). Mixed inputs come out RGBA.
 
 
+_SUBPIXEL_BITS = 4  # OpenCV draws at 1/16-pixel precision with shift=4
+
+
+def _draw_dot(canvas: np.ndarray, centre_fixed, radius: int, color) -> None:
+    """In place on a canvas the caller owns: a filled dot with a 1-pixel dark rim at a fixed-point
+    centre (pixel coordinates times 16, integer = pixel centre, as dinofeat's convention)."""
+    import cv2
+
+    centre = tuple(int(v) for v in centre_fixed)
+    cv2.circle(canvas, centre, (radius + 1) << _SUBPIXEL_BITS, (0, 0, 0), -1, cv2.LINE_AA, _SUBPIXEL_BITS)
+    cv2.circle(canvas, centre, radius << _SUBPIXEL_BITS, tuple(int(c) for c in color), -1, cv2.LINE_AA,
+               _SUBPIXEL_BITS)
+
+
+def draw_points(image: np.ndarray, points_xy) -> np.ndarray:
+    """``image`` with numbered dots (colours of :func:`palette`) at ``points_xy`` ``(N, 2)`` pixels:
+    a new ``(H, W, 3) uint8 RGB`` image; the input is untouched.
+
+    >>> bool(draw_points(np.zeros((20, 30, 3), np.uint8), [[10.0, 10.0]])[10, 10].any())
+    True
+    """
+    import cv2
+
+    out = np.ascontiguousarray(image[..., :3]).copy()
+    points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    if len(points) == 0:
+        return out
+    colors = palette(len(points))
+    size = max(out.shape[:2])
+    radius = max(3, round(size / 120))
+    thickness = max(1, radius // 3)
+    font_scale = max(0.4, size / 1400)
+    for i, (x, y) in enumerate(points):
+        _draw_dot(out, np.round(np.array([x, y]) * (1 << _SUBPIXEL_BITS)), radius, colors[i])
+        org = (round(x + radius + 2), round(y - radius - 2))
+        color = tuple(int(c) for c in colors[i])
+        cv2.putText(out, str(i), org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+        cv2.putText(out, str(i), org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, color, thickness, cv2.LINE_AA)
+    return out
+
+
 def _same_channels(images) -> list[np.ndarray]:
     channels = max(img.shape[2] for img in images)
     return [img if img.shape[2] == channels else np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
@@ -179,7 +220,7 @@ def draw_matches(image_a: np.ndarray, image_b: np.ndarray, matches, *, color_by:
     canvas[:, :panel_a.shape[1]] = panel_a[..., :3]
     canvas[:, offset_b:] = panel_b[..., :3]
     # pixel centres scale with the half-pixel rule; OpenCV draws with 4 fractional bits
-    shift = 4
+    shift = _SUBPIXEL_BITS
     to_canvas = (lambda xy, scale, dx: np.round(((xy + 0.5) * scale - 0.5 + [dx, 0]) * (1 << shift)).astype(np.int64))
     pa, pb = to_canvas(src, scale_a, 0), to_canvas(dst, scale_b, offset_b)
     thickness = max(1, round(h / 480))
@@ -188,8 +229,7 @@ def draw_matches(image_a: np.ndarray, image_b: np.ndarray, matches, *, color_by:
         cv2.line(canvas, (xa, ya), (xb, yb), color, thickness, cv2.LINE_AA, shift)
     for (xa, ya), (xb, yb), color in zip(pa.tolist(), pb.tolist(), colors.tolist()):
         for point in ((xa, ya), (xb, yb)):
-            cv2.circle(canvas, point, (radius + 1) << shift, (0, 0, 0), -1, cv2.LINE_AA, shift)
-            cv2.circle(canvas, point, radius << shift, color, -1, cv2.LINE_AA, shift)
+            _draw_dot(canvas, point, radius, color)
     return canvas
 
 
@@ -226,7 +266,6 @@ def _resize_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 # -- tracks ---------------------------------------------------------------------------------------
-_SUBPIXEL_BITS = 4  # OpenCV draws at 1/16-pixel precision with shift=4
 
 
 def draw_tracks(image: np.ndarray, trail_xy: np.ndarray, trail_visible: np.ndarray,
@@ -276,8 +315,5 @@ def draw_tracks(image: np.ndarray, trail_xy: np.ndarray, trail_visible: np.ndarr
             weight = alpha[drawn, None].astype(np.float32) / 255
             out[drawn] = np.clip(out[drawn] * (1 - weight) + lines[drawn] * weight + 0.5, 0, 255).astype(np.uint8)
     for i in np.flatnonzero(trail_visible[-1]):
-        centre = tuple(fixed[-1, i])
-        cv2.circle(out, centre, (radius + 1) << _SUBPIXEL_BITS, (0, 0, 0), -1, cv2.LINE_AA, _SUBPIXEL_BITS)
-        cv2.circle(out, centre, radius << _SUBPIXEL_BITS, tuple(int(c) for c in colors[i]), -1, cv2.LINE_AA,
-                   _SUBPIXEL_BITS)
+        _draw_dot(out, fixed[-1, i], radius, colors[i])
     return out
