@@ -42,8 +42,10 @@ CELLS_PER_ROUND = 4
 MAX_CELLS = 16
 #: Cells are searched every this many processed pixels, then the best one to the pixel.
 CELL_STEP_PX = 1
-#: Final search: this many steps per processed pixel, within 1 processed pixel of the local best.
+#: Final search: this many steps per processed pixel ...
 FINE_SUBDIVISIONS = 4
+#: ... within this many processed pixels of the 1-pixel lattice winner.
+FINE_REACH_PX = 1.5
 #: Ratio test: the runner-up is the best position farther than this many patches from the best.
 RATIO_EXCLUSION = 1.5
 #: Queries searched together (bounds memory).
@@ -78,13 +80,15 @@ def refine_peaks(
     *,
     radius: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK,
+    refiner: Refiner | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sub-patch position of each query's best match near given peaks of the target grid.
 
     The target features are interpolated bilinearly (exactly as :meth:`FeatureMap.sample`) and
     re-normalised; the cosine with the query is evaluated at every processed pixel within
-    ``radius`` patches (grid cells) of the peak, then on a 1/4-pixel lattice within 1 pixel of the
-    best of those. Matched against its own image, a query comes back to its pixel to within 1/8
+    ``radius`` patches (grid cells) of the peak, then on a 1/4-pixel lattice within
+    ``FINE_REACH_PX`` (1.5) pixels of the best of those (where the cosine surface is rough, the
+    best whole pixel can lie more than a pixel from the peak). Matched against its own image, a query comes back to its pixel to within 1/8
     of a processed pixel, provided the peak is within ``radius`` of it.
 
     Args:
@@ -97,18 +101,19 @@ def refine_peaks(
         radius: half-width of the search window around a peak, in grid cells (patches at the
             map's stride).
         chunk_size: queries processed together (bounds memory).
+        refiner: a :class:`Refiner` of ``target`` to reuse (its norm tables are built once per map).
 
     Returns:
         ``points_xy``: ``(N, 2)`` float32 positions in ORIGINAL target-image pixels;
         ``scores``: ``(N,)`` float32 cosine similarity at those positions.
 
-    >>> fmap = FeatureMap(torch.randn(3, 4, 8), image_size_wh=(56, 42), processed_size_wh=(56, 42))
+    >>> fmap = FeatureMap(torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(0)), image_size_wh=(56, 42), processed_size_wh=(56, 42))
     >>> q = fmap.normalized().sample(torch.tensor([[20.0, 17.0]]), normalize=True)
     >>> xy, score = refine_peaks(q, fmap, torch.tensor([[1, 1]]))
     >>> xy.round().tolist(), round(float(score), 4)
     ([[20.0, 17.0]], 1.0)
     """
-    refiner = Refiner(target)
+    refiner = refiner or Refiner(target)
     q = F.normalize(queries.float(), dim=-1).to(refiner.device)
     peaks = torch.as_tensor(peaks_grid).to(refiner.device)
     if peaks.ndim == 2:
@@ -138,6 +143,7 @@ def locate(
     cells_per_round: int = CELLS_PER_ROUND,
     max_cells: int = MAX_CELLS,
     chunk_size: int = DEFAULT_CHUNK,
+    refiner: Refiner | None = None,
 ) -> Located:
     """Best match of each query anywhere in ``target``, to sub-pixel precision.
 
@@ -161,14 +167,15 @@ def locate(
         cells_per_round: cells searched per query in the first round of the branch and bound.
         max_cells: at most this many cells are searched per query (bounds the worst case).
         chunk_size: queries processed together (bounds memory).
+        refiner: a :class:`Refiner` of ``target`` to reuse (its norm tables are built once per map).
 
-    >>> fmap = FeatureMap(torch.randn(3, 4, 8), image_size_wh=(56, 42), processed_size_wh=(56, 42))
+    >>> fmap = FeatureMap(torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(0)), image_size_wh=(56, 42), processed_size_wh=(56, 42))
     >>> q = fmap.normalized().sample(torch.tensor([[20.0, 17.0]]), normalize=True)
     >>> found = locate(q, fmap)
     >>> found.points_xy.round().tolist(), round(float(found.scores), 4)
     ([[20.0, 17.0]], 1.0)
     """
-    refiner = Refiner(target)
+    refiner = refiner or Refiner(target)
     q = F.normalize(queries.float(), dim=-1).to(refiner.device)
     n = len(q)
     grid_uv = torch.empty(n, 2, device=refiner.device)
@@ -395,10 +402,11 @@ class Refiner:
         return torch.stack((x[rows, arg % size], y[rows, arg // size]), dim=-1), score
 
     def _fine(self, sim: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best position within 1 pixel of lattice points ``centre`` ``(n, 2)``, on a
+        """Best position within ``FINE_REACH_PX`` pixels of lattice points ``centre`` ``(n, 2)``, on a
         1/FINE_SUBDIVISIONS-pixel lattice: grid (u, v) ``(n, 2)`` and cosine ``(n,)``."""
         n, s, w = len(centre), self.stride, self.w
-        steps = torch.arange(-FINE_SUBDIVISIONS, FINE_SUBDIVISIONS + 1, device=self.device).float() / FINE_SUBDIVISIONS
+        reach = round(FINE_REACH_PX * FINE_SUBDIVISIONS)
+        steps = torch.arange(-reach, reach + 1, device=self.device).float() / FINE_SUBDIVISIONS
         u = ((centre[:, :1] + steps) / s).clamp(0, self.w - 1)  # (n, F)
         v = ((centre[:, 1:] + steps) / s).clamp(0, self.h - 1)
         kx, col0 = _axis_weights(u, 3)

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
-from dinofeat.matching import locate, refine_peaks
+from dinofeat.matching import Refiner, locate, refine_peaks
 
 #: Default search window radius, in patches (converted to original pixels per video).
 DEFAULT_WINDOW_PATCHES = 4.0
@@ -169,7 +169,7 @@ class PointTracker:
         update_rate: anchored template: running-template update weight per visible frame, in [0, 1].
         anchor_weight: anchored template: weight of the query feature, in [0, 1].
 
-    >>> fmap = FeatureMap(torch.randn(4, 4, 16), image_size_wh=(56, 56), processed_size_wh=(56, 56))
+    >>> fmap = FeatureMap(torch.randn(4, 4, 16, generator=torch.Generator().manual_seed(0)), image_size_wh=(56, 56), processed_size_wh=(56, 56))
     >>> tracker = PointTracker([[0, 20.0, 34.0]])
     >>> tracker.step(0, fmap).points_xy.tolist(), tracker.step(1, fmap).points_xy.round().tolist()
     ([[20.0, 34.0]], [[20.0, 34.0]])
@@ -288,14 +288,15 @@ class PointTracker:
         # exhaustive search of every processed pixel (then 1/4 pixel) in the square window
         centres = fmap.pixel_to_grid(self._last_xy[idx].double()).to(device)
         radius = window_px * 0.5 * sum(fmap.scale_xy) / fmap.stride  # original pixels -> grid cells
+        refiner = Refiner(fmap)  # shared by the window and the global search of this frame
         if radius < max(fmap.grid_hw) - 1:
-            found_xy, found_scores = refine_peaks(templates, fmap, centres, radius=radius)
+            found_xy, found_scores = refine_peaks(templates, fmap, centres, radius=radius, refiner=refiner)
         else:  # the window holds the whole frame: the global search is the same answer, faster
-            found_xy, found_scores, _ = locate(templates, fmap)
+            found_xy, found_scores, _ = locate(templates, fmap, refiner=refiner)
         found_xy, found_scores = found_xy.to(device).float(), found_scores.to(device)
         weak = found_scores < self.min_score
         if weak.any():  # global fallback, only for the points whose window holds no good match
-            global_xy, global_scores, _ = locate(templates[weak], fmap)
+            global_xy, global_scores, _ = locate(templates[weak], fmap, refiner=refiner)
             better = global_scores > found_scores[weak]
             found_xy[weak] = torch.where(better[:, None], global_xy.float(), found_xy[weak])
             found_scores[weak] = torch.maximum(global_scores, found_scores[weak])
