@@ -267,8 +267,10 @@ def test_track_writes_video_json_and_csv(session, video):
 
 
 def test_track_options_reach_the_tracker(session, video):
-    strict = session.track(video, [[0, 40.0, 30.0]], min_score=1.01, trail=0, window=20.0)
-    assert strict.data["tracks"][0]["visible"] == [True] + [False] * 5  # nothing scores above 1
+    strict = session.track(video, [[0, 40.0, 30.0]], min_score=1.0, trail=0, window=20.0)
+    assert strict.data["tracks"][0]["visible"] == [True] + [False] * 5  # only the query itself scores 1
+    with pytest.raises(InputError, match="--min-score must be a number between -1 and 1"):
+        session.track(video, [[0, 40.0, 30.0]], min_score=1.01)
 
 
 def test_track_bad_queries(session, video, extractor, tmp_path):
@@ -396,12 +398,11 @@ def test_cli_builds_the_model_once_and_launches(monkeypatch, vits14_checkpoint, 
 
 @pytest.mark.parametrize("argv", [["--port", "0"], ["--port", "http"], ["--max-frames", "0"],
                                   ["--max-upload-mb", "-1"]])
-def test_cli_bad_options(argv):
+def test_cli_bad_options(argv, capsys):
     from dinofeat.cli import main
 
-    with pytest.raises(SystemExit) as info:
-        main(["app", *argv])
-    assert info.value.code == 2
+    assert main(["app", *argv]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_cli_examples_folder_must_exist(monkeypatch, tmp_path, capsys):

@@ -28,20 +28,9 @@ from dinofeat.errors import InputError
 from dinofeat.extractor import Extractor
 from dinofeat.features import FeatureMap
 from dinofeat.images import load_image
-from dinofeat.matching import (
-    Matches,
-    Refiner,
-    auto_points,
-    check_points,
-    grid_points,
-    joint_pca,
-    locate,
-    match,
-    match_features,
-    mutual_nearest_patches,
-    refine_peaks,
-    similarity,
-)
+from dinofeat.matching import Matches, joint_pca, match, match_features
+from dinofeat.points import auto_points, check_points, grid_points, mutual_nearest_patches
+from dinofeat.search import Refiner, locate, refine_peaks, similarity
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

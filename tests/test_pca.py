@@ -11,12 +11,12 @@ from dinofeat.drawing import draw_pca_grid, draw_pca_overlay, draw_pca_side_by_s
 from dinofeat.errors import InputError
 from dinofeat.extractor import Extractor
 from dinofeat.features import FeatureMap
+from dinofeat.colorize import colorize_video, fit_video
 from dinofeat.pca import (
+    MIN_FOREGROUND_PATCHES,
     FeaturePCA,
     PCABasis,
-    colorize_video,
     fit_pca,
-    fit_video,
     foreground_sign,
     otsu_threshold,
     robust_range,
@@ -141,8 +141,11 @@ def test_foreground_threshold_options(scene):
     _, _, _, _, (fmap, _) = scene
     otsu = FeaturePCA.fit(fmap)
     assert otsu.foreground.method == "otsu" and 0 < otsu.foreground.threshold < 1
-    everything = FeaturePCA.fit(fmap, foreground=-10.0)
-    assert everything.foreground.method == "user" and everything.foreground_mask(fmap.features).all()
+    low = FeaturePCA.fit(fmap, foreground=0.0)  # above the low percentile: nearly every patch
+    assert low.foreground.method == "user" and low.foreground_mask(fmap.features).float().mean() >= 0.95
+    for outside in (-10.0, 1.5):  # the scaled score spans 0..1: other thresholds make no sense
+        with pytest.raises(InputError, match="between 0 and 1"):
+            FeaturePCA.fit(fmap, foreground=outside)
     none = FeaturePCA.fit(fmap, foreground=None)
     assert none.foreground is None and none.colorize(fmap).mask.all()
     with pytest.raises(InputError, match="threshold"):
@@ -153,9 +156,9 @@ def test_foreground_threshold_options(scene):
 
 def test_empty_foreground_falls_back_to_all_patches(scene, caplog):
     _, _, _, _, (fmap, _) = scene
-    pca = FeaturePCA.fit(fmap, foreground=10.0)
+    pca = FeaturePCA.fit(fmap, foreground=1.0)  # above the high percentile: a few patches at most
     assert "fitting the colours on all patches" in caplog.text
-    assert not pca.foreground_mask(fmap.features).any()
+    assert pca.foreground_mask(fmap.features).sum() < MIN_FOREGROUND_PATCHES
 
 
 # -- joint fits, determinism, files ----------------------------------------------------------------

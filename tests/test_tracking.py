@@ -28,7 +28,8 @@ import torch
 from dinofeat.errors import InputError
 from dinofeat.extractor import Extractor
 from dinofeat.features import FeatureMap
-from dinofeat.matching import grid_points
+from dinofeat.options import FrameOptions
+from dinofeat.points import grid_points
 from dinofeat.registry import get_spec
 from dinofeat.tracking import (PointTracker, Tracks, check_queries, processed_frame_indices, track_frames,
                                track_video)
@@ -179,7 +180,7 @@ def test_anchored_template_follows_appearance_change():
         good = tracks.visible & (np.linalg.norm(tracks.points_xy - where, axis=-1) < 7.0)
         found[policy] = int(good[-5:].sum())
     assert found["anchored"] > found["fixed"]
-    assert PointTracker(at_frame(0, [[1.0, 1.0]])).template_policy == "anchored"  # hence the default
+    assert PointTracker(at_frame(0, [[1.0, 1.0]])).options.template == "anchored"  # hence the default
 
 
 # -- queries at any frame ---------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def test_queries_start_at_their_own_frame():
 
 
 def test_bad_queries_are_refused():
-    indices = processed_frame_indices(10, start=2, every=2)
+    indices = processed_frame_indices(10, FrameOptions(start=2, every=2))
     assert list(indices) == [2, 4, 6, 8]
     check_queries(at_frame(4, [[0, 0]]), indices, (40, 30))
     with pytest.raises(InputError, match="not processed"):
@@ -226,7 +227,7 @@ def test_track_video_from_a_file(tmp_path):
         for frame in camera(origins):
             sink.write(frame)
     point = np.array([[130.5, 48.3]])
-    tracks = track_video(path, at_frame(1, point), vit_extractor(), start=1, every=2)
+    tracks = track_video(path, at_frame(1, point), vit_extractor(), frames=FrameOptions(start=1, every=2))
     assert tracks.frame_indices.tolist() == [1, 3, 5]
     assert tracks.visible.all()
     expected = point + np.array([[-28.0 * k, 0.0] for k in range(3)])

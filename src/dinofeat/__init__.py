@@ -1,4 +1,4 @@
-"""dinofeat: DINOv2 dense patch features for matching, PCA and point tracking.
+"""dinofeat: DINO dense patch features for matching, PCA and point tracking.
 
 Importing the package is cheap: torch is imported only when a public name is first used.
 
@@ -25,14 +25,25 @@ _LAZY = {
     "Extractor": "extractor",
     "match": "matching",
     "match_features": "matching",
-    "locate": "matching",
+    "match_images": "matching",
     "Matches": "matching",
+    "similarity": "search",
+    "locate": "search",
+    "refine_peaks": "search",
     "FeaturePCA": "pca",
     "fit_pca": "pca",
+    "pca_images": "colorize",
     "PointTracker": "tracking",
-    "Tracks": "tracking",
     "track_video": "tracking",
     "track_frames": "tracking",
+    "track_to_files": "tracking",
+    "Tracks": "tracks",
+    "FeatureCache": "cache",
+    "ExtractorOptions": "options",
+    "MatchOptions": "options",
+    "PCAOptions": "options",
+    "TrackerOptions": "options",
+    "FrameOptions": "options",
     "probe_video": "video",
     "read_frames": "video",
     "VideoWriter": "video",

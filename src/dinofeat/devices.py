@@ -9,9 +9,7 @@ from pathlib import Path
 import torch
 
 from dinofeat.errors import InputError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from dinofeat.options import DEVICES, PRECISIONS
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

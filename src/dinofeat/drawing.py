@@ -6,6 +6,7 @@ OpenCV does the rasterising (anti-aliased lines and circles); colours here are R
 from __future__ import annotations
 
 import colorsys
+import math
 
 import numpy as np
 
@@ -109,12 +110,14 @@ def draw_pca_overlay(image: np.ndarray, colors: np.ndarray, alpha: float = 0.5,
 
 
 def draw_pca_grid(panels, *, columns: int | None = None, height: int | None = None, gap: int = 8,
-                  fill: int = 255) -> np.ndarray:
+                  fill: int = 255, labels=None) -> np.ndarray:
     """Several panels (e.g. one side-by-side per image) in a grid figure, row by row.
 
     Every panel is resized (area interpolation) to a common ``height`` (default: the smallest
-    panel height) keeping its aspect ratio; ``columns`` defaults to ``min(len(panels), 4)``;
-    ``gap`` pixels of ``fill`` separate the panels.
+    panel height) keeping its aspect ratio; ``columns`` defaults to ``ceil(sqrt(n))`` (2 for 2-4
+    panels, 3 for 5-9, ...), so the figure wraps into rows instead of growing into a strip;
+    ``gap`` pixels of ``fill`` separate the panels. ``labels`` (one string per panel, e.g. file
+    names) are written in the top-left corner of each panel, on a dark band.
 
     >>> draw_pca_grid([np.zeros((10, 20, 3), np.uint8)] * 3, columns=2, gap=2).shape
     (22, 42, 3)
@@ -124,13 +127,16 @@ def draw_pca_grid(panels, *, columns: int | None = None, height: int | None = No
     panels = _same_channels(list(panels))
     if not panels:
         raise ValueError("no panels to draw")
+    if labels is not None and len(labels) != len(panels):
+        raise ValueError(f"got {len(labels)} labels for {len(panels)} panels")
     height = height or min(p.shape[0] for p in panels)
-    columns = max(1, columns or min(len(panels), 4))
+    columns = max(1, columns or math.ceil(math.sqrt(len(panels))))
     resized = []
-    for panel in panels:
+    for i, panel in enumerate(panels):
         width = max(1, round(panel.shape[1] * height / panel.shape[0]))
-        resized.append(panel if panel.shape[:2] == (height, width)
-                       else cv2.resize(panel, (width, height), interpolation=cv2.INTER_AREA))
+        panel = panel if panel.shape[:2] == (height, width) else cv2.resize(panel, (width, height),
+                                                                              interpolation=cv2.INTER_AREA)
+        resized.append(panel if labels is None else draw_label(panel, str(labels[i])))
     rows = [resized[i:i + columns] for i in range(0, len(resized), columns)]
     row_widths = [sum(p.shape[1] for p in row) + gap * (len(row) - 1) for row in rows]
     channels = panels[0].shape[2]
@@ -143,11 +149,47 @@ def draw_pca_grid(panels, *, columns: int | None = None, height: int | None = No
     return out
 
 
+def draw_label(image: np.ndarray, text: str) -> np.ndarray:
+    """``image`` (``(H, W, 3|4) uint8``) with ``text`` in white on a dark band in its top-left
+    corner (cut to fit the width); a new image, the input is untouched.
+
+    >>> bool(draw_label(np.zeros((40, 120, 3), np.uint8), "cat.jpg")[2:20, 2:60].max() > 0)
+    True
+    """
+    import cv2
+
+    out = image.copy()
+    h, w = out.shape[:2]
+    scale = max(0.3, min(h, w) / 500)
+    thickness = max(1, round(scale * 1.5))
+    width_of = (lambda t: cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0])
+    if width_of(text) > w - 8:  # cut, keeping the start, with ".." to show it was cut
+        keep = len(text)
+        while keep > 0 and width_of(text[:keep] + "..") > w - 8:
+            keep -= 1
+        text = text[:keep] + ".." if keep else ""
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    band_h = min(h, th + base + 8)
+    band = out[:band_h, :min(w, tw + 8)]
+    band[..., :3] = (band[..., :3].astype(np.float32) * 0.35).astype(np.uint8)
+    if out.shape[2] == 4:
+        band[..., 3] = 255
+    rgb = np.ascontiguousarray(out[..., :3])
+    cv2.putText(rgb, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                thickness, cv2.LINE_AA)
+    out[..., :3] = rgb
+    return out
+
+
 # -- Matches -------------------------------------------------------------------------------------
 
 #: Pictures of matches are scaled to a height in this range (small images up, huge ones down).
 MATCH_MIN_HEIGHT = 360
 MATCH_MAX_HEIGHT = 1440
+#: With more matches than this, lines are drawn thin and semi-transparent (a thicket otherwise).
+MANY_MATCHES = 40
+#: Opacity of the lines when there are many.
+MANY_MATCHES_ALPHA = 0.55
 
 
 def match_canvas_layout(size_a_wh: tuple[int, int], size_b_wh: tuple[int, int],
@@ -156,7 +198,8 @@ def match_canvas_layout(size_a_wh: tuple[int, int], size_b_wh: tuple[int, int],
 
     Both images are scaled to a common ``height`` (default: the taller image's height, clamped to
     ``[MATCH_MIN_HEIGHT, MATCH_MAX_HEIGHT]``) and placed side by side with ``gap`` white pixels;
-    image B starts at x = ``offset_b``. The picture is ``offset_b + round(w_b * scale_b)`` wide.
+    image B starts at x = ``offset_b`` (in the vertical layout, at y = ``height + gap``). The
+    horizontal picture is ``offset_b + round(w_b * scale_b)`` wide.
 
     >>> match_canvas_layout((400, 300), (200, 100), height=300)
     (300, 4, 1.0, 3.0, 404)
@@ -178,23 +221,53 @@ def score_colors(scores, low: float = 0.0, high: float = 1.0) -> np.ndarray:
     return cv2.applyColorMap(levels, cv2.COLORMAP_TURBO).reshape(-1, 3)[:, ::-1].copy()
 
 
-def draw_matches(image_a: np.ndarray, image_b: np.ndarray, matches, *, color_by: str = "index",
-                 height: int | None = None, mask=None) -> np.ndarray:
-    """A and B side by side with each match as a coloured line between two dots.
+def draw_color_bar(height: int, *, low: float = 0.0, high: float = 1.0, label: str = "cosine") -> np.ndarray:
+    """A vertical TURBO colour bar with its end values and a label: ``(height, W, 3) uint8`` RGB
+    (white background), the legend of :func:`score_colors`.
+
+    >>> draw_color_bar(360).shape[0]
+    360
+    """
+    import cv2
+
+    scale = max(0.35, height / 1000)
+    text_w = cv2.getTextSize(f"{max(abs(low), abs(high)):.1f}-", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+    bar_w, margin = max(10, height // 30), max(6, height // 60)
+    width = margin + bar_w + margin + text_w + margin
+    out = np.full((height, width, 3), 255, np.uint8)
+    top, bottom = margin * 3, height - margin * 3
+    levels = np.linspace(high, low, max(bottom - top, 1))
+    out[top:bottom, margin:margin + bar_w] = score_colors(levels, low, high)[:, None, :]
+    thickness = max(1, round(scale * 2))
+    for value, y in ((high, top), (low, bottom)):
+        cv2.putText(out, f"{value:.1f}", (margin * 2 + bar_w, y + round(4 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
+                    scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    cv2.putText(out, label, (margin, top - margin), cv2.FONT_HERSHEY_SIMPLEX, scale * 0.8, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    return out
+
+
+def draw_matches(image_a, image_b, matches, *, color_by: str = "index", height: int | None = None, mask=None,
+                 layout: str = "horizontal") -> np.ndarray:
+    """A and B side by side (or A above B) with each match as a coloured line between two dots.
 
     Args:
-        image_a, image_b: ``(H, W, 3) uint8`` RGB.
+        image_a, image_b: paths, PIL images or ``(H, W, 3) uint8`` RGB arrays.
         matches: anything with ``source_xy`` and ``target_xy`` ``(N, 2)`` (pixels of A and B) and
             ``scores`` ``(N,)`` (e.g. :class:`dinofeat.matching.Matches`).
-        color_by: ``index`` (a distinct colour per match) or ``score`` (TURBO map, cosine 0..1).
-        height: common height of the picture (see :func:`match_canvas_layout`).
+        color_by: ``index`` (a distinct colour per match) or ``score`` (TURBO map, cosine 0..1,
+            with its colour bar in B's top-right corner).
+        height: common height of the two images in the picture (see :func:`match_canvas_layout`).
         mask: ``(N,)`` bool, draw only these matches (default: all).
+        layout: ``horizontal`` (B right of A) or ``vertical`` (B below A; clearer for stereo pairs,
+            whose lines are otherwise near-horizontal).
 
     Line width and dot size grow with the picture, and dots have a dark outline, so matches stay
-    readable on small and large images.
+    readable on small and large images; with more than :data:`MANY_MATCHES` lines they are thin
+    and semi-transparent.
 
     Returns:
-        ``(height, width, 3) uint8`` RGB, width as in :func:`match_canvas_layout`.
+        ``(H, W, 3) uint8`` RGB; horizontally, ``height`` high and wide as in :func:`match_canvas_layout`.
 
     >>> from types import SimpleNamespace
     >>> m = SimpleNamespace(source_xy=np.array([[1.0, 2.0]]), target_xy=np.array([[3.0, 4.0]]), scores=np.ones(1))
@@ -203,8 +276,13 @@ def draw_matches(image_a: np.ndarray, image_b: np.ndarray, matches, *, color_by:
     """
     import cv2
 
+    from dinofeat.images import load_image
+
     if color_by not in ("index", "score"):
         raise ValueError(f"color_by must be 'index' or 'score', got {color_by!r}")
+    if layout not in ("horizontal", "vertical"):
+        raise ValueError(f"layout must be 'horizontal' or 'vertical', got {layout!r}")
+    image_a, image_b = load_image(image_a), load_image(image_b)
     src = np.asarray(matches.source_xy, dtype=np.float64).reshape(-1, 2)
     dst = np.asarray(matches.target_xy, dtype=np.float64).reshape(-1, 2)
     scores = np.asarray(matches.scores, dtype=np.float64).reshape(-1)
@@ -216,20 +294,32 @@ def draw_matches(image_a: np.ndarray, image_b: np.ndarray, matches, *, color_by:
         (image_a.shape[1], image_a.shape[0]), (image_b.shape[1], image_b.shape[0]), height)
     panel_a = _resize_to(image_a, max(1, round(image_a.shape[1] * scale_a)), h)
     panel_b = _resize_to(image_b, max(1, round(image_b.shape[1] * scale_b)), h)
-    canvas = np.full((h, offset_b + panel_b.shape[1], 3), 255, np.uint8)
-    canvas[:, :panel_a.shape[1]] = panel_a[..., :3]
-    canvas[:, offset_b:] = panel_b[..., :3]
+    b_xy = (offset_b, 0) if layout == "horizontal" else (0, h + gap)
+    canvas_hw = ((h, offset_b + panel_b.shape[1]) if layout == "horizontal"
+                 else (2 * h + gap, max(panel_a.shape[1], panel_b.shape[1])))
+    canvas = np.full((*canvas_hw, 3), 255, np.uint8)
+    canvas[:h, :panel_a.shape[1]] = panel_a[..., :3]
+    canvas[b_xy[1]:b_xy[1] + h, b_xy[0]:b_xy[0] + panel_b.shape[1]] = panel_b[..., :3]
     # pixel centres scale with the half-pixel rule; OpenCV draws with 4 fractional bits
-    shift = _SUBPIXEL_BITS
-    to_canvas = (lambda xy, scale, dx: np.round(((xy + 0.5) * scale - 0.5 + [dx, 0]) * (1 << shift)).astype(np.int64))
-    pa, pb = to_canvas(src, scale_a, 0), to_canvas(dst, scale_b, offset_b)
-    thickness = max(1, round(h / 480))
-    radius = max(3, round(h / 150))
+    fixed = (lambda xy, scale, offset: np.round(((xy + 0.5) * scale - 0.5 + offset) * (1 << _SUBPIXEL_BITS))
+             .astype(np.int64))
+    pa, pb = fixed(src, scale_a, (0, 0)), fixed(dst, scale_b, b_xy)
+    many = len(src) > MANY_MATCHES
+    thickness = 1 if many else max(1, round(h / 480))
+    radius = max(2, round(h / 240)) if many else max(3, round(h / 150))
+    lines = canvas.copy()
     for (xa, ya), (xb, yb), color in zip(pa.tolist(), pb.tolist(), colors.tolist()):
-        cv2.line(canvas, (xa, ya), (xb, yb), color, thickness, cv2.LINE_AA, shift)
+        cv2.line(lines, (xa, ya), (xb, yb), color, thickness, cv2.LINE_AA, _SUBPIXEL_BITS)
+    canvas = cv2.addWeighted(lines, MANY_MATCHES_ALPHA, canvas, 1 - MANY_MATCHES_ALPHA, 0) if many else lines
     for (xa, ya), (xb, yb), color in zip(pa.tolist(), pb.tolist(), colors.tolist()):
         for point in ((xa, ya), (xb, yb)):
             _draw_dot(canvas, point, radius, color)
+    if color_by == "score":  # the legend, in B's top-right corner (the picture keeps its size)
+        bar = draw_color_bar(max(48, h // 3))
+        bar_h, bar_w = min(bar.shape[0], h), min(bar.shape[1], panel_b.shape[1])
+        right = b_xy[0] + panel_b.shape[1]
+        region = canvas[b_xy[1]:b_xy[1] + bar_h, right - bar_w:right]
+        region[:] = (0.15 * region + 0.85 * bar[:bar_h, -bar_w:] + 0.5).astype(np.uint8)
     return canvas
 
 
@@ -317,3 +407,39 @@ def draw_tracks(image: np.ndarray, trail_xy: np.ndarray, trail_visible: np.ndarr
     for i in np.flatnonzero(trail_visible[-1]):
         _draw_dot(out, fixed[-1, i], radius, colors[i])
     return out
+
+
+class TrailAnnotator:
+    """Draws tracked points with fading trails on consecutive video frames; it owns the trail.
+
+    Feed every processed frame in order (as supervision pairs an annotator with a ``VideoSink``):
+    ``annotator.annotate(frame, points_xy, visible)`` returns the frame with each point's dot and
+    the trail of its last ``length`` positions (:func:`draw_tracks`). One annotator per video.
+
+    Args:
+        n_points: number of tracked points (their colours come from :func:`palette`).
+        length: trail length in frames (0: dots only).
+        colors: ``(N, 3) uint8`` RGB, one per point (default: :func:`palette`).
+
+    >>> annotator = TrailAnnotator(1, length=2)
+    >>> frames = [annotator.annotate(np.zeros((20, 30, 3), np.uint8), [[5.0 + 5 * k, 10.0]], [True])
+    ...           for k in range(3)]
+    >>> bool(frames[2][10, 7].any()), bool(frames[0][10, 15].any())
+    (True, False)
+    """
+
+    def __init__(self, n_points: int, length: int, colors: np.ndarray | None = None) -> None:
+        from collections import deque
+
+        if length < 0:
+            raise ValueError(f"trail length must be 0 or more frames, got {length}")
+        self.colors = palette(n_points) if colors is None else np.asarray(colors, dtype=np.uint8).reshape(n_points, 3)
+        self._recent: deque = deque(maxlen=length + 1)  # positions of the last frames, the current one included
+
+    def annotate(self, frame: np.ndarray, points_xy, visible) -> np.ndarray:
+        """The ``(H, W, 3) uint8 RGB`` frame with the points at ``points_xy`` ``(N, 2)`` (drawn where
+        ``visible`` ``(N,)``) and their trails; ``frame`` is not modified."""
+        self._recent.append((np.asarray(points_xy, dtype=np.float64), np.asarray(visible, dtype=bool)))
+        trail_xy = np.stack([xy for xy, _ in self._recent])
+        trail_visible = np.stack([v for _, v in self._recent])
+        return draw_tracks(frame, trail_xy, trail_visible, self.colors)

@@ -9,8 +9,10 @@ import numpy as np
 import torch
 
 from dinofeat.devices import autocast, resolve_device, resolve_precision
+from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
-from dinofeat.images import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION, ImageLike, load_image, processed_size, resize
+from dinofeat.images import ImageLike, load_image, processed_size, resize
+from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION, ExtractorOptions
 from dinofeat.registry import DEFAULT_MODEL, ModelSpec
 from dinofeat.vit import DinoVisionTransformer
 from dinofeat.weights import load_model
@@ -23,14 +25,17 @@ class Extractor:
         model: a registry name (weights are found as :func:`~dinofeat.weights.load_model` says)
             or an already built :class:`~dinofeat.vit.DinoVisionTransformer`.
         weights: checkpoint file or Hugging Face folder for a named model.
-        device: ``auto`` | ``cpu`` | ``cuda`` | ``mps`` (or a ``torch.device``).
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps`` (or a ``torch.device``).
         precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16``; features always come back float32.
         resolution: shorter image side in pixels before rounding to the patch grid.
-        max_size: cap on the longer side (protects memory on panoramas).
-        stride: patch stride in processed pixels; below 14 gives overlapping patches (denser grid).
+        max_size: cap on the longer side (protects memory on panoramas); None for no cap.
+        stride: patch stride in processed pixels; below the patch size gives overlapping patches.
         layers: block index or indices (negative from the end); several are concatenated along C.
         facet: ``token`` (default, normalised block output) or ``key`` / ``query`` / ``value``.
         batch_size: images per forward pass.
+
+    Every option is checked as :class:`~dinofeat.options.ExtractorOptions` says; ``options`` holds
+    them, :meth:`with_options` gives a re-checked copy sharing the loaded model.
 
     >>> from dinofeat.registry import get_spec
     >>> vit = DinoVisionTransformer(get_spec("dinov2_vits14"), depth=1).init_random()
@@ -53,41 +58,85 @@ class Extractor:
         facet: str = "token",
         batch_size: int = 8,
     ) -> None:
-        self.device = resolve_device(device)
-        self.dtype = resolve_precision(precision, self.device)
-        vit = model if isinstance(model, DinoVisionTransformer) else load_model(model, weights)
-        self.model = vit.eval().to(self.device)
-        self.resolution = resolution
-        self.max_size = max_size
-        self.stride = stride or vit.patch_size
-        self.layers = [layers] if isinstance(layers, int) else list(layers)
-        self.facet = facet
-        self.batch_size = max(1, int(batch_size))
-        vit.resolve_layers(self.layers)  # fail early on a bad layer
-        self._check_options()
+        name = model if isinstance(model, str) else model.spec.name
+        options = ExtractorOptions(
+            model=name, weights=None if weights is None else str(weights),
+            device=str(device) if isinstance(device, torch.device) else device, precision=precision,
+            resolution=resolution, max_size=max_size, stride=stride,
+            layers=(layers,) if isinstance(layers, int) else tuple(layers), facet=facet, batch_size=batch_size)
+        device_ = device if isinstance(device, torch.device) else resolve_device(options.device)
+        vit = model if not isinstance(model, str) else load_model(options.model, options.weights)
+        self._setup(vit.eval().to(device_), device_, options)
+
+    @classmethod
+    def from_options(cls, options: ExtractorOptions, model: DinoVisionTransformer | None = None) -> Extractor:
+        """An extractor for ``options`` (the model is loaded from ``options.model``/``weights`` unless given)."""
+        self = cls.__new__(cls)
+        device = resolve_device(options.device)
+        vit = model if model is not None else load_model(options.model, options.weights)
+        self._setup(vit.eval().to(device), device, options)
+        return self
+
+    def _setup(self, vit: DinoVisionTransformer, device: torch.device, options: ExtractorOptions) -> None:
+        if not 1 <= (options.stride or vit.patch_size) <= vit.patch_size:
+            raise InputError(f"--stride must be between 1 and the patch size {vit.patch_size}, got {options.stride}")
+        if options.resolution < vit.patch_size:
+            raise InputError(f"--resolution must be at least the patch size ({vit.patch_size}), "
+                             f"got {options.resolution}")
+        vit.resolve_layers(options.layers)  # fail early on a bad layer
+        self.model = vit
+        self.device = device
+        self.dtype = resolve_precision(options.precision, device)
+        self.options = options
         mean, std = torch.tensor(vit.spec.mean), torch.tensor(vit.spec.std)
-        self._mean = (mean * 255).view(1, 3, 1, 1).to(self.device)
-        self._std = (std * 255).view(1, 3, 1, 1).to(self.device)
+        self._mean = (mean * 255).view(1, 3, 1, 1).to(device)
+        self._std = (std * 255).view(1, 3, 1, 1).to(device)
 
-    def _check_options(self) -> None:
-        from dinofeat.errors import InputError
-        from dinofeat.vit import FACETS
+    def with_options(self, **changes) -> Extractor:
+        """A copy with other feature options (resolution, max_size, stride, layers, facet, batch_size,
+        precision), checked again, sharing this one's loaded model."""
+        fixed = {"model", "weights", "device"} & set(changes)
+        if fixed:
+            raise InputError(f"with_options cannot change {', '.join(sorted(fixed))}: build another Extractor")
+        other = type(self).__new__(type(self))
+        other._setup(self.model, self.device, self.options.replace(**changes))
+        return other
 
-        if self.facet not in FACETS:
-            raise InputError(f"unknown facet {self.facet!r}; choose one of {', '.join(FACETS)}")
-        if not 1 <= self.stride <= self.model.patch_size:
-            raise InputError(f"stride must be between 1 and {self.model.patch_size}, got {self.stride}")
-        processed_size((self.model.patch_size,) * 2, self.resolution, patch_size=self.model.patch_size)
-
+    # -- settings -------------------------------------------------------------------------------
     @property
     def spec(self) -> ModelSpec:
         return self.model.spec
+
+    @property
+    def resolution(self) -> int:
+        return self.options.resolution
+
+    @property
+    def max_size(self) -> int | None:
+        return self.options.max_size
+
+    @property
+    def stride(self) -> int:
+        return self.options.stride or self.model.patch_size
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.options.layers)
+
+    @property
+    def facet(self) -> str:
+        return self.options.facet
+
+    @property
+    def batch_size(self) -> int:
+        return self.options.batch_size
 
     def processed_size(self, size_wh: tuple[int, int]) -> tuple[int, int]:
         """The (width, height) an image of ``size_wh`` is resized to (see :func:`~dinofeat.images.processed_size`)."""
         return processed_size(size_wh, self.resolution, patch_size=self.model.patch_size, stride=self.stride,
                               max_size=self.max_size)
 
+    # -- extraction -----------------------------------------------------------------------------
     def extract(self, image: ImageLike) -> FeatureMap:
         """Feature map of one image (path, PIL image or ``(H, W, 3) uint8`` array)."""
         return self.extract_arrays([load_image(image)])[0]
@@ -105,28 +154,25 @@ class Extractor:
         for size_wh, indices in groups.items():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
-                maps = self._forward([resize(images[i], size_wh) for i in chunk])
-                for i, fmap in zip(chunk, maps):
-                    h, w = images[i].shape[:2]
-                    fmap.image_size_wh = (w, h)
+                batch = [images[i] for i in chunk]
+                for i, fmap in zip(chunk, self._forward(batch, size_wh)):
                     results[i] = fmap
         return results  # type: ignore[return-value]
 
-    def _forward(self, batch: list[np.ndarray]) -> list[FeatureMap]:
-        tokens, cls, regs = self._run_model(batch)
-        size_wh = (batch[0].shape[1], batch[0].shape[0])
+    def _forward(self, images: list[np.ndarray], size_wh: tuple[int, int]) -> list[FeatureMap]:
+        tokens, cls, regs = self._run_model([resize(image, size_wh) for image in images])
         # clone outside inference mode: callers get ordinary tensors they may modify
         return [
             FeatureMap(
                 features=tokens[b].clone(),
-                image_size_wh=size_wh,
+                image_size_wh=(image.shape[1], image.shape[0]),
                 processed_size_wh=size_wh,
                 patch_size=self.model.patch_size,
                 stride=self.stride,
                 cls_token=cls[b].clone(),
                 register_tokens=regs[b].clone(),
             )
-            for b in range(len(batch))
+            for b, image in enumerate(images)
         ]
 
     @torch.inference_mode()

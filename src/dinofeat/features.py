@@ -19,9 +19,74 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dinofeat.errors import InputError
 
 
-@dataclass
+def inside_image(points_xy, size_wh: tuple[int, int]) -> np.ndarray:
+    """Boolean ``(N,)``: which pixel positions ``(N, 2)`` are finite and inside a ``size_wh`` image
+    (``[-0.5, W - 0.5] x [-0.5, H - 0.5]``, edges included).
+
+    >>> inside_image([[0, 0], [-0.5, 9.5], [10, 2], [float("nan"), 1]], (10, 10)).tolist()
+    [True, True, False, False]
+    """
+    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    w, h = size_wh
+    finite = np.isfinite(pts).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h - 0.5)
+    return finite & inside
+
+
+def check_inside(points_xy, size_wh: tuple[int, int], *, label: str = "the image", what: str = "point") -> None:
+    """Raise :class:`InputError` naming the first of ``points_xy`` ``(N, 2)`` that is not a finite
+    position inside a ``size_wh`` image (see :func:`inside_image`)."""
+    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    bad = np.flatnonzero(~inside_image(pts, size_wh))
+    if len(bad):
+        index = int(bad[0])
+        x, y = pts[index]
+        w, h = size_wh
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise InputError(f"{what} {index} ({x}, {y}) is not a finite position")
+        raise InputError(f"{what} {index} ({x:g}, {y:g}) is outside {label} "
+                         f"({w}x{h}: x in [-0.5, {w - 0.5}], y in [-0.5, {h - 0.5}])")
+
+
+def linear_weights(coords: torch.Tensor, size: int, *, nearest: bool = False) -> torch.Tensor:
+    """``(N, size)`` float32 interpolation matrix: row n reads a 1-D grid of ``size`` samples at
+    the fractional position ``coords[n]`` (linearly between the two neighbours, clamped to the
+    grid; or the nearest sample). The one interpolation rule of :meth:`FeatureMap.sample`,
+    :meth:`FeatureMap.upsample` and the searches.
+
+    >>> linear_weights(torch.tensor([0.25, 2.0, 5.0]), 3)
+    tensor([[0.7500, 0.2500, 0.0000],
+            [0.0000, 0.0000, 1.0000],
+            [0.0000, 0.0000, 1.0000]])
+    """
+    coords = coords.to(torch.float64).clamp(0, size - 1)
+    rows = torch.arange(coords.shape[0])
+    weights = torch.zeros(coords.shape[0], size, dtype=torch.float64)
+    if nearest:
+        weights[rows, coords.round().long()] = 1.0
+        return weights.float()
+    low = coords.floor().long().clamp(max=size - 1)
+    frac = coords - low
+    weights[rows, low] += 1 - frac
+    weights[rows, (low + 1).clamp(max=size - 1)] += frac
+    return weights.float()
+
+
+def bilinear_weights(fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+    """Weights ``(..., 4)`` of a cell's corners (order: top-left, top-right, bottom-left,
+    bottom-right) at fractional offsets ``fx`` (to the right) and ``fy`` (down) in [0, 1].
+
+    >>> bilinear_weights(torch.tensor(0.25), torch.tensor(0.5))
+    tensor([0.3750, 0.1250, 0.3750, 0.1250])
+    """
+    return torch.stack(((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy), dim=-1)
+
+
+@dataclass(frozen=True)
 class FeatureMap:
     """Dense features of one image with the geometry needed to place them.
 
@@ -88,12 +153,12 @@ class FeatureMap:
         return self.grid_to_pixel(torch.stack((u, v), dim=-1)).float()
 
     def contains(self, points_xy) -> np.ndarray:
-        """Boolean ``(N,)``: which pixel positions lie inside the original image."""
-        pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
-        w, h = self.image_size_wh
-        finite = np.isfinite(pts).all(axis=1)
-        inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h - 0.5)
-        return finite & inside
+        """Boolean ``(N,)``: which pixel positions lie inside the original image (:func:`inside_image`)."""
+        return inside_image(points_xy, self.image_size_wh)
+
+    def check_inside(self, points_xy, *, label: str = "the image", what: str = "point") -> None:
+        """Raise :class:`~dinofeat.errors.InputError` for the first point outside the original image."""
+        check_inside(points_xy, self.image_size_wh, label=label, what=what)
 
     # -- sampling ---------------------------------------------------------------------------
     def sample(self, points_xy, *, normalize: bool = False) -> torch.Tensor:
@@ -128,8 +193,8 @@ class FeatureMap:
         rows = self.pixel_to_grid(torch.stack((torch.zeros_like(ys), ys), dim=-1))[:, 1]
         grid_h, grid_w = self.grid_hw
         device = self.features.device
-        weights_x = _interpolation_weights(cols, grid_w, nearest).to(device)
-        weights_y = _interpolation_weights(rows, grid_h, nearest).to(device)
+        weights_x = linear_weights(cols, grid_w, nearest=nearest).to(device)
+        weights_y = linear_weights(rows, grid_h, nearest=nearest).to(device)
         features = self.features.float()
         return torch.einsum("Hwc,Ww->HWc", torch.einsum("Hh,hwc->Hwc", weights_y, features), weights_x)
 
@@ -160,18 +225,3 @@ def _float_copy(points):
     if isinstance(points, torch.Tensor):
         return points.to(torch.float64 if points.dtype != torch.float32 else points.dtype).clone()
     return np.array(points, dtype=np.float64)
-
-
-def _interpolation_weights(coords: torch.Tensor, size: int, nearest: bool) -> torch.Tensor:
-    """``(N, size)`` float32: row n interpolates grid positions at ``coords[n]`` (clamped to the grid)."""
-    coords = coords.clamp(0, size - 1)
-    rows = torch.arange(coords.shape[0])
-    weights = torch.zeros(coords.shape[0], size, dtype=torch.float64)
-    if nearest:
-        weights[rows, coords.round().long()] = 1.0
-        return weights.float()
-    low = coords.floor().long().clamp(max=size - 1)
-    frac = coords - low
-    weights[rows, low] += 1 - frac
-    weights[rows, (low + 1).clamp(max=size - 1)] += frac
-    return weights.float()

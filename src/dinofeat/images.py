@@ -6,18 +6,16 @@ Images inside dinofeat are ``(H, W, 3) uint8 RGB`` numpy arrays.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dinofeat.errors import InputError
+from dinofeat.inputs import check_input_file
+from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION
 
 ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
-
-DEFAULT_RESOLUTION = 448
-DEFAULT_MAX_SIZE = 1792
 
 
 def load_image(source: ImageLike) -> np.ndarray:
@@ -34,13 +32,7 @@ def load_image(source: ImageLike) -> np.ndarray:
         return _array_to_rgb(source)
     if isinstance(source, Image.Image):
         return _pil_to_rgb(source, "image")
-    path = Path(source)
-    if not path.exists():
-        raise InputError(f"image not found: {path}")
-    if path.is_dir():
-        raise InputError(f"expected an image file, got a folder: {path}")
-    if path.stat().st_size == 0:
-        raise InputError(f"image file is empty: {path}")
+    path = check_input_file(source, "image")
     try:
         with Image.open(path) as img:
             return _pil_to_rgb(img, str(path))

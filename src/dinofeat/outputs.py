@@ -1,12 +1,24 @@
-"""Writing output files so that a failure never leaves a half-written file behind."""
+"""Writing output files safely: checked before any work, staged, renamed into place only on success.
+
+* :func:`check_outputs` refuses, before any work, an output that is a folder, lies in a folder that
+  cannot be written, is one of the inputs, or is named twice;
+* :func:`staged_outputs` writes to temporary files beside the targets and renames them into place
+  only if every write succeeded, so a failure never leaves a half-written file (or replaces an
+  existing one); the files get the mode a plain ``open()`` would give (``0666 & ~umask``);
+* :func:`ensure_folder` makes an output folder (parents too).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from dinofeat.errors import InputError
 
@@ -24,13 +36,69 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse outputs that would destroy an input or each other, or cannot be written.
+
+    ``None`` entries (outputs not asked for) are skipped. Paths are compared after resolving
+    links and ``..``, so ``photo.png`` and ``./x/../photo.png`` are the same file.
+    """
+    given = [Path(p) for p in outputs if p is not None]
+    sources = {_identity(Path(p)): str(p) for p in inputs}
+    seen: dict[object, Path] = {}
+    for path in given:
+        key = _identity(path)
+        if key in sources:
+            raise InputError(f"output {path} is the input {sources[key]}: refusing to overwrite it")
+        if key in seen:
+            raise InputError(f"two outputs would go to the same file: {seen[key]} and {path}")
+        seen[key] = path
+    for path in given:
+        check_writable(path)
+
+
+def _identity(path: Path) -> object:
+    """What makes two paths the same file: device and inode if it exists, else the resolved path."""
+    try:
+        stat = path.stat()
+        return (stat.st_dev, stat.st_ino)
+    except OSError:
+        return str(path.resolve())
+
+
+def check_suffix(path: str | os.PathLike | None, allowed: Sequence[str], option: str) -> None:
+    """Refuse an output whose suffix is not one of ``allowed`` (``--json t.csv``), naming the option."""
+    if path is not None and Path(path).suffix.lower() not in allowed:
+        choices = ", ".join(allowed[:-1]) + f" or {allowed[-1]}" if len(allowed) > 1 else allowed[0]
+        raise InputError(f"{option} must end in {choices}, got {path}")
+
+
+def ensure_folder(path: str | os.PathLike, option: str = "--out-dir") -> Path:
+    """Make the output folder ``path`` (and its parents) if needed; refuse an existing non-folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create {option} {path}: {err.strerror or err}") from None
+    return path
+
+
+def _plain_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666`` minus the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> Iterator[list[Path | None]]:
     """Give temporary paths to write to; rename them onto ``paths`` only if the block succeeds.
 
     ``None`` entries stay ``None`` (an output the user did not ask for). Temporary files live next to
     their targets (same suffix, so writers that look at the extension still work) and are removed
-    on failure, so either all outputs appear or none do.
+    on failure, so either all outputs appear or none do. Renamed files get the mode a plain
+    ``open()`` would give under the current umask (not the temporary file's private 0600).
     """
     temps: list[Path | None] = []
     try:
@@ -43,8 +111,10 @@ def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> Iterator[list[P
             os.close(fd)
             temps.append(Path(tmp))
         yield temps
+        mode = _plain_file_mode()
         for tmp, path in zip(temps, paths):
             if tmp is not None:
+                os.chmod(tmp, mode)
                 os.replace(tmp, path)
     finally:
         for tmp in temps:
@@ -54,10 +124,14 @@ def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> Iterator[list[P
 
 def format_json(document: dict) -> str:
     """Indented JSON with short number lists (points, sizes, matrix rows) kept on one line."""
-    import json
-    import re
-
     text = json.dumps(document, indent=2)
     return re.sub(r"\[\s+([-+0-9.eE]+(?:,\s+[-+0-9.eE]+)*)\s+\]",
                   lambda m: "[" + ", ".join(m.group(1).split(",\n")).replace(" ", "").replace(",", ", ") + "]",
                   text) + "\n"
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an ``(H, W, 3|4) uint8`` RGB(A) image; the format follows the suffix (Pillow)."""
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(image)).save(path)

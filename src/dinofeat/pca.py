@@ -1,4 +1,4 @@
-"""PCA of dense features: what DINOv2 sees, as colours (the DINOv2 paper's recipe, made robust).
+"""PCA of dense features: what DINO sees, as colours (the DINOv2 paper's recipe, made robust).
 
 The recipe (:meth:`FeaturePCA.fit`), over one image or jointly over several:
 
@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -44,11 +44,10 @@ import torch
 
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
+from dinofeat.options import DEFAULT_PERCENTILES, PCAOptions
 
 log = logging.getLogger(__name__)
 
-#: Percentiles of the fitting data that map to 0 and 255 (per channel).
-DEFAULT_PERCENTILES = (1.0, 99.0)
 #: Patches per SVD at most; more are subsampled (seeded): the SVD costs N * C^2, and 20k patches
 #: (15 images at 448 px) pin down the leading components far better than the colours can show.
 DEFAULT_MAX_SAMPLES = 20_000
@@ -290,8 +289,7 @@ def fit_foreground(grids: Sequence[torch.Tensor], *, threshold: float | str = "o
     first component over all grids together). ``threshold`` is ``"otsu"`` or a number on the
     scaled score (0 = low percentile of the fitting patches, 1 = high percentile).
     """
-    if not (threshold == "otsu" or (isinstance(threshold, (int, float)) and math.isfinite(threshold))):
-        raise InputError(f"foreground threshold must be 'otsu' or a finite number, got {threshold!r}")
+    PCAOptions(foreground=threshold)  # "otsu" or a number in [0, 1]
     samples = torch.cat([g.reshape(-1, g.shape[-1]) for g in grids])
     border = torch.cat([border_mask(tuple(g.shape[:2])).reshape(-1) for g in grids])
     basis = fit_pca(samples, 1, max_samples=max_samples, seed=seed)
@@ -376,6 +374,7 @@ class FeaturePCA:
             seed: seed of that subsample.
             metadata: strings stored with the PCA (model name, layers, ...).
         """
+        PCAOptions(components=n_components, foreground=foreground)  # the checks of the command line
         grids = _grids(maps)
         dims = {int(g.shape[-1]) for g in grids}
         if len(dims) != 1:
@@ -474,13 +473,16 @@ class FeaturePCA:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"PCA file not found: {path}")
+        not_ours = (f"{path} is not a dinofeat PCA file (expected an .npz written by "
+                    f"`dinofeat pca --save-pca`)")
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
-        except Exception as err:  # numpy raises OSError/ValueError/BadZipFile/EOFError for bad files
-            raise InputError(f"cannot read PCA file {path} ({type(err).__name__}: {err})") from None
+        except Exception:  # numpy raises many types for other files; its advice (allow_pickle) is not for us
+            raise InputError(f"cannot read PCA file {path}: it is not a dinofeat PCA file (expected an .npz "
+                             f"written by `dinofeat pca --save-pca`)") from None
         if str(arrays.get("format", "")) != PCA_FILE_FORMAT:
-            raise InputError(f"{path} is not a dinofeat PCA file (written by `dinofeat pca --save-pca`)")
+            raise InputError(not_ours)
         if int(arrays.get("version", -1)) > PCA_FILE_VERSION:
             raise InputError(f"{path} was written by a newer dinofeat (format version {int(arrays['version'])})")
         try:
@@ -510,53 +512,6 @@ class FeaturePCA:
 
 
 # ---------------------------------------------------------------------------------------------
-# Videos
-
-
-def fit_video(extractor, path: str | os.PathLike, *, sample_frames: int = 16, **fit_options) -> FeaturePCA:
-    """Fit one :class:`FeaturePCA` on ``sample_frames`` frames spread evenly over a video.
-
-    ``extractor`` is an :class:`~dinofeat.extractor.Extractor`; ``fit_options`` go to
-    :meth:`FeaturePCA.fit`. One PCA for the whole video keeps colours stable over time.
-    """
-    from dinofeat.video import probe_video, read_frames
-
-    info = probe_video(path)
-    sample_frames = max(1, sample_frames)
-    step = max(1, info.frames // sample_frames)
-    frames = [frame for _, frame in read_frames(path, every=step, max_frames=sample_frames)]
-    if not frames:
-        raise InputError(f"no frames could be read from {path}")
-    return FeaturePCA.fit(extractor.extract_arrays(frames), **fit_options)
-
-
-def colorize_video(extractor, pca: FeaturePCA, path: str | os.PathLike, *, nearest: bool = False,
-                   batch_frames: int | None = None) -> Iterator[tuple[int, np.ndarray, PCAColors]]:
-    """Stream ``(frame index, frame (H, W, 3) uint8 RGB, PCAColors)`` for every frame of a video.
-
-    Frames are read and run through the model ``batch_frames`` at a time (default: the
-    extractor's batch size), so memory stays constant for long videos.
-    """
-    from dinofeat.video import read_frames
-
-    size = max(1, batch_frames or getattr(extractor, "batch_size", 8))
-    batch: list[tuple[int, np.ndarray]] = []
-
-    def flush() -> Iterator[tuple[int, np.ndarray, PCAColors]]:
-        maps = extractor.extract_arrays([frame for _, frame in batch])
-        for (index, frame), fmap in zip(batch, maps):
-            yield index, frame, pca.colorize(fmap, nearest=nearest)
-        batch.clear()
-
-    for item in read_frames(path):
-        batch.append(item)
-        if len(batch) == size:
-            yield from flush()
-    if batch:
-        yield from flush()
-
-
-# ---------------------------------------------------------------------------------------------
 # Helpers
 
 
@@ -572,10 +527,9 @@ def _grids(maps) -> list[torch.Tensor]:
 
 
 def _check_percentiles(percentiles) -> tuple[float, float]:
+    """Two percentiles LOW < HIGH in [0, 100], checked as :class:`~dinofeat.options.PCAOptions` does."""
     try:
         lo, hi = (float(p) for p in percentiles)
     except (TypeError, ValueError):
-        raise InputError(f"percentiles must be two numbers, got {percentiles!r}") from None
-    if not 0 <= lo < hi <= 100:
-        raise InputError(f"percentiles must satisfy 0 <= low < high <= 100, got {lo:g} {hi:g}")
-    return lo, hi
+        raise InputError(f"--percentiles must be two numbers LOW HIGH, got {percentiles!r}") from None
+    return PCAOptions(percentiles=(lo, hi)).percentiles

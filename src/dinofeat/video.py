@@ -33,6 +33,7 @@ import av
 import numpy as np
 
 from dinofeat.errors import InputError
+from dinofeat.inputs import check_input_file
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         InputError: missing or empty file, an image, a file without a video stream, a video with
             no decodable frame, or a truncated file.
     """
-    path = _check_file(path)
+    path = check_input_file(path, "video")
     with _open(path) as container:
         stream = _video_stream(container, path)
         frames = _decode(container, stream, path)
@@ -103,7 +104,7 @@ def read_frames(
     if start < 0 or every < 1 or (max_frames is not None and max_frames < 1):
         raise InputError(f"need start >= 0, every >= 1 and max_frames >= 1 (got start={start}, "
                          f"every={every}, max_frames={max_frames})")
-    return _read_frames(_check_file(path), start, max_frames, every)
+    return _read_frames(check_input_file(path, "video"), start, max_frames, every)
 
 
 def _read_frames(path: Path, start: int, max_frames: int | None, every: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -215,17 +216,6 @@ class VideoWriter:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _check_file(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"video not found: {path}")
-    if path.is_dir():
-        raise InputError(f"expected a video file, got a folder: {path}")
-    if path.stat().st_size == 0:
-        raise InputError(f"video file is empty: {path}")
-    return path
-
-
 def _open(path: Path):
     try:
         container = av.open(str(path), mode="r")

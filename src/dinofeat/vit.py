@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinofeat.errors import InputError
+from dinofeat.options import FACETS
 from dinofeat.registry import ModelSpec
-
-FACETS = ("token", "key", "query", "value")
 _QKV_INDEX = {"query": 0, "key": 1, "value": 2}
 
 

@@ -1,8 +1,9 @@
-"""The ``dinofeat`` command: a thin layer that parses options, calls the API and writes files.
+"""The ``dinofeat`` command: a thin layer that parses options and calls the library's workflows.
 
-Only argparse is imported here, so ``dinofeat --help`` answers instantly; each command imports
-torch and the API when it runs. Every :class:`~dinofeat.errors.DinofeatError` (and every OS error
-about files) becomes one line on stderr and exit status 2; ``--debug`` shows the traceback.
+Only argparse and the torch-free :mod:`dinofeat.options` are imported here, so ``dinofeat --help``
+answers instantly; each command imports torch and the library when it runs. Every error (a usage
+error, a :class:`~dinofeat.errors.DinofeatError`, an OS error about files) becomes one line on
+stderr and exit status 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -14,26 +15,32 @@ import sys
 from collections.abc import Sequence
 
 from dinofeat import __version__
+from dinofeat.errors import InputError
 
 # Each command is a module of this package with `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = ("models", "extract", "match", "pca", "track", "app")
 
 
+class UsageError(InputError):
+    """A command line argparse cannot read; its message is the whole line to print."""
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
-    """Usage errors are one line too (``dinofeat match: error: ...``, exit 2); --help shows usage."""
+    """Usage errors are one line (``dinofeat match: error: ... (see --help)``), raised, not exited,
+    so that :func:`main` reports them like every other error; --help and --version still exit."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        raise UsageError(f"{self.prog}: error: {message} (see --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="dinofeat",
-        description="DINOv2 dense features: extract, match, PCA and tracking. "
+        description="DINO dense features: extract, match, PCA and tracking. "
         "Coordinates are pixels of the original image (x right, y down, centre of the top-left pixel = 0,0).",
     )
     parser.add_argument("--version", action="version", version=f"dinofeat {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
     sub.required = True
     for name in COMMANDS:
         module = importlib.import_module(f"dinofeat.cli.{name}")
@@ -44,12 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(str(err), file=sys.stderr)
+        return 2
     _configure_logging(debug=args.debug)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("dinofeat: interrupted", file=sys.stderr)
+        print(f"dinofeat {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the one place that turns errors into messages
         if args.debug:
@@ -59,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _configure_logging(*, debug: bool) -> None:
-    """dinofeat's own messages on stderr (warnings; everything with --debug), others' left alone."""
+    """dinofeat's own messages on stderr (warnings; everything with --debug), others' left alone.
+
+    Warnings are what the user should know (a size capped, a check that could not run); each
+    command prints its own summary line unless ``--quiet``."""
     logger = logging.getLogger("dinofeat")
     if not logger.handlers:
         handler = logging.StreamHandler()

@@ -1,36 +1,116 @@
-"""Options shared by several commands, and their validation."""
+"""What the commands share: argparse options built from :mod:`dinofeat.options`, and the text parsers.
+
+Defaults, choices, help and checks all come from the option dataclasses; argparse only turns text
+into numbers (``expected an integer, got 'x'``), and constructing the dataclass checks the value
+(``--batch-size must be a positive integer, got -5``), the same check the app and the library use.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any
+
+from dinofeat.options import parse_float, parse_int
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def add_options(parser, options_class, *names: str, exclude: tuple[str, ...] = (), **help_texts: str) -> None:
+    """Add the command-line flags of ``options_class``'s fields (all with a flag, or only ``names``).
+
+    ``help_texts`` replace a field's help where the command says it differently ("frames per
+    forward pass" for a video).
+    """
+    for f in dataclasses.fields(options_class):
+        meta = f.metadata
+        if not meta.get("flag") or (names and f.name not in names) or f.name in exclude:
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": help_texts.get(f.name, meta["help"])}
+        if isinstance(f.default, bool):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = _argparse_type(meta)
+            for key in ("metavar", "nargs"):
+                if meta[key] is not None:
+                    kwargs[key] = meta[key]
+            if meta["choices"] is not None and meta["range"] is None:
+                kwargs["choices"] = meta["choices"]
+        parser.add_argument(meta["flag"], **kwargs)
 
 
-def number_in(low: float, high: float, what: str, *, integer: bool = False, open_low: bool = False):
-    """An argparse type accepting a finite number in [low, high] (``(low, high]`` with ``open_low``),
-    rejecting anything else with ``expected {what}, got '...'``."""
+def options_from(args: argparse.Namespace, options_class, **overrides: Any):
+    """The ``options_class`` instance of the parsed ``args`` (fields argparse did not fill keep their defaults)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(options_class) if hasattr(args, f.name)}
+    return options_class(**{**values, **overrides})
 
-    def parse(text: str):
+
+def _argparse_type(meta: dict) -> Callable[[str], Any]:
+    parse = meta["parse"]
+    if parse is None:
+        allowed = meta["range"]
+        parse = str if allowed is None else parse_int if allowed.integer else parse_float
+
+    def convert(text: str):
         try:
-            value = int(text) if integer else float(text)
-        except ValueError:
-            value = math.nan
-        inside = (value > low if open_low else value >= low) and value <= high and math.isfinite(value)
-        if not inside:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
-    return parse
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def add_extractor_options(parser: argparse.ArgumentParser, *, batch_help: str | None = None) -> None:
+    """The model group (--model, --weights, --device, --precision, --resolution, --max-size), the
+    features group (--layer, --facet, --stride, --batch-size) and --debug."""
+    from dinofeat.options import ExtractorOptions
+
+    features = parser.add_argument_group("features")
+    helps = {"batch_size": batch_help} if batch_help else {}
+    add_options(features, ExtractorOptions, "layers", "facet", "stride", "batch_size", **helps)
+    model = parser.add_argument_group("model")
+    add_options(model, ExtractorOptions, "model", "weights", "device", "precision", "resolution", "max_size")
+    add_output_options(parser)
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--quiet and --debug."""
+    parser.add_argument("-q", "--quiet", action="store_true", help="print no summary line and no progress bar")
+    add_debug_option(parser)
+
+
+def add_debug_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logging")
+
+
+def summary(args: argparse.Namespace, text: str, *, stream=None) -> None:
+    """The command's one summary line (``dinofeat match: 20 matches, ...``) on stderr, unless --quiet."""
+    import sys
+
+    if not getattr(args, "quiet", False):
+        print(f"dinofeat {args.command}: {text}", file=stream or sys.stderr, flush=True)
+
+
+def progress_bar(args: argparse.Namespace, desc: str, unit: str):
+    """A :class:`~dinofeat.progress.TqdmProgress` for the command (none with --quiet)."""
+    from dinofeat.progress import TqdmProgress
+
+    return TqdmProgress(desc, unit, enabled=not getattr(args, "quiet", False))
+
+
+def extractor_options(args: argparse.Namespace):
+    """The parsed model/feature options, checked (call it before any work)."""
+    from dinofeat.options import ExtractorOptions
+
+    return options_from(args, ExtractorOptions)
+
+
+def make_extractor(options):
+    """The :class:`~dinofeat.extractor.Extractor` for checked :func:`extractor_options` (loads the model)."""
+    from dinofeat.extractor import Extractor
+
+    return Extractor.from_options(options)
 
 
 def point_xy(text: str) -> tuple[float, float]:
@@ -57,117 +137,3 @@ def _floats(text: str, count: int, form: str) -> list[float]:
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite position")
     return values
-
-
-def add_model_options(parser: argparse.ArgumentParser, *, resolution: int = 448) -> None:
-    """--model, --weights, --device, --precision, --resolution, --max-size, --debug."""
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", default="dinov2_vits14",
-                       help="model name (see `dinofeat models`; default: %(default)s)")
-    group.add_argument("--weights", metavar="PATH",
-                       help="checkpoint: official .pth, .safetensors, or a Hugging Face model folder "
-                       "(default: torch hub cache, then Hugging Face hub, then the official URL)")
-    group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                       help="where the model runs (default: %(default)s = cuda, mps or cpu)")
-    group.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                       help="auto = bf16 on CUDA and on CPUs with bf16 matrix units, else fp32")
-    group.add_argument("--resolution", type=positive_int, default=resolution, metavar="N",
-                       help="shorter image side in pixels fed to the model, rounded to the patch grid; "
-                       "aspect ratio kept, no crop (default: %(default)s)")
-    group.add_argument("--max-size", type=positive_int, default=1792, metavar="N",
-                       help="cap on the longer side fed to the model (default: %(default)s)")
-    add_debug_option(parser)
-
-
-def add_debug_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logging")
-
-
-def add_feature_options(parser: argparse.ArgumentParser) -> None:
-    """--layer, --facet, --stride."""
-    group = parser.add_argument_group("features")
-    group.add_argument("--layer", type=int, nargs="+", default=[-1], metavar="L",
-                       help="block(s) to read, 0-based, negative from the end; several are concatenated "
-                       "(default: -1, the last)")
-    group.add_argument("--facet", default="token", choices=("token", "key", "query", "value"),
-                       help="block output (token, with the final norm) or the attention key/query/value "
-                       "(default: %(default)s)")
-    group.add_argument("--stride", type=int, default=None, metavar="S",
-                       help="patch stride in model pixels; below 14 gives overlapping patches and a denser "
-                       "grid (default: 14)")
-
-
-def make_extractor(args: argparse.Namespace, **overrides):
-    """Build an :class:`~dinofeat.extractor.Extractor` from parsed model/feature options."""
-    from dinofeat.extractor import Extractor
-
-    options = dict(
-        weights=args.weights, device=args.device, precision=args.precision, resolution=args.resolution,
-        max_size=args.max_size, stride=getattr(args, "stride", None), layers=getattr(args, "layer", [-1]),
-        facet=getattr(args, "facet", "token"),
-    )
-    options.update(overrides)
-    return Extractor(args.model, **options)
-
-
-def read_points_file(path: str, *, with_frames: bool = False) -> list[tuple[float, ...]]:
-    """Points from a JSON list of ``[x, y]`` pairs or CSV lines ``x,y`` (an optional header line is
-    skipped); with ``with_frames``, ``[t, x, y]`` / ``t,x,y`` rows (frame index first) too.
-
-    Raises :class:`~dinofeat.errors.InputError` naming the file and the first bad row.
-    """
-    import csv
-    import io
-    import json
-    from pathlib import Path
-
-    from dinofeat.errors import InputError
-
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig").strip()
-    except FileNotFoundError:
-        raise InputError(f"points file not found: {path}") from None
-    except IsADirectoryError:
-        raise InputError(f"points file is a folder: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read points file {path}: {err}") from None
-    if not text:
-        raise InputError(f"points file is empty: {path}")
-    form = "x, y pair or t,x,y triple" if with_frames else "x, y pair"
-    if text[0] in "[{":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"points file {path} is not valid JSON: {err}") from None
-        if not isinstance(rows, list):
-            raise InputError(f"points file {path} must hold a JSON list of [x, y]{' or [t, x, y]' * with_frames}")
-        where = "item"
-    else:
-        rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
-        if rows and _numbers(rows[0], strings=True) is None:
-            rows = rows[1:]  # header
-        where = "line"
-    sizes = (2, 3) if with_frames else (2,)
-    points = []
-    for index, row in enumerate(rows):
-        values = _numbers(row, strings=where == "line")
-        if values is None or len(values) not in sizes or not all(math.isfinite(v) for v in values):
-            raise InputError(f"points file {path}: {where} {index + 1} is not a finite {form}: {row!r}")
-        if len(values) == 3 and (values[0] < 0 or values[0] != int(values[0])):
-            raise InputError(f"points file {path}: {where} {index + 1}: frame index must be a "
-                             f"non-negative integer, got {values[0]:g}")
-        points.append(tuple(values))
-    if not points:
-        raise InputError(f"points file {path} holds no points")
-    return points
-
-
-def _numbers(row, *, strings: bool) -> list[float] | None:
-    """The row as floats: CSV cells (strings) or JSON numbers (not booleans, not strings); else None."""
-    allowed = (str,) if strings else (int, float)
-    if not isinstance(row, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, allowed) for v in row):
-        return None
-    try:
-        return [float(v) for v in row]
-    except ValueError:
-        return None

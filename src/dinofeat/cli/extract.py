@@ -4,39 +4,35 @@ from __future__ import annotations
 
 import argparse
 
-from dinofeat.cli.common import add_feature_options, add_model_options
+from dinofeat.cli.common import add_extractor_options
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "extract", help="write dense DINOv2 features of images to .npz or .safetensors",
-        description="Extract dense DINOv2 patch features. For input i the file holds features_{i} "
-        "(h, w, C) float32 and image_size_{i} (width, height), plus processed_size_{i}, the model "
-        "name, resolution, patch size, stride, layers and facet.",
+        "extract", help="write dense DINO features of images to .npz or .safetensors",
+        description="Extract dense patch features. For input i the file holds features_{i} (h, w, C) float32 and "
+        "image_size_{i} (width, height), plus processed_size_{i}, the model name, resolution, patch size, "
+        "stride, layers and facet.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="input images")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output file, .npz or .safetensors (written atomically)")
-    add_feature_options(parser)
-    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per forward pass")
-    add_model_options(parser)
+    add_extractor_options(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from dinofeat.errors import InputError
-    from dinofeat.featurefile import save_features
+    from dinofeat.cli.common import extractor_options, make_extractor, summary
+    from dinofeat.featurefile import FEATURE_SUFFIXES, extract_to_file
     from dinofeat.images import load_image
-    from dinofeat.outputs import check_writable
+    from dinofeat.outputs import check_outputs, check_suffix
 
-    if not args.output.endswith((".npz", ".safetensors")):
-        raise InputError(f"output must end in .npz or .safetensors, got {args.output}")
-    check_writable(args.output)
+    options = extractor_options(args)
+    check_suffix(args.output, FEATURE_SUFFIXES, "output")
+    check_outputs([args.output], inputs=args.images)
     images = [load_image(path) for path in args.images]
-    from dinofeat.cli.common import make_extractor
-
-    extractor = make_extractor(args, batch_size=args.batch_size)
-    maps = extractor.extract_arrays(images)
-    save_features(args.output, maps, model=extractor.spec.name, resolution=args.resolution,
-                  layers=extractor.layers, facet=extractor.facet)
+    extractor = make_extractor(options)
+    maps = extract_to_file(images, args.output, extractor)
+    grids = sorted({f"{m.grid_hw[1]}x{m.grid_hw[0]}" for m in maps})
+    summary(args, f"{len(maps)} image(s), {', '.join(grids)} patches x {maps[0].dim} -> {args.output}")
     return 0

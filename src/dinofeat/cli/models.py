@@ -8,8 +8,9 @@ from dinofeat.cli.common import add_debug_option
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    parser = sub.add_parser("models", help="list the DINOv2 models and whether their weights are cached",
-                            description="List the DINOv2 backbones dinofeat knows.")
+    parser = sub.add_parser("models", help="list the models and whether their weights are cached",
+                            description="List the backbones dinofeat knows, with their sizes and whether their "
+                            "weights are in a local cache.")
     add_debug_option(parser)
     return parser
 

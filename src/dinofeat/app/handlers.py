@@ -1,0 +1,246 @@
+"""The page's event handlers: plain module-level functions of the session and the inputs.
+
+Each takes the :class:`~dinofeat.app.session.AppSession` first, then the values of the page's
+components (and, for a click, the clicked ``index``), and returns the values of its outputs in
+the order :mod:`dinofeat.app.page` wires them. They raise Gradio's in-page error for a
+:class:`~dinofeat.errors.DinofeatError` (:func:`messages`), so tests call them directly, without a
+browser.
+
+Clicks: Gradio reports a click on an image as ``evt.index == [i, j]``, the clicked position
+measured from the image's top-left *corner* in original-image pixels, rounded to an integer
+(``Math.round`` in the browser; the image may be displayed scaled). dinofeat puts the *centre* of
+the top-left pixel at ``(0, 0)``, so the click is at ``(i - 0.5, j - 0.5)`` (:func:`click_to_pixel`);
+this is off by at most half a pixel, where using ``(i, j)`` as is would be off by up to one pixel
+and biased.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+from dinofeat.drawing import draw_points
+from dinofeat.errors import DinofeatError, InputError
+
+GRADIO_MISSING = 'the web app needs Gradio, an optional extra: pip install "dinofeat[app]"'
+
+
+def require_gradio():
+    """Import Gradio, or raise :class:`~dinofeat.errors.DinofeatError` saying how to install it."""
+    try:
+        import gradio
+    except ImportError:
+        raise DinofeatError(GRADIO_MISSING) from None
+    return gradio
+
+
+def messages(fn):
+    """Turn :class:`DinofeatError` from a handler into an in-page error message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        gr = require_gradio()
+        try:
+            return fn(*args, **kwargs)
+        except DinofeatError as err:
+            raise gr.Error(" ".join(str(err).split()), print_exception=False) from None
+
+    return wrapper
+
+
+def click_to_pixel(index: Sequence[float], size_wh: tuple[int, int]) -> tuple[float, float]:
+    """A Gradio image click ``evt.index`` -> ``(x, y)`` in dinofeat's pixel convention.
+
+    See the module docstring: the browser rounds the distance from the image corner, so the
+    clicked point is half a pixel up-left of the reported index; it is clamped to the image.
+
+    >>> click_to_pixel([10, 0], (64, 48))
+    (9.5, -0.5)
+    """
+    if index is None or len(index) != 2 or not all(isinstance(v, (int, float)) for v in index):
+        raise InputError("click inside the image to add a point")
+    w, h = size_wh
+    x = min(max(float(index[0]) - 0.5, -0.5), w - 0.5)
+    y = min(max(float(index[1]) - 0.5, -0.5), h - 0.5)
+    return x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# Match tab. Outputs, in order: image A with its points, points, picture, heatmap, JSON, download, status.
+
+
+def describe_pair(a, b, names, n_points: int, kept: int | None = None) -> str:
+    """The status line: both images' names and sizes, the points and the kept matches."""
+    def one(label, name, image):
+        return f"{label}: {name} ({image.shape[1]}x{image.shape[0]})" if image is not None else f"no image {label}"
+
+    count = f"{n_points} point(s)" + (f", {kept} match(es) kept" if kept is not None else "")
+    return " · ".join([one("A", names[0], a), one("B", names[1], b), count])
+
+
+def match_show(session, a, b, points, names, resolution, mutual, ransac, color_by, auto_count=None) -> tuple:
+    """The Match tab's outputs for images ``a``, ``b`` and clicked ``points`` (or ``auto_count`` points)."""
+    if a is None:
+        return None, [], None, None, None, None, describe_pair(a, b, names, 0)
+    view = session.match(a, b, points, auto=auto_count, resolution=resolution, mutual=bool(mutual),
+                         ransac=None if ransac in (None, "none") else ransac, color_by=color_by,
+                         name_a=names[0], name_b=names[1])
+    kept = None if view.data is None else sum(m["kept"] for m in view.data["matches"])
+    return (view.image_a, view.points_xy, view.picture, view.heatmap, view.data,
+            str(view.json_path) if view.json_path else None, describe_pair(a, b, names, len(view.points_xy), kept))
+
+
+@messages
+def match_load_pair(session, path_a, path_b) -> tuple:
+    """An example pair: both images, their names, and the outputs (no points yet)."""
+    a = session.load_image(path_a) if path_a else None
+    b = session.load_image(path_b) if path_b else None
+    names = [Path(path_a).name if path_a else "A", Path(path_b).name if path_b else "B"]
+    return (a, b, names, a, [], None, None, None, None, describe_pair(a, b, names, 0))
+
+
+@messages
+def match_upload_a(session, path_a, b, names) -> tuple:
+    """A new image A: its points start again."""
+    a = session.load_image(path_a)
+    names = [Path(path_a).name, names[1]]
+    return a, names, a, [], None, None, None, None, describe_pair(a, b, names, 0)
+
+
+@messages
+def match_upload_b(session, path_b, a, points, names, *options) -> tuple:
+    """A new image B: the same points, matched again."""
+    b = session.load_image(path_b)
+    names = [names[0], Path(path_b).name]
+    return (b, names, *match_show(session, a, b, points, names, *options))
+
+
+def match_clear_a(b, names) -> tuple:
+    return (None, None, [], None, None, None, None, describe_pair(None, b, names, 0))
+
+
+def match_clear_b(a, points, names) -> tuple:
+    marked = a if a is None else draw_points(a, points)
+    return (None, marked, points, None, None, None, None, describe_pair(a, None, names, len(points)))
+
+
+@messages
+def match_click(session, a, b, points, names, resolution, mutual, ransac, color_by, index) -> tuple:
+    """A click on image A at Gradio's ``index``: one more query point."""
+    from dinofeat.app.session import MAX_POINTS
+
+    if a is None:
+        raise InputError("upload image A first")
+    if len(points) >= MAX_POINTS:
+        raise InputError(f"at most {MAX_POINTS} points; clear them to start again")
+    points = [*points, list(click_to_pixel(index, (a.shape[1], a.shape[0])))]
+    if b is None:
+        require_gradio().Info("point added; upload image B to see its match")
+    return match_show(session, a, b, points, names, resolution, mutual, ransac, color_by)
+
+
+@messages
+def match_auto(session, a, b, count, names, *options) -> tuple:
+    """*Find automatic points*: ``count`` distinctive, well-spread points of A, matched."""
+    if a is None or b is None:
+        raise InputError("upload both images first")
+    return match_show(session, a, b, [], names, *options, auto_count=int(count))
+
+
+def match_clear_points(a, b, names) -> tuple:
+    return a, [], None, None, None, None, describe_pair(a, b, names, 0)
+
+
+@messages
+def match_rematch(session, a, b, points, names, *options) -> tuple:
+    """An option changed: the same points again."""
+    return match_show(session, a, b, points, names, *options)
+
+
+# ---------------------------------------------------------------------------------------------
+# PCA tab. Outputs: gallery of panels, gallery of masks, summary, downloads.
+
+
+@messages
+def pca_run(session, paths, foreground, threshold, components, layout, opacity, nearest, resolution) -> tuple:
+    """*Run PCA* on the uploaded images."""
+    if not paths:
+        raise InputError("no images: upload one or more, or pick an example")
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    images = [session.load_image(p) for p in paths]
+    names = [Path(p).name for p in paths]
+    chosen = {"otsu": "otsu", "none": None}.get(foreground, float(threshold))
+    view = session.pca(images, foreground=chosen, components=int(components), nearest=bool(nearest),
+                       overlay=float(opacity) if layout == "overlay" else None, resolution=resolution, names=names)
+    return (list(zip(view.panels, names)), list(zip(view.masks, names)), view.summary,
+            [str(view.figure_path), str(view.pca_path)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Track tab. State: the opened video (VideoView), the clean frame on show, the queries [[t, x, y], ...].
+
+def marked_frame(frame, queries, t):
+    """The frame with the queries placed on frame ``t`` marked."""
+    return draw_points(frame, [q[1:] for q in queries if int(q[0]) == int(t)])
+
+
+@messages
+def track_open(session, path) -> tuple:
+    """A video uploaded: its first frame to click on, the frame slider, a status line.
+    Outputs: video state, clean frame, queries, shown frame, queries JSON, slider update, summary."""
+    gr = require_gradio()
+    view = session.open_video(path)
+    if view.notice:
+        gr.Warning(view.notice)
+    frame = session.video_frame(view.path, 0)
+    w, h = view.size_wh
+    text = (f"{Path(view.path).name}: {view.frames} frames at {view.fps:g} fps, {w}x{h}. "
+            "Click points on the frame, then press Track.")
+    slider = gr.update(maximum=max(view.usable_frames - 1, 1), value=0, interactive=view.usable_frames > 1)
+    return view, frame, [], frame, [], slider, text
+
+
+def track_clear_video() -> tuple:
+    return None, None, [], None, [], require_gradio().update(value=0, interactive=False), ""
+
+
+@messages
+def track_show_frame(session, view, t, queries) -> tuple:
+    """The slider moved: frame ``t`` (clean, and with its queries marked)."""
+    if view is None:
+        raise InputError("upload a video first")
+    frame = session.video_frame(view.path, int(t))
+    return frame, marked_frame(frame, queries, t)
+
+
+@messages
+def track_click(view, frame, t, queries, index) -> tuple:
+    """A click on frame ``t`` at Gradio's ``index``: one more query ``[t, x, y]``."""
+    from dinofeat.app.session import MAX_POINTS
+
+    if view is None or frame is None:
+        raise InputError("upload a video first")
+    if len(queries) >= MAX_POINTS:
+        raise InputError(f"at most {MAX_POINTS} points; clear them to start again")
+    x, y = click_to_pixel(index, view.size_wh)
+    queries = [*queries, [int(t), round(x, 2), round(y, 2)]]
+    return queries, queries, marked_frame(frame, queries, t)
+
+
+def track_clear_points(frame) -> tuple:
+    return [], [], frame
+
+
+@messages
+def track_run(session, view, queries, radius, min_score, trail, resolution, progress=None) -> tuple:
+    """*Track*: outputs the result video, the downloads (MP4, JSON, CSV), the JSON and a summary.
+    ``progress`` is called as ``progress(done, total)``."""
+    if view is None:
+        raise InputError("upload a video first")
+    if not queries:
+        raise InputError("click at least one point on a frame first")
+    out = session.track(view.path, queries, window=float(radius) if radius else None, min_score=min_score,
+                        trail=int(trail), resolution=resolution, progress=progress)
+    return (str(out.video_path), [str(out.video_path), str(out.json_path), str(out.csv_path)], out.data,
+            out.summary)

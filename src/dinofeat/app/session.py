@@ -1,0 +1,350 @@
+"""The web app's session: the loaded model and one plain method per action of the page.
+
+:class:`AppSession` knows nothing about Gradio: its methods take and return numpy arrays, lists
+and paths, raise :class:`~dinofeat.errors.InputError` with a message a user can act on, and call
+the same library workflows as the command line (:func:`~dinofeat.matching.match_images`,
+:func:`~dinofeat.colorize.pca_images`, :func:`~dinofeat.tracking.track_to_files`), so the page
+shows exactly what the commands write.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dinofeat.cache import DEFAULT_CACHE_SIZE, FeatureCache
+from dinofeat.drawing import draw_points
+from dinofeat.errors import InputError
+from dinofeat.options import (
+    DEFAULT_MAX_IMAGE_MEGAPIXELS,
+    DEFAULT_MAX_VIDEO_FRAMES,
+    AppOptions,
+    FrameOptions,
+    MatchDrawingOptions,
+    MatchOptions,
+    PCADrawingOptions,
+    PCAOptions,
+    TrackerOptions,
+    TrailOptions,
+)
+from dinofeat.progress import Progress
+
+#: Query points per image pair or video at most (each point is one line in the pictures).
+MAX_POINTS = 200
+#: Feature maps kept in memory, so that clicking more points does not run the model again.
+FEATURE_CACHE_SIZE = DEFAULT_CACHE_SIZE
+
+
+@dataclass(frozen=True)
+class MatchView:
+    """What the Match tab shows.
+
+    Attributes:
+        image_a: ``(H, W, 3) uint8`` image A with its query points marked (numbered, coloured).
+        picture: A and B side by side with the matches drawn; None while B is missing.
+        heatmap: similarity of the last query point over B, as a picture; None without points.
+        data: the matches in the JSON schema of ``dinofeat match --json``; None while B is missing.
+        json_path: ``data`` written to a file for download.
+        points_xy: the query points, ``(N, 2)`` float pixels of A.
+    """
+
+    image_a: np.ndarray
+    picture: np.ndarray | None = None
+    heatmap: np.ndarray | None = None
+    data: dict | None = None
+    json_path: Path | None = None
+    points_xy: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PCAView:
+    """What the PCA tab shows.
+
+    Attributes:
+        panels: one ``(H, W', 3) uint8`` picture per image (image | colours, or the overlay).
+        masks: one ``(H, W) uint8`` foreground mask per image (255 = foreground).
+        figure_path: all panels in one PNG figure.
+        pca_path: the fitted PCA (``.npz``; ``dinofeat pca --load-pca`` colours other inputs alike).
+        summary: one line about the fit.
+    """
+
+    panels: list
+    masks: list
+    figure_path: Path
+    pca_path: Path
+    summary: str
+
+
+@dataclass(frozen=True)
+class VideoView:
+    """An opened video: what it holds and the frames the app will process.
+
+    Attributes:
+        path: the video file.
+        fps, frames, size_wh: from :func:`~dinofeat.video.probe_video`.
+        usable_frames: frames the app tracks (``frames`` capped at the session's limit).
+        notice: a warning to show (the video is cut), or None.
+    """
+
+    path: str
+    fps: float
+    frames: int
+    size_wh: tuple[int, int]
+    usable_frames: int
+    notice: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackView:
+    """What the Track tab shows after tracking.
+
+    Attributes:
+        video_path: H.264 MP4 with the points and their trails.
+        json_path, csv_path: the tracks, as ``dinofeat track --json`` / ``--csv`` write them.
+        data: the JSON content.
+        summary: one line about the run.
+    """
+
+    video_path: Path
+    json_path: Path
+    csv_path: Path
+    data: dict
+    summary: str
+
+
+class AppSession:
+    """The loaded model and the app's actions, without any user interface.
+
+    Args:
+        extractor: an :class:`~dinofeat.extractor.Extractor` (the model is loaded once, here).
+        max_image_megapixels: larger images are refused with a message.
+        max_video_frames: videos are tracked over their first this many frames at most.
+        workdir: folder for the files offered for download (default: a new temporary folder,
+            removed at exit).
+
+    Feature maps are cached (:class:`~dinofeat.cache.FeatureCache`); methods are safe to call from
+    several threads (model calls run one at a time).
+    """
+
+    def __init__(self, extractor, *, max_image_megapixels: float = DEFAULT_MAX_IMAGE_MEGAPIXELS,
+                 max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES, workdir: str | Path | None = None) -> None:
+        self.limits = AppOptions(max_image_mp=max_image_megapixels, max_frames=max_video_frames)
+        self.extractor = extractor
+        self.cache = FeatureCache(extractor, FEATURE_CACHE_SIZE)
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix="dinofeat-app-")
+            atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def max_image_megapixels(self) -> float:
+        return self.limits.max_image_mp
+
+    @property
+    def max_video_frames(self) -> int:
+        return self.limits.max_frames
+
+    @property
+    def description(self) -> str:
+        """One line naming the model, device, precision and resolution."""
+        ex = self.extractor
+        precision = str(ex.dtype).replace("torch.", "")
+        return f"{ex.spec.name} on {ex.device.type} ({precision}), resolution {ex.resolution}, stride {ex.stride}"
+
+    def extractor_at(self, resolution: int | None = None):
+        """The session's extractor, or a re-checked copy at another ``resolution`` sharing the model."""
+        if resolution is None or int(resolution) == self.extractor.resolution:
+            return self.extractor
+        return self.extractor.with_options(resolution=int(resolution))
+
+    def features_at(self, resolution: int | None = None) -> FeatureCache:
+        """The feature cache, seen through the extractor at ``resolution`` (default: the session's)."""
+        return self.cache if resolution is None else self.cache.with_options(resolution=int(resolution))
+
+    def features(self, images: Sequence[np.ndarray], resolution: int | None = None) -> list:
+        """Feature maps of ``(H, W, 3) uint8`` images, from the cache when they were seen before."""
+        return self.features_at(resolution).extract_arrays(list(images))
+
+    def new_folder(self, prefix: str) -> Path:
+        """A fresh folder under ``workdir`` for one result's files."""
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=self.workdir))
+
+    # -- images -------------------------------------------------------------------------------
+    def load_image(self, path: str | Path | None) -> np.ndarray:
+        """Read an uploaded image as ``(H, W, 3) uint8 RGB``, refusing non-images and huge ones."""
+        from PIL import Image, UnidentifiedImageError
+
+        from dinofeat.images import load_image
+
+        if path is None or str(path) == "":
+            raise InputError("no image: upload one or pick an example")
+        name = Path(path).name
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except Image.DecompressionBombError:
+            raise InputError(f"{name} is too large to decode safely") from None
+        except FileNotFoundError:
+            raise InputError(f"image not found: {name}") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            raise InputError(f"{name} is not an image, or a damaged one (cannot read it)") from None
+        megapixels = w * h / 1e6
+        if megapixels > self.max_image_megapixels:
+            raise InputError(f"{name} is too large: {w}x{h} pixels ({megapixels:.0f} MP); the app accepts "
+                             f"images up to {self.max_image_megapixels:g} MP (dinofeat app --max-image-mp)")
+        try:
+            return load_image(path)
+        except InputError as err:
+            raise InputError(str(err).replace(str(path), name)) from None
+
+    # -- matching -----------------------------------------------------------------------------
+    def match(self, image_a: np.ndarray | None, image_b: np.ndarray | None,
+              points_xy: Sequence[Sequence[float]], *, auto: int | None = None,
+              resolution: int | None = None, mutual: bool = False, ransac: str | None = None,
+              color_by: str = "index", name_a: str = "A", name_b: str = "B") -> MatchView:
+        """Match query points of A into B, as ``dinofeat match`` does (:func:`~dinofeat.matching.match_images`).
+
+        Args:
+            image_a, image_b: ``(H, W, 3) uint8 RGB``; B may be None (then only A is drawn).
+            points_xy: ``(N, 2)`` query points in A's pixels (clicked); ignored with ``auto``.
+            auto: find this many distinctive, well-spread points of A instead.
+            resolution: model resolution for this call (default: the session's).
+            mutual: keep (draw) only mutual matches.
+            ransac: ``homography`` or ``fundamental``: keep only the inliers of that RANSAC model.
+            color_by: line colours, ``index`` or ``score``.
+            name_a, name_b: file names for the JSON.
+
+        The heatmap is the last clicked point's similarity (the best point's, for ``auto``).
+        """
+        from dinofeat.matching import heatmap_picture, match_images, match_picture
+        from dinofeat.outputs import format_json
+
+        if image_a is None:
+            raise InputError("upload image A first")
+        points = [list(map(float, p)) for p in points_xy]
+        if image_b is None or (not points and auto is None):
+            return MatchView(draw_points(image_a, points), points_xy=points)
+        if len(points) > MAX_POINTS or (auto is not None and not 1 <= auto <= MAX_POINTS):
+            raise InputError(f"at most {MAX_POINTS} points")
+        options = MatchOptions(auto=None if auto is None else int(auto), require_mutual=mutual, ransac=ransac)
+        drawing = MatchDrawingOptions(color_by=color_by)
+        result = match_images(image_a, image_b, None if auto is not None else points,
+                              extractor=self.features_at(resolution), options=options, names=(name_a, name_b))
+        if len(result.matches) == 0:
+            raise InputError("no distinctive points found: the images share no mutual nearest patches")
+        json_path = self.new_folder("match") / f"{Path(name_a).stem}_{Path(name_b).stem}_matches.json"
+        json_path.write_text(format_json(result.document))
+        last = 0 if auto is not None else len(points) - 1
+        chosen = result.matches.source_xy.tolist()
+        return MatchView(draw_points(image_a, chosen), match_picture(result, drawing), heatmap_picture(result, last),
+                         result.document, json_path, chosen)
+
+    # -- PCA ----------------------------------------------------------------------------------
+    def pca(self, images: Sequence[np.ndarray], *, foreground: str | float | None = "otsu",
+            components: int = 3, overlay: float | None = None, nearest: bool = False,
+            resolution: int | None = None, names: Sequence[str] | None = None) -> PCAView:
+        """Fit one PCA jointly on ``images`` and colour each, as ``dinofeat pca`` does
+        (:func:`~dinofeat.colorize.pca_images`).
+
+        Args:
+            images: ``(H, W, 3) uint8 RGB`` images.
+            foreground: ``"otsu"``, a threshold in [0, 1] on the scaled first component, or None.
+            components: components fitted (at least 3; the colours use the first three).
+            overlay: blend the colours over the image with this opacity instead of side by side.
+            nearest: crisp patches instead of bilinear upsampling.
+            resolution: model resolution for this call (default: the session's).
+            names: file names for the summary and the figure's labels.
+        """
+        from dinofeat.colorize import pca_images, pca_panel, write_pca_files
+
+        if not images:
+            raise InputError("no images: upload one or more, or pick an example")
+        if components < 3:
+            raise InputError(f"need at least 3 components for the colours, got {components}")
+        options = PCAOptions(components=int(components), foreground=foreground)
+        drawing = PCADrawingOptions(overlay=overlay, nearest=nearest)
+        result = pca_images(images, self.features_at(resolution), options, nearest=nearest)
+        folder = self.new_folder("pca")
+        figure_path, pca_path = folder / "pca.png", folder / "pca.npz"
+        write_pca_files(result, figure=figure_path, pca_path=pca_path, drawing=drawing, names=names)
+        panels = [pca_panel(image, colors, drawing) for image, colors in zip(result.images, result.colors)]
+        masks = [colors.mask.astype(np.uint8) * 255 for colors in result.colors]
+        label = ", ".join(names) if names else f"{len(images)} image(s)"
+        return PCAView(panels, masks, figure_path, pca_path, f"Joint PCA of {label}: {result.summary()}.")
+
+    # -- video --------------------------------------------------------------------------------
+    def open_video(self, path: str | Path | None) -> VideoView:
+        """Check an uploaded video (decodable, has frames) and say how much of it will be tracked."""
+        from dinofeat.video import probe_video
+
+        if path is None or str(path) == "":
+            raise InputError("no video: upload one or pick the example")
+        name = Path(path).name
+        try:
+            info = probe_video(path)
+        except InputError as err:
+            raise InputError(str(err).replace(str(path), name)) from None
+        usable = min(info.frames, self.max_video_frames)
+        notice = None
+        if usable < info.frames:
+            notice = (f"{name} has {info.frames} frames; the app tracks the first {usable} "
+                      f"(dinofeat app --max-frames, or the dinofeat track command, for more)")
+        return VideoView(str(path), info.fps, info.frames, info.size_wh, usable, notice)
+
+    def video_frame(self, path: str | Path, index: int) -> np.ndarray:
+        """Frame ``index`` of a video, ``(H, W, 3) uint8 RGB``."""
+        from dinofeat.video import read_frames
+
+        index = int(index)
+        if index < 0:
+            raise InputError(f"frame index must be non-negative, got {index}")
+        for _, frame in read_frames(path, start=index, max_frames=1):
+            return frame
+        raise InputError(f"{Path(path).name} has no frame {index}")
+
+    def track(self, path: str | Path, queries_txy: Sequence[Sequence[float]], *,
+              window: float | None = None, min_score: float | None = None, trail: int | None = None,
+              resolution: int | None = None, progress: Progress | None = None) -> TrackView:
+        """Track ``(t, x, y)`` query points through a video and write MP4, JSON and CSV, as
+        ``dinofeat track -o --json --csv`` does (:func:`~dinofeat.tracking.track_to_files`).
+
+        Args:
+            path: the video (checked as :meth:`open_video` does; cut at the session's frame limit).
+            queries_txy: query frame index and original-pixel position per point.
+            window: search radius in pixels (default: the tracker's, a few patches).
+            min_score: cosine below which a match is weak (default: the tracker's).
+            trail: trail length in frames in the output video (default: the command's).
+            resolution: model resolution for this call (default: the session's).
+            progress: called as ``progress(frames_done, frames_total)`` after each frame.
+        """
+        from dinofeat.tracking import track_to_files
+
+        if len(queries_txy) > MAX_POINTS:
+            raise InputError(f"at most {MAX_POINTS} points, got {len(queries_txy)}")
+        view = self.open_video(path)
+        name = Path(path).name
+        tracker = TrackerOptions(**{key: float(value) for key, value in (("window", window), ("min_score", min_score))
+                                    if value is not None})
+        trail_options = TrailOptions() if trail is None else TrailOptions(trail=int(trail))
+        stem = Path(name).stem or "video"
+        folder = self.new_folder("track")
+        video_path, json_path, csv_path = (folder / f"{stem}_tracks{s}" for s in (".mp4", ".json", ".csv"))
+        with self.cache.model_lock:
+            tracks = track_to_files(path, queries_txy, self.extractor_at(resolution), tracker,
+                                    frames=FrameOptions(max_frames=view.usable_frames), trail=trail_options,
+                                    video_out=video_path, json_out=json_path, csv_out=csv_path, video_name=name,
+                                    progress=progress)
+        import json
+
+        data = json.loads(json_path.read_text())
+        visible = float(tracks.visible.float().mean()) if tracks.visible.numel() else 0.0
+        summary = (f"Tracked {len(tracks.queries_txy)} point(s) through {len(tracks)} frames of {name}; "
+                   f"visible {visible:.0%} of the time.")
+        return TrackView(video_path, json_path, csv_path, data, summary)

@@ -1,0 +1,463 @@
+"""Every option of every dinofeat job, in one place: its default, its allowed values and its check.
+
+Each job's options are a frozen dataclass (:class:`ExtractorOptions`, :class:`MatchOptions`,
+:class:`TrackerOptions`, ...). A field's metadata says its command-line flag, help text and
+allowed values; constructing the dataclass checks every field with one function
+(:func:`check_field`), so a bad value gets the same one-line :class:`~dinofeat.errors.InputError`
+whether it comes from the command line, the web app or Python. The CLI builds its argparse options
+from these fields (defaults, choices, help), and ``dataclasses.replace`` re-checks.
+
+This module imports neither torch nor numpy, so ``dinofeat --help`` stays instant.
+
+>>> TrackerOptions(min_score=0.7).min_score
+0.7
+>>> TrackerOptions(min_score=2)
+Traceback (most recent call last):
+...
+dinofeat.errors.InputError: --min-score must be a number between -1 and 1, got 2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dinofeat.errors import InputError
+from dinofeat.registry import DEFAULT_MODEL, get_spec
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FACETS = ("token", "key", "query", "value")
+GEOMETRIES = ("homography", "fundamental")
+TEMPLATE_POLICIES = ("anchored", "fixed")
+COLOR_BY = ("index", "score")
+MATCH_LAYOUTS = ("horizontal", "vertical")
+
+
+# ---------------------------------------------------------------------------------------------
+# Allowed values
+
+
+@dataclass(frozen=True)
+class Range:
+    """Numbers allowed for an option: ``low <= value <= high`` (``low < value`` with ``open_low``).
+
+    ``what`` is how an error message describes the range ("a positive integer").
+    """
+
+    what: str
+    low: float = -math.inf
+    high: float = math.inf
+    integer: bool = False
+    open_low: bool = False
+
+    def contains(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not (isinstance(value, int) or (math.isfinite(value) and value == int(value))):
+            return False
+        if math.isnan(value) or (math.isinf(value) and value != self.high):
+            return False
+        above = value > self.low if self.open_low else value >= self.low
+        return above and value <= self.high
+
+
+POSITIVE_INT = Range("a positive integer", 1, math.inf, integer=True)
+NON_NEGATIVE_INT = Range("a non-negative integer", 0, math.inf, integer=True)
+POSITIVE = Range("a positive number", 0, 1e300, open_low=True)
+POSITIVE_OR_INF = Range("a positive number (or inf)", 0, math.inf, open_low=True)
+NON_NEGATIVE = Range("a non-negative number", 0, 1e300)
+UNIT = Range("a number between 0 and 1", 0, 1)
+COSINE = Range("a number between -1 and 1", -1, 1)
+PERCENTILE = Range("a percentile between 0 and 100", 0, 100)
+PORT = Range("a port number between 1 and 65535", 1, 65535, integer=True)
+
+
+def option(default: Any = None, *, help: str, flag: str | None = None, range: Range | None = None,
+           choices: Sequence[str] | None = None, metavar: str | Sequence[str] | None = None,
+           optional: bool = False, parse: Callable[[str], Any] | None = None, nargs: int | str | None = None,
+           what: str | None = None, noun: str | None = None) -> Any:
+    """A dataclass field with its command-line description and allowed values.
+
+    Args:
+        help: the ``--help`` text (``%(default)s`` is filled in by argparse).
+        flag: the command-line flag (``--min-score``); errors name the option by it.
+        range: allowed numbers (for a tuple field: for each element).
+        choices: allowed strings (with ``range`` too: a string choice or a number in range).
+        optional: None is allowed too (the option is off, or a default is derived later).
+        parse: command-line text -> value (raises ValueError); default: by the default's type.
+        nargs: for list-valued options, as argparse's ``nargs``.
+        what: how errors describe the allowed values (default: from ``choices`` and ``range``).
+        noun: what a choice is called in "unknown <noun> 'x'" errors (default: from the flag).
+    """
+    meta = {"help": help, "flag": flag, "range": range, "choices": tuple(choices) if choices else None,
+            "metavar": metavar, "optional": optional or default is None, "parse": parse, "nargs": nargs,
+            "what": what, "noun": noun}
+    return field(default=default, metadata=meta)
+
+
+def check_field(name: str, value: Any, meta: dict) -> None:
+    """Raise :class:`InputError` naming the option if ``value`` is not allowed for it."""
+    label = meta.get("flag") or name
+    if value is None:
+        if not meta["optional"]:
+            raise InputError(f"{label} must be given")
+        return
+    values = value if isinstance(value, tuple) and meta["nargs"] is not None else (value,)
+    for item in values:
+        if _allowed(item, meta["choices"], meta["range"]):
+            continue
+        if meta["range"] is None and meta["what"] is None:  # a pure choice: "unknown facet 'attn' (--facet) ..."
+            noun = meta["noun"] or label.lstrip("-").replace("-", " ")
+            raise InputError(f"unknown {noun} {item!r} ({label}); choose one of {', '.join(meta['choices'])}")
+        raise InputError(f"{label} must be {describe_allowed(meta)}, got {_show(item)}")
+
+
+def _allowed(item: Any, choices: tuple[str, ...] | None, allowed: Range | None) -> bool:
+    if choices is None and allowed is None:
+        return True
+    if choices is not None and isinstance(item, str) and item in choices:
+        return True
+    return allowed is not None and allowed.contains(item)
+
+
+def describe_allowed(meta: dict) -> str:
+    """How an option's allowed values are described in errors ("a positive integer")."""
+    if meta.get("what"):
+        return meta["what"]
+    parts = [f"one of {', '.join(meta['choices'])}"] if meta["choices"] else []
+    if meta["range"] is not None:
+        parts.append(meta["range"].what)
+    return " or ".join(parts)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and value == int(value) and math.isfinite(value):
+        return str(int(value)) if abs(value) < 1e15 else repr(value)
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+class Options:
+    """Base of the option dataclasses: every field is checked when the object is made."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if "help" in f.metadata:
+                check_field(f.name, getattr(self, f.name), f.metadata)
+        self._check_together()
+
+    def _check_together(self) -> None:
+        """Checks involving several fields (subclasses override)."""
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes``, checked again."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers for command-line text (ValueError on bad text; ranges are checked by the dataclass)
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+def parse_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+    if math.isnan(value):
+        raise ValueError(f"expected a number, got {text!r}")
+    return value
+
+
+def parse_foreground(text: str) -> str | float | None:
+    """``otsu`` | ``none`` | a threshold number."""
+    lowered = text.strip().lower()
+    if lowered == "otsu":
+        return "otsu"
+    if lowered == "none":
+        return None
+    try:
+        return parse_float(text)
+    except ValueError:
+        raise ValueError(f"expected otsu, none or a threshold between 0 and 1, got {text!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and features
+
+#: Shorter image side fed to the model, in pixels (rounded to the patch grid).
+DEFAULT_RESOLUTION = 448
+#: Cap on the longer side fed to the model.
+DEFAULT_MAX_SIZE = 1792
+
+
+@dataclass(frozen=True)
+class ExtractorOptions(Options):
+    """How images become feature maps (see :class:`~dinofeat.extractor.Extractor`)."""
+
+    model: str = option(DEFAULT_MODEL, flag="--model", metavar="NAME",
+                        help="model name (see `dinofeat models`; default: %(default)s)")
+    weights: str | None = option(None, flag="--weights", metavar="PATH",
+                                 help="checkpoint: official .pth, .safetensors, or a Hugging Face model folder "
+                                 "(default: torch hub cache, then Hugging Face hub, then the official URL)")
+    device: str = option("auto", flag="--device", metavar="|".join(DEVICES),
+                         help="where the model runs: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps "
+                         "(default: %(default)s)")
+    precision: str = option("auto", flag="--precision", choices=PRECISIONS,
+                            help="auto = bf16 on CUDA and on CPUs with bf16 matrix units, else fp32")
+    resolution: int = option(DEFAULT_RESOLUTION, flag="--resolution", range=POSITIVE_INT, metavar="N",
+                             help="shorter image side in pixels fed to the model, rounded to the patch grid; "
+                             "aspect ratio kept, no crop (default: %(default)s)")
+    max_size: int | None = option(DEFAULT_MAX_SIZE, flag="--max-size", range=POSITIVE_INT, metavar="N",
+                                  optional=True, help="cap on the longer side fed to the model (default: %(default)s)")
+    stride: int | None = option(None, flag="--stride", range=POSITIVE_INT, metavar="S",
+                                help="patch stride in model pixels; below the patch size gives overlapping patches "
+                                "and a denser grid (default: the patch size)")
+    layers: tuple[int, ...] = option((-1,), flag="--layer", range=Range("an integer", integer=True), nargs="+",
+                                     metavar="L", parse=parse_int,
+                                     help="block(s) to read, 0-based, negative from the end; several are "
+                                     "concatenated (default: -1, the last)")
+    facet: str = option("token", flag="--facet", choices=FACETS,
+                        help="block output (token, with the final norm) or the attention key/query/value "
+                        "(default: %(default)s)")
+    batch_size: int = option(8, flag="--batch-size", range=POSITIVE_INT, metavar="B",
+                             help="images (or video frames) per forward pass (default: %(default)s)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, int):
+            object.__setattr__(self, "layers", (self.layers,))
+        elif isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        super().__post_init__()
+
+    def _check_together(self) -> None:
+        if not self.layers:
+            raise InputError("--layer needs at least one block index")
+        get_spec(self.model)  # unknown names: a clear error with suggestions
+        kind, _, index = str(self.device).partition(":")
+        if kind not in DEVICES or (index and not (kind == "cuda" and index.isdigit())):
+            raise InputError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching
+
+#: Number of automatic query points when none are given.
+DEFAULT_AUTO = 20
+#: Mutual check: the back-match must land within this many patches (image A grid, Chebyshev).
+MUTUAL_TOLERANCE = 1.0
+#: Ratio test: the runner-up is the best position farther than this many patches from the best.
+RATIO_EXCLUSION = 1.5
+
+
+@dataclass(frozen=True)
+class MatchOptions(Options):
+    """How query points of image A are chosen and matched into image B (see :func:`~dinofeat.matching.match_features`)."""
+
+    grid: int | None = option(None, flag="--grid", range=POSITIVE_INT, metavar="N",
+                              help="an N x N regular grid of points over IMAGE_A")
+    auto: int | None = option(None, flag="--auto", range=POSITIVE_INT, metavar="K",
+                              help=f"K distinctive, well-spread points (mutual nearest patches; default {DEFAULT_AUTO})")
+    pca_dim: int | None = option(None, flag="--pca-dim", range=POSITIVE_INT, metavar="K",
+                                 help="match in the K-dim space of a PCA fitted on both images' features jointly")
+    require_mutual: bool = option(False, flag="--mutual",
+                                  help="keep only mutual matches (the match found back lands on the query's patch)")
+    max_ratio: float | None = option(None, flag="--ratio", range=Range("a number in (0, 1]", 0, 1, open_low=True),
+                                     metavar="R", help="keep only matches passing Lowe's ratio test, "
+                                     "best/runner-up feature distance < R (in (0, 1], e.g. 0.9)")
+    ransac: str | None = option(None, flag="--ransac", choices=GEOMETRIES, noun="geometry",
+                                help="verify with a RANSAC model (OpenCV USAC MAGSAC) and keep only its inliers")
+    ransac_threshold: float | None = option(None, flag="--ransac-threshold", range=POSITIVE, metavar="PX",
+                                            help="RANSAC inlier threshold in IMAGE_B pixels (default: half a patch)")
+    mutual_tolerance: float = option(MUTUAL_TOLERANCE, range=NON_NEGATIVE,
+                                     help="patches (image A grid) within which the back-match must land")
+    exclusion: float = option(RATIO_EXCLUSION, range=NON_NEGATIVE,
+                              help="the ratio test's runner-up lies farther than this many patches from the best")
+
+    def _check_together(self) -> None:
+        if self.grid is not None and self.auto is not None:
+            raise InputError("give query points in one way only, got --grid and --auto")
+
+    @property
+    def query_mode(self) -> str:
+        """``grid`` or ``auto`` (points given explicitly are the caller's)."""
+        return "grid" if self.grid is not None else "auto"
+
+
+@dataclass(frozen=True)
+class MatchDrawingOptions(Options):
+    """How matches are drawn (see :func:`~dinofeat.drawing.draw_matches`)."""
+
+    color_by: str = option("index", flag="--color-by", choices=COLOR_BY,
+                           help="line colours: one per match, or by cosine score with a colour bar "
+                           "(default: %(default)s)")
+    height: int | None = option(None, flag="--height", range=Range("an integer between 16 and 16384", 16, 16384,
+                                                                   integer=True), metavar="PX",
+                                help="height of each image in the picture (default: the taller image, "
+                                "within 360..1440)")
+    layout: str = option("horizontal", flag="--layout", choices=MATCH_LAYOUTS,
+                         help="A beside B (horizontal) or A above B (vertical; clearer for stereo pairs) "
+                         "(default: %(default)s)")
+    heatmap: bool = option(False, flag="--heatmap",
+                           help="with a single query point: show its similarity over IMAGE_B in the picture")
+
+
+# ---------------------------------------------------------------------------------------------
+# PCA
+
+#: Percentiles of the fitting data that map to 0 and 255 (per channel).
+DEFAULT_PERCENTILES = (1.0, 99.0)
+#: Video PCA: frames sampled evenly over the clip to fit one PCA.
+DEFAULT_FIT_FRAMES = 16
+
+
+@dataclass(frozen=True)
+class PCAOptions(Options):
+    """How a feature PCA is fitted (see :meth:`~dinofeat.pca.FeaturePCA.fit`)."""
+
+    components: int = option(3, flag="--components", range=POSITIVE_INT, metavar="K",
+                             help="components kept for --save-features (the colours use the first 3; default: 3)")
+    foreground: str | float | None = option("otsu", flag="--foreground", choices=("otsu",), range=UNIT,
+                                            parse=parse_foreground, optional=True, metavar="otsu|none|T",
+                                            what="otsu, none or a threshold between 0 and 1",
+                                            help="foreground from the first component: otsu (automatic threshold), "
+                                            "none (colour every patch), or a threshold T between 0 and 1 on the "
+                                            "first component scaled by the percentiles (default: otsu)")
+    percentiles: tuple[float, float] = option(DEFAULT_PERCENTILES, flag="--percentiles", range=PERCENTILE, nargs=2,
+                                              parse=parse_float, metavar=("LOW", "HIGH"),
+                                              help="per-channel percentiles mapped to 0 and 255 (default: 1 99)")
+    fit_frames: int = option(DEFAULT_FIT_FRAMES, flag="--fit-frames", range=POSITIVE_INT, metavar="N",
+                             help="video: frames sampled evenly to fit the PCA (default: %(default)s)")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "percentiles", tuple(self.percentiles))
+        super().__post_init__()
+
+    def _check_together(self) -> None:
+        if len(self.percentiles) != 2:
+            raise InputError(f"--percentiles needs two numbers LOW HIGH, got {len(self.percentiles)}")
+        low, high = self.percentiles
+        if low >= high:
+            raise InputError(f"--percentiles LOW HIGH needs LOW < HIGH, got {low:g} {high:g}")
+
+
+@dataclass(frozen=True)
+class PCADrawingOptions(Options):
+    """How PCA colours are shown (see :mod:`dinofeat.drawing`)."""
+
+    overlay: float | None = option(None, flag="--overlay", range=UNIT, metavar="ALPHA",
+                                   help="blend the colours over the image with this opacity instead of side by side")
+    pca_only: bool = option(False, flag="--pca-only", help="only the colours, without the image")
+    transparent: bool = option(False, flag="--transparent",
+                               help="transparent background instead of black (PNG outputs; not with --overlay)")
+    nearest: bool = option(False, flag="--nearest",
+                           help="crisp patches (nearest patch) instead of smooth bilinear upsampling")
+    columns: int | None = option(None, flag="--columns", range=POSITIVE_INT, metavar="N",
+                                 help="panels per row of the figure of several images (default: up to 4)")
+
+    def _check_together(self) -> None:
+        if self.overlay is not None and self.pca_only:
+            raise InputError("--overlay and --pca-only exclude each other")
+        if self.transparent and self.overlay is not None:
+            raise InputError("--transparent does not apply to --overlay (the image shows through the background)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Video frames and tracking
+
+#: Default search window radius, in patches (converted to original pixels per video).
+DEFAULT_WINDOW_PATCHES = 4.0
+#: Default cycle-consistency tolerance, in patches (converted to original pixels per video).
+DEFAULT_CYCLE_TOLERANCE_PATCHES = 1.5
+#: Cosine below which a match is weak: the global search takes over and the point is not visible.
+#: Chosen for real DINOv2 features (same point across frames: ~0.7-0.95; unrelated: < 0.4).
+DEFAULT_MIN_SCORE = 0.5
+#: Anchored template: weight of the running template's update per visible frame.
+DEFAULT_UPDATE_RATE = 0.1
+#: Anchored template: weight of the query feature in the template used for matching.
+DEFAULT_ANCHOR_WEIGHT = 0.5
+#: Trail length in processed frames in the output video.
+DEFAULT_TRAIL = 12
+
+
+@dataclass(frozen=True)
+class FrameOptions(Options):
+    """Which frames of a video are processed (see :func:`~dinofeat.video.read_frames`)."""
+
+    start: int = option(0, flag="--start", range=NON_NEGATIVE_INT, metavar="T",
+                        help="first frame to process (default: 0)")
+    max_frames: int | None = option(None, flag="--max-frames", range=POSITIVE_INT, metavar="N",
+                                    help="process at most N frames")
+    every: int = option(1, flag="--every", range=POSITIVE_INT, metavar="K",
+                        help="process every K-th frame (default: 1)")
+
+
+@dataclass(frozen=True)
+class TrackerOptions(Options):
+    """How points are followed from frame to frame (see :class:`~dinofeat.tracking.PointTracker`)."""
+
+    window: float | None = option(None, flag="--window", range=POSITIVE, metavar="R",
+                                  help=f"search radius around the last position, in video pixels "
+                                  f"(default: {DEFAULT_WINDOW_PATCHES:g} patches)")
+    min_score: float = option(DEFAULT_MIN_SCORE, flag="--min-score", range=COSINE, metavar="S",
+                              help="cosine (-1..1) below which a match is weak: global search, and not visible "
+                              "(default: %(default)s)")
+    cycle_tolerance: float | None = option(None, flag="--cycle-tolerance", range=POSITIVE_OR_INF, metavar="PX",
+                                           help="a match found back in the query frame must land this close to the "
+                                           "query point to be visible, in video pixels (default: "
+                                           f"{DEFAULT_CYCLE_TOLERANCE_PATCHES:g} patches; 'inf' turns the check off)")
+    template: str = option("anchored", flag="--template", choices=TEMPLATE_POLICIES,
+                           help="anchored: follow slow appearance changes, anchored to the query feature; "
+                           "fixed: the query feature only (default: %(default)s)")
+    update_rate: float = option(DEFAULT_UPDATE_RATE, range=UNIT,
+                                help="anchored template: running-template update weight per visible frame")
+    anchor_weight: float = option(DEFAULT_ANCHOR_WEIGHT, range=UNIT,
+                                  help="anchored template: weight of the query feature")
+
+
+@dataclass(frozen=True)
+class TrailOptions(Options):
+    """How tracks are drawn on the output video (see :class:`~dinofeat.drawing.TrailAnnotator`)."""
+
+    trail: int = option(DEFAULT_TRAIL, flag="--trail", range=NON_NEGATIVE_INT, metavar="N",
+                        help="trail length in processed frames in the output video (0: none; default: %(default)s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The web app
+
+#: Largest image the app decodes, in megapixels (a 40 MP photo is 120 MB as RGB).
+DEFAULT_MAX_IMAGE_MEGAPIXELS = 40.0
+#: Frames tracked at most per video in the app; longer videos are cut, with a warning.
+DEFAULT_MAX_VIDEO_FRAMES = 600
+#: Largest upload the page accepts, in megabytes.
+DEFAULT_MAX_UPLOAD_MB = 200.0
+
+
+@dataclass(frozen=True)
+class AppOptions(Options):
+    """The web app's server and limits (see :func:`~dinofeat.app.launch`)."""
+
+    host: str = option("127.0.0.1", flag="--host",
+                       help="address to listen on; 0.0.0.0 makes the page reachable from other computers "
+                       "(default: %(default)s)")
+    port: int | None = option(None, flag="--port", range=PORT, metavar="N",
+                              help="port (default: the first free one from 7860)")
+    max_upload_mb: float = option(DEFAULT_MAX_UPLOAD_MB, flag="--max-upload-mb", range=POSITIVE, metavar="MB",
+                                  help="largest file the page accepts (default: %(default)g)")
+    max_image_mp: float = option(DEFAULT_MAX_IMAGE_MEGAPIXELS, flag="--max-image-mp", range=POSITIVE, metavar="MP",
+                                 help="largest image in megapixels (default: %(default)g)")
+    max_frames: int = option(DEFAULT_MAX_VIDEO_FRAMES, flag="--max-frames", range=POSITIVE_INT, metavar="N",
+                             help="frames of a video tracked at most; longer videos are cut (default: %(default)s)")

@@ -1,0 +1,56 @@
+"""Progress reporting: the library calls a plain callback; the CLI shows it with tqdm, the app with Gradio.
+
+A workflow that takes a while accepts ``progress: Progress | None`` and calls
+``progress(done, total)`` after each unit of work (a frame, an image), ``done`` counting from 1.
+Nothing in the library draws a bar itself.
+
+>>> seen = []
+>>> report(lambda done, total: seen.append((done, total)), 1, 3)
+>>> seen
+[(1, 3)]
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Protocol
+
+
+class Progress(Protocol):
+    """``progress(done, total)``: ``done`` units of ``total`` are finished (``total`` may be 0 if unknown)."""
+
+    def __call__(self, done: int, total: int) -> None: ...
+
+
+def report(progress: Progress | None, done: int, total: int) -> None:
+    """Call ``progress`` if there is one."""
+    if progress is not None:
+        progress(done, total)
+
+
+class TqdmProgress:
+    """A :class:`Progress` drawn as a tqdm bar on stderr (only on a terminal), ending at 100 %.
+
+    Use as a context manager; ``enabled=False`` draws nothing.
+    """
+
+    def __init__(self, desc: str, unit: str, *, enabled: bool = True) -> None:
+        self.desc, self.unit, self.enabled = desc, unit, enabled
+        self._bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total or None, desc=self.desc, unit=self.unit, file=sys.stderr,
+                             disable=None, leave=True, dynamic_ncols=True)
+        self._bar.update(done - self._bar.n)
+
+    def __enter__(self) -> TqdmProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,121 @@
+"""Point tracks as data: one frame's answer (:class:`TrackStep`), a whole video's (:class:`Tracks`),
+and their JSON and CSV forms (the ``dinofeat track --json/--csv`` contracts).
+
+Coordinates are float ``(x, y)`` pixels of the original frame (centre of the top-left pixel at
+``(0, 0)``); frame indices count decoded frames of the video from 0. Like every dinofeat result,
+the arrays are CPU torch tensors; :meth:`Tracks.numpy` gives numpy arrays.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class TrackStep:
+    """The tracker's answer for one frame (``N`` query points).
+
+    Attributes:
+        frame_index: index of the frame in the video.
+        points_xy: ``(N, 2)`` float32 original pixels; the last visible position where not visible.
+        scores: ``(N,)`` float32 cosine of the best match (0 before the query frame).
+        visible: ``(N,)`` bool.
+        image: the ``(H, W, 3) uint8 RGB`` frame, when the step comes from
+            :func:`~dinofeat.tracking.track_frames`.
+    """
+
+    frame_index: int
+    points_xy: torch.Tensor
+    scores: torch.Tensor
+    visible: torch.Tensor
+    image: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Tracks:
+    """Tracks of ``N`` query points over ``T`` processed frames.
+
+    Attributes:
+        queries_txy: ``(N, 3)`` float64 query frame index and position ``(t, x, y)``.
+        frame_indices: ``(T,)`` int64 video frame index of each processed frame.
+        points_xy: ``(T, N, 2)`` float32 positions in original pixels (the last visible position
+            where not visible; the query position before the query frame).
+        scores: ``(T, N)`` float32 cosine similarity of the match.
+        visible: ``(T, N)`` bool.
+    """
+
+    queries_txy: torch.Tensor
+    frame_indices: torch.Tensor
+    points_xy: torch.Tensor
+    scores: torch.Tensor
+    visible: torch.Tensor
+
+    _FIELDS = ("queries_txy", "frame_indices", "points_xy", "scores", "visible")
+
+    @classmethod
+    def from_steps(cls, queries_txy, steps: Sequence[TrackStep]) -> Tracks:
+        """Stack per-frame steps (in frame order) into tracks."""
+        queries = torch.as_tensor(np.asarray(queries_txy, dtype=np.float64)).reshape(-1, 3)
+        n, t = len(queries), len(steps)
+        stack = (lambda name, dtype, shape: torch.stack([getattr(s, name).to(dtype) for s in steps]).reshape(shape)
+                 if steps else torch.zeros(shape, dtype=dtype))
+        return cls(
+            queries_txy=queries,
+            frame_indices=torch.tensor([s.frame_index for s in steps], dtype=torch.int64),
+            points_xy=stack("points_xy", torch.float32, (t, n, 2)),
+            scores=stack("scores", torch.float32, (t, n)),
+            visible=stack("visible", torch.bool, (t, n)),
+        )
+
+    def __len__(self) -> int:
+        return len(self.frame_indices)
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """The fields as numpy arrays, keyed by field name."""
+        return {name: getattr(self, name).numpy() for name in self._FIELDS}
+
+    def to_dict(self) -> dict:
+        """``{"tracks": [{"query", "points", "scores", "visible"}, ...], "frame_indices": [...]}``
+        (coordinates rounded to 1/1000 pixel, scores to 1e-4), ready for ``json.dump``."""
+        data = self.numpy()
+        tracks = []
+        for n, (t, x, y) in enumerate(data["queries_txy"]):
+            tracks.append({
+                "query": [int(t), float(x), float(y)],
+                "points": np.round(data["points_xy"][:, n].astype(np.float64), 3).tolist(),
+                "scores": np.round(data["scores"][:, n].astype(np.float64), 4).tolist(),
+                "visible": data["visible"][:, n].tolist(),
+            })
+        return {"tracks": tracks, "frame_indices": data["frame_indices"].tolist()}
+
+    def to_json(self, *, model: str, video_path: str | os.PathLike, fps: float, size_wh: tuple[int, int]) -> dict:
+        """The ``dinofeat track --json`` document: model, video (path, fps, processed frame count,
+        size), then :meth:`to_dict`'s tracks and frame indices."""
+        return {
+            "model": model,
+            "video": {"path": str(video_path), "fps": fps, "frames": len(self), "size": list(size_wh)},
+            **self.to_dict(),
+        }
+
+    def write_csv(self, path: str | os.PathLike) -> None:
+        """One row per point and processed frame: ``track,frame,x,y,score,visible`` (visible 0/1)."""
+        data = self.numpy()
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["track", "frame", "x", "y", "score", "visible"])
+            for n in range(data["queries_txy"].shape[0]):
+                for k, frame in enumerate(data["frame_indices"]):
+                    x, y = data["points_xy"][k, n]
+                    writer.writerow([n, int(frame), f"{x:.3f}", f"{y:.3f}", f"{data['scores'][k, n]:.4f}",
+                                     int(data["visible"][k, n])])
+
+    def summary(self) -> str:
+        """``3 points x 250 frames, visible 92 %``."""
+        share = float(self.visible.float().mean()) if self.visible.numel() else 0.0
+        return f"{self.points_xy.shape[1]} points x {len(self)} frames, visible {share:.0%}"
