@@ -9,11 +9,14 @@ import numpy as np
 import torch
 
 from dinofeat.devices import autocast, resolve_device, resolve_precision
+from dinofeat.dinov3 import DinoV3VisionTransformer
 from dinofeat.features import FeatureMap
 from dinofeat.images import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION, ImageLike, load_image, processed_size, resize
 from dinofeat.registry import DEFAULT_MODEL, ModelSpec
 from dinofeat.vit import DinoVisionTransformer
 from dinofeat.weights import load_model
+
+_MODEL_CLASSES = (DinoVisionTransformer, DinoV3VisionTransformer)
 
 
 class Extractor:
@@ -21,13 +24,15 @@ class Extractor:
 
     Args:
         model: a registry name (weights are found as :func:`~dinofeat.weights.load_model` says)
-            or an already built :class:`~dinofeat.vit.DinoVisionTransformer`.
+            or an already built :class:`~dinofeat.vit.DinoVisionTransformer` or
+            :class:`~dinofeat.dinov3.DinoV3VisionTransformer`.
         weights: checkpoint file or Hugging Face folder for a named model.
         device: ``auto`` | ``cpu`` | ``cuda`` | ``mps`` (or a ``torch.device``).
         precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16``; features always come back float32.
         resolution: shorter image side in pixels before rounding to the patch grid.
         max_size: cap on the longer side (protects memory on panoramas).
-        stride: patch stride in processed pixels; below 14 gives overlapping patches (denser grid).
+        stride: patch stride in processed pixels; below the patch size (14 for DINOv2, 16 for DINOv3)
+            gives overlapping patches (denser grid).
         layers: block index or indices (negative from the end); several are concatenated along C.
         facet: ``token`` (default, normalised block output) or ``key`` / ``query`` / ``value``.
         batch_size: images per forward pass.
@@ -41,7 +46,7 @@ class Extractor:
 
     def __init__(
         self,
-        model: str | DinoVisionTransformer = DEFAULT_MODEL,
+        model: str | DinoVisionTransformer | DinoV3VisionTransformer = DEFAULT_MODEL,
         *,
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "auto",
@@ -55,7 +60,7 @@ class Extractor:
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
-        vit = model if isinstance(model, DinoVisionTransformer) else load_model(model, weights)
+        vit = model if isinstance(model, _MODEL_CLASSES) else load_model(model, weights)
         self.model = vit.eval().to(self.device)
         self.resolution = resolution
         self.max_size = max_size

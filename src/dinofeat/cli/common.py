@@ -93,8 +93,8 @@ def add_feature_options(parser: argparse.ArgumentParser) -> None:
                        help="block output (token, with the final norm) or the attention key/query/value "
                        "(default: %(default)s)")
     group.add_argument("--stride", type=int, default=None, metavar="S",
-                       help="patch stride in model pixels; below 14 gives overlapping patches and a denser "
-                       "grid (default: 14)")
+                       help="patch stride in model pixels; below the patch size gives overlapping patches and "
+                       "a denser grid (default: the patch size, 14 for DINOv2, 16 for DINOv3)")
 
 
 def make_extractor(args: argparse.Namespace, **overrides):
