@@ -123,9 +123,14 @@ class KeyMaskedLinear(nn.Linear):
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim, 3 * dim, bias=True)
+        self.register_buffer("bias_mask", self.key_mask(dim), persistent=True)
+
+    @staticmethod
+    def key_mask(dim: int) -> torch.Tensor:
+        """``(3 * dim,)``: 1 for the q and v biases, 0 for the k bias."""
         mask = torch.ones(3 * dim)
         mask[dim:2 * dim] = 0
-        self.register_buffer("bias_mask", mask, persistent=True)
+        return mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias * self.bias_mask.to(self.bias.dtype))
@@ -222,7 +227,9 @@ class DinoV3VisionTransformer(nn.Module):
     resolve_layers = DinoVisionTransformer.resolve_layers
 
     def init_random(self, seed: int = 0, layerscale: float = 1.0) -> DinoV3VisionTransformer:
-        """Fill with random weights (DINOv2-style scheme), deterministically per seed."""
+        """Fill with random weights (DINOv2-style scheme), deterministically per seed; the fixed
+        buffers (RoPE periods, key bias masks) get their values too, so a model made with
+        ``to_empty`` is complete afterwards."""
         gen = torch.Generator().manual_seed(seed)
 
         def normal(t: torch.Tensor, std: float) -> None:
@@ -242,6 +249,11 @@ class DinoV3VisionTransformer(nn.Module):
         normal(self.cls_token, 0.02)
         normal(self.storage_tokens, 0.02)
         nn.init.zeros_(self.mask_token)
+        with torch.no_grad():
+            self.rope_embed.periods.copy_(rope_periods(self.rope_embed.head_dim, self.rope_embed.base))
+            for module in self.modules():
+                if isinstance(module, KeyMaskedLinear):
+                    module.bias_mask.copy_(module.key_mask(module.in_features))
         return self
 
     def rope(self, grid_hw: tuple[int, int], stride: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

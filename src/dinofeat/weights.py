@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from dinofeat.dinov3 import DinoV3VisionTransformer
+from dinofeat.dinov3 import DinoV3VisionTransformer, KeyMaskedLinear
 from dinofeat.errors import WeightsError
 from dinofeat.registry import DEFAULT_MODEL, DINOV3_DOWNLOADS, MODELS, ModelSpec, get_spec
 from dinofeat.vit import DinoVisionTransformer, build_model
@@ -302,14 +302,8 @@ def _dinov3_hf_to_meta(state: StateDict) -> StateDict:
         else:  # Meta stores a key bias and masks it; ours is zero
             q, v = parts["q"], parts["v"]
             out[target] = torch.cat((q, torch.zeros_like(q), v))
-            out[target.removesuffix("bias") + "bias_mask"] = _key_mask(q.shape[0], q.dtype)
+            out[target.removesuffix("bias") + "bias_mask"] = KeyMaskedLinear.key_mask(q.shape[0])
     return out
-
-
-def _key_mask(dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    mask = torch.ones(3 * dim, dtype=dtype)
-    mask[dim:2 * dim] = 0
-    return mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +366,7 @@ def load_state(model: Model, state: StateDict, source: str) -> None:
     (``rope_embed.periods``, ``bias_mask``); those present are checked.
     """
     expected = model.state_dict()
-    state = dict(state)
+    given, state = state, dict(state)
     state.setdefault("mask_token", expected["mask_token"])  # training-only parameter
     if model.spec.family == "dinov3":
         state = _fill_fixed_buffers(model, state, expected, source)
@@ -381,7 +375,7 @@ def load_state(model: Model, state: StateDict, source: str) -> None:
     wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong_shape:
         problems = []
-        guess, description = describe_architecture(state)
+        guess, description = describe_architecture(given)
         other = guess is not None and _architecture(MODELS[guess]) != _architecture(model.spec)
         if other or wrong_shape:
             problems.append(f"it looks like {description}, not {model.spec.name}")
