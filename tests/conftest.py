@@ -10,14 +10,13 @@ import pytest
 import torch
 
 from dinofeat.registry import get_spec
-from dinofeat.vit import DinoVisionTransformer
+from dinofeat.vit import build_model
 
 
 @functools.cache
-def random_vit(name: str = "dinov2_vits14", depth: int | None = 2, seed: int = 0,
-               layerscale: float = 1.0) -> DinoVisionTransformer:
-    """A model of the registry shape ``name`` (``depth`` blocks) with deterministic random weights."""
-    return DinoVisionTransformer(get_spec(name), depth=depth).init_random(seed, layerscale).eval()
+def random_vit(name: str = "dinov2_vits14", depth: int | None = 2, seed: int = 0, layerscale: float = 1.0):
+    """A model of the registry shape ``name`` (``depth`` blocks; DINOv2 or DINOv3) with deterministic random weights."""
+    return build_model(get_spec(name), depth=depth).init_random(seed, layerscale).eval()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ _LAZY = {
     "ModelSpec": "registry",
     "get_spec": "registry",
     "DinoVisionTransformer": "vit",
+    "DinoV3VisionTransformer": "dinov3",
+    "build_model": "vit",
     "load_model": "weights",
     "load_image": "images",
     "FeatureMap": "features",

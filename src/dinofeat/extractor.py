@@ -23,13 +23,15 @@ class Extractor:
 
     Args:
         model: a registry name (weights are found as :func:`~dinofeat.weights.load_model` says)
-            or an already built :class:`~dinofeat.vit.DinoVisionTransformer`.
+            or an already built model (:class:`~dinofeat.vit.DinoVisionTransformer` or
+            :class:`~dinofeat.dinov3.DinoV3VisionTransformer`, see :func:`~dinofeat.vit.build_model`).
         weights: checkpoint file or Hugging Face folder for a named model.
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps`` (or a ``torch.device``).
         precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16``; features always come back float32.
         resolution: shorter image side in pixels before rounding to the patch grid.
         max_size: cap on the longer side (protects memory on panoramas); None for no cap.
-        stride: patch stride in processed pixels; below the patch size gives overlapping patches.
+        stride: patch stride in processed pixels; below the patch size (14 for DINOv2, 16 for DINOv3)
+            gives overlapping patches (a denser grid).
         layers: block index or indices (negative from the end); several are concatenated along C.
         facet: ``token`` (default, normalised block output) or ``key`` / ``query`` / ``value``.
         batch_size: images per forward pass.
@@ -46,7 +48,7 @@ class Extractor:
 
     def __init__(
         self,
-        model: str | DinoVisionTransformer = DEFAULT_MODEL,
+        model: str | torch.nn.Module = DEFAULT_MODEL,
         *,
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "auto",
@@ -69,7 +71,7 @@ class Extractor:
         self._setup(vit.eval().to(device_), device_, options)
 
     @classmethod
-    def from_options(cls, options: ExtractorOptions, model: DinoVisionTransformer | None = None) -> Extractor:
+    def from_options(cls, options: ExtractorOptions, model: torch.nn.Module | None = None) -> Extractor:
         """An extractor for ``options`` (the model is loaded from ``options.model``/``weights`` unless given)."""
         self = cls.__new__(cls)
         device = resolve_device(options.device)
@@ -77,7 +79,7 @@ class Extractor:
         self._setup(vit.eval().to(device), device, options)
         return self
 
-    def _setup(self, vit: DinoVisionTransformer, device: torch.device, options: ExtractorOptions) -> None:
+    def _setup(self, vit: torch.nn.Module, device: torch.device, options: ExtractorOptions) -> None:
         if not 1 <= (options.stride or vit.patch_size) <= vit.patch_size:
             raise InputError(f"--stride must be between 1 and the patch size {vit.patch_size}, got {options.stride}")
         if options.resolution < vit.patch_size:

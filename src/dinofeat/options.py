@@ -224,7 +224,7 @@ class ExtractorOptions(Options):
                                   optional=True, help="cap on the longer side fed to the model (default: %(default)s)")
     stride: int | None = option(None, flag="--stride", range=POSITIVE_INT, metavar="S",
                                 help="patch stride in model pixels; below the patch size gives overlapping patches "
-                                "and a denser grid (default: the patch size)")
+                                "and a denser grid (default: the patch size, 14 for DINOv2, 16 for DINOv3)")
     layers: tuple[int, ...] = option((-1,), flag="--layer", range=Range("an integer", integer=True), nargs="+",
                                      metavar="L", parse=parse_int,
                                      help="block(s) to read, 0-based, negative from the end; several are "

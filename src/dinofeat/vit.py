@@ -272,10 +272,25 @@ class DinoVisionTransformer(nn.Module):
         return self.forward_features(x).patch_tokens[0]
 
 
+def build_model(spec: ModelSpec, depth: int | None = None) -> nn.Module:
+    """The model class of ``spec``'s family, untrained: a :class:`DinoVisionTransformer` (DINOv2) or
+    a :class:`~dinofeat.dinov3.DinoV3VisionTransformer` (DINOv3). Both have the same interface.
+
+    >>> from dinofeat.registry import get_spec
+    >>> type(build_model(get_spec("dinov3_vits16"), depth=1)).__name__
+    'DinoV3VisionTransformer'
+    """
+    if spec.family == "dinov3":
+        from dinofeat.dinov3 import DinoV3VisionTransformer
+
+        return DinoV3VisionTransformer(spec, depth=depth)
+    return DinoVisionTransformer(spec, depth=depth)
+
+
 def count_parameters(spec: ModelSpec) -> int:
     """Number of parameters of the full model, counted without allocating it."""
     with torch.device("meta"):
-        model = DinoVisionTransformer(spec)
+        model = build_model(spec)
     return sum(p.numel() for p in model.parameters())
 
 

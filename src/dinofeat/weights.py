@@ -1,18 +1,23 @@
-"""Finding, reading and converting DINOv2 weights.
+"""Finding, reading and converting DINOv2 and DINOv3 weights.
 
 Sources are tried in this order (see :func:`load_model`):
 
 1. an explicit path: an official Meta ``.pth``, a ``.safetensors`` file, or a Hugging Face model
-   folder (``config.json`` + ``model.safetensors``), with Meta or Hugging Face key names;
-2. the official checkpoint in the torch hub cache (``$TORCH_HOME/hub/checkpoints``);
-3. the Hugging Face hub (``huggingface_hub``, honouring ``HF_HOME`` and ``HF_HUB_OFFLINE``);
-4. the official download URL (skipped when ``HF_HUB_OFFLINE`` is set).
+   folder (``config.json`` + ``model.safetensors``, or sharded with ``model.safetensors.index.json``),
+   with Meta or Hugging Face key names;
+2. the official checkpoint in the torch hub cache (``$TORCH_HOME/hub/checkpoints``; DINOv3 file
+   names end in a hash, ``dinov3_vits16_pretrain_lvd1689m-<hash>.pth``, and any hash is accepted);
+3. the Hugging Face hub (``huggingface_hub``, honouring ``HF_HOME``, ``HF_HUB_OFFLINE`` and the
+   token of ``HF_TOKEN`` or ``hf auth login``; the DINOv3 repos are gated behind Meta's licence);
+4. DINOv2 only: the official download URL (skipped when ``HF_HUB_OFFLINE`` is set). Meta sends
+   DINOv3 download links by e-mail on request, so there is no default URL for DINOv3.
 
 Pickled checkpoints are read with ``torch.load(weights_only=True)``: no pickled code runs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -20,9 +25,10 @@ from pathlib import Path
 
 import torch
 
+from dinofeat.dinov3 import DinoV3VisionTransformer, KeyMaskedLinear
 from dinofeat.errors import WeightsError
-from dinofeat.registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec
-from dinofeat.vit import DinoVisionTransformer
+from dinofeat.registry import DEFAULT_MODEL, DINOV3_DOWNLOADS, MODELS, ModelSpec, get_spec
+from dinofeat.vit import DinoVisionTransformer, build_model
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,12 @@ StateDict = dict[str, torch.Tensor]
 _WRAPPER_KEYS = ("model", "state_dict", "teacher", "student")
 _PREFIXES = ("module.", "backbone.", "dinov2.", "model.")
 _TRUE = {"1", "true", "yes", "on"}
+_HF_FILES = ("model.safetensors", "model.safetensors.index.json")  # single file, or sharded (the 7B)
+Model = DinoVisionTransformer | DinoV3VisionTransformer
+
+
+class _AccessRefused(WeightsError):
+    """The Hugging Face hub refused a gated repo: the user has something to do, so it ends the search."""
 
 
 def offline_mode() -> bool:
@@ -38,8 +50,28 @@ def offline_mode() -> bool:
 
 
 def hub_checkpoint_path(spec: ModelSpec) -> Path:
-    """Where ``torch.hub`` keeps (or would keep) the official checkpoint of ``spec``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / spec.checkpoint_file
+    """Where ``torch.hub`` keeps (or would keep) the official checkpoint of ``spec``.
+
+    DINOv3: the first file matching ``spec.checkpoint_pattern`` (the official hash preferred), or
+    the official file name when there is none.
+    """
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    official = folder / spec.checkpoint_file
+    if spec.checkpoint_pattern == spec.checkpoint_file or official.is_file():
+        return official
+    found = sorted(path for path in folder.glob(spec.checkpoint_pattern) if path.is_file())
+    return found[0] if found else official
+
+
+def _hf_cached(spec: ModelSpec) -> str | None:
+    """Path of the weights file (or shard index) of ``spec.hf_repo`` in the Hugging Face cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in _HF_FILES:
+        found = try_to_load_from_cache(spec.hf_repo, filename)
+        if isinstance(found, str):
+            return found
+    return None
 
 
 def cached_locally(spec: ModelSpec) -> str | None:
@@ -47,12 +79,10 @@ def cached_locally(spec: ModelSpec) -> str | None:
     if hub_checkpoint_path(spec).is_file():
         return "torch hub"
     try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(spec.hf_repo, "model.safetensors")
+        found = _hf_cached(spec)
     except Exception:  # noqa: BLE001 - a broken cache must not break `dinofeat models`
         return None
-    return "hugging face" if isinstance(found, str) else None
+    return "hugging face" if found else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,6 +100,8 @@ def read_checkpoint(path: str | os.PathLike) -> StateDict:
         raise WeightsError(f"weights file is empty: {path}")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
+    if path.name.endswith(".safetensors.index.json"):
+        return _read_sharded(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except Exception as err:  # torch raises many types for bad files; all mean the same to the user
@@ -93,10 +125,22 @@ def _read_safetensors(path: Path) -> StateDict:
 
 
 def _read_hf_folder(path: Path) -> StateDict:
-    for name in ("model.safetensors", "pytorch_model.bin"):
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
         if (path / name).is_file():
             return read_checkpoint(path / name)
     raise WeightsError(f"{path} is a folder without model.safetensors or pytorch_model.bin")
+
+
+def _read_sharded(index: Path) -> StateDict:
+    """A sharded safetensors checkpoint: the index's ``weight_map`` names the shard of every tensor."""
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise WeightsError(f"cannot read {index} as a safetensors shard index ({err})") from err
+    state: StateDict = {}
+    for shard in shards:
+        state.update(read_checkpoint(index.parent / shard))
+    return state
 
 
 def _unwrap(loaded: object, path: Path) -> StateDict:
@@ -119,8 +163,14 @@ def _is_state_dict(obj: dict) -> bool:
 
 
 def to_meta_keys(state: StateDict) -> StateDict:
-    """Convert a state dict to Meta's key names (Hugging Face transformers v4 and v5 layouts)."""
+    """Convert a state dict to Meta's key names (Hugging Face transformers v4 and v5 layouts).
+
+    DINOv3 layouts (``layer.N.`` / ``model.layer.N.``, no ``encoder.``) are told apart from DINOv2
+    ones (``encoder.layer.N.``) by their keys.
+    """
     state = {_strip_prefix(k): v for k, v in state.items()}
+    if _is_dinov3_hf(state):
+        return _dinov3_hf_to_meta(state)
     if not any(k.startswith(("embeddings.", "encoder.layer.")) for k in state):
         return state
     out: StateDict = {}
@@ -193,34 +243,141 @@ def _convert_hf_key(key: str) -> str | tuple[str, str] | None:
     return None
 
 
+# transformers' DINOv3ViTModel: v4 saves ``layer.N.``, v5 holds ``model.layer.N.`` in memory (and
+# saves ``layer.N.``). q/k/v are split, with no key bias; ``inv_freq`` = 1 / Meta's periods is not
+# saved by current versions; the mask token is (1, 1, D) instead of (1, D).
+_HF3_LAYER = re.compile(r"(?:model\.)?layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
+_HF3_FIXED = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.mask_token": "mask_token",
+    "embeddings.register_tokens": "storage_tokens",
+    "embeddings.patch_embeddings.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.bias": "patch_embed.proj.bias",
+    "norm.weight": "norm.weight",
+    "norm.bias": "norm.bias",
+}
+_HF3_BLOCK_PARTS = {"norm1": "norm1", "norm2": "norm2", "attention.o_proj": "attn.proj"}
+_HF3_MLP = {  # (SwiGLU name, plain MLP name)
+    "mlp.gate_proj": ("mlp.w1", None), "mlp.up_proj": ("mlp.w2", "mlp.fc1"), "mlp.down_proj": ("mlp.w3", "mlp.fc2"),
+}
+
+
+def _is_dinov3_hf(state: StateDict) -> bool:
+    return "embeddings.patch_embeddings.weight" in state or any(_HF3_LAYER.match(k) for k in state)
+
+
+def _dinov3_hf_to_meta(state: StateDict) -> StateDict:
+    """transformers' DINOv3 key names -> Meta's; unknown keys are kept so the strict load names them."""
+    gated = any(".mlp.gate_proj." in k for k in state)
+    out: StateDict = {}
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key in _HF3_FIXED:
+            out[_HF3_FIXED[key]] = value.reshape(1, -1) if key == "embeddings.mask_token" else value
+            continue
+        if key == "rope_embeddings.inv_freq":
+            out["rope_embed.periods"] = 1 / value.float()
+            continue
+        match = _HF3_LAYER.match(key)
+        index, part, kind = match.groups() if match else (None, None, None)
+        block = f"blocks.{index}"
+        if kind == "lambda1" and part in ("layer_scale1", "layer_scale2"):
+            out[f"{block}.ls{part[-1]}.gamma"] = value
+        elif part in _HF3_BLOCK_PARTS and kind != "lambda1":
+            out[f"{block}.{_HF3_BLOCK_PARTS[part]}.{kind}"] = value
+        elif part in _HF3_MLP and kind != "lambda1" and _HF3_MLP[part][0 if gated else 1]:
+            out[f"{block}.{_HF3_MLP[part][0 if gated else 1]}.{kind}"] = value
+        elif part in ("attention.q_proj", "attention.k_proj", "attention.v_proj") and (
+                kind == "weight" or (kind == "bias" and part != "attention.k_proj")):
+            qkv.setdefault(f"{block}.attn.qkv.{kind}", {})[part[len("attention.")]] = value
+        else:
+            out[key] = value  # unknown (a key bias too: DINOv3 has none): named by the strict load
+    for target, parts in qkv.items():
+        order = ("q", "k", "v") if target.endswith(".weight") else ("q", "v")
+        missing = [p for p in order if p not in parts]
+        if missing:
+            raise WeightsError(f"checkpoint is missing the {'/'.join(missing)} part of {target}")
+        if target.endswith(".weight"):
+            out[target] = torch.cat([parts[p] for p in order], dim=0)
+        else:  # Meta stores a key bias and masks it; ours is zero
+            q, v = parts["q"], parts["v"]
+            out[target] = torch.cat((q, torch.zeros_like(q), v))
+            out[target.removesuffix("bias") + "bias_mask"] = KeyMaskedLinear.key_mask(q.shape[0])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Architecture checks and loading
+
+
+def _architecture(spec: ModelSpec) -> tuple:
+    """What a checkpoint can tell about a model (ViT-L LVD-1689M and SAT-493M share one)."""
+    return spec.family, spec.embed_dim, spec.depth, spec.num_registers, spec.ffn if spec.family == "dinov3" else None
 
 
 def describe_architecture(state: StateDict) -> tuple[str | None, str]:
     """Guess which registry model a Meta-keyed state dict belongs to: (name or None, description)."""
     dim = state["cls_token"].shape[-1] if "cls_token" in state else None
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    regs = state["register_tokens"].shape[1] if "register_tokens" in state else 0
-    shape = f"embed dim {dim}, {depth} blocks, {regs} registers"
+    if "storage_tokens" in state or "rope_embed.periods" in state:  # DINOv3
+        regs = state["storage_tokens"].shape[1] if "storage_tokens" in state else 0
+        ffn = "swiglu" if any(".mlp.w1." in k for k in state) else "mlp"
+        shape = f"DINOv3, embed dim {dim}, {depth} blocks, {regs} storage tokens, {ffn.replace('swiglu', 'SwiGLU')}"
+        found = ("dinov3", dim, depth, regs, ffn)
+    else:
+        regs = state["register_tokens"].shape[1] if "register_tokens" in state else 0
+        shape = f"embed dim {dim}, {depth} blocks, {regs} registers"
+        found = ("dinov2", dim, depth, regs, None)
     for spec in MODELS.values():
-        if (spec.embed_dim, spec.depth, spec.num_registers) == (dim, depth, regs):
+        if _architecture(spec) == found:
             return spec.name, f"{spec.name} ({shape})"
     return None, f"an unknown architecture ({shape})"
 
 
-def load_state(model: DinoVisionTransformer, state: StateDict, source: str) -> None:
-    """Load Meta-keyed ``state`` into ``model`` strictly; any mismatch raises :class:`WeightsError`."""
+def _fill_fixed_buffers(model: Model, state: StateDict, expected: StateDict, source: str) -> StateDict:
+    """DINOv3: drop training-only keys, check the fixed buffers a checkpoint carries, add those it lacks."""
+    # Meta's ViT-L SAT-493M and ViT-7B carry `local_cls_norm`, a norm of the local crops' CLS token
+    # used in training only (never at inference): accepted and ignored.
+    if any(k.startswith("local_cls_norm.") for k in state) and model.spec.name == "dinov3_vitl16":
+        log.warning("these weights carry local_cls_norm, as Meta's SAT-493M ViT-L does: for satellite weights "
+                    "use dinov3_vitl16_sat493m, whose input normalisation differs")
+    state = {k: v for k, v in state.items() if not k.startswith("local_cls_norm.")}
+    periods = state.get("rope_embed.periods")
+    reference = expected["rope_embed.periods"]
+    if periods is None:
+        state["rope_embed.periods"] = reference
+    elif periods.shape == reference.shape and not torch.allclose(periods.float(), reference, rtol=1e-2, atol=0):
+        raise WeightsError(f"weights from {source} have RoPE periods other than base 100 ({periods[:3].tolist()}...), "
+                           f"which {model.spec.name} does not use")
+    for key, mask in expected.items():
+        if not key.endswith(".bias_mask"):
+            continue
+        if key not in state:
+            state[key] = mask
+        elif state[key].shape == mask.shape and not torch.equal(state[key].float(), mask):
+            raise WeightsError(f"weights from {source} have a {key} that is not the key mask (1 for q and v, 0 for k)")
+    return state
+
+
+def load_state(model: Model, state: StateDict, source: str) -> None:
+    """Load Meta-keyed ``state`` into ``model`` strictly; any mismatch raises :class:`WeightsError`.
+
+    Training-only entries may be absent (``mask_token``) and, for DINOv3, fixed buffers too
+    (``rope_embed.periods``, ``bias_mask``); those present are checked.
+    """
     expected = model.state_dict()
-    state = dict(state)
+    given, state = state, dict(state)
     state.setdefault("mask_token", expected["mask_token"])  # training-only parameter
+    if model.spec.family == "dinov3":
+        state = _fill_fixed_buffers(model, state, expected, source)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong_shape:
         problems = []
-        guess, description = describe_architecture(state)
-        if (guess is not None and guess != model.spec.name) or wrong_shape:
+        guess, description = describe_architecture(given)
+        other = guess is not None and _architecture(MODELS[guess]) != _architecture(model.spec)
+        if other or wrong_shape:
             problems.append(f"it looks like {description}, not {model.spec.name}")
         if wrong_shape:
             problems.append(f"{len(wrong_shape)} tensors of the wrong shape (first: {wrong_shape[0]})")
@@ -238,10 +395,8 @@ def _from_torch_hub_cache(spec: ModelSpec) -> StateDict | None:
 
 
 def _from_hf_hub(spec: ModelSpec) -> StateDict:
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-    cached = try_to_load_from_cache(spec.hf_repo, "model.safetensors")
-    if isinstance(cached, str):  # no network round trip when the file is already cached
+    cached = _hf_cached(spec)
+    if cached:  # no network round trip when the file is already cached
         return read_checkpoint(cached)
     hub_log = logging.getLogger("huggingface_hub")
     quiet = not log.isEnabledFor(logging.DEBUG)
@@ -249,9 +404,47 @@ def _from_hf_hub(spec: ModelSpec) -> StateDict:
     if quiet:  # its retry warnings would bury our one-line summary of what was tried
         hub_log.setLevel(logging.ERROR)
     try:
-        return read_checkpoint(hf_hub_download(spec.hf_repo, "model.safetensors"))
+        return read_checkpoint(_hf_download(spec))
+    except Exception as err:
+        if _access_refused(err):
+            raise _AccessRefused(_refusal_message(spec, err)) from err
+        raise
     finally:
         hub_log.setLevel(previous)
+
+
+def _hf_download(spec: ModelSpec) -> str:
+    """Download the weights of ``spec.hf_repo``: ``model.safetensors``, or the shards its index lists."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download(spec.hf_repo, _HF_FILES[0])
+    except EntryNotFoundError as err:
+        if isinstance(err, LocalEntryNotFoundError):  # offline and not cached, not "no such file"
+            raise
+        index = hf_hub_download(spec.hf_repo, _HF_FILES[1])
+    for shard in sorted(set(json.loads(Path(index).read_text())["weight_map"].values())):
+        hf_hub_download(spec.hf_repo, shard)  # lands beside the index, where _read_sharded looks
+    return index
+
+
+def _access_refused(err: BaseException) -> bool:
+    """A gated repo the user has no access to (no token: 401; licence not accepted: 403)."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+
+    if isinstance(err, GatedRepoError):
+        return True
+    response = getattr(err, "response", None) if isinstance(err, HfHubHTTPError) else None
+    return getattr(response, "status_code", None) in (401, 403)
+
+
+def _refusal_message(spec: ModelSpec, err: BaseException) -> str:
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    why = f"HTTP {status}" if status else type(err).__name__
+    return (f"the Hugging Face hub refused access to {spec.hf_repo} ({why}): its weights are gated. Accept the "
+            f"licence at https://huggingface.co/{spec.hf_repo} and log in (`hf auth login`) or set HF_TOKEN, or "
+            f"download the checkpoint (links from {DINOV3_DOWNLOADS} for DINOv3) and pass --weights FILE")
 
 
 def _from_url(spec: ModelSpec) -> StateDict:
@@ -272,26 +465,34 @@ def _first_sentence(err: BaseException, limit: int = 200) -> str:
 
 
 def find_weights(spec: ModelSpec) -> tuple[StateDict, str]:
-    """Try the torch hub cache, the Hugging Face hub and the official URL, in that order."""
+    """Try the torch hub cache, the Hugging Face hub and (DINOv2) the official URL, in that order."""
     tried = []
     cached = _from_torch_hub_cache(spec)
     if cached is not None:
         return cached, str(hub_checkpoint_path(spec))
-    tried.append(f"torch hub cache ({hub_checkpoint_path(spec)}: not there)")
-    for label, fetch in ((f"Hugging Face hub {spec.hf_repo}", _from_hf_hub), (f"URL {spec.url}", _from_url)):
+    hub_dir = hub_checkpoint_path(spec).parent
+    tried.append(f"torch hub cache ({hub_dir / spec.checkpoint_pattern}: not there)")
+    sources = [(f"Hugging Face hub {spec.hf_repo}", _from_hf_hub)]
+    if spec.url is not None:
+        sources.append((f"URL {spec.url}", _from_url))
+    for label, fetch in sources:
         try:
             return fetch(spec), label
+        except _AccessRefused:
+            raise
         except WeightsError as err:
             if "do not fit" in str(err) or "cannot read" in str(err):
                 raise
             tried.append(f"{label} ({err})")
         except Exception as err:  # noqa: BLE001 - network and cache failures of every kind
             tried.append(f"{label} ({_first_sentence(err)})")
-    raise WeightsError(
-        f"no weights found for {spec.name}. Tried: " + "; ".join(tried)
-        + f". Offline, download {spec.url} elsewhere and pass --weights FILE, or copy it to "
-        f"{hub_checkpoint_path(spec).parent}/"
-    )
+    if spec.url is None:
+        advice = (f". DINOv3 weights are gated: accept the licence at https://huggingface.co/{spec.hf_repo} and log "
+                  f"in (`hf auth login`) or set HF_TOKEN, or request Meta's download links at {DINOV3_DOWNLOADS} "
+                  f"and pass --weights FILE, or copy the {spec.checkpoint_pattern} file to {hub_dir}/")
+    else:
+        advice = f". Offline, download {spec.url} elsewhere and pass --weights FILE, or copy it to {hub_dir}/"
+    raise WeightsError(f"no weights found for {spec.name}. Tried: " + "; ".join(tried) + advice)
 
 
 def load_model(
@@ -299,11 +500,11 @@ def load_model(
     weights: str | os.PathLike | None = None,
     *,
     depth: int | None = None,
-) -> DinoVisionTransformer:
+) -> Model:
     """Build ``name`` from the registry and load its weights (on the CPU, in eval mode).
 
     ``weights`` is a checkpoint file or Hugging Face folder; without it the caches, the Hugging
-    Face hub and the official URL are tried. ``depth`` builds a shallower model (for tests).
+    Face hub and (DINOv2) the official URL are tried. ``depth`` builds a shallower model (for tests).
 
     >>> load_model("dinov2_vitz14")
     Traceback (most recent call last):
@@ -315,7 +516,7 @@ def load_model(
         state, source = read_checkpoint(weights), str(weights)
     else:
         state, source = find_weights(spec)
-    model = DinoVisionTransformer(spec, depth=depth)
+    model = build_model(spec, depth=depth)
     load_state(model, to_meta_keys(state), source)
     log.info("loaded %s weights from %s", spec.name, source)
     return model.eval()
