@@ -242,6 +242,17 @@ def _raw(tmp_path: Path, payload: bytes) -> Path:
     return path
 
 
+def test_reads_pickles_written_by_numpy_1(tmp_path):
+    # numpy 1.x names its reconstruction function numpy.core.multiarray._reconstruct (numpy 2: numpy._core)
+    record = small_record()
+    data = pickle.dumps({"bear": record}, protocol=2)
+    assert b"numpy._core.multiarray" in data
+    path = _raw(tmp_path, data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    video = read_tapvid(path)[0]
+    np.testing.assert_array_equal(video.frames(), record["video"])
+    np.testing.assert_array_equal(video.occluded, record["occluded"])
+
+
 def test_protocol_two_bytes_only_decode_as_latin1(tmp_path):
     # protocol <= 2 stores bytes as _codecs.encode(text, "latin1"); any other codec is refused
     assert load_array_pickle(write_pickle(tmp_path / "p2.pkl", {"b": b"\xff\xd8"}, 2)) == {"b": b"\xff\xd8"}
@@ -257,6 +268,8 @@ def test_protocol_two_bytes_only_decode_as_latin1(tmp_path):
     (lambda r: r.update(video=r["video"][:3]), r"3 frames but tracks of 4 frames"),
     (lambda r: r.update(video=r["video"].astype(np.float32)), r"'video' must be \(T, H, W, 3\) uint8 frames"),
     (lambda r: r.update(video=r["video"][..., 0]), r"'video' must be \(T, H, W, 3\) uint8 frames"),
+    (lambda r: r.update(video=np.array(b"\xff\xd8")), r"or a list of JPEG-encoded frames, got \|S2 array"),
+    (lambda r: r.update(video=[b"\xff\xd8", 3]), r"or a list of JPEG-encoded frames, got list"),
     (lambda r: r.pop("occluded"), r"has no 'occluded'"),
     (lambda r: r["points"].__setitem__((0, 0), np.nan) or r["occluded"].__setitem__((0, 0), False),
      "non-finite coordinates where the point is visible"),

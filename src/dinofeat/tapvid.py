@@ -270,7 +270,8 @@ def _check_video(video: Any, label: str) -> tuple[np.ndarray | tuple[bytes, ...]
         if video.ndim != 4 or video.shape[-1] != 3 or min(video.shape) == 0:
             raise InputError(f"{label}: 'video' must be (T, H, W, 3) uint8 frames, got shape {video.shape}")
         return video, video.shape[0]
-    if isinstance(video, (np.ndarray, list, tuple)) and len(video) > 0:
+    sequence = isinstance(video, (list, tuple)) or (isinstance(video, np.ndarray) and video.ndim == 1)
+    if sequence and len(video) > 0:
         if all(isinstance(frame, (bytes, bytearray)) for frame in video):
             return tuple(bytes(frame) for frame in video), len(video)
     raise InputError(f"{label}: 'video' must be (T, H, W, 3) uint8 frames or a list of JPEG-encoded frames, "
