@@ -35,15 +35,26 @@ def build_models(family: str, depth: int | None):
     spec = get_spec(MODELS[family])
     layers = depth or spec.depth
     if family == "dinov2":
-        config = transformers.Dinov2Config(hidden_size=spec.embed_dim, num_attention_heads=spec.num_heads,
-                                           num_hidden_layers=layers, image_size=518, patch_size=14,
-                                           attn_implementation="sdpa")
+        config = transformers.Dinov2Config(
+            hidden_size=spec.embed_dim,
+            num_attention_heads=spec.num_heads,
+            num_hidden_layers=layers,
+            image_size=518,
+            patch_size=14,
+            attn_implementation="sdpa",
+        )
         hf = transformers.Dinov2Model(config).eval()
     else:
-        config = transformers.DINOv3ViTConfig(hidden_size=spec.embed_dim, num_attention_heads=spec.num_heads,
-                                              intermediate_size=spec.ffn_hidden, num_hidden_layers=layers,
-                                              num_register_tokens=spec.num_registers, patch_size=16,
-                                              layer_norm_eps=1e-5, attn_implementation="sdpa")
+        config = transformers.DINOv3ViTConfig(
+            hidden_size=spec.embed_dim,
+            num_attention_heads=spec.num_heads,
+            intermediate_size=spec.ffn_hidden,
+            num_hidden_layers=layers,
+            num_register_tokens=spec.num_registers,
+            patch_size=16,
+            layer_norm_eps=1e-5,
+            attn_implementation="sdpa",
+        )
         hf = transformers.DINOv3ViTModel(config).eval()
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
@@ -81,24 +92,27 @@ def main() -> None:
         bench_family(family, sizes, precisions, depth, reps, args.batch, device)
 
 
-def bench_family(family: str, sizes: list[int], precisions: list[str], depth: int | None, reps: int, batch: int,
-                 device: torch.device) -> None:
+def bench_family(
+    family: str, sizes: list[int], precisions: list[str], depth: int | None, reps: int, batch: int, device: torch.device
+) -> None:
     ours, hf = build_models(family, depth)
     ours, hf = ours.to(device), hf.to(device)
     label = {"dinov2": "ViT-S/14 vs Dinov2Model", "dinov3": "DINOv3 ViT-S/16 vs DINOv3ViTModel"}[family]
-    print(f"device={device} threads={torch.get_num_threads()} batch={batch} model={label} "
-          f"depth={depth or ours.spec.depth}")
+    print(
+        f"device={device} threads={torch.get_num_threads()} batch={batch} model={label} "
+        f"depth={depth or ours.spec.depth}"
+    )
     print(f"{'size':>5} {'prec':>5} {'dinofeat img/s':>15} {'transformers img/s':>19} {'ratio':>6}")
     for precision in precisions:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
         for size in sizes:
             x = torch.randn(batch, 3, size, size, device=device)
 
-            def run_ours(images):
+            def run_ours(images, dtype=dtype):
                 with torch.inference_mode(), autocast(device, dtype):
                     return ours.forward_features(images).patch_tokens[0]
 
-            def run_hf(images):
+            def run_hf(images, dtype=dtype):
                 with torch.inference_mode(), autocast(device, dtype):
                     return hf(pixel_values=images).last_hidden_state
 

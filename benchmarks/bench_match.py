@@ -66,9 +66,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"))
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; on a busy machine 1 avoids "
-                        "thread-pool waits that swamp small operations)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; on a busy machine 1 avoids "
+        "thread-pool waits that swamp small operations)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,6 +92,7 @@ def main() -> None:
         def run():
             fn()
             sync()
+
         return median_time(run, reps)
 
     model = timed(lambda: extractor.extract_arrays([image_a, image_b]))
@@ -95,13 +100,18 @@ def main() -> None:
     ours_locate = timed(lambda: locate(fa.normalized().sample(query, normalize=True), fb))
     ours_match = timed(lambda: match_features(fa, fb, query))
 
-    print(f"device={extractor.device} threads={torch.get_num_threads()} precision={args.precision} "
-          f"model=ViT-S/14 depth={depth or 12} images={fa.image_size_wh}->{fa.processed_size_wh} "
-          f"grid={fa.grid_hw} points={points}")
+    print(
+        f"device={extractor.device} threads={torch.get_num_threads()} precision={args.precision} "
+        f"model=ViT-S/14 depth={depth or 12} images={fa.image_size_wh}->{fa.processed_size_wh} "
+        f"grid={fa.grid_hw} points={points}"
+    )
     print(f"{'':34} {'matching s':>11} {'with model s':>13} {'naive/ours':>11} {'(with model)':>13}")
     print(f"{'model (2 images)':34} {'':>11} {model:>13.3f}")
-    for name, seconds in (("naive per-point loop", naive), ("ours: locate (sub-pixel search)", ours_locate),
-                          ("ours: match_features (+ mutual)", ours_match)):
+    for name, seconds in (
+        ("naive per-point loop", naive),
+        ("ours: locate (sub-pixel search)", ours_locate),
+        ("ours: match_features (+ mutual)", ours_match),
+    ):
         ratio = naive / seconds
         ratio_model = (naive + model) / (seconds + model)
         print(f"{name:34} {seconds:>11.3f} {seconds + model:>13.3f} {ratio:>11.2f} {ratio_model:>13.2f}")
@@ -110,9 +120,11 @@ def main() -> None:
     inner = torch.from_numpy(np.asarray(_between_centres(fa, query)))
     ours_err = (match_features(fa, fa, query).target_xy - query).norm(dim=1)[inner]
     naive_err = (naive_loop(fa, fa, query) - query).norm(dim=1)[inner]
-    print(f"identity error px (ours / naive): mean {ours_err.mean():.2f} / {naive_err.mean():.2f}, "
-          f"max {ours_err.max():.2f} / {naive_err.max():.2f}, within 1 px {(ours_err <= 1).float().mean():.1%} / "
-          f"{(naive_err <= 1).float().mean():.1%}")
+    print(
+        f"identity error px (ours / naive): mean {ours_err.mean():.2f} / {naive_err.mean():.2f}, "
+        f"max {ours_err.max():.2f} / {naive_err.max():.2f}, within 1 px {(ours_err <= 1).float().mean():.1%} / "
+        f"{(naive_err <= 1).float().mean():.1%}"
+    )
 
 
 def _between_centres(fmap: FeatureMap, points_xy: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ real checkpoint instead.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -43,8 +44,9 @@ def make_video(path: Path, size_wh: tuple[int, int], origins, fps: float) -> Non
     with VideoWriter(path, fps=fps, size_wh=size_wh, crf=12) as sink:
         for ox, oy in origins:
             shift = np.float32([[1, 0, -ox], [0, 1, -oy]])
-            sink.write(cv2.warpAffine(photo, shift, (width, height), flags=cv2.INTER_LINEAR,
-                                      borderMode=cv2.BORDER_REFLECT))
+            sink.write(
+                cv2.warpAffine(photo, shift, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            )
 
 
 def content_checkpoint(path: Path) -> Path:
@@ -58,14 +60,16 @@ def content_checkpoint(path: Path) -> Path:
     return path
 
 
-def seed_track(video: Path, points_xy: np.ndarray, weights: Path, resolution: int, out: Path,
-               trail: int = 12) -> np.ndarray:
+def seed_track(
+    video: Path, points_xy: np.ndarray, weights: Path, resolution: int, out: Path, trail: int = 12
+) -> np.ndarray:
     """The seed's tracker (see module docstring); returns ``(T, N, 2)`` positions."""
     from dinofeat.drawing import palette
     from dinofeat.extractor import Extractor
 
-    extractor = Extractor("dinov2_vits14", weights=weights, device="cpu", precision="fp32",
-                          resolution=resolution, batch_size=1)
+    extractor = Extractor(
+        "dinov2_vits14", weights=weights, device="cpu", precision="fp32", resolution=resolution, batch_size=1
+    )
     capture = cv2.VideoCapture(str(video))
     fps = capture.get(cv2.CAP_PROP_FPS)
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
@@ -90,7 +94,7 @@ def seed_track(video: Path, points_xy: np.ndarray, weights: Path, resolution: in
         history.append(positions)
         for i in range(len(templates)):
             recent = [frame[i] for frame in history[-trail:]]
-            for a, b in zip(recent, recent[1:]):
+            for a, b in itertools.pairwise(recent):
                 cv2.line(bgr, tuple(int(v) for v in a), tuple(int(v) for v in b), colors[i], 2)
             cv2.circle(bgr, tuple(int(v) for v in recent[-1]), 4, colors[i], -1)
         writer.write(bgr)
@@ -101,8 +105,11 @@ def seed_track(video: Path, points_xy: np.ndarray, weights: Path, resolution: in
 
 def errors(found: np.ndarray, truth: np.ndarray, patch_px: float) -> dict:
     e = np.linalg.norm(found - truth, axis=-1)[1:]  # frame 0 is the query itself
-    return {"mean_px": float(e.mean()), "median_px": float(np.median(e)),
-            "within_half_patch": float((e <= patch_px / 2).mean())}
+    return {
+        "mean_px": float(e.mean()),
+        "median_px": float(np.median(e)),
+        "within_half_patch": float((e <= patch_px / 2).mean()),
+    }
 
 
 def main(argv=None) -> int:
@@ -115,9 +122,13 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", help="a real checkpoint (default: random content-only weights)")
     parser.add_argument("--precision", default="auto", help="ours (default: %(default)s; the seed is fp32)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--motion", choices=("pan", "steps"), default="pan",
-                        help="pan: smooth sub-pixel camera pan; steps: the camera moves by whole patches "
-                        "(back and forth), where exact trackers are exact (default: %(default)s)")
+    parser.add_argument(
+        "--motion",
+        choices=("pan", "steps"),
+        default="pan",
+        help="pan: smooth sub-pixel camera pan; steps: the camera moves by whole patches "
+        "(back and forth), where exact trackers are exact (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.frames, args.resolution, args.points = "224x168", 6, 112, 2
@@ -149,9 +160,24 @@ def main(argv=None) -> int:
         seed_xy = seed_track(video, points, weights, args.resolution, folder / "seed.mp4")
         seed_s = time.perf_counter() - start
 
-        argv = ["track", str(video), "-o", str(folder / "ours.mp4"), "--json", str(folder / "ours.json"),
-                "--weights", str(weights), "--resolution", str(args.resolution), "--device", "cpu",
-                "--precision", args.precision, "--batch-size", str(args.batch_size)]
+        argv = [
+            "track",
+            str(video),
+            "-o",
+            str(folder / "ours.mp4"),
+            "--json",
+            str(folder / "ours.json"),
+            "--weights",
+            str(weights),
+            "--resolution",
+            str(args.resolution),
+            "--device",
+            "cpu",
+            "--precision",
+            args.precision,
+            "--batch-size",
+            str(args.batch_size),
+        ]
         for x, y in points:
             argv += ["--point", f"{x},{y}"]
         start = time.perf_counter()
@@ -165,17 +191,20 @@ def main(argv=None) -> int:
     frames = len(origins)
     result = {
         "video": f"{width}x{height}, {frames} frames, {motion}",
-        "resolution": args.resolution, "points": len(points), "threads": torch.get_num_threads(),
+        "resolution": args.resolution,
+        "points": len(points),
+        "threads": torch.get_num_threads(),
         "seed": {"fps": frames / seed_s, **errors(seed_xy, truth, patch_px)},
-        "ours": {"fps": frames / ours_s, **errors(ours_xy, truth, patch_px),
-                 "visible": float(visible[1:].mean())},
+        "ours": {"fps": frames / ours_s, **errors(ours_xy, truth, patch_px), "visible": float(visible[1:].mean())},
     }
     result["speedup"] = result["ours"]["fps"] / result["seed"]["fps"]
     from dinofeat.devices import resolve_precision
 
     result["ours"]["precision"] = str(resolve_precision(args.precision, torch.device("cpu"))).replace("torch.", "")
-    print(f"video {result['video']}; model input {args.resolution} px; {len(points)} points; "
-          f"{result['threads']} torch threads; ours in {result['ours']['precision']}, the seed in float32")
+    print(
+        f"video {result['video']}; model input {args.resolution} px; {len(points)} points; "
+        f"{result['threads']} torch threads; ours in {result['ours']['precision']}, the seed in float32"
+    )
     print(f"{'':6} {'frames/s':>9} {'mean err':>9} {'median':>7} {'<= 1/2 patch':>13}")
     for name in ("seed", "ours"):
         r = result[name]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import random_vit, save_png
-from dinofeat.app import AppSession, MAX_POINTS, click_to_pixel, example_files, require_gradio
+from dinofeat.app import MAX_POINTS, AppSession, click_to_pixel, example_files, require_gradio
 from dinofeat.errors import DinofeatError, InputError
 
 
@@ -26,7 +26,7 @@ def extractor():
     return Extractor(random_vit("dinov2_vits14", depth=2), resolution=112, device="cpu", precision="fp32")
 
 
-@pytest.fixture()
+@pytest.fixture
 def session(extractor, tmp_path):
     return AppSession(extractor, workdir=tmp_path / "work")
 
@@ -45,7 +45,7 @@ def video(tmp_path_factory, photo):
     path = tmp_path_factory.mktemp("video") / "pan.mp4"
     with VideoWriter(path, fps=12, size_wh=(112, 84)) as sink:
         for t in range(6):
-            sink.write(np.ascontiguousarray(photo[100:184, 150 + 3 * t:262 + 3 * t]))
+            sink.write(np.ascontiguousarray(photo[100:184, 150 + 3 * t : 262 + 3 * t]))
     return path
 
 
@@ -202,10 +202,13 @@ def test_pca_options(session, images):
     assert "user threshold 0.5" in manual.summary
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"components": 2}, "at least 3 components"),
-    ({"overlay": 1.5}, "between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"components": 2}, "at least 3 components"),
+        ({"overlay": 1.5}, "between 0 and 1"),
+    ],
+)
 def test_pca_bad_options(session, images, kwargs, message):
     with pytest.raises(InputError, match=message):
         session.pca([images[0]], **kwargs)
@@ -228,10 +231,13 @@ def test_long_video_is_cut_with_a_notice(extractor, tmp_path, video):
     assert "has 6 frames; the app tracks the first 4" in view.notice
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty"),
-    (b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100, "not a video|no video stream|truncated|damaged"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty"),
+        (b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100, "not a video|no video stream|truncated|damaged"),
+    ],
+)
 def test_open_video_refuses_undecodable_files_naming_the_file(session, tmp_path, content, message):
     path = tmp_path / "clip.mp4"
     path.write_bytes(content)
@@ -302,8 +308,19 @@ def test_build_app_has_the_three_tabs(session):
     demo = build_app(session)
     config = demo.get_config_file()
     ids = {c["props"].get("elem_id") for c in config["components"]}
-    assert {"match_a", "match_b", "match_picture", "match_json", "pca_files", "pca_gallery", "track_video",
-            "track_frame", "track_result", "track_downloads", "resolution"} <= ids
+    assert {
+        "match_a",
+        "match_b",
+        "match_picture",
+        "match_json",
+        "pca_files",
+        "pca_gallery",
+        "track_video",
+        "track_frame",
+        "track_result",
+        "track_downloads",
+        "resolution",
+    } <= ids
     labels = {c["props"].get("label") for c in config["components"]}
     assert {"Match", "PCA", "Track"} <= labels
     assert demo.dinofeat_session is session
@@ -385,8 +402,25 @@ def test_cli_builds_the_model_once_and_launches(monkeypatch, vits14_checkpoint, 
         return SimpleNamespace(local_url="http://0.0.0.0:8123/", block_thread=lambda: launched.update(served=True))
 
     monkeypatch.setattr(dinofeat.app, "launch", fake_launch)
-    code = main(["app", "--weights", str(vits14_checkpoint), "--device", "cpu", "--resolution", "224",
-                 "--port", "8123", "--host", "0.0.0.0", "--max-frames", "50", "--max-upload-mb", "10"])
+    code = main(
+        [
+            "app",
+            "--weights",
+            str(vits14_checkpoint),
+            "--device",
+            "cpu",
+            "--resolution",
+            "224",
+            "--port",
+            "8123",
+            "--host",
+            "0.0.0.0",
+            "--max-frames",
+            "50",
+            "--max-upload-mb",
+            "10",
+        ]
+    )
     assert code == 0
     session = launched["session"]
     assert (launched["host"], launched["port"], launched["max_upload_mb"]) == ("0.0.0.0", 8123, 10)
@@ -396,8 +430,9 @@ def test_cli_builds_the_model_once_and_launches(monkeypatch, vits14_checkpoint, 
     assert "dinov2_vits14 on cpu" in out and "open http://0.0.0.0:8123/ in a browser" in out
 
 
-@pytest.mark.parametrize("argv", [["--port", "0"], ["--port", "http"], ["--max-frames", "0"],
-                                  ["--max-upload-mb", "-1"]])
+@pytest.mark.parametrize(
+    "argv", [["--port", "0"], ["--port", "http"], ["--max-frames", "0"], ["--max-upload-mb", "-1"]]
+)
 def test_cli_bad_options(argv, capsys):
     from dinofeat.cli import main
 

@@ -4,7 +4,8 @@ The app runs in this process on a free localhost port with a random-weight ViT-S
 blocks, so a click answers in well under a second). The browser uploads files, clicks on images
 and checks what the page shows. Skipped only when no Chromium exists (``.ci/run`` installs
 Debian's ``chromium``; ``DINOFEAT_CHROMIUM`` names another binary); ``playwright install`` is
-not needed: the system browser is used.
+not needed: the system browser is used. Marked ``e2e``: a plain ``pytest`` leaves them out,
+``pytest -m e2e`` (and ``.ci/run``) runs them.
 """
 
 from __future__ import annotations
@@ -22,14 +23,27 @@ from playwright import sync_api  # the test extra installs it (and Gradio): no s
 
 from conftest import random_vit, save_png
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--no-proxy-server"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--no-proxy-server",
+]
 TIMEOUT_MS = 30_000
 
 
 def find_chromium() -> str | None:
-    for candidate in (os.environ.get("DINOFEAT_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser"), shutil.which("google-chrome")):
+    for candidate in (
+        os.environ.get("DINOFEAT_CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        shutil.which("google-chrome"),
+    ):
         if candidate and Path(candidate).is_file():
             return candidate
     return None
@@ -38,6 +52,7 @@ def find_chromium() -> str | None:
 CHROMIUM = find_chromium()
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.e2e,
     # Gradio's queue calls pandas options that pandas 3 deprecates; not ours to fix
     pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing"),
     pytest.mark.skipif(CHROMIUM is None, reason="no Chromium browser (apt-get install chromium)"),
@@ -91,11 +106,16 @@ def inputs(tmp_path_factory, photo):
     video = folder / "pan.mp4"
     with VideoWriter(video, fps=10, size_wh=(160, 112)) as sink:
         for t in range(5):
-            sink.write(np.ascontiguousarray(photo[60:172, 120 + 4 * t:280 + 4 * t]))
+            sink.write(np.ascontiguousarray(photo[60:172, 120 + 4 * t : 280 + 4 * t]))
     bad = folder / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 20)
-    return {"a": save_png(folder / "a.png", a), "b": save_png(folder / "b.png", b), "video": video, "bad": bad,
-            "size_a": (a.shape[1], a.shape[0])}
+    return {
+        "a": save_png(folder / "a.png", a),
+        "b": save_png(folder / "b.png", b),
+        "video": video,
+        "bad": bad,
+        "size_a": (a.shape[1], a.shape[0]),
+    }
 
 
 def click_image(page, selector: str, fx: float, fy: float) -> tuple[int, int]:
@@ -118,8 +138,10 @@ def wait_image(page, selector: str) -> None:
 
 def wait_text(page, selector: str, text: str) -> None:
     """Wait until the element's text (line breaks removed: file names are split over lines) holds ``text``."""
-    page.wait_for_function("([s, t]) => { const e = document.querySelector(s); "
-                           "return e && e.innerText.replace(/\\n/g, '').includes(t); }", arg=[selector, text])
+    page.wait_for_function(
+        "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.replace(/\\n/g, '').includes(t); }",
+        arg=[selector, text],
+    )
 
 
 def json_text(page, selector: str) -> str:

@@ -7,14 +7,14 @@ import sys
 import numpy as np
 import pytest
 
-from dinofeat.cli import main
-
 from conftest import save_png
+from dinofeat.cli import main
 
 
 def test_help_is_instant_and_does_not_import_torch():
-    code = ("import sys; from dinofeat.cli import build_parser; build_parser().format_help(); "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys; from dinofeat.cli import build_parser; build_parser().format_help(); print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -33,15 +33,27 @@ def test_models_lists_the_registry(capsys, monkeypatch, tmp_path):
         assert name in out
 
 
-@pytest.fixture()
+@pytest.fixture
 def images(tmp_path, photo):
     return [save_png(tmp_path / "a.png", photo), save_png(tmp_path / "b.png", photo[:150, :200].copy())]
 
 
 def test_extract_npz(tmp_path, images, vits14_checkpoint):
     out = tmp_path / "f.npz"
-    code = main(["extract", *map(str, images), "-o", str(out), "--weights", str(vits14_checkpoint),
-                 "--resolution", "56", "--device", "cpu"])
+    code = main(
+        [
+            "extract",
+            *map(str, images),
+            "-o",
+            str(out),
+            "--weights",
+            str(vits14_checkpoint),
+            "--resolution",
+            "56",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     with np.load(out) as f:
         assert f["features_0"].shape == (4, 6, 384) and f["features_0"].dtype == np.float32
@@ -55,8 +67,28 @@ def test_extract_safetensors_with_layers_and_stride(tmp_path, images, vits14_che
     from safetensors import safe_open
 
     out = tmp_path / "f.safetensors"
-    assert main(["extract", str(images[0]), "-o", str(out), "--weights", str(vits14_checkpoint),
-                 "--resolution", "56", "--layer", "3", "-1", "--stride", "7", "--facet", "value"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(images[0]),
+                "-o",
+                str(out),
+                "--weights",
+                str(vits14_checkpoint),
+                "--resolution",
+                "56",
+                "--layer",
+                "3",
+                "-1",
+                "--stride",
+                "7",
+                "--facet",
+                "value",
+            ]
+        )
+        == 0
+    )
     with safe_open(str(out), "np") as f:
         assert f.get_tensor("features_0").shape == (7, 11, 768)  # 84x56 px at stride 7
         assert f.metadata()["layers"] == "[3, -1]" and f.metadata()["stride"] == "7"
@@ -80,8 +112,7 @@ def test_extract_bad_images(tmp_path, capsys, images, vits14_checkpoint, problem
         save_png(bad, np.zeros((5, 5, 3), np.uint8))
     out = tmp_path / "o.npz"
     expected = {"missing": "not found", "corrupt": "not an image", "tiny": "smaller than one"}[problem]
-    _fails(capsys, ["extract", str(images[0]), str(bad), "-o", str(out), "--weights", str(vits14_checkpoint)],
-           expected)
+    _fails(capsys, ["extract", str(images[0]), str(bad), "-o", str(out), "--weights", str(vits14_checkpoint)], expected)
     assert not out.exists() and list(tmp_path.glob(".o*")) == []
 
 
@@ -91,8 +122,11 @@ def test_extract_bad_model_weights_and_output(tmp_path, capsys, images, vits14_c
     junk = tmp_path / "junk.pth"
     junk.write_text("junk")
     _fails(capsys, ["extract", str(images[0]), "-o", str(out), "--weights", str(junk)], "cannot read")
-    _fails(capsys, ["extract", str(images[0]), "-o", str(out), "--model", "dinov2_vitb14",
-                    "--weights", str(vits14_checkpoint)], "looks like dinov2_vits14")
+    _fails(
+        capsys,
+        ["extract", str(images[0]), "-o", str(out), "--model", "dinov2_vitb14", "--weights", str(vits14_checkpoint)],
+        "looks like dinov2_vits14",
+    )
     _fails(capsys, ["extract", str(images[0]), "-o", str(tmp_path / "no" / "o.npz")], "does not exist")
     _fails(capsys, ["extract", str(images[0]), "-o", str(tmp_path / "o.txt")], ".npz or .safetensors")
     assert not out.exists()
@@ -108,5 +142,5 @@ def test_models_shows_cached_weights(capsys, monkeypatch, tmp_path, vits14_check
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     (tmp_path / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth").symlink_to(vits14_checkpoint)
     assert main(["models"]) == 0
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("dinov2_vits14 "))
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("dinov2_vits14 "))
     assert "torch hub" in line

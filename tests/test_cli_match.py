@@ -6,21 +6,21 @@ import json
 
 import numpy as np
 import pytest
-from conftest import save_png
 from PIL import Image
 
+from conftest import save_png
 from dinofeat.cli import main
 from dinofeat.drawing import match_canvas_layout
 
 W, H = 140, 112  # --resolution 56 gives a 4 x 5 patch grid (the model sees 70 x 56)
 
 
-@pytest.fixture()
+@pytest.fixture
 def model_args(vits14_checkpoint) -> list[str]:
     return ["--weights", str(vits14_checkpoint), "--resolution", "56", "--device", "cpu", "--precision", "fp32"]
 
 
-@pytest.fixture()
+@pytest.fixture
 def images(tmp_path) -> tuple[str, str]:
     rng = np.random.default_rng(0)
     scene = rng.integers(0, 256, (H + 28, W + 28, 3), dtype=np.uint8)
@@ -72,8 +72,29 @@ def test_points_file_json_and_csv_and_stdout(tmp_path, images, model_args, capsy
 
 def test_grid_auto_checks_and_heatmap(tmp_path, images, model_args):
     js = tmp_path / "g.json"
-    assert main(["match", *images, "--grid", "3", "--json", str(js), "--mutual", "--ratio", "0.95",
-                 "--ransac", "homography", "--pca-dim", "16", "--color-by", "score", *model_args]) == 0
+    assert (
+        main(
+            [
+                "match",
+                *images,
+                "--grid",
+                "3",
+                "--json",
+                str(js),
+                "--mutual",
+                "--ratio",
+                "0.95",
+                "--ransac",
+                "homography",
+                "--pca-dim",
+                "16",
+                "--color-by",
+                "score",
+                *model_args,
+            ]
+        )
+        == 0
+    )
     doc = json.loads(js.read_text())
     assert len(doc["matches"]) == 9 and doc["settings"]["grid"] == 3
     for m in doc["matches"]:
@@ -82,29 +103,33 @@ def test_grid_auto_checks_and_heatmap(tmp_path, images, model_args):
     assert main(["match", *images, "--auto", "5", "--json", str(js), *model_args]) == 0
     assert len(json.loads(js.read_text())["matches"]) <= 5
     heat = tmp_path / "heat.png"
-    assert main(["match", *images, "--point", "70,56", "--heatmap", "-o", str(heat), "--height", "200",
-                 *model_args]) == 0
+    assert (
+        main(["match", *images, "--point", "70,56", "--heatmap", "-o", str(heat), "--height", "200", *model_args]) == 0
+    )
     with Image.open(heat) as picture:
         assert picture.size[1] == 200
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--point", "500,10"], "outside image A"),
-    (["--point", "nan,3"], "not a finite position"),
-    (["--point", "1;2"], "X,Y"),
-    (["--point", "1,2,3"], "X,Y"),
-    (["--points-file", "missing.json"], "not found"),
-    (["--points-file", "{bad}"], "not valid JSON"),
-    (["--points-file", "{pairs}"], "not a finite x, y pair"),
-    (["--points-file", "{csv}"], "not a finite x, y pair"),
-    (["--points-file", "{empty}"], "empty"),
-    (["--point", "1,2", "--grid", "3"], "one way"),
-    (["--heatmap", "--point", "1,2", "--point", "3,4"], "exactly one query point"),
-    (["--heatmap", "--point", "1,2", "--no-picture"], "give -o"),
-    (["--ratio", "-1"], "--ratio"),
-    (["-o", "{dir}/x.gif"], ".png"),
-    (["-o", "{dir}/nowhere/x.png"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--point", "500,10"], "outside image A"),
+        (["--point", "nan,3"], "not a finite position"),
+        (["--point", "1;2"], "X,Y"),
+        (["--point", "1,2,3"], "X,Y"),
+        (["--points-file", "missing.json"], "not found"),
+        (["--points-file", "{bad}"], "not valid JSON"),
+        (["--points-file", "{pairs}"], "not a finite x, y pair"),
+        (["--points-file", "{csv}"], "not a finite x, y pair"),
+        (["--points-file", "{empty}"], "empty"),
+        (["--point", "1,2", "--grid", "3"], "one way"),
+        (["--heatmap", "--point", "1,2", "--point", "3,4"], "exactly one query point"),
+        (["--heatmap", "--point", "1,2", "--no-picture"], "give -o"),
+        (["--ratio", "-1"], "--ratio"),
+        (["-o", "{dir}/x.gif"], ".png"),
+        (["-o", "{dir}/nowhere/x.png"], "does not exist"),
+    ],
+)
 def test_bad_inputs_one_line_error_no_outputs(tmp_path, images, model_args, capsys, extra, message):
     (tmp_path / "bad.json").write_text("[[1, 2], ")
     (tmp_path / "pairs.json").write_text("[[1, 2], [3]]")

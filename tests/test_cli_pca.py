@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import save_png
 from PIL import Image
 
+from conftest import save_png
 from dinofeat.cli import main
 from dinofeat.pca import FeaturePCA
 
 H, W = 70, 98  # small inputs; --resolution 70 gives a 5 x 7 patch grid
 
 
-@pytest.fixture()
+@pytest.fixture
 def model_args(vits14_checkpoint) -> list[str]:
     return ["--weights", str(vits14_checkpoint), "--resolution", "70", "--device", "cpu", "--precision", "fp32"]
 
@@ -26,7 +26,7 @@ def _scene(seed: int = 0) -> np.ndarray:
     return image
 
 
-@pytest.fixture()
+@pytest.fixture
 def images(tmp_path) -> list[str]:
     return [str(save_png(tmp_path / "a.png", _scene(0))), str(save_png(tmp_path / "b.png", _scene(1)[:, :84]))]
 
@@ -38,8 +38,21 @@ def _read(path) -> np.ndarray:
 
 def test_images_to_grid_pca_file_and_features(tmp_path, images, model_args, capsys):
     fig, pca_file, feats = tmp_path / "fig.png", tmp_path / "pca.npz", tmp_path / "feats.npz"
-    rc = main(["pca", *images, "-o", str(fig), "--save-pca", str(pca_file), "--save-features", str(feats),
-               "--components", "5", *model_args])
+    rc = main(
+        [
+            "pca",
+            *images,
+            "-o",
+            str(fig),
+            "--save-pca",
+            str(pca_file),
+            "--save-features",
+            str(feats),
+            "--components",
+            "5",
+            *model_args,
+        ]
+    )
     assert rc == 0
     assert "2 image(s)" in capsys.readouterr().out
     figure = _read(fig)
@@ -54,8 +67,11 @@ def test_images_to_grid_pca_file_and_features(tmp_path, images, model_args, caps
 
 def test_out_dir_load_pca_and_reruns_give_identical_colours(tmp_path, images, model_args):
     runs = {}
-    for name, extra in (("fit", ["--save-pca", str(tmp_path / "p.npz")]), ("again", []),
-                        ("loaded", ["--load-pca", str(tmp_path / "p.npz")])):
+    for name, extra in (
+        ("fit", ["--save-pca", str(tmp_path / "p.npz")]),
+        ("again", []),
+        ("loaded", ["--load-pca", str(tmp_path / "p.npz")]),
+    ):
         out = tmp_path / name
         out.mkdir()
         assert main(["pca", *images, "--out-dir", str(out), "--pca-only", *extra, *model_args]) == 0
@@ -100,8 +116,21 @@ def _garbage(path, data: bytes = b"\x89PNG\r\n\x1a\n this is not really a png") 
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "components0", "bad_pca", "wrong_dim_pca", "video_features",
-                                  "no_folder", "bad_suffix", "transparent_jpg", "nothing"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "corrupt",
+        "components0",
+        "bad_pca",
+        "wrong_dim_pca",
+        "video_features",
+        "no_folder",
+        "bad_suffix",
+        "transparent_jpg",
+        "nothing",
+    ],
+)
 def test_bad_inputs_give_one_line_error_and_no_output(tmp_path, images, model_args, capsys, case):
     out = str(tmp_path / "out.png")
     argv = {
@@ -110,8 +139,13 @@ def test_bad_inputs_give_one_line_error_and_no_output(tmp_path, images, model_ar
         "components0": [images[0], "-o", out, "--components", "0"],
         "bad_pca": [images[0], "-o", out, "--load-pca", _garbage(tmp_path / "bad.npz")],
         "wrong_dim_pca": [images[0], "-o", out, "--load-pca", str(tmp_path / "small.npz")],
-        "video_features": [_garbage(tmp_path / "clip.mp4"), "-o", str(tmp_path / "o.mp4"),
-                           "--save-features", str(tmp_path / "f.npz")],
+        "video_features": [
+            _garbage(tmp_path / "clip.mp4"),
+            "-o",
+            str(tmp_path / "o.mp4"),
+            "--save-features",
+            str(tmp_path / "f.npz"),
+        ],
         "no_folder": [images[0], "-o", str(tmp_path / "nowhere" / "out.png")],
         "bad_suffix": [images[0], "-o", str(tmp_path / "out.txt")],
         "transparent_jpg": [images[0], "-o", str(tmp_path / "out.jpg"), "--transparent"],

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
-from conftest import save_png
 
+from conftest import save_png
 from dinofeat.cli import main
 from dinofeat.registry import get_spec
 from dinofeat.video import VideoWriter, probe_video
@@ -45,7 +46,7 @@ def video(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("video") / "pan.mp4"
     with VideoWriter(path, fps=FPS, size_wh=(W, H), crf=4) as sink:
         for k in range(FRAMES):
-            sink.write(np.ascontiguousarray(photo[60:60 + H, 100 + 14 * k:100 + 14 * k + W]))
+            sink.write(np.ascontiguousarray(photo[60 : 60 + H, 100 + 14 * k : 100 + 14 * k + W]))
     return str(path)
 
 
@@ -55,8 +56,27 @@ def _files(folder) -> set[str]:
 
 def test_video_json_and_csv(tmp_path, video, model_args):
     out, js, table = tmp_path / "t.mp4", tmp_path / "t.json", tmp_path / "t.csv"
-    argv = ["track", video, "--point", "130.5,48.3", "--query", "2,80,50", "--grid", "2", "--window", "40",
-            "-o", str(out), "--json", str(js), "--csv", str(table), "--batch-size", "3", *model_args]
+    argv = [
+        "track",
+        video,
+        "--point",
+        "130.5,48.3",
+        "--query",
+        "2,80,50",
+        "--grid",
+        "2",
+        "--window",
+        "40",
+        "-o",
+        str(out),
+        "--json",
+        str(js),
+        "--csv",
+        str(table),
+        "--batch-size",
+        "3",
+        *model_args,
+    ]
     assert main(argv) == 0
 
     doc = json.loads(js.read_text())
@@ -64,8 +84,7 @@ def test_video_json_and_csv(tmp_path, video, model_args):
     assert doc["model"] == "dinov2_vits14"
     assert doc["video"] == {"path": video, "fps": pytest.approx(FPS), "frames": FRAMES, "size": [W, H]}
     assert doc["frame_indices"] == list(range(FRAMES))
-    queries = [[0, 130.5, 48.3], [2, 80.0, 50.0], [0, 41.5, 31.0], [0, 125.5, 31.0], [0, 41.5, 94.0],
-               [0, 125.5, 94.0]]
+    queries = [[0, 130.5, 48.3], [2, 80.0, 50.0], [0, 41.5, 31.0], [0, 125.5, 31.0], [0, 41.5, 94.0], [0, 125.5, 94.0]]
     assert [t["query"] for t in doc["tracks"]] == queries
     for entry in doc["tracks"]:
         assert list(entry) == ["query", "points", "scores", "visible"]
@@ -101,56 +120,95 @@ def test_frame_selection_and_points_file(tmp_path, video, model_args):
     pairs = tmp_path / "pairs.json"
     pairs.write_text("[[120, 70]]")
     js, out = tmp_path / "s.json", tmp_path / "s.mp4"
-    argv = ["track", video, "--points-file", str(points), "--start", "2", "--every", "2", "--max-frames", "3",
-            "--json", str(js), "-o", str(out), *model_args]
+    argv = [
+        "track",
+        video,
+        "--points-file",
+        str(points),
+        "--start",
+        "2",
+        "--every",
+        "2",
+        "--max-frames",
+        "3",
+        "--json",
+        str(js),
+        "-o",
+        str(out),
+        *model_args,
+    ]
     assert main(argv) == 0
     doc = json.loads(js.read_text())
     assert doc["frame_indices"] == [2, 4, 6] and doc["video"]["frames"] == 3
     assert [t["query"] for t in doc["tracks"]] == [[2, 130.5, 48.3], [4, 100.0, 60.0]]
     assert doc["tracks"][1]["visible"][0] is False and doc["tracks"][1]["visible"][1] is True
     assert probe_video(out).frames == 3
-    assert main(["track", video, "--points-file", str(pairs), "--start", "1", "--max-frames", "2",
-                 "--json", str(js), *model_args]) == 0
+    assert (
+        main(
+            [
+                "track",
+                video,
+                "--points-file",
+                str(pairs),
+                "--start",
+                "1",
+                "--max-frames",
+                "2",
+                "--json",
+                str(js),
+                *model_args,
+            ]
+        )
+        == 0
+    )
     assert json.loads(js.read_text())["tracks"][0]["query"] == [1, 120.0, 70.0]  # x,y: first processed frame
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--point", "500,10"], "outside"),
-    (["--point", "10"], "X,Y"),
-    (["--query", "1.5,10,10"], "non-negative integer"),
-    (["--query", "3,10,10", "--every", "2"], "not processed"),
-    (["--query", "99,10,10"], "not processed"),
-    (["--point", "10,10", "--start", "50"], "past the end"),
-    ([], "no points"),
-    (["--points-file", "{bad}"], "t,x,y"),
-    (["--points-file", "missing.csv"], "not found"),
-    (["--point", "10,10", "--window", "-3"], "--window"),
-    (["--point", "10,10", "--template", "fixed", "--trail", "-1"], "--trail"),
-    (["--point", "10,10", "VIDEO={missing}"], "not found"),
-    (["--point", "10,10", "VIDEO={image}"], "image, not a video"),
-    (["--point", "10,10", "VIDEO={truncated}"], "truncated"),
-    (["--point", "10,10", "VIDEO={text}"], "not a video"),
-    (["--point", "10,10", "-o", "{dir}/t.avi"], ".mp4"),
-    (["--point", "10,10", "-o", "{dir}/t.mp4", "--json", "{dir}/t.mp4"], "different files"),
-    (["--point", "10,10", "-o", "{dir}/nowhere/t.mp4"], "does not exist"),
-    (["--point", "10,10", "NO_OUTPUTS"], "nothing to write"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--point", "500,10"], "outside"),
+        (["--point", "10"], "X,Y"),
+        (["--query", "1.5,10,10"], "non-negative integer"),
+        (["--query", "3,10,10", "--every", "2"], "not processed"),
+        (["--query", "99,10,10"], "not processed"),
+        (["--point", "10,10", "--start", "50"], "past the end"),
+        ([], "no points"),
+        (["--points-file", "{bad}"], "t,x,y"),
+        (["--points-file", "missing.csv"], "not found"),
+        (["--point", "10,10", "--window", "-3"], "--window"),
+        (["--point", "10,10", "--template", "fixed", "--trail", "-1"], "--trail"),
+        (["--point", "10,10", "VIDEO={missing}"], "not found"),
+        (["--point", "10,10", "VIDEO={image}"], "image, not a video"),
+        (["--point", "10,10", "VIDEO={truncated}"], "truncated"),
+        (["--point", "10,10", "VIDEO={text}"], "not a video"),
+        (["--point", "10,10", "-o", "{dir}/t.avi"], ".mp4"),
+        (["--point", "10,10", "-o", "{dir}/t.mp4", "--json", "{dir}/t.mp4"], "different files"),
+        (["--point", "10,10", "-o", "{dir}/nowhere/t.mp4"], "does not exist"),
+        (["--point", "10,10", "NO_OUTPUTS"], "nothing to write"),
+    ],
+)
 def test_bad_inputs_one_line_error_no_outputs(tmp_path, video, model_args, capsys, extra, message):
     from skimage import data
 
     (tmp_path / "bad.csv").write_text("1,2,3,4\n")
     save_png(tmp_path / "image.png", data.astronaut()[:64, :64])
-    data_bytes = open(video, "rb").read()
+    data_bytes = Path(video).read_bytes()
     (tmp_path / "truncated.mp4").write_bytes(data_bytes[: len(data_bytes) // 2])
     (tmp_path / "text.mp4").write_text("hello\n" * 50)
-    names = {"{bad}": "bad.csv", "{missing}": "missing.mp4", "{image}": "image.png",
-             "{truncated}": "truncated.mp4", "{text}": "text.mp4"}
+    names = {
+        "{bad}": "bad.csv",
+        "{missing}": "missing.mp4",
+        "{image}": "image.png",
+        "{truncated}": "truncated.mp4",
+        "{text}": "text.mp4",
+    }
     source = video
     argv = []
     outputs = ["-o", str(tmp_path / "out.mp4"), "--json", str(tmp_path / "out.json")]
     for item in extra:
         if item.startswith("VIDEO="):
-            source = str(tmp_path / names[item[len("VIDEO="):]])
+            source = str(tmp_path / names[item[len("VIDEO=") :]])
         elif item == "NO_OUTPUTS":
             outputs = []
         else:
@@ -179,8 +237,19 @@ def test_failure_while_tracking_leaves_no_outputs(tmp_path, video, model_args, m
 
     monkeypatch.setattr(dinofeat.tracking.PointTracker, "step", failing_step)
     before = _files(tmp_path)
-    argv = ["track", video, "--point", "60,60", "-o", str(tmp_path / "o.mp4"), "--json", str(tmp_path / "o.json"),
-            "--csv", str(tmp_path / "o.csv"), *model_args]
+    argv = [
+        "track",
+        video,
+        "--point",
+        "60,60",
+        "-o",
+        str(tmp_path / "o.mp4"),
+        "--json",
+        str(tmp_path / "o.json"),
+        "--csv",
+        str(tmp_path / "o.csv"),
+        *model_args,
+    ]
     assert main(argv) == 2
     assert "disk full" in capsys.readouterr().err
     assert _files(tmp_path) == before
@@ -190,9 +259,25 @@ def test_help_is_instant_and_names_the_contract(capsys):
     with pytest.raises(SystemExit):
         main(["track", "--help"])
     text = capsys.readouterr().out
-    for option in ("--point", "--query", "--points-file", "--grid", "-o", "--json", "--csv", "--window",
-                   "--batch-size", "--model", "--weights", "--device", "--precision", "--resolution", "--start",
-                   "--max-frames", "--every"):
+    for option in (
+        "--point",
+        "--query",
+        "--points-file",
+        "--grid",
+        "-o",
+        "--json",
+        "--csv",
+        "--window",
+        "--batch-size",
+        "--model",
+        "--weights",
+        "--device",
+        "--precision",
+        "--resolution",
+        "--start",
+        "--max-frames",
+        "--every",
+    ):
         assert option in text
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_vit, save_png
 
+from conftest import random_vit, save_png
 from dinofeat.dinov3 import DinoV3VisionTransformer, apply_rope, rope_coordinates, rope_periods
 from dinofeat.errors import InputError, WeightsError
 from dinofeat.extractor import Extractor
@@ -70,10 +70,22 @@ def _randomised(spec, depth, seed=0) -> DinoV3VisionTransformer:
 def _hf_config(spec, depth):
     swiglu = spec.ffn == "swiglu"
     return transformers.DINOv3ViTConfig(
-        hidden_size=spec.embed_dim, num_attention_heads=spec.num_heads, intermediate_size=spec.ffn_hidden,
-        num_hidden_layers=depth, num_register_tokens=spec.num_registers, patch_size=16, layer_norm_eps=1e-5,
-        rope_theta=100.0, use_gated_mlp=swiglu, hidden_act="silu" if swiglu else "gelu", query_bias=spec.qkv_bias,
-        key_bias=False, value_bias=spec.qkv_bias, proj_bias=True, mlp_bias=True, layerscale_value=1.0,
+        hidden_size=spec.embed_dim,
+        num_attention_heads=spec.num_heads,
+        intermediate_size=spec.ffn_hidden,
+        num_hidden_layers=depth,
+        num_register_tokens=spec.num_registers,
+        patch_size=16,
+        layer_norm_eps=1e-5,
+        rope_theta=100.0,
+        use_gated_mlp=swiglu,
+        hidden_act="silu" if swiglu else "gelu",
+        query_bias=spec.qkv_bias,
+        key_bias=False,
+        value_bias=spec.qkv_bias,
+        proj_bias=True,
+        mlp_bias=True,
+        layerscale_value=1.0,
         attn_implementation="sdpa",
     )
 
@@ -251,8 +263,11 @@ def test_hugging_face_layouts_load(tmp_path, layout):
     else:  # v4 layout on disk (layer.N), as save_pretrained writes it and the hub serves it
         hf.save_pretrained(tmp_path, max_shard_size="1MB" if layout == "sharded" else "5GB")
         source = tmp_path
-        keys = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"] \
-            if layout == "sharded" else {}
+        keys = (
+            json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+            if layout == "sharded"
+            else {}
+        )
         assert layout != "sharded" or len(set(keys.values())) > 1
     loaded = load_model("dinov3_vits16", source, depth=2)
     assert torch.equal(loaded.mask_token, model.mask_token)
@@ -268,8 +283,12 @@ def test_a_transformers_key_bias_is_refused():
 
 
 def test_dinov2_conversions_still_apply():
-    v4 = to_meta_keys({"encoder.layer.0.mlp.weights_in.weight": torch.ones(4, 2),
-                       "embeddings.patch_embeddings.projection.weight": torch.ones(1)})
+    v4 = to_meta_keys(
+        {
+            "encoder.layer.0.mlp.weights_in.weight": torch.ones(4, 2),
+            "embeddings.patch_embeddings.projection.weight": torch.ones(1),
+        }
+    )
     assert set(v4) == {"blocks.0.mlp.w12.weight", "patch_embed.proj.weight"}
 
 
@@ -342,8 +361,9 @@ def test_geometry_for_both_patch_sizes(patch, stride_div):
         w, h = processed_size(size_wh, 224, patch_size=patch, stride=stride, max_size=None)
         assert (w - patch) % stride == 0 and (h - patch) % stride == 0
         grid = ((h - patch) // stride + 1, (w - patch) // stride + 1)
-        fmap = FeatureMap(torch.zeros(*grid, 1), image_size_wh=(w, h), processed_size_wh=(w, h), patch_size=patch,
-                          stride=stride)
+        fmap = FeatureMap(
+            torch.zeros(*grid, 1), image_size_wh=(w, h), processed_size_wh=(w, h), patch_size=patch, stride=stride
+        )
         centres = fmap.patch_centers()
         assert torch.allclose(centres[0, :, 0], torch.arange(grid[1]) * stride + (patch - 1) / 2)
         if patch == 16:
@@ -484,8 +504,10 @@ def test_hugging_face_hub_cache_offline(tmp_path, monkeypatch):
 
 def _http_error(cls, status):
     response = types.SimpleNamespace(status_code=status, headers={}, request=None)
-    return cls(f"{status} Client Error: access to model facebook/dinov3-vits16-pretrain-lvd1689m is restricted",
-               response=response)
+    return cls(
+        f"{status} Client Error: access to model facebook/dinov3-vits16-pretrain-lvd1689m is restricted",
+        response=response,
+    )
 
 
 @pytest.mark.parametrize("error", ["gated", "403"])
@@ -504,8 +526,12 @@ def test_gated_refusal_is_one_actionable_line(tmp_path, monkeypatch, capsys, err
         load_model("dinov3_vits16")
     message = str(info.value)
     assert "\n" not in message and "gated" in message
-    for part in ("https://huggingface.co/facebook/dinov3-vits16-pretrain-lvd1689m", "HF_TOKEN", "--weights",
-                 "ai.meta.com"):
+    for part in (
+        "https://huggingface.co/facebook/dinov3-vits16-pretrain-lvd1689m",
+        "HF_TOKEN",
+        "--weights",
+        "ai.meta.com",
+    ):
         assert part in message
     from dinofeat.cli import main
 
@@ -520,9 +546,15 @@ def test_nothing_found_explains_every_source(tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as info:
         load_model("dinov3_vitl16_sat493m")
     message = str(info.value)
-    for part in ("torch hub cache", "dinov3_vitl16_pretrain_sat493m-*.pth", "Hugging Face hub "
-                 "facebook/dinov3-vitl16-pretrain-sat493m", "https://huggingface.co/facebook/dinov3-vitl16-pretrain-sat493m",
-                 "HF_TOKEN", "ai.meta.com/resources/models-and-libraries/dinov3-downloads", "--weights"):
+    for part in (
+        "torch hub cache",
+        "dinov3_vitl16_pretrain_sat493m-*.pth",
+        "Hugging Face hub facebook/dinov3-vitl16-pretrain-sat493m",
+        "https://huggingface.co/facebook/dinov3-vitl16-pretrain-sat493m",
+        "HF_TOKEN",
+        "ai.meta.com/resources/models-and-libraries/dinov3-downloads",
+        "--weights",
+    ):
         assert part in message
     assert "\n" not in message and "dl.fbaipublicfiles.com" not in message
 
@@ -573,15 +605,57 @@ def test_cli_extract_end_to_end(tmp_path, photo, vits16_checkpoint):
 
     image = save_png(tmp_path / "a.png", photo)
     out = tmp_path / "f.npz"
-    assert main(["extract", str(image), "-o", str(out), "--model", "dinov3_vits16", "--weights",
-                 str(vits16_checkpoint), "--resolution", "64", "--device", "cpu", "--precision", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(image),
+                "-o",
+                str(out),
+                "--model",
+                "dinov3_vits16",
+                "--weights",
+                str(vits16_checkpoint),
+                "--resolution",
+                "64",
+                "--device",
+                "cpu",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     with np.load(out) as f:
         assert f["features_0"].shape == (4, 6, 384)
         assert str(f["model"]) == "dinov3_vits16" and f["processed_size_0"].tolist() == [96, 64]
     dense = tmp_path / "f.safetensors"
-    assert main(["extract", str(image), "-o", str(dense), "--model", "dinov3_vits16", "--weights",
-                 str(vits16_checkpoint), "--resolution", "64", "--stride", "8", "--layer", "3", "-1",
-                 "--facet", "value", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(image),
+                "-o",
+                str(dense),
+                "--model",
+                "dinov3_vits16",
+                "--weights",
+                str(vits16_checkpoint),
+                "--resolution",
+                "64",
+                "--stride",
+                "8",
+                "--layer",
+                "3",
+                "-1",
+                "--facet",
+                "value",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     with safe_open(str(dense), "np") as f:
         assert f.get_tensor("features_0").shape == (7, 11, 768)
         assert f.metadata()["patch_size"] == "16" and f.metadata()["stride"] == "8"

@@ -3,10 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import random_vit
 from dinofeat.errors import InputError
 from dinofeat.extractor import Extractor
-
-from conftest import random_vit
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import random_vit
 from dinofeat.extractor import Extractor
 from dinofeat.features import FeatureMap
 from dinofeat.images import processed_size, resize
-
-from conftest import random_vit
 
 SIZES = [(42, 28), (451, 300), (300, 451), (640, 480), (100, 1000), (97, 61)]
 
@@ -49,9 +48,9 @@ def test_patch_centres_land_on_the_resized_pixels(size_wh):
     up, after resizing, at that patch's centre in the model's pixels."""
     fmap = _fmap(size_wh, resolution=224)
     pw, ph = fmap.processed_size_wh
-    for (i, j) in [(0, 0), (3, 5), (fmap.grid_hw[0] - 1, fmap.grid_hw[1] - 1)]:
+    for i, j in [(0, 0), (3, 5), (fmap.grid_hw[0] - 1, fmap.grid_hw[1] - 1)]:
         x, y = fmap.patch_centers()[i, j].tolist()
-        yy, xx = np.mgrid[0:size_wh[1], 0:size_wh[0]]
+        yy, xx = np.mgrid[0 : size_wh[1], 0 : size_wh[0]]
         blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * (0.08 * min(size_wh)) ** 2))
         image = np.repeat((blob * 255).round().astype(np.uint8)[..., None], 3, axis=2)
         small = resize(image, (pw, ph))[..., 0].astype(np.float64)

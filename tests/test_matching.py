@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_vit
 
+from conftest import random_vit
 from dinofeat.drawing import draw_heatmap, draw_matches, match_canvas_layout
 from dinofeat.errors import InputError
 from dinofeat.extractor import Extractor
@@ -38,8 +38,12 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def _extractor(resolution: int) -> Extractor:
     # depth 2 keeps it fast; small LayerScale makes features depend mostly on each patch's own
     # pixels (the positional embedding is a small perturbation), as for the whole-patch shifts
-    return Extractor(random_vit("dinov2_vits14", depth=2, seed=0, layerscale=1e-5), device="cpu",
-                     precision="fp32", resolution=resolution)
+    return Extractor(
+        random_vit("dinov2_vits14", depth=2, seed=0, layerscale=1e-5),
+        device="cpu",
+        precision="fp32",
+        resolution=resolution,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +103,16 @@ def test_search_is_exact_against_feature_map_sample(stride, grid_hw):
     best processed pixel (grids down to 1 x 1, overlapping strides)."""
     torch.manual_seed(0)
     h, w = grid_hw
-    fmap = FeatureMap(torch.randn(h, w, 16), image_size_wh=(150, 100),
-                      processed_size_wh=(14 + (w - 1) * stride, 14 + (h - 1) * stride), stride=stride)
+    fmap = FeatureMap(
+        torch.randn(h, w, 16),
+        image_size_wh=(150, 100),
+        processed_size_wh=(14 + (w - 1) * stride, 14 + (h - 1) * stride),
+        stride=stride,
+    )
     q = F.normalize(torch.randn(12, 16), dim=-1)
-    grid, cos = _brute_force_cosines(fmap, q)
+    _grid, cos = _brute_force_cosines(fmap, q)
     refiner, sim = Refiner(fmap), similarity(q, fmap)
-    xy, score, _ = refiner.search(sim, *refiner.cell_scores(sim), per_round=2, max_cells=10_000)
+    _xy, score, _ = refiner.search(sim, *refiner.cell_scores(sim), per_round=2, max_cells=10_000)
     torch.testing.assert_close(score, cos.max(dim=1).values.float(), atol=1e-5, rtol=0)
     found = locate(q, fmap)
     reference = (fmap.normalized().sample(found.points_xy, normalize=True) * q).sum(-1)
@@ -159,18 +167,21 @@ def test_identity_is_exact_at_several_resolutions(gravel, resolution):
     assert m.mutual[inner].all()
 
 
-@pytest.mark.parametrize("resolution,size_wh,shift_xy", [
-    (112, (308, 224), (56, -28)),  # model sees half size: 28 px = one patch
-    (168, (168, 252), (14, 28)),
-    (336, (224, 168), (-7, 14)),  # model sees double size: 7 px = one patch
-])
+@pytest.mark.parametrize(
+    "resolution,size_wh,shift_xy",
+    [
+        (112, (308, 224), (56, -28)),  # model sees half size: 28 px = one patch
+        (168, (168, 252), (14, 28)),
+        (336, (224, 168), (-7, 14)),  # model sees double size: 7 px = one patch
+    ],
+)
 def test_whole_patch_shifts_are_exact(gravel, resolution, size_wh, shift_xy):
     """B is A moved by whole patches (of the processed image): every grid query whose answer lies
     between B's outer patch centres is found within 1 px, never worse than the naive answer."""
     (w, h), (dx, dy) = size_wh, shift_xy
     x0 = y0 = 100
-    a = gravel[y0:y0 + h, x0:x0 + w]
-    b = gravel[y0 - dy:y0 - dy + h, x0 - dx:x0 - dx + w]
+    a = gravel[y0 : y0 + h, x0 : x0 + w]
+    b = gravel[y0 - dy : y0 - dy + h, x0 - dx : x0 - dx + w]
     fa, fb = _extractor(resolution).extract_arrays([a, b])
     m = match_features(fa, fb, grid=12)
     truth = m.source_xy + torch.tensor([float(dx), float(dy)])
@@ -275,8 +286,13 @@ def test_auto_points_are_distinctive_spread_and_ranked(gravel):
 def test_grid_points_and_point_checks():
     pts = grid_points((280, 210), 3)
     assert pts.shape == (9, 2) and pts[0].tolist() == pytest.approx([46.1667, 34.5], abs=1e-3)
-    for bad, words in (([[300.0, 10.0]], "outside"), ([[float("nan"), 1.0]], "finite"),
-                       ([[1.0, 2.0, 3.0]], "pairs"), ([], "no query"), ([["a", "b"]], "number")):
+    for bad, words in (
+        ([[300.0, 10.0]], "outside"),
+        ([[float("nan"), 1.0]], "finite"),
+        ([[1.0, 2.0, 3.0]], "pairs"),
+        ([], "no query"),
+        ([["a", "b"]], "number"),
+    ):
         with pytest.raises(InputError, match=words):
             check_points(bad, (280, 210))
     fmap = FeatureMap(torch.randn(2, 2, 4), image_size_wh=(28, 28), processed_size_wh=(28, 28))
@@ -332,7 +348,7 @@ def test_draw_matches_size_and_purity(size_a, size_b):
     src = rng.random((25, 2)) * np.array(size_a)
     dst = rng.random((25, 2)) * np.array(size_b)
     m = SimpleNamespace(source_xy=src, target_xy=dst, scores=rng.random(25))
-    height, gap, scale_a, scale_b, offset_b = match_canvas_layout(size_a, size_b)
+    height, _gap, _scale_a, scale_b, offset_b = match_canvas_layout(size_a, size_b)
     for color_by in ("index", "score"):
         picture = draw_matches(a, b, m, color_by=color_by)
         assert picture.shape == (height, offset_b + round(size_b[0] * scale_b), 3) and picture.dtype == np.uint8

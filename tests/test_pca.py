@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import random_vit
 
+from conftest import random_vit
+from dinofeat.colorize import colorize_video, fit_video
 from dinofeat.drawing import draw_pca_grid, draw_pca_overlay, draw_pca_side_by_side
 from dinofeat.errors import InputError
 from dinofeat.extractor import Extractor
-from dinofeat.features import FeatureMap
-from dinofeat.colorize import colorize_video, fit_video
 from dinofeat.pca import (
     MIN_FOREGROUND_PATCHES,
     FeaturePCA,
@@ -30,8 +29,12 @@ def _extractor(layerscale: float = 0.1) -> Extractor:
     # Random weights with small LayerScale: each block adds only a little to the residual stream,
     # so the output tokens stay close to the patch embedding of their own pixels -- content-
     # dominated features, like a trained model's for this purpose (depth 2 keeps it fast).
-    return Extractor(random_vit("dinov2_vits14", depth=2, seed=0, layerscale=layerscale), device="cpu",
-                     precision="fp32", resolution=H)
+    return Extractor(
+        random_vit("dinov2_vits14", depth=2, seed=0, layerscale=layerscale),
+        device="cpu",
+        precision="fp32",
+        resolution=H,
+    )
 
 
 def _disc_images() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,7 +166,7 @@ def test_empty_foreground_falls_back_to_all_patches(scene, caplog):
 
 # -- joint fits, determinism, files ----------------------------------------------------------------
 def test_joint_pca_same_image_twice_gets_identical_colours(scene):
-    _, textured, plain, extractor, (textured_map, plain_map) = scene
+    _, textured, _plain, extractor, (textured_map, plain_map) = scene
     again = extractor.extract(textured)  # a separate extraction of the same pixels
     pca = FeaturePCA.fit([textured_map, plain_map, again])
     first, second = pca.colorize(textured_map), pca.colorize(again)
@@ -187,7 +190,9 @@ def test_same_output_on_every_run(scene):
 def test_save_load_reproduces_colours_exactly(scene, tmp_path):
     _, _, _, _, (textured_map, plain_map) = scene
     for foreground in ("otsu", None):
-        pca = FeaturePCA.fit([textured_map], n_components=5, foreground=foreground, metadata={"model": "m", "layers": "-1"})
+        pca = FeaturePCA.fit(
+            [textured_map], n_components=5, foreground=foreground, metadata={"model": "m", "layers": "-1"}
+        )
         path = tmp_path / f"pca_{foreground}.npz"
         pca.save(path)
         loaded = FeaturePCA.load(path)
@@ -198,8 +203,9 @@ def test_save_load_reproduces_colours_exactly(scene, tmp_path):
                 a, b = pca.colorize(fmap, nearest=nearest), loaded.colorize(fmap, nearest=nearest)
                 np.testing.assert_array_equal(a.rgb, b.rgb)
                 np.testing.assert_array_equal(a.mask, b.mask)
-        torch.testing.assert_close(loaded.transform(textured_map.features), pca.transform(textured_map.features),
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded.transform(textured_map.features), pca.transform(textured_map.features), rtol=0, atol=0
+        )
 
 
 def test_load_rejects_unreadable_files(tmp_path):

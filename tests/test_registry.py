@@ -1,11 +1,10 @@
 import pytest
 import torch
 
+from conftest import random_vit
 from dinofeat.errors import UnknownModelError
 from dinofeat.registry import MODELS, get_spec
 from dinofeat.vit import count_parameters
-
-from conftest import random_vit
 
 PUBLISHED_MILLIONS = {"s": 21, "b": 86, "l": 300, "g": 1100}
 DINOV2 = sorted(name for name, spec in MODELS.items() if spec.family == "dinov2")

@@ -23,10 +23,14 @@ _ZOOM = np.array([[1.15, 0.0, -20.0], [0.0, 1.1, -10.0], [0.0, 0.0, 1.0]])
 _ROTATE = np.array([[0.97, -0.17, 30.0], [0.17, 0.97, -5.0], [0.0, 0.0, 1.0]])
 PAIRS = [
     ("cat", "chelsea", _TILT, [[60, 80], [250, 90], [300, 200], [350, 150]], (40, 30, 420, 280)),
-    ("cat", "chelsea", _ZOOM, [[100, 60], [180, 240], [220, 100], [300, 120], [330, 60], [400, 200]],
-     (40, 30, 420, 280)),
-    ("person", "astronaut", _ROTATE, [[230, 90], [260, 150], [300, 120], [320, 250], [250, 300]],
-     (140, 20, 380, 500)),
+    (
+        "cat",
+        "chelsea",
+        _ZOOM,
+        [[100, 60], [180, 240], [220, 100], [300, 120], [330, 60], [400, 200]],
+        (40, 30, 420, 280),
+    ),
+    ("person", "astronaut", _ROTATE, [[230, 90], [260, 150], [300, 120], [320, 250], [250, 300]], (140, 20, 380, 500)),
 ]
 
 
@@ -54,14 +58,25 @@ def make_spair(root: Path, split: str = "test") -> Path:
         Image.fromarray(image).save(folder / f"{src}.jpg", quality=95)
         Image.fromarray(warped).save(folder / f"{trg}.jpg", quality=95)
         annotation = {
-            "pair_id": index, "filename": f"{index:06d}-{src}-{trg}:{category}.json",
-            "src_imname": f"{src}.jpg", "trg_imname": f"{trg}.jpg",
-            "src_imsize": [image.shape[1], image.shape[0], 3], "trg_imsize": [image.shape[1], image.shape[0], 3],
-            "src_bndbox": list(box), "trg_bndbox": box_of(homography, box),
-            "category": category, "src_pose": 0, "trg_pose": 0,
-            "src_kps": kps, "trg_kps": warp_points(homography, kps).tolist(),
-            "kps_ids": [str(i) for i in range(len(kps))], "mirror": 0, "viewpoint_variation": 1,
-            "scale_variation": 0, "truncation": 0, "occlusion": 0,
+            "pair_id": index,
+            "filename": f"{index:06d}-{src}-{trg}:{category}.json",
+            "src_imname": f"{src}.jpg",
+            "trg_imname": f"{trg}.jpg",
+            "src_imsize": [image.shape[1], image.shape[0], 3],
+            "trg_imsize": [image.shape[1], image.shape[0], 3],
+            "src_bndbox": list(box),
+            "trg_bndbox": box_of(homography, box),
+            "category": category,
+            "src_pose": 0,
+            "trg_pose": 0,
+            "src_kps": kps,
+            "trg_kps": warp_points(homography, kps).tolist(),
+            "kps_ids": [str(i) for i in range(len(kps))],
+            "mirror": 0,
+            "viewpoint_variation": 1,
+            "scale_variation": 0,
+            "truncation": 0,
+            "occlusion": 0,
         }
         pairs = root / "PairAnnotation" / split
         pairs.mkdir(parents=True, exist_ok=True)
@@ -88,8 +103,11 @@ def oracle(pairs: list[SPairPair], shift=lambda pair, points: 0.0):
 
 def test_reads_the_layout(spair_root):
     pairs = read_spair(spair_root)
-    assert [p.name for p in pairs] == ["000001-src_01-trg_01:cat", "000002-src_02-trg_02:cat",
-                                       "000003-src_03-trg_03:person"]
+    assert [p.name for p in pairs] == [
+        "000001-src_01-trg_01:cat",
+        "000002-src_02-trg_02:cat",
+        "000003-src_03-trg_03:person",
+    ]
     first = pairs[0]
     assert first.category == "cat" and first.split == "test"
     assert first.source_image == spair_root / "JPEGImages" / "cat" / "src_01.jpg"
@@ -113,20 +131,33 @@ def test_reads_the_layout(spair_root):
 def test_oracle_scores_one_and_the_report(spair_root):
     pairs = read_spair(spair_root)
     done = []
-    report = evaluate_spair(pairs, oracle(pairs), alphas=(0.1, 0.05), model="oracle",
-                            progress=lambda d, n: done.append((d, n)))
+    report = evaluate_spair(
+        pairs, oracle(pairs), alphas=(0.1, 0.05), model="oracle", progress=lambda d, n: done.append((d, n))
+    )
     assert done == [(1, 3), (2, 3), (3, 3)]
-    assert report.overall == {"pairs": 3, "points": 15, "per_point": {"PCK@0.1": 1.0, "PCK@0.05": 1.0},
-                              "per_image": {"PCK@0.1": 1.0, "PCK@0.05": 1.0}}
+    assert report.overall == {
+        "pairs": 3,
+        "points": 15,
+        "per_point": {"PCK@0.1": 1.0, "PCK@0.05": 1.0},
+        "per_image": {"PCK@0.1": 1.0, "PCK@0.05": 1.0},
+    }
     assert list(report.categories) == ["cat", "person"]
     assert report.categories["cat"]["points"] == 10
     doc = report.to_json()
     assert json.loads(json.dumps(doc, allow_nan=False)) == doc
-    assert (doc["benchmark"], doc["split"], doc["model"], doc["alphas"]) == ("spair-71k", "test", "oracle",
-                                                                            [0.1, 0.05])
+    assert (doc["benchmark"], doc["split"], doc["model"], doc["alphas"]) == ("spair-71k", "test", "oracle", [0.1, 0.05])
     entry = doc["pairs"][0]
-    assert set(entry) == {"name", "category", "src_imname", "trg_imname", "src_kps", "trg_kps", "pred_kps",
-                          "bbox_size", "pck"}
+    assert set(entry) == {
+        "name",
+        "category",
+        "src_imname",
+        "trg_imname",
+        "src_kps",
+        "trg_kps",
+        "pred_kps",
+        "bbox_size",
+        "pck",
+    }
     np.testing.assert_allclose(entry["pred_kps"], entry["trg_kps"], atol=1e-3)
     assert entry["pck"] == {"PCK@0.1": 1.0, "PCK@0.05": 1.0}
 
@@ -171,19 +202,36 @@ def test_threshold_is_inclusive_like_dift_and_uses_the_longer_box_side():
     pred = target + [[20.0, 0.0], [12.0, 16.0], [20.001, 0.0]]
     assert pck_correct(pred, target, box_size, (0.1,)).tolist() == [[True, True, False]]
     assert pck_correct([[np.nan, 0.0]], [[0.0, 0.0]], box_size).tolist() == [[False]]
-    pair = SPairPair(name="p", category="c", split="test", source_image=Path("a"), target_image=Path("b"),
-                     source_kps=np.zeros((1, 2)), target_kps=np.zeros((1, 2)),
-                     target_bbox=np.array([10.0, 20.0, 210.0, 120.0]))
+    pair = SPairPair(
+        name="p",
+        category="c",
+        split="test",
+        source_image=Path("a"),
+        target_image=Path("b"),
+        source_kps=np.zeros((1, 2)),
+        target_kps=np.zeros((1, 2)),
+        target_bbox=np.array([10.0, 20.0, 210.0, 120.0]),
+    )
     assert pair.bbox_size == 200.0
 
 
 def test_summary_per_point_pools_and_per_image_averages():
     from dinofeat.spair import SPairPairResult
 
-    pair = SPairPair(name="p", category="c", split="test", source_image=Path("a"), target_image=Path("b"),
-                     source_kps=np.zeros((1, 2)), target_kps=np.zeros((1, 2)), target_bbox=np.array([0, 0, 1, 1.0]))
-    results = [SPairPairResult(pair, np.zeros((1, 2)), np.array([[True, False]])),
-               SPairPairResult(pair, np.zeros((1, 2)), np.array([[True, True, True, True, True, True, True, True]]))]
+    pair = SPairPair(
+        name="p",
+        category="c",
+        split="test",
+        source_image=Path("a"),
+        target_image=Path("b"),
+        source_kps=np.zeros((1, 2)),
+        target_kps=np.zeros((1, 2)),
+        target_bbox=np.array([0, 0, 1, 1.0]),
+    )
+    results = [
+        SPairPairResult(pair, np.zeros((1, 2)), np.array([[True, False]])),
+        SPairPairResult(pair, np.zeros((1, 2)), np.array([[True, True, True, True, True, True, True, True]])),
+    ]
     summary = summarize(results, (0.1,))
     assert summary["per_point"]["PCK@0.1"] == pytest.approx(9 / 10)
     assert summary["per_image"]["PCK@0.1"] == pytest.approx((0.5 + 1.0) / 2)
@@ -206,17 +254,20 @@ def test_missing_folder_or_annotations_are_one_line_errors(tmp_path, spair_root)
         assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda a: "{not json", "cannot read SPair-71k annotation .*bad.json"),
-    (lambda a: json.dumps([a]), "expected a JSON object, got list"),
-    (lambda a: json.dumps({k: v for k, v in a.items() if k != "trg_bndbox"}), "no trg_bndbox"),
-    (lambda a: json.dumps(dict(a, trg_kps=a["trg_kps"][:-1])), "4 src_kps but 3 trg_kps"),
-    (lambda a: json.dumps(dict(a, src_kps=[[1, 2, 3]] * 4)), r"src_kps must be a list of \[x, y\] numbers"),
-    (lambda a: json.dumps(dict(a, src_kps=[], trg_kps=[])), "no keypoints"),
-    (lambda a: json.dumps(dict(a, trg_bndbox=[10, 10, 5, 20])), "trg_bndbox must be"),
-    (lambda a: json.dumps(dict(a, trg_imname="gone.jpg")), "SPair-71k image not found: .*gone.jpg"),
-    (lambda a: json.dumps(dict(a, src_imname="../../x.jpg")), "src_imname must be a plain file"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda a: "{not json", "cannot read SPair-71k annotation .*bad.json"),
+        (lambda a: json.dumps([a]), "expected a JSON object, got list"),
+        (lambda a: json.dumps({k: v for k, v in a.items() if k != "trg_bndbox"}), "no trg_bndbox"),
+        (lambda a: json.dumps(dict(a, trg_kps=a["trg_kps"][:-1])), "4 src_kps but 3 trg_kps"),
+        (lambda a: json.dumps(dict(a, src_kps=[[1, 2, 3]] * 4)), r"src_kps must be a list of \[x, y\] numbers"),
+        (lambda a: json.dumps(dict(a, src_kps=[], trg_kps=[])), "no keypoints"),
+        (lambda a: json.dumps(dict(a, trg_bndbox=[10, 10, 5, 20])), "trg_bndbox must be"),
+        (lambda a: json.dumps(dict(a, trg_imname="gone.jpg")), "SPair-71k image not found: .*gone.jpg"),
+        (lambda a: json.dumps(dict(a, src_imname="../../x.jpg")), "src_imname must be a plain file"),
+    ],
+)
 def test_bad_annotations_are_one_line_errors_naming_the_file(tmp_path, spair_root, edit, message):
     root = tmp_path / "SPair"
     (root / "PairAnnotation" / "test").mkdir(parents=True)

@@ -48,8 +48,15 @@ class PanVideo:
     photo pixel ``origin + t * step``, so a scene point ``P`` sits at ``P - origin - t * step``.
     """
 
-    def __init__(self, photo: np.ndarray, frames: int = 10, size_wh=(128, 96), origin=(150, 130), step=(3, 2),
-                 occluder=(40, 30, 70, 60)):
+    def __init__(
+        self,
+        photo: np.ndarray,
+        frames: int = 10,
+        size_wh=(128, 96),
+        origin=(150, 130),
+        step=(3, 2),
+        occluder=(40, 30, 70, 60),
+    ):
         self.photo, self.num_frames, self.size_wh = photo, frames, size_wh
         self.origin, self.step, self.occluder = np.array(origin, float), np.array(step, float), occluder
         w, h = size_wh
@@ -81,7 +88,7 @@ class PanVideo:
         out = []
         for t in range(self.num_frames):
             ox, oy = self.offset(t).astype(int)
-            frame = self.photo[oy:oy + h, ox:ox + w].copy()
+            frame = self.photo[oy : oy + h, ox : ox + w].copy()
             x0, y0, x1, y1 = self.occluder
             frame[y0:y1, x0:x1] = 128
             out.append(frame)
@@ -90,8 +97,11 @@ class PanVideo:
     def record(self) -> dict:
         """The official record: uint8 frames, points normalised (x = u * W in the raster), occluded."""
         xy = self.positions()
-        return {"video": self.frames(), "points": ((xy + 0.5) / self.size_wh).astype(np.float32),
-                "occluded": ~self.visible(xy)}
+        return {
+            "video": self.frames(),
+            "points": ((xy + 0.5) / self.size_wh).astype(np.float32),
+            "occluded": ~self.visible(xy),
+        }
 
     def oracle(self, offset_xy=(0.0, 0.0), calls: list | None = None):
         """A track_fn that knows the camera path: exact positions (plus ``offset_xy`` raster pixels)
@@ -125,7 +135,7 @@ def pan(astronaut) -> PanVideo:
     return PanVideo(astronaut)
 
 
-@pytest.fixture()
+@pytest.fixture
 def davis_pickle(tmp_path, pan) -> Path:
     second = PanVideo(pan.photo, frames=8, origin=(60, 200), step=(-2, 1), occluder=(10, 50, 60, 90))
     path = tmp_path / "tapvid_davis.pkl"
@@ -142,9 +152,11 @@ def write_pickle(path: Path, data, protocol=pickle.HIGHEST_PROTOCOL) -> Path:
 
 def small_record(frames=4, tracks=3, size_hw=(6, 8), seed=0) -> dict:
     rng = np.random.default_rng(seed)
-    return {"video": rng.integers(0, 256, (frames, *size_hw, 3), dtype=np.uint8),
-            "points": rng.random((tracks, frames, 2)).astype(np.float32),
-            "occluded": rng.random((tracks, frames)) < 0.3}
+    return {
+        "video": rng.integers(0, 256, (frames, *size_hw, 3), dtype=np.uint8),
+        "points": rng.random((tracks, frames, 2)).astype(np.float32),
+        "occluded": rng.random((tracks, frames)) < 0.3,
+    }
 
 
 # -- coordinates --------------------------------------------------------------------------------
@@ -161,7 +173,8 @@ def test_raster_and_pixel_coordinates_known_values_and_round_trip():
     # raster scaling (the reference's convert_grid_coordinates) is dinofeat's half-pixel resize rule
     x = 37.25
     assert raster_to_pixels(pixels_to_raster([[x, 0]]) * [256 / 854, 1])[0, 0] == pytest.approx(
-        (x + 0.5) * 256 / 854 - 0.5)
+        (x + 0.5) * 256 / 854 - 0.5
+    )
 
 
 # -- readers ------------------------------------------------------------------------------------
@@ -230,8 +243,11 @@ def test_malicious_pickle_is_refused_without_running_anything(tmp_path):
     assert not marker.exists()
     assert "\n" not in str(info.value)
     # builtins that run code are refused too, and so is any class outside numpy's reconstruction
-    for payload in (b"cbuiltins\neval\n(V1+1\ntR.", b"cbuiltins\ngetattr\n(cbuiltins\nobject\nV__subclasses__\ntR.",
-                    pickle.dumps(Path("x"))):
+    for payload in (
+        b"cbuiltins\neval\n(V1+1\ntR.",
+        b"cbuiltins\ngetattr\n(cbuiltins\nobject\nV__subclasses__\ntR.",
+        pickle.dumps(Path("x")),
+    ):
         with pytest.raises(InputError, match="refusing to load"):
             load_array_pickle(_raw(tmp_path, payload))
 
@@ -261,19 +277,24 @@ def test_protocol_two_bytes_only_decode_as_latin1(tmp_path):
         load_array_pickle(_raw(tmp_path, payload))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda r: r.update(points=r["points"][:, :, :1]), r"'points' must be a float \(N, T, 2\) array"),
-    (lambda r: r.update(points=r["points"][:, :3]), r"'points' must be a float \(N, T, 2\) array"),
-    (lambda r: r.update(occluded=r["occluded"].astype(np.uint8)), r"'occluded' must be a bool \(N, T\) array"),
-    (lambda r: r.update(video=r["video"][:3]), r"3 frames but tracks of 4 frames"),
-    (lambda r: r.update(video=r["video"].astype(np.float32)), r"'video' must be \(T, H, W, 3\) uint8 frames"),
-    (lambda r: r.update(video=r["video"][..., 0]), r"'video' must be \(T, H, W, 3\) uint8 frames"),
-    (lambda r: r.update(video=np.array(b"\xff\xd8")), r"or a list of JPEG-encoded frames, got \|S2 array"),
-    (lambda r: r.update(video=[b"\xff\xd8", 3]), r"or a list of JPEG-encoded frames, got list"),
-    (lambda r: r.pop("occluded"), r"has no 'occluded'"),
-    (lambda r: r["points"].__setitem__((0, 0), np.nan) or r["occluded"].__setitem__((0, 0), False),
-     "non-finite coordinates where the point is visible"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.update(points=r["points"][:, :, :1]), r"'points' must be a float \(N, T, 2\) array"),
+        (lambda r: r.update(points=r["points"][:, :3]), r"'points' must be a float \(N, T, 2\) array"),
+        (lambda r: r.update(occluded=r["occluded"].astype(np.uint8)), r"'occluded' must be a bool \(N, T\) array"),
+        (lambda r: r.update(video=r["video"][:3]), r"3 frames but tracks of 4 frames"),
+        (lambda r: r.update(video=r["video"].astype(np.float32)), r"'video' must be \(T, H, W, 3\) uint8 frames"),
+        (lambda r: r.update(video=r["video"][..., 0]), r"'video' must be \(T, H, W, 3\) uint8 frames"),
+        (lambda r: r.update(video=np.array(b"\xff\xd8")), r"or a list of JPEG-encoded frames, got \|S2 array"),
+        (lambda r: r.update(video=[b"\xff\xd8", 3]), r"or a list of JPEG-encoded frames, got list"),
+        (lambda r: r.pop("occluded"), r"has no 'occluded'"),
+        (
+            lambda r: r["points"].__setitem__((0, 0), np.nan) or r["occluded"].__setitem__((0, 0), False),
+            "non-finite coordinates where the point is visible",
+        ),
+    ],
+)
 def test_wrong_structure_is_a_one_line_error_naming_file_and_video(tmp_path, change, message):
     record = small_record()
     change(record)
@@ -356,9 +377,7 @@ def reference_strided(occluded, points, stride):
 
 
 def test_query_first_uses_first_visible_frame_and_drops_never_visible_tracks():
-    occluded = np.array([[False, False, True, False],
-                         [True, True, False, False],
-                         [True, True, True, True]])
+    occluded = np.array([[False, False, True, False], [True, True, False, False], [True, True, True, True]])
     points = np.arange(24.0).reshape(3, 4, 2)
     queries = sample_queries_first(occluded, points)
     assert queries.query_points.tolist() == [[0, 1, 0], [2, 13, 12]]  # [t, y, x]
@@ -369,9 +388,9 @@ def test_query_first_uses_first_visible_frame_and_drops_never_visible_tracks():
 
 def test_strided_queries_every_fifth_frame_where_visible():
     occluded = np.ones((3, 12), dtype=bool)
-    occluded[0, [0, 5, 10]] = False   # three queries
+    occluded[0, [0, 5, 10]] = False  # three queries
     occluded[1, [1, 2, 3, 4, 6]] = False  # visible, but never on a strided frame: no query
-    occluded[2, [5, 11]] = False      # one query, at frame 5
+    occluded[2, [5, 11]] = False  # one query, at frame 5
     points = np.random.default_rng(0).random((3, 12, 2))
     queries = sample_queries_strided(occluded, points)
     assert queries.query_points[:, 0].tolist() == [0, 5, 5, 10]
@@ -381,7 +400,7 @@ def test_strided_queries_every_fifth_frame_where_visible():
 
 def test_samplers_match_loop_transcriptions_on_random_tracks():
     rng = np.random.default_rng(7)
-    for trial in range(20):
+    for _trial in range(20):
         n, t = rng.integers(0, 9), rng.integers(1, 23)
         occluded = rng.random((n, t)) < rng.uniform(0.2, 0.95)
         points = rng.random((n, t, 2)) * 256
@@ -421,10 +440,10 @@ def hand_case():
     gt = np.tile([[[40.0, 50.0]]], (1, 5, 1))
     gt_occ = np.array([[False, False, False, False, True]])
     pred = gt.copy()
-    pred[0, 0] += [30.0, 0.0]   # query frame: far and predicted occluded (must not count)
-    pred[0, 1] += [0.3, -0.4]   # 0.5 px away, visible: within every threshold
-    pred[0, 2] += [2.0, 0.0]    # exactly 2 px: not within 1 or 2 (strict), within 4, 8, 16
-    pred[0, 3] += [0.0, 0.0]    # exact, but predicted occluded
+    pred[0, 0] += [30.0, 0.0]  # query frame: far and predicted occluded (must not count)
+    pred[0, 1] += [0.3, -0.4]  # 0.5 px away, visible: within every threshold
+    pred[0, 2] += [2.0, 0.0]  # exactly 2 px: not within 1 or 2 (strict), within 4, 8, 16
+    pred[0, 3] += [0.0, 0.0]  # exact, but predicted occluded
     pred_occ = np.array([[True, False, False, True, False]])  # frame 4: visible, truly occluded
     return query, gt_occ, gt, pred_occ, pred
 
@@ -476,11 +495,11 @@ def loop_metrics(query, gt_occ, gt, pred_occ, pred, protocol):
     """The reference definitions, one point at a time (an independent re-implementation)."""
     q, t = gt_occ.shape
     evaluated, agree, visible_gt = 0, 0, 0
-    within = {d: 0 for d in THRESHOLDS}
-    tp = {d: 0 for d in THRESHOLDS}
-    fp = {d: 0 for d in THRESHOLDS}
+    within = dict.fromkeys(THRESHOLDS, 0)
+    tp = dict.fromkeys(THRESHOLDS, 0)
+    fp = dict.fromkeys(THRESHOLDS, 0)
     for i in range(q):
-        qt = int(round(query[i, 0]))
+        qt = round(query[i, 0])
         for f in range(t):
             if (protocol == "first" and f <= qt) or (protocol == "strided" and f == qt):
                 continue
@@ -508,7 +527,7 @@ def loop_metrics(query, gt_occ, gt, pred_occ, pred, protocol):
 
 def test_metrics_match_an_independent_loop_implementation_on_random_data():
     rng = np.random.default_rng(3)
-    for trial in range(30):
+    for _trial in range(30):
         q, t = rng.integers(1, 8), rng.integers(2, 15)
         gt = rng.uniform(0, 256, (q, t, 2))
         pred = gt + rng.normal(0, rng.choice([1.0, 4.0, 12.0]), (q, t, 2))
@@ -525,22 +544,31 @@ def test_metrics_match_an_independent_loop_implementation_on_random_data():
 
 def test_nothing_to_count_is_nan_like_the_reference():
     # one query at the last frame in "first" mode: no evaluated frame at all
-    metrics = compute_tapvid_metrics([[2, 0, 0]], np.zeros((1, 3), bool), np.zeros((1, 3, 2)),
-                                     np.zeros((1, 3), bool), np.zeros((1, 3, 2)), "first")
+    metrics = compute_tapvid_metrics(
+        [[2, 0, 0]], np.zeros((1, 3), bool), np.zeros((1, 3, 2)), np.zeros((1, 3), bool), np.zeros((1, 3, 2)), "first"
+    )
     assert all(math.isnan(v) for v in metrics.values())
 
 
 def test_mean_is_over_videos_not_pooled_and_skips_nan():
-    per_video = [{"average_jaccard": 0.2, "occlusion_accuracy": 1.0},
-                 {"average_jaccard": 1.0, "occlusion_accuracy": math.nan}]
+    per_video = [
+        {"average_jaccard": 0.2, "occlusion_accuracy": 1.0},
+        {"average_jaccard": 1.0, "occlusion_accuracy": math.nan},
+    ]
     assert mean_metrics(per_video) == {"average_jaccard": pytest.approx(0.6), "occlusion_accuracy": 1.0}
     assert math.isnan(mean_metrics([{"average_jaccard": math.nan}])["average_jaccard"])
 
 
 def test_metric_inputs_must_agree():
     with pytest.raises(InputError, match="metric inputs disagree"):
-        compute_tapvid_metrics(np.zeros((1, 3)), np.zeros((1, 4), bool), np.zeros((1, 4, 2)),
-                               np.zeros((1, 3), bool), np.zeros((1, 4, 2)), "first")
+        compute_tapvid_metrics(
+            np.zeros((1, 3)),
+            np.zeros((1, 4), bool),
+            np.zeros((1, 4, 2)),
+            np.zeros((1, 3), bool),
+            np.zeros((1, 4, 2)),
+            "first",
+        )
 
 
 # -- the driver, end to end on a generated pickle ----------------------------------------------
@@ -559,8 +587,11 @@ def test_oracle_scores_perfectly_and_sees_dinofeat_pixels_of_the_256_frames(davi
         results = []
         for video in videos:
             current["name"] = video.name
-            results.append(evaluate_tapvid([video], track_fn, protocol=protocol, model="oracle",
-                                           progress=lambda d, n: done.append((d, n))))
+            results.append(
+                evaluate_tapvid(
+                    [video], track_fn, protocol=protocol, model="oracle", progress=lambda d, n: done.append((d, n))
+                )
+            )
         for report in results:
             assert report.mean["average_jaccard"] == 1.0
             assert report.mean["average_pts_within_thresh"] == 1.0
@@ -594,7 +625,11 @@ def test_known_offset_gives_known_metrics_and_json(davis_pickle, pan):
     text = json.dumps(doc, allow_nan=False)
     assert json.loads(text) == doc
     assert (doc["protocol"], doc["resolution"], doc["metrics_resolution"], doc["model"]) == (
-        "strided", [256, 256], [256, 256], "shift-3")
+        "strided",
+        [256, 256],
+        [256, 256],
+        "shift-3",
+    )
     entry = doc["videos"][0]
     assert set(entry) == {"name", "raster_hw", "query_points", "pred_tracks", "pred_occluded", "metrics"}
     assert entry["name"] == "pan-right" and entry["raster_hw"] == [256, 256]
@@ -617,8 +652,9 @@ def test_full_resolution_and_rescaled_metrics(davis_pickle, pan):
     shifted = evaluate_tapvid([video], pan.oracle(offset_xy=(3.0, 0.0)), resolution=None)
     assert [shifted.mean[f"pts_within_{d}"] for d in THRESHOLDS] == [0, 0, 1, 1, 1]
     # ...and 6 px once rescaled to 256 x 256 (x scale 2): within 8 and 16 only
-    rescaled = evaluate_tapvid([video], pan.oracle(offset_xy=(3.0, 0.0)), resolution=None,
-                               metrics_resolution=(256, 256))
+    rescaled = evaluate_tapvid(
+        [video], pan.oracle(offset_xy=(3.0, 0.0)), resolution=None, metrics_resolution=(256, 256)
+    )
     assert [rescaled.mean[f"pts_within_{d}"] for d in THRESHOLDS] == [0, 0, 0, 1, 1]
     assert rescaled.mean["average_jaccard"] == pytest.approx(0.4)
     doc = rescaled.to_json()
@@ -638,8 +674,14 @@ def test_mean_over_videos_and_max_videos_and_table(davis_pickle, pan):
     assert report.mean["average_jaccard"] == pytest.approx(np.mean(per_video))
     assert per_video[0] != per_video[1]
     for result in report.videos:  # the driver's numbers are the reference's on its own arrays
-        want = loop_metrics(result.query_points, result.occluded, result.target_points, result.pred_occluded,
-                            result.pred_tracks, "strided")
+        want = loop_metrics(
+            result.query_points,
+            result.occluded,
+            result.target_points,
+            result.pred_occluded,
+            result.pred_tracks,
+            "strided",
+        )
         assert result.metrics == pytest.approx(want)
     table = report.format_table()
     lines = table.splitlines()
@@ -669,11 +711,14 @@ def test_video_without_queries_is_not_tracked_and_has_null_metrics(tmp_path):
     assert doc["mean"] == report.videos[1].to_json()["metrics"]
 
 
-@pytest.mark.parametrize("answer, message", [
-    (lambda n, t: np.zeros((n, t, 2)), "must return \\(tracks_xy, visible\\)"),
-    (lambda n, t: (np.zeros((t, n, 2)), np.ones((n, t), bool)), "expected float"),
-    (lambda n, t: (np.zeros((n, t, 2)), np.ones((n, t))), "returned visible float64 array.*expected bool"),
-])
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (lambda n, t: np.zeros((n, t, 2)), "must return \\(tracks_xy, visible\\)"),
+        (lambda n, t: (np.zeros((t, n, 2)), np.ones((n, t), bool)), "expected float"),
+        (lambda n, t: (np.zeros((n, t, 2)), np.ones((n, t))), "returned visible float64 array.*expected bool"),
+    ],
+)
 def test_bad_track_fn_answers_are_one_line_errors(tmp_path, answer, message):
     video = read_tapvid(write_pickle(tmp_path / "v.pkl", [small_record(frames=5)]))[0]
     video.occluded[:, 0] = False
@@ -688,10 +733,12 @@ def test_bad_driver_arguments(tmp_path):
     def track_fn(frames, queries):
         raise AssertionError("not called")
 
-    for kwargs, message in (({"protocol": "all"}, "unknown TAP-Vid protocol"),
-                            ({"resolution": (256,)}, "resolution must be \\(height, width\\)"),
-                            ({"metrics_resolution": (0, 5)}, "metrics_resolution must be"),
-                            ({"max_videos": 0}, "max_videos must be a positive")):
+    for kwargs, message in (
+        ({"protocol": "all"}, "unknown TAP-Vid protocol"),
+        ({"resolution": (256,)}, "resolution must be \\(height, width\\)"),
+        ({"metrics_resolution": (0, 5)}, "metrics_resolution must be"),
+        ({"max_videos": 0}, "max_videos must be a positive"),
+    ):
         with pytest.raises(InputError, match=message):
             evaluate_tapvid(videos, track_fn, **kwargs)
     with pytest.raises(InputError, match="no TAP-Vid videos to evaluate"):
@@ -713,19 +760,22 @@ def test_parse_sweep_ranges_lists_and_values():
     assert parse_sweeps(["a=1:2:1", "b=0.5"]) == {"a": [1, 2], "b": [0.5]}
 
 
-@pytest.mark.parametrize("text, message", [
-    ("min_score", "expected name=start:stop:step"),
-    ("=0.3:0.8:0.05", "expected name=start:stop:step"),
-    ("2x=1:2:1", "expected name=start:stop:step"),
-    ("x=", "expected name=start:stop:step"),
-    ("x=0.3:0.8", "a range is start:stop:step"),
-    ("x=a:b:c", "'a' is not a number"),
-    ("x=0:nan:1", "'nan' is not a finite number"),
-    ("x=0.8:0.3:0.05", r"stop \(0.3\) is below start \(0.8\)"),
-    ("x=0:1:0", "the step must be positive"),
-    ("x=0:1:-0.1", "the step must be positive"),
-    ("x=0:1000:0.01", "100001 values, more than 1000"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("min_score", "expected name=start:stop:step"),
+        ("=0.3:0.8:0.05", "expected name=start:stop:step"),
+        ("2x=1:2:1", "expected name=start:stop:step"),
+        ("x=", "expected name=start:stop:step"),
+        ("x=0.3:0.8", "a range is start:stop:step"),
+        ("x=a:b:c", "'a' is not a number"),
+        ("x=0:nan:1", "'nan' is not a finite number"),
+        ("x=0.8:0.3:0.05", r"stop \(0.3\) is below start \(0.8\)"),
+        ("x=0:1:0", "the step must be positive"),
+        ("x=0:1:-0.1", "the step must be positive"),
+        ("x=0:1000:0.01", "100001 values, more than 1000"),
+    ],
+)
 def test_parse_sweep_errors_are_one_line(text, message):
     with pytest.raises(InputError, match=message) as info:
         parse_sweep(text)
@@ -754,8 +804,12 @@ def test_run_sweep_reports_aj_per_setting(davis_pickle, pan):
     assert lines[2].split() == ["0", "100.0", "100.0", "100.0", "*"] and lines[3].split()[:2] == ["3", "60.0"]
     seen.clear()
     product = run_sweep({"shift": [1, 3], "scale": [1, 2]}, evaluate)
-    assert seen == [{"shift": 1, "scale": 1}, {"shift": 1, "scale": 2}, {"shift": 3, "scale": 1},
-                    {"shift": 3, "scale": 2}]
+    assert seen == [
+        {"shift": 1, "scale": 1},
+        {"shift": 1, "scale": 2},
+        {"shift": 3, "scale": 1},
+        {"shift": 3, "scale": 2},
+    ]
     assert product.best().settings == {"shift": 1, "scale": 1}
     with pytest.raises(InputError, match="at least one value"):
         run_sweep({"shift": []}, evaluate)

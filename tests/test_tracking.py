@@ -31,8 +31,7 @@ from dinofeat.features import FeatureMap
 from dinofeat.options import FrameOptions
 from dinofeat.points import grid_points
 from dinofeat.registry import get_spec
-from dinofeat.tracking import (PointTracker, Tracks, check_queries, processed_frame_indices, track_frames,
-                               track_video)
+from dinofeat.tracking import PointTracker, Tracks, check_queries, processed_frame_indices, track_frames, track_video
 from dinofeat.video import VideoWriter
 from dinofeat.vit import DinoVisionTransformer
 
@@ -88,11 +87,22 @@ class SmoothDescriptor:
         h, w = image.shape[:2]
         blurred = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 8.0)
         centre = (self.patch_size - 1) / 2
-        gx, gy = np.meshgrid(centre + self.stride * np.arange((w - self.patch_size) // self.stride + 1),
-                             centre + self.stride * np.arange((h - self.patch_size) // self.stride + 1))
+        gx, gy = np.meshgrid(
+            centre + self.stride * np.arange((w - self.patch_size) // self.stride + 1),
+            centre + self.stride * np.arange((h - self.patch_size) // self.stride + 1),
+        )
         offsets = (np.arange(5) - 2) * 8.0
-        samples = [cv2.remap(blurred, (gx + dx).astype(np.float32), (gy + dy).astype(np.float32),
-                             cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for dy in offsets for dx in offsets]
+        samples = [
+            cv2.remap(
+                blurred,
+                (gx + dx).astype(np.float32),
+                (gy + dy).astype(np.float32),
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REFLECT,
+            )
+            for dy in offsets
+            for dx in offsets
+        ]
         feats = np.concatenate(samples, axis=-1)
         feats -= feats.mean(axis=-1, keepdims=True)
         return FeatureMap(torch.from_numpy(feats), image_size_wh=(w, h), processed_size_wh=(w, h))
@@ -137,7 +147,7 @@ def test_occluder_hides_the_point_then_it_is_recovered():
     cover = cv2.resize(photo(), (64, 64))[:50, :50]  # another part of the photo
     for k in (3, 4, 5):
         x, y = np.round(where[k, 0]).astype(int)
-        frames[k][y - 25:y + 25, x - 25:x + 25] = cover
+        frames[k][y - 25 : y + 25, x - 25 : x + 25] = cover
     tracks = track(frames, at_frame(0, points), vit_extractor())
     assert tracks.visible[:, 0].tolist() == [True] * 3 + [False] * 3 + [True] * 3
     assert tracks.visible[:, 1].all()

@@ -16,7 +16,7 @@ from dinofeat.video import VideoInfo, VideoWriter, probe_video, read_frames
 def pan_frames(photo: np.ndarray, count: int, size_wh=(96, 64), step=3) -> list[np.ndarray]:
     """``count`` crops of a photo, the window moving ``step`` pixels right per frame."""
     w, h = size_wh
-    return [np.ascontiguousarray(photo[40:40 + h, 60 + i * step:60 + i * step + w]) for i in range(count)]
+    return [np.ascontiguousarray(photo[40 : 40 + h, 60 + i * step : 60 + i * step + w]) for i in range(count)]
 
 
 def write_video(path: Path, frames, fps=25.0) -> Path:
@@ -82,14 +82,18 @@ def test_rotation_metadata_is_applied(tmp_path, photo):
 
 def test_writer_removes_partial_file_on_error(tmp_path, photo):
     path = tmp_path / "partial.mp4"
-    with pytest.raises(RuntimeError):
+    frame = pan_frames(photo, 1)[0]
+
+    def write_then_fail():
         with VideoWriter(path, fps=25, size_wh=(96, 64)) as sink:
-            sink.write(pan_frames(photo, 1)[0])
+            sink.write(frame)
             raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        write_then_fail()
     assert not path.exists()
-    with pytest.raises(InputError, match="expected a"):
-        with VideoWriter(path, fps=25, size_wh=(96, 64)) as sink:
-            sink.write(np.zeros((10, 10, 3), np.uint8))
+    with pytest.raises(InputError, match="expected a"), VideoWriter(path, fps=25, size_wh=(96, 64)) as sink:
+        sink.write(np.zeros((10, 10, 3), np.uint8))
     assert not path.exists()
 
 
@@ -120,8 +124,16 @@ def test_bad_files(tmp_path, photo):
             stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
             container.start_encoding()
     save_png(tmp_path / "image.png", photo)
-    cases = {"missing.mp4": "not found", "truncated.mp4": "truncated", "moov_last.mp4": "damaged", "text.mp4": "not a video",
-             "empty.mp4": "empty", "zero.mp4": "no frames", "zero.avi": "no frames", "image.png": "image, not a video"}
+    cases = {
+        "missing.mp4": "not found",
+        "truncated.mp4": "truncated",
+        "moov_last.mp4": "damaged",
+        "text.mp4": "not a video",
+        "empty.mp4": "empty",
+        "zero.mp4": "no frames",
+        "zero.avi": "no frames",
+        "image.png": "image, not a video",
+    }
     for name, message in cases.items():
         with pytest.raises(InputError, match=message):
             probe_video(tmp_path / name)

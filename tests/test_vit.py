@@ -16,10 +16,20 @@ from conftest import random_vit  # noqa: E402
 
 def _hf_model(registers: bool, swiglu: bool = False, hidden=384, heads=6, layers=2, image_size=518, seed=0):
     torch.manual_seed(seed)
-    kwargs = dict(hidden_size=hidden, num_attention_heads=heads, num_hidden_layers=layers, image_size=image_size,
-                  patch_size=14, use_swiglu_ffn=swiglu, layerscale_value=1.0, attn_implementation="sdpa")
+    kwargs = {
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "image_size": image_size,
+        "patch_size": 14,
+        "use_swiglu_ffn": swiglu,
+        "layerscale_value": 1.0,
+        "attn_implementation": "sdpa",
+    }
     if registers:
-        model = transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(num_register_tokens=4, **kwargs))
+        model = transformers.Dinov2WithRegistersModel(
+            transformers.Dinov2WithRegistersConfig(num_register_tokens=4, **kwargs)
+        )
     else:
         model = transformers.Dinov2Model(transformers.Dinov2Config(**kwargs))
     with torch.no_grad():  # make LayerScale and norms non-trivial so every weight matters
@@ -86,8 +96,9 @@ def _official_interpolation(pos_embed, height, width, patch, offset, antialias):
         kwargs = {"scale_factor": (float(w0 + offset) / m, float(h0 + offset) / m)}
     else:
         kwargs = {"size": (w0, h0)}
-    patch_pos = F.interpolate(patch_pos.reshape(1, m, m, dim).permute(0, 3, 1, 2), mode="bicubic",
-                              antialias=antialias, **kwargs)
+    patch_pos = F.interpolate(
+        patch_pos.reshape(1, m, m, dim).permute(0, 3, 1, 2), mode="bicubic", antialias=antialias, **kwargs
+    )
     patch_pos = patch_pos.permute(0, 2, 3, 1).view(1, -1, dim)
     return torch.cat((pos_embed[:, :1].float(), patch_pos), dim=1)
 
@@ -97,8 +108,9 @@ def _official_interpolation(pos_embed, height, width, patch, offset, antialias):
 def test_nonsquare_positional_embedding_follows_official_rule(name, height, width):
     vit = random_vit(name, depth=1)
     spec = get_spec(name)
-    expected = _official_interpolation(vit.pos_embed.detach(), height, width, 14, spec.interpolate_offset,
-                                       spec.interpolate_antialias)
+    expected = _official_interpolation(
+        vit.pos_embed.detach(), height, width, 14, spec.interpolate_offset, spec.interpolate_antialias
+    )
     got = vit.interpolate_pos_encoding((height // 14, width // 14))
     assert got.shape == expected.shape
     assert torch.equal(got, expected)

@@ -7,14 +7,13 @@ import collections
 import pytest
 import torch
 
+from conftest import random_vit
 from dinofeat.errors import WeightsError
 from dinofeat.registry import get_spec
 from dinofeat.weights import load_model, read_checkpoint, to_meta_keys
 
-from conftest import random_vit
 
-
-@pytest.fixture()
+@pytest.fixture
 def vits_state(vits14_checkpoint):
     return torch.load(vits14_checkpoint, weights_only=True)
 
@@ -44,7 +43,13 @@ def test_wrapped_and_prefixed_checkpoints(tmp_path, vits_state):
 
 def _hf_model(registers=False):
     transformers = pytest.importorskip("transformers")
-    kwargs = dict(hidden_size=384, num_attention_heads=6, num_hidden_layers=12, image_size=518, patch_size=14)
+    kwargs = {
+        "hidden_size": 384,
+        "num_attention_heads": 6,
+        "num_hidden_layers": 12,
+        "image_size": 518,
+        "patch_size": 14,
+    }
     if registers:
         return transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(**kwargs))
     return transformers.Dinov2Model(transformers.Dinov2Config(**kwargs))
@@ -115,8 +120,7 @@ def test_nothing_found_explains_every_source(tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as info:
         load_model("dinov2_vits14")
     message = str(info.value)
-    for part in ("torch hub cache", "Hugging Face hub facebook/dinov2-small", "dl.fbaipublicfiles.com",
-                 "--weights"):
+    for part in ("torch hub cache", "Hugging Face hub facebook/dinov2-small", "dl.fbaipublicfiles.com", "--weights"):
         assert part in message
     assert "\n" not in message
 
@@ -134,7 +138,9 @@ def test_missing_and_unexpected_keys_are_named(tmp_path, vits_state):
     state["head.weight"] = torch.zeros(3)
     path = tmp_path / "bad.pth"
     torch.save(state, path)
-    with pytest.raises(WeightsError, match=r"missing keys \(first: blocks.5.norm2.bias\).*unexpected keys \(first: head.weight\)"):
+    with pytest.raises(
+        WeightsError, match=r"missing keys \(first: blocks.5.norm2.bias\).*unexpected keys \(first: head.weight\)"
+    ):
         load_model("dinov2_vits14", path)
 
 
@@ -150,7 +156,7 @@ def test_unreadable_files(tmp_path, vits14_checkpoint, content):
 
 def test_truncated_safetensors(tmp_path):
     path = tmp_path / "w.safetensors"
-    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    path.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":')
     with pytest.raises(WeightsError, match="safetensors"):
         read_checkpoint(path)
 

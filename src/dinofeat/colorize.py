@@ -28,8 +28,13 @@ log = logging.getLogger(__name__)
 def pca_metadata(extractor) -> dict:
     """What a fitted PCA records about the features it was fitted on (stored as strings)."""
     options = extractor.options
-    return {"model": options.model, "layers": ",".join(map(str, options.layers)), "facet": options.facet,
-            "stride": extractor.stride, "resolution": options.resolution}
+    return {
+        "model": options.model,
+        "layers": ",".join(map(str, options.layers)),
+        "facet": options.facet,
+        "stride": extractor.stride,
+        "resolution": options.resolution,
+    }
 
 
 def check_pca_fits(pca: FeaturePCA, extractor) -> None:
@@ -38,16 +43,22 @@ def check_pca_fits(pca: FeaturePCA, extractor) -> None:
     dim = extractor.spec.embed_dim * len(extractor.options.layers)
     fitted = (pca.metadata or {}).get("model", "unknown model")
     if pca.dim != dim:
-        raise InputError(f"the loaded PCA was fitted on {pca.dim}-dimensional features ({fitted}); "
-                         f"{extractor.spec.name} with {len(extractor.options.layers)} layer(s) gives {dim}")
+        raise InputError(
+            f"the loaded PCA was fitted on {pca.dim}-dimensional features ({fitted}); "
+            f"{extractor.spec.name} with {len(extractor.options.layers)} layer(s) gives {dim}"
+        )
     if fitted != extractor.spec.name:
         log.warning("the loaded PCA was fitted on %s features, these are %s", fitted, extractor.spec.name)
 
 
 def fit_options(options: PCAOptions, extractor) -> dict:
     """:meth:`FeaturePCA.fit` keywords for ``options``."""
-    return {"n_components": options.components, "foreground": options.foreground,
-            "percentiles": options.percentiles, "metadata": pca_metadata(extractor)}
+    return {
+        "n_components": options.components,
+        "foreground": options.foreground,
+        "percentiles": options.percentiles,
+        "metadata": pca_metadata(extractor),
+    }
 
 
 @dataclass(frozen=True)
@@ -76,8 +87,14 @@ class PCAResult:
         return f"foreground {share:.0%} of pixels ({fg.method} threshold {fg.threshold:.3g})"
 
 
-def pca_images(images: Sequence[np.ndarray], extractor, options: PCAOptions | None = None, *,
-               pca: FeaturePCA | None = None, nearest: bool = False) -> PCAResult:
+def pca_images(
+    images: Sequence[np.ndarray],
+    extractor,
+    options: PCAOptions | None = None,
+    *,
+    pca: FeaturePCA | None = None,
+    nearest: bool = False,
+) -> PCAResult:
     """Fit one PCA jointly on ``images`` (or colour them with a given ``pca``) and colour each.
 
     ``extractor`` is an :class:`~dinofeat.extractor.Extractor` (or the app's
@@ -109,8 +126,9 @@ def pca_panel(image: np.ndarray, colors: PCAColors, drawing: PCADrawingOptions |
     return shown if drawing.pca_only else draw_pca_side_by_side(image, shown)
 
 
-def pca_figure(result: PCAResult, drawing: PCADrawingOptions | None = None,
-               names: Sequence[str] | None = None) -> np.ndarray:
+def pca_figure(
+    result: PCAResult, drawing: PCADrawingOptions | None = None, names: Sequence[str] | None = None
+) -> np.ndarray:
     """All images' panels in one figure: the panel itself for one image, else a grid labelled
     with ``names`` (:func:`~dinofeat.drawing.draw_pca_grid`)."""
     from dinofeat.drawing import draw_pca_grid
@@ -122,10 +140,17 @@ def pca_figure(result: PCAResult, drawing: PCADrawingOptions | None = None,
     return draw_pca_grid(panels, columns=drawing.columns, labels=names)
 
 
-def write_pca_files(result: PCAResult, *, figure: str | os.PathLike | None = None,
-                    panels: Sequence[str | os.PathLike] = (), pca_path: str | os.PathLike | None = None,
-                    features_path: str | os.PathLike | None = None, components: int = 3,
-                    drawing: PCADrawingOptions | None = None, names: Sequence[str] | None = None) -> None:
+def write_pca_files(
+    result: PCAResult,
+    *,
+    figure: str | os.PathLike | None = None,
+    panels: Sequence[str | os.PathLike] = (),
+    pca_path: str | os.PathLike | None = None,
+    features_path: str | os.PathLike | None = None,
+    components: int = 3,
+    drawing: PCADrawingOptions | None = None,
+    names: Sequence[str] | None = None,
+) -> None:
     """Write the outputs of :func:`pca_images`, atomically (all of them, or none on failure).
 
     Args:
@@ -152,10 +177,14 @@ def write_pca_files(result: PCAResult, *, figure: str | os.PathLike | None = Non
             result.pca.save(pca_tmp)
         if features_tmp is not None:
             pca = result.pca
-            reduced = [replace(pca.reduce(fmap), features=pca.transform(fmap.features)[..., :components])
-                       for fmap in result.maps]
-            extra = {f"foreground_{i}": pca.foreground_mask(fmap.features).cpu().numpy()
-                     for i, fmap in enumerate(result.maps)}
+            reduced = [
+                replace(pca.reduce(fmap), features=pca.transform(fmap.features)[..., :components])
+                for fmap in result.maps
+            ]
+            extra = {
+                f"foreground_{i}": pca.foreground_mask(fmap.features).cpu().numpy()
+                for i, fmap in enumerate(result.maps)
+            }
             extra["explained_variance"] = pca.basis.explained_variance[:components].numpy()
             write_features(features_tmp, reduced, extra=extra, **(pca.metadata or {}))
 
@@ -164,8 +193,14 @@ def write_pca_files(result: PCAResult, *, figure: str | os.PathLike | None = Non
 # Videos
 
 
-def fit_video(extractor, path: str | os.PathLike, options: PCAOptions | None = None, *,
-              frames: FrameOptions | None = None, sample_frames: int | None = None) -> FeaturePCA:
+def fit_video(
+    extractor,
+    path: str | os.PathLike,
+    options: PCAOptions | None = None,
+    *,
+    frames: FrameOptions | None = None,
+    sample_frames: int | None = None,
+) -> FeaturePCA:
     """Fit one :class:`FeaturePCA` on ``options.fit_frames`` (or ``sample_frames``) frames spread
     evenly over the processed part of a video (``frames``). One PCA for the whole video keeps the
     colours stable over time."""
@@ -178,17 +213,26 @@ def fit_video(extractor, path: str | os.PathLike, options: PCAOptions | None = N
     indices = processed_frame_indices(probe_video(path).frames, frames)
     if len(indices) == 0:
         raise InputError(f"--start {frames.start} is past the end of {path}")
-    wanted = set(indices[i] for i in np.linspace(0, len(indices) - 1, min(count, len(indices))).round().astype(int))
-    sample = [frame for index, frame in read_frames(path, start=indices[0], every=indices.step,
-                                                    max_frames=len(indices)) if index in wanted]
+    wanted = {indices[i] for i in np.linspace(0, len(indices) - 1, min(count, len(indices))).round().astype(int)}
+    sample = [
+        frame
+        for index, frame in read_frames(path, start=indices[0], every=indices.step, max_frames=len(indices))
+        if index in wanted
+    ]
     if not sample:
         raise InputError(f"no frames could be read from {path}")
     return FeaturePCA.fit(extractor.extract_arrays(sample), **fit_options(options, extractor))
 
 
-def colorize_video(extractor, pca: FeaturePCA, path: str | os.PathLike, *, frames: FrameOptions | None = None,
-                   nearest: bool = False, batch_frames: int | None = None
-                   ) -> Iterator[tuple[int, np.ndarray, PCAColors]]:
+def colorize_video(
+    extractor,
+    pca: FeaturePCA,
+    path: str | os.PathLike,
+    *,
+    frames: FrameOptions | None = None,
+    nearest: bool = False,
+    batch_frames: int | None = None,
+) -> Iterator[tuple[int, np.ndarray, PCAColors]]:
     """Stream ``(frame index, frame (H, W, 3) uint8 RGB, PCAColors)`` for the processed frames of a
     video. Frames go through the model ``batch_frames`` at a time (default: the extractor's batch
     size), so memory stays constant for long videos."""
@@ -221,10 +265,18 @@ class VideoPCAResult:
     fps: float
 
 
-def pca_video_to_file(path: str | os.PathLike, output: str | os.PathLike | None, extractor,
-                      options: PCAOptions | None = None, drawing: PCADrawingOptions | None = None, *,
-                      frames: FrameOptions | None = None, pca: FeaturePCA | None = None,
-                      pca_path: str | os.PathLike | None = None, progress: Progress | None = None) -> VideoPCAResult:
+def pca_video_to_file(
+    path: str | os.PathLike,
+    output: str | os.PathLike | None,
+    extractor,
+    options: PCAOptions | None = None,
+    drawing: PCADrawingOptions | None = None,
+    *,
+    frames: FrameOptions | None = None,
+    pca: FeaturePCA | None = None,
+    pca_path: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> VideoPCAResult:
     """Colour every processed frame of a video with one PCA and write an H.264 video (and/or the PCA).
 
     The output has the input's size (twice the width side by side), the processed frame count,

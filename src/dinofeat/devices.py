@@ -10,6 +10,7 @@ import torch
 
 from dinofeat.errors import InputError
 from dinofeat.options import DEVICES, PRECISIONS
+
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

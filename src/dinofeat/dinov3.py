@@ -59,8 +59,9 @@ def rope_periods(head_dim: int, base: float = ROPE_BASE, device: torch.device | 
     return base**exponents
 
 
-def rope_coordinates(grid_hw: tuple[int, int], patch_size: int, stride: int,
-                     device: torch.device | None = None) -> torch.Tensor:
+def rope_coordinates(
+    grid_hw: tuple[int, int], patch_size: int, stride: int, device: torch.device | None = None
+) -> torch.Tensor:
     """``(h * w, 2)`` float32 ``(y, x)`` RoPE coordinates in [-1, 1] of a grid of patches, rows first.
 
     A patch's coordinate is its centre in processed pixels divided by the extent the grid covers,
@@ -129,7 +130,7 @@ class KeyMaskedLinear(nn.Linear):
     def key_mask(dim: int) -> torch.Tensor:
         """``(3 * dim,)``: 1 for the q and v biases, 0 for the k bias."""
         mask = torch.ones(3 * dim)
-        mask[dim:2 * dim] = 0
+        mask[dim : 2 * dim] = 0
         return mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,9 @@ def palette(n: int) -> np.ndarray:
     """
     golden = 0.618033988749895
     hues = (np.arange(n) * golden) % 1.0
-    return np.array([[round(c * 255) for c in colorsys.hsv_to_rgb(h, 0.85, 1.0)] for h in hues],
-                    dtype=np.uint8).reshape(n, 3)
+    return np.array(
+        [[round(c * 255) for c in colorsys.hsv_to_rgb(h, 0.85, 1.0)] for h in hues], dtype=np.uint8
+    ).reshape(n, 3)
 
 
 # -- PCA figures ---------------------------------------------------------------------------------
@@ -38,8 +39,7 @@ def _draw_dot(canvas: np.ndarray, centre_fixed, radius: int, color) -> None:
 
     centre = tuple(int(v) for v in centre_fixed)
     cv2.circle(canvas, centre, (radius + 1) << _SUBPIXEL_BITS, (0, 0, 0), -1, cv2.LINE_AA, _SUBPIXEL_BITS)
-    cv2.circle(canvas, centre, radius << _SUBPIXEL_BITS, tuple(int(c) for c in color), -1, cv2.LINE_AA,
-               _SUBPIXEL_BITS)
+    cv2.circle(canvas, centre, radius << _SUBPIXEL_BITS, tuple(int(c) for c in color), -1, cv2.LINE_AA, _SUBPIXEL_BITS)
 
 
 def draw_points(image: np.ndarray, points_xy) -> np.ndarray:
@@ -71,12 +71,12 @@ def draw_points(image: np.ndarray, points_xy) -> np.ndarray:
 
 def _same_channels(images) -> list[np.ndarray]:
     channels = max(img.shape[2] for img in images)
-    return [img if img.shape[2] == channels else np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
-            for img in images]
+    return [
+        img if img.shape[2] == channels else np.dstack([img, np.full(img.shape[:2], 255, np.uint8)]) for img in images
+    ]
 
 
-def draw_pca_side_by_side(image: np.ndarray, colors: np.ndarray, *, gap: int = 0,
-                          fill: int = 255) -> np.ndarray:
+def draw_pca_side_by_side(image: np.ndarray, colors: np.ndarray, *, gap: int = 0, fill: int = 255) -> np.ndarray:
     """The image and its PCA colours (same height) next to each other: ``(H, 2W + gap, 3|4) uint8``.
 
     >>> draw_pca_side_by_side(np.zeros((4, 5, 3), np.uint8), np.ones((4, 5, 3), np.uint8), gap=2).shape
@@ -89,8 +89,9 @@ def draw_pca_side_by_side(image: np.ndarray, colors: np.ndarray, *, gap: int = 0
     return np.concatenate([image, spacer, colors], axis=1)
 
 
-def draw_pca_overlay(image: np.ndarray, colors: np.ndarray, alpha: float = 0.5,
-                     mask: np.ndarray | None = None) -> np.ndarray:
+def draw_pca_overlay(
+    image: np.ndarray, colors: np.ndarray, alpha: float = 0.5, mask: np.ndarray | None = None
+) -> np.ndarray:
     """Blend PCA colours over the image: ``(1 - alpha) * image + alpha * colors`` where ``mask``.
 
     ``image`` and ``colors`` are ``(H, W, 3) uint8`` RGB; ``mask`` ``(H, W)`` bool marks the
@@ -109,8 +110,9 @@ def draw_pca_overlay(image: np.ndarray, colors: np.ndarray, alpha: float = 0.5,
     return out
 
 
-def draw_pca_grid(panels, *, columns: int | None = None, height: int | None = None, gap: int = 8,
-                  fill: int = 255, labels=None) -> np.ndarray:
+def draw_pca_grid(
+    panels, *, columns: int | None = None, height: int | None = None, gap: int = 8, fill: int = 255, labels=None
+) -> np.ndarray:
     """Several panels (e.g. one side-by-side per image) in a grid figure, row by row.
 
     Every panel is resized (area interpolation) to a common ``height`` (default: the smallest
@@ -134,17 +136,20 @@ def draw_pca_grid(panels, *, columns: int | None = None, height: int | None = No
     resized = []
     for i, panel in enumerate(panels):
         width = max(1, round(panel.shape[1] * height / panel.shape[0]))
-        panel = panel if panel.shape[:2] == (height, width) else cv2.resize(panel, (width, height),
-                                                                              interpolation=cv2.INTER_AREA)
+        panel = (
+            panel
+            if panel.shape[:2] == (height, width)
+            else cv2.resize(panel, (width, height), interpolation=cv2.INTER_AREA)
+        )
         resized.append(panel if labels is None else draw_label(panel, str(labels[i])))
-    rows = [resized[i:i + columns] for i in range(0, len(resized), columns)]
+    rows = [resized[i : i + columns] for i in range(0, len(resized), columns)]
     row_widths = [sum(p.shape[1] for p in row) + gap * (len(row) - 1) for row in rows]
     channels = panels[0].shape[2]
     out = np.full((len(rows) * height + gap * (len(rows) - 1), max(row_widths), channels), fill, np.uint8)
     for r, row in enumerate(rows):
         x, y = 0, r * (height + gap)
         for panel in row:
-            out[y:y + height, x:x + panel.shape[1]] = panel
+            out[y : y + height, x : x + panel.shape[1]] = panel
             x += panel.shape[1] + gap
     return out
 
@@ -162,7 +167,7 @@ def draw_label(image: np.ndarray, text: str) -> np.ndarray:
     h, w = out.shape[:2]
     scale = max(0.3, min(h, w) / 500)
     thickness = max(1, round(scale * 1.5))
-    width_of = (lambda t: cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0])
+    width_of = lambda t: cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0]
     if width_of(text) > w - 8:  # cut, keeping the start, with ".." to show it was cut
         keep = len(text)
         while keep > 0 and width_of(text[:keep] + "..") > w - 8:
@@ -170,13 +175,12 @@ def draw_label(image: np.ndarray, text: str) -> np.ndarray:
         text = text[:keep] + ".." if keep else ""
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
     band_h = min(h, th + base + 8)
-    band = out[:band_h, :min(w, tw + 8)]
+    band = out[:band_h, : min(w, tw + 8)]
     band[..., :3] = (band[..., :3].astype(np.float32) * 0.35).astype(np.uint8)
     if out.shape[2] == 4:
         band[..., 3] = 255
     rgb = np.ascontiguousarray(out[..., :3])
-    cv2.putText(rgb, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
-                thickness, cv2.LINE_AA)
+    cv2.putText(rgb, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
     out[..., :3] = rgb
     return out
 
@@ -192,8 +196,9 @@ MANY_MATCHES = 40
 MANY_MATCHES_ALPHA = 0.55
 
 
-def match_canvas_layout(size_a_wh: tuple[int, int], size_b_wh: tuple[int, int],
-                        height: int | None = None) -> tuple[int, int, float, float, int]:
+def match_canvas_layout(
+    size_a_wh: tuple[int, int], size_b_wh: tuple[int, int], height: int | None = None
+) -> tuple[int, int, float, float, int]:
     """Layout of :func:`draw_matches`: ``(height, gap, scale_a, scale_b, offset_b)``.
 
     Both images are scaled to a common ``height`` (default: the taller image's height, clamped to
@@ -204,7 +209,7 @@ def match_canvas_layout(size_a_wh: tuple[int, int], size_b_wh: tuple[int, int],
     >>> match_canvas_layout((400, 300), (200, 100), height=300)
     (300, 4, 1.0, 3.0, 404)
     """
-    (wa, ha), (wb, hb) = size_a_wh, size_b_wh
+    (wa, ha), (_wb, hb) = size_a_wh, size_b_wh
     if height is None:
         height = min(max(ha, hb, MATCH_MIN_HEIGHT), MATCH_MAX_HEIGHT)
     gap = max(4, round(height / 100))
@@ -237,18 +242,33 @@ def draw_color_bar(height: int, *, low: float = 0.0, high: float = 1.0, label: s
     out = np.full((height, width, 3), 255, np.uint8)
     top, bottom = margin * 3, height - margin * 3
     levels = np.linspace(high, low, max(bottom - top, 1))
-    out[top:bottom, margin:margin + bar_w] = score_colors(levels, low, high)[:, None, :]
+    out[top:bottom, margin : margin + bar_w] = score_colors(levels, low, high)[:, None, :]
     thickness = max(1, round(scale * 2))
     for value, y in ((high, top), (low, bottom)):
-        cv2.putText(out, f"{value:.1f}", (margin * 2 + bar_w, y + round(4 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
-                    scale, (0, 0, 0), thickness, cv2.LINE_AA)
-    cv2.putText(out, label, (margin, top - margin), cv2.FONT_HERSHEY_SIMPLEX, scale * 0.8, (0, 0, 0), 1,
-                cv2.LINE_AA)
+        cv2.putText(
+            out,
+            f"{value:.1f}",
+            (margin * 2 + bar_w, y + round(4 * scale)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (0, 0, 0),
+            thickness,
+            cv2.LINE_AA,
+        )
+    cv2.putText(out, label, (margin, top - margin), cv2.FONT_HERSHEY_SIMPLEX, scale * 0.8, (0, 0, 0), 1, cv2.LINE_AA)
     return out
 
 
-def draw_matches(image_a, image_b, matches, *, color_by: str = "index", height: int | None = None, mask=None,
-                 layout: str = "horizontal") -> np.ndarray:
+def draw_matches(
+    image_a,
+    image_b,
+    matches,
+    *,
+    color_by: str = "index",
+    height: int | None = None,
+    mask=None,
+    layout: str = "horizontal",
+) -> np.ndarray:
     """A and B side by side (or A above B) with each match as a coloured line between two dots.
 
     Args:
@@ -291,18 +311,23 @@ def draw_matches(image_a, image_b, matches, *, color_by: str = "index", height: 
         keep = np.asarray(mask, dtype=bool).reshape(-1)
         src, dst, colors = src[keep], dst[keep], colors[keep]
     h, gap, scale_a, scale_b, offset_b = match_canvas_layout(
-        (image_a.shape[1], image_a.shape[0]), (image_b.shape[1], image_b.shape[0]), height)
+        (image_a.shape[1], image_a.shape[0]), (image_b.shape[1], image_b.shape[0]), height
+    )
     panel_a = _resize_to(image_a, max(1, round(image_a.shape[1] * scale_a)), h)
     panel_b = _resize_to(image_b, max(1, round(image_b.shape[1] * scale_b)), h)
     b_xy = (offset_b, 0) if layout == "horizontal" else (0, h + gap)
-    canvas_hw = ((h, offset_b + panel_b.shape[1]) if layout == "horizontal"
-                 else (2 * h + gap, max(panel_a.shape[1], panel_b.shape[1])))
+    canvas_hw = (
+        (h, offset_b + panel_b.shape[1])
+        if layout == "horizontal"
+        else (2 * h + gap, max(panel_a.shape[1], panel_b.shape[1]))
+    )
     canvas = np.full((*canvas_hw, 3), 255, np.uint8)
-    canvas[:h, :panel_a.shape[1]] = panel_a[..., :3]
-    canvas[b_xy[1]:b_xy[1] + h, b_xy[0]:b_xy[0] + panel_b.shape[1]] = panel_b[..., :3]
+    canvas[:h, : panel_a.shape[1]] = panel_a[..., :3]
+    canvas[b_xy[1] : b_xy[1] + h, b_xy[0] : b_xy[0] + panel_b.shape[1]] = panel_b[..., :3]
     # pixel centres scale with the half-pixel rule; OpenCV draws with 4 fractional bits
-    fixed = (lambda xy, scale, offset: np.round(((xy + 0.5) * scale - 0.5 + offset) * (1 << _SUBPIXEL_BITS))
-             .astype(np.int64))
+    fixed = lambda xy, scale, offset: np.round(((xy + 0.5) * scale - 0.5 + offset) * (1 << _SUBPIXEL_BITS)).astype(
+        np.int64
+    )
     pa, pb = fixed(src, scale_a, (0, 0)), fixed(dst, scale_b, b_xy)
     many = len(src) > MANY_MATCHES
     thickness = 1 if many else max(1, round(h / 480))
@@ -318,13 +343,12 @@ def draw_matches(image_a, image_b, matches, *, color_by: str = "index", height: 
         bar = draw_color_bar(max(48, h // 3))
         bar_h, bar_w = min(bar.shape[0], h), min(bar.shape[1], panel_b.shape[1])
         right = b_xy[0] + panel_b.shape[1]
-        region = canvas[b_xy[1]:b_xy[1] + bar_h, right - bar_w:right]
+        region = canvas[b_xy[1] : b_xy[1] + bar_h, right - bar_w : right]
         region[:] = (0.15 * region + 0.85 * bar[:bar_h, -bar_w:] + 0.5).astype(np.uint8)
     return canvas
 
 
-def draw_heatmap(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.55,
-                 point_xy=None) -> np.ndarray:
+def draw_heatmap(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.55, point_xy=None) -> np.ndarray:
     """``heat`` ``(H, W)`` float (any range; min-max scaled, TURBO colours) blended over ``image``
     ``(H, W, 3) uint8`` RGB; ``point_xy`` (x, y) marks a position with a white cross.
 
@@ -340,7 +364,7 @@ def draw_heatmap(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.55,
     out = draw_pca_overlay(image[..., :3], colors, alpha)
     if point_xy is not None:
         size = max(4, round(max(image.shape[:2]) / 60))
-        x, y = (int(round(v)) for v in point_xy)
+        x, y = (round(v) for v in point_xy)
         cv2.drawMarker(out, (x, y), (0, 0, 0), cv2.MARKER_CROSS, size + 2, max(2, size // 3) + 2, cv2.LINE_AA)
         cv2.drawMarker(out, (x, y), (255, 255, 255), cv2.MARKER_CROSS, size, max(2, size // 3), cv2.LINE_AA)
     return out
@@ -358,9 +382,15 @@ def _resize_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
 # -- tracks ---------------------------------------------------------------------------------------
 
 
-def draw_tracks(image: np.ndarray, trail_xy: np.ndarray, trail_visible: np.ndarray,
-                colors: np.ndarray | None = None, *, radius: int | None = None,
-                thickness: int | None = None) -> np.ndarray:
+def draw_tracks(
+    image: np.ndarray,
+    trail_xy: np.ndarray,
+    trail_visible: np.ndarray,
+    colors: np.ndarray | None = None,
+    *,
+    radius: int | None = None,
+    thickness: int | None = None,
+) -> np.ndarray:
     """Tracked points with fading trails on a video frame: a new ``(H, W, 3) uint8 RGB`` image.
 
     Args:

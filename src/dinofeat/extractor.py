@@ -14,7 +14,6 @@ from dinofeat.features import FeatureMap
 from dinofeat.images import ImageLike, load_image, processed_size, resize
 from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION, ExtractorOptions
 from dinofeat.registry import DEFAULT_MODEL, ModelSpec
-from dinofeat.vit import DinoVisionTransformer
 from dinofeat.weights import load_model
 
 
@@ -40,6 +39,7 @@ class Extractor:
     them, :meth:`with_options` gives a re-checked copy sharing the loaded model.
 
     >>> from dinofeat.registry import get_spec
+    >>> from dinofeat.vit import DinoVisionTransformer
     >>> vit = DinoVisionTransformer(get_spec("dinov2_vits14"), depth=1).init_random()
     >>> fmap = Extractor(vit, resolution=28, device="cpu").extract(np.zeros((30, 60, 3), np.uint8))
     >>> fmap.grid_hw, fmap.processed_size_wh, fmap.dim
@@ -62,10 +62,17 @@ class Extractor:
     ) -> None:
         name = model if isinstance(model, str) else model.spec.name
         options = ExtractorOptions(
-            model=name, weights=None if weights is None else str(weights),
-            device=str(device) if isinstance(device, torch.device) else device, precision=precision,
-            resolution=resolution, max_size=max_size, stride=stride,
-            layers=(layers,) if isinstance(layers, int) else tuple(layers), facet=facet, batch_size=batch_size)
+            model=name,
+            weights=None if weights is None else str(weights),
+            device=str(device) if isinstance(device, torch.device) else device,
+            precision=precision,
+            resolution=resolution,
+            max_size=max_size,
+            stride=stride,
+            layers=(layers,) if isinstance(layers, int) else tuple(layers),
+            facet=facet,
+            batch_size=batch_size,
+        )
         device_ = device if isinstance(device, torch.device) else resolve_device(options.device)
         vit = model if not isinstance(model, str) else load_model(options.model, options.weights)
         self._setup(vit.eval().to(device_), device_, options)
@@ -83,8 +90,9 @@ class Extractor:
         if not 1 <= (options.stride or vit.patch_size) <= vit.patch_size:
             raise InputError(f"--stride must be between 1 and the patch size {vit.patch_size}, got {options.stride}")
         if options.resolution < vit.patch_size:
-            raise InputError(f"--resolution must be at least the patch size ({vit.patch_size}), "
-                             f"got {options.resolution}")
+            raise InputError(
+                f"--resolution must be at least the patch size ({vit.patch_size}), got {options.resolution}"
+            )
         vit.resolve_layers(options.layers)  # fail early on a bad layer
         self.model = vit
         self.device = device
@@ -135,8 +143,9 @@ class Extractor:
 
     def processed_size(self, size_wh: tuple[int, int]) -> tuple[int, int]:
         """The (width, height) an image of ``size_wh`` is resized to (see :func:`~dinofeat.images.processed_size`)."""
-        return processed_size(size_wh, self.resolution, patch_size=self.model.patch_size, stride=self.stride,
-                              max_size=self.max_size)
+        return processed_size(
+            size_wh, self.resolution, patch_size=self.model.patch_size, stride=self.stride, max_size=self.max_size
+        )
 
     # -- extraction -----------------------------------------------------------------------------
     def extract(self, image: ImageLike) -> FeatureMap:
@@ -155,7 +164,7 @@ class Extractor:
         results: list[FeatureMap | None] = [None] * len(images)
         for size_wh, indices in groups.items():
             for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
+                chunk = indices[start : start + self.batch_size]
                 batch = [images[i] for i in chunk]
                 for i, fmap in zip(chunk, self._forward(batch, size_wh)):
                     results[i] = fmap

@@ -31,16 +31,18 @@ def feature_arrays(maps: Sequence[FeatureMap]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def save_features(path: str | os.PathLike, maps: Sequence[FeatureMap], *,
-                  extra: Mapping[str, np.ndarray] | None = None, **metadata) -> None:
+def save_features(
+    path: str | os.PathLike, maps: Sequence[FeatureMap], *, extra: Mapping[str, np.ndarray] | None = None, **metadata
+) -> None:
     """Write ``maps`` (plus ``extra`` arrays) and string-able ``metadata`` atomically; the format
     follows the suffix (``.safetensors``, else ``.npz``)."""
     with staged_outputs([path]) as (tmp,):
         write_features(tmp, maps, extra=extra, **metadata)
 
 
-def write_features(path: str | os.PathLike, maps: Sequence[FeatureMap], *,
-                   extra: Mapping[str, np.ndarray] | None = None, **metadata) -> None:
+def write_features(
+    path: str | os.PathLike, maps: Sequence[FeatureMap], *, extra: Mapping[str, np.ndarray] | None = None, **metadata
+) -> None:
     """:func:`save_features` without the staging, for a caller that stages several outputs together."""
     arrays = {**feature_arrays(maps), **(extra or {})}
     if maps:
@@ -58,8 +60,12 @@ def write_features(path: str | os.PathLike, maps: Sequence[FeatureMap], *,
 def extractor_metadata(extractor) -> dict:
     """What a feature file records about the features: model, resolution, layers, facet."""
     options = extractor.options
-    return {"model": options.model, "resolution": options.resolution, "layers": list(options.layers),
-            "facet": options.facet}
+    return {
+        "model": options.model,
+        "resolution": options.resolution,
+        "layers": list(options.layers),
+        "facet": options.facet,
+    }
 
 
 def extract_to_file(images: Sequence[np.ndarray], path: str | os.PathLike, extractor) -> list[FeatureMap]:

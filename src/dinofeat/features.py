@@ -48,8 +48,10 @@ def check_inside(points_xy, size_wh: tuple[int, int], *, label: str = "the image
         w, h = size_wh
         if not (np.isfinite(x) and np.isfinite(y)):
             raise InputError(f"{what} {index} ({x}, {y}) is not a finite position")
-        raise InputError(f"{what} {index} ({x:g}, {y:g}) is outside {label} "
-                         f"({w}x{h}: x in [-0.5, {w - 0.5}], y in [-0.5, {h - 0.5}])")
+        raise InputError(
+            f"{what} {index} ({x:g}, {y:g}) is outside {label} "
+            f"({w}x{h}: x in [-0.5, {w - 0.5}], y in [-0.5, {h - 0.5}])"
+        )
 
 
 def linear_weights(coords: torch.Tensor, size: int, *, nearest: bool = False) -> torch.Tensor:
@@ -148,8 +150,7 @@ class FeatureMap:
     def patch_centers(self) -> torch.Tensor:
         """``(h, w, 2)`` pixel coordinates (x, y) of every patch centre in the original image."""
         h, w = self.grid_hw
-        v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                              indexing="ij")
+        v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
         return self.grid_to_pixel(torch.stack((u, v), dim=-1)).float()
 
     def contains(self, points_xy) -> np.ndarray:
@@ -212,9 +213,13 @@ class FeatureMap:
         return replace(self, features=F.normalize(self.features.float(), dim=-1))
 
     def to(self, device: torch.device | str) -> FeatureMap:
-        move = (lambda t: None if t is None else t.to(device))
-        return replace(self, features=self.features.to(device), cls_token=move(self.cls_token),
-                       register_tokens=move(self.register_tokens))
+        move = lambda t: None if t is None else t.to(device)
+        return replace(
+            self,
+            features=self.features.to(device),
+            cls_token=move(self.cls_token),
+            register_tokens=move(self.register_tokens),
+        )
 
     def numpy(self) -> np.ndarray:
         """The features as a float32 ``(h, w, C)`` numpy array."""

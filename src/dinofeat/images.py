@@ -6,7 +6,6 @@ Images inside dinofeat are ``(H, W, 3) uint8 RGB`` numpy arrays.
 from __future__ import annotations
 
 import os
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -15,7 +14,7 @@ from dinofeat.errors import InputError
 from dinofeat.inputs import check_input_file
 from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION
 
-ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
+ImageLike = str | os.PathLike | np.ndarray | Image.Image
 
 
 def load_image(source: ImageLike) -> np.ndarray:

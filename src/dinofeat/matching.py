@@ -112,12 +112,13 @@ def joint_pca(fa: FeatureMap, fb: FeatureMap, dim: int) -> tuple[FeatureMap, Fea
     a = F.normalize(fa.features.float(), dim=-1).reshape(-1, c)
     b = F.normalize(fb.features.float(), dim=-1).reshape(-1, c).to(a.device)
     basis = fit_pca(torch.cat((a, b)), dim)
-    project = (lambda f, m: replace(m, features=basis.transform(f).reshape(*m.grid_hw, dim)))
+    project = lambda f, m: replace(m, features=basis.transform(f).reshape(*m.grid_hw, dim))
     return project(a, fa), project(b, fb)
 
 
-def match_features(fa: FeatureMap, fb: FeatureMap, points_xy=None, options: MatchOptions | None = None,
-                   **overrides) -> Matches:
+def match_features(
+    fa: FeatureMap, fb: FeatureMap, points_xy=None, options: MatchOptions | None = None, **overrides
+) -> Matches:
     """Match query points of feature map ``fa`` (image A) into ``fb`` (image B).
 
     Query points are ``points_xy`` ``(N, 2)`` image-A pixels, or ``options.grid`` x ``grid`` regular
@@ -158,9 +159,15 @@ def match_features(fa: FeatureMap, fb: FeatureMap, points_xy=None, options: Matc
     if with_ratio:
         keep &= ratio < options.max_ratio
     matches = Matches(
-        source_xy=source.float().cpu(), target_xy=found.points_xy.cpu(), scores=found.scores.cpu(),
-        mutual=mutual.cpu(), ratio=ratio.float().cpu(), inlier=torch.ones(len(source), dtype=torch.bool),
-        keep=keep.cpu(), image_size_a_wh=tuple(fa.image_size_wh), image_size_b_wh=tuple(fb.image_size_wh),
+        source_xy=source.float().cpu(),
+        target_xy=found.points_xy.cpu(),
+        scores=found.scores.cpu(),
+        mutual=mutual.cpu(),
+        ratio=ratio.float().cpu(),
+        inlier=torch.ones(len(source), dtype=torch.bool),
+        keep=keep.cpu(),
+        image_size_a_wh=tuple(fa.image_size_wh),
+        image_size_b_wh=tuple(fb.image_size_wh),
     )
     if options.ransac is not None:
         threshold = options.ransac_threshold or RANSAC_THRESHOLD_PX / fb.scale_xy[0]
@@ -188,21 +195,34 @@ def verify(matches: Matches, kind: str, threshold_px: float) -> Matches:
     src = matches.source_xy[candidates].double().numpy()
     dst = matches.target_xy[candidates].double().numpy()
     if kind == "homography":
-        matrix, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, threshold_px,
-                                          maxIters=RANSAC_MAX_ITERS, confidence=RANSAC_CONFIDENCE)
+        matrix, mask = cv2.findHomography(
+            src, dst, cv2.USAC_MAGSAC, threshold_px, maxIters=RANSAC_MAX_ITERS, confidence=RANSAC_CONFIDENCE
+        )
     else:
-        matrix, mask = cv2.findFundamentalMat(src, dst, cv2.USAC_MAGSAC, threshold_px,
-                                              RANSAC_CONFIDENCE, RANSAC_MAX_ITERS)
+        matrix, mask = cv2.findFundamentalMat(
+            src, dst, cv2.USAC_MAGSAC, threshold_px, RANSAC_CONFIDENCE, RANSAC_MAX_ITERS
+        )
     if matrix is None or mask is None or matrix.shape != (3, 3):
         log.warning("no %s found that fits the matches", kind)
         return replace(matches, inlier=inlier, keep=inlier.clone(), geometry=None)
     inlier[candidates] = torch.from_numpy(mask.reshape(-1).astype(bool))
-    return replace(matches, inlier=inlier, keep=matches.keep & inlier,
-                   geometry=Geometry(kind, np.asarray(matrix, dtype=np.float64), float(threshold_px)))
+    return replace(
+        matches,
+        inlier=inlier,
+        keep=matches.keep & inlier,
+        geometry=Geometry(kind, np.asarray(matrix, dtype=np.float64), float(threshold_px)),
+    )
 
 
-def match(image_a: ImageLike, image_b: ImageLike, points_xy=None, *, extractor=None,
-          options: MatchOptions | None = None, **overrides) -> Matches:
+def match(
+    image_a: ImageLike,
+    image_b: ImageLike,
+    points_xy=None,
+    *,
+    extractor=None,
+    options: MatchOptions | None = None,
+    **overrides,
+) -> Matches:
     """Match points of ``image_a`` into ``image_b`` (paths, PIL images or ``(H, W, 3) uint8`` arrays).
 
     ``extractor`` is an :class:`~dinofeat.extractor.Extractor` (model, device, resolution, layer,
@@ -251,8 +271,15 @@ class MatchResult:
     pca_dim: int | None = None
 
 
-def match_images(image_a: np.ndarray, image_b: np.ndarray, points_xy=None, *, extractor,
-                 options: MatchOptions | None = None, names: tuple[str, str] = ("A", "B")) -> MatchResult:
+def match_images(
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    points_xy=None,
+    *,
+    extractor,
+    options: MatchOptions | None = None,
+    names: tuple[str, str] = ("A", "B"),
+) -> MatchResult:
     """The ``dinofeat match`` job: match query points of ``image_a`` into ``image_b``.
 
     Args:
@@ -273,9 +300,14 @@ def match_images(image_a: np.ndarray, image_b: np.ndarray, points_xy=None, *, ex
     if len(matches) and not bool(matches.keep.any()):
         log.warning("no match passed the checks asked for; the picture shows none")
     queries = "points" if points_xy is not None else options.query_mode
-    document = matches_json(matches, model=extractor.options.model, path_a=names[0], path_b=names[1],
-                            settings=match_settings(queries, options, extractor.options),
-                            verified=options.ransac is not None)
+    document = matches_json(
+        matches,
+        model=extractor.options.model,
+        path_a=names[0],
+        path_b=names[1],
+        settings=match_settings(queries, options, extractor.options),
+        verified=options.ransac is not None,
+    )
     return MatchResult(matches, document, image_a, image_b, fa, fb, options.pca_dim)
 
 
@@ -289,15 +321,23 @@ def match_settings(queries: str, options: MatchOptions, extractor_options) -> di
         chosen["auto"] = options.auto or DEFAULT_AUTO
     ex = extractor_options
     return {
-        **chosen, "resolution": ex.resolution, "max_size": ex.max_size, "stride": ex.stride,
-        "layers": list(ex.layers), "facet": ex.facet, "pca_dim": options.pca_dim,
-        "mutual": options.require_mutual, "ratio": options.max_ratio, "ransac": options.ransac,
+        **chosen,
+        "resolution": ex.resolution,
+        "max_size": ex.max_size,
+        "stride": ex.stride,
+        "layers": list(ex.layers),
+        "facet": ex.facet,
+        "pca_dim": options.pca_dim,
+        "mutual": options.require_mutual,
+        "ratio": options.max_ratio,
+        "ransac": options.ransac,
         "ransac_threshold": options.ransac_threshold,
     }
 
 
-def matches_json(matches: Matches, *, model: str, path_a: str, path_b: str, settings: dict | None = None,
-                 verified: bool = False) -> dict:
+def matches_json(
+    matches: Matches, *, model: str, path_a: str, path_b: str, settings: dict | None = None, verified: bool = False
+) -> dict:
     """The JSON document of the CLI contract: model, image_a, image_b, matches (query order), then
     geometry and settings. Coordinates are original-image pixels rounded to 0.01; ``inlier`` is
     null unless geometric verification was asked for (``verified``)."""
@@ -305,21 +345,25 @@ def matches_json(matches: Matches, *, model: str, path_a: str, path_b: str, sett
     data = matches.numpy()
     for i in range(len(matches)):
         ratio = float(data["ratio"][i])
-        rows.append({
-            "source": [round(float(v), 2) for v in data["source_xy"][i]],
-            "target": [round(float(v), 2) for v in data["target_xy"][i]],
-            "score": round(float(data["scores"][i]), 4),
-            "mutual": bool(data["mutual"][i]),
-            "ratio": round(ratio, 4) if math.isfinite(ratio) else None,
-            "inlier": bool(data["inlier"][i]) if verified else None,
-            "kept": bool(data["keep"][i]),
-        })
+        rows.append(
+            {
+                "source": [round(float(v), 2) for v in data["source_xy"][i]],
+                "target": [round(float(v), 2) for v in data["target_xy"][i]],
+                "score": round(float(data["scores"][i]), 4),
+                "mutual": bool(data["mutual"][i]),
+                "ratio": round(ratio, 4) if math.isfinite(ratio) else None,
+                "inlier": bool(data["inlier"][i]) if verified else None,
+                "kept": bool(data["keep"][i]),
+            }
+        )
     geometry = None
     if matches.geometry is not None:
-        geometry = {"type": matches.geometry.kind,
-                    "matrix": [[float(v) for v in row] for row in matches.geometry.matrix],
-                    "threshold_px": round(matches.geometry.threshold_px, 3),
-                    "inliers": int(matches.inlier.sum())}
+        geometry = {
+            "type": matches.geometry.kind,
+            "matrix": [[float(v) for v in row] for row in matches.geometry.matrix],
+            "threshold_px": round(matches.geometry.threshold_px, 3),
+            "inliers": int(matches.inlier.sum()),
+        }
     return {
         "model": model,
         "image_a": {"path": str(path_a), "size": list(matches.image_size_a_wh)},
@@ -345,7 +389,7 @@ def heatmap_picture(result: MatchResult, index: int) -> np.ndarray:
     from dinofeat.drawing import draw_heatmap
 
     m = result.matches
-    heat = similarity_image(result.features_a, result.features_b, m.source_xy[index:index + 1], result.pca_dim)
+    heat = similarity_image(result.features_a, result.features_b, m.source_xy[index : index + 1], result.pca_dim)
     return draw_heatmap(result.image_b, heat, point_xy=m.target_xy[index].tolist())
 
 
@@ -356,13 +400,24 @@ def match_picture(result: MatchResult, drawing: MatchDrawingOptions | None = Non
 
     drawing = drawing or MatchDrawingOptions()
     shown_b = heatmap_picture(result, 0) if drawing.heatmap else result.image_b
-    return draw_matches(result.image_a, shown_b, result.matches, color_by=drawing.color_by, height=drawing.height,
-                        mask=result.matches.keep.numpy(), layout=drawing.layout)
+    return draw_matches(
+        result.image_a,
+        shown_b,
+        result.matches,
+        color_by=drawing.color_by,
+        height=drawing.height,
+        mask=result.matches.keep.numpy(),
+        layout=drawing.layout,
+    )
 
 
-def write_match_files(result: MatchResult, *, picture: str | os.PathLike | None = None,
-                      json_path: str | os.PathLike | None = None,
-                      drawing: MatchDrawingOptions | None = None) -> None:
+def write_match_files(
+    result: MatchResult,
+    *,
+    picture: str | os.PathLike | None = None,
+    json_path: str | os.PathLike | None = None,
+    drawing: MatchDrawingOptions | None = None,
+) -> None:
     """Write the picture (``.png/.jpg/.webp``) and/or the JSON document, atomically (all or none)."""
     from dinofeat.outputs import format_json, save_image, staged_outputs
 
@@ -376,8 +431,15 @@ def write_match_files(result: MatchResult, *, picture: str | os.PathLike | None 
 
 def match_summary(result: MatchResult, options: MatchOptions, outputs) -> str:
     """One line: how many matches, how many kept and by which checks, where they went."""
-    checks = [name for name, on in (("mutual", options.require_mutual), ("ratio", options.max_ratio is not None),
-                                    (f"RANSAC {options.ransac}", options.ransac is not None)) if on]
+    checks = [
+        name
+        for name, on in (
+            ("mutual", options.require_mutual),
+            ("ratio", options.max_ratio is not None),
+            (f"RANSAC {options.ransac}", options.ransac is not None),
+        )
+        if on
+    ]
     kept = int(result.matches.keep.sum())
     where = ", ".join(str(p) for p in outputs if p) or "standard output"
     by = f" ({', '.join(checks)})" if checks else ""

@@ -76,10 +76,20 @@ PERCENTILE = Range("a percentile between 0 and 100", 0, 100)
 PORT = Range("a port number between 1 and 65535", 1, 65535, integer=True)
 
 
-def option(default: Any = None, *, help: str, flag: str | None = None, range: Range | None = None,
-           choices: Sequence[str] | None = None, metavar: str | Sequence[str] | None = None,
-           optional: bool = False, parse: Callable[[str], Any] | None = None, nargs: int | str | None = None,
-           what: str | None = None, noun: str | None = None) -> Any:
+def option(
+    default: Any = None,
+    *,
+    help: str,
+    flag: str | None = None,
+    range: Range | None = None,
+    choices: Sequence[str] | None = None,
+    metavar: str | Sequence[str] | None = None,
+    optional: bool = False,
+    parse: Callable[[str], Any] | None = None,
+    nargs: int | str | None = None,
+    what: str | None = None,
+    noun: str | None = None,
+) -> Any:
     """A dataclass field with its command-line description and allowed values.
 
     Args:
@@ -93,9 +103,18 @@ def option(default: Any = None, *, help: str, flag: str | None = None, range: Ra
         what: how errors describe the allowed values (default: from ``choices`` and ``range``).
         noun: what a choice is called in "unknown <noun> 'x'" errors (default: from the flag).
     """
-    meta = {"help": help, "flag": flag, "range": range, "choices": tuple(choices) if choices else None,
-            "metavar": metavar, "optional": optional or default is None, "parse": parse, "nargs": nargs,
-            "what": what, "noun": noun}
+    meta = {
+        "help": help,
+        "flag": flag,
+        "range": range,
+        "choices": tuple(choices) if choices else None,
+        "metavar": metavar,
+        "optional": optional or default is None,
+        "parse": parse,
+        "nargs": nargs,
+        "what": what,
+        "noun": noun,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -207,33 +226,74 @@ DEFAULT_MAX_SIZE = 1792
 class ExtractorOptions(Options):
     """How images become feature maps (see :class:`~dinofeat.extractor.Extractor`)."""
 
-    model: str = option(DEFAULT_MODEL, flag="--model", metavar="NAME",
-                        help="model name (see `dinofeat models`; default: %(default)s)")
-    weights: str | None = option(None, flag="--weights", metavar="PATH",
-                                 help="checkpoint: official .pth, .safetensors, or a Hugging Face model folder "
-                                 "(default: torch hub cache, then Hugging Face hub, then the official URL)")
-    device: str = option("auto", flag="--device", metavar="|".join(DEVICES),
-                         help="where the model runs: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps "
-                         "(default: %(default)s)")
-    precision: str = option("auto", flag="--precision", choices=PRECISIONS,
-                            help="auto = bf16 on CUDA and on CPUs with bf16 matrix units, else fp32")
-    resolution: int = option(DEFAULT_RESOLUTION, flag="--resolution", range=POSITIVE_INT, metavar="N",
-                             help="shorter image side in pixels fed to the model, rounded to the patch grid; "
-                             "aspect ratio kept, no crop (default: %(default)s)")
-    max_size: int | None = option(DEFAULT_MAX_SIZE, flag="--max-size", range=POSITIVE_INT, metavar="N",
-                                  optional=True, help="cap on the longer side fed to the model (default: %(default)s)")
-    stride: int | None = option(None, flag="--stride", range=POSITIVE_INT, metavar="S",
-                                help="patch stride in model pixels; below the patch size gives overlapping patches "
-                                "and a denser grid (default: the patch size, 14 for DINOv2, 16 for DINOv3)")
-    layers: tuple[int, ...] = option((-1,), flag="--layer", range=Range("an integer", integer=True), nargs="+",
-                                     metavar="L", parse=parse_int,
-                                     help="block(s) to read, 0-based, negative from the end; several are "
-                                     "concatenated (default: -1, the last)")
-    facet: str = option("token", flag="--facet", choices=FACETS,
-                        help="block output (token, with the final norm) or the attention key/query/value "
-                        "(default: %(default)s)")
-    batch_size: int = option(8, flag="--batch-size", range=POSITIVE_INT, metavar="B",
-                             help="images (or video frames) per forward pass (default: %(default)s)")
+    model: str = option(
+        DEFAULT_MODEL, flag="--model", metavar="NAME", help="model name (see `dinofeat models`; default: %(default)s)"
+    )
+    weights: str | None = option(
+        None,
+        flag="--weights",
+        metavar="PATH",
+        help="checkpoint: official .pth, .safetensors, or a Hugging Face model folder "
+        "(default: torch hub cache, then Hugging Face hub, then the official URL)",
+    )
+    device: str = option(
+        "auto",
+        flag="--device",
+        metavar="|".join(DEVICES),
+        help="where the model runs: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: %(default)s)",
+    )
+    precision: str = option(
+        "auto",
+        flag="--precision",
+        choices=PRECISIONS,
+        help="auto = bf16 on CUDA and on CPUs with bf16 matrix units, else fp32",
+    )
+    resolution: int = option(
+        DEFAULT_RESOLUTION,
+        flag="--resolution",
+        range=POSITIVE_INT,
+        metavar="N",
+        help="shorter image side in pixels fed to the model, rounded to the patch grid; "
+        "aspect ratio kept, no crop (default: %(default)s)",
+    )
+    max_size: int | None = option(
+        DEFAULT_MAX_SIZE,
+        flag="--max-size",
+        range=POSITIVE_INT,
+        metavar="N",
+        optional=True,
+        help="cap on the longer side fed to the model (default: %(default)s)",
+    )
+    stride: int | None = option(
+        None,
+        flag="--stride",
+        range=POSITIVE_INT,
+        metavar="S",
+        help="patch stride in model pixels; below the patch size gives overlapping patches "
+        "and a denser grid (default: the patch size, 14 for DINOv2, 16 for DINOv3)",
+    )
+    layers: tuple[int, ...] = option(
+        (-1,),
+        flag="--layer",
+        range=Range("an integer", integer=True),
+        nargs="+",
+        metavar="L",
+        parse=parse_int,
+        help="block(s) to read, 0-based, negative from the end; several are concatenated (default: -1, the last)",
+    )
+    facet: str = option(
+        "token",
+        flag="--facet",
+        choices=FACETS,
+        help="block output (token, with the final norm) or the attention key/query/value (default: %(default)s)",
+    )
+    batch_size: int = option(
+        8,
+        flag="--batch-size",
+        range=POSITIVE_INT,
+        metavar="B",
+        help="images (or video frames) per forward pass (default: %(default)s)",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, int):
@@ -264,27 +324,58 @@ RATIO_EXCLUSION = 1.5
 
 @dataclass(frozen=True)
 class MatchOptions(Options):
-    """How query points of image A are chosen and matched into image B (see :func:`~dinofeat.matching.match_features`)."""
+    """How query points of image A are chosen and matched into image B
+    (see :func:`~dinofeat.matching.match_features`)."""
 
-    grid: int | None = option(None, flag="--grid", range=POSITIVE_INT, metavar="N",
-                              help="an N x N regular grid of points over IMAGE_A")
-    auto: int | None = option(None, flag="--auto", range=POSITIVE_INT, metavar="K",
-                              help=f"K distinctive, well-spread points (mutual nearest patches; default {DEFAULT_AUTO})")
-    pca_dim: int | None = option(None, flag="--pca-dim", range=POSITIVE_INT, metavar="K",
-                                 help="match in the K-dim space of a PCA fitted on both images' features jointly")
-    require_mutual: bool = option(False, flag="--mutual",
-                                  help="keep only mutual matches (the match found back lands on the query's patch)")
-    max_ratio: float | None = option(None, flag="--ratio", range=Range("a number in (0, 1]", 0, 1, open_low=True),
-                                     metavar="R", help="keep only matches passing Lowe's ratio test, "
-                                     "best/runner-up feature distance < R (in (0, 1], e.g. 0.9)")
-    ransac: str | None = option(None, flag="--ransac", choices=GEOMETRIES, noun="geometry",
-                                help="verify with a RANSAC model (OpenCV USAC MAGSAC) and keep only its inliers")
-    ransac_threshold: float | None = option(None, flag="--ransac-threshold", range=POSITIVE, metavar="PX",
-                                            help="RANSAC inlier threshold in IMAGE_B pixels (default: half a patch)")
-    mutual_tolerance: float = option(MUTUAL_TOLERANCE, range=NON_NEGATIVE,
-                                     help="patches (image A grid) within which the back-match must land")
-    exclusion: float = option(RATIO_EXCLUSION, range=NON_NEGATIVE,
-                              help="the ratio test's runner-up lies farther than this many patches from the best")
+    grid: int | None = option(
+        None, flag="--grid", range=POSITIVE_INT, metavar="N", help="an N x N regular grid of points over IMAGE_A"
+    )
+    auto: int | None = option(
+        None,
+        flag="--auto",
+        range=POSITIVE_INT,
+        metavar="K",
+        help=f"K distinctive, well-spread points (mutual nearest patches; default {DEFAULT_AUTO})",
+    )
+    pca_dim: int | None = option(
+        None,
+        flag="--pca-dim",
+        range=POSITIVE_INT,
+        metavar="K",
+        help="match in the K-dim space of a PCA fitted on both images' features jointly",
+    )
+    require_mutual: bool = option(
+        False, flag="--mutual", help="keep only mutual matches (the match found back lands on the query's patch)"
+    )
+    max_ratio: float | None = option(
+        None,
+        flag="--ratio",
+        range=Range("a number in (0, 1]", 0, 1, open_low=True),
+        metavar="R",
+        help="keep only matches passing Lowe's ratio test, best/runner-up feature distance < R (in (0, 1], e.g. 0.9)",
+    )
+    ransac: str | None = option(
+        None,
+        flag="--ransac",
+        choices=GEOMETRIES,
+        noun="geometry",
+        help="verify with a RANSAC model (OpenCV USAC MAGSAC) and keep only its inliers",
+    )
+    ransac_threshold: float | None = option(
+        None,
+        flag="--ransac-threshold",
+        range=POSITIVE,
+        metavar="PX",
+        help="RANSAC inlier threshold in IMAGE_B pixels (default: half a patch)",
+    )
+    mutual_tolerance: float = option(
+        MUTUAL_TOLERANCE, range=NON_NEGATIVE, help="patches (image A grid) within which the back-match must land"
+    )
+    exclusion: float = option(
+        RATIO_EXCLUSION,
+        range=NON_NEGATIVE,
+        help="the ratio test's runner-up lies farther than this many patches from the best",
+    )
 
     def _check_together(self) -> None:
         if self.grid is not None and self.auto is not None:
@@ -300,18 +391,28 @@ class MatchOptions(Options):
 class MatchDrawingOptions(Options):
     """How matches are drawn (see :func:`~dinofeat.drawing.draw_matches`)."""
 
-    color_by: str = option("index", flag="--color-by", choices=COLOR_BY,
-                           help="line colours: one per match, or by cosine score with a colour bar "
-                           "(default: %(default)s)")
-    height: int | None = option(None, flag="--height", range=Range("an integer between 16 and 16384", 16, 16384,
-                                                                   integer=True), metavar="PX",
-                                help="height of each image in the picture (default: the taller image, "
-                                "within 360..1440)")
-    layout: str = option("horizontal", flag="--layout", choices=MATCH_LAYOUTS,
-                         help="A beside B (horizontal) or A above B (vertical; clearer for stereo pairs) "
-                         "(default: %(default)s)")
-    heatmap: bool = option(False, flag="--heatmap",
-                           help="with a single query point: show its similarity over IMAGE_B in the picture")
+    color_by: str = option(
+        "index",
+        flag="--color-by",
+        choices=COLOR_BY,
+        help="line colours: one per match, or by cosine score with a colour bar (default: %(default)s)",
+    )
+    height: int | None = option(
+        None,
+        flag="--height",
+        range=Range("an integer between 16 and 16384", 16, 16384, integer=True),
+        metavar="PX",
+        help="height of each image in the picture (default: the taller image, within 360..1440)",
+    )
+    layout: str = option(
+        "horizontal",
+        flag="--layout",
+        choices=MATCH_LAYOUTS,
+        help="A beside B (horizontal) or A above B (vertical; clearer for stereo pairs) (default: %(default)s)",
+    )
+    heatmap: bool = option(
+        False, flag="--heatmap", help="with a single query point: show its similarity over IMAGE_B in the picture"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,19 +428,42 @@ DEFAULT_FIT_FRAMES = 16
 class PCAOptions(Options):
     """How a feature PCA is fitted (see :meth:`~dinofeat.pca.FeaturePCA.fit`)."""
 
-    components: int = option(3, flag="--components", range=POSITIVE_INT, metavar="K",
-                             help="components kept for --save-features (the colours use the first 3; default: 3)")
-    foreground: str | float | None = option("otsu", flag="--foreground", choices=("otsu",), range=UNIT,
-                                            parse=parse_foreground, optional=True, metavar="otsu|none|T",
-                                            what="otsu, none or a threshold between 0 and 1",
-                                            help="foreground from the first component: otsu (automatic threshold), "
-                                            "none (colour every patch), or a threshold T between 0 and 1 on the "
-                                            "first component scaled by the percentiles (default: otsu)")
-    percentiles: tuple[float, float] = option(DEFAULT_PERCENTILES, flag="--percentiles", range=PERCENTILE, nargs=2,
-                                              parse=parse_float, metavar=("LOW", "HIGH"),
-                                              help="per-channel percentiles mapped to 0 and 255 (default: 1 99)")
-    fit_frames: int = option(DEFAULT_FIT_FRAMES, flag="--fit-frames", range=POSITIVE_INT, metavar="N",
-                             help="video: frames sampled evenly to fit the PCA (default: %(default)s)")
+    components: int = option(
+        3,
+        flag="--components",
+        range=POSITIVE_INT,
+        metavar="K",
+        help="components kept for --save-features (the colours use the first 3; default: 3)",
+    )
+    foreground: str | float | None = option(
+        "otsu",
+        flag="--foreground",
+        choices=("otsu",),
+        range=UNIT,
+        parse=parse_foreground,
+        optional=True,
+        metavar="otsu|none|T",
+        what="otsu, none or a threshold between 0 and 1",
+        help="foreground from the first component: otsu (automatic threshold), "
+        "none (colour every patch), or a threshold T between 0 and 1 on the "
+        "first component scaled by the percentiles (default: otsu)",
+    )
+    percentiles: tuple[float, float] = option(
+        DEFAULT_PERCENTILES,
+        flag="--percentiles",
+        range=PERCENTILE,
+        nargs=2,
+        parse=parse_float,
+        metavar=("LOW", "HIGH"),
+        help="per-channel percentiles mapped to 0 and 255 (default: 1 99)",
+    )
+    fit_frames: int = option(
+        DEFAULT_FIT_FRAMES,
+        flag="--fit-frames",
+        range=POSITIVE_INT,
+        metavar="N",
+        help="video: frames sampled evenly to fit the PCA (default: %(default)s)",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "percentiles", tuple(self.percentiles))
@@ -357,15 +481,27 @@ class PCAOptions(Options):
 class PCADrawingOptions(Options):
     """How PCA colours are shown (see :mod:`dinofeat.drawing`)."""
 
-    overlay: float | None = option(None, flag="--overlay", range=UNIT, metavar="ALPHA",
-                                   help="blend the colours over the image with this opacity instead of side by side")
+    overlay: float | None = option(
+        None,
+        flag="--overlay",
+        range=UNIT,
+        metavar="ALPHA",
+        help="blend the colours over the image with this opacity instead of side by side",
+    )
     pca_only: bool = option(False, flag="--pca-only", help="only the colours, without the image")
-    transparent: bool = option(False, flag="--transparent",
-                               help="transparent background instead of black (PNG outputs; not with --overlay)")
-    nearest: bool = option(False, flag="--nearest",
-                           help="crisp patches (nearest patch) instead of smooth bilinear upsampling")
-    columns: int | None = option(None, flag="--columns", range=POSITIVE_INT, metavar="N",
-                                 help="panels per row of the figure of several images (default: up to 4)")
+    transparent: bool = option(
+        False, flag="--transparent", help="transparent background instead of black (PNG outputs; not with --overlay)"
+    )
+    nearest: bool = option(
+        False, flag="--nearest", help="crisp patches (nearest patch) instead of smooth bilinear upsampling"
+    )
+    columns: int | None = option(
+        None,
+        flag="--columns",
+        range=POSITIVE_INT,
+        metavar="N",
+        help="panels per row of the figure of several images (default: up to 4)",
+    )
 
     def _check_together(self) -> None:
         if self.overlay is not None and self.pca_only:
@@ -396,43 +532,70 @@ DEFAULT_TRAIL = 12
 class FrameOptions(Options):
     """Which frames of a video are processed (see :func:`~dinofeat.video.read_frames`)."""
 
-    start: int = option(0, flag="--start", range=NON_NEGATIVE_INT, metavar="T",
-                        help="first frame to process (default: 0)")
-    max_frames: int | None = option(None, flag="--max-frames", range=POSITIVE_INT, metavar="N",
-                                    help="process at most N frames")
-    every: int = option(1, flag="--every", range=POSITIVE_INT, metavar="K",
-                        help="process every K-th frame (default: 1)")
+    start: int = option(
+        0, flag="--start", range=NON_NEGATIVE_INT, metavar="T", help="first frame to process (default: 0)"
+    )
+    max_frames: int | None = option(
+        None, flag="--max-frames", range=POSITIVE_INT, metavar="N", help="process at most N frames"
+    )
+    every: int = option(
+        1, flag="--every", range=POSITIVE_INT, metavar="K", help="process every K-th frame (default: 1)"
+    )
 
 
 @dataclass(frozen=True)
 class TrackerOptions(Options):
     """How points are followed from frame to frame (see :class:`~dinofeat.tracking.PointTracker`)."""
 
-    window: float | None = option(None, flag="--window", range=POSITIVE, metavar="R",
-                                  help=f"search radius around the last position, in video pixels "
-                                  f"(default: {DEFAULT_WINDOW_PATCHES:g} patches)")
-    min_score: float = option(DEFAULT_MIN_SCORE, flag="--min-score", range=COSINE, metavar="S",
-                              help="cosine (-1..1) below which a match is weak: global search, and not visible "
-                              "(default: %(default)s)")
-    cycle_tolerance: float | None = option(None, flag="--cycle-tolerance", range=POSITIVE_OR_INF, metavar="PX",
-                                           help="a match found back in the query frame must land this close to the "
-                                           "query point to be visible, in video pixels (default: "
-                                           f"{DEFAULT_CYCLE_TOLERANCE_PATCHES:g} patches; 'inf' turns the check off)")
-    template: str = option("anchored", flag="--template", choices=TEMPLATE_POLICIES,
-                           help="anchored: follow slow appearance changes, anchored to the query feature; "
-                           "fixed: the query feature only (default: %(default)s)")
-    update_rate: float = option(DEFAULT_UPDATE_RATE, range=UNIT,
-                                help="anchored template: running-template update weight per visible frame")
-    anchor_weight: float = option(DEFAULT_ANCHOR_WEIGHT, range=UNIT,
-                                  help="anchored template: weight of the query feature")
+    window: float | None = option(
+        None,
+        flag="--window",
+        range=POSITIVE,
+        metavar="R",
+        help=f"search radius around the last position, in video pixels (default: {DEFAULT_WINDOW_PATCHES:g} patches)",
+    )
+    min_score: float = option(
+        DEFAULT_MIN_SCORE,
+        flag="--min-score",
+        range=COSINE,
+        metavar="S",
+        help="cosine (-1..1) below which a match is weak: global search, and not visible (default: %(default)s)",
+    )
+    cycle_tolerance: float | None = option(
+        None,
+        flag="--cycle-tolerance",
+        range=POSITIVE_OR_INF,
+        metavar="PX",
+        help="a match found back in the query frame must land this close to the "
+        "query point to be visible, in video pixels (default: "
+        f"{DEFAULT_CYCLE_TOLERANCE_PATCHES:g} patches; 'inf' turns the check off)",
+    )
+    template: str = option(
+        "anchored",
+        flag="--template",
+        choices=TEMPLATE_POLICIES,
+        help="anchored: follow slow appearance changes, anchored to the query feature; "
+        "fixed: the query feature only (default: %(default)s)",
+    )
+    update_rate: float = option(
+        DEFAULT_UPDATE_RATE, range=UNIT, help="anchored template: running-template update weight per visible frame"
+    )
+    anchor_weight: float = option(
+        DEFAULT_ANCHOR_WEIGHT, range=UNIT, help="anchored template: weight of the query feature"
+    )
 
 
 @dataclass(frozen=True)
 class TrailOptions(Options):
     """How tracks are drawn on the output video (see :class:`~dinofeat.drawing.TrailAnnotator`)."""
 
-    trail: int = option(DEFAULT_TRAIL, flag="--trail", range=NON_NEGATIVE_INT, metavar="N",
-                        help="trail length in processed frames in the output video (0: none; default: %(default)s)")
+    trail: int = option(
+        DEFAULT_TRAIL,
+        flag="--trail",
+        range=NON_NEGATIVE_INT,
+        metavar="N",
+        help="trail length in processed frames in the output video (0: none; default: %(default)s)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,14 +613,32 @@ DEFAULT_MAX_UPLOAD_MB = 200.0
 class AppOptions(Options):
     """The web app's server and limits (see :func:`~dinofeat.app.launch`)."""
 
-    host: str = option("127.0.0.1", flag="--host",
-                       help="address to listen on; 0.0.0.0 makes the page reachable from other computers "
-                       "(default: %(default)s)")
-    port: int | None = option(None, flag="--port", range=PORT, metavar="N",
-                              help="port (default: the first free one from 7860)")
-    max_upload_mb: float = option(DEFAULT_MAX_UPLOAD_MB, flag="--max-upload-mb", range=POSITIVE, metavar="MB",
-                                  help="largest file the page accepts (default: %(default)g)")
-    max_image_mp: float = option(DEFAULT_MAX_IMAGE_MEGAPIXELS, flag="--max-image-mp", range=POSITIVE, metavar="MP",
-                                 help="largest image in megapixels (default: %(default)g)")
-    max_frames: int = option(DEFAULT_MAX_VIDEO_FRAMES, flag="--max-frames", range=POSITIVE_INT, metavar="N",
-                             help="frames of a video tracked at most; longer videos are cut (default: %(default)s)")
+    host: str = option(
+        "127.0.0.1",
+        flag="--host",
+        help="address to listen on; 0.0.0.0 makes the page reachable from other computers (default: %(default)s)",
+    )
+    port: int | None = option(
+        None, flag="--port", range=PORT, metavar="N", help="port (default: the first free one from 7860)"
+    )
+    max_upload_mb: float = option(
+        DEFAULT_MAX_UPLOAD_MB,
+        flag="--max-upload-mb",
+        range=POSITIVE,
+        metavar="MB",
+        help="largest file the page accepts (default: %(default)g)",
+    )
+    max_image_mp: float = option(
+        DEFAULT_MAX_IMAGE_MEGAPIXELS,
+        flag="--max-image-mp",
+        range=POSITIVE,
+        metavar="MP",
+        help="largest image in megapixels (default: %(default)g)",
+    )
+    max_frames: int = option(
+        DEFAULT_MAX_VIDEO_FRAMES,
+        flag="--max-frames",
+        range=POSITIVE_INT,
+        metavar="N",
+        help="frames of a video tracked at most; longer videos are cut (default: %(default)s)",
+    )

@@ -125,9 +125,14 @@ def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> Iterator[list[P
 def format_json(document: dict) -> str:
     """Indented JSON with short number lists (points, sizes, matrix rows) kept on one line."""
     text = json.dumps(document, indent=2)
-    return re.sub(r"\[\s+([-+0-9.eE]+(?:,\s+[-+0-9.eE]+)*)\s+\]",
-                  lambda m: "[" + ", ".join(m.group(1).split(",\n")).replace(" ", "").replace(",", ", ") + "]",
-                  text) + "\n"
+    return (
+        re.sub(
+            r"\[\s+([-+0-9.eE]+(?:,\s+[-+0-9.eE]+)*)\s+\]",
+            lambda m: "[" + ", ".join(m.group(1).split(",\n")).replace(" ", "").replace(",", ", ") + "]",
+            text,
+        )
+        + "\n"
+    )
 
 
 def save_image(path: str | os.PathLike, image: np.ndarray) -> None:

@@ -99,8 +99,9 @@ class PCABasis:
         return PCABasis(self.mean, self.components[:k], self.explained_variance[:k])
 
 
-def fit_pca(samples: torch.Tensor, n_components: int, *, max_samples: int | None = DEFAULT_MAX_SAMPLES,
-            seed: int = 0) -> PCABasis:
+def fit_pca(
+    samples: torch.Tensor, n_components: int, *, max_samples: int | None = DEFAULT_MAX_SAMPLES, seed: int = 0
+) -> PCABasis:
     """PCA of ``samples`` ``(N, C)`` by SVD (``torch.linalg.svd``, CPU, float64), signs fixed.
 
     Each component's sign makes the projections of the samples positively skewed (long tail on
@@ -150,8 +151,9 @@ def fit_pca(samples: torch.Tensor, n_components: int, *, max_samples: int | None
     return PCABasis(mean.float(), comps.float(), variance.float())
 
 
-def robust_range(values: torch.Tensor, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def robust_range(
+    values: torch.Tensor, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(low, high)`` percentiles of ``values`` ``(N, K)``: two ``(K,)`` float32 tensors.
 
     >>> low, high = robust_range(torch.arange(101.0)[:, None], (10, 90))
@@ -165,8 +167,7 @@ def robust_range(values: torch.Tensor, percentiles: tuple[float, float] = DEFAUL
     return low.float(), high.float()
 
 
-def to_rgb(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor, mask: torch.Tensor | None = None
-           ) -> np.ndarray:
+def to_rgb(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor, mask: torch.Tensor | None = None) -> np.ndarray:
     """First three channels of ``values`` ``(..., K>=3)`` -> ``(..., 3) uint8`` RGB.
 
     Channel ``k`` maps ``low[k] -> 0`` and ``high[k] -> 255`` linearly, clipped; ``mask`` (``(...)``
@@ -280,9 +281,14 @@ class Foreground:
         return self.score(features) > self.threshold
 
 
-def fit_foreground(grids: Sequence[torch.Tensor], *, threshold: float | str = "otsu",
-                   percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-                   max_samples: int | None = DEFAULT_MAX_SAMPLES, seed: int = 0) -> Foreground:
+def fit_foreground(
+    grids: Sequence[torch.Tensor],
+    *,
+    threshold: float | str = "otsu",
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    max_samples: int | None = DEFAULT_MAX_SAMPLES,
+    seed: int = 0,
+) -> Foreground:
     """Fit the foreground split on the patches of one or more ``(h, w, C)`` feature grids.
 
     The sign follows the border rule (:func:`foreground_sign`, applied to the Otsu split of the
@@ -356,11 +362,17 @@ class FeaturePCA:
 
     # -- fitting ------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, maps: FeatureMap | torch.Tensor | Sequence[FeatureMap | torch.Tensor], *,
-            n_components: int = 3, foreground: float | str | None = "otsu",
-            percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-            max_samples: int | None = DEFAULT_MAX_SAMPLES, seed: int = 0,
-            metadata: dict | None = None) -> FeaturePCA:
+    def fit(
+        cls,
+        maps: FeatureMap | torch.Tensor | Sequence[FeatureMap | torch.Tensor],
+        *,
+        n_components: int = 3,
+        foreground: float | str | None = "otsu",
+        percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+        max_samples: int | None = DEFAULT_MAX_SAMPLES,
+        seed: int = 0,
+        metadata: dict | None = None,
+    ) -> FeaturePCA:
         """Fit jointly on feature maps (or ``(h, w, C)`` grids) of one or more images.
 
         Args:
@@ -389,12 +401,16 @@ class FeaturePCA:
         if fg is not None:
             fit_on = samples[fg.mask(samples)]
             if fit_on.shape[0] < max(MIN_FOREGROUND_PATCHES, k + 1):
-                log.warning("only %d foreground patches (threshold %.3g); fitting the colours on all patches",
-                            fit_on.shape[0], fg.threshold)
+                log.warning(
+                    "only %d foreground patches (threshold %.3g); fitting the colours on all patches",
+                    fit_on.shape[0],
+                    fg.threshold,
+                )
                 fit_on = samples
         if fit_on.shape[0] <= k:
-            raise InputError(f"{fit_on.shape[0]} patches are too few for {k} components; use larger images "
-                             "or a higher --resolution")
+            raise InputError(
+                f"{fit_on.shape[0]} patches are too few for {k} components; use larger images or a higher --resolution"
+            )
         basis = fit_pca(fit_on, k, max_samples=max_samples, seed=seed)
         low, high = robust_range(basis.transform(fit_on), lo_hi)
         return cls(basis, low, high, lo_hi, fg, dict(metadata or {}))
@@ -426,8 +442,7 @@ class FeaturePCA:
         """The same map with ``(h, w, K)`` reduced features (geometry kept; ``.upsample`` works)."""
         return replace(fmap, features=self.transform(fmap.features), cls_token=None, register_tokens=None)
 
-    def colorize(self, fmap: FeatureMap, *, nearest: bool = False,
-                 size_wh: tuple[int, int] | None = None) -> PCAColors:
+    def colorize(self, fmap: FeatureMap, *, nearest: bool = False, size_wh: tuple[int, int] | None = None) -> PCAColors:
         """Colour one image at its original size (or ``size_wh``).
 
         The three colour components and the foreground score are interpolated from the patch grid
@@ -448,20 +463,26 @@ class FeaturePCA:
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``.npz`` (float32 arrays + metadata; loading reproduces colours exactly)."""
         arrays = {
-            "format": np.asarray(PCA_FILE_FORMAT), "version": np.asarray(PCA_FILE_VERSION),
-            "mean": self.basis.mean.numpy(), "components": self.basis.components.numpy(),
+            "format": np.asarray(PCA_FILE_FORMAT),
+            "version": np.asarray(PCA_FILE_VERSION),
+            "mean": self.basis.mean.numpy(),
+            "components": self.basis.components.numpy(),
             "explained_variance": self.basis.explained_variance.numpy(),
-            "low": self.low.numpy(), "high": self.high.numpy(),
+            "low": self.low.numpy(),
+            "high": self.high.numpy(),
             "percentiles": np.asarray(self.percentiles, dtype=np.float64),
         }
         if self.foreground is not None:
             fg = self.foreground
-            arrays.update({
-                "fg_mean": fg.basis.mean.numpy(), "fg_component": fg.basis.components.numpy(),
-                "fg_explained_variance": fg.basis.explained_variance.numpy(),
-                "fg_low_high_threshold": np.asarray([fg.low, fg.high, fg.threshold], dtype=np.float64),
-                "fg_method": np.asarray(fg.method),
-            })
+            arrays.update(
+                {
+                    "fg_mean": fg.basis.mean.numpy(),
+                    "fg_component": fg.basis.components.numpy(),
+                    "fg_explained_variance": fg.basis.explained_variance.numpy(),
+                    "fg_low_high_threshold": np.asarray([fg.low, fg.high, fg.threshold], dtype=np.float64),
+                    "fg_method": np.asarray(fg.method),
+                }
+            )
         for key, value in (self.metadata or {}).items():
             arrays[f"meta_{key}"] = np.asarray(str(value))
         with open(path, "wb") as f:
@@ -473,14 +494,15 @@ class FeaturePCA:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"PCA file not found: {path}")
-        not_ours = (f"{path} is not a dinofeat PCA file (expected an .npz written by "
-                    f"`dinofeat pca --save-pca`)")
+        not_ours = f"{path} is not a dinofeat PCA file (expected an .npz written by `dinofeat pca --save-pca`)"
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
-        except Exception:  # numpy raises many types for other files; its advice (allow_pickle) is not for us
-            raise InputError(f"cannot read PCA file {path}: it is not a dinofeat PCA file (expected an .npz "
-                             f"written by `dinofeat pca --save-pca`)") from None
+        except Exception:  # noqa: BLE001 - numpy raises many types for other files; its advice (allow_pickle) is not for us
+            raise InputError(
+                f"cannot read PCA file {path}: it is not a dinofeat PCA file (expected an .npz "
+                f"written by `dinofeat pca --save-pca`)"
+            ) from None
         if str(arrays.get("format", "")) != PCA_FILE_FORMAT:
             raise InputError(not_ours)
         if int(arrays.get("version", -1)) > PCA_FILE_VERSION:

@@ -53,8 +53,9 @@ def check_points(points_xy, size_wh: tuple[int, int], label: str = "image A") ->
     return torch.from_numpy(pts).float()
 
 
-def mutual_nearest_patches(fa: FeatureMap, fb: FeatureMap, *, chunk_size: int = 4096
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mutual_nearest_patches(
+    fa: FeatureMap, fb: FeatureMap, *, chunk_size: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mutual nearest neighbours between the patches of two maps ("best buddies").
 
     Returns ``index_a`` ``(M,)`` and ``index_b`` ``(M,)`` flat patch indices (row-major) and their
@@ -144,8 +145,9 @@ def read_points_file(path: str | os.PathLike, *, with_frames: bool = False) -> l
         if values is None or len(values) not in sizes or not all(math.isfinite(v) for v in values):
             raise InputError(f"points file {path}: {where} {number} is not a finite {form}: {row!r}")
         if len(values) == 3 and (values[0] < 0 or values[0] != int(values[0])):
-            raise InputError(f"points file {path}: {where} {number}: frame index must be a "
-                             f"non-negative integer, got {values[0]:g}")
+            raise InputError(
+                f"points file {path}: {where} {number}: frame index must be a non-negative integer, got {values[0]:g}"
+            )
         points.append(tuple(values))
     if not points:
         raise InputError(f"points file {path} holds no points")

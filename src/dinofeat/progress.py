@@ -44,8 +44,15 @@ class TqdmProgress:
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total or None, desc=self.desc, unit=self.unit, file=sys.stderr,
-                             disable=None, leave=True, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total or None,
+                desc=self.desc,
+                unit=self.unit,
+                file=sys.stderr,
+                disable=None,
+                leave=True,
+                dynamic_ncols=True,
+            )
         self._bar.update(done - self._bar.n)
 
     def __enter__(self) -> TqdmProgress:

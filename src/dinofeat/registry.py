@@ -112,13 +112,22 @@ class ModelSpec:
 
 def _family(size: str, arch: str, dim: int, depth: int, heads: int, ffn: str, hf: str) -> list[ModelSpec]:
     plain = ModelSpec(f"dinov2_vit{size}14", arch, dim, depth, heads, ffn, 0, f"facebook/dinov2-{hf}")
-    reg = ModelSpec(f"dinov2_vit{size}14_reg", arch, dim, depth, heads, ffn, 4,
-                    f"facebook/dinov2-with-registers-{hf}")
+    reg = ModelSpec(f"dinov2_vit{size}14_reg", arch, dim, depth, heads, ffn, 4, f"facebook/dinov2-with-registers-{hf}")
     return [plain, reg]
 
 
-def _dinov3(arch: str, dim: int, depth: int, heads: int, ffn: str, ratio: float, hashes: dict[str, str],
-            *, qkv_bias: bool = True, align: int = 8) -> list[ModelSpec]:
+def _dinov3(
+    arch: str,
+    dim: int,
+    depth: int,
+    heads: int,
+    ffn: str,
+    ratio: float,
+    hashes: dict[str, str],
+    *,
+    qkv_bias: bool = True,
+    align: int = 8,
+) -> list[ModelSpec]:
     """One DINOv3 ViT (patch 16, 4 storage tokens, RoPE) per weight set in ``hashes``.
 
     Shapes follow Meta's ``dinov3/hub/backbones.py``: ``ratio`` is its ``ffn_ratio`` and ``align``
@@ -128,13 +137,29 @@ def _dinov3(arch: str, dim: int, depth: int, heads: int, ffn: str, ratio: float,
     for weight_set, checkpoint_hash in hashes.items():
         tag = weight_set.replace("-", "").lower()
         satellite = weight_set == "SAT-493M"
-        specs.append(ModelSpec(
-            name=f"dinov3_{arch}" + (f"_{tag}" if satellite else ""), arch=arch, embed_dim=dim, depth=depth,
-            num_heads=heads, ffn=ffn, num_registers=4, hf_repo=f"facebook/dinov3-{arch}-pretrain-{tag}",
-            patch_size=16, pos_grid=0, mlp_ratio=ratio, mean=SAT493M_MEAN if satellite else IMAGENET_MEAN,
-            std=SAT493M_STD if satellite else IMAGENET_STD, family="dinov3", weight_set=weight_set, gated=True,
-            qkv_bias=qkv_bias, ffn_align=align, checkpoint_hash=checkpoint_hash,
-        ))
+        specs.append(
+            ModelSpec(
+                name=f"dinov3_{arch}" + (f"_{tag}" if satellite else ""),
+                arch=arch,
+                embed_dim=dim,
+                depth=depth,
+                num_heads=heads,
+                ffn=ffn,
+                num_registers=4,
+                hf_repo=f"facebook/dinov3-{arch}-pretrain-{tag}",
+                patch_size=16,
+                pos_grid=0,
+                mlp_ratio=ratio,
+                mean=SAT493M_MEAN if satellite else IMAGENET_MEAN,
+                std=SAT493M_STD if satellite else IMAGENET_STD,
+                family="dinov3",
+                weight_set=weight_set,
+                gated=True,
+                qkv_bias=qkv_bias,
+                ffn_align=align,
+                checkpoint_hash=checkpoint_hash,
+            )
+        )
     return specs
 
 
@@ -150,8 +175,17 @@ MODELS: dict[str, ModelSpec] = {
         *_dinov3("vitb16", 768, 12, 12, "mlp", 4, {"LVD-1689M": "73cec8be"}),
         *_dinov3("vitl16", 1024, 24, 16, "mlp", 4, {"LVD-1689M": "8aa4cbdd", "SAT-493M": "eadcf0ff"}),
         *_dinov3("vith16plus", 1280, 32, 20, "swiglu", 6, {"LVD-1689M": "7c1da9a5"}),
-        *_dinov3("vit7b16", 4096, 40, 32, "swiglu", 3, {"LVD-1689M": "a955f4ea", "SAT-493M": "a6675841"},
-                 qkv_bias=False, align=64),
+        *_dinov3(
+            "vit7b16",
+            4096,
+            40,
+            32,
+            "swiglu",
+            3,
+            {"LVD-1689M": "a955f4ea", "SAT-493M": "a6675841"},
+            qkv_bias=False,
+            align=64,
+        ),
     )
 }
 
@@ -163,6 +197,4 @@ def get_spec(name: str) -> ModelSpec:
     except KeyError:
         close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownModelError(
-            f"unknown model {name!r}.{hint} Known models: {', '.join(MODELS)}."
-        ) from None
+        raise UnknownModelError(f"unknown model {name!r}.{hint} Known models: {', '.join(MODELS)}.") from None

@@ -77,7 +77,8 @@ def refine_peaks(
     re-normalised; the cosine with the query is evaluated at every processed pixel within
     ``radius`` patches (grid cells) of the peak, then on a 1/4-pixel lattice within
     ``FINE_REACH_PX`` (1.5) pixels of the best of those (where the cosine surface is rough, the
-    best whole pixel can lie more than a pixel from the peak). Matched against its own image, a query comes back to its pixel to within 1/8
+    best whole pixel can lie more than a pixel from the peak).
+    Matched against its own image, a query comes back to its pixel to within 1/8
     of a processed pixel, provided the peak is within ``radius`` of it.
 
     Args:
@@ -96,7 +97,8 @@ def refine_peaks(
         ``points_xy``: ``(N, 2)`` float32 positions in ORIGINAL target-image pixels;
         ``scores``: ``(N,)`` float32 cosine similarity at those positions.
 
-    >>> fmap = FeatureMap(torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(0)), image_size_wh=(56, 42), processed_size_wh=(56, 42))
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> fmap = FeatureMap(torch.randn(3, 4, 8, generator=gen), image_size_wh=(56, 42), processed_size_wh=(56, 42))
     >>> q = fmap.normalized().sample(torch.tensor([[20.0, 17.0]]), normalize=True)
     >>> xy, score = refine_peaks(q, fmap, torch.tensor([[1, 1]]))
     >>> xy.round().tolist(), round(float(score), 4)
@@ -158,7 +160,8 @@ def locate(
         chunk_size: queries processed together (bounds memory).
         refiner: a :class:`Refiner` of ``target`` to reuse (its norm tables are built once per map).
 
-    >>> fmap = FeatureMap(torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(0)), image_size_wh=(56, 42), processed_size_wh=(56, 42))
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> fmap = FeatureMap(torch.randn(3, 4, 8, generator=gen), image_size_wh=(56, 42), processed_size_wh=(56, 42))
     >>> q = fmap.normalized().sample(torch.tensor([[20.0, 17.0]]), normalize=True)
     >>> found = locate(q, fmap)
     >>> found.points_xy.round().tolist(), round(float(found.scores), 4)
@@ -184,8 +187,9 @@ def locate(
         grid_uv[part], scores[part] = refiner._fine(sim, best_xy)
         if exclusion is not None:
             far = refiner.far_cells(best_cell, exclusion)
-            _, runner_up[part], _ = refiner.search(sim, bound.masked_fill(~far, -math.inf), order,
-                                                   per_round=cells_per_round, max_cells=max_cells)
+            _, runner_up[part], _ = refiner.search(
+                sim, bound.masked_fill(~far, -math.inf), order, per_round=cells_per_round, max_cells=max_cells
+            )
     return Located(target.grid_to_pixel(grid_uv.double()).float(), scores, runner_up.clamp_min(-1.0))
 
 
@@ -229,7 +233,9 @@ class Refiner:
             frac = torch.arange(steps, device=self.device, dtype=torch.float32) / steps
             weights = _bilinear_weights(frac[None, :].expand(steps, steps), frac[:, None].expand(steps, steps))
             norm2 = torch.einsum("kla,hwab,klb->hkwl", weights, self._gram, weights)
-            norm2 = norm2.reshape(self.h * steps, self.w * steps)[: (self.h - 1) * steps + 1, : (self.w - 1) * steps + 1]
+            norm2 = norm2.reshape(self.h * steps, self.w * steps)[
+                : (self.h - 1) * steps + 1, : (self.w - 1) * steps + 1
+            ]
             self._inv_norms[steps] = norm2.clamp_min(1e-12).rsqrt()
         return self._inv_norms[steps]
 
@@ -251,8 +257,9 @@ class Refiner:
             rows = (torch.arange(ch, device=self.device)[:, None] * s + t).clamp(max=inv.shape[0] - 1)
             cols = (torch.arange(cw, device=self.device)[:, None] * s + t).clamp(max=inv.shape[1] - 1)
             blocks = inv[rows[:, None, :, None], cols[None, :, None, :]].reshape(ch * cw, -1)
-            padded = F.pad(inv[None, None], (0, max(0, s + 1 - inv.shape[1]), 0, max(0, s + 1 - inv.shape[0])),
-                           mode="replicate")
+            padded = F.pad(
+                inv[None, None], (0, max(0, s + 1 - inv.shape[1]), 0, max(0, s + 1 - inv.shape[0])), mode="replicate"
+            )
             largest = F.max_pool2d(padded, kernel_size=s + 1, stride=s)[0, 0, :ch, :cw].reshape(-1)
             self._blocks = blocks, largest
         return self._blocks
@@ -269,14 +276,19 @@ class Refiner:
         n = len(sim)
         if self.h == 1 or self.w == 1:  # a 1-wide grid: its cells are degenerate, pad to 2
             sim = F.pad(sim[:, None], (0, int(self.w == 1), 0, int(self.h == 1)), mode="replicate")[:, 0]
-        half = F.pad(self.inv_norm(2)[None, None], (0, 2 * int(self.w == 1), 0, 2 * int(self.h == 1)),
-                     mode="replicate")[0, 0]  # inverse norms at half-patch steps
+        half = F.pad(
+            self.inv_norm(2)[None, None], (0, 2 * int(self.w == 1), 0, 2 * int(self.h == 1)), mode="replicate"
+        )[0, 0]  # inverse norms at half-patch steps
         top, bottom = sim[:, :-1], sim[:, 1:]
-        corner = torch.maximum(torch.maximum(top[..., :-1], top[..., 1:]), torch.maximum(bottom[..., :-1], bottom[..., 1:]))
+        corner = torch.maximum(
+            torch.maximum(top[..., :-1], top[..., 1:]), torch.maximum(bottom[..., :-1], bottom[..., 1:])
+        )
         across = (sim[..., :-1] + sim[..., 1:]) * (0.5 * half[0::2, 1::2])  # horizontal edge midpoints
         down = (top + bottom) * (0.5 * half[1::2, 0::2])  # vertical edge midpoints
         centre = (top[..., :-1] + top[..., 1:] + bottom[..., :-1] + bottom[..., 1:]) * (0.25 * half[1::2, 1::2])
-        estimate = torch.maximum(torch.maximum(across[:, :-1], across[:, 1:]), torch.maximum(down[..., :-1], down[..., 1:]))
+        estimate = torch.maximum(
+            torch.maximum(across[:, :-1], across[:, 1:]), torch.maximum(down[..., :-1], down[..., 1:])
+        )
         estimate = torch.maximum(torch.maximum(estimate, centre), corner)  # corner norms are 1
         corner = corner.reshape(n, -1)
         bound = torch.where(corner > 0, corner * self._cell_blocks()[1], corner)
@@ -303,8 +315,9 @@ class Refiner:
         dj = (j - (cell % cw)[:, None]).abs()
         return torch.maximum(di, dj) > exclusion
 
-    def search(self, sim: torch.Tensor, bound: torch.Tensor, order: torch.Tensor, *, per_round: int,
-               max_cells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def search(
+        self, sim: torch.Tensor, bound: torch.Tensor, order: torch.Tensor, *, per_round: int, max_cells: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Branch and bound over cells: best 1-pixel lattice point ``(n, 2)`` long, its cosine
         ``(n,)`` and its cell ``(n,)``. Cells are searched in decreasing ``order`` until the best
         found beats the ``bound`` of every cell left; cells with bound -inf are never searched.
@@ -319,7 +332,7 @@ class Refiner:
         active = torch.arange(n, device=self.device)
         lo, size = 0, max(1, per_round)
         while lo < limit:
-            cells = ranked[active, lo:lo + size]
+            cells = ranked[active, lo : lo + size]
             lo, size = lo + size, lo + size  # rounds double the cells searched so far: few rounds
             xy, score = self._search_cells(sim[active], cells)  # (a, m, 2), (a, m)
             score = score.masked_fill(left[active[:, None], cells] == -math.inf, -math.inf)
@@ -340,7 +353,7 @@ class Refiner:
         """Every ``CELL_STEP_PX`` pixels of ``cells`` ``(n, m)``: best lattice point ``(n, m, 2)``
         long (processed pixels) and its cosine ``(n, m)``."""
         n, m = cells.shape
-        s, (ch, cw) = self.stride, self.cells_hw
+        s, (_ch, cw) = self.stride, self.cells_hw
         i, j = cells // cw, cells % cw
         corners = _window_index(i.reshape(-1), j.reshape(-1), 2, self.h, self.w)  # (n*m, 2, 2)
         window = sim.reshape(n, -1).gather(1, corners.reshape(n, -1)).reshape(n, m, 2, 2)
@@ -360,7 +373,7 @@ class Refiner:
         ``peaks`` ``(n, K, 2)`` (grid units), given the queries' similarity maps ``(n, h, w)``."""
         if not (radius >= 0 and math.isfinite(radius)):
             raise ValueError(f"radius must be a finite non-negative number of patches, got {radius}")
-        reach = int(math.floor(radius * self.stride + 1e-9))
+        reach = math.floor(radius * self.stride + 1e-9)
         best_xy, best_score = None, None
         for k in range(peaks.shape[1]):
             xy, score = self._local(sim, peaks[:, k].float(), reach)

@@ -55,8 +55,17 @@ SPLITS = ("trn", "val", "test")
 DEFAULT_SPLIT = "test"
 DEFAULT_ALPHAS = (0.1,)
 #: Pair-file fields kept in :attr:`SPairPair.attributes` when present.
-ATTRIBUTE_FIELDS = ("pair_id", "src_imsize", "trg_imsize", "kps_ids", "mirror", "viewpoint_variation",
-                    "scale_variation", "truncation", "occlusion")
+ATTRIBUTE_FIELDS = (
+    "pair_id",
+    "src_imsize",
+    "trg_imsize",
+    "kps_ids",
+    "mirror",
+    "viewpoint_variation",
+    "scale_variation",
+    "truncation",
+    "occlusion",
+)
 
 MatchFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -100,8 +109,13 @@ class SPairPair:
         return _load_image(self.source_image), _load_image(self.target_image)
 
 
-def read_spair(root: str | os.PathLike, *, split: str = DEFAULT_SPLIT, limit: int | None = None,
-               categories: Iterable[str] | None = None) -> list[SPairPair]:
+def read_spair(
+    root: str | os.PathLike,
+    *,
+    split: str = DEFAULT_SPLIT,
+    limit: int | None = None,
+    categories: Iterable[str] | None = None,
+) -> list[SPairPair]:
     """Read the pair annotations of one split of an SPair-71k folder.
 
     Pair files are read in file-name order (pair-id order); ``categories`` keeps only those
@@ -143,13 +157,17 @@ def _read_pair(path: Path, root: Path, split: str) -> SPairPair:
         raise InputError(f"cannot read SPair-71k annotation {path}: {_one_line(err)}") from None
     if not isinstance(data, dict):
         raise InputError(f"bad SPair-71k annotation {path}: expected a JSON object, got {type(data).__name__}")
-    missing = [key for key in ("src_imname", "trg_imname", "category", "src_kps", "trg_kps", "trg_bndbox")
-               if key not in data]
+    missing = [
+        key for key in ("src_imname", "trg_imname", "category", "src_kps", "trg_kps", "trg_bndbox") if key not in data
+    ]
     if missing:
         raise InputError(f"bad SPair-71k annotation {path}: no {', '.join(missing)}")
     names = {key: data[key] for key in ("src_imname", "trg_imname", "category")}
-    bad = [key for key, value in names.items() if not isinstance(value, str) or not value
-           or "/" in value or "\\" in value or value in (".", "..")]
+    bad = [
+        key
+        for key, value in names.items()
+        if not isinstance(value, str) or not value or "/" in value or "\\" in value or value in (".", "..")
+    ]
     if bad:
         raise InputError(f"bad SPair-71k annotation {path}: {', '.join(bad)} must be a plain file or folder name")
     source_kps = _points(data["src_kps"], "src_kps", path)
@@ -166,10 +184,18 @@ def _read_pair(path: Path, root: Path, split: str) -> SPairPair:
     for image in (source_image, target_image):
         if not image.is_file():
             raise InputError(f"SPair-71k image not found: {image} (named in {path.name})")
-    return SPairPair(name=path.stem, category=category, split=split, source_image=source_image,
-                     target_image=target_image, source_kps=source_kps, target_kps=target_kps,
-                     target_bbox=target_bbox, source_bbox=source_bbox,
-                     attributes={key: data[key] for key in ATTRIBUTE_FIELDS if key in data})
+    return SPairPair(
+        name=path.stem,
+        category=category,
+        split=split,
+        source_image=source_image,
+        target_image=target_image,
+        source_kps=source_kps,
+        target_kps=target_kps,
+        target_bbox=target_bbox,
+        source_bbox=source_bbox,
+        attributes={key: data[key] for key in ATTRIBUTE_FIELDS if key in data},
+    )
 
 
 def _points(value: Any, key: str, path: Path) -> np.ndarray:
@@ -359,26 +385,40 @@ def evaluate_spair(
     for done, pair in enumerate(pairs, start=1):
         image_a, image_b = pair.load_images()
         pred = _call_match_fn(match_fn, image_a, image_b, pair)
-        results.append(SPairPairResult(pair=pair, pred_kps=pred,
-                                       correct=pck_correct(pred, pair.target_kps, pair.bbox_size, alphas)))
+        results.append(
+            SPairPairResult(
+                pair=pair, pred_kps=pred, correct=pck_correct(pred, pair.target_kps, pair.bbox_size, alphas)
+            )
+        )
         if progress is not None:
             progress(done, len(pairs))
     by_category: dict[str, list[SPairPairResult]] = {}
     for result in results:
         by_category.setdefault(result.pair.category, []).append(result)
-    report = SPairReport(alphas=alphas, model=model, pairs=results, overall=summarize(results, alphas),
-                         categories={name: summarize(by_category[name], alphas) for name in sorted(by_category)})
-    log.info("SPair-71k: %d pairs, %s per point %.1f, per image %.1f", len(results), pck_key(alphas[0]),
-             100 * report.overall["per_point"][pck_key(alphas[0])],
-             100 * report.overall["per_image"][pck_key(alphas[0])])
+    report = SPairReport(
+        alphas=alphas,
+        model=model,
+        pairs=results,
+        overall=summarize(results, alphas),
+        categories={name: summarize(by_category[name], alphas) for name in sorted(by_category)},
+    )
+    log.info(
+        "SPair-71k: %d pairs, %s per point %.1f, per image %.1f",
+        len(results),
+        pck_key(alphas[0]),
+        100 * report.overall["per_point"][pck_key(alphas[0])],
+        100 * report.overall["per_image"][pck_key(alphas[0])],
+    )
     return report
 
 
 def _call_match_fn(match_fn: MatchFn, image_a: np.ndarray, image_b: np.ndarray, pair: SPairPair) -> np.ndarray:
     pred = np.asarray(match_fn(image_a, image_b, pair.source_kps.copy()))
     if pred.shape != pair.source_kps.shape or not np.issubdtype(pred.dtype, np.number):
-        raise InputError(f"pair {pair.name}: match_fn returned {pred.dtype} {pred.shape}, expected float "
-                         f"{pair.source_kps.shape} (keypoints, x/y)")
+        raise InputError(
+            f"pair {pair.name}: match_fn returned {pred.dtype} {pred.shape}, expected float "
+            f"{pair.source_kps.shape} (keypoints, x/y)"
+        )
     return pred.astype(np.float64)
 
 
@@ -402,4 +442,3 @@ def _json_points(points: np.ndarray) -> list:
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= 200 else text[:197] + "..."
-

@@ -221,10 +221,15 @@ class TapVidVideo:
         if not isinstance(occluded, np.ndarray) or occluded.dtype != np.bool_ or occluded.ndim != 2:
             raise InputError(f"{label}: 'occluded' must be a bool (N, T) array, got {_describe(occluded)}")
         tracks = occluded.shape[0]
-        if (not isinstance(points, np.ndarray) or not np.issubdtype(points.dtype, np.floating)
-                or points.shape != (tracks, occluded.shape[1], 2)):
-            raise InputError(f"{label}: 'points' must be a float (N, T, 2) array matching 'occluded' "
-                             f"{occluded.shape}, got {_describe(points)}")
+        if (
+            not isinstance(points, np.ndarray)
+            or not np.issubdtype(points.dtype, np.floating)
+            or points.shape != (tracks, occluded.shape[1], 2)
+        ):
+            raise InputError(
+                f"{label}: 'points' must be a float (N, T, 2) array matching 'occluded' "
+                f"{occluded.shape}, got {_describe(points)}"
+            )
         if occluded.shape[1] != frame_count:
             raise InputError(f"{label}: {frame_count} frames but tracks of {occluded.shape[1]} frames")
         if not np.isfinite(points[~occluded]).all():
@@ -257,8 +262,10 @@ def _read_file(path: Path, prefix: str = "") -> list[TapVidVideo]:
     elif isinstance(data, (list, tuple)):
         items = list(enumerate(data))
     else:
-        raise InputError(f"not a TAP-Vid pickle: {path} holds {type(data).__name__} data, "
-                         "expected a dict of videos (DAVIS) or a list of videos (RGB-Stacking, Kinetics)")
+        raise InputError(
+            f"not a TAP-Vid pickle: {path} holds {type(data).__name__} data, "
+            "expected a dict of videos (DAVIS) or a list of videos (RGB-Stacking, Kinetics)"
+        )
     if not items:
         raise InputError(f"TAP-Vid pickle holds no videos: {path}")
     return [TapVidVideo.from_record(f"{prefix}{key}", record, str(path)) for key, record in items]
@@ -271,11 +278,11 @@ def _check_video(video: Any, label: str) -> tuple[np.ndarray | tuple[bytes, ...]
             raise InputError(f"{label}: 'video' must be (T, H, W, 3) uint8 frames, got shape {video.shape}")
         return video, video.shape[0]
     sequence = isinstance(video, (list, tuple)) or (isinstance(video, np.ndarray) and video.ndim == 1)
-    if sequence and len(video) > 0:
-        if all(isinstance(frame, (bytes, bytearray)) for frame in video):
-            return tuple(bytes(frame) for frame in video), len(video)
-    raise InputError(f"{label}: 'video' must be (T, H, W, 3) uint8 frames or a list of JPEG-encoded frames, "
-                     f"got {_describe(video)}")
+    if sequence and len(video) > 0 and all(isinstance(frame, (bytes, bytearray)) for frame in video):
+        return tuple(bytes(frame) for frame in video), len(video)
+    raise InputError(
+        f"{label}: 'video' must be (T, H, W, 3) uint8 frames or a list of JPEG-encoded frames, got {_describe(video)}"
+    )
 
 
 def _decode_frames(encoded: Sequence[bytes], label: str) -> np.ndarray:
@@ -288,8 +295,10 @@ def _decode_frames(encoded: Sequence[bytes], label: str) -> np.ndarray:
         except Exception as err:  # noqa: BLE001 - Pillow raises many types for corrupt data
             raise InputError(f"{label}: frame {index} is not a decodable image ({_one_line(err)})") from None
         if frames[-1].shape != frames[0].shape:
-            raise InputError(f"{label}: frame {index} is {frames[-1].shape[1]}x{frames[-1].shape[0]}, "
-                             f"frame 0 is {frames[0].shape[1]}x{frames[0].shape[0]}")
+            raise InputError(
+                f"{label}: frame {index} is {frames[-1].shape[1]}x{frames[-1].shape[0]}, "
+                f"frame 0 is {frames[0].shape[1]}x{frames[0].shape[0]}"
+            )
     return np.stack(frames)
 
 
@@ -302,8 +311,9 @@ def resize_frames(frames: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     height, width = size_hw
     if frames.shape[1:3] == (height, width):
         return frames
-    return np.stack([np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.LANCZOS))
-                     for frame in frames])
+    return np.stack(
+        [np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.LANCZOS)) for frame in frames]
+    )
 
 
 # -- query protocols ----------------------------------------------------------------------------
@@ -368,8 +378,9 @@ def sample_queries_strided(occluded: np.ndarray, points: np.ndarray, stride: int
     return TapVidQueries(query, points[track], occluded[track], track.astype(np.int64))
 
 
-def sample_queries(protocol: str, occluded: np.ndarray, points: np.ndarray, *,
-                   stride: int = QUERY_STRIDE) -> TapVidQueries:
+def sample_queries(
+    protocol: str, occluded: np.ndarray, points: np.ndarray, *, stride: int = QUERY_STRIDE
+) -> TapVidQueries:
     """:func:`sample_queries_first` or :func:`sample_queries_strided` by protocol name."""
     if _check_protocol(protocol) == "first":
         return sample_queries_first(occluded, points)
@@ -380,8 +391,9 @@ def _check_tracks(occluded, points) -> tuple[np.ndarray, np.ndarray]:
     occluded = np.asarray(occluded)
     points = np.asarray(points, dtype=np.float64)
     if occluded.dtype != np.bool_ or occluded.ndim != 2 or points.shape != occluded.shape + (2,):
-        raise InputError(f"expected occluded (N, T) bool and points (N, T, 2), got {_describe(occluded)} "
-                         f"and {_describe(points)}")
+        raise InputError(
+            f"expected occluded (N, T) bool and points (N, T, 2), got {_describe(occluded)} and {_describe(points)}"
+        )
     return occluded, points
 
 
@@ -410,8 +422,9 @@ def evaluation_mask(query_frames, num_frames: int, protocol: str) -> np.ndarray:
     return frames > query if protocol == "first" else frames != query
 
 
-def compute_tapvid_metrics(query_points, gt_occluded, gt_tracks, pred_occluded, pred_tracks,
-                           protocol: str) -> dict[str, float]:
+def compute_tapvid_metrics(
+    query_points, gt_occluded, gt_tracks, pred_occluded, pred_tracks, protocol: str
+) -> dict[str, float]:
     """TAP-Vid metrics of one video, exactly as the reference's ``compute_tapvid_metrics`` (one video).
 
     Args:
@@ -437,10 +450,16 @@ def compute_tapvid_metrics(query_points, gt_occluded, gt_tracks, pred_occluded, 
     gt_tracks = np.asarray(gt_tracks, dtype=np.float64)
     pred_tracks = np.asarray(pred_tracks, dtype=np.float64)
     shape = gt_occluded.shape
-    if (len(shape) != 2 or pred_occluded.shape != shape or gt_tracks.shape != shape + (2,)
-            or pred_tracks.shape != shape + (2,)):
-        raise InputError(f"metric inputs disagree: occluded {shape} / {pred_occluded.shape}, "
-                         f"tracks {gt_tracks.shape} / {pred_tracks.shape}; expected (Q, T) and (Q, T, 2)")
+    if (
+        len(shape) != 2
+        or pred_occluded.shape != shape
+        or gt_tracks.shape != shape + (2,)
+        or pred_tracks.shape != shape + (2,)
+    ):
+        raise InputError(
+            f"metric inputs disagree: occluded {shape} / {pred_occluded.shape}, "
+            f"tracks {gt_tracks.shape} / {pred_tracks.shape}; expected (Q, T) and (Q, T, 2)"
+        )
     query_points = np.asarray(query_points, dtype=np.float64).reshape(-1, 3)
     if len(query_points) != shape[0]:
         raise InputError(f"{len(query_points)} query points for {shape[0]} tracks")
@@ -449,11 +468,14 @@ def compute_tapvid_metrics(query_points, gt_occluded, gt_tracks, pred_occluded, 
     squared = np.sum(np.square(pred_tracks - gt_tracks), axis=-1)
     gt_positives = np.count_nonzero(visible & evaluated)
 
-    metrics = {"occlusion_accuracy": _ratio(np.count_nonzero((pred_occluded == gt_occluded) & evaluated),
-                                            np.count_nonzero(evaluated))}
+    metrics = {
+        "occlusion_accuracy": _ratio(
+            np.count_nonzero((pred_occluded == gt_occluded) & evaluated), np.count_nonzero(evaluated)
+        )
+    }
     within_all, jaccard_all = [], []
     for threshold in THRESHOLDS:
-        within = squared < threshold ** 2  # NaN predictions are never within
+        within = squared < threshold**2  # NaN predictions are never within
         correct = within & visible
         true_positives = np.count_nonzero(correct & pred_visible & evaluated)
         false_positives = np.count_nonzero((~visible | ~within) & pred_visible & evaluated)
@@ -579,8 +601,10 @@ class TapVidReport:
         header = f"{'video':<{width}}  {'queries':>7}  {'frames':>6}  {'AJ':>6}  {'δ_avg':>6}  {'OA':>6}"
         lines = [header, "-" * len(header)]
         for video in self.videos:
-            lines.append(f"{video.name:<{width}}  {len(video.query_points):>7}  {video.pred_occluded.shape[1]:>6}  "
-                         + _headline(video.metrics))
+            lines.append(
+                f"{video.name:<{width}}  {len(video.query_points):>7}  {video.pred_occluded.shape[1]:>6}  "
+                + _headline(video.metrics)
+            )
         lines += ["-" * len(header), f"{mean_label:<{width}}  {'':>7}  {'':>6}  " + _headline(self.mean)]
         return "\n".join(lines)
 
@@ -636,14 +660,32 @@ def evaluate_tapvid(
         raise InputError("no TAP-Vid videos to evaluate")
     results = []
     for done, video in enumerate(videos, start=1):
-        results.append(evaluate_video(video, track_fn, protocol=protocol, resolution=resolution,
-                                      metrics_resolution=metrics_resolution, query_stride=query_stride))
-        log.info("%s: AJ %s, δ_avg %s, OA %s (%d queries)", video.name, *_headline(results[-1].metrics).split(),
-                 len(results[-1].query_points))
+        results.append(
+            evaluate_video(
+                video,
+                track_fn,
+                protocol=protocol,
+                resolution=resolution,
+                metrics_resolution=metrics_resolution,
+                query_stride=query_stride,
+            )
+        )
+        log.info(
+            "%s: AJ %s, δ_avg %s, OA %s (%d queries)",
+            video.name,
+            *_headline(results[-1].metrics).split(),
+            len(results[-1].query_points),
+        )
         if progress is not None:
             progress(done, len(videos))
-    return TapVidReport(protocol=protocol, resolution=resolution, metrics_resolution=metrics_resolution,
-                        model=model, videos=results, mean=mean_metrics([r.metrics for r in results]))
+    return TapVidReport(
+        protocol=protocol,
+        resolution=resolution,
+        metrics_resolution=metrics_resolution,
+        model=model,
+        videos=results,
+        mean=mean_metrics([r.metrics for r in results]),
+    )
 
 
 def evaluate_video(
@@ -670,36 +712,52 @@ def evaluate_video(
     eval_h, eval_w = metrics_resolution or (height, width)
     # The reference multiplies normalised points by the raster size, then samples queries from them.
     queries = sample_queries(protocol, video.occluded, video.points * [width, height], stride=query_stride)
-    scored = queries if (eval_h, eval_w) == (height, width) else sample_queries(
-        protocol, video.occluded, video.points * [eval_w, eval_h], stride=query_stride)
+    scored = (
+        queries
+        if (eval_h, eval_w) == (height, width)
+        else sample_queries(protocol, video.occluded, video.points * [eval_w, eval_h], stride=query_stride)
+    )
     if len(queries) == 0:
-        log.warning("video %r has no query (no visible point under protocol %r); its metrics are undefined",
-                    video.name, protocol)
+        log.warning(
+            "video %r has no query (no visible point under protocol %r); its metrics are undefined",
+            video.name,
+            protocol,
+        )
         pred_tracks = np.zeros((0, num_frames, 2))
         pred_occluded = np.zeros((0, num_frames), dtype=bool)
     else:
-        queries_txy = np.column_stack([queries.query_points[:, 0],
-                                       raster_to_pixels(queries.query_points[:, [2, 1]])])
+        queries_txy = np.column_stack([queries.query_points[:, 0], raster_to_pixels(queries.query_points[:, [2, 1]])])
         tracks_xy, visible = _call_track_fn(track_fn, frames, queries_txy, video.name)
         pred_tracks = pixels_to_raster(tracks_xy) * [eval_w / width, eval_h / height]
         pred_occluded = ~visible
-    metrics = compute_tapvid_metrics(scored.query_points, scored.occluded, scored.target_points,
-                                     pred_occluded, pred_tracks, protocol)
-    return TapVidVideoResult(name=video.name, raster_hw=(eval_h, eval_w), query_points=scored.query_points,
-                             target_points=scored.target_points, occluded=scored.occluded,
-                             pred_tracks=pred_tracks, pred_occluded=pred_occluded, metrics=metrics)
+    metrics = compute_tapvid_metrics(
+        scored.query_points, scored.occluded, scored.target_points, pred_occluded, pred_tracks, protocol
+    )
+    return TapVidVideoResult(
+        name=video.name,
+        raster_hw=(eval_h, eval_w),
+        query_points=scored.query_points,
+        target_points=scored.target_points,
+        occluded=scored.occluded,
+        pred_tracks=pred_tracks,
+        pred_occluded=pred_occluded,
+        metrics=metrics,
+    )
 
 
-def _call_track_fn(track_fn: TrackFn, frames: np.ndarray, queries_txy: np.ndarray,
-                   name: str) -> tuple[np.ndarray, np.ndarray]:
+def _call_track_fn(
+    track_fn: TrackFn, frames: np.ndarray, queries_txy: np.ndarray, name: str
+) -> tuple[np.ndarray, np.ndarray]:
     answer = track_fn(frames, queries_txy.copy())
     if not isinstance(answer, tuple) or len(answer) != 2:
         raise InputError(f"video {name!r}: track_fn must return (tracks_xy, visible), got {type(answer).__name__}")
     tracks_xy, visible = np.asarray(answer[0]), np.asarray(answer[1])
     want = (len(queries_txy), len(frames))
     if tracks_xy.shape != want + (2,) or not np.issubdtype(tracks_xy.dtype, np.number):
-        raise InputError(f"video {name!r}: track_fn returned tracks {_describe(tracks_xy)}, expected "
-                         f"float {want + (2,)} (queries, frames, x/y)")
+        raise InputError(
+            f"video {name!r}: track_fn returned tracks {_describe(tracks_xy)}, expected "
+            f"float {want + (2,)} (queries, frames, x/y)"
+        )
     if visible.shape != want or visible.dtype != np.bool_:
         raise InputError(f"video {name!r}: track_fn returned visible {_describe(visible)}, expected bool {want}")
     return tracks_xy.astype(np.float64), visible

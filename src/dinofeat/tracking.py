@@ -65,9 +65,21 @@ from dinofeat.progress import Progress, report
 from dinofeat.search import Refiner, locate, refine_peaks
 from dinofeat.tracks import Tracks, TrackStep
 
-__all__ = ["DEFAULT_ANCHOR_WEIGHT", "DEFAULT_CYCLE_TOLERANCE_PATCHES", "DEFAULT_MIN_SCORE", "DEFAULT_UPDATE_RATE",
-           "DEFAULT_WINDOW_PATCHES", "PointTracker", "Tracks", "TrackStep", "check_queries",
-           "processed_frame_indices", "track_frames", "track_to_files", "track_video"]
+__all__ = [
+    "DEFAULT_ANCHOR_WEIGHT",
+    "DEFAULT_CYCLE_TOLERANCE_PATCHES",
+    "DEFAULT_MIN_SCORE",
+    "DEFAULT_UPDATE_RATE",
+    "DEFAULT_WINDOW_PATCHES",
+    "PointTracker",
+    "TrackStep",
+    "Tracks",
+    "check_queries",
+    "processed_frame_indices",
+    "track_frames",
+    "track_to_files",
+    "track_video",
+]
 
 
 class PointTracker:
@@ -240,7 +252,7 @@ def processed_frame_indices(total_frames: int, frames: FrameOptions | None = Non
     """
     frames = frames or FrameOptions()
     indices = range(frames.start, total_frames, frames.every)
-    return indices if frames.max_frames is None else indices[:frames.max_frames]
+    return indices if frames.max_frames is None else indices[: frames.max_frames]
 
 
 def check_queries(queries_txy, frame_indices: range, size_wh: tuple[int, int]) -> np.ndarray:
@@ -288,8 +300,16 @@ def track_frames(
             yield replace(tracker.step(index, fmap), image=image)
 
 
-def track_video(path: str | os.PathLike, queries_txy, extractor, options: TrackerOptions | None = None, *,
-                frames: FrameOptions | None = None, progress: Progress | None = None, **overrides) -> Tracks:
+def track_video(
+    path: str | os.PathLike,
+    queries_txy,
+    extractor,
+    options: TrackerOptions | None = None,
+    *,
+    frames: FrameOptions | None = None,
+    progress: Progress | None = None,
+    **overrides,
+) -> Tracks:
     """Track query points ``(t, x, y)`` through a video file; see the module docstring.
 
     Args:
@@ -354,8 +374,9 @@ def track_to_files(
         if json_tmp is not None:
             import json
 
-            document = tracks.to_json(model=extractor.options.model, video_path=video_name or str(path),
-                                      fps=info.fps, size_wh=info.size_wh)
+            document = tracks.to_json(
+                model=extractor.options.model, video_path=video_name or str(path), fps=info.fps, size_wh=info.size_wh
+            )
             json_tmp.write_text(json.dumps(document) + "\n")
         if csv_tmp is not None:
             tracks.write_csv(csv_tmp)

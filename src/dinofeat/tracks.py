@@ -63,8 +63,11 @@ class Tracks:
         """Stack per-frame steps (in frame order) into tracks."""
         queries = torch.as_tensor(np.asarray(queries_txy, dtype=np.float64)).reshape(-1, 3)
         n, t = len(queries), len(steps)
-        stack = (lambda name, dtype, shape: torch.stack([getattr(s, name).to(dtype) for s in steps]).reshape(shape)
-                 if steps else torch.zeros(shape, dtype=dtype))
+        stack = lambda name, dtype, shape: (
+            torch.stack([getattr(s, name).to(dtype) for s in steps]).reshape(shape)
+            if steps
+            else torch.zeros(shape, dtype=dtype)
+        )
         return cls(
             queries_txy=queries,
             frame_indices=torch.tensor([s.frame_index for s in steps], dtype=torch.int64),
@@ -86,12 +89,14 @@ class Tracks:
         data = self.numpy()
         tracks = []
         for n, (t, x, y) in enumerate(data["queries_txy"]):
-            tracks.append({
-                "query": [int(t), float(x), float(y)],
-                "points": np.round(data["points_xy"][:, n].astype(np.float64), 3).tolist(),
-                "scores": np.round(data["scores"][:, n].astype(np.float64), 4).tolist(),
-                "visible": data["visible"][:, n].tolist(),
-            })
+            tracks.append(
+                {
+                    "query": [int(t), float(x), float(y)],
+                    "points": np.round(data["points_xy"][:, n].astype(np.float64), 3).tolist(),
+                    "scores": np.round(data["scores"][:, n].astype(np.float64), 4).tolist(),
+                    "visible": data["visible"][:, n].tolist(),
+                }
+            )
         return {"tracks": tracks, "frame_indices": data["frame_indices"].tolist()}
 
     def to_json(self, *, model: str, video_path: str | os.PathLike, fps: float, size_wh: tuple[int, int]) -> dict:
@@ -112,8 +117,16 @@ class Tracks:
             for n in range(data["queries_txy"].shape[0]):
                 for k, frame in enumerate(data["frame_indices"]):
                     x, y = data["points_xy"][k, n]
-                    writer.writerow([n, int(frame), f"{x:.3f}", f"{y:.3f}", f"{data['scores'][k, n]:.4f}",
-                                     int(data["visible"][k, n])])
+                    writer.writerow(
+                        [
+                            n,
+                            int(frame),
+                            f"{x:.3f}",
+                            f"{y:.3f}",
+                            f"{data['scores'][k, n]:.4f}",
+                            int(data["visible"][k, n]),
+                        ]
+                    )
 
     def summary(self) -> str:
         """``3 points x 250 frames, visible 92 %``."""

@@ -21,6 +21,7 @@ VideoInfo(fps=25.0, frames=5, size_wh=(64, 48))
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -102,8 +103,10 @@ def read_frames(
     raises :class:`InputError` naming the frame.
     """
     if start < 0 or every < 1 or (max_frames is not None and max_frames < 1):
-        raise InputError(f"need start >= 0, every >= 1 and max_frames >= 1 (got start={start}, "
-                         f"every={every}, max_frames={max_frames})")
+        raise InputError(
+            f"need start >= 0, every >= 1 and max_frames >= 1 (got start={start}, "
+            f"every={every}, max_frames={max_frames})"
+        )
     return _read_frames(check_input_file(path, "video"), start, max_frames, every)
 
 
@@ -139,8 +142,9 @@ class VideoWriter:
         preset: x264 speed/size trade-off (``ultrafast`` ... ``veryslow``).
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float, size_wh: tuple[int, int], *,
-                 crf: int = 20, preset: str = "veryfast") -> None:
+    def __init__(
+        self, path: str | os.PathLike, fps: float, size_wh: tuple[int, int], *, crf: int = 20, preset: str = "veryfast"
+    ) -> None:
         width, height = (int(v) for v in size_wh)
         if width < 1 or height < 1:
             raise InputError(f"video size must be positive, got {size_wh}")
@@ -159,8 +163,7 @@ class VideoWriter:
         except (av.FFmpegError, OSError) as err:
             raise InputError(f"cannot create video {self.path}: {err}") from None
         try:
-            self._stream = self._container.add_stream("libx264", rate=rate,
-                                                      options={"crf": str(crf), "preset": preset})
+            self._stream = self._container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
             self._stream.width, self._stream.height = width + self._pad[1], height + self._pad[0]
             self._stream.pix_fmt = "yuv420p"
             self._stream.codec_context.time_base = 1 / rate
@@ -172,8 +175,7 @@ class VideoWriter:
         """Append one ``(H, W, 3) uint8 RGB`` frame of the writer's ``size_wh``."""
         width, height = self.size_wh
         if frame_rgb.shape != (height, width, 3) or frame_rgb.dtype != np.uint8:
-            raise InputError(f"expected a ({height}, {width}, 3) uint8 frame, got {frame_rgb.shape} "
-                             f"{frame_rgb.dtype}")
+            raise InputError(f"expected a ({height}, {width}, 3) uint8 frame, got {frame_rgb.shape} {frame_rgb.dtype}")
         if any(self._pad):
             frame_rgb = np.pad(frame_rgb, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_rgb), format="rgb24")
@@ -198,10 +200,8 @@ class VideoWriter:
     def _abort(self) -> None:
         """Close without finalising and remove the partial file."""
         if self._container is not None:
-            try:
+            with contextlib.suppress(Exception):  # already failing; the file is removed below
                 self._container.close()
-            except Exception:  # noqa: BLE001 - already failing; the file is removed below
-                pass
             self._container = None
         self.path.unlink(missing_ok=True)
 
@@ -246,8 +246,9 @@ def _decode(container, stream, path: Path) -> Iterator[av.VideoFrame]:
             yield frame
             index += 1
     except av.FFmpegError as err:
-        raise InputError(f"video is damaged or truncated: {path} (cannot decode frame {index}: "
-                         f"{_reason(err)})") from None
+        raise InputError(
+            f"video is damaged or truncated: {path} (cannot decode frame {index}: {_reason(err)})"
+        ) from None
 
 
 def _rgb(frame: av.VideoFrame) -> np.ndarray:

@@ -19,6 +19,7 @@ from torch import nn
 from dinofeat.errors import InputError
 from dinofeat.options import FACETS
 from dinofeat.registry import ModelSpec
+
 _QKV_INDEX = {"query": 0, "key": 1, "value": 2}
 
 
@@ -222,7 +223,9 @@ class DinoVisionTransformer(nn.Module):
         for layer in layers:
             index = layer + depth if layer < 0 else layer
             if not 0 <= index < depth:
-                raise InputError(f"layer {layer} does not exist: the model has {depth} blocks (0..{depth - 1} or -1..-{depth})")
+                raise InputError(
+                    f"layer {layer} does not exist: the model has {depth} blocks (0..{depth - 1} or -1..-{depth})"
+                )
             resolved.append(index)
         return resolved
 
@@ -292,5 +295,3 @@ def count_parameters(spec: ModelSpec) -> int:
     with torch.device("meta"):
         model = build_model(spec)
     return sum(p.numel() for p in model.parameters())
-
-

@@ -196,7 +196,7 @@ def to_meta_keys(state: StateDict) -> StateDict:
 def _strip_prefix(key: str) -> str:
     for prefix in _PREFIXES:
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 
@@ -212,16 +212,25 @@ _HF_FIXED = {
 }
 _HF_LAYER = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
 _HF_BLOCK_PARTS = {
-    "norm1": "norm1", "norm2": "norm2",
-    "attention.output.dense": "attn.proj", "attention.o_proj": "attn.proj",
-    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
-    "mlp.weights_in": "mlp.w12", "mlp.weights_out": "mlp.w3", "mlp.down_proj": "mlp.w3",
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "attention.output.dense": "attn.proj",
+    "attention.o_proj": "attn.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "mlp.weights_in": "mlp.w12",
+    "mlp.weights_out": "mlp.w3",
+    "mlp.down_proj": "mlp.w3",
 }
 _HF_SPLIT_PARTS = {
-    "attention.attention.query": ("attn.qkv", "q"), "attention.q_proj": ("attn.qkv", "q"),
-    "attention.attention.key": ("attn.qkv", "k"), "attention.k_proj": ("attn.qkv", "k"),
-    "attention.attention.value": ("attn.qkv", "v"), "attention.v_proj": ("attn.qkv", "v"),
-    "mlp.gate_proj": ("mlp.w12", "gate"), "mlp.up_proj": ("mlp.w12", "up"),
+    "attention.attention.query": ("attn.qkv", "q"),
+    "attention.q_proj": ("attn.qkv", "q"),
+    "attention.attention.key": ("attn.qkv", "k"),
+    "attention.k_proj": ("attn.qkv", "k"),
+    "attention.attention.value": ("attn.qkv", "v"),
+    "attention.v_proj": ("attn.qkv", "v"),
+    "mlp.gate_proj": ("mlp.w12", "gate"),
+    "mlp.up_proj": ("mlp.w12", "up"),
 }
 
 
@@ -258,7 +267,9 @@ _HF3_FIXED = {
 }
 _HF3_BLOCK_PARTS = {"norm1": "norm1", "norm2": "norm2", "attention.o_proj": "attn.proj"}
 _HF3_MLP = {  # (SwiGLU name, plain MLP name)
-    "mlp.gate_proj": ("mlp.w1", None), "mlp.up_proj": ("mlp.w2", "mlp.fc1"), "mlp.down_proj": ("mlp.w3", "mlp.fc2"),
+    "mlp.gate_proj": ("mlp.w1", None),
+    "mlp.up_proj": ("mlp.w2", "mlp.fc1"),
+    "mlp.down_proj": ("mlp.w3", "mlp.fc2"),
 }
 
 
@@ -288,7 +299,8 @@ def _dinov3_hf_to_meta(state: StateDict) -> StateDict:
         elif part in _HF3_MLP and kind != "lambda1" and _HF3_MLP[part][0 if gated else 1]:
             out[f"{block}.{_HF3_MLP[part][0 if gated else 1]}.{kind}"] = value
         elif part in ("attention.q_proj", "attention.k_proj", "attention.v_proj") and (
-                kind == "weight" or (kind == "bias" and part != "attention.k_proj")):
+            kind == "weight" or (kind == "bias" and part != "attention.k_proj")
+        ):
             qkv.setdefault(f"{block}.attn.qkv.{kind}", {})[part[len("attention.")]] = value
         else:
             out[key] = value  # unknown (a key bias too: DINOv3 has none): named by the strict load
@@ -339,16 +351,20 @@ def _fill_fixed_buffers(model: Model, state: StateDict, expected: StateDict, sou
     # Meta's ViT-L SAT-493M and ViT-7B carry `local_cls_norm`, a norm of the local crops' CLS token
     # used in training only (never at inference): accepted and ignored.
     if any(k.startswith("local_cls_norm.") for k in state) and model.spec.name == "dinov3_vitl16":
-        log.warning("these weights carry local_cls_norm, as Meta's SAT-493M ViT-L does: for satellite weights "
-                    "use dinov3_vitl16_sat493m, whose input normalisation differs")
+        log.warning(
+            "these weights carry local_cls_norm, as Meta's SAT-493M ViT-L does: for satellite weights "
+            "use dinov3_vitl16_sat493m, whose input normalisation differs"
+        )
     state = {k: v for k, v in state.items() if not k.startswith("local_cls_norm.")}
     periods = state.get("rope_embed.periods")
     reference = expected["rope_embed.periods"]
     if periods is None:
         state["rope_embed.periods"] = reference
     elif periods.shape == reference.shape and not torch.allclose(periods.float(), reference, rtol=1e-2, atol=0):
-        raise WeightsError(f"weights from {source} have RoPE periods other than base 100 ({periods[:3].tolist()}...), "
-                           f"which {model.spec.name} does not use")
+        raise WeightsError(
+            f"weights from {source} have RoPE periods other than base 100 ({periods[:3].tolist()}...), "
+            f"which {model.spec.name} does not use"
+        )
     for key, mask in expected.items():
         if not key.endswith(".bias_mask"):
             continue
@@ -442,9 +458,11 @@ def _access_refused(err: BaseException) -> bool:
 def _refusal_message(spec: ModelSpec, err: BaseException) -> str:
     status = getattr(getattr(err, "response", None), "status_code", None)
     why = f"HTTP {status}" if status else type(err).__name__
-    return (f"the Hugging Face hub refused access to {spec.hf_repo} ({why}): its weights are gated. Accept the "
-            f"licence at https://huggingface.co/{spec.hf_repo} and log in (`hf auth login`) or set HF_TOKEN, or "
-            f"download the checkpoint (links from {DINOV3_DOWNLOADS} for DINOv3) and pass --weights FILE")
+    return (
+        f"the Hugging Face hub refused access to {spec.hf_repo} ({why}): its weights are gated. Accept the "
+        f"licence at https://huggingface.co/{spec.hf_repo} and log in (`hf auth login`) or set HF_TOKEN, or "
+        f"download the checkpoint (links from {DINOV3_DOWNLOADS} for DINOv3) and pass --weights FILE"
+    )
 
 
 def _from_url(spec: ModelSpec) -> StateDict:
@@ -487,9 +505,11 @@ def find_weights(spec: ModelSpec) -> tuple[StateDict, str]:
         except Exception as err:  # noqa: BLE001 - network and cache failures of every kind
             tried.append(f"{label} ({_first_sentence(err)})")
     if spec.url is None:
-        advice = (f". DINOv3 weights are gated: accept the licence at https://huggingface.co/{spec.hf_repo} and log "
-                  f"in (`hf auth login`) or set HF_TOKEN, or request Meta's download links at {DINOV3_DOWNLOADS} "
-                  f"and pass --weights FILE, or copy the {spec.checkpoint_pattern} file to {hub_dir}/")
+        advice = (
+            f". DINOv3 weights are gated: accept the licence at https://huggingface.co/{spec.hf_repo} and log "
+            f"in (`hf auth login`) or set HF_TOKEN, or request Meta's download links at {DINOV3_DOWNLOADS} "
+            f"and pass --weights FILE, or copy the {spec.checkpoint_pattern} file to {hub_dir}/"
+        )
     else:
         advice = f". Offline, download {spec.url} elsewhere and pass --weights FILE, or copy it to {hub_dir}/"
     raise WeightsError(f"no weights found for {spec.name}. Tried: " + "; ".join(tried) + advice)

@@ -17,8 +17,23 @@ from dinofeat.app.session import MAX_POINTS, AppSession, MatchView, PCAView, Tra
 from dinofeat.options import DEFAULT_MAX_IMAGE_MEGAPIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_MAX_VIDEO_FRAMES
 
 __all__ = [
-    "DEFAULT_MAX_IMAGE_MEGAPIXELS", "DEFAULT_MAX_UPLOAD_MB", "DEFAULT_MAX_VIDEO_FRAMES", "EXAMPLES_DIR",
-    "GRADIO_MISSING", "MAX_POINTS", "RESOLUTION_CHOICES", "AppSession", "MatchView", "PCAView", "TrackView",
-    "VideoView", "_checked_image", "_messages", "build_app", "click_to_pixel", "example_files", "launch",
+    "DEFAULT_MAX_IMAGE_MEGAPIXELS",
+    "DEFAULT_MAX_UPLOAD_MB",
+    "DEFAULT_MAX_VIDEO_FRAMES",
+    "EXAMPLES_DIR",
+    "GRADIO_MISSING",
+    "MAX_POINTS",
+    "RESOLUTION_CHOICES",
+    "AppSession",
+    "MatchView",
+    "PCAView",
+    "TrackView",
+    "VideoView",
+    "_checked_image",
+    "_messages",
+    "build_app",
+    "click_to_pixel",
+    "example_files",
+    "launch",
     "require_gradio",
 ]

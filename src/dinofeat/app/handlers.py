@@ -72,6 +72,7 @@ def click_to_pixel(index: Sequence[float], size_wh: tuple[int, int]) -> tuple[fl
 
 def describe_pair(a, b, names, n_points: int, kept: int | None = None) -> str:
     """The status line: both images' names and sizes, the points and the kept matches."""
+
     def one(label, name, image):
         return f"{label}: {name} ({image.shape[1]}x{image.shape[0]})" if image is not None else f"no image {label}"
 
@@ -83,12 +84,28 @@ def match_show(session, a, b, points, names, resolution, mutual, ransac, color_b
     """The Match tab's outputs for images ``a``, ``b`` and clicked ``points`` (or ``auto_count`` points)."""
     if a is None:
         return None, [], None, None, None, None, describe_pair(a, b, names, 0)
-    view = session.match(a, b, points, auto=auto_count, resolution=resolution, mutual=bool(mutual),
-                         ransac=None if ransac in (None, "none") else ransac, color_by=color_by,
-                         name_a=names[0], name_b=names[1])
+    view = session.match(
+        a,
+        b,
+        points,
+        auto=auto_count,
+        resolution=resolution,
+        mutual=bool(mutual),
+        ransac=None if ransac in (None, "none") else ransac,
+        color_by=color_by,
+        name_a=names[0],
+        name_b=names[1],
+    )
     kept = None if view.data is None else sum(m["kept"] for m in view.data["matches"])
-    return (view.image_a, view.points_xy, view.picture, view.heatmap, view.data,
-            str(view.json_path) if view.json_path else None, describe_pair(a, b, names, len(view.points_xy), kept))
+    return (
+        view.image_a,
+        view.points_xy,
+        view.picture,
+        view.heatmap,
+        view.data,
+        str(view.json_path) if view.json_path else None,
+        describe_pair(a, b, names, len(view.points_xy), kept),
+    )
 
 
 @messages
@@ -171,14 +188,26 @@ def pca_run(session, paths, foreground, threshold, components, layout, opacity, 
     images = [session.load_image(p) for p in paths]
     names = [Path(p).name for p in paths]
     chosen = {"otsu": "otsu", "none": None}.get(foreground, float(threshold))
-    view = session.pca(images, foreground=chosen, components=int(components), nearest=bool(nearest),
-                       overlay=float(opacity) if layout == "overlay" else None, resolution=resolution, names=names)
-    return (list(zip(view.panels, names)), list(zip(view.masks, names)), view.summary,
-            [str(view.figure_path), str(view.pca_path)])
+    view = session.pca(
+        images,
+        foreground=chosen,
+        components=int(components),
+        nearest=bool(nearest),
+        overlay=float(opacity) if layout == "overlay" else None,
+        resolution=resolution,
+        names=names,
+    )
+    return (
+        list(zip(view.panels, names)),
+        list(zip(view.masks, names)),
+        view.summary,
+        [str(view.figure_path), str(view.pca_path)],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Track tab. State: the opened video (VideoView), the clean frame on show, the queries [[t, x, y], ...].
+
 
 def marked_frame(frame, queries, t):
     """The frame with the queries placed on frame ``t`` marked."""
@@ -195,8 +224,10 @@ def track_open(session, path) -> tuple:
         gr.Warning(view.notice)
     frame = session.video_frame(view.path, 0)
     w, h = view.size_wh
-    text = (f"{Path(view.path).name}: {view.frames} frames at {view.fps:g} fps, {w}x{h}. "
-            "Click points on the frame, then press Track.")
+    text = (
+        f"{Path(view.path).name}: {view.frames} frames at {view.fps:g} fps, {w}x{h}. "
+        "Click points on the frame, then press Track."
+    )
     slider = gr.update(maximum=max(view.usable_frames - 1, 1), value=0, interactive=view.usable_frames > 1)
     return view, frame, [], frame, [], slider, text
 
@@ -240,7 +271,13 @@ def track_run(session, view, queries, radius, min_score, trail, resolution, prog
         raise InputError("upload a video first")
     if not queries:
         raise InputError("click at least one point on a frame first")
-    out = session.track(view.path, queries, window=float(radius) if radius else None, min_score=min_score,
-                        trail=int(trail), resolution=resolution, progress=progress)
-    return (str(out.video_path), [str(out.video_path), str(out.json_path), str(out.csv_path)], out.data,
-            out.summary)
+    out = session.track(
+        view.path,
+        queries,
+        window=float(radius) if radius else None,
+        min_score=min_score,
+        trail=int(trail),
+        resolution=resolution,
+        progress=progress,
+    )
+    return (str(out.video_path), [str(out.video_path), str(out.json_path), str(out.csv_path)], out.data, out.summary)

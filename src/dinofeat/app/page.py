@@ -61,8 +61,9 @@ def checked_image(gr, **kwargs):
             raise
         except Exception:  # noqa: BLE001 - Pillow raises many types for files it cannot read
             name = getattr(payload, "orig_name", None) or "the upload"
-            raise gr.Error(f"{name} is not an image, or a damaged one (cannot read it)",
-                           print_exception=False) from None
+            raise gr.Error(
+                f"{name} is not an image, or a damaged one (cannot read it)", print_exception=False
+            ) from None
 
     image.preprocess = preprocess
     return image
@@ -75,8 +76,13 @@ def bound(handler, session: AppSession):
     return call
 
 
-def build_app(session: AppSession | None = None, *, extractor=None,
-              examples_dir: str | Path | None = EXAMPLES_DIR, **session_options):
+def build_app(
+    session: AppSession | None = None,
+    *,
+    extractor=None,
+    examples_dir: str | Path | None = EXAMPLES_DIR,
+    **session_options,
+):
     """The Gradio page (a ``gr.Blocks``) for a session, or for an extractor (a new session).
 
     ``session_options`` go to :class:`AppSession`. The page is not started: call ``.launch()``
@@ -97,9 +103,13 @@ def build_app(session: AppSession | None = None, *, extractor=None,
             "of the original image (x right, y down, centre of the top-left pixel = 0, 0)."
         )
         with gr.Accordion("Settings", open=False):
-            resolution = gr.Dropdown(resolutions, value=session.extractor.resolution, label="Resolution",
-                                     info="shorter image side fed to the model, in pixels (higher: finer "
-                                          "features, slower)", elem_id="resolution")
+            resolution = gr.Dropdown(
+                resolutions,
+                value=session.extractor.resolution,
+                label="Resolution",
+                info="shorter image side fed to the model, in pixels (higher: finer features, slower)",
+                elem_id="resolution",
+            )
         with gr.Tabs():
             with gr.Tab("Match", id="match"):
                 _match_tab(gr, session, resolution, examples["pairs"])
@@ -111,9 +121,17 @@ def build_app(session: AppSession | None = None, *, extractor=None,
     return demo
 
 
-def launch(session_or_extractor, *, host: str = "127.0.0.1", port: int | None = None,
-           examples_dir: str | Path | None = EXAMPLES_DIR, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-           block: bool = True, quiet: bool = False, **session_options):
+def launch(
+    session_or_extractor,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    examples_dir: str | Path | None = EXAMPLES_DIR,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    block: bool = True,
+    quiet: bool = False,
+    **session_options,
+):
     """Build the page and serve it on ``host:port`` (``port=None``: the first free port from 7860).
 
     With ``block=False`` the server runs in a background thread and the ``gr.Blocks`` is returned
@@ -127,9 +145,17 @@ def launch(session_or_extractor, *, host: str = "127.0.0.1", port: int | None = 
     session = demo.dinofeat_session
     allowed = [str(session.workdir)] + ([str(examples_dir)] if examples_dir and Path(examples_dir).is_dir() else [])
     demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1_000_000),
-                allowed_paths=allowed, show_error=True, prevent_thread_lock=True, quiet=True,
-                ssr_mode=False, footer_links=["gradio"])
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        max_file_size=int(max_upload_mb * 1_000_000),
+        allowed_paths=allowed,
+        show_error=True,
+        prevent_thread_lock=True,
+        quiet=True,
+        ssr_mode=False,
+        footer_links=["gradio"],
+    )
     if not quiet:
         log.warning("serving %s on %s", session.description, demo.local_url)
     if block:
@@ -139,36 +165,59 @@ def launch(session_or_extractor, *, host: str = "127.0.0.1", port: int | None = 
 
 def _match_tab(gr, session: AppSession, resolution, pairs: list) -> None:
     on = bound
-    image = functools.partial(checked_image, gr, type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                              format="png")
+    image = functools.partial(
+        checked_image, gr, type="filepath", image_mode=None, sources=["upload", "clipboard"], format="png"
+    )
     state_a, state_b, points = gr.State(None), gr.State(None), gr.State([])
     names = gr.State(["A", "B"])
     with gr.Row():
         image_a = image(label="Image A: click to add points", elem_id="match_a")
         image_b = image(label="Image B", elem_id="match_b")
-    picture = gr.Image(label="Matches", interactive=False, format="png", elem_id="match_picture", scale=2,
-                       render=False)
-    heatmap = gr.Image(label="Similarity of the last point over B", interactive=False, format="png",
-                       elem_id="match_heatmap", scale=1, render=False)
+    picture = gr.Image(label="Matches", interactive=False, format="png", elem_id="match_picture", scale=2, render=False)
+    heatmap = gr.Image(
+        label="Similarity of the last point over B",
+        interactive=False,
+        format="png",
+        elem_id="match_heatmap",
+        scale=1,
+        render=False,
+    )
     data = gr.JSON(label="Matches (JSON)", elem_id="match_json", open=True, max_height=300, render=False)
-    download = gr.File(label="Download JSON", interactive=False, elem_id="match_download", height=80,
-                       render=False)
-    status = gr.Markdown("Upload two images or pick an example pair, then click points on image A.",
-                         elem_id="match_status")
+    download = gr.File(label="Download JSON", interactive=False, elem_id="match_download", height=80, render=False)
+    status = gr.Markdown(
+        "Upload two images or pick an example pair, then click points on image A.", elem_id="match_status"
+    )
     examples_here = gr.Column()  # the examples go right under the images (created below, once outputs exist)
     with gr.Row():
-        auto = gr.Slider(1, MAX_POINTS, value=20, step=1, label="Automatic points", scale=3,
-                         info="distinctive, well-spread points of A with confident matches")
+        auto = gr.Slider(
+            1,
+            MAX_POINTS,
+            value=20,
+            step=1,
+            label="Automatic points",
+            scale=3,
+            info="distinctive, well-spread points of A with confident matches",
+        )
         auto_button = gr.Button("Find automatic points", elem_id="match_auto", scale=1)
         clear_button = gr.Button("Clear points", elem_id="match_clear", scale=1)
-    with gr.Accordion("Match options", open=False):
-        with gr.Row():
-            mutual = gr.Checkbox(False, label="Mutual matches only",
-                                 info="keep a match only if B's point matches back onto the query's patch")
-            ransac = gr.Dropdown(["none", "homography", "fundamental"], value="none", label="RANSAC check",
-                                 info="keep only the inliers of a homography (planar scene) or fundamental matrix")
-            color_by = gr.Radio(["index", "score"], value="index", label="Line colours",
-                                info="one colour per point, or by cosine score (blue low, red high)")
+    with gr.Accordion("Match options", open=False), gr.Row():
+        mutual = gr.Checkbox(
+            False,
+            label="Mutual matches only",
+            info="keep a match only if B's point matches back onto the query's patch",
+        )
+        ransac = gr.Dropdown(
+            ["none", "homography", "fundamental"],
+            value="none",
+            label="RANSAC check",
+            info="keep only the inliers of a homography (planar scene) or fundamental matrix",
+        )
+        color_by = gr.Radio(
+            ["index", "score"],
+            value="index",
+            label="Line colours",
+            info="one colour per point, or by cosine score (blue low, red high)",
+        )
     with gr.Row():
         picture.render()
         heatmap.render()
@@ -182,8 +231,9 @@ def _match_tab(gr, session: AppSession, resolution, pairs: list) -> None:
         return handlers.match_click(session, a, b, points_, names_, res, mutual_, ransac_, color, evt.index)
 
     image_a.upload(on(handlers.match_upload_a, session), [image_a, state_b, names], [state_a, names, *outputs])
-    image_b.upload(on(handlers.match_upload_b, session), [image_b, state_a, points, names, *options],
-                   [state_b, names, *outputs])
+    image_b.upload(
+        on(handlers.match_upload_b, session), [image_b, state_a, points, names, *options], [state_b, names, *outputs]
+    )
     image_a.clear(handlers.match_clear_a, [state_b, names], [state_a, *outputs])
     image_b.clear(handlers.match_clear_b, [state_a, points, names], [state_b, *outputs])
     image_a.select(click_a, [state_a, state_b, points, names, *options], outputs)
@@ -193,23 +243,50 @@ def _match_tab(gr, session: AppSession, resolution, pairs: list) -> None:
         option.change(on(handlers.match_rematch, session), [state_a, state_b, points, names, *options], outputs)
     if pairs:
         with examples_here:
-            gr.Examples(pairs, inputs=[image_a, image_b], fn=on(handlers.match_load_pair, session),
-                        run_on_click=True, cache_examples=False, outputs=[state_a, state_b, names, *outputs],
-                        label="Example pairs (click one)", elem_id="match_examples")
+            gr.Examples(
+                pairs,
+                inputs=[image_a, image_b],
+                fn=on(handlers.match_load_pair, session),
+                run_on_click=True,
+                cache_examples=False,
+                outputs=[state_a, state_b, names, *outputs],
+                label="Example pairs (click one)",
+                elem_id="match_examples",
+            )
 
 
 def _pca_tab(gr, session: AppSession, resolution, groups: list) -> None:
-    files = gr.File(label="Images: one or more (one PCA is fitted on all of them, so the same part gets the "
-                          "same colour in each)", file_count="multiple", file_types=["image"], elem_id="pca_files")
+    files = gr.File(
+        label="Images: one or more (one PCA is fitted on all of them, so the same part gets the same colour in each)",
+        file_count="multiple",
+        file_types=["image"],
+        elem_id="pca_files",
+    )
     examples_here = gr.Column()
     with gr.Row():
-        foreground = gr.Radio(["otsu", "none", "manual"], value="otsu", label="Foreground",
-                              info="otsu: automatic threshold on the first component; none: colour every "
-                                   "patch; manual: the threshold on the right")
-        threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="Manual threshold",
-                              info="on the first component, scaled to 0..1 by its percentiles")
-        components = gr.Slider(3, 32, value=3, step=1, label="Components",
-                               info="kept in the downloadable PCA file; the colours use the first three")
+        foreground = gr.Radio(
+            ["otsu", "none", "manual"],
+            value="otsu",
+            label="Foreground",
+            info="otsu: automatic threshold on the first component; none: colour every "
+            "patch; manual: the threshold on the right",
+        )
+        threshold = gr.Slider(
+            0,
+            1,
+            value=0.5,
+            step=0.01,
+            label="Manual threshold",
+            info="on the first component, scaled to 0..1 by its percentiles",
+        )
+        components = gr.Slider(
+            3,
+            32,
+            value=3,
+            step=1,
+            label="Components",
+            info="kept in the downloadable PCA file; the colours use the first three",
+        )
     with gr.Row():
         layout = gr.Radio(["side by side", "overlay"], value="side by side", label="Layout")
         opacity = gr.Slider(0, 1, value=0.6, step=0.05, label="Overlay opacity")
@@ -217,18 +294,24 @@ def _pca_tab(gr, session: AppSession, resolution, groups: list) -> None:
     run = gr.Button("Run PCA", variant="primary", elem_id="pca_run")
     summary = gr.Markdown(elem_id="pca_summary")
     gallery = gr.Gallery(label="PCA colours", columns=2, format="png", elem_id="pca_gallery", interactive=False)
-    masks = gr.Gallery(label="Foreground masks (white = foreground)", columns=4, format="png",
-                       elem_id="pca_masks", interactive=False)
-    downloads = gr.File(label="Downloads: figure (PNG) and fitted PCA (.npz, for dinofeat pca --load-pca)",
-                        file_count="multiple", interactive=False, elem_id="pca_downloads")
+    masks = gr.Gallery(
+        label="Foreground masks (white = foreground)", columns=4, format="png", elem_id="pca_masks", interactive=False
+    )
+    downloads = gr.File(
+        label="Downloads: figure (PNG) and fitted PCA (.npz, for dinofeat pca --load-pca)",
+        file_count="multiple",
+        interactive=False,
+        elem_id="pca_downloads",
+    )
     inputs = [files, foreground, threshold, components, layout, opacity, nearest, resolution]
     outputs = [gallery, masks, summary, downloads]
     run_pca = bound(handlers.pca_run, session)
     run.click(run_pca, inputs, outputs)
     if groups:
         with examples_here:
-            examples = gr.Examples([[g] for g in groups], inputs=[files], label="Examples (click one to run)",
-                                   elem_id="pca_examples")
+            examples = gr.Examples(
+                [[g] for g in groups], inputs=[files], label="Examples (click one to run)", elem_id="pca_examples"
+            )
         examples.load_input_event.then(run_pca, inputs, outputs)
 
 
@@ -239,35 +322,48 @@ def _track_tab(gr, session: AppSession, resolution, videos: list) -> None:
     with gr.Row():
         video = gr.Video(label="Video", sources=["upload"], elem_id="track_video", scale=1)
         with gr.Column(scale=1):
-            frame_image = gr.Image(label="Click points to track on this frame", interactive=False, format="png",
-                                   elem_id="track_frame")
-            frame_index = gr.Slider(0, 1, value=0, step=1, interactive=False, label="Frame",
-                                    elem_id="track_frame_index", info="points may start on any frame")
+            frame_image = gr.Image(
+                label="Click points to track on this frame", interactive=False, format="png", elem_id="track_frame"
+            )
+            frame_index = gr.Slider(
+                0,
+                1,
+                value=0,
+                step=1,
+                interactive=False,
+                label="Frame",
+                elem_id="track_frame_index",
+                info="points may start on any frame",
+            )
     examples_here = gr.Column()
     with gr.Row():
-        points_json = gr.JSON(label="Query points [frame, x, y]", elem_id="track_points", open=True,
-                              max_height=200, scale=2)
+        points_json = gr.JSON(
+            label="Query points [frame, x, y]", elem_id="track_points", open=True, max_height=200, scale=2
+        )
         with gr.Column(scale=1):
             clear_button = gr.Button("Clear points", elem_id="track_clear")
             run = gr.Button("Track", variant="primary", elem_id="track_run")
     with gr.Row():
-        window = gr.Number(0, label="Search radius (pixels)", minimum=0,
-                           info="around the last position; 0 = automatic (4 patches)")
-        min_score = gr.Slider(0, 1, value=DEFAULT_MIN_SCORE, step=0.05, label="Minimum score",
-                              info="a weaker match counts as not visible")
+        window = gr.Number(
+            0, label="Search radius (pixels)", minimum=0, info="around the last position; 0 = automatic (4 patches)"
+        )
+        min_score = gr.Slider(
+            0, 1, value=DEFAULT_MIN_SCORE, step=0.05, label="Minimum score", info="a weaker match counts as not visible"
+        )
         trail = gr.Slider(0, 60, value=DEFAULT_TRAIL, step=1, label="Trail (frames)", info="in the output video")
     summary = gr.Markdown(elem_id="track_summary")
     with gr.Row():
         result = gr.Video(label="Tracks", interactive=False, elem_id="track_result")
-        downloads = gr.File(label="Downloads: MP4, JSON, CSV", file_count="multiple", interactive=False,
-                            elem_id="track_downloads")
+        downloads = gr.File(
+            label="Downloads: MP4, JSON, CSV", file_count="multiple", interactive=False, elem_id="track_downloads"
+        )
     data = gr.JSON(label="Tracks (JSON)", elem_id="track_json", open=False, max_height=300)
 
     def click_frame(view, frame, t, queries_, evt: gr.SelectData):
         return handlers.track_click(view, frame, t, queries_, evt.index)
 
     @messages
-    def run_track(view, queries_, radius, score, trail_, res, progress=gr.Progress()):
+    def run_track(view, queries_, radius, score, trail_, res, progress=gr.Progress()):  # noqa: B008 - Gradio injects its tracker through this default
         def report(done, total):
             progress((done, total), desc="Tracking", unit="frames")
 
@@ -277,14 +373,25 @@ def _track_tab(gr, session: AppSession, resolution, videos: list) -> None:
     open_outputs = [video_state, frame_state, queries, frame_image, points_json, frame_index, summary]
     video.upload(open_video, [video], open_outputs)
     video.clear(handlers.track_clear_video, None, open_outputs)
-    frame_index.release(bound(handlers.track_show_frame, session), [video_state, frame_index, queries],
-                        [frame_state, frame_image])
-    frame_image.select(click_frame, [video_state, frame_state, frame_index, queries],
-                       [queries, points_json, frame_image])
+    frame_index.release(
+        bound(handlers.track_show_frame, session), [video_state, frame_index, queries], [frame_state, frame_image]
+    )
+    frame_image.select(
+        click_frame, [video_state, frame_state, frame_index, queries], [queries, points_json, frame_image]
+    )
     clear_button.click(handlers.track_clear_points, [frame_state], [queries, points_json, frame_image])
-    run.click(run_track, [video_state, queries, window, min_score, trail, resolution],
-              [result, downloads, data, summary])
+    run.click(
+        run_track, [video_state, queries, window, min_score, trail, resolution], [result, downloads, data, summary]
+    )
     if videos:
         with examples_here:
-            gr.Examples(videos, inputs=[video], fn=open_video, outputs=open_outputs, run_on_click=True,
-                        cache_examples=False, label="Example video (click to open)", elem_id="track_examples")
+            gr.Examples(
+                videos,
+                inputs=[video],
+                fn=open_video,
+                outputs=open_outputs,
+                run_on_click=True,
+                cache_examples=False,
+                label="Example video (click to open)",
+                elem_id="track_examples",
+            )

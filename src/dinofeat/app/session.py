@@ -132,8 +132,14 @@ class AppSession:
     several threads (model calls run one at a time).
     """
 
-    def __init__(self, extractor, *, max_image_megapixels: float = DEFAULT_MAX_IMAGE_MEGAPIXELS,
-                 max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES, workdir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        extractor,
+        *,
+        max_image_megapixels: float = DEFAULT_MAX_IMAGE_MEGAPIXELS,
+        max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES,
+        workdir: str | Path | None = None,
+    ) -> None:
         self.limits = AppOptions(max_image_mp=max_image_megapixels, max_frames=max_video_frames)
         self.extractor = extractor
         self.cache = FeatureCache(extractor, FEATURE_CACHE_SIZE)
@@ -197,18 +203,30 @@ class AppSession:
             raise InputError(f"{name} is not an image, or a damaged one (cannot read it)") from None
         megapixels = w * h / 1e6
         if megapixels > self.max_image_megapixels:
-            raise InputError(f"{name} is too large: {w}x{h} pixels ({megapixels:.0f} MP); the app accepts "
-                             f"images up to {self.max_image_megapixels:g} MP (dinofeat app --max-image-mp)")
+            raise InputError(
+                f"{name} is too large: {w}x{h} pixels ({megapixels:.0f} MP); the app accepts "
+                f"images up to {self.max_image_megapixels:g} MP (dinofeat app --max-image-mp)"
+            )
         try:
             return load_image(path)
         except InputError as err:
             raise InputError(str(err).replace(str(path), name)) from None
 
     # -- matching -----------------------------------------------------------------------------
-    def match(self, image_a: np.ndarray | None, image_b: np.ndarray | None,
-              points_xy: Sequence[Sequence[float]], *, auto: int | None = None,
-              resolution: int | None = None, mutual: bool = False, ransac: str | None = None,
-              color_by: str = "index", name_a: str = "A", name_b: str = "B") -> MatchView:
+    def match(
+        self,
+        image_a: np.ndarray | None,
+        image_b: np.ndarray | None,
+        points_xy: Sequence[Sequence[float]],
+        *,
+        auto: int | None = None,
+        resolution: int | None = None,
+        mutual: bool = False,
+        ransac: str | None = None,
+        color_by: str = "index",
+        name_a: str = "A",
+        name_b: str = "B",
+    ) -> MatchView:
         """Match query points of A into B, as ``dinofeat match`` does (:func:`~dinofeat.matching.match_images`).
 
         Args:
@@ -235,21 +253,41 @@ class AppSession:
             raise InputError(f"at most {MAX_POINTS} points")
         options = MatchOptions(auto=None if auto is None else int(auto), require_mutual=mutual, ransac=ransac)
         drawing = MatchDrawingOptions(color_by=color_by)
-        result = match_images(image_a, image_b, None if auto is not None else points,
-                              extractor=self.features_at(resolution), options=options, names=(name_a, name_b))
+        result = match_images(
+            image_a,
+            image_b,
+            None if auto is not None else points,
+            extractor=self.features_at(resolution),
+            options=options,
+            names=(name_a, name_b),
+        )
         if len(result.matches) == 0:
             raise InputError("no distinctive points found: the images share no mutual nearest patches")
         json_path = self.new_folder("match") / f"{Path(name_a).stem}_{Path(name_b).stem}_matches.json"
         json_path.write_text(format_json(result.document))
         last = 0 if auto is not None else len(points) - 1
         chosen = result.matches.source_xy.tolist()
-        return MatchView(draw_points(image_a, chosen), match_picture(result, drawing), heatmap_picture(result, last),
-                         result.document, json_path, chosen)
+        return MatchView(
+            draw_points(image_a, chosen),
+            match_picture(result, drawing),
+            heatmap_picture(result, last),
+            result.document,
+            json_path,
+            chosen,
+        )
 
     # -- PCA ----------------------------------------------------------------------------------
-    def pca(self, images: Sequence[np.ndarray], *, foreground: str | float | None = "otsu",
-            components: int = 3, overlay: float | None = None, nearest: bool = False,
-            resolution: int | None = None, names: Sequence[str] | None = None) -> PCAView:
+    def pca(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        foreground: str | float | None = "otsu",
+        components: int = 3,
+        overlay: float | None = None,
+        nearest: bool = False,
+        resolution: int | None = None,
+        names: Sequence[str] | None = None,
+    ) -> PCAView:
         """Fit one PCA jointly on ``images`` and colour each, as ``dinofeat pca`` does
         (:func:`~dinofeat.colorize.pca_images`).
 
@@ -294,8 +332,10 @@ class AppSession:
         usable = min(info.frames, self.max_video_frames)
         notice = None
         if usable < info.frames:
-            notice = (f"{name} has {info.frames} frames; the app tracks the first {usable} "
-                      f"(dinofeat app --max-frames, or the dinofeat track command, for more)")
+            notice = (
+                f"{name} has {info.frames} frames; the app tracks the first {usable} "
+                f"(dinofeat app --max-frames, or the dinofeat track command, for more)"
+            )
         return VideoView(str(path), info.fps, info.frames, info.size_wh, usable, notice)
 
     def video_frame(self, path: str | Path, index: int) -> np.ndarray:
@@ -309,9 +349,17 @@ class AppSession:
             return frame
         raise InputError(f"{Path(path).name} has no frame {index}")
 
-    def track(self, path: str | Path, queries_txy: Sequence[Sequence[float]], *,
-              window: float | None = None, min_score: float | None = None, trail: int | None = None,
-              resolution: int | None = None, progress: Progress | None = None) -> TrackView:
+    def track(
+        self,
+        path: str | Path,
+        queries_txy: Sequence[Sequence[float]],
+        *,
+        window: float | None = None,
+        min_score: float | None = None,
+        trail: int | None = None,
+        resolution: int | None = None,
+        progress: Progress | None = None,
+    ) -> TrackView:
         """Track ``(t, x, y)`` query points through a video and write MP4, JSON and CSV, as
         ``dinofeat track -o --json --csv`` does (:func:`~dinofeat.tracking.track_to_files`).
 
@@ -330,21 +378,33 @@ class AppSession:
             raise InputError(f"at most {MAX_POINTS} points, got {len(queries_txy)}")
         view = self.open_video(path)
         name = Path(path).name
-        tracker = TrackerOptions(**{key: float(value) for key, value in (("window", window), ("min_score", min_score))
-                                    if value is not None})
+        tracker = TrackerOptions(
+            **{key: float(value) for key, value in (("window", window), ("min_score", min_score)) if value is not None}
+        )
         trail_options = TrailOptions() if trail is None else TrailOptions(trail=int(trail))
         stem = Path(name).stem or "video"
         folder = self.new_folder("track")
         video_path, json_path, csv_path = (folder / f"{stem}_tracks{s}" for s in (".mp4", ".json", ".csv"))
         with self.cache.model_lock:
-            tracks = track_to_files(path, queries_txy, self.extractor_at(resolution), tracker,
-                                    frames=FrameOptions(max_frames=view.usable_frames), trail=trail_options,
-                                    video_out=video_path, json_out=json_path, csv_out=csv_path, video_name=name,
-                                    progress=progress)
+            tracks = track_to_files(
+                path,
+                queries_txy,
+                self.extractor_at(resolution),
+                tracker,
+                frames=FrameOptions(max_frames=view.usable_frames),
+                trail=trail_options,
+                video_out=video_path,
+                json_out=json_path,
+                csv_out=csv_path,
+                video_name=name,
+                progress=progress,
+            )
         import json
 
         data = json.loads(json_path.read_text())
         visible = float(tracks.visible.float().mean()) if tracks.visible.numel() else 0.0
-        summary = (f"Tracked {len(tracks.queries_txy)} point(s) through {len(tracks)} frames of {name}; "
-                   f"visible {visible:.0%} of the time.")
+        summary = (
+            f"Tracked {len(tracks.queries_txy)} point(s) through {len(tracks)} frames of {name}; "
+            f"visible {visible:.0%} of the time."
+        )
         return TrackView(video_path, json_path, csv_path, data, summary)

@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dinofeat {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - the one place that turns errors into messages
+    except Exception as err:
         if args.debug:
             raise
         print(f"dinofeat {args.command}: error: {_one_line(err)}", file=sys.stderr)

@@ -10,8 +10,9 @@ from dinofeat.options import AppOptions
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "app", help="start a local web app: click points, see matches, PCA and tracks",
-        description="Start a local web app (Gradio; install with: pip install \"dinofeat[app]\"). Tabs: "
+        "app",
+        help="start a local web app: click points, see matches, PCA and tracks",
+        description='Start a local web app (Gradio; install with: pip install "dinofeat[app]"). Tabs: '
         "Match (click points on image A, see their matches in image B, the similarity heatmap and the "
         "JSON), PCA (joint PCA colours and foreground masks of one or more images) and Track (click points "
         "on a video frame, track them, play and download the result). The model loads once and stays "
@@ -21,8 +22,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_options(server, AppOptions, "host", "port")
     limits = parser.add_argument_group("limits")
     add_options(limits, AppOptions, "max_upload_mb", "max_image_mp", "max_frames")
-    parser.add_argument("--examples", metavar="DIR",
-                        help="folder of example files (default: the examples/ folder of a source checkout)")
+    parser.add_argument(
+        "--examples", metavar="DIR", help="folder of example files (default: the examples/ folder of a source checkout)"
+    )
     add_extractor_options(parser)
     return parser
 
@@ -41,13 +43,19 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--examples must be a folder: {args.examples}")
     if options.port is not None:
         _check_port_free(options.host, options.port)
-    session = app.AppSession(make_extractor(model), max_image_megapixels=options.max_image_mp,
-                             max_video_frames=options.max_frames)
-    demo = app.launch(session, host=options.host, port=options.port, block=False, quiet=True,
-                      examples_dir=args.examples if args.examples is not None else app.EXAMPLES_DIR,
-                      max_upload_mb=options.max_upload_mb)
-    print(f"dinofeat app: {session.description}\nopen {demo.local_url} in a browser; press Ctrl+C to stop",
-          flush=True)
+    session = app.AppSession(
+        make_extractor(model), max_image_megapixels=options.max_image_mp, max_video_frames=options.max_frames
+    )
+    demo = app.launch(
+        session,
+        host=options.host,
+        port=options.port,
+        block=False,
+        quiet=True,
+        examples_dir=args.examples if args.examples is not None else app.EXAMPLES_DIR,
+        max_upload_mb=options.max_upload_mb,
+    )
+    print(f"dinofeat app: {session.description}\nopen {demo.local_url} in a browser; press Ctrl+C to stop", flush=True)
     demo.block_thread()  # until Ctrl+C, which closes the server
     return 0
 
@@ -64,5 +72,7 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as err:
-            raise InputError(f"cannot listen on {host}:{port} ({err.strerror or err}); choose another --port, "
-                             "or leave it out to take the first free one from 7860") from None
+            raise InputError(
+                f"cannot listen on {host}:{port} ({err.strerror or err}); choose another --port, "
+                "or leave it out to take the first free one from 7860"
+            ) from None

@@ -9,14 +9,16 @@ from dinofeat.cli.common import add_extractor_options
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "extract", help="write dense DINO features of images to .npz or .safetensors",
+        "extract",
+        help="write dense DINO features of images to .npz or .safetensors",
         description="Extract dense patch features. For input i the file holds features_{i} (h, w, C) float32 and "
         "image_size_{i} (width, height), plus processed_size_{i}, the model name, resolution, patch size, "
         "stride, layers and facet.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="input images")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT",
-                        help="output file, .npz or .safetensors (written atomically)")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="output file, .npz or .safetensors (written atomically)"
+    )
     add_extractor_options(parser)
     return parser
 

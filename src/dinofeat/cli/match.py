@@ -12,7 +12,8 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "match", help="find where points of image A are in image B (sub-pixel precision)",
+        "match",
+        help="find where points of image A are in image B (sub-pixel precision)",
         description="Match points of IMAGE_A into IMAGE_B by DINO feature similarity. Query points "
         f"come from --point/--points-file, --grid or --auto (default: --auto {DEFAULT_AUTO}). Each query feature "
         "is sampled at its exact position and its best match searched over all of B to 1/4 model pixel. "
@@ -22,14 +23,25 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("image_a", metavar="IMAGE_A", help="image with the query points")
     parser.add_argument("image_b", metavar="IMAGE_B", help="image searched")
     queries = parser.add_argument_group("query points (one way)")
-    queries.add_argument("--point", action="append", metavar="X,Y",  # parsed in run(): one-line errors
-                         help="a query point in IMAGE_A pixels; repeat for several")
-    queries.add_argument("--points-file", metavar="FILE",
-                         help="query points: a JSON list of [x, y] pairs, or CSV lines x,y (header optional)")
+    queries.add_argument(
+        "--point",
+        action="append",
+        metavar="X,Y",  # parsed in run(): one-line errors
+        help="a query point in IMAGE_A pixels; repeat for several",
+    )
+    queries.add_argument(
+        "--points-file",
+        metavar="FILE",
+        help="query points: a JSON list of [x, y] pairs, or CSV lines x,y (header optional)",
+    )
     add_options(queries, MatchOptions, "grid", "auto")
     outputs = parser.add_argument_group("outputs")
-    outputs.add_argument("-o", "--output", metavar="OUT.png",
-                         help="picture: A and B side by side, each kept match a coloured line (.png, .jpg, .webp)")
+    outputs.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT.png",
+        help="picture: A and B side by side, each kept match a coloured line (.png, .jpg, .webp)",
+    )
     outputs.add_argument("--json", metavar="OUT.json", help="matches as JSON, in query order")
     add_options(outputs, MatchDrawingOptions)
     checks = parser.add_argument_group("matching and checks")
@@ -62,8 +74,15 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--point: {err}") from None
     if args.points_file:
         points += read_points_file(args.points_file)
-    ways = [name for name, used in (("--point/--points-file", bool(points)), ("--grid", args.grid is not None),
-                                    ("--auto", args.auto is not None)) if used]
+    ways = [
+        name
+        for name, used in (
+            ("--point/--points-file", bool(points)),
+            ("--grid", args.grid is not None),
+            ("--auto", args.auto is not None),
+        )
+        if used
+    ]
     if len(ways) > 1:
         raise InputError(f"give query points in one way only, got {' and '.join(ways)}")
     if drawing.heatmap:
@@ -74,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
     image_a, image_b = load_image(args.image_a), load_image(args.image_b)
     extractor = make_extractor(model)
-    result = match_images(image_a, image_b, points or None, extractor=extractor, options=options,
-                          names=(args.image_a, args.image_b))
+    result = match_images(
+        image_a, image_b, points or None, extractor=extractor, options=options, names=(args.image_a, args.image_b)
+    )
     write_match_files(result, picture=args.output, json_path=args.json, drawing=drawing)
     if not args.output and not args.json:
         sys.stdout.write(format_json(result.document))

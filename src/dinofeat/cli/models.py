@@ -8,10 +8,13 @@ from dinofeat.cli.common import add_debug_option
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    parser = sub.add_parser("models", help="list the DINOv2 and DINOv3 models and whether their weights are cached",
-                            description="List the DINOv2 and DINOv3 backbones dinofeat knows, with their sizes and "
-                            "whether their weights are in a local cache. 'gated': the Hugging Face repo asks you "
-                            "to accept the model's licence first.")
+    parser = sub.add_parser(
+        "models",
+        help="list the DINOv2 and DINOv3 models and whether their weights are cached",
+        description="List the DINOv2 and DINOv3 backbones dinofeat knows, with their sizes and "
+        "whether their weights are in a local cache. 'gated': the Hugging Face repo asks you "
+        "to accept the model's licence first.",
+    )
     add_debug_option(parser)
     return parser
 
@@ -24,8 +27,18 @@ def run(args: argparse.Namespace) -> int:
     rows = [("name", "params", "patch", "registers", "dim", "cached", "gated", "hugging face repo")]
     for spec in MODELS.values():
         name = spec.name + (" (default)" if spec.name == DEFAULT_MODEL else "")
-        rows.append((name, f"{count_parameters(spec) / 1e6:.1f}M", str(spec.patch_size), str(spec.num_registers),
-                     str(spec.embed_dim), cached_locally(spec) or "no", "yes" if spec.gated else "no", spec.hf_repo))
+        rows.append(
+            (
+                name,
+                f"{count_parameters(spec) / 1e6:.1f}M",
+                str(spec.patch_size),
+                str(spec.num_registers),
+                str(spec.embed_dim),
+                cached_locally(spec) or "no",
+                "yes" if spec.gated else "no",
+                spec.hf_repo,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -17,7 +17,8 @@ IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "pca", help="colour images or a video by the principal components of their features",
+        "pca",
+        help="colour images or a video by the principal components of their features",
         description="Show what the model sees: the first three principal components of the patch features "
         "as RGB. By default the first component of all patches is thresholded (Otsu) to find the "
         "foreground, a second PCA is fitted on foreground patches, each component is scaled by "
@@ -25,23 +26,38 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "part gets the same colour in each. A single video input (-o OUT.mp4) is coloured frame by "
         "frame with one PCA fitted on a sample of its frames.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images, or one video (%s)"
-                        % " ".join(VIDEO_SUFFIXES[:5]) + " ...")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help=f"images, or one video ({' '.join(VIDEO_SUFFIXES[:5])} ...)"
+    )
     out = parser.add_argument_group("output")
-    out.add_argument("-o", "--output", metavar="OUT",
-                     help="one figure (a grid of labelled panels for several images; .png, .jpg, ...) or, for a "
-                     "video, an .mp4/.mov/.mkv")
-    out.add_argument("--out-dir", metavar="DIR",
-                     help="one file per input: DIR/<name>_pca.png (or .mp4); the folder is created if needed")
+    out.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="one figure (a grid of labelled panels for several images; .png, .jpg, ...) or, for a "
+        "video, an .mp4/.mov/.mkv",
+    )
+    out.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="one file per input: DIR/<name>_pca.png (or .mp4); the folder is created if needed",
+    )
     add_options(out, PCADrawingOptions)
     pca = parser.add_argument_group("PCA")
     add_options(pca, PCAOptions)
     pca.add_argument("--save-pca", metavar="FILE.npz", help="save the fitted PCA to colour other inputs alike")
-    pca.add_argument("--load-pca", metavar="FILE.npz", help="colour with a saved PCA instead of fitting one (its "
-                     "foreground threshold and colour scaling are used; --foreground and --percentiles are ignored)")
-    pca.add_argument("--save-features", metavar="FILE.npz",
-                     help="write the first K components per patch: features_{i} (h, w, K) float32, "
-                     "foreground_{i} (h, w) bool, image_size_{i} (w, h) (images only)")
+    pca.add_argument(
+        "--load-pca",
+        metavar="FILE.npz",
+        help="colour with a saved PCA instead of fitting one (its "
+        "foreground threshold and colour scaling are used; --foreground and --percentiles are ignored)",
+    )
+    pca.add_argument(
+        "--save-features",
+        metavar="FILE.npz",
+        help="write the first K components per patch: features_{i} (h, w, K) float32, "
+        "foreground_{i} (h, w) bool, image_size_{i} (w, h) (images only)",
+    )
     frames = parser.add_argument_group("video frames")
     add_options(frames, FrameOptions, every="colour every K-th frame; the video is written at fps / K (default: 1)")
     add_extractor_options(parser)
@@ -86,16 +102,24 @@ def _run_images(args: argparse.Namespace, model, options: PCAOptions, drawing: P
     images = [load_image(path) for path in args.inputs]
     extractor = make_extractor(model)
     result = pca_images(images, extractor, options, pca=loaded, nearest=drawing.nearest)
-    write_pca_files(result, figure=args.output, panels=targets, pca_path=args.save_pca,
-                    features_path=args.save_features, components=options.components, drawing=drawing,
-                    names=[Path(p).name for p in args.inputs])
+    write_pca_files(
+        result,
+        figure=args.output,
+        panels=targets,
+        pca_path=args.save_pca,
+        features_path=args.save_features,
+        components=options.components,
+        drawing=drawing,
+        names=[Path(p).name for p in args.inputs],
+    )
     written = ", ".join(str(p) for p in outputs if p)
     summary(args, f"{len(images)} image(s), {result.summary()} -> {written}", stream=_stdout())
     return 0
 
 
-def _run_video(args: argparse.Namespace, model, options: PCAOptions, drawing: PCADrawingOptions,
-               frames: FrameOptions) -> int:
+def _run_video(
+    args: argparse.Namespace, model, options: PCAOptions, drawing: PCADrawingOptions, frames: FrameOptions
+) -> int:
     from dinofeat.cli.common import make_extractor, progress_bar, summary
     from dinofeat.colorize import pca_video_to_file
     from dinofeat.errors import InputError
@@ -113,8 +137,17 @@ def _run_video(args: argparse.Namespace, model, options: PCAOptions, drawing: PC
     loaded = _load_pca(args)
     extractor = make_extractor(model)
     with progress_bar(args, "colouring", "frame") as bar:
-        done = pca_video_to_file(args.inputs[0], target, extractor, options, drawing, frames=frames, pca=loaded,
-                                 pca_path=args.save_pca, progress=bar)
+        done = pca_video_to_file(
+            args.inputs[0],
+            target,
+            extractor,
+            options,
+            drawing,
+            frames=frames,
+            pca=loaded,
+            pca_path=args.save_pca,
+            progress=bar,
+        )
     written = ", ".join(str(p) for p in (target, args.save_pca) if p)
     summary(args, f"{done.frames} frames at {done.fps:g} fps -> {written}", stream=_stdout())
     return 0
@@ -132,8 +165,10 @@ def _out_dir_targets(args: argparse.Namespace, suffix: str) -> list[str]:
     folder = ensure_folder(args.out_dir)
     stems = [Path(p).stem for p in args.inputs]
     unique = len(set(stems)) == len(stems)
-    return [str(folder / (f"{stem}_pca{suffix}" if unique else f"{i:03d}_{stem}_pca{suffix}"))
-            for i, stem in enumerate(stems)]
+    return [
+        str(folder / (f"{stem}_pca{suffix}" if unique else f"{i:03d}_{stem}_pca{suffix}"))
+        for i, stem in enumerate(stems)
+    ]
 
 
 def _load_pca(args: argparse.Namespace):

@@ -13,7 +13,8 @@ __all__ = ["DEFAULT_MIN_SCORE", "DEFAULT_TRAIL", "VIDEO_SUFFIXES", "add_parser",
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "track", help="follow points through a video (video with trails, JSON, CSV)",
+        "track",
+        help="follow points through a video (video with trails, JSON, CSV)",
         description="Track points through VIDEO by DINO feature similarity: each point's feature is "
         "sampled at its exact position, searched near its last position (globally when the window holds "
         "no good match) to 1/4 model pixel, and marked not visible when the match is weak "
@@ -22,23 +23,40 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     parser.add_argument("video", metavar="VIDEO", help="input video (any container/codec FFmpeg reads)")
     queries = parser.add_argument_group("points (any combination)")
-    queries.add_argument("--point", action="append", metavar="X,Y",  # parsed in run(): one-line errors
-                         help="a point in the first processed frame (frame 0 unless --start); repeatable")
-    queries.add_argument("--query", action="append", metavar="T,X,Y",
-                         help="a point in frame T; tracked forward from T (not visible before); repeatable")
-    queries.add_argument("--points-file", metavar="FILE",
-                         help="points: JSON list of [x, y] or [t, x, y], or CSV lines x,y or t,x,y")
+    queries.add_argument(
+        "--point",
+        action="append",
+        metavar="X,Y",  # parsed in run(): one-line errors
+        help="a point in the first processed frame (frame 0 unless --start); repeatable",
+    )
+    queries.add_argument(
+        "--query",
+        action="append",
+        metavar="T,X,Y",
+        help="a point in frame T; tracked forward from T (not visible before); repeatable",
+    )
+    queries.add_argument(
+        "--points-file", metavar="FILE", help="points: JSON list of [x, y] or [t, x, y], or CSV lines x,y or t,x,y"
+    )
     queries.add_argument("--grid", type=int, metavar="N", help="an N x N grid of points over the first processed frame")
     outputs = parser.add_argument_group("outputs (at least one)")
-    outputs.add_argument("-o", "--output", metavar="OUT.mp4",
-                         help="video with each point in its own colour and a fading trail; H.264 yuv420p, "
-                         f"same size as the input, at fps / --every ({', '.join(VIDEO_SUFFIXES)})")
+    outputs.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT.mp4",
+        help="video with each point in its own colour and a fading trail; H.264 yuv420p, "
+        f"same size as the input, at fps / --every ({', '.join(VIDEO_SUFFIXES)})",
+    )
     outputs.add_argument("--json", metavar="OUT.json", help="tracks as JSON: one entry per processed frame")
     outputs.add_argument("--csv", metavar="OUT.csv", help="tracks as CSV rows: track,frame,x,y,score,visible")
     add_options(outputs, TrailOptions)
     frames = parser.add_argument_group("frames")
-    add_options(frames, FrameOptions, every="process every K-th frame; raise --window with it; the output video "
-                "is written at fps / K so it plays at the input's speed (default: 1)")
+    add_options(
+        frames,
+        FrameOptions,
+        every="process every K-th frame; raise --window with it; the output video "
+        "is written at fps / K so it plays at the input's speed (default: 1)",
+    )
     tracking = parser.add_argument_group("tracking")
     add_options(tracking, TrackerOptions)
     add_extractor_options(parser, batch_help="frames per forward pass (default: %(default)s)")
@@ -77,8 +95,18 @@ def run(args: argparse.Namespace) -> int:
     queries = check_queries(_collect_queries(args, indices[0], info.size_wh), indices, info.size_wh)
     extractor = make_extractor(model)
     with progress_bar(args, "tracking", "frame") as bar:
-        tracks = track_to_files(args.video, queries, extractor, tracker, frames=frames, trail=trail,
-                                video_out=args.output, json_out=args.json, csv_out=args.csv, progress=bar)
+        tracks = track_to_files(
+            args.video,
+            queries,
+            extractor,
+            tracker,
+            frames=frames,
+            trail=trail,
+            video_out=args.output,
+            json_out=args.json,
+            csv_out=args.csv,
+            progress=bar,
+        )
     summary(args, f"{tracks.summary()} -> {', '.join(outputs)}")
     return 0
 
