@@ -40,3 +40,27 @@ def save_png(path: Path, image: np.ndarray) -> Path:
 
     Image.fromarray(image).save(path)
     return path
+
+
+@functools.cache
+def smooth_vit(name: str = "dinov2_vits14", depth: int = 2, seed: int = 0, layerscale: float = 1e-4):
+    """A random model whose features are smooth: low-frequency patch filters, a tiny layer scale and
+    no positional embedding. Features follow the image's slow variations and the same pixels give
+    (nearly) the same feature anywhere, so similarity surfaces are nearly flat (as in low-texture
+    regions of real images): the case where a search that is not exact returns the wrong position.
+    With ``layerscale=0`` the blocks add nothing: features depend on the patch's pixels only, exactly."""
+    import math
+
+    vit = build_model(get_spec(name), depth=depth).init_random(seed, layerscale=layerscale)
+    p = vit.patch_size
+    centres = (torch.arange(p, dtype=torch.float32) + 0.5) / p
+    waves = [torch.cos(math.pi * f * centres) for f in range(3)]
+    basis = torch.stack([wy[:, None] * wx[None, :] for wy in waves for wx in waves])  # (9, p, p): <= 1 cycle
+    gen = torch.Generator().manual_seed(seed + 1)
+    weight = vit.patch_embed.proj.weight
+    mix = torch.randn(weight.shape[0], 3, len(basis), generator=gen) / (p * len(basis) ** 0.5)
+    with torch.no_grad():
+        weight.copy_(torch.einsum("ock,kyx->ocyx", mix, basis))
+        if getattr(vit, "pos_embed", None) is not None:
+            vit.pos_embed.zero_()
+    return vit.eval()

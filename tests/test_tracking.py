@@ -129,6 +129,58 @@ def test_whole_patch_camera_steps_are_exact():
     assert (tracks.frame_indices == np.arange(8)).all() and tracks.points_xy.shape == (8, 25, 2)
 
 
+def _write_ffv1(path, frames) -> None:
+    """A lossless FFV1 video (Matroska) of RGB frames: decoded pixels equal the written ones."""
+    import av
+
+    with av.open(str(path), mode="w", format="matroska") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = "bgr0"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="bgr0")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def test_lossless_whole_patch_steps_are_tracked_to_zero_error(tmp_path):
+    """A lossless video whose camera steps by whole patches, at the model's own resolution, with a
+    smooth content-only model (flat similarity surfaces): every point whose truth has no tie is
+    found exactly, in every frame. Equivalently: each answer is the truth, or another lattice point
+    scoring within 1e-6 of the truth's score (a tie). (The fixed template searches for the query's
+    own feature; an anchored one drifts through ties, by design.)"""
+    from conftest import smooth_vit
+    from dinofeat.video import read_frames
+
+    origins = [(100 + 14 * k, 60 + 14 * (k % 2)) for k in range(6)]
+    frames = camera(origins)
+    path = tmp_path / "steps.mkv"
+    _write_ffv1(path, frames)
+    assert all(np.array_equal(a, b) for a, (_, b) in zip(frames, read_frames(path)))  # lossless
+    extractor = Extractor(smooth_vit(layerscale=0.0), resolution=SIZE_WH[1], device="cpu", precision="fp32")
+    # integer pixels (lattice points, midway between the processed-pixel centres 6.5 + k that a
+    # 1-pixel lattice holds) that stay inside as the camera moves right
+    points = np.array([90.0, 34.0]) + np.random.default_rng(1).integers(0, 56, (30, 2)).astype(float)
+    tracks = track_video(path, at_frame(0, points), extractor, template="fixed")  # the query's own feature
+    expected = truth(points, origins)
+    queries = extractor.extract(frames[0]).normalized().sample(torch.from_numpy(points).float(), normalize=True)
+    exact = 0
+    for k, frame in enumerate(frames):
+        fmap = extractor.extract(frame).normalized()
+
+        def score(xy, fmap=fmap):
+            return (fmap.sample(torch.as_tensor(xy).double(), normalize=True).double() * queries.double()).sum(-1)
+
+        found = tracks.points_xy[k].double()
+        is_truth = (found - torch.from_numpy(expected[k])).norm(dim=1) < 1e-3
+        ties = score(found) >= score(expected[k]) - 1e-6
+        assert (is_truth | ties).all(), k
+        exact += int(is_truth.sum())
+    assert tracks.visible.all()
+    assert exact >= 0.5 * len(points) * len(frames)  # most answers are the truth itself
+
+
 def test_smooth_subpixel_pan_error_bound():
     origins = [(100 + 2.37 * k, 60 + 1.21 * k) for k in range(12)]  # 2.7 px per frame, never whole pixels
     points = grid_points((108, 76), 4).numpy() + [40, 35]
@@ -249,3 +301,46 @@ def test_track_video_from_a_file(tmp_path):
     tracks.write_csv(tmp_path / "t.csv")
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert lines[0] == "track,frame,x,y,score,visible" and lines[1].startswith("0,1,130.500,48.300,1.0000,1")
+
+
+@pytest.mark.parametrize("min_score", [0.5, 0.995])
+def test_tracker_step_is_the_best_point_of_its_window_or_the_frame(min_score):
+    """One tracker step on smooth feature maps against brute force: the best lattice point of the
+    window around the last position, or, where that window holds nothing scoring min_score, of the
+    whole frame."""
+    import math
+
+    import torch.nn.functional as F
+
+    from dinofeat.search import SUBDIVISIONS
+
+    gen = torch.Generator().manual_seed(2)
+    h, w, c = 6, 8, 24
+    v, u = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    base, gu, gv = (torch.randn(c, generator=gen) for _ in range(3))
+    field = base + 0.08 * (torch.sin(0.9 * u)[..., None] * gu + torch.cos(0.7 * v)[..., None] * gv)
+    size = (14 * w, 14 * h)
+    first = FeatureMap(field, image_size_wh=size, processed_size_wh=size)
+    second = FeatureMap(
+        field.roll(1, dims=1) + 0.01 * torch.randn(h, w, c, generator=gen), image_size_wh=size, processed_size_wh=size
+    )
+    points = torch.rand(80, 2, generator=gen) * torch.tensor([size[0] - 1.0, size[1] - 1.0])
+    tracker = PointTracker(at_frame(0, points.numpy()), window=20.0, min_score=min_score, cycle_tolerance=math.inf)
+    tracker.step(0, first)
+    step = tracker.step(1, second)
+    queries = first.normalized().sample(points, normalize=True).double()
+    steps = SUBDIVISIONS * 14
+    rows, cols = torch.meshgrid(torch.arange(steps * (h - 1) + 1), torch.arange(steps * (w - 1) + 1), indexing="ij")
+    grid = torch.stack((cols, rows), dim=-1).reshape(-1, 2).double() / steps
+    cos = (
+        F.normalize(queries, dim=-1) @ second.normalized().sample(second.grid_to_pixel(grid), normalize=True).double().T
+    )
+    centre = second.pixel_to_grid(points.double()).clamp(min=0)
+    centre = torch.stack((centre[:, 0].clamp(max=w - 1), centre[:, 1].clamp(max=h - 1)), dim=-1)
+    in_window = ((grid[None] - centre[:, None]).abs() <= 20.0 / 14 + 1e-6).all(dim=-1)
+    window_best = cos.masked_fill(~in_window, -math.inf).max(dim=1).values
+    expected = torch.where(window_best >= min_score, window_best, torch.maximum(window_best, cos.max(dim=1).values))
+    got = second.normalized().sample(step.points_xy.double(), normalize=True).double() * F.normalize(queries, dim=-1)
+    got = got.sum(-1)
+    assert (got >= expected - 1e-6).all()
+    assert (step.scores.double() >= expected - 1e-6).all()

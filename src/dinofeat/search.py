@@ -1,23 +1,52 @@
-"""The sub-pixel search of a query feature in a target feature map (used by matching and tracking).
+"""The exact sub-pixel search of query features in a target feature map (matching and tracking).
 
-* :func:`similarity` - cosine of query vectors against every patch of a target map (one matmul);
-* :func:`refine_peaks` - the best position near given patch peaks (the tracker's window search);
-* :func:`locate` - the best position anywhere in the target (matching, the tracker's fallback).
+What is maximised, over which set
+---------------------------------
+For a query ``q`` and a target map with L2-normalised patch features ``F``, the score of a grid
+position ``p = (u, v)`` (float column, row) is the cosine ``s(p) = q . f(p) / |f(p)|`` of the query
+with the bilinearly interpolated, re-normalised feature ``f(p)`` - exactly what
+:meth:`FeatureMap.sample` returns on the normalised map. The search returns the maximum of ``s``
+over a **lattice**: every ``1 / SUBDIVISIONS`` processed pixel from the first patch centre to the
+last, ``u = k / (SUBDIVISIONS * stride)`` for ``k = 0 .. SUBDIVISIONS * stride * (w - 1)`` (the
+same for ``v``), restricted to a **region**: the whole map (:func:`locate`), squares around given
+peaks (:func:`refine_peaks`, the tracker's window), or everything farther than a distance from a
+point (the ratio test's runner-up). It is a global maximum of that set, not a local one. Ties
+(exactly equal scores as computed in float32) go to the first position in raster order (smallest
+``v``, then smallest ``u``); positions whose scores differ by less than float32 rounding (~1e-7)
+are ordered by that rounding.
 
-Why the exact sub-pixel search is cheap: bilinear interpolation is linear, so at a point between
-four patch centres the dot product ``q . f(u, v)`` is the bilinear interpolation of the four
-similarities, and ``|f(u, v)|^2 = w^T G w`` with ``G`` the 4x4 Gram matrix of those four
-features. The norms do not depend on the query: they are computed once per target on a
-1-processed-pixel lattice (``16 h w C`` flops for the Gram matrices). The exact cosine against
-the bilinearly sampled, re-normalised target feature then costs O(1) per candidate position
-instead of O(C) (only the final 1/4-pixel step uses the 3x3 patches around each answer), and no
-Python loop runs over queries or patches. The whole-map search is a branch and bound over grid
-cells (see :func:`locate`).
+Why it is exact and fast: a branch and bound with true upper bounds
+--------------------------------------------------------------------
+Between the four patch centres of a grid cell, ``f = sum_k w_k F_k`` with bilinear weights
+``w_k >= 0`` summing to 1. So the dot product ``q . f`` is the bilinear interpolation of the four
+corner similarities (one matrix product gives all similarities), and ``|f|^2 = w^T G w`` with ``G``
+the cell's 4x4 Gram matrix, which does not depend on the query: :class:`NormTable` computes the
+inverse norms on the lattice once per target map and keeps, for every cell and every 1-pixel
+sub-cell, their largest and smallest values ``i_max``, ``i_min`` over the lattice points inside.
+
+**The bound.** For an axis-aligned rectangle ``R`` inside one cell, a bilinear function reaches its
+maximum over ``R`` at a corner of ``R`` (it is affine along each axis), so ``D = max`` of the dot
+product at ``R``'s four corners bounds ``q . f`` on ``R``. For a lattice point ``p`` in ``R``:
+if ``D > 0``, ``s(p) = (q . f(p)) / |f(p)| <= D * i_max`` (when ``q . f(p) >= 0`` both factors are
+at most their bounds; otherwise ``s(p) < 0 < D * i_max``); if ``D <= 0``,
+``s(p) <= D / |f(p)| <= D * i_min`` (a non-positive number divided by a smaller norm is smaller).
+So ``U(R) = D * (i_max if D > 0 else i_min)`` is an upper bound of every lattice score in ``R``
+(``BOUND_SLACK`` is added against float rounding). ``tests/test_search.py`` checks these bounds
+against every lattice point on several kinds of maps.
+
+**The search.** Cells are visited best bound first, in rounds vectorised over queries; a visited
+cell's 1-pixel points are scored exactly, its 1-pixel sub-cells bounded the same way, and only the
+sub-cells whose bound reaches the best score found so far have their ``(SUBDIVISIONS + 1)^2``
+lattice points scored. A query stops when the best score found is above the bound of every cell
+not visited yet: nothing pruned can hold a better point. No Python loop runs over queries or
+positions. An optional ``max_cells`` caps the cells visited per query (the default, None, is
+exact); results say where the cap was hit (``capped``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -25,20 +54,21 @@ import torch.nn.functional as F
 
 from dinofeat.features import FeatureMap
 
-#: Global search: grid cells searched per query in the first round of the branch and bound ...
-CELLS_PER_ROUND = 4
-#: ... and at most this many cells per query in all.
-MAX_CELLS = 16
-#: Cells are searched every this many processed pixels, then the best one to the pixel.
-CELL_STEP_PX = 1
-#: Final search: this many steps per processed pixel ...
-FINE_SUBDIVISIONS = 4
-#: ... within this many processed pixels of the 1-pixel lattice winner.
-FINE_REACH_PX = 1.5
-#: Ratio test: the runner-up is the best position farther than this many patches from the best.
-RATIO_EXCLUSION = 1.5
+#: Lattice steps per processed pixel (the search's precision: 1/4 processed pixel).
+SUBDIVISIONS = 4
+#: Added to every bound, against float32 rounding of the scores it bounds.
+BOUND_SLACK = 1e-6
+#: The span bound of a cell is used where its corners' Gram matrix has no eigenvalue below this
+#: (its float64 inverse is then accurate to ~1e-8); elsewhere (near-parallel corners) the cell keeps
+#: the norm bound alone, which is tight there.
+SPAN_MIN_EIGENVALUE = 1e-8
+_PAIR_I, _PAIR_J = torch.triu_indices(4, 4)
 #: Queries searched together (bounds memory).
 DEFAULT_CHUNK = 256
+#: Upper limit of (query, cell) pairs scored in one round, and of lattice points scored at once
+#: (bound memory).
+_PAIRS_PER_ROUND = 16_384
+_POINTS_PER_CHUNK = 2_000_000
 
 
 def similarity(queries: torch.Tensor, target: FeatureMap) -> torch.Tensor:
@@ -62,6 +92,412 @@ def similarity(queries: torch.Tensor, target: FeatureMap) -> torch.Tensor:
     return (q @ feats.reshape(h * w, -1).T).reshape(-1, h, w)
 
 
+# ---------------------------------------------------------------------------------------------
+# Query-independent tables of one target map
+
+
+class NormTable:
+    """The inverse norms ``1 / |f|`` of one target map's interpolated features on the search lattice.
+
+    Built once per target map (query-independent) and shared by every search in it. Holds, per
+    grid cell (row-major over ``cells_hw``), the inverse norms at its 1-pixel points, their largest
+    and smallest values over each 1-pixel sub-cell's lattice points and over the whole cell, and
+    the per-cell terms from which the inverse norm at any lattice point is recomputed.
+
+    Maps one patch wide or high are padded to two by repeating it; the padded lattice points are
+    outside every search region.
+
+    Attributes:
+        grid_hw: the map's grid ``(h, w)``; ``padded_hw``: at least 2 each way.
+        stride: processed pixels between patch centres; ``steps = SUBDIVISIONS * stride`` lattice
+            steps per cell side.
+    """
+
+    def __init__(self, target: FeatureMap, *, chunk_cells: int = 512) -> None:
+        feats = F.normalize(target.features.float(), dim=-1)
+        h, w = target.grid_hw
+        hp, wp = max(h, 2), max(w, 2)
+        if (hp, wp) != (h, w):
+            feats = F.pad(feats.permute(2, 0, 1)[None], (0, wp - w, 0, hp - h), mode="replicate")[0].permute(1, 2, 0)
+        self.device = feats.device
+        self.grid_hw, self.padded_hw = (h, w), (hp, wp)
+        self.stride = int(target.stride)
+        self.steps = SUBDIVISIONS * self.stride
+        self.feats = feats.reshape(hp * wp, -1)
+        rows, cols = torch.meshgrid(torch.arange(hp - 1), torch.arange(wp - 1), indexing="ij")
+        top_left = (rows * wp + cols).reshape(-1).to(self.device)
+        self.corners = torch.stack((top_left, top_left + 1, top_left + wp, top_left + wp + 1), dim=1)  # (cells, 4)
+        self.edge_terms = self._edge_terms()  # (cells, steps + 1, 3)
+        fy = torch.arange(self.steps + 1, device=self.device, dtype=torch.float32) / self.steps
+        self.row_weights = torch.stack(((1 - fy) ** 2, 2 * fy * (1 - fy), fy**2), dim=1)  # (steps + 1, 3)
+        self._tabulate(chunk_cells)
+
+    @property
+    def cells_hw(self) -> tuple[int, int]:
+        return self.padded_hw[0] - 1, self.padded_hw[1] - 1
+
+    @property
+    def lattice_hw(self) -> tuple[int, int]:
+        """Lattice points per column and row of the (padded) map."""
+        hp, wp = self.padded_hw
+        return self.steps * (hp - 1) + 1, self.steps * (wp - 1) + 1
+
+    def _edge_terms(self) -> torch.Tensor:
+        """Per cell and lattice column ``a``: ``|f_top(a)|^2``, ``f_top(a) . f_bottom(a)`` and
+        ``|f_bottom(a)|^2``, where ``f_top``/``f_bottom`` interpolate the top/bottom corner pairs;
+        then ``|f(a, b)|^2 = (1-b)^2 T0 + 2 b (1-b) T1 + b^2 T2`` (separable, so the lattice's
+        norms cost three terms per point instead of a 4x4 quadratic form)."""
+        c = self.feats[self.corners]  # (cells, 4, C): top-left, top-right, bottom-left, bottom-right
+        gram = c @ c.transpose(1, 2)  # (cells, 4, 4)
+        self._span_tables(gram)
+        g = lambda i, j: gram[:, i, j][:, None]
+        fx = (torch.arange(self.steps + 1, device=self.device, dtype=torch.float32) / self.steps)[None]
+        l2, lr, r2 = (1 - fx) ** 2, fx * (1 - fx), fx**2
+        top = l2 * g(0, 0) + 2 * lr * g(0, 1) + r2 * g(1, 1)
+        cross = l2 * g(0, 2) + lr * (g(0, 3) + g(1, 2)) + r2 * g(1, 3)
+        bottom = l2 * g(2, 2) + 2 * lr * g(2, 3) + r2 * g(3, 3)
+        return torch.stack((top, cross, bottom), dim=-1)
+
+    def _span_tables(self, gram: torch.Tensor) -> None:
+        """Float64 coefficients of the quadratic form ``d^T G^-1 d`` of each cell (for
+        :meth:`span_bound`), and which cells are well enough conditioned to use them."""
+        g64 = gram.double()
+        self.span_ok = torch.linalg.eigvalsh(g64)[:, 0] >= SPAN_MIN_EIGENVALUE
+        eye = torch.eye(4, dtype=torch.float64, device=self.device)
+        inverse = torch.linalg.inv(torch.where(self.span_ok[:, None, None], g64, eye))
+        twice = torch.where(_PAIR_I == _PAIR_J, 1.0, 2.0).double().to(self.device)
+        self.span_coefficients = inverse[:, _PAIR_I, _PAIR_J] * twice  # (cells, 10): the upper triangle
+
+    def span_bound(self, corner: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """``(m,)``: the largest cosine of each query with any vector in the span of its cell's four
+        corner features, ``sqrt(d^T G^-1 d)`` from the corner similarities ``d`` (``corner`` ``(m, 4)``
+        of queries paired with ``cells`` ``(m,)``) and the corners' Gram matrix ``G`` (the length of
+        the query's projection on that span); +inf where the corners are too close to parallel to
+        invert ``G`` reliably. Every interpolated feature of the cell lies in that span, so no
+        lattice score of the cell exceeds it."""
+        d = corner.double()
+        value = (d[:, _PAIR_I] * d[:, _PAIR_J] * self.span_coefficients[cells]).sum(dim=-1)
+        return value.clamp_min(0).sqrt().float().masked_fill(~self.span_ok[cells], math.inf)
+
+    def inverse_norms(
+        self, cells: torch.Tensor, rows: slice | torch.Tensor = slice(None), columns: slice | torch.Tensor = slice(None)
+    ) -> torch.Tensor:
+        """``1 / |f|`` at lattice rows x columns (offsets ``0 .. steps`` in the cell) of ``cells``:
+        ``(len(cells), rows, columns)``."""
+        norm2 = self.row_weights[rows] @ self.edge_terms[cells][:, columns].transpose(1, 2)
+        return norm2.clamp_min(1e-12).rsqrt()
+
+    def _tabulate(self, chunk_cells: int) -> None:
+        """The largest and smallest inverse norm over each cell's lattice points (for the cell
+        bounds), computed chunk by chunk (the full lattice table is never held at once)."""
+        n_cells = len(self.corners)
+        self.cell_max = torch.empty(n_cells, device=self.device)
+        self.cell_min = torch.empty(n_cells, device=self.device)
+        for start in range(0, n_cells, chunk_cells):
+            part = torch.arange(start, min(start + chunk_cells, n_cells), device=self.device)
+            inv = self.inverse_norms(part).reshape(len(part), -1)
+            self.cell_max[part], self.cell_min[part] = inv.amax(dim=1), inv.amin(dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Regions: which lattice points a query may land on
+
+
+@dataclass(frozen=True)
+class Region:
+    """Per query, the lattice points the search may return: inside at least one ``include``
+    rectangle and outside the ``exclude`` rectangle (if any). Rectangles are ``[k0, r0, k1, r1]``
+    in lattice steps (column ``k``, row ``r``; ``u = k / steps`` in grid units), edges included,
+    so membership is an exact integer comparison.
+
+    Attributes:
+        include: ``(n, K, 4)`` int64.
+        exclude: ``(n, 4)`` int64, or None.
+    """
+
+    include: torch.Tensor
+    exclude: torch.Tensor | None = None
+    everything: bool = False  #: every lattice point of the (unpadded) map: no point needs checking
+
+    @staticmethod
+    def whole(n: int, table: NormTable) -> Region:
+        """Every lattice point of the map (its outer patch centres included)."""
+        h, w = table.grid_hw
+        rect = torch.tensor([0, 0, table.steps * (w - 1), table.steps * (h - 1)], device=table.device)
+        return Region(rect.expand(n, 1, 4).clone(), everything=table.grid_hw == table.padded_hw)
+
+    @staticmethod
+    def around(centres_uv: torch.Tensor, radius: float, table: NormTable) -> Region:
+        """The lattice points within ``radius`` grid units along each axis of ``centres_uv``
+        ``(n, K, 2)`` (a square window; 1e-6 grid units of tolerance), clipped to the map."""
+        h, w = table.grid_hw
+        centre = centres_uv.double() * table.steps
+        reach = radius * table.steps
+        low = torch.ceil(centre - reach - 1e-6 * table.steps).long()
+        high = torch.floor(centre + reach + 1e-6 * table.steps).long()
+        limit = torch.tensor([table.steps * (w - 1), table.steps * (h - 1)], device=table.device)
+        low = torch.minimum(low.clamp_min(0), limit)
+        high = torch.minimum(high, limit).clamp_min(0)
+        return Region(torch.cat((low, high), dim=-1))
+
+    def excluding(self, centres: torch.Tensor, distance: float, steps: int) -> Region:
+        """The same region without the lattice points within ``distance`` grid units (Chebyshev)
+        of lattice points ``centres`` ``(n, 2)`` (column, row)."""
+        reach = math.floor(distance * steps + 1e-9)
+        return Region(self.include, torch.cat((centres - reach, centres + reach), dim=-1))
+
+    def points_allowed(self, rows: torch.Tensor, k: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Bool ``k.shape``: which lattice points (column ``k``, row ``r``) ``(m, P)`` of queries
+        ``rows`` ``(m,)`` lie in the region."""
+        if self.everything:
+            return torch.ones(k.shape, dtype=torch.bool, device=k.device)
+        rects = self.include[rows][:, None]  # (m, 1, K, 4)
+        kk, rr = k[..., None], r[..., None]
+        inside = (kk >= rects[..., 0]) & (kk <= rects[..., 2]) & (rr >= rects[..., 1]) & (rr <= rects[..., 3])
+        inside = inside.any(dim=-1)
+        if self.exclude is not None:
+            e = self.exclude[rows][:, None]
+            inside &= ~((k >= e[..., 0]) & (k <= e[..., 2]) & (r >= e[..., 1]) & (r <= e[..., 3]))
+        return inside
+
+    def boxes_eligible(self, rows: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Bool ``boxes.shape[:-1]``: which boxes ``[k0, r0, k1, r1]`` ``(m, B, 4)`` of queries
+        ``rows`` ``(m,)`` hold a lattice point that may be in the region (they meet an include
+        rectangle and are not inside the exclude rectangle)."""
+        if self.everything:
+            return torch.ones(boxes.shape[:-1], dtype=torch.bool, device=boxes.device)
+        rects = self.include[rows][:, None]  # (m, 1, K, 4)
+        b = boxes[..., None, :]  # (m, B, 1, 4)
+        meets = (
+            (b[..., 0] <= rects[..., 2])
+            & (b[..., 2] >= rects[..., 0])
+            & (b[..., 1] <= rects[..., 3])
+            & (b[..., 3] >= rects[..., 1])
+        ).any(dim=-1)
+        if self.exclude is not None:
+            e = self.exclude[rows][:, None]
+            covered = (
+                (boxes[..., 0] >= e[..., 0])
+                & (boxes[..., 2] <= e[..., 2])
+                & (boxes[..., 1] >= e[..., 1])
+                & (boxes[..., 3] <= e[..., 3])
+            )
+            meets &= ~covered
+        return meets
+
+
+# ---------------------------------------------------------------------------------------------
+# The branch and bound
+
+
+@dataclass(frozen=True)
+class Found:
+    """The best lattice point of each query: ``index`` ``(n,)`` int64 (raster index on the padded
+    lattice, -1 if the region holds none), ``score`` ``(n,)`` float32 (``-inf`` if none), and
+    ``capped`` ``(n,)`` bool (the ``max_cells`` cap stopped the search before it was proven best)."""
+
+    index: torch.Tensor
+    score: torch.Tensor
+    capped: torch.Tensor
+
+
+def cell_bounds(
+    sim: torch.Tensor, table: NormTable, floor: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query and cell: the four corner similarities ``(n, cells, 4)`` and the cell's upper
+    bound ``(n, cells)`` of every lattice score inside (see the module docstring): the norm bound,
+    tightened by the span bound (:meth:`NormTable.span_bound`) where the norm bound reaches
+    ``floor`` ``(n,)`` (a score known to be reached; cells below it are not searched anyway)."""
+    corner = sim.reshape(len(sim), -1)[:, table.corners]  # (n, cells, 4)
+    top = corner.amax(dim=-1)
+    bound = torch.where(top > 0, top * table.cell_max, top * table.cell_min) + BOUND_SLACK
+    wanted = (top > 0) & (bound >= (floor[:, None] if floor is not None else -math.inf))
+    rows, cells = torch.nonzero(wanted, as_tuple=True)
+    tighter = table.span_bound(corner[rows, cells], cells) + BOUND_SLACK
+    bound[rows, cells] = torch.minimum(bound[rows, cells], tighter)
+    return corner, bound
+
+
+def branch_and_bound(sim: torch.Tensor, table: NormTable, region: Region, *, max_cells: int | None = None) -> Found:
+    """The best lattice point of ``region`` for each query's similarity map ``sim`` ``(n, h, w)``
+    (similarities with the padded grid of ``table``)."""
+    n, device = len(sim), sim.device
+    ch, cw = table.cells_hw
+    corner, remaining = cell_bounds(sim, table, _centre_floor(sim, table, region))
+    k0 = (torch.arange(ch * cw, device=device) % cw) * table.steps
+    r0 = (torch.arange(ch * cw, device=device) // cw) * table.steps
+    boxes = torch.stack((k0, r0, k0 + table.steps, r0 + table.steps), dim=-1)
+    eligible = region.boxes_eligible(torch.arange(n, device=device), boxes.expand(n, -1, -1))
+    remaining = remaining.masked_fill(~eligible, -math.inf)  # bounds of the cells not visited yet
+    best = torch.full((n,), -math.inf, device=device)
+    best_index = torch.full((n,), -1, dtype=torch.long, device=device)
+    visited = torch.zeros(n, dtype=torch.long, device=device)
+    limit = ch * cw if max_cells is None else max(1, int(max_cells))
+    size = 1
+    while True:
+        # a query goes on while an unvisited cell's bound reaches its best score
+        next_bound = remaining.amax(dim=1)
+        active = torch.nonzero((visited < limit) & (next_bound >= best) & (next_bound > -math.inf))[:, 0]
+        if len(active) == 0:
+            break
+        take = min(size, ch * cw, max(1, _PAIRS_PER_ROUND // len(active)))
+        if max_cells is not None:
+            take = min(take, limit - int(visited[active].min()))
+        bounds, cells = remaining[active].topk(take, dim=1)  # the best bounds first
+        use = (bounds >= best[active, None]) & (bounds > -math.inf)
+        use &= (visited[active, None] + torch.arange(take, device=device)) < limit
+        remaining[active[:, None].expand_as(cells)[use], cells[use]] = -math.inf
+        visited[active] += use.sum(dim=1)
+        _score_cells(sim, corner, table, region, active[:, None].expand_as(cells)[use], cells[use], best, best_index)
+        size *= 2
+    capped = (visited >= limit) & (remaining.amax(dim=1) >= best) & (remaining.amax(dim=1) > -math.inf)
+    return Found(best_index, best, capped)
+
+
+def _centre_floor(sim: torch.Tensor, table: NormTable, region: Region) -> torch.Tensor:
+    """``(n,)``: a score some lattice point of the region reaches for sure: the best similarity
+    at a patch centre inside it (centres are lattice points), less the float slack."""
+    hp, wp = table.padded_hw
+    rows = torch.arange(hp, device=sim.device)[:, None].expand(hp, wp).reshape(-1)
+    cols = torch.arange(wp, device=sim.device)[None, :].expand(hp, wp).reshape(-1)
+    n = len(sim)
+    k = (cols * table.steps).expand(n, -1)
+    r = (rows * table.steps).expand(n, -1)
+    inside = region.points_allowed(torch.arange(n, device=sim.device), k, r)
+    inside &= (rows < table.grid_hw[0]) & (cols < table.grid_hw[1])
+    return sim.reshape(n, -1).masked_fill(~inside, -math.inf).amax(dim=1) - BOUND_SLACK
+
+
+def _score_cells(
+    sim,
+    corner,
+    table: NormTable,
+    region: Region,
+    q_rows: torch.Tensor,
+    cells: torch.Tensor,
+    best: torch.Tensor,
+    best_index: torch.Tensor,
+) -> None:
+    """Score every lattice point of (query, cell) pairs exactly; updates ``best``/``best_index`` in place."""
+    side = table.steps + 1
+    chunk = max(1, _POINTS_PER_CHUNK // (side * side))
+    lattice_w = table.lattice_hw[1]
+    _, cw = table.cells_hw
+    span = torch.arange(side, device=sim.device)
+    frac = span.float() / table.steps
+    for start in range(0, len(cells), chunk):  # bounded memory
+        rows_q, part = q_rows[start : start + chunk], cells[start : start + chunk]
+        d = corner[rows_q, part]  # (m, 4)
+        top = d[:, :1] * (1 - frac) + d[:, 1:2] * frac  # (m, side) along the row (x)
+        bottom = d[:, 2:3] * (1 - frac) + d[:, 3:4] * frac
+        dots = top[:, None, :] * (1 - frac)[None, :, None] + bottom[:, None, :] * frac[None, :, None]
+        scores = (dots * table.inverse_norms(part)).reshape(len(part), -1)  # (m, side * side), raster order
+        row0, col0 = (part // cw) * table.steps, (part % cw) * table.steps
+        if not region.everything:
+            k = (col0[:, None, None] + span[None, None, :]).expand(-1, side, -1).reshape(len(part), -1)
+            r = (row0[:, None, None] + span[None, :, None]).expand(-1, -1, side).reshape(len(part), -1)
+            scores = scores.masked_fill(~region.points_allowed(rows_q, k, r), -math.inf)
+        top_score, arg = scores.max(dim=1)  # the first maximum: raster order within the cell
+        index = (row0 + arg // side) * lattice_w + col0 + arg % side
+        _update(rows_q, top_score[:, None], index[:, None], best, best_index)
+
+
+def _update(
+    q_rows: torch.Tensor, scores: torch.Tensor, index: torch.Tensor, best: torch.Tensor, best_index: torch.Tensor
+) -> None:
+    """Fold candidate points ``scores``/``index`` ``(m, P)`` of queries ``q_rows`` ``(m,)`` into
+    ``best``/``best_index``: the highest score wins, equal scores go to the smaller raster index."""
+    top, arg = scores.max(dim=1)  # first maximum within a row: rows are in raster order
+    top_index = index.gather(1, arg[:, None])[:, 0]
+    n = len(best)
+    round_best = torch.full((n,), -math.inf, device=best.device).scatter_reduce(0, q_rows, top, "amax")
+    at_best = top == round_best[q_rows]
+    large = torch.iinfo(torch.long).max
+    round_index = torch.full((n,), large, dtype=torch.long, device=best.device).scatter_reduce(
+        0, q_rows[at_best], top_index[at_best], "amin"
+    )
+    better = (round_best > best) | ((round_best == best) & (round_index < best_index) & (round_index != large))
+    better &= round_best > -math.inf
+    best.copy_(torch.where(better, round_best, best))
+    best_index.copy_(torch.where(better, round_index, best_index))
+
+
+def lattice_to_grid(index: torch.Tensor, table: NormTable) -> torch.Tensor:
+    """Raster lattice indices ``(n,)`` -> grid positions ``(u, v)`` ``(n, 2)`` float64."""
+    lattice_w = table.lattice_hw[1]
+    return torch.stack(((index % lattice_w).double(), (index // lattice_w).double()), dim=-1) / table.steps
+
+
+# ---------------------------------------------------------------------------------------------
+# The searches matching and tracking use
+
+
+class Located(NamedTuple):
+    """Where queries are found in a target map (see :func:`locate`)."""
+
+    points_xy: torch.Tensor  #: (N, 2) float32 target-image pixels of the best match
+    scores: torch.Tensor  #: (N,) float32 cosine at ``points_xy``
+    runner_up: torch.Tensor  #: (N,) float32 best cosine farther than ``exclusion`` patches (NaN if not asked)
+    capped: torch.Tensor  #: (N,) bool, the ``max_cells`` cap stopped the search before it was proven best
+
+
+def locate(
+    queries: torch.Tensor,
+    target: FeatureMap,
+    *,
+    exclusion: float | None = None,
+    max_cells: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    table: NormTable | None = None,
+) -> Located:
+    """Best match of each query anywhere in ``target``: the best point of the 1/4-pixel lattice
+    (see the module docstring for what is maximised and why it is exact).
+
+    Args:
+        queries: ``(N, C)`` float query features (L2-normalised here if they are not already).
+        target: the feature map searched.
+        exclusion: also find the runner-up (for a ratio test): the best lattice point farther than
+            this many patches (grid units, Chebyshev distance) from the best. None skips it (NaN);
+            where no point is that far, the runner-up is -1 (the lowest cosine).
+        max_cells: visit at most this many grid cells per query (a speed cap; None, the default,
+            is exact). ``capped`` says where it stopped the search before the answer was proven.
+        chunk_size: queries searched together (bounds memory).
+        table: the :class:`NormTable` of ``target`` to reuse (built once per map).
+
+    Returns:
+        :class:`Located`, positions in ORIGINAL target-image pixels.
+
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> fmap = FeatureMap(torch.randn(3, 4, 8, generator=gen), image_size_wh=(56, 42), processed_size_wh=(56, 42))
+    >>> q = fmap.normalized().sample(torch.tensor([[20.0, 17.0]]), normalize=True)
+    >>> found = locate(q, fmap)
+    >>> found.points_xy.tolist(), round(float(found.scores), 4)
+    ([[20.0, 17.0]], 1.0)
+    """
+    table = table or NormTable(target)
+    q = F.normalize(queries.float(), dim=-1).to(table.device)
+    n = len(q)
+    grid_uv = torch.zeros(n, 2, dtype=torch.float64, device=table.device)
+    scores = torch.full((n,), -math.inf, device=table.device)
+    runner_up = torch.full((n,), math.nan, device=table.device)
+    capped = torch.zeros(n, dtype=torch.bool, device=table.device)
+    for start in range(0, n, max(1, chunk_size)):
+        part = slice(start, start + chunk_size)
+        sim = _padded_similarity(q[part], table)
+        region = Region.whole(len(sim), table)
+        found = branch_and_bound(sim, table, region, max_cells=max_cells)
+        grid_uv[part], scores[part], capped[part] = lattice_to_grid(found.index, table), found.score, found.capped
+        if exclusion is not None:
+            lattice_w = table.lattice_hw[1]
+            best_kl = torch.stack((found.index % lattice_w, found.index // lattice_w), dim=-1)
+            second = branch_and_bound(
+                sim, table, region.excluding(best_kl, exclusion, table.steps), max_cells=max_cells
+            )
+            runner_up[part] = second.score.clamp_min(-1.0)
+            capped[part] |= second.capped
+    return Located(target.grid_to_pixel(grid_uv).float(), scores, runner_up, capped)
+
+
 def refine_peaks(
     queries: torch.Tensor,
     target: FeatureMap,
@@ -69,29 +505,21 @@ def refine_peaks(
     *,
     radius: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK,
-    refiner: Refiner | None = None,
+    table: NormTable | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sub-patch position of each query's best match near given peaks of the target grid.
-
-    The target features are interpolated bilinearly (exactly as :meth:`FeatureMap.sample`) and
-    re-normalised; the cosine with the query is evaluated at every processed pixel within
-    ``radius`` patches (grid cells) of the peak, then on a 1/4-pixel lattice within
-    ``FINE_REACH_PX`` (1.5) pixels of the best of those (where the cosine surface is rough, the
-    best whole pixel can lie more than a pixel from the peak).
-    Matched against its own image, a query comes back to its pixel to within 1/8
-    of a processed pixel, provided the peak is within ``radius`` of it.
+    """Best match of each query within ``radius`` patches of given peaks: the best point of the
+    1/4-pixel lattice inside the squares of half-width ``radius`` (grid units) around the peaks
+    (exact, see the module docstring). The tracker's window search.
 
     Args:
         queries: ``(N, C)`` float query features (L2-normalised here if they are not already).
         target: the feature map searched.
-        peaks_grid: ``(N, 2)`` grid positions (col, row) to search around, usually the integer
-            argmax of :func:`similarity` (floats are fine: the window is centred on the nearest
-            processed pixel); or ``(N, K, 2)`` for K candidate peaks per query, of which the one
-            with the best refined cosine wins.
-        radius: half-width of the search window around a peak, in grid cells (patches at the
-            map's stride).
+        peaks_grid: ``(N, 2)`` grid positions (col, row) to search around (e.g. the argmax patch of
+            :func:`similarity`, or the last position of a tracked point), or ``(N, K, 2)`` for ``K``
+            peaks per query (the best point of all ``K`` squares wins).
+        radius: half-width of the square around each peak, in grid cells (patches at the map's stride).
         chunk_size: queries processed together (bounds memory).
-        refiner: a :class:`Refiner` of ``target`` to reuse (its norm tables are built once per map).
+        table: the :class:`NormTable` of ``target`` to reuse.
 
     Returns:
         ``points_xy``: ``(N, 2)`` float32 positions in ORIGINAL target-image pixels;
@@ -101,356 +529,31 @@ def refine_peaks(
     >>> fmap = FeatureMap(torch.randn(3, 4, 8, generator=gen), image_size_wh=(56, 42), processed_size_wh=(56, 42))
     >>> q = fmap.normalized().sample(torch.tensor([[20.0, 17.0]]), normalize=True)
     >>> xy, score = refine_peaks(q, fmap, torch.tensor([[1, 1]]))
-    >>> xy.round().tolist(), round(float(score), 4)
+    >>> xy.tolist(), round(float(score), 4)
     ([[20.0, 17.0]], 1.0)
     """
-    refiner = refiner or Refiner(target)
-    q = F.normalize(queries.float(), dim=-1).to(refiner.device)
-    peaks = torch.as_tensor(peaks_grid).to(refiner.device)
+    if not (radius >= 0 and math.isfinite(radius)):
+        raise ValueError(f"radius must be a finite non-negative number of patches, got {radius}")
+    table = table or NormTable(target)
+    q = F.normalize(queries.float(), dim=-1).to(table.device)
+    peaks = torch.as_tensor(peaks_grid).to(table.device).float()
     if peaks.ndim == 2:
         peaks = peaks[:, None]
     if peaks.ndim != 3 or peaks.shape[-1] != 2 or len(peaks) != len(q):
         raise ValueError(f"peaks_grid must be ({len(q)}, 2) or ({len(q)}, K, 2), got {tuple(peaks.shape)}")
-    grid_uv = torch.empty(len(q), 2, device=refiner.device)
-    scores = torch.empty(len(q), device=refiner.device)
-    for part in _chunks(len(q), chunk_size):
-        grid_uv[part], scores[part] = refiner.refine(similarity(q[part], target), peaks[part], radius=radius)
-    return target.grid_to_pixel(grid_uv.double()).float(), scores
+    grid_uv = torch.zeros(len(q), 2, dtype=torch.float64, device=table.device)
+    scores = torch.full((len(q),), -math.inf, device=table.device)
+    h, w = table.grid_hw
+    centres = torch.stack((peaks[..., 0].clamp(0, w - 1), peaks[..., 1].clamp(0, h - 1)), dim=-1)
+    for start in range(0, len(q), max(1, chunk_size)):
+        part = slice(start, start + chunk_size)
+        sim = _padded_similarity(q[part], table)
+        found = branch_and_bound(sim, table, Region.around(centres[part], float(radius), table))
+        grid_uv[part], scores[part] = lattice_to_grid(found.index, table), found.score
+    return target.grid_to_pixel(grid_uv).float(), scores
 
 
-class Located(NamedTuple):
-    """Where queries are found in a target map (see :func:`locate`)."""
-
-    points_xy: torch.Tensor  #: (N, 2) float32 target-image pixels of the best match
-    scores: torch.Tensor  #: (N,) float32 cosine at ``points_xy``
-    runner_up: torch.Tensor  #: (N,) float32 best cosine farther than ``exclusion`` patches away (NaN if not asked)
-
-
-def locate(
-    queries: torch.Tensor,
-    target: FeatureMap,
-    *,
-    exclusion: float | None = None,
-    cells_per_round: int = CELLS_PER_ROUND,
-    max_cells: int = MAX_CELLS,
-    chunk_size: int = DEFAULT_CHUNK,
-    refiner: Refiner | None = None,
-) -> Located:
-    """Best match of each query anywhere in ``target``, to sub-pixel precision.
-
-    The score of a position is the exact cosine with the bilinearly interpolated, re-normalised
-    target feature there (as :meth:`FeatureMap.sample`). The search is branch and bound over the
-    grid cells (the squares between four patch centres): a cell's cosine is at most its largest
-    corner similarity divided by its smallest feature norm. Cells are searched every
-    ``CELL_STEP_PX`` processed pixels, best estimate first (the exact cosine at corners, edge
-    midpoints and centre), in rounds of ``cells_per_round``, then doubling, until the best found
-    beats the bound of every cell left (or ``max_cells`` were searched). The best point is then
-    refined to the processed pixel around it, then on a 1/4-pixel lattice. A query sampled
-    between patch centres is thus found even
-    where its containing patch is not the argmax; matched against its own image it comes back
-    to within 1/8 of a processed pixel.
-
-    Args:
-        queries: ``(N, C)`` float query features (L2-normalised here if they are not already).
-        target: the feature map searched.
-        exclusion: also find the runner-up (for a ratio test): the best position farther than this
-            many patches (Chebyshev distance between cells) from the best. None skips it (NaN).
-        cells_per_round: cells searched per query in the first round of the branch and bound.
-        max_cells: at most this many cells are searched per query (bounds the worst case).
-        chunk_size: queries processed together (bounds memory).
-        refiner: a :class:`Refiner` of ``target`` to reuse (its norm tables are built once per map).
-
-    >>> gen = torch.Generator().manual_seed(0)
-    >>> fmap = FeatureMap(torch.randn(3, 4, 8, generator=gen), image_size_wh=(56, 42), processed_size_wh=(56, 42))
-    >>> q = fmap.normalized().sample(torch.tensor([[20.0, 17.0]]), normalize=True)
-    >>> found = locate(q, fmap)
-    >>> found.points_xy.round().tolist(), round(float(found.scores), 4)
-    ([[20.0, 17.0]], 1.0)
-    """
-    refiner = refiner or Refiner(target)
-    q = F.normalize(queries.float(), dim=-1).to(refiner.device)
-    n = len(q)
-    grid_uv = torch.empty(n, 2, device=refiner.device)
-    scores = torch.empty(n, device=refiner.device)
-    runner_up = torch.full((n,), float("nan"), device=refiner.device)
-    for part in _chunks(n, chunk_size):
-        sim = similarity(q[part], target)
-        bound, order = refiner.cell_scores(sim)
-        best_xy, _, best_cell = refiner.search(sim, bound, order, per_round=cells_per_round, max_cells=max_cells)
-        best_xy, best = refiner._local(sim, best_xy.float() / refiner.stride, CELL_STEP_PX)
-        # the search is capped at max_cells; where bounds are loose it can stop short, so the
-        # neighbourhood of the best patch (the naive answer) is always searched too
-        peak_xy, peak = refiner._local(sim, refiner.argmax_patch(sim).float(), refiner.stride)
-        take_peak = peak > best
-        best_xy = torch.where(take_peak[:, None], peak_xy, best_xy)
-        best_cell = torch.where(take_peak, refiner.cell_of(peak_xy), best_cell)
-        grid_uv[part], scores[part] = refiner._fine(sim, best_xy)
-        if exclusion is not None:
-            far = refiner.far_cells(best_cell, exclusion)
-            _, runner_up[part], _ = refiner.search(
-                sim, bound.masked_fill(~far, -math.inf), order, per_round=cells_per_round, max_cells=max_cells
-            )
-    return Located(target.grid_to_pixel(grid_uv.double()).float(), scores, runner_up.clamp_min(-1.0))
-
-
-def _chunks(n: int, size: int) -> list[slice]:
-    size = max(1, int(size))
-    return [slice(start, start + size) for start in range(0, n, size)]
-
-
-class Refiner:
-    """Exact cosine at sub-patch positions of one target map, for many queries at once.
-
-    Positions between patch centres carry the bilinearly interpolated, re-normalised feature, and
-    positions beyond the outer patch centres are clamped, exactly as :meth:`FeatureMap.sample` on
-    the normalised map. Dot products with a query are its similarity map interpolated (small
-    matrix products); the feature norms do not depend on the query and come from the Gram
-    matrices of the patches involved: per cell, precomputed on lattices (global and 1-pixel
-    searches), or of the 3x3 patches around the point (final sub-pixel search).
-
-    Grid positions ``(u, v)`` are float (col, row); lattice positions are integer processed pixels
-    from the first patch centre, ``(u * stride, v * stride)``.
-    """
-
-    def __init__(self, target: FeatureMap) -> None:
-        feats = F.normalize(target.features.float(), dim=-1)
-        self.device = feats.device
-        self.h, self.w = h, w = target.grid_hw
-        self.stride = int(target.stride)
-        self._feats = feats.reshape(h * w, -1)
-        chw = feats.permute(2, 0, 1)[None]
-        # 4x4 Gram matrix of each cell's corners (order 00, 01, 10, 11); one replicated row and
-        # column of padding make the last centre row/column an ordinary cell corner
-        padded = F.pad(chw, (0, 1, 0, 1), mode="replicate")[0].permute(1, 2, 0)
-        corners = torch.stack((padded[:-1, :-1], padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]))
-        self._gram = torch.einsum("ahwc,bhwc->hwab", corners, corners)  # (h, w, 4, 4)
-        self._inv_norms: dict[int, torch.Tensor] = {}
-        self._blocks: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def inv_norm(self, steps: int) -> torch.Tensor:
-        """``((h-1) steps + 1, (w-1) steps + 1)`` inverse feature norms at grid positions k / steps."""
-        if steps not in self._inv_norms:
-            frac = torch.arange(steps, device=self.device, dtype=torch.float32) / steps
-            weights = _bilinear_weights(frac[None, :].expand(steps, steps), frac[:, None].expand(steps, steps))
-            norm2 = torch.einsum("kla,hwab,klb->hkwl", weights, self._gram, weights)
-            norm2 = norm2.reshape(self.h * steps, self.w * steps)[
-                : (self.h - 1) * steps + 1, : (self.w - 1) * steps + 1
-            ]
-            self._inv_norms[steps] = norm2.clamp_min(1e-12).rsqrt()
-        return self._inv_norms[steps]
-
-    def _cell_offsets(self) -> torch.Tensor:
-        """Pixel offsets from a cell's first corner searched in each cell: every ``CELL_STEP_PX``
-        pixels, and the far corner."""
-        s = self.stride
-        t = torch.arange(0, s + 1, max(1, min(CELL_STEP_PX, s)), device=self.device)
-        return t if int(t[-1]) == s else torch.cat((t, t.new_tensor([s])))
-
-    def _cell_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per cell (``i < max(h - 1, 1)``, ``j < max(w - 1, 1)``, row-major): inverse norms
-        ``(cells, T * T)`` at the searched offsets, and the largest inverse norm ``(cells,)`` at any
-        processed pixel of the cell (for the bound)."""
-        if self._blocks is None:
-            s, inv = self.stride, self.inv_norm(self.stride)
-            t = self._cell_offsets()
-            ch, cw = self.cells_hw
-            rows = (torch.arange(ch, device=self.device)[:, None] * s + t).clamp(max=inv.shape[0] - 1)
-            cols = (torch.arange(cw, device=self.device)[:, None] * s + t).clamp(max=inv.shape[1] - 1)
-            blocks = inv[rows[:, None, :, None], cols[None, :, None, :]].reshape(ch * cw, -1)
-            padded = F.pad(
-                inv[None, None], (0, max(0, s + 1 - inv.shape[1]), 0, max(0, s + 1 - inv.shape[0])), mode="replicate"
-            )
-            largest = F.max_pool2d(padded, kernel_size=s + 1, stride=s)[0, 0, :ch, :cw].reshape(-1)
-            self._blocks = blocks, largest
-        return self._blocks
-
-    @property
-    def cells_hw(self) -> tuple[int, int]:
-        return max(self.h - 1, 1), max(self.w - 1, 1)
-
-    def cell_scores(self, sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per cell, from the similarity maps ``(n, h, w)``: an upper ``bound`` ``(n, cells)`` of the
-        cosine anywhere in it (largest corner similarity divided by the smallest feature norm,
-        positive case; norms are at most 1) and a cheap ``estimate`` ``(n, cells)`` to search in
-        order: the exact cosine at its corners, edge midpoints and centre."""
-        n = len(sim)
-        if self.h == 1 or self.w == 1:  # a 1-wide grid: its cells are degenerate, pad to 2
-            sim = F.pad(sim[:, None], (0, int(self.w == 1), 0, int(self.h == 1)), mode="replicate")[:, 0]
-        half = F.pad(
-            self.inv_norm(2)[None, None], (0, 2 * int(self.w == 1), 0, 2 * int(self.h == 1)), mode="replicate"
-        )[0, 0]  # inverse norms at half-patch steps
-        top, bottom = sim[:, :-1], sim[:, 1:]
-        corner = torch.maximum(
-            torch.maximum(top[..., :-1], top[..., 1:]), torch.maximum(bottom[..., :-1], bottom[..., 1:])
-        )
-        across = (sim[..., :-1] + sim[..., 1:]) * (0.5 * half[0::2, 1::2])  # horizontal edge midpoints
-        down = (top + bottom) * (0.5 * half[1::2, 0::2])  # vertical edge midpoints
-        centre = (top[..., :-1] + top[..., 1:] + bottom[..., :-1] + bottom[..., 1:]) * (0.25 * half[1::2, 1::2])
-        estimate = torch.maximum(
-            torch.maximum(across[:, :-1], across[:, 1:]), torch.maximum(down[..., :-1], down[..., 1:])
-        )
-        estimate = torch.maximum(torch.maximum(estimate, centre), corner)  # corner norms are 1
-        corner = corner.reshape(n, -1)
-        bound = torch.where(corner > 0, corner * self._cell_blocks()[1], corner)
-        return bound, estimate.reshape(n, -1)
-
-    def argmax_patch(self, sim: torch.Tensor) -> torch.Tensor:
-        """Grid position (col, row) ``(n, 2)`` long of each similarity map's best patch."""
-        flat = sim.reshape(len(sim), -1).argmax(dim=1)
-        return torch.stack((flat % self.w, flat // self.w), dim=-1)
-
-    def cell_of(self, lattice_xy: torch.Tensor) -> torch.Tensor:
-        """Cell index ``(n,)`` (row-major) containing 1-pixel lattice points ``(n, 2)``."""
-        ch, cw = self.cells_hw
-        col = (lattice_xy[:, 0] // self.stride).clamp(max=cw - 1)
-        row = (lattice_xy[:, 1] // self.stride).clamp(max=ch - 1)
-        return row * cw + col
-
-    def far_cells(self, cell: torch.Tensor, exclusion: float) -> torch.Tensor:
-        """``(n, cells)`` bool: cells farther than ``exclusion`` patches (Chebyshev) from ``cell`` ``(n,)``."""
-        ch, cw = self.cells_hw
-        i = torch.arange(ch, device=self.device)[:, None].expand(ch, cw).reshape(-1)
-        j = torch.arange(cw, device=self.device)[None, :].expand(ch, cw).reshape(-1)
-        di = (i - (cell // cw)[:, None]).abs()
-        dj = (j - (cell % cw)[:, None]).abs()
-        return torch.maximum(di, dj) > exclusion
-
-    def search(
-        self, sim: torch.Tensor, bound: torch.Tensor, order: torch.Tensor, *, per_round: int, max_cells: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Branch and bound over cells: best 1-pixel lattice point ``(n, 2)`` long, its cosine
-        ``(n,)`` and its cell ``(n,)``. Cells are searched in decreasing ``order`` until the best
-        found beats the ``bound`` of every cell left; cells with bound -inf are never searched.
-        The first round searches ``per_round`` cells, each later one as many as all before it."""
-        n, count = len(sim), bound.shape[1]
-        limit = min(max(1, max_cells), count)
-        ranked = order.masked_fill(bound == -math.inf, -math.inf).topk(limit, dim=1).indices
-        left = bound.clone()  # bounds of the cells not searched yet
-        best_xy = torch.zeros(n, 2, dtype=torch.long, device=self.device)
-        best_score = torch.full((n,), -math.inf, device=self.device)
-        best_cell = ranked[:, 0].clone()
-        active = torch.arange(n, device=self.device)
-        lo, size = 0, max(1, per_round)
-        while lo < limit:
-            cells = ranked[active, lo : lo + size]
-            lo, size = lo + size, lo + size  # rounds double the cells searched so far: few rounds
-            xy, score = self._search_cells(sim[active], cells)  # (a, m, 2), (a, m)
-            score = score.masked_fill(left[active[:, None], cells] == -math.inf, -math.inf)
-            left[active[:, None], cells] = -math.inf
-            round_score, arg = score.max(dim=1)
-            rows = torch.arange(len(active), device=self.device)
-            better = round_score > best_score[active]
-            improved = active[better]
-            best_score[improved] = round_score[better]
-            best_xy[improved] = xy[rows, arg][better]
-            best_cell[improved] = cells[rows, arg][better]
-            active = active[best_score[active] < left[active].max(dim=1).values]
-            if len(active) == 0:
-                break
-        return best_xy, best_score, best_cell
-
-    def _search_cells(self, sim: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every ``CELL_STEP_PX`` pixels of ``cells`` ``(n, m)``: best lattice point ``(n, m, 2)``
-        long (processed pixels) and its cosine ``(n, m)``."""
-        n, m = cells.shape
-        s, (_ch, cw) = self.stride, self.cells_hw
-        i, j = cells // cw, cells % cw
-        corners = _window_index(i.reshape(-1), j.reshape(-1), 2, self.h, self.w)  # (n*m, 2, 2)
-        window = sim.reshape(n, -1).gather(1, corners.reshape(n, -1)).reshape(n, m, 2, 2)
-        offsets = self._cell_offsets()
-        frac = offsets.float() / s
-        interp = torch.stack((1 - frac, frac), dim=-1)  # (T, 2): the same in every cell
-        dot = interp @ window @ interp.T  # (n, m, T, T)
-        cos = dot.reshape(n, m, -1) * self._cell_blocks()[0][cells]
-        score, arg = cos.max(dim=-1)
-        size = len(offsets)
-        x = (j * s + offsets[arg % size]).clamp(max=(self.w - 1) * s)
-        y = (i * s + offsets[arg // size]).clamp(max=(self.h - 1) * s)
-        return torch.stack((x, y), dim=-1), score
-
-    def refine(self, sim: torch.Tensor, peaks: torch.Tensor, *, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best grid position ``(n, 2)`` and its cosine ``(n,)`` within ``radius`` patches of
-        ``peaks`` ``(n, K, 2)`` (grid units), given the queries' similarity maps ``(n, h, w)``."""
-        if not (radius >= 0 and math.isfinite(radius)):
-            raise ValueError(f"radius must be a finite non-negative number of patches, got {radius}")
-        reach = math.floor(radius * self.stride + 1e-9)
-        best_xy, best_score = None, None
-        for k in range(peaks.shape[1]):
-            xy, score = self._local(sim, peaks[:, k].float(), reach)
-            if best_score is None:
-                best_xy, best_score = xy, score
-            else:
-                better = score > best_score
-                best_xy = torch.where(better[:, None], xy, best_xy)
-                best_score = torch.where(better, score, best_score)
-        return self._fine(sim, best_xy)
-
-    def _local(self, sim: torch.Tensor, peak_uv: torch.Tensor, reach: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best 1-pixel lattice point ``(n, 2)`` long within ``reach`` pixels of ``peak_uv``, and its cosine."""
-        n, s = len(peak_uv), self.stride
-        offsets = torch.arange(-reach, reach + 1, device=self.device)
-        centre = (peak_uv * s).round().long()
-        x = (centre[:, :1] + offsets).clamp(0, (self.w - 1) * s)  # (n, T); clamping = border padding
-        y = (centre[:, 1:] + offsets).clamp(0, (self.h - 1) * s)
-        cells = 2 * reach // s + 3
-        kx, col0 = _axis_weights(x.float() / s, cells)
-        ky, row0 = _axis_weights(y.float() / s, cells)
-        window = _window(sim, row0, col0, cells)  # (n, cells, cells)
-        dot = ky @ window @ kx.transpose(1, 2)  # (n, T, T): rows y, columns x
-        inv = self.inv_norm(s)
-        cos = dot * inv.reshape(-1)[y[:, :, None] * inv.shape[1] + x[:, None, :]]
-        score, arg = cos.reshape(n, -1).max(dim=1)
-        rows, size = torch.arange(n, device=self.device), offsets.numel()
-        return torch.stack((x[rows, arg % size], y[rows, arg // size]), dim=-1), score
-
-    def _fine(self, sim: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best position within ``FINE_REACH_PX`` pixels of lattice points ``centre`` ``(n, 2)``, on a
-        1/FINE_SUBDIVISIONS-pixel lattice: grid (u, v) ``(n, 2)`` and cosine ``(n,)``."""
-        n, s, w = len(centre), self.stride, self.w
-        reach = round(FINE_REACH_PX * FINE_SUBDIVISIONS)
-        steps = torch.arange(-reach, reach + 1, device=self.device).float() / FINE_SUBDIVISIONS
-        u = ((centre[:, :1] + steps) / s).clamp(0, self.w - 1)  # (n, F)
-        v = ((centre[:, 1:] + steps) / s).clamp(0, self.h - 1)
-        kx, col0 = _axis_weights(u, 3)
-        ky, row0 = _axis_weights(v, 3)
-        weights = (ky[:, :, None, :, None] * kx[:, None, :, None, :]).reshape(n, -1, 9)  # (n, F*F, 9)
-        index = _window_index(row0, col0, 3, self.h, w).reshape(n, 9)
-        dot = (weights @ sim.reshape(n, -1).gather(1, index)[:, :, None])[..., 0]
-        feats = self._feats[index]  # (n, 9, C): the 3x3 patches around each point
-        norm2 = ((weights @ (feats @ feats.transpose(1, 2))) * weights).sum(-1)
-        score, arg = (dot * norm2.clamp_min(1e-12).rsqrt()).max(dim=1)
-        rows, size = torch.arange(n, device=self.device), steps.numel()
-        return torch.stack((u[rows, arg % size], v[rows, arg // size]), dim=-1), score
-
-
-def _axis_weights(pos: torch.Tensor, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Linear interpolation along one axis for sorted grid positions ``pos`` ``(n, T)``:
-    weights ``(n, T, cells)`` over patches ``first .. first + cells - 1`` and ``first`` ``(n,)``."""
-    left = pos.floor()
-    first = left[:, 0].long()
-    index = left.long() - first[:, None]
-    frac = pos - left
-    lo = F.one_hot(index.clamp(0, cells - 1), cells).float()
-    hi = F.one_hot((index + 1).clamp(0, cells - 1), cells).float()  # frac is 0 where this clamps
-    return lo * (1 - frac)[..., None] + hi * frac[..., None], first
-
-
-def _window(sim: torch.Tensor, row0: torch.Tensor, col0: torch.Tensor, cells: int) -> torch.Tensor:
-    """Similarities ``(n, cells, cells)`` of patches ``row0 ..``, ``col0 ..``; indices past the
-    last row/column repeat it (border padding)."""
-    n, h, w = sim.shape
-    index = _window_index(row0, col0, cells, h, w).reshape(n, -1)
-    return sim.reshape(n, -1).gather(1, index).reshape(n, cells, cells)
-
-
-def _window_index(row0: torch.Tensor, col0: torch.Tensor, cells: int, h: int, w: int) -> torch.Tensor:
-    """Flat indices ``(n, cells, cells)`` into an ``(h, w)`` grid, clamped to its last row/column."""
-    span = torch.arange(cells, device=row0.device)
-    rows = (row0[:, None] + span).clamp(max=h - 1)
-    cols = (col0[:, None] + span).clamp(max=w - 1)
-    return rows[:, :, None] * w + cols[:, None, :]
-
-
-def _bilinear_weights(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Weights ``(..., 4)`` of corners 00, 01, 10, 11 for fractional offsets ``a`` (x) and ``b`` (y)."""
-    return torch.stack(((1 - a) * (1 - b), a * (1 - b), (1 - a) * b, a * b), dim=-1)
+def _padded_similarity(queries: torch.Tensor, table: NormTable) -> torch.Tensor:
+    """Cosine of unit queries ``(n, C)`` with the table's (padded) patch features: ``(n, hp, wp)``."""
+    hp, wp = table.padded_hw
+    return (queries @ table.feats.T).reshape(-1, hp, wp)

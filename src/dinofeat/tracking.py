@@ -1,24 +1,25 @@
-"""Point tracking through a video by DINOv2 feature similarity, streaming, with occlusion.
+"""Point tracking through a video by DINO feature similarity, streaming, with occlusion.
 
 For each query point ``(t, x, y)`` (frame index, original pixels):
 
 1. **Template**: the feature sampled (bilinearly, L2-normalised) at the exact query position in
    frame ``t``. Before frame ``t`` the point is reported not visible, at its query position, with
    score 0 (tracking runs forward only, so the video is decoded once and memory stays constant).
-2. **Local search**: the exact cosine of the template with the bilinearly interpolated features at
-   every processed pixel (then every 1/4 pixel) of a square window of ``±window`` pixels around the
-   point's last visible position (:func:`dinofeat.matching.refine_peaks`; one matrix product per
-   point batch, no loop over points). The window keeps the point from jumping to a look-alike
-   elsewhere in the frame.
+2. **Local search**: the best position of the 1/4-processed-pixel lattice inside a square window of
+   ``±window`` pixels around the point's last visible position, by the exact cosine of the
+   template with the bilinearly interpolated, re-normalised features
+   (:func:`dinofeat.search.refine_peaks`: a branch and bound with true bounds, so the maximum of
+   the window, not a local one; vectorised over points). The window keeps the point from jumping
+   to a look-alike elsewhere in the frame.
 3. **Global fallback**: when the best score in the window is below ``min_score`` (the point moved
-   fast, or was hidden and reappears elsewhere), the best position in the whole frame
-   (:func:`dinofeat.matching.locate`) is used if it scores higher.
+   fast, or was hidden and reappears elsewhere), the best position of the whole frame's lattice
+   (:func:`dinofeat.search.locate`) is used if it scores higher.
 4. **Visibility**: a point is visible when its refined score is at least ``min_score`` *and* the
    match is cycle-consistent: the feature found, matched back against every patch of the query
    frame, matches best within ``cycle_tolerance`` pixels of the query point (at the query point
-   itself or a patch that close; one matrix product for all points). A point that is not visible keeps its last
-   visible position in the data (the search stays centred there) and is picked up again when it
-   reappears.
+   itself or a patch that close; one matrix product for all points). A point that is not visible
+   keeps its last visible position in the data (the search stays centred there) and is picked up
+   again when it reappears.
 5. **Template policy**: ``"fixed"`` keeps the query feature (the naive tracker's behaviour);
    ``"anchored"`` (default) follows slow appearance changes: a running template is updated with
    the feature found in every visible frame (rate ``update_rate``) and the template used is
@@ -62,7 +63,7 @@ from dinofeat.options import (
     TrailOptions,
 )
 from dinofeat.progress import Progress, report
-from dinofeat.search import Refiner, locate, refine_peaks
+from dinofeat.search import NormTable, locate, refine_peaks
 from dinofeat.tracks import Tracks, TrackStep
 
 __all__ = [
@@ -195,15 +196,15 @@ class PointTracker:
         # exhaustive search of every processed pixel (then 1/4 pixel) in the square window
         centres = fmap.pixel_to_grid(self._last_xy[idx].double()).to(device)
         radius = window_px * 0.5 * sum(fmap.scale_xy) / fmap.stride  # original pixels -> grid cells
-        refiner = Refiner(fmap)  # shared by the window and the global search of this frame
+        table = NormTable(fmap)  # shared by the window and the global search of this frame
         if radius < max(fmap.grid_hw) - 1:
-            found_xy, found_scores = refine_peaks(templates, fmap, centres, radius=radius, refiner=refiner)
+            found_xy, found_scores = refine_peaks(templates, fmap, centres, radius=radius, table=table)
         else:  # the window holds the whole frame: the global search is the same answer, faster
-            found_xy, found_scores, _ = locate(templates, fmap, refiner=refiner)
+            found_xy, found_scores = locate(templates, fmap, table=table)[:2]
         found_xy, found_scores = found_xy.to(device).float(), found_scores.to(device)
         weak = found_scores < self.options.min_score
         if weak.any():  # global fallback, only for the points whose window holds no good match
-            global_xy, global_scores, _ = locate(templates[weak], fmap, refiner=refiner)
+            global_xy, global_scores = locate(templates[weak], fmap, table=table)[:2]
             better = global_scores > found_scores[weak]
             found_xy[weak] = torch.where(better[:, None], global_xy.float(), found_xy[weak])
             found_scores[weak] = torch.maximum(global_scores, found_scores[weak])
