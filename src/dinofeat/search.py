@@ -19,28 +19,28 @@ Why it is exact and fast: a branch and bound with true upper bounds
 --------------------------------------------------------------------
 Between the four patch centres of a grid cell, ``f = sum_k w_k F_k`` with bilinear weights
 ``w_k >= 0`` summing to 1. So the dot product ``q . f`` is the bilinear interpolation of the four
-corner similarities (one matrix product gives all similarities), and ``|f|^2 = w^T G w`` with ``G``
-the cell's 4x4 Gram matrix, which does not depend on the query: :class:`NormTable` computes the
-inverse norms on the lattice once per target map and keeps, for every cell and every 1-pixel
-sub-cell, their largest and smallest values ``i_max``, ``i_min`` over the lattice points inside.
+corner similarities ``d_k = q . F_k`` (one matrix product gives all similarities), and
+``|f|^2 = w^T G w`` with ``G`` the cell's 4x4 Gram matrix, which does not depend on the query:
+:class:`NormTable` keeps, per target map, the terms that give ``1 / |f|`` at any lattice point and
+its largest and smallest values ``i_max``, ``i_min`` over each cell's lattice points.
 
-**The bound.** For an axis-aligned rectangle ``R`` inside one cell, a bilinear function reaches its
-maximum over ``R`` at a corner of ``R`` (it is affine along each axis), so ``D = max`` of the dot
-product at ``R``'s four corners bounds ``q . f`` on ``R``. For a lattice point ``p`` in ``R``:
-if ``D > 0``, ``s(p) = (q . f(p)) / |f(p)| <= D * i_max`` (when ``q . f(p) >= 0`` both factors are
-at most their bounds; otherwise ``s(p) < 0 < D * i_max``); if ``D <= 0``,
+**Two upper bounds of every lattice score in a cell.** (1) *The norm bound.* A bilinear function
+reaches its maximum over a cell at a corner (it is affine along each axis), so
+``D = max_k d_k`` bounds ``q . f`` in the cell. For a lattice point ``p``: if ``D > 0``,
+``s(p) = (q . f(p)) / |f(p)| <= D * i_max`` (when ``q . f(p) >= 0`` both factors are at most
+their bounds; otherwise ``s(p) < 0 < D * i_max``); if ``D <= 0``,
 ``s(p) <= D / |f(p)| <= D * i_min`` (a non-positive number divided by a smaller norm is smaller).
-So ``U(R) = D * (i_max if D > 0 else i_min)`` is an upper bound of every lattice score in ``R``
-(``BOUND_SLACK`` is added against float rounding). ``tests/test_search.py`` checks these bounds
-against every lattice point on several kinds of maps.
+(2) *The span bound.* Every ``f(p)`` lies in the span of the four corners, so
+``s(p) <= |projection of q on that span| = sqrt(d^T G^-1 d)`` (computed in float64 from the same
+``d`` and ``G`` the scores use, where ``G`` is well conditioned; :meth:`NormTable.span_bound`).
+A cell's bound is the smaller of the two, plus ``BOUND_SLACK`` against float32 rounding.
+``tests/test_search.py`` checks them against every lattice point on several kinds of maps.
 
-**The search.** Cells are visited best bound first, in rounds vectorised over queries; a visited
-cell's 1-pixel points are scored exactly, its 1-pixel sub-cells bounded the same way, and only the
-sub-cells whose bound reaches the best score found so far have their ``(SUBDIVISIONS + 1)^2``
-lattice points scored. A query stops when the best score found is above the bound of every cell
-not visited yet: nothing pruned can hold a better point. No Python loop runs over queries or
-positions. An optional ``max_cells`` caps the cells visited per query (the default, None, is
-exact); results say where the cap was hit (``capped``).
+**The search.** Cells are visited in rounds, vectorised over queries, best bound first; a visited
+cell has all its lattice points scored exactly (one small matrix product for the norms, no Python
+loop over points). A query stops when the best score found is above the bound of every cell not
+visited: nothing pruned can hold a better point. An optional ``max_cells`` caps the cells visited
+per query (the default, None, is exact); results say where the cap was hit (``capped``).
 """
 
 from __future__ import annotations
