@@ -130,11 +130,23 @@ def test_match_image_with_itself_returns_the_clicked_points(session, images):
 
 
 def test_match_checks_and_colours(session, images):
+    from dinofeat.drawing import match_canvas_layout, palette, score_colors
+
     a = images[0]
     view = session.match(a, a, [], auto=12, ransac="homography", mutual=True, color_by="score")
     assert view.data["geometry"]["type"] == "homography"
     assert view.data["settings"]["ransac"] == "homography" and view.data["settings"]["mutual"] is True
     assert all(m["inlier"] is not None for m in view.data["matches"])
+    # colours: each kept match's dot in A has its score's colour (index colours otherwise)
+    by_index = session.match(a, a, view.points_xy, mutual=True, ransac="homography", color_by="index")
+    _, _, scale_a, _, _ = match_canvas_layout((a.shape[1], a.shape[0]), (a.shape[1], a.shape[0]))
+    rows = view.data["matches"]
+    kept = [i for i, m in enumerate(rows) if m["kept"]]
+    assert kept
+    for i in kept:
+        x, y = np.round((np.array(rows[i]["source"]) + 0.5) * scale_a - 0.5).astype(int)
+        assert np.abs(view.picture[y, x].astype(int) - score_colors([rows[i]["score"]])[0]).max() <= 12
+        assert np.abs(by_index.picture[y, x].astype(int) - palette(len(rows))[i]).max() <= 12
     with pytest.raises(InputError, match="unknown geometry"):
         session.match(a, a, [[5.0, 5.0]], ransac="affine")
 
@@ -290,7 +302,25 @@ def test_track_bad_queries(session, video, extractor, tmp_path):
         session.track(video, [[0, 1.0]])
     with pytest.raises(InputError, match="trail"):
         session.track(video, [[0, 20.0, 30.0]], trail=-1)
-    assert not list(session.workdir.glob("track-*/*.mp4"))  # nothing half-written left behind
+
+
+def test_a_failure_while_tracking_leaves_no_half_written_files(session, video, monkeypatch):
+    """An error after the video writer has opened and frames were written: no MP4, JSON or CSV."""
+    import dinofeat.tracking
+
+    original, calls = dinofeat.tracking.PointTracker.step, []
+
+    def failing_step(self, frame_index, fmap):
+        calls.append(frame_index)
+        if len(calls) == 4:
+            raise OSError("disk full")
+        return original(self, frame_index, fmap)
+
+    monkeypatch.setattr(dinofeat.tracking.PointTracker, "step", failing_step)
+    with pytest.raises(OSError, match="disk full"):
+        session.track(video, [[0, 40.0, 30.0]])
+    assert len(calls) == 4  # three frames were tracked (and encoded) before the failure
+    assert not [p for p in session.workdir.rglob("*") if p.is_file()]
 
 
 # -- the page -------------------------------------------------------------------------------------

@@ -45,21 +45,24 @@ def test_no_resize_patch_centres_are_pixel_centres_of_each_patch():
 @pytest.mark.parametrize("size_wh", [(451, 300), (300, 451), (97, 61), (1000, 999)])
 def test_patch_centres_land_on_the_resized_pixels(size_wh):
     """Ground truth from the actual resizer: a dot at a patch centre's original pixel position ends
-    up, after resizing, at that patch's centre in the model's pixels."""
+    up, after resizing, at that patch's centre in the model's pixels, for three patches from the
+    second to the second-last (at the outer patches the resizer's own border handling shifts a
+    dot; their centres are checked without resizing in the test above)."""
     fmap = _fmap(size_wh, resolution=224)
     pw, ph = fmap.processed_size_wh
-    for i, j in [(0, 0), (3, 5), (fmap.grid_hw[0] - 1, fmap.grid_hw[1] - 1)]:
+    h, w = fmap.grid_hw
+    sigma = max(2.5 / min(fmap.scale_xy), 1.0)  # 2.5 processed pixels, at least one original pixel
+    for i, j in [(1, 1), (3, 5), (h - 2, w - 2)]:
         x, y = fmap.patch_centers()[i, j].tolist()
         yy, xx = np.mgrid[0 : size_wh[1], 0 : size_wh[0]]
-        blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * (0.08 * min(size_wh)) ** 2))
+        blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
         image = np.repeat((blob * 255).round().astype(np.uint8)[..., None], 3, axis=2)
         small = resize(image, (pw, ph))[..., 0].astype(np.float64)
         small = np.where(small > 0.3 * small.max(), small, 0)
         sy, sx = np.mgrid[0:ph, 0:pw]
         centroid = np.array([(sx * small).sum(), (sy * small).sum()]) / small.sum()
         expected = np.array([j * 14 + 6.5, i * 14 + 6.5])
-        if 0 < i < fmap.grid_hw[0] - 1 or (i, j) == (3, 5):  # blobs cut by the border shift their centroid
-            assert np.abs(centroid - expected).max() < 0.25
+        assert np.abs(centroid - expected).max() < 0.25, (i, j, centroid, expected)
 
 
 def test_bilinear_sampling_is_exact_on_linear_features():

@@ -1,0 +1,56 @@
+"""dinofeat.devices: which device and precision "auto" picks, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dinofeat import devices
+from dinofeat.errors import InputError
+
+
+@pytest.mark.parametrize("amx, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_precision_on_the_cpu_depends_on_bf16_matrix_units(monkeypatch, amx, expected):
+    monkeypatch.setattr(devices, "cpu_has_bf16_matrix_units", lambda: amx)
+    assert devices.resolve_precision("auto", torch.device("cpu")) == expected
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_precision_on_cuda_is_bf16_where_supported(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert devices.resolve_precision("auto", torch.device("cuda")) == expected
+
+
+def test_auto_precision_on_mps_is_fp16():
+    assert devices.resolve_precision("auto", torch.device("mps")) == torch.float16
+
+
+@pytest.mark.parametrize("name, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_explicit_precisions(name, dtype):
+    assert devices.resolve_precision(name, torch.device("cpu")) == dtype
+
+
+def test_unknown_precision_and_device_are_clear_errors():
+    with pytest.raises(InputError, match="unknown precision"):
+        devices.resolve_precision("fp8", torch.device("cpu"))
+    with pytest.raises(InputError, match="unknown device"):
+        devices.resolve_device("tpu")
+
+
+def test_auto_device_without_accelerators_is_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert devices.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(InputError, match="sees no CUDA GPU"):
+        devices.resolve_device("cuda")
+
+
+def test_bf16_matrix_units_are_read_from_cpuinfo(monkeypatch, tmp_path):
+    devices.cpu_has_bf16_matrix_units.cache_clear()
+    try:
+        fake = tmp_path / "cpuinfo"
+        fake.write_text("flags : fpu avx2 amx_bf16 amx_tile\n")
+        monkeypatch.setattr(devices, "Path", lambda _: fake)
+        assert devices.cpu_has_bf16_matrix_units()
+    finally:
+        devices.cpu_has_bf16_matrix_units.cache_clear()
