@@ -18,22 +18,23 @@ import pytest
 from PIL import Image
 
 from dinofeat.errors import InputError
+from dinofeat.safepickle import load_array_pickle
+from dinofeat.sweeps import parse_sweep, parse_sweeps
 from dinofeat.tapvid import (
-    METRIC_KEYS,
-    THRESHOLDS,
     TapVidVideo,
-    compute_tapvid_metrics,
     evaluate_tapvid,
-    evaluation_mask,
-    load_array_pickle,
-    mean_metrics,
-    parse_sweep,
-    parse_sweeps,
     pixels_to_raster,
     raster_to_pixels,
     read_tapvid,
     resize_frames,
     run_sweep,
+)
+from dinofeat.tapvid_metrics import (
+    METRIC_KEYS,
+    THRESHOLDS,
+    compute_tapvid_metrics,
+    evaluation_mask,
+    mean_metrics,
     sample_queries,
     sample_queries_first,
     sample_queries_strided,

@@ -49,37 +49,33 @@ import itertools
 import logging
 import math
 import os
-import pickle
-import re
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from dinofeat import sweeps
 from dinofeat.errors import InputError
+from dinofeat.progress import Progress
+from dinofeat.safepickle import load_array_pickle
+from dinofeat.sweeps import Sweep, json_metrics, percent
+from dinofeat.tapvid_metrics import (
+    METRIC_KEYS,
+    QUERY_STRIDE,
+    check_protocol,
+    compute_tapvid_metrics,
+    describe_array,
+    mean_metrics,
+    sample_queries,
+)
 
 log = logging.getLogger(__name__)
 
-#: Query protocols: "first" (TAP-Vid "query first") and "strided".
-PROTOCOLS = ("first", "strided")
 #: The raster the published numbers are computed in, ``(height, width)``.
 DEFAULT_RESOLUTION = (256, 256)
-#: The strided protocol queries every visible point every this many frames.
-QUERY_STRIDE = 5
-#: Pixel thresholds of the position metrics (in the evaluation raster).
-THRESHOLDS = (1, 2, 4, 8, 16)
-#: Metric keys in the order ``compute_tapvid_metrics`` produces them.
-METRIC_KEYS = (
-    "occlusion_accuracy",
-    *itertools.chain.from_iterable((f"pts_within_{d}", f"jaccard_{d}") for d in THRESHOLDS),
-    "average_jaccard",
-    "average_pts_within_thresh",
-)
 
 #: The table's columns: AJ, δ_avg, OA.
 HEADLINE_KEYS = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
@@ -109,73 +105,6 @@ def pixels_to_raster(points_xy) -> np.ndarray:
 
 
 # -- reading the pickles ------------------------------------------------------------------------
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    """``_codecs.encode`` as protocol-0..2 pickles use it to store bytes, restricted to latin-1."""
-    if encoding.replace("-", "").lower() != "latin1":
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-def _array_globals() -> dict[tuple[str, str], Any]:
-    """The only names a numpy-array pickle needs: array/dtype/scalar reconstruction, a few builtins."""
-    try:  # numpy >= 2 (numpy 1.26 also has these, for reading numpy 2 pickles)
-        from numpy._core import multiarray, numeric
-    except ImportError:  # pragma: no cover - older numpy
-        from numpy.core import multiarray, numeric
-    allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_encode,
-        ("collections", "OrderedDict"): OrderedDict,
-    }
-    for package in ("numpy.core", "numpy._core"):
-        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
-        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
-    for module in ("builtins", "__builtin__"):
-        for name, value in (("bytearray", bytearray), ("set", set), ("frozenset", frozenset), ("complex", complex)):
-            allowed[(module, name)] = value
-    return allowed
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles containers, strings, numbers and numpy arrays, and nothing else.
-
-    Loading a pickle may call any importable function the file names (``os.system`` included);
-    this unpickler resolves only the few numpy and builtin names that array pickles use, so a
-    crafted file fails with ``UnpicklingError`` before anything it names is called.
-    """
-
-    _allowed: dict[tuple[str, str], Any] | None = None
-
-    def find_class(self, module: str, name: str) -> Any:
-        if _ArrayUnpickler._allowed is None:
-            _ArrayUnpickler._allowed = _array_globals()
-        found = _ArrayUnpickler._allowed.get((module, name))
-        if found is None:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays are allowed)")
-        return found
-
-
-def load_array_pickle(path: str | os.PathLike) -> Any:
-    """Load a pickle made of dicts, lists, strings, numbers and numpy arrays, without running code.
-
-    Raises :class:`InputError` for a missing file, a folder, or a file that is not such a pickle.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"TAP-Vid pickle not found: {path}")
-    if path.is_dir():
-        raise InputError(f"expected a TAP-Vid pickle file, got a folder: {path}")
-    try:
-        with path.open("rb") as handle:
-            return _ArrayUnpickler(handle, encoding="latin1").load()
-    except OSError as err:
-        raise InputError(f"cannot read {path}: {err.strerror or err}") from None
-    except Exception as err:  # noqa: BLE001 - any failure of untrusted data is a bad file, never a crash
-        raise InputError(f"not a TAP-Vid pickle: {path} ({_one_line(err)})") from None
-
-
 @dataclass(frozen=True, eq=False)
 class TapVidVideo:
     """One TAP-Vid video as the pickles store it (validated by :meth:`from_record`).
@@ -219,7 +148,7 @@ class TapVidVideo:
         video, frame_count = _check_video(record["video"], label)
         points, occluded = record["points"], record["occluded"]
         if not isinstance(occluded, np.ndarray) or occluded.dtype != np.bool_ or occluded.ndim != 2:
-            raise InputError(f"{label}: 'occluded' must be a bool (N, T) array, got {_describe(occluded)}")
+            raise InputError(f"{label}: 'occluded' must be a bool (N, T) array, got {describe_array(occluded)}")
         tracks = occluded.shape[0]
         if (
             not isinstance(points, np.ndarray)
@@ -228,7 +157,7 @@ class TapVidVideo:
         ):
             raise InputError(
                 f"{label}: 'points' must be a float (N, T, 2) array matching 'occluded' "
-                f"{occluded.shape}, got {_describe(points)}"
+                f"{occluded.shape}, got {describe_array(points)}"
             )
         if occluded.shape[1] != frame_count:
             raise InputError(f"{label}: {frame_count} frames but tracks of {occluded.shape[1]} frames")
@@ -256,7 +185,7 @@ def read_tapvid(path: str | os.PathLike) -> list[TapVidVideo]:
 
 
 def _read_file(path: Path, prefix: str = "") -> list[TapVidVideo]:
-    data = load_array_pickle(path)
+    data = load_array_pickle(path, "TAP-Vid pickle")
     if isinstance(data, Mapping):
         items = list(data.items())
     elif isinstance(data, (list, tuple)):
@@ -281,7 +210,8 @@ def _check_video(video: Any, label: str) -> tuple[np.ndarray | tuple[bytes, ...]
     if sequence and len(video) > 0 and all(isinstance(frame, (bytes, bytearray)) for frame in video):
         return tuple(bytes(frame) for frame in video), len(video)
     raise InputError(
-        f"{label}: 'video' must be (T, H, W, 3) uint8 frames or a list of JPEG-encoded frames, got {_describe(video)}"
+        f"{label}: 'video' must be (T, H, W, 3) uint8 frames or a list of JPEG-encoded frames, "
+        f"got {describe_array(video)}"
     )
 
 
@@ -314,200 +244,6 @@ def resize_frames(frames: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.stack(
         [np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.LANCZOS)) for frame in frames]
     )
-
-
-# -- query protocols ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TapVidQueries:
-    """Queries and their ground truth, in whatever units the points were given (usually the raster).
-
-    Attributes:
-        query_points: ``(Q, 3)`` float64 ``[t, y, x]`` (frame index, then y, then x).
-        target_points: ``(Q, T, 2)`` float64 ``[x, y]``, the query's whole track.
-        occluded: ``(Q, T)`` bool.
-        track_index: ``(Q,)`` int64, the ground-truth track each query comes from (the reference's
-            ``trackgroup``).
-    """
-
-    query_points: np.ndarray
-    target_points: np.ndarray
-    occluded: np.ndarray
-    track_index: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.query_points.shape[0])
-
-
-def sample_queries_first(occluded: np.ndarray, points: np.ndarray) -> TapVidQueries:
-    """One query per track at its first visible frame; never-visible tracks are dropped.
-
-    Reproduces the reference's ``sample_queries_first``. ``occluded`` is ``(N, T)`` bool and
-    ``points`` ``(N, T, 2)`` x, y in any units (the query position is copied in the same units).
-
-    >>> occ = np.array([[True, False, False], [True, True, True]])
-    >>> pts = np.arange(12.0).reshape(2, 3, 2)
-    >>> sample_queries_first(occ, pts).query_points   # track 1 is never visible
-    array([[1., 3., 2.]])
-    """
-    occluded, points = _check_tracks(occluded, points)
-    valid = np.flatnonzero((~occluded).any(axis=1))
-    first = np.argmax(~occluded[valid], axis=1)
-    xy = points[valid, first]
-    query = np.stack([first.astype(np.float64), xy[:, 1], xy[:, 0]], axis=-1).reshape(-1, 3)
-    return TapVidQueries(query, points[valid], occluded[valid], valid.astype(np.int64))
-
-
-def sample_queries_strided(occluded: np.ndarray, points: np.ndarray, stride: int = QUERY_STRIDE) -> TapVidQueries:
-    """A query at frames ``0, stride, 2 * stride, ...`` for every track visible there.
-
-    Reproduces the reference's ``sample_queries_strided``: queries are grouped by query frame, in
-    track order within a frame; a track gives one query per visible strided frame.
-
-    >>> occ = np.array([[False] * 6, [True] * 5 + [False]])
-    >>> sample_queries_strided(occ, np.zeros((2, 6, 2)), stride=5).query_points[:, 0]
-    array([0., 5., 5.])
-    """
-    occluded, points = _check_tracks(occluded, points)
-    if not isinstance(stride, (int, np.integer)) or stride < 1:
-        raise InputError(f"query stride must be a positive whole number of frames, got {stride!r}")
-    frames = np.arange(0, occluded.shape[1], stride)
-    track, frame = np.nonzero(~occluded[:, frames].T)[::-1]  # ordered by frame, then track
-    t = frames[frame]
-    xy = points[track, t]
-    query = np.stack([t.astype(np.float64), xy[:, 1], xy[:, 0]], axis=-1).reshape(-1, 3)
-    return TapVidQueries(query, points[track], occluded[track], track.astype(np.int64))
-
-
-def sample_queries(
-    protocol: str, occluded: np.ndarray, points: np.ndarray, *, stride: int = QUERY_STRIDE
-) -> TapVidQueries:
-    """:func:`sample_queries_first` or :func:`sample_queries_strided` by protocol name."""
-    if _check_protocol(protocol) == "first":
-        return sample_queries_first(occluded, points)
-    return sample_queries_strided(occluded, points, stride)
-
-
-def _check_tracks(occluded, points) -> tuple[np.ndarray, np.ndarray]:
-    occluded = np.asarray(occluded)
-    points = np.asarray(points, dtype=np.float64)
-    if occluded.dtype != np.bool_ or occluded.ndim != 2 or points.shape != occluded.shape + (2,):
-        raise InputError(
-            f"expected occluded (N, T) bool and points (N, T, 2), got {_describe(occluded)} and {_describe(points)}"
-        )
-    return occluded, points
-
-
-def _check_protocol(protocol: str) -> str:
-    if protocol not in PROTOCOLS:
-        raise InputError(f"unknown TAP-Vid protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    return protocol
-
-
-# -- metrics ------------------------------------------------------------------------------------
-def evaluation_mask(query_frames, num_frames: int, protocol: str) -> np.ndarray:
-    """``(Q, T)`` bool: the frames each query is scored on.
-
-    ``"first"``: the frames after the query frame (earlier frames are known to be occluded);
-    ``"strided"``: every frame but the query frame. Query frames are rounded to whole frames. This
-    is the reference's ``query_frame_to_eval_frames`` in ``compute_tapvid_metrics``.
-
-    >>> evaluation_mask([1], 4, "first").astype(int), evaluation_mask([1], 4, "strided").astype(int)
-    (array([[0, 0, 1, 1]]), array([[1, 0, 1, 1]]))
-    """
-    _check_protocol(protocol)
-    query = np.round(np.asarray(query_frames, dtype=np.float64)).astype(np.int64).reshape(-1, 1)
-    if query.size and (query.min() < 0 or query.max() >= num_frames):
-        raise InputError(f"query frames must lie in [0, {num_frames - 1}], got {query.min()}..{query.max()}")
-    frames = np.arange(num_frames)[None, :]
-    return frames > query if protocol == "first" else frames != query
-
-
-def compute_tapvid_metrics(
-    query_points, gt_occluded, gt_tracks, pred_occluded, pred_tracks, protocol: str
-) -> dict[str, float]:
-    """TAP-Vid metrics of one video, exactly as the reference's ``compute_tapvid_metrics`` (one video).
-
-    Args:
-        query_points: ``(Q, 3)`` ``[t, y, x]`` (only ``t`` is used).
-        gt_occluded: ``(Q, T)`` bool ground-truth occlusion.
-        gt_tracks: ``(Q, T, 2)`` ground-truth ``[x, y]`` in the evaluation raster.
-        pred_occluded: ``(Q, T)`` bool predicted occlusion.
-        pred_tracks: ``(Q, T, 2)`` predicted ``[x, y]`` in the same raster.
-        protocol: ``"first"`` or ``"strided"`` (which frames count: :func:`evaluation_mask`).
-
-    Returns:
-        :data:`METRIC_KEYS` -> fraction in ``[0, 1]``, counted over the evaluation frames:
-        ``occlusion_accuracy`` = predicted occlusion equals the truth; for each ``d`` in
-        :data:`THRESHOLDS`: ``pts_within_d`` = points with ``|pred - gt|^2 < d^2`` (strict) among
-        the visible ground truth (whatever the predicted occlusion), ``jaccard_d`` =
-        ``TP / (visible ground truth + FP)`` with TP = within ``d``, visible and predicted visible,
-        FP = predicted visible where occluded or not within ``d``; ``average_jaccard`` and
-        ``average_pts_within_thresh`` are the means over ``d``. A ratio with nothing to count (no
-        evaluation frame, no visible ground truth) is NaN, as in the reference.
-    """
-    gt_occluded = np.asarray(gt_occluded, dtype=bool)
-    pred_occluded = np.asarray(pred_occluded, dtype=bool)
-    gt_tracks = np.asarray(gt_tracks, dtype=np.float64)
-    pred_tracks = np.asarray(pred_tracks, dtype=np.float64)
-    shape = gt_occluded.shape
-    if (
-        len(shape) != 2
-        or pred_occluded.shape != shape
-        or gt_tracks.shape != shape + (2,)
-        or pred_tracks.shape != shape + (2,)
-    ):
-        raise InputError(
-            f"metric inputs disagree: occluded {shape} / {pred_occluded.shape}, "
-            f"tracks {gt_tracks.shape} / {pred_tracks.shape}; expected (Q, T) and (Q, T, 2)"
-        )
-    query_points = np.asarray(query_points, dtype=np.float64).reshape(-1, 3)
-    if len(query_points) != shape[0]:
-        raise InputError(f"{len(query_points)} query points for {shape[0]} tracks")
-    evaluated = evaluation_mask(query_points[:, 0], shape[1], protocol)
-    visible, pred_visible = ~gt_occluded, ~pred_occluded
-    squared = np.sum(np.square(pred_tracks - gt_tracks), axis=-1)
-    gt_positives = np.count_nonzero(visible & evaluated)
-
-    metrics = {
-        "occlusion_accuracy": _ratio(
-            np.count_nonzero((pred_occluded == gt_occluded) & evaluated), np.count_nonzero(evaluated)
-        )
-    }
-    within_all, jaccard_all = [], []
-    for threshold in THRESHOLDS:
-        within = squared < threshold**2  # NaN predictions are never within
-        correct = within & visible
-        true_positives = np.count_nonzero(correct & pred_visible & evaluated)
-        false_positives = np.count_nonzero((~visible | ~within) & pred_visible & evaluated)
-        within_all.append(_ratio(np.count_nonzero(correct & evaluated), gt_positives))
-        jaccard_all.append(_ratio(true_positives, gt_positives + false_positives))
-        metrics[f"pts_within_{threshold}"] = within_all[-1]
-        metrics[f"jaccard_{threshold}"] = jaccard_all[-1]
-    metrics["average_jaccard"] = float(np.mean(jaccard_all))
-    metrics["average_pts_within_thresh"] = float(np.mean(within_all))
-    return metrics
-
-
-def mean_metrics(per_video: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """The benchmark score: each metric's mean over videos (the reference's "simple mean").
-
-    A video whose metric is NaN (nothing to count) is left out of that metric's mean; the mean is
-    NaN when no video has it.
-
-    >>> mean_metrics([{"average_jaccard": 0.5}, {"average_jaccard": 1.0}, {"average_jaccard": float("nan")}])
-    {'average_jaccard': 0.75}
-    """
-    keys = list(dict.fromkeys(key for metrics in per_video for key in metrics))
-    out = {}
-    for key in keys:
-        values = np.array([metrics.get(key, math.nan) for metrics in per_video], dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        out[key] = float(finite.mean()) if finite.size else math.nan
-    return out
-
-
-def _ratio(numerator: int, denominator: int) -> float:
-    return numerator / denominator if denominator else math.nan
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -544,7 +280,7 @@ class TapVidVideoResult:
             "query_points": _json_numbers(self.query_points),
             "pred_tracks": _json_numbers(self.pred_tracks),
             "pred_occluded": self.pred_occluded.astype(bool).tolist(),
-            "metrics": _json_metrics(self.metrics),
+            "metrics": json_metrics(self.metrics),
         }
 
 
@@ -591,7 +327,7 @@ class TapVidReport:
             "metrics_resolution": list(metrics_resolution) if metrics_resolution else "full",
             "model": self.model,
             "videos": [video.to_json() for video in self.videos],
-            "mean": _json_metrics(self.mean),
+            "mean": json_metrics(self.mean),
         }
 
     def format_table(self) -> str:
@@ -648,7 +384,7 @@ def evaluate_tapvid(
         model: free text recorded in the JSON document.
         progress: called as ``progress(done, total)`` after each video.
     """
-    protocol = _check_protocol(protocol)
+    protocol = check_protocol(protocol)
     resolution = _check_size(resolution, "resolution")
     metrics_resolution = _check_size(metrics_resolution, "metrics_resolution")
     if max_videos is not None:
@@ -698,7 +434,7 @@ def evaluate_video(
     query_stride: int = QUERY_STRIDE,
 ) -> TapVidVideoResult:
     """One video of :func:`evaluate_tapvid` (same arguments)."""
-    protocol = _check_protocol(protocol)
+    protocol = check_protocol(protocol)
     resolution = _check_size(resolution, "resolution")
     metrics_resolution = _check_size(metrics_resolution, "metrics_resolution")
     frames = video.frames()
@@ -755,11 +491,11 @@ def _call_track_fn(
     want = (len(queries_txy), len(frames))
     if tracks_xy.shape != want + (2,) or not np.issubdtype(tracks_xy.dtype, np.number):
         raise InputError(
-            f"video {name!r}: track_fn returned tracks {_describe(tracks_xy)}, expected "
+            f"video {name!r}: track_fn returned tracks {describe_array(tracks_xy)}, expected "
             f"float {want + (2,)} (queries, frames, x/y)"
         )
     if visible.shape != want or visible.dtype != np.bool_:
-        raise InputError(f"video {name!r}: track_fn returned visible {_describe(visible)}, expected bool {want}")
+        raise InputError(f"video {name!r}: track_fn returned visible {describe_array(visible)}, expected bool {want}")
     return tracks_xy.astype(np.float64), visible
 
 
@@ -777,126 +513,8 @@ def _check_size(size, what: str) -> tuple[int, int] | None:
 
 
 # -- parameter sweeps ---------------------------------------------------------------------------
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-#: Most values one sweep may produce (a typo in a step should not start a thousand runs).
-MAX_SWEEP_VALUES = 1000
-
-
-def parse_sweep(text: str) -> tuple[str, list[float]]:
-    """Parse ``"name=start:stop:step"`` (stop included), ``"name=a,b,c"`` or ``"name=value"``.
-
-    Values are rounded to the decimals written (so ``0.3:0.8:0.05`` gives ``0.35``, not
-    ``0.35000000000000003``); the stop is included when it lies on the grid within a tolerance of
-    1e-9 steps. Whole numbers stay ints (``window=2:8:2``). Bad text raises :class:`InputError`.
-
-    >>> parse_sweep("min_score=0.3:0.5:0.05")
-    ('min_score', [0.3, 0.35, 0.4, 0.45, 0.5])
-    >>> parse_sweep("window=2:8:3")
-    ('window', [2, 5, 8])
-    """
-    name, sep, spec = str(text).partition("=")
-    name, spec = name.strip(), spec.strip()
-    usage = "expected name=start:stop:step, name=a,b,c or name=value (e.g. min_score=0.3:0.8:0.05)"
-    if not sep or not _NAME.match(name) or not spec:
-        raise InputError(f"sweep {text!r}: {usage}")
-    if ":" in spec:
-        parts = spec.split(":")
-        if len(parts) != 3:
-            raise InputError(f"sweep {text!r}: a range is start:stop:step; {usage}")
-        start, stop, step = (_sweep_number(part, text) for part in parts)
-        if not step > 0:
-            raise InputError(f"sweep {text!r}: the step must be positive")
-        if stop < start:
-            raise InputError(f"sweep {text!r}: stop ({parts[1]}) is below start ({parts[0]})")
-        count = math.floor((stop - start) / step + 1e-9) + 1
-        if count > MAX_SWEEP_VALUES:
-            raise InputError(f"sweep {text!r}: {count} values, more than {MAX_SWEEP_VALUES}; use a larger step")
-        decimals = max(_decimals(parts[0]), _decimals(parts[2]))
-        values = [round(start + k * step, decimals) for k in range(count)]
-        whole = decimals == 0 and all(_is_whole(part) for part in (parts[0], parts[2]))
-    else:
-        parts = [part.strip() for part in spec.split(",")]
-        values = [_sweep_number(part, text) for part in parts]
-        whole = all(_is_whole(part) for part in parts)
-        if len(values) > MAX_SWEEP_VALUES:
-            raise InputError(f"sweep {text!r}: more than {MAX_SWEEP_VALUES} values")
-    return name, [int(v) for v in values] if whole else values
-
-
-def parse_sweeps(texts: Iterable[str]) -> dict[str, list[float]]:
-    """Several :func:`parse_sweep` texts -> ``{name: values}`` in order; a repeated name is an error."""
-    grid: dict[str, list[float]] = {}
-    for text in texts:
-        name, values = parse_sweep(text)
-        if name in grid:
-            raise InputError(f"sweep {text!r}: {name} is swept twice")
-        grid[name] = values
-    return grid
-
-
-def _sweep_number(part: str, text: str) -> float:
-    try:
-        value = float(part)
-    except ValueError:
-        raise InputError(f"sweep {text!r}: {part.strip()!r} is not a number") from None
-    if not math.isfinite(value):
-        raise InputError(f"sweep {text!r}: {part.strip()!r} is not a finite number")
-    return value
-
-
-def _decimals(part: str) -> int:
-    try:
-        exponent = Decimal(part.strip()).as_tuple().exponent
-    except InvalidOperation:  # pragma: no cover - float() accepted it already
-        return 12
-    return max(0, -exponent) if isinstance(exponent, int) else 12
-
-
-def _is_whole(part: str) -> bool:
-    return re.fullmatch(r"\s*[-+]?\d+\s*", part) is not None
-
-
-@dataclass
-class SweepRun:
-    """One setting of a sweep: the values used and the report's mean metrics."""
-
-    settings: dict[str, float]
-    mean: dict[str, float]
-
-
-@dataclass
-class TapVidSweep:
-    """Results of :func:`run_sweep`, one run per combination of values, in sweep order."""
-
-    names: list[str]
-    runs: list[SweepRun]
-    metric: str = "average_jaccard"
-
-    def best(self) -> SweepRun:
-        """The run with the highest ``metric`` (the first of equals; NaN never wins)."""
-        scores = [run.mean.get(self.metric, math.nan) for run in self.runs]
-        finite = [i for i, score in enumerate(scores) if math.isfinite(score)]
-        return self.runs[max(finite, key=lambda i: scores[i])] if finite else self.runs[0]
-
-    def to_json(self) -> dict:
-        """``{"metric", "runs": [{"settings": {...}, "mean": {...}}], "best": {...settings}}``."""
-        return {
-            "metric": self.metric,
-            "runs": [{"settings": dict(run.settings), "mean": _json_metrics(run.mean)} for run in self.runs],
-            "best": dict(self.best().settings),
-        }
-
-    def format_table(self) -> str:
-        """One row per setting: the swept values, AJ, δ_avg and OA in %, the best run marked ``*``."""
-        best = self.best()
-        widths = [max(len(name), *(len(f"{run.settings[name]:g}") for run in self.runs)) for name in self.names]
-        header = "  ".join(f"{name:>{w}}" for name, w in zip(self.names, widths))
-        header += f"  {'AJ':>6}  {'δ_avg':>6}  {'OA':>6}"
-        lines = [header, "-" * len(header)]
-        for run in self.runs:
-            values = "  ".join(f"{run.settings[name]:>{w}g}" for name, w in zip(self.names, widths))
-            lines.append(f"{values}  {_headline(run.mean)}" + ("  *" if run is best else ""))
-        return "\n".join(lines)
+#: The table's columns: AJ, δ_avg and OA.
+TABLE_COLUMNS = (("AJ", "average_jaccard"), ("δ_avg", "average_pts_within_thresh"), ("OA", "occlusion_accuracy"))
 
 
 def run_sweep(
@@ -904,37 +522,19 @@ def run_sweep(
     evaluate: Callable[[dict[str, float]], TapVidReport],
     *,
     metric: str = "average_jaccard",
-    progress: Callable[[int, int], None] | None = None,
-) -> TapVidSweep:
-    """Evaluate every combination of the swept values and collect the mean metrics.
-
-    Args:
-        grid: name -> values (e.g. :func:`parse_sweeps`); several names sweep their product.
-        evaluate: ``evaluate(settings) -> TapVidReport``, e.g.
-            ``lambda s: evaluate_tapvid(videos, make_track_fn(**s))``.
-        metric: the metric :meth:`TapVidSweep.best` ranks by.
-        progress: called as ``progress(done, total)`` after each run.
-    """
-    if not grid or any(len(values) == 0 for values in grid.values()):
-        raise InputError("a sweep needs at least one name with at least one value")
+    progress: Progress | None = None,
+) -> Sweep:
+    """Evaluate every combination of the swept values (:func:`dinofeat.sweeps.run_sweep`) with
+    ``evaluate(settings) -> TapVidReport`` (e.g. ``lambda s: evaluate_tapvid(videos, make_track_fn(**s))``);
+    the table shows AJ, δ_avg and OA, and :meth:`~dinofeat.sweeps.Sweep.best` ranks by ``metric``."""
     if metric not in METRIC_KEYS:
         raise InputError(f"unknown metric {metric!r}; use one of {', '.join(METRIC_KEYS)}")
-    names = list(grid)
-    combos = list(itertools.product(*(grid[name] for name in names)))
-    runs = []
-    for done, values in enumerate(combos, start=1):
-        settings = dict(zip(names, values))
-        report = evaluate(dict(settings))
-        runs.append(SweepRun(settings=settings, mean=dict(report.mean)))
-        log.info("sweep %s: %s %.1f", settings, metric, 100 * report.mean.get(metric, math.nan))
-        if progress is not None:
-            progress(done, len(combos))
-    return TapVidSweep(names=names, runs=runs, metric=metric)
+    return sweeps.run_sweep(
+        grid, lambda settings: evaluate(settings).mean, metric=metric, columns=TABLE_COLUMNS, progress=progress
+    )
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _json_metrics(metrics: Mapping[str, float]) -> dict[str, float | None]:
-    return {key: (float(value) if math.isfinite(value) else None) for key, value in metrics.items()}
 
 
 def _json_numbers(array: np.ndarray, decimals: int = 3) -> list:
@@ -954,17 +554,7 @@ def _json_numbers(array: np.ndarray, decimals: int = 3) -> list:
 
 def _headline(metrics: Mapping[str, float]) -> str:
     """AJ, δ_avg and OA in %, each 6 characters wide."""
-    return "  ".join(_percent(metrics.get(key, math.nan)) for key in HEADLINE_KEYS)
-
-
-def _percent(value: float) -> str:
-    return f"{100 * value:6.1f}" if math.isfinite(value) else f"{'-':>6}"
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        return f"{value.dtype} array of shape {value.shape}"
-    return type(value).__name__
+    return "  ".join(percent(metrics.get(key, math.nan)) for key in HEADLINE_KEYS)
 
 
 def _one_line(err: BaseException) -> str:
