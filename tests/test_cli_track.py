@@ -114,6 +114,16 @@ def test_video_json_and_csv(tmp_path, video, model_args):
     assert np.abs(frames[5][y, x].astype(int) - palette(6)[0]).max() < 40
 
 
+def test_backward_tracks_a_late_query_into_earlier_frames(tmp_path, video, model_args):
+    js = tmp_path / "b.json"
+    assert main(["track", video, "--query", "3,80,50", "--backward", "--json", str(js), *model_args]) == 0
+    (entry,) = json.loads(js.read_text())["tracks"]
+    assert entry["visible"] == [True] * FRAMES
+    expected = np.array([[80.0 + 14 * (3 - k), 50.0] for k in range(FRAMES)])
+    inside = (expected[:, 0] >= 7) & (expected[:, 0] <= W - 8)
+    assert np.abs(np.array(entry["points"]) - expected)[inside].max() <= 1.0
+
+
 def test_frame_selection_and_points_file(tmp_path, video, model_args):
     points = tmp_path / "points.csv"
     points.write_text("t,x,y\n2,130.5,48.3\n4,100,60\n")

@@ -344,3 +344,35 @@ def test_tracker_step_is_the_best_point_of_its_window_or_the_frame(min_score):
     got = got.sum(-1)
     assert (got >= expected - 1e-6).all()
     assert (step.scores.double() >= expected - 1e-6).all()
+
+
+def test_backward_tracking_follows_points_before_their_query_frame():
+    """A point queried in frame 3 of a whole-patch pan is found exactly in frames 0-2 too, and one
+    queried in frame 0 is unaffected (the forward pass); without backward it is not visible before."""
+    from dinofeat.tracking import track_both_ways
+
+    origins = [(100 + 14 * k, 60) for k in range(6)]
+    frames = list(enumerate(camera(origins)))
+    queries = np.array([[3, 100.0, 50.0], [0, 80.5, 40.0]])
+    seen = []
+    both = Tracks.from_steps(
+        queries, list(track_both_ways(frames, queries, vit_extractor(), progress=lambda d, t: seen.append((d, t))))
+    )
+    assert both.frame_indices.tolist() == list(range(6)) and seen[-1] == (10, 10)  # 4 back + 6 forward
+    late = np.array([[100.0 + 14 * (3 - k), 50.0] for k in range(6)])
+    assert np.abs(both.points_xy[:, 0].numpy() - late).max() <= 1e-3 and both.visible[:, 0].all()
+    early = np.array([[80.5 - 14 * k, 40.0] for k in range(6)])
+    assert np.abs(both.points_xy[:, 1].numpy() - early).max() <= 1.0
+    forward = track(camera(origins), queries, vit_extractor())
+    assert not forward.visible[:3, 0].any() and forward.visible[3:, 0].all()
+    np.testing.assert_array_equal(both.points_xy[3:].numpy(), forward.points_xy[3:].numpy())
+
+
+def test_reverse_tracker_wants_decreasing_frames():
+    fmap = SmoothDescriptor().extract_arrays([camera([(0, 0)])[0]])[0]
+    tracker = PointTracker(at_frame(2, [[30, 30]]), reverse=True)
+    tracker.step(2, fmap)
+    with pytest.raises(ValueError, match="decreasing"):
+        tracker.step(3, fmap)
+    with pytest.raises(InputError, match="not one of the processed frames"):
+        PointTracker(at_frame(4, [[30, 30]]), reverse=True).step(2, fmap)  # frame 4 was skipped

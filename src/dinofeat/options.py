@@ -583,6 +583,12 @@ class TrackerOptions(Options):
     anchor_weight: float = option(
         DEFAULT_ANCHOR_WEIGHT, range=UNIT, help="anchored template: weight of the query feature"
     )
+    backward: bool = option(
+        False,
+        flag="--backward",
+        help="also track each point backward from its query frame to the first processed frame (the "
+        "processed frames are held in memory)",
+    )
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 For each query point ``(t, x, y)`` (frame index, original pixels):
 
 1. **Template**: the feature sampled (bilinearly, L2-normalised) at the exact query position in
-   frame ``t``. Before frame ``t`` the point is reported not visible, at its query position, with
-   score 0 (tracking runs forward only, so the video is decoded once and memory stays constant).
+   frame ``t``. By default tracking runs forward only (the video is decoded once and memory stays
+   constant), and before frame ``t`` the point is reported not visible, at its query position,
+   with score 0; :func:`track_both_ways` (``backward=True``) also follows it back from ``t`` to the
+   first frame with a tracker fed the frames in reverse.
 2. **Local search**: the best position of the 1/4-processed-pixel lattice inside a square window of
    ``±window`` pixels around the point's last visible position, by the exact cosine of the
    template with the bilinearly interpolated, re-normalised features
@@ -77,6 +79,7 @@ __all__ = [
     "Tracks",
     "check_queries",
     "processed_frame_indices",
+    "track_both_ways",
     "track_frames",
     "track_to_files",
     "track_video",
@@ -105,10 +108,13 @@ class PointTracker:
     ([[20.0, 34.0]], [[20.0, 34.0]])
     """
 
-    def __init__(self, queries_txy, options: TrackerOptions | None = None, **overrides) -> None:
+    def __init__(
+        self, queries_txy, options: TrackerOptions | None = None, *, reverse: bool = False, **overrides
+    ) -> None:
         options = options or TrackerOptions()
         if overrides:
             options = options.replace(**overrides)
+        self.reverse = bool(reverse)
         queries = np.asarray(queries_txy, dtype=np.float64)
         if queries.ndim != 2 or queries.shape[1] != 3 or len(queries) == 0 or not np.isfinite(queries).all():
             raise InputError(f"queries must be a non-empty (N, 3) array of finite (t, x, y), got shape {queries.shape}")
@@ -123,7 +129,7 @@ class PointTracker:
         self._anchor: torch.Tensor | None = None  # (N, C) query features
         self._running: torch.Tensor | None = None  # (N, C) running template
         self._anchor_maps: dict[int, FeatureMap] = {}  # query frame -> normalised map (cycle check)
-        self._last_frame = -1
+        self._last_frame: int | None = None
 
     @property
     def templates(self) -> torch.Tensor:
@@ -137,10 +143,18 @@ class PointTracker:
         return F.normalize(mixed, dim=-1)
 
     def step(self, frame_index: int, fmap: FeatureMap) -> TrackStep:
-        """Track into frame ``frame_index`` (strictly increasing) given its feature map."""
-        if frame_index <= self._last_frame:
-            raise ValueError(f"frames must come in increasing order ({frame_index} after {self._last_frame})")
-        missed = ~self._started & (self._t < frame_index) & (self._t > self._last_frame)
+        """Track into frame ``frame_index`` given its feature map. Frames come in strictly increasing
+        order (strictly decreasing for a ``reverse`` tracker, which follows points back in time
+        from their query frames)."""
+        last = self._last_frame
+        forward = -1 if self.reverse else 1
+        if last is not None and (frame_index - last) * forward <= 0:
+            order = "decreasing" if self.reverse else "increasing"
+            raise ValueError(f"frames must come in {order} order ({frame_index} after {last})")
+        passed = (self._t - frame_index) * forward < 0  # query frames already behind this one
+        if last is not None:
+            passed &= (self._t - last) * forward > 0
+        missed = ~self._started & passed
         if missed.any():
             raise InputError(f"query frame {int(self._t[missed][0])} is not one of the processed frames")
         self._last_frame = frame_index
@@ -293,7 +307,59 @@ def track_frames(
     Memory holds one batch of frames and feature maps. ``options`` / ``overrides`` go to
     :class:`PointTracker`.
     """
-    tracker = PointTracker(queries_txy, options, **overrides)
+    yield from _steps(PointTracker(queries_txy, options, **overrides), frames, extractor)
+
+
+def track_both_ways(
+    frames,
+    queries_txy,
+    extractor,
+    options: TrackerOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    **overrides,
+) -> Iterator[TrackStep]:
+    """Track queries forward from their query frames and also backward, to the first frame.
+
+    ``frames`` is an iterable of ``(frame index, (H, W, 3) uint8 RGB)`` in increasing order; it is
+    held in memory, since the backward pass runs first, over the frames up to the last query frame
+    in reverse. Yields one :class:`~dinofeat.tracks.TrackStep` per frame in increasing order (with
+    ``image``): before a query's frame, the point's position and score come from the backward pass,
+    from its frame on from the forward pass. ``progress(done, total)`` counts both passes' frames.
+    """
+    frames = list(frames)
+    queries = np.asarray(queries_txy, dtype=np.float64).reshape(-1, 3)
+    if not frames:
+        return
+    earlier = [item for item in frames if item[0] <= queries[:, 0].max()] if len(queries) else []
+    backward = len(earlier) > 1
+    total = len(frames) + (len(earlier) if backward else 0)
+    done = 0
+    before: dict[int, TrackStep] = {}
+    if backward:
+        tracker = PointTracker(queries, options, reverse=True, **overrides)
+        for step in _steps(tracker, reversed(earlier), extractor):
+            before[step.frame_index] = replace(step, image=None)
+            done += 1
+            report(progress, done, total)
+    t = torch.from_numpy(queries[:, 0])
+    for step in _steps(PointTracker(queries, options, **overrides), frames, extractor):
+        done += 1
+        report(progress, done, total)
+        back = before.get(step.frame_index)
+        if back is not None:  # frames before a query's own come from the backward pass
+            earlier_than_query = step.frame_index < t
+            step = replace(
+                step,
+                points_xy=torch.where(earlier_than_query[:, None], back.points_xy, step.points_xy),
+                scores=torch.where(earlier_than_query, back.scores, step.scores),
+                visible=torch.where(earlier_than_query, back.visible, step.visible),
+            )
+        yield step
+
+
+def _steps(tracker: PointTracker, frames: Iterable[tuple[int, np.ndarray]], extractor) -> Iterator[TrackStep]:
+    """The tracker's steps over ``frames``, read ``extractor.batch_size`` at a time, each with its image."""
     iterator = iter(frames)
     while batch := list(islice(iterator, extractor.batch_size)):
         maps = extractor.extract_arrays([image for _, image in batch])
@@ -347,7 +413,9 @@ def track_to_files(
     same size as the input, at ``fps / every`` so it plays at the input's speed), ``json_out``
     (:meth:`~dinofeat.tracks.Tracks.to_json`, with ``video_name`` or ``path`` as the video's path)
     and ``csv_out`` (:meth:`~dinofeat.tracks.Tracks.write_csv`). Decoding, the model and encoding
-    stream, so memory does not grow with the video's length.
+    stream, so memory does not grow with the video's length; with ``options.backward`` (each point
+    also tracked back from its query frame, :func:`track_both_ways`) the processed frames are held
+    in memory.
     """
     from dinofeat.drawing import TrailAnnotator
     from dinofeat.outputs import staged_outputs
@@ -355,22 +423,31 @@ def track_to_files(
 
     frames = frames or FrameOptions()
     trail = trail or TrailOptions()
+    options = options or TrackerOptions()
+    if overrides:
+        options = options.replace(**overrides)
+    backward = options.backward
     info = probe_video(path)
     indices = processed_frame_indices(info.frames, frames)
     if len(indices) == 0:
         raise InputError(f"--start {frames.start} is past the end of the video ({info.frames} frames)")
     queries = check_queries(queries_txy, indices, info.size_wh)
     decoded = read_frames(path, start=frames.start, max_frames=frames.max_frames, every=frames.every)
+    if backward:
+        tracked = track_both_ways(decoded, queries, extractor, options, progress=progress)
+    else:
+        tracked = track_frames(decoded, queries, extractor, options)
     steps = []
     with staged_outputs([video_out, json_out, csv_out]) as (video_tmp, json_tmp, csv_tmp):
         writer = VideoWriter(video_tmp, info.fps / frames.every, info.size_wh) if video_tmp else None
         annotator = TrailAnnotator(len(queries), trail.trail)
         with writer or contextlib.nullcontext():
-            for step in track_frames(decoded, queries, extractor, options, **overrides):
+            for step in tracked:
                 if writer is not None:
                     writer.write(annotator.annotate(step.image, step.points_xy, step.visible))
                 steps.append(replace(step, image=None))
-                report(progress, len(steps), len(indices))
+                if not backward:
+                    report(progress, len(steps), len(indices))
         tracks = Tracks.from_steps(queries, steps)
         if json_tmp is not None:
             import json

@@ -33,7 +33,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--query",
         action="append",
         metavar="T,X,Y",
-        help="a point in frame T; tracked forward from T (not visible before); repeatable",
+        help="a point in frame T; tracked forward from T (and back to the first frame with --backward; "
+        "otherwise not visible before T); repeatable",
     )
     queries.add_argument(
         "--points-file", metavar="FILE", help="points: JSON list of [x, y] or [t, x, y], or CSV lines x,y or t,x,y"
