@@ -89,6 +89,7 @@ def option(
     nargs: int | str | None = None,
     what: str | None = None,
     noun: str | None = None,
+    repeat: bool = False,
 ) -> Any:
     """A dataclass field with its command-line description and allowed values.
 
@@ -102,6 +103,7 @@ def option(
         nargs: for list-valued options, as argparse's ``nargs``.
         what: how errors describe the allowed values (default: from ``choices`` and ``range``).
         noun: what a choice is called in "unknown <noun> 'x'" errors (default: from the flag).
+        repeat: a tuple-valued option given by repeating its flag (``--alpha 0.1 --alpha 0.05``).
     """
     meta = {
         "help": help,
@@ -114,6 +116,7 @@ def option(
         "nargs": nargs,
         "what": what,
         "noun": noun,
+        "repeat": repeat,
     }
     return field(default=default, metadata=meta)
 
@@ -125,7 +128,8 @@ def check_field(name: str, value: Any, meta: dict) -> None:
         if not meta["optional"]:
             raise InputError(f"{label} must be given")
         return
-    values = value if isinstance(value, tuple) and meta["nargs"] is not None else (value,)
+    many = meta["nargs"] is not None or meta.get("repeat")
+    values = value if isinstance(value, tuple) and many else (value,)
     for item in values:
         if _allowed(item, meta["choices"], meta["range"]):
             continue
@@ -648,3 +652,63 @@ class AppOptions(Options):
         metavar="N",
         help="frames of a video tracked at most; longer videos are cut (default: %(default)s)",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarks
+
+TAPVID_PROTOCOLS = ("first", "strided")
+SPAIR_SPLITS = ("trn", "val", "test")
+#: The raster TAP-Vid's published numbers use, and the model resolution ``eval tapvid`` defaults to.
+TAPVID_RESOLUTION = 256
+#: The model resolution ``eval spair`` defaults to (the DINOv2 paper's keypoint-transfer setting).
+SPAIR_RESOLUTION = 840
+
+
+@dataclass(frozen=True)
+class TapVidOptions(Options):
+    """How ``dinofeat eval tapvid`` runs the benchmark (see :func:`~dinofeat.evaluation.evaluate_tapvid_file`)."""
+
+    protocol: str = option(
+        "first",
+        flag="--protocol",
+        choices=TAPVID_PROTOCOLS,
+        help="first: one query at each track's first visible frame, later frames scored; strided: a query "
+        "every 5 frames where visible, every other frame scored (default: %(default)s)",
+    )
+    full_resolution: bool = option(
+        False,
+        flag="--full-resolution",
+        help="track the original frames and score in original pixels (a separate category) instead of "
+        "resizing to 256x256 as the papers do",
+    )
+    max_videos: int | None = option(
+        None, flag="--max-videos", range=POSITIVE_INT, metavar="N", help="evaluate only the first N videos"
+    )
+
+
+@dataclass(frozen=True)
+class SPairOptions(Options):
+    """How ``dinofeat eval spair`` runs the benchmark (see :func:`~dinofeat.evaluation.evaluate_spair_folder`)."""
+
+    split: str = option("test", flag="--split", choices=SPAIR_SPLITS, help="annotation split (default: %(default)s)")
+    limit: int | None = option(
+        None, flag="--limit", range=POSITIVE_INT, metavar="N", help="evaluate only the first N pairs"
+    )
+    alphas: tuple[float, ...] = option(
+        (0.1,),
+        flag="--alpha",
+        range=Range("a number in (0, 1]", 0, 1, open_low=True),
+        repeat=True,
+        metavar="A",
+        help="PCK threshold as a fraction of the target box's larger side; repeat for several (default: 0.1)",
+    )
+
+    def __post_init__(self) -> None:
+        alphas = (self.alphas,) if isinstance(self.alphas, (int, float)) else tuple(self.alphas)
+        object.__setattr__(self, "alphas", alphas)
+        super().__post_init__()
+
+    def _check_together(self) -> None:
+        if not self.alphas:
+            raise InputError("--alpha needs at least one threshold")

@@ -18,7 +18,7 @@ from dinofeat import __version__
 from dinofeat.errors import InputError
 
 # Each command is a module of this package with `add_parser(subparsers)` and `run(args) -> int`.
-COMMANDS = ("models", "extract", "match", "pca", "track", "app")
+COMMANDS = ("models", "extract", "match", "pca", "track", "app", "eval")
 
 
 class UsageError(InputError):

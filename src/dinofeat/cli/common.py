@@ -29,6 +29,10 @@ def add_options(parser, options_class, *names: str, exclude: tuple[str, ...] = (
         kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": help_texts.get(f.name, meta["help"])}
         if isinstance(f.default, bool):
             kwargs["action"] = "store_true"
+        elif meta.get("repeat"):
+            kwargs.update(action="append", default=None, type=_argparse_type(meta))
+            if meta["metavar"] is not None:
+                kwargs["metavar"] = meta["metavar"]
         else:
             kwargs["type"] = _argparse_type(meta)
             for key in ("metavar", "nargs"):
@@ -41,7 +45,11 @@ def add_options(parser, options_class, *names: str, exclude: tuple[str, ...] = (
 
 def options_from(args: argparse.Namespace, options_class, **overrides: Any):
     """The ``options_class`` instance of the parsed ``args`` (fields argparse did not fill keep their defaults)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(options_class) if hasattr(args, f.name)}
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(options_class)
+        if hasattr(args, f.name) and not (f.metadata.get("repeat") and getattr(args, f.name) is None)
+    }  # a repeatable flag never given keeps the dataclass default
     return options_class(**{**values, **overrides})
 
 
@@ -61,9 +69,12 @@ def _argparse_type(meta: dict) -> Callable[[str], Any]:
     return convert
 
 
-def add_extractor_options(parser: argparse.ArgumentParser, *, batch_help: str | None = None) -> None:
+def add_extractor_options(
+    parser: argparse.ArgumentParser, *, batch_help: str | None = None, resolution: int | None = None
+) -> None:
     """The model group (--model, --weights, --device, --precision, --resolution, --max-size), the
-    features group (--layer, --facet, --stride, --batch-size) and --debug."""
+    features group (--layer, --facet, --stride, --batch-size) and --debug; ``resolution`` is the
+    command's own default resolution where it differs from the library's."""
     from dinofeat.options import ExtractorOptions
 
     features = parser.add_argument_group("features")
@@ -71,6 +82,8 @@ def add_extractor_options(parser: argparse.ArgumentParser, *, batch_help: str | 
     add_options(features, ExtractorOptions, "layers", "facet", "stride", "batch_size", **helps)
     model = parser.add_argument_group("model")
     add_options(model, ExtractorOptions, "model", "weights", "device", "precision", "resolution", "max_size")
+    if resolution is not None:
+        parser.set_defaults(resolution=resolution)
     add_output_options(parser)
 
 

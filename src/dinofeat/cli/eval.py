@@ -1,0 +1,157 @@
+"""``dinofeat eval tapvid|spair``: accuracy on the field's benchmarks, measured as the papers do."""
+
+from __future__ import annotations
+
+import argparse
+
+from dinofeat.cli.common import add_extractor_options, add_options
+from dinofeat.options import (
+    SPAIR_RESOLUTION,
+    TAPVID_RESOLUTION,
+    MatchOptions,
+    SPairOptions,
+    TapVidOptions,
+    TrackerOptions,
+)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "eval",
+        help="measure accuracy on TAP-Vid (tracking) or SPair-71k (keypoint transfer)",
+        description="Run dinofeat's tracker on TAP-Vid or its matcher on SPair-71k and score the answers "
+        "with the benchmarks' reference metrics. `dinofeat eval tapvid --help` and `dinofeat eval spair "
+        "--help` say more.",
+    )
+    benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", parser_class=type(parser))
+    benchmarks.required = True
+    _add_tapvid(benchmarks)
+    _add_spair(benchmarks)
+    return parser
+
+
+def _add_tapvid(benchmarks) -> None:
+    parser = benchmarks.add_parser(
+        "tapvid",
+        help="point tracking on TAP-Vid (DAVIS, Kinetics, RGB-Stacking pickles)",
+        description="Track TAP-Vid's query points with dinofeat's tracker (forward and backward from each "
+        "query frame) and score them as google-deepmind/tapnet's reference does: frames resized to 256x256 "
+        "and metrics in that raster (or --full-resolution), occlusion accuracy, points within 1/2/4/8/16 px, "
+        "Jaccard, and their averages (AJ, delta_avg), per video then averaged. The pickle is read without "
+        "running any code it names. A table goes to standard output.",
+    )
+    parser.add_argument("file", metavar="FILE.pkl", help="an official TAP-Vid pickle, or a folder of them")
+    add_options(parser, TapVidOptions)
+    parser.add_argument(
+        "--json", metavar="OUT.json", help="per-video query points, predictions and metrics, and the mean"
+    )
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        metavar="NAME=START:STOP:STEP",
+        help="re-run the tracker for each value of a tracker option and report AJ per setting, e.g. "
+        "min_score=0.3:0.8:0.05 or cycle_tolerance=7:28:7 (repeat to sweep several: every combination)",
+    )
+    tracking = parser.add_argument_group("tracking")
+    add_options(tracking, TrackerOptions, exclude=("backward",))
+    add_extractor_options(
+        parser, batch_help="frames per forward pass (default: %(default)s)", resolution=TAPVID_RESOLUTION
+    )
+
+
+def _add_spair(benchmarks) -> None:
+    parser = benchmarks.add_parser(
+        "spair",
+        help="semantic keypoint transfer on SPair-71k (PCK@alpha)",
+        description="Transfer each source keypoint of SPair-71k's pairs into the target image with "
+        "dinofeat's matcher (exact sub-pixel search; options as in `dinofeat match`) and report PCK@alpha "
+        "(threshold alpha * max(w, h) of the target box, in original target pixels) per point and per "
+        "image, overall and per category, as DIFT and the DINOv2 papers do. Matches failing a check you "
+        "ask for (--mutual, --ratio, --ransac) count as misses. A table goes to standard output.",
+    )
+    parser.add_argument("folder", metavar="DIR", help="the SPair-71k folder (PairAnnotation/, JPEGImages/)")
+    add_options(parser, SPairOptions)
+    parser.add_argument("--json", metavar="OUT.json", help="per-pair predictions and the PCK tables")
+    checks = parser.add_argument_group("matching and checks")
+    add_options(checks, MatchOptions, "pca_dim", "require_mutual", "max_ratio", "ransac", "ransac_threshold")
+    add_extractor_options(parser, resolution=SPAIR_RESOLUTION)
+
+
+def run(args: argparse.Namespace) -> int:
+    return _run_tapvid(args) if args.benchmark == "tapvid" else _run_spair(args)
+
+
+def _run_tapvid(args: argparse.Namespace) -> int:
+    from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
+    from dinofeat.evaluation import evaluate_tapvid_file, sweep_tapvid, sweep_trackers
+    from dinofeat.outputs import check_outputs, check_suffix
+    from dinofeat.sweeps import parse_sweeps
+    from dinofeat.tapvid import read_tapvid
+
+    model = extractor_options(args)
+    options = options_from(args, TapVidOptions)
+    tracker = options_from(args, TrackerOptions)
+    grid = parse_sweeps(args.sweep) if args.sweep else None
+    if grid is not None:
+        sweep_trackers(grid, tracker)  # names and values checked before any work
+    check_suffix(args.json, (".json",), "--json")
+    check_outputs([args.json], inputs=[args.file])
+    if grid is None:
+        extractor = make_extractor(model)
+        with progress_bar(args, "evaluating", "video") as bar:
+            report = evaluate_tapvid_file(args.file, extractor, options, tracker, progress=bar)
+        document, table = report.to_json(), report.format_table()
+        line = (
+            f"{len(report.videos)} videos, AJ {100 * report.mean['average_jaccard']:.1f}, "
+            f"delta_avg {100 * report.mean['average_pts_within_thresh']:.1f}"
+        )
+    else:
+        videos = read_tapvid(args.file)
+        extractor = make_extractor(model)
+        with progress_bar(args, "sweeping", "run") as bar:
+            sweep = sweep_tapvid(videos, extractor, grid, options, tracker, progress=bar)
+        document = {
+            "protocol": options.protocol,
+            "resolution": "full" if options.full_resolution else [256, 256],
+            "model": model.model,
+            "sweep": sweep.to_json(),
+        }
+        table = sweep.format_table()
+        line = f"{len(sweep.runs)} settings, best {sweep.best().settings}"
+    _write(args, document, table)
+    summary(args, line + (f" -> {args.json}" if args.json else ""))
+    return 0
+
+
+def _run_spair(args: argparse.Namespace) -> int:
+    from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
+    from dinofeat.evaluation import evaluate_spair_folder
+    from dinofeat.outputs import check_outputs, check_suffix
+
+    model = extractor_options(args)
+    options = options_from(args, SPairOptions)
+    matching = options_from(args, MatchOptions)
+    check_suffix(args.json, (".json",), "--json")
+    check_outputs([args.json])
+    extractor = make_extractor(model)
+    with progress_bar(args, "evaluating", "pair") as bar:
+        report = evaluate_spair_folder(args.folder, extractor, options, matching, progress=bar)
+    _write(args, report.to_json(), report.format_table())
+    key = f"PCK@{options.alphas[0]:g}"
+    per_point = report.overall["per_point"].get(key, float("nan"))
+    summary(
+        args,
+        f"{len(report.pairs)} pairs, {key} per point {100 * per_point:.1f}" + (f" -> {args.json}" if args.json else ""),
+    )
+    return 0
+
+
+def _write(args: argparse.Namespace, document: dict, table: str) -> None:
+    import sys
+
+    from dinofeat.outputs import format_json, staged_outputs
+
+    if args.json:
+        with staged_outputs([args.json]) as (tmp,):
+            tmp.write_text(format_json(document))
+    sys.stdout.write(table + "\n")
