@@ -672,3 +672,44 @@ def test_cli_models_lists_dinov3(tmp_path, monkeypatch, capsys):
     assert row == ["dinov3_vits16", "21.6M", "16", "4", "384", "no", "yes", "facebook/dinov3-vits16-pretrain-lvd1689m"]
     assert any(line.startswith("dinov3_vit7b16_sat493m ") for line in lines)
     assert next(line for line in lines if line.startswith("dinov2_vits14 ")).split()[-2] == "no"
+
+
+def test_every_command_runs_with_a_dinov3_model(tmp_path, photo, vits16_checkpoint):
+    """``--model dinov3_vits16`` works in match, pca and track (extract above), and in the app's session;
+    the tracking window and cycle tolerance follow the 16-pixel patch."""
+    from dinofeat.app import AppSession
+    from dinofeat.cli import main
+    from dinofeat.extractor import Extractor
+    from dinofeat.video import VideoWriter
+
+    args = [
+        "--model",
+        "dinov3_vits16",
+        "--weights",
+        str(vits16_checkpoint),
+        "--resolution",
+        "64",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+    ]
+    a = save_png(tmp_path / "a.png", photo[:128, :192])
+    b = save_png(tmp_path / "b.png", photo[16:144, 16:208])
+    match_json = tmp_path / "m.json"
+    assert main(["match", str(a), str(b), "--grid", "3", "--json", str(match_json), *args]) == 0
+    assert json.loads(match_json.read_text())["model"] == "dinov3_vits16"
+    assert main(["pca", str(a), str(b), "-o", str(tmp_path / "p.png"), *args]) == 0
+    video = tmp_path / "v.mp4"
+    with VideoWriter(video, fps=5, size_wh=(96, 64)) as sink:
+        for k in range(3):
+            sink.write(np.ascontiguousarray(photo[40:104, 100 + 16 * k : 196 + 16 * k]))
+    track_json = tmp_path / "t.json"
+    assert main(["track", str(video), "--point", "50,30", "--json", str(track_json), *args]) == 0
+    assert len(json.loads(track_json.read_text())["tracks"][0]["points"]) == 3
+    session = AppSession(
+        Extractor(random_vit("dinov3_vits16", depth=2), resolution=64, device="cpu"), workdir=tmp_path / "app"
+    )
+    image = np.ascontiguousarray(photo[:64, :96])
+    view = session.match(image, image, [[40.0, 30.0]])
+    assert view.data["model"] == "dinov3_vits16" and len(view.data["matches"]) == 1

@@ -289,7 +289,9 @@ class ExtractorOptions(Options):
         "token",
         flag="--facet",
         choices=FACETS,
-        help="block output (token, with the final norm) or the attention key/query/value (default: %(default)s)",
+        help="block output (token, with the final norm) or the attention key/query/value, heads concatenated "
+        "(DINOv3: key and query before RoPE, so they describe content alike at every position; "
+        "default: %(default)s)",
     )
     batch_size: int = option(
         8,
