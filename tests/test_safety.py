@@ -1,0 +1,209 @@
+"""What every command owes the user's files and attention, through ``main(argv)``: outputs never
+replace an input or each other, get the mode a plain ``open()`` gives, land in folders that are
+made for them, have the suffix their option names; bad values are one line naming the option.
+
+Small inputs and the full-depth random-weight ViT-S/14 checkpoint at ``--resolution 56``, so each
+run takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import save_png
+from dinofeat.cli import main
+
+W, H = 70, 56  # --resolution 56: the model sees 70 x 56, a 5 x 4 patch grid
+
+
+@pytest.fixture
+def model_args(vits14_checkpoint) -> list[str]:
+    return ["--weights", str(vits14_checkpoint), "--resolution", "56", "--device", "cpu", "--precision", "fp32"]
+
+
+def _scene(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def files(tmp_path) -> dict[str, Path]:
+    """Two images and a 4-frame video in ``tmp_path``."""
+    from dinofeat.video import VideoWriter
+
+    video = tmp_path / "clip.mp4"
+    with VideoWriter(video, fps=8, size_wh=(W, H)) as sink:
+        for k in range(4):
+            sink.write(np.roll(_scene(0), 2 * k, axis=1))
+    return {"a": save_png(tmp_path / "a.png", _scene(0)), "b": save_png(tmp_path / "b.png", _scene(1)), "video": video}
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden temporary files too) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _refused(capsys, argv: list[str], message: str) -> str:
+    """``main(argv)`` exits 2 with one line on stderr holding ``message``."""
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err, err
+    return err
+
+
+# -- 1. outputs never replace an input, nor each other ------------------------------------------
+#: (command line with {a} {b} {video} {dir} placeholders, what the error says)
+CLOBBERS = [
+    (["extract", "{dir}/photo.npz", "-o", "{dir}/photo.npz"], "is the input"),
+    (["extract", "{a}", "{dir}/photo.npz", "-o", "{dir}/./sub/../photo.npz"], "is the input"),
+    (["match", "{a}", "{b}", "-o", "{a}"], "is the input"),
+    (["match", "{a}", "{b}", "-o", "{dir}/sub/../b.png"], "is the input"),
+    (["match", "{a}", "{b}", "--json", "{dir}/a.json", "-o", "{dir}/link.png"], "is the input"),
+    (["pca", "{a}", "-o", "{a}"], "is the input"),
+    (["pca", "{a}", "{b}", "-o", "{dir}/./b.png"], "is the input"),
+    (["pca", "{a}", "--save-pca", "{dir}/p.npz", "--save-features", "{dir}/p.npz"], "two outputs"),
+    (["pca", "{a}", "{dir}/sub/a_pca.png", "--out-dir", "{dir}/sub"], "is the input"),  # a re-run over its outputs
+    (["pca", "{a}", "{b}", "--out-dir", "{dir}/sub", "-o", "{dir}/sub/b_pca.png"], "two outputs"),
+    (["pca", "{video}", "-o", "{video}"], "is the input"),
+    (["track", "{video}", "--point", "10,10", "-o", "{video}"], "is the input"),
+    (["track", "{video}", "--point", "10,10", "--json", "{dir}/t.json", "-o", "{dir}/./clip.mp4"], "is the input"),
+]
+
+
+@pytest.mark.parametrize("argv, message", CLOBBERS, ids=[" ".join(c[0][:1] + c[0][-2:]) for c in CLOBBERS])
+def test_an_output_never_replaces_an_input(tmp_path, files, model_args, capsys, argv, message):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "photo.npz").write_bytes(files["a"].read_bytes())  # an image under a feature file's name
+    (tmp_path / "sub" / "a_pca.png").write_bytes(files["a"].read_bytes())
+    (tmp_path / "link.png").symlink_to(files["a"])  # -o through a link to input A
+    names = {"{a}": str(files["a"]), "{b}": str(files["b"]), "{video}": str(files["video"])}
+    argv = [names.get(item, item.replace("{dir}", str(tmp_path))) for item in argv]
+    before = _listing(tmp_path)
+    _refused(capsys, [*argv, *model_args], message)
+    assert _listing(tmp_path) == before  # every input byte-identical, nothing new (no temporary file)
+
+
+# -- 2. outputs get the mode of a plain open() under the umask ----------------------------------
+@pytest.fixture(params=[0o022, 0o027])
+def umask(request):
+    previous = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_every_output_gets_the_plain_open_mode(tmp_path, files, model_args, umask, capsys):
+    expected = 0o666 & ~umask  # 0644 under umask 022: what open(path, "w") gives
+    a, b, video = map(str, (files["a"], files["b"], files["video"]))
+    out = tmp_path / "out"
+    out.mkdir()
+    runs = [
+        ["extract", a, "-o", f"{out}/f.npz"],
+        ["extract", a, "-o", f"{out}/f.safetensors"],
+        ["match", a, b, "-o", f"{out}/m.png", "--json", f"{out}/m.json"],
+        ["pca", a, b, "-o", f"{out}/fig.png", "--save-pca", f"{out}/p.npz", "--save-features", f"{out}/r.npz"],
+        ["pca", a, b, "--out-dir", f"{out}/panels"],
+        ["pca", video, "-o", f"{out}/clip_pca.mp4", "--save-pca", f"{out}/v.npz", "--fit-frames", "2"],
+        ["track", video, "--point", "30,30", "-o", f"{out}/t.mp4", "--json", f"{out}/t.json", "--csv", f"{out}/t.csv"],
+    ]
+    for argv in runs:
+        assert main([*argv, *model_args, "--quiet"]) == 0, capsys.readouterr().err
+    written = sorted(p for p in out.rglob("*") if p.is_file())
+    assert len(written) == 14
+    assert {p.name: oct(_mode(p)) for p in written} == {p.name: oct(expected) for p in written}
+
+
+def test_writers_outside_the_commands_get_the_plain_open_mode(tmp_path, umask):
+    """The library's own writers (a video sink, a saved PCA, a feature file) and the app's files."""
+    import torch
+
+    from conftest import random_vit
+    from dinofeat.app import AppSession
+    from dinofeat.extractor import Extractor
+    from dinofeat.featurefile import save_features
+    from dinofeat.pca import FeaturePCA
+    from dinofeat.video import VideoWriter
+
+    expected = 0o666 & ~umask
+    with VideoWriter(tmp_path / "v.mp4", fps=5, size_wh=(W, H)) as sink:
+        sink.write(_scene(0))
+    pca = FeaturePCA.fit(torch.randn(4, 4, 16, generator=torch.Generator().manual_seed(0)), foreground=None)
+    pca.save(tmp_path / "p.npz")
+    extractor = Extractor(random_vit("dinov2_vits14", depth=1), resolution=56, device="cpu", precision="fp32")
+    save_features(tmp_path / "f.npz", extractor.extract_arrays([_scene(0)]))
+    for name in ("v.mp4", "p.npz", "f.npz"):
+        assert oct(_mode(tmp_path / name)) == oct(expected), name
+
+    session = AppSession(extractor, workdir=tmp_path / "work")
+    match = session.match(_scene(0), _scene(0), [[20.0, 20.0]])
+    view = session.pca([_scene(0), _scene(1)], names=["a.png", "b.png"])
+    for path in (match.json_path, view.figure_path, view.pca_path):
+        assert oct(_mode(path)) == oct(expected), path.name
+
+
+# -- 3. --out-dir is made (parents too), unless something else is in the way ---------------------
+def test_out_dir_is_created_with_its_parents(tmp_path, files, model_args, capsys):
+    folder = tmp_path / "new" / "deeper" / "out"
+    assert main(["pca", str(files["a"]), str(files["b"]), "--out-dir", str(folder), *model_args]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["a_pca.png", "b_pca.png"]
+    video_folder = tmp_path / "videos" / "out"
+    argv = ["pca", str(files["video"]), "--out-dir", str(video_folder), "--fit-frames", "2", *model_args]
+    assert main(argv) == 0
+    assert [p.name for p in video_folder.iterdir()] == ["clip_pca.mp4"]
+
+
+def test_out_dir_that_is_a_file_is_refused(tmp_path, files, model_args, capsys):
+    (tmp_path / "taken").write_text("a file, not a folder\n")
+    before = _listing(tmp_path)
+    _refused(
+        capsys,
+        ["pca", str(files["a"]), "--out-dir", str(tmp_path / "taken"), *model_args],
+        f"--out-dir {tmp_path / 'taken'} exists and is not a folder",
+    )
+    _refused(capsys, ["pca", str(files["a"]), "--out-dir", str(tmp_path / "taken" / "below"), *model_args], "--out-dir")
+    assert _listing(tmp_path) == before
+
+
+# -- 6. every output option checks its suffix ---------------------------------------------------
+SUFFIXES = [
+    (["extract", "{a}", "-o", "{dir}/f.csv"], "output must end in .npz or .safetensors"),
+    (["extract", "{a}", "-o", "{dir}/f"], "output must end in .npz or .safetensors"),
+    (["match", "{a}", "{b}", "-o", "{dir}/m.json"], "the picture (-o) must end in"),
+    (["match", "{a}", "{b}", "-o", "{dir}/m.gif"], "the picture (-o) must end in"),
+    (["match", "{a}", "{b}", "--json", "{dir}/m.csv"], "--json must end in .json"),
+    (["match", "{a}", "{b}", "--json", "{dir}/m.png"], "--json must end in .json"),
+    (["pca", "{a}", "-o", "{dir}/fig.npz"], "-o for images must end in"),
+    (["pca", "{a}", "-o", "{dir}/fig.mp4"], "-o for images must end in"),
+    (["pca", "{a}", "--save-pca", "{dir}/p.json"], "--save-pca must end in .npz"),
+    (["pca", "{a}", "--save-features", "{dir}/f.safetensors"], "--save-features must end in .npz"),
+    (["pca", "{video}", "-o", "{dir}/v.png"], "-o for a video must end in"),
+    (["pca", "{video}", "-o", "{dir}/v.mp4", "--save-pca", "{dir}/v.pca"], "--save-pca must end in .npz"),
+    (["track", "{video}", "--point", "9,9", "-o", "{dir}/t.json"], "output video must end in"),
+    (["track", "{video}", "--point", "9,9", "--json", "{dir}/t.csv"], "--json must end in .json"),
+    (["track", "{video}", "--point", "9,9", "--csv", "{dir}/t.json"], "--csv must end in .csv"),
+]
+
+
+@pytest.mark.parametrize("argv, message", SUFFIXES, ids=[" ".join(c[0][:1] + c[0][-2:]) for c in SUFFIXES])
+def test_every_output_option_checks_its_suffix(tmp_path, files, model_args, capsys, argv, message):
+    names = {"{a}": str(files["a"]), "{b}": str(files["b"]), "{video}": str(files["video"])}
+    argv = [names.get(item, item.replace("{dir}", str(tmp_path))) for item in argv]
+    before = _listing(tmp_path)
+    _refused(capsys, [*argv, *model_args], message)
+    assert _listing(tmp_path) == before
+
+
+def test_suffixes_are_compared_case_blind(tmp_path, files, model_args):
+    assert main(["extract", str(files["a"]), "-o", str(tmp_path / "F.NPZ"), *model_args, "--quiet"]) == 0
+    assert (tmp_path / "F.NPZ").is_file()
