@@ -207,3 +207,85 @@ def test_every_output_option_checks_its_suffix(tmp_path, files, model_args, caps
 def test_suffixes_are_compared_case_blind(tmp_path, files, model_args):
     assert main(["extract", str(files["a"]), "-o", str(tmp_path / "F.NPZ"), *model_args, "--quiet"]) == 0
     assert (tmp_path / "F.NPZ").is_file()
+
+
+# -- 4. unreadable weights and PCA files: what the file is not, never advice to load it unsafely --
+class _RunsCode:
+    """Pickled, it would make a folder when loaded: proof that no pickled code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def _bad_file(kind: str, folder: Path, image: Path) -> Path:
+    """A file that is not what the option expects, as a user might pass by mistake."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = folder / {"image": "photo.png", "text": "notes.pth", "zip": "other.zip"}.get(kind, f"{kind}.pth")
+    if kind == "image":
+        path.write_bytes(image.read_bytes())
+    elif kind == "text":
+        path.write_text("these are not weights\n" * 10)
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("readme.txt", "hello")
+    elif kind == "npz":
+        np.savez(path.with_suffix(".npz"), a=np.zeros(3))
+        path = path.with_suffix(".npz")
+    elif kind == "code":
+        path.write_bytes(pickle.dumps({"weights": _RunsCode(folder / "code-ran")}))
+    elif kind in ("module", "truncated"):
+        torch.save({"layer": torch.nn.Linear(2, 2)} if kind == "module" else {"w": torch.zeros(1000)}, path)
+        if kind == "truncated":
+            path.write_bytes(path.read_bytes()[:300])
+    elif kind == "object_npz":
+        path = path.with_suffix(".npz")
+        np.savez(path, meta=np.array([{"a": 1}], dtype=object))
+    elif kind == "png_safetensors":
+        path = path.with_suffix(".safetensors")
+        path.write_bytes(image.read_bytes())
+    return path
+
+
+UNSAFE_ADVICE = ("weights_only", "will likely succeed", "allow_pickle", "trust", "arbitrary code")
+
+
+@pytest.mark.parametrize(
+    "kind, what",
+    [
+        ("image", "it is a PNG image"),
+        ("text", "it is a text file"),
+        ("zip", "it is a zip archive of other files"),
+        ("npz", "it is a NumPy .npz archive"),
+        ("code", "pickled Python objects other than tensors"),
+        ("module", "pickled Python objects other than tensors"),
+        ("truncated", "truncated or damaged"),
+        ("png_safetensors", "it is a PNG image"),
+    ],
+)
+def test_weights_that_are_no_checkpoint_say_what_is_expected(tmp_path, files, capsys, kind, what):
+    bad = _bad_file(kind, tmp_path, files["a"])
+    before = _listing(tmp_path)
+    argv = ["extract", str(files["a"]), "-o", str(tmp_path / "f.npz"), "--weights", str(bad), "--device", "cpu"]
+    err = _refused(capsys, argv, "is not a PyTorch checkpoint or safetensors file")
+    assert what in err and "expected Meta's .pth state dict, a .safetensors file or a Hugging Face model folder" in err
+    assert not any(advice in err for advice in UNSAFE_ADVICE), err
+    assert not (tmp_path / "code-ran").exists()  # the pickled call never ran
+    assert _listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["image", "text", "zip", "npz", "code", "truncated", "object_npz"])
+def test_pca_files_that_are_not_ours_say_so(tmp_path, files, model_args, capsys, kind):
+    bad = _bad_file(kind, tmp_path, files["a"])
+    before = _listing(tmp_path)
+    argv = ["pca", str(files["a"]), "-o", str(tmp_path / "out.png"), "--load-pca", str(bad), *model_args]
+    err = _refused(capsys, argv, "is not a dinofeat PCA file (expected an .npz written by `dinofeat pca --save-pca`)")
+    assert not any(advice in err for advice in UNSAFE_ADVICE), err
+    assert not (tmp_path / "code-ran").exists()
+    assert _listing(tmp_path) == before
