@@ -289,3 +289,130 @@ def test_pca_files_that_are_not_ours_say_so(tmp_path, files, model_args, capsys,
     assert not any(advice in err for advice in UNSAFE_ADVICE), err
     assert not (tmp_path / "code-ran").exists()
     assert _listing(tmp_path) == before
+
+
+# -- 5. every numeric option has a range, checked once, named in a one-line error ----------------
+#: The command line of each command, valid but for the option appended to it.
+BASE = {
+    "extract": ["extract", "{a}", "-o", "{dir}/o.npz"],
+    "match": ["match", "{a}", "{b}", "-o", "{dir}/o.png", "--json", "{dir}/o.json"],
+    "pca": ["pca", "{a}", "-o", "{dir}/o.png", "--save-pca", "{dir}/o.npz"],
+    "pca-video": ["pca", "{video}", "-o", "{dir}/o.mp4"],
+    "track": ["track", "{video}", "--point", "9,9", "-o", "{dir}/o.mp4", "--json", "{dir}/o.json"],
+    "app": ["app"],
+}
+MODEL_OPTIONS = [
+    ("--resolution", ["0"]),
+    ("--resolution", ["-3"]),
+    ("--resolution", ["1.5"]),
+    ("--resolution", ["10"]),  # below the 14-pixel patch
+    ("--max-size", ["0"]),
+    ("--max-size", ["5"]),  # below the patch: one patch, silently
+    ("--stride", ["0"]),
+    ("--stride", ["15"]),  # above the patch size
+    ("--batch-size", ["0"]),
+    ("--layer", ["12"]),  # the model has 12 blocks
+    ("--layer", ["-13"]),
+]
+OUT_OF_RANGE = [
+    *[("extract", flag, value) for flag, value in MODEL_OPTIONS],
+    *[(command, "--resolution", ["0"]) for command in ("match", "pca", "pca-video", "track", "app")],
+    *[(command, "--batch-size", ["-2"]) for command in ("match", "pca", "track", "app")],
+    ("match", "--grid", ["0"]),
+    ("match", "--grid", ["100000"]),  # 10^10 points: a crash, not a grid
+    ("match", "--auto", ["0"]),
+    ("match", "--pca-dim", ["0"]),
+    ("match", "--pca-dim", ["9999"]),  # more than the features' 384 dimensions
+    ("match", "--ratio", ["0"]),
+    ("match", "--ratio", ["1.5"]),
+    ("match", "--ratio", ["-1"]),
+    ("match", "--ransac-threshold", ["0"]),
+    ("match", "--ransac-threshold", ["-2"]),
+    ("match", "--ransac-threshold", ["inf"]),
+    ("match", "--height", ["8"]),
+    ("match", "--height", ["20000"]),
+    ("pca", "--components", ["0"]),
+    ("pca", "--foreground", ["1.5"]),
+    ("pca", "--foreground", ["-0.1"]),
+    ("pca", "--percentiles", ["-1", "99"]),
+    ("pca", "--percentiles", ["1", "101"]),
+    ("pca", "--percentiles", ["60", "40"]),
+    ("pca", "--overlay", ["1.5"]),
+    ("pca", "--overlay", ["-0.5"]),
+    ("pca", "--columns", ["0"]),
+    ("pca-video", "--fit-frames", ["0"]),
+    ("pca-video", "--start", ["-1"]),
+    ("pca-video", "--max-frames", ["0"]),
+    ("pca-video", "--every", ["0"]),
+    ("track", "--grid", ["0"]),
+    ("track", "--grid", ["5000"]),
+    ("track", "--start", ["-1"]),
+    ("track", "--max-frames", ["0"]),
+    ("track", "--every", ["0"]),
+    ("track", "--window", ["0"]),
+    ("track", "--window", ["-3"]),
+    ("track", "--window", ["inf"]),
+    ("track", "--min-score", ["2"]),
+    ("track", "--min-score", ["-1.5"]),
+    ("track", "--cycle-tolerance", ["0"]),
+    ("track", "--cycle-tolerance", ["-1"]),
+    ("track", "--trail", ["-1"]),
+    ("app", "--port", ["0"]),
+    ("app", "--port", ["70000"]),
+    ("app", "--max-upload-mb", ["0"]),
+    ("app", "--max-upload-mb", ["-1"]),
+    ("app", "--max-image-mp", ["0"]),
+    ("app", "--max-frames", ["0"]),
+]
+
+
+@pytest.mark.parametrize(
+    "command, flag, value", OUT_OF_RANGE, ids=[f"{c} {f} {' '.join(v)}" for c, f, v in OUT_OF_RANGE]
+)
+def test_every_out_of_range_value_is_one_line_naming_the_option(
+    tmp_path, files, model_args, capsys, monkeypatch, command, flag, value
+):
+    import dinofeat.app
+
+    # the app would start a server if a value got through: it must not get that far
+    monkeypatch.setattr(dinofeat.app, "launch", lambda *a, **k: pytest.fail("the app started"))
+    names = {"{a}": str(files["a"]), "{b}": str(files["b"]), "{video}": str(files["video"])}
+    argv = [names.get(item, item.replace("{dir}", str(tmp_path))) for item in BASE[command]]
+    before = _listing(tmp_path)
+    err = _refused(capsys, [*argv, *model_args, flag, *value], flag)  # the last --resolution counts
+    assert err.startswith(f"dinofeat {BASE[command][0]}: error: "), err
+    assert _listing(tmp_path) == before  # no output, no temporary file
+
+
+def test_the_range_is_in_the_message():
+    from dinofeat.errors import InputError
+    from dinofeat.options import MatchOptions, TrackerOptions
+
+    with pytest.raises(InputError, match=r"^--min-score must be a number between -1 and 1, got 2$"):
+        TrackerOptions(min_score=2)
+    with pytest.raises(InputError, match=r"^--window must be a positive number, got inf$"):
+        TrackerOptions(window=float("inf"))
+    with pytest.raises(InputError, match=r"^--grid must be an integer between 1 and 1000, got 5000$"):
+        MatchOptions(grid=5000)
+
+
+def test_app_controls_are_checked_by_the_same_options(tmp_path, files):
+    """Values the page's sliders and boxes send go through the same checks (a typed-in -5 radius)."""
+    gr = pytest.importorskip("gradio")
+    from conftest import random_vit
+    from dinofeat.app import AppSession, handlers
+    from dinofeat.extractor import Extractor
+
+    extractor = Extractor(random_vit("dinov2_vits14", depth=1), resolution=56, device="cpu", precision="fp32")
+    session = AppSession(extractor, workdir=tmp_path / "work")
+    view = session.open_video(files["video"])
+    for radius, score, trail, flag in ((-5, 0.5, 12, "--window"), (0, 1.5, 12, "--min-score"), (0, 0.5, -1, "--trail")):
+        with pytest.raises(gr.Error, match=flag):
+            handlers.track_run(session, view, [[0, 9.0, 9.0]], radius, score, trail, None)
+    image = str(files["a"])
+    for foreground, threshold, components, opacity, flag in (
+        ("manual", 1.5, 3, 0.6, "--foreground"),
+        ("otsu", 0.5, 3, 1.5, "--overlay"),
+    ):
+        with pytest.raises(gr.Error, match=flag):
+            handlers.pca_run(session, [image], foreground, threshold, components, "overlay", opacity, False, None)

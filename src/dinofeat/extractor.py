@@ -89,10 +89,9 @@ class Extractor:
     def _setup(self, vit: torch.nn.Module, device: torch.device, options: ExtractorOptions) -> None:
         if not 1 <= (options.stride or vit.patch_size) <= vit.patch_size:
             raise InputError(f"--stride must be between 1 and the patch size {vit.patch_size}, got {options.stride}")
-        if options.resolution < vit.patch_size:
-            raise InputError(
-                f"--resolution must be at least the patch size ({vit.patch_size}), got {options.resolution}"
-            )
+        for flag, value in (("--resolution", options.resolution), ("--max-size", options.max_size)):
+            if value is not None and value < vit.patch_size:
+                raise InputError(f"{flag} must be at least the patch size ({vit.patch_size}), got {value}")
         vit.resolve_layers(options.layers)  # fail early on a bad layer
         self.model = vit
         self.device = device

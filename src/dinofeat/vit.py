@@ -224,7 +224,7 @@ class DinoVisionTransformer(nn.Module):
             index = layer + depth if layer < 0 else layer
             if not 0 <= index < depth:
                 raise InputError(
-                    f"layer {layer} does not exist: the model has {depth} blocks (0..{depth - 1} or -1..-{depth})"
+                    f"--layer {layer} does not exist: the model has {depth} blocks (0..{depth - 1} or -1..-{depth})"
                 )
             resolved.append(index)
         return resolved
