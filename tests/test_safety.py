@@ -416,3 +416,38 @@ def test_app_controls_are_checked_by_the_same_options(tmp_path, files):
     ):
         with pytest.raises(gr.Error, match=flag):
             handlers.pca_run(session, [image], foreground, threshold, components, "overlay", opacity, False, None)
+
+
+# -- 7. errors point where the user looks: the line of the points file, the --port option ---------
+def test_points_file_errors_give_the_line_as_the_file_shows_it(tmp_path, files, model_args, capsys):
+    (tmp_path / "points.csv").write_text("x,y\n\n10,20\n\n  \n30,abc\n")  # header, blank lines: line 6 is bad
+    (tmp_path / "plain.csv").write_text("10,20\n\n5,6,7,8\n")
+    (tmp_path / "points.json").write_text("[\n  [10, 20],\n  [30, 40],\n  [50]\n]\n")  # items count from 1
+    (tmp_path / "frames.csv").write_text("t,x,y\n0,10,20\n\n1.5,10,20\n")
+    before = _listing(tmp_path)
+    match = ["match", str(files["a"]), str(files["b"]), "--json", str(tmp_path / "m.json"), *model_args]
+    track = ["track", str(files["video"]), "--json", str(tmp_path / "t.json"), *model_args]
+    for argv, name, message in (
+        (match, "points.csv", "line 6 is not a finite x, y pair: ['30', 'abc']"),
+        (match, "plain.csv", "line 3 is not a finite x, y pair"),
+        (match, "points.json", "item 3 is not a finite x, y pair: [50]"),
+        (track, "frames.csv", "line 4: frame index must be a non-negative integer, got 1.5"),
+    ):
+        _refused(capsys, [*argv, "--points-file", str(tmp_path / name)], f"points file {tmp_path / name}: {message}")
+    assert _listing(tmp_path) == before
+
+
+def test_busy_port_names_the_option(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("gradio")
+    import socket
+
+    import dinofeat.app
+
+    monkeypatch.setattr(dinofeat.app, "launch", lambda *a, **k: pytest.fail("the app started"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # the check comes before the model loads: a missing checkpoint is not what the user hears about
+        err = _refused(capsys, ["app", "--port", str(port), "--weights", str(tmp_path / "none.pth")], "--port")
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "GRADIO_SERVER_PORT" not in err
