@@ -451,3 +451,42 @@ def test_busy_port_names_the_option(tmp_path, monkeypatch, capsys):
         # the check comes before the model loads: a missing checkpoint is not what the user hears about
         err = _refused(capsys, ["app", "--port", str(port), "--weights", str(tmp_path / "none.pth")], "--port")
     assert f"cannot listen on 127.0.0.1:{port}" in err and "GRADIO_SERVER_PORT" not in err
+
+
+# -- 8. a resolution capped by --max-size is announced, once -----------------------------------
+CAP = "dinofeat: --resolution 4000 asked for, but the longer side is capped at --max-size 112: using 112x84"
+
+
+def test_a_capped_resolution_is_announced_once(tmp_path, files, model_args, capsys):
+    capped = [*model_args, "--resolution", "4000", "--max-size", "112"]
+    a, b = str(files["a"]), str(files["b"])
+    assert main(["extract", a, b, a, "-o", str(tmp_path / "f.npz"), *capped, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(CAP), err
+    assert "for this 70x56 image (raise --max-size to go higher); said once" in err
+    with np.load(tmp_path / "f.npz") as f:
+        assert tuple(f["processed_size_0"]) == (112, 84)  # what the line says is what was used
+
+    video = ["track", str(files["video"]), "--point", "9,9", "--json", str(tmp_path / "t.json"), "--quiet"]
+    assert main([*video, *capped, "--batch-size", "2"]) == 0  # two forward passes, four frames
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(CAP), err
+
+    assert main(["extract", a, "-o", str(tmp_path / "g.npz"), *model_args, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""  # nothing capped, nothing said
+
+
+def test_the_cap_is_said_once_per_setting_by_the_library(caplog, files):
+    from conftest import random_vit
+    from dinofeat.extractor import Extractor
+    from dinofeat.images import load_image
+
+    image = load_image(files["a"])
+    extractor = Extractor(random_vit("dinov2_vits14", depth=1), resolution=400, max_size=98, device="cpu")
+    with caplog.at_level("WARNING", logger="dinofeat"):
+        extractor.extract_arrays([image, image[:, :60]])  # two sizes, both capped: one line
+        extractor.extract_arrays([image])
+        extractor.with_options(batch_size=2).extract_arrays([image])  # a copy with the same cap
+        extractor.with_options(max_size=84).extract_arrays([image])  # another cap: said again
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 2 and "--max-size 98" in notes[0] and "--max-size 84" in notes[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 
@@ -11,10 +12,12 @@ import torch
 from dinofeat.devices import autocast, resolve_device, resolve_precision
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
-from dinofeat.images import ImageLike, load_image, processed_size, resize
+from dinofeat.images import ImageLike, load_image, processed_size, resize, size_cap_note
 from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION, ExtractorOptions
 from dinofeat.registry import DEFAULT_MODEL, ModelSpec
 from dinofeat.weights import load_model
+
+log = logging.getLogger(__name__)
 
 
 class Extractor:
@@ -100,6 +103,7 @@ class Extractor:
         mean, std = torch.tensor(vit.spec.mean), torch.tensor(vit.spec.std)
         self._mean = (mean * 255).view(1, 3, 1, 1).to(device)
         self._std = (std * 255).view(1, 3, 1, 1).to(device)
+        self._announced: set = set()  # size caps already announced (shared with with_options copies)
 
     def with_options(self, **changes) -> Extractor:
         """A copy with other feature options (resolution, max_size, stride, layers, facet, batch_size,
@@ -109,6 +113,7 @@ class Extractor:
             raise InputError(f"with_options cannot change {', '.join(sorted(fixed))}: build another Extractor")
         other = type(self).__new__(type(self))
         other._setup(self.model, self.device, self.options.replace(**changes))
+        other._announced = self._announced
         return other
 
     # -- settings -------------------------------------------------------------------------------
@@ -162,12 +167,30 @@ class Extractor:
             groups.setdefault(self.processed_size((image.shape[1], image.shape[0])), []).append(index)
         results: list[FeatureMap | None] = [None] * len(images)
         for size_wh, indices in groups.items():
+            self._announce_cap(images[indices[0]])
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 batch = [images[i] for i in chunk]
                 for i, fmap in zip(chunk, self._forward(batch, size_wh)):
                     results[i] = fmap
         return results  # type: ignore[return-value]
+
+    def _announce_cap(self, image: np.ndarray) -> None:
+        """Log, once per resolution and cap (not per image or frame), that ``max_size`` caps the
+        resolution asked for; the first image capped is the example given."""
+        key = (self.resolution, self.max_size, self.stride)
+        if key in self._announced:
+            return
+        note = size_cap_note(
+            (image.shape[1], image.shape[0]),
+            self.resolution,
+            patch_size=self.model.patch_size,
+            stride=self.stride,
+            max_size=self.max_size,
+        )
+        if note is not None:
+            self._announced.add(key)
+            log.warning("%s; said once, other images are capped alike", note)
 
     def _forward(self, images: list[np.ndarray], size_wh: tuple[int, int]) -> list[FeatureMap]:
         tokens, cls, regs = self._run_model([resize(image, size_wh) for image in images])
