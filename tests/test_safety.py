@@ -490,3 +490,74 @@ def test_the_cap_is_said_once_per_setting_by_the_library(caplog, files):
         extractor.with_options(max_size=84).extract_arrays([image])  # another cap: said again
     notes = [r.getMessage() for r in caplog.records]
     assert len(notes) == 2 and "--max-size 98" in notes[0] and "--max-size 84" in notes[1]
+
+
+# -- 9. a forward pass that would not fit in memory is refused, with the estimate ----------------
+def test_a_forward_pass_too_big_for_memory_is_refused(tmp_path, files, model_args, capsys, monkeypatch):
+    import dinofeat.memory
+
+    monkeypatch.setattr(dinofeat.memory, "available_memory", lambda device: 100 * 1024)  # 100 KB "free"
+    a, b = str(files["a"]), str(files["b"])
+    before = _listing(tmp_path)
+    err = _refused(capsys, ["extract", a, b, "-o", str(tmp_path / "f.npz"), *model_args], "would need about")
+    assert "a forward pass of 2 image(s) at 70x56 (21 tokens each)" in err
+    assert "but only 0.1 MB is available on cpu; lower --max-size or --resolution" in err
+    assert "or --batch-size (one image at a time needs about" in err
+    assert "of loaded weights; an estimate" in err
+    video = ["track", str(files["video"]), "--point", "9,9", "--json", str(tmp_path / "t.json"), *model_args]
+    _refused(capsys, [*video, "--batch-size", "1"], "lower --max-size or --resolution")
+    assert _listing(tmp_path) == before  # refused before the forward pass: nothing written
+
+    monkeypatch.setattr(dinofeat.memory, "available_memory", lambda device: 64 * 2**30)
+    assert main(["extract", a, b, "-o", str(tmp_path / "f.npz"), *model_args, "--quiet"]) == 0
+
+
+def test_the_estimate_counts_attention_matrices_only_when_the_kernel_builds_them(monkeypatch):
+    import torch
+
+    import dinofeat.memory
+    from conftest import random_vit
+    from dinofeat.memory import forward_memory
+
+    vit = random_vit("dinov2_vits14", depth=1)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dinofeat.memory, "attention_materialised", lambda *args: False)
+    fused = forward_memory(vit, 2, (448, 448), dtype=torch.float32, device=cpu)
+    monkeypatch.setattr(dinofeat.memory, "attention_materialised", lambda *args: True)
+    math = forward_memory(vit, 2, (448, 448), dtype=torch.float32, device=cpu)
+    assert fused.attention_bytes == 0 and fused.activation_bytes == math.activation_bytes
+    assert math.attention_bytes == 2 * 2 * 6 * 1025**2 * 4  # scores and softmax, batch x heads x N x N, fp32
+    assert fused.weight_bytes == sum(p.numel() * 4 for p in vit.parameters()) + sum(
+        b.numel() * b.element_size() for b in vit.buffers()
+    )
+
+
+def test_the_estimate_is_close_to_what_a_forward_pass_takes():
+    """Peak resident memory of a real forward pass (in a fresh process; Linux's peak-RSS reset)
+    against the estimate."""
+    import subprocess
+    import sys
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure a peak")
+    code = """
+import numpy as np
+from dinofeat.extractor import Extractor
+from dinofeat.registry import get_spec
+from dinofeat.vit import build_model
+
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+
+ex = Extractor(build_model(get_spec("dinov2_vits14"), depth=4).eval(), resolution=700, device="cpu", precision="fp32")
+image = np.zeros((700, 700, 3), np.uint8)
+need = ex.memory_needed(1, ex.processed_size((700, 700)))
+open("/proc/self/clear_refs", "w").write("5")  # the peak starts again from here
+before = status("VmRSS:")
+ex._run_model([image])
+print(need.total / (status("VmHWM:") - before))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert 0.7 < float(done.stdout) < 1.4, done.stdout

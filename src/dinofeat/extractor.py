@@ -13,6 +13,7 @@ from dinofeat.devices import autocast, resolve_device, resolve_precision
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
 from dinofeat.images import ImageLike, load_image, processed_size, resize, size_cap_note
+from dinofeat.memory import ForwardMemory, check_forward_memory, forward_memory
 from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION, ExtractorOptions
 from dinofeat.registry import DEFAULT_MODEL, ModelSpec
 from dinofeat.weights import load_model
@@ -171,9 +172,30 @@ class Extractor:
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 batch = [images[i] for i in chunk]
+                self.check_memory(len(batch), size_wh)
                 for i, fmap in zip(chunk, self._forward(batch, size_wh)):
                     results[i] = fmap
         return results  # type: ignore[return-value]
+
+    def memory_needed(self, batch: int, size_wh: tuple[int, int]) -> ForwardMemory:
+        """Estimated memory of one forward pass of ``batch`` images of ``size_wh`` processed pixels
+        (:func:`~dinofeat.memory.forward_memory`)."""
+        return forward_memory(
+            self.model,
+            batch,
+            size_wh,
+            stride=self.stride,
+            dtype=self.dtype,
+            device=self.device,
+            layers=self.layers,
+            facet=self.facet,
+        )
+
+    def check_memory(self, batch: int, size_wh: tuple[int, int]) -> None:
+        """Refuse (:class:`InputError`, with the estimate and what to lower) a forward pass that would
+        need more memory than the device has available (:func:`~dinofeat.memory.check_forward_memory`)."""
+        one = self.memory_needed(1, size_wh) if batch > 1 else None
+        check_forward_memory(self.memory_needed(batch, size_wh), self.device, one_image=one)
 
     def _announce_cap(self, image: np.ndarray) -> None:
         """Log, once per resolution and cap (not per image or frame), that ``max_size`` caps the
