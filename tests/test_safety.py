@@ -561,3 +561,139 @@ print(need.total / (status("VmHWM:") - before))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert 0.7 < float(done.stdout) < 1.4, done.stdout
+
+
+# -- 10. progress within a forward pass, and Ctrl-C between blocks ------------------------------
+@pytest.mark.parametrize("name", ["dinov2_vits14", "dinov3_vits16"])
+def test_the_block_loop_reports_each_block(name):
+    import torch
+
+    from conftest import random_vit
+
+    vit = random_vit(name, depth=3)
+    seen = []
+    with torch.inference_mode():
+        vit.forward_features(torch.zeros(1, 3, 32, 48), layers=(1,), on_block=lambda *step: seen.append(step))
+    assert seen == [(1, 2), (2, 2)]  # blocks after the deepest requested layer do not run
+
+
+def test_the_extractor_reports_block_progress_per_forward_pass(files):
+    import contextlib
+
+    from conftest import random_vit
+    from dinofeat.extractor import Extractor
+    from dinofeat.images import load_image
+
+    passes = []
+
+    @contextlib.contextmanager
+    def block_progress(what):
+        passes.append([what])
+        yield lambda done, total: passes[-1].append((done, total))
+
+    vit = random_vit("dinov2_vits14", depth=3)
+    extractor = Extractor(vit, resolution=56, device="cpu", batch_size=2, block_progress=block_progress)
+    image = load_image(files["a"])
+    extractor.extract_arrays([image, image, image])
+    assert passes == [
+        ["the model on 2 images of 70x56", (1, 3), (2, 3), (3, 3)],
+        ["the model on 70x56", (1, 3), (2, 3), (3, 3)],
+    ]
+    assert extractor.with_options(resolution=70).block_progress is block_progress
+
+
+@pytest.fixture(params=["inline", "helper thread"])
+def forward_thread(request, monkeypatch):
+    """Run forward passes in the calling thread, or (as big ones do) in the helper thread."""
+    import dinofeat.extractor
+
+    if request.param == "helper thread":
+        monkeypatch.setattr(dinofeat.extractor, "RESPONSIVE_BLOCK_FLOPS", 0)
+    return request.param
+
+
+def _interrupt_at_block(monkeypatch, block: int, then=None):
+    """Make the CLI's block bar raise KeyboardInterrupt (or call ``then``) at ``block``."""
+    from dinofeat.progress import TqdmProgress
+
+    plain = TqdmProgress.__call__
+
+    def call(self, done, total):
+        if self.unit == "block" and done == block:
+            if then is None:
+                raise KeyboardInterrupt
+            then()
+        plain(self, done, total)
+
+    monkeypatch.setattr(TqdmProgress, "__call__", call)
+
+
+@pytest.mark.parametrize("command", ["extract", "match", "pca", "track"])
+def test_an_interrupt_between_blocks_exits_130_and_writes_nothing(
+    tmp_path, files, model_args, capsys, monkeypatch, forward_thread, command
+):
+    _interrupt_at_block(monkeypatch, 5)
+    a, b, video = str(files["a"]), str(files["b"]), str(files["video"])
+    argv = {
+        "extract": ["extract", a, "-o", f"{tmp_path}/f.npz"],
+        "match": ["match", a, b, "-o", f"{tmp_path}/m.png", "--json", f"{tmp_path}/m.json"],
+        "pca": ["pca", a, b, "-o", f"{tmp_path}/p.png", "--save-pca", f"{tmp_path}/p.npz"],
+        "track": ["track", video, "--point", "9,9", "-o", f"{tmp_path}/t.mp4", "--csv", f"{tmp_path}/t.csv"],
+    }[command]
+    before = _listing(tmp_path)
+    assert main([*argv, *model_args]) == 130
+    assert capsys.readouterr().err == f"dinofeat {command}: interrupted\n"
+    assert _listing(tmp_path) == before  # no output, no half-written or temporary file
+
+
+def test_ctrl_c_is_answered_at_once_while_a_block_is_slow(tmp_path, files, model_args, capsys, monkeypatch):
+    """A block that takes seconds (a big model on a big image) does not hold up Ctrl-C: the pass
+    runs in the helper thread, the main thread answers the signal, the helper stops after its block."""
+    import signal
+    import threading
+    import time
+
+    import dinofeat.extractor
+
+    monkeypatch.setattr(dinofeat.extractor, "RESPONSIVE_BLOCK_FLOPS", 0)
+    release, pressed = threading.Event(), []
+
+    def slow_block():
+        if not pressed:
+            pressed.append(threading.current_thread().name)
+            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C during this block...
+            release.wait(10)  # ...which takes up to 10 s
+
+    _interrupt_at_block(monkeypatch, 2, then=slow_block)
+    start = time.monotonic()
+    try:
+        code = main(["extract", str(files["a"]), "-o", str(tmp_path / "f.npz"), *model_args])
+        elapsed = time.monotonic() - start
+    finally:
+        release.set()
+    assert code == 130 and elapsed < 2, elapsed
+    assert pressed == ["dinofeat-model"]
+    assert capsys.readouterr().err == "dinofeat extract: interrupted\n"
+    assert not (tmp_path / "f.npz").exists()
+    # the helper thread stopped after that block and takes the next pass
+    assert main(["extract", str(files["a"]), "-o", str(tmp_path / "f.npz"), *model_args, "--quiet"]) == 0
+
+
+def test_a_quiet_command_draws_no_block_bar(tmp_path, files, model_args, monkeypatch):
+    from dinofeat.progress import TqdmProgress
+
+    made = []
+    plain = TqdmProgress.__init__
+
+    def init(self, *args, **kwargs):
+        plain(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(TqdmProgress, "__init__", init)
+    for quiet in ([], ["--quiet"]):
+        made.clear()
+        assert main(["extract", str(files["a"]), "-o", str(tmp_path / "f.npz"), *model_args, *quiet]) == 0
+        bars = [bar for bar in made if bar.unit == "block"]
+        assert [(bar.desc, bar.enabled, bar.leave, bar.delay > 0) for bar in bars] == [
+            ("running the model on 70x56", not quiet, False, True)
+        ]

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if len(indices) == 0:
         raise InputError(f"--start {frames.start} is past the end of the video ({info.frames} frames)")
     queries = check_queries(_collect_queries(args, indices[0], info.size_wh), indices, info.size_wh)
-    extractor = make_extractor(model)
+    extractor = make_extractor(model, args)
     with progress_bar(args, "tracking", "frame") as bar:
         tracks = track_to_files(
             args.video,
