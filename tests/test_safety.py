@@ -697,3 +697,84 @@ def test_a_quiet_command_draws_no_block_bar(tmp_path, files, model_args, monkeyp
         assert [(bar.desc, bar.enabled, bar.leave, bar.delay > 0) for bar in bars] == [
             ("running the model on 70x56", not quiet, False, True)
         ]
+
+
+# -- 11. one summary line per command, none with --quiet; bars end at 100 % ---------------------
+def test_each_command_says_what_it_did_in_one_line(tmp_path, files, model_args, capsys):
+    import re
+
+    a, b, video = str(files["a"]), str(files["b"]), str(files["video"])
+    runs = [
+        (
+            ["extract", a, b, "-o", f"{tmp_path}/f.npz"],
+            "err",
+            rf"^dinofeat extract: 2 image\(s\), 5x4 patches x 384 -> {tmp_path}/f.npz$",
+        ),
+        (
+            ["match", a, b, "--grid", "3", "--mutual", "-o", f"{tmp_path}/m.png", "--json", f"{tmp_path}/m.json"],
+            "err",
+            rf"^dinofeat match: 9 matches, \d kept \(mutual\) -> {tmp_path}/m.png, {tmp_path}/m.json$",
+        ),
+        (["match", a, b, "--auto", "3"], "err", r"^dinofeat match: \d matches, \d kept -> standard output$"),
+        (["pca", a, b, "-o", f"{tmp_path}/p.png"], "out", rf"^dinofeat pca: 2 image\(s\), .* -> {tmp_path}/p.png$"),
+        (["pca", video, "-o", f"{tmp_path}/v.mp4"], "out", rf"^dinofeat pca: 4 frames at 8 fps -> {tmp_path}/v.mp4$"),
+        (
+            ["track", video, "--point", "9,9", "--point", "30,30", "--json", f"{tmp_path}/t.json"],
+            "err",
+            rf"^dinofeat track: 2 points x 4 frames, visible \d+% -> {tmp_path}/t.json$",
+        ),
+    ]
+    for argv, stream, line in runs:
+        capsys.readouterr()
+        assert main([*argv, *model_args]) == 0
+        captured = capsys.readouterr()
+        said = captured.err if stream == "err" else captured.out
+        if argv[0] == "match" and "-o" not in argv:
+            said = said.split("\n}\n")[-1]  # the JSON went to standard output, the summary to stderr
+        assert re.match(line, said.rstrip("\n")) and said.count("\n") == 1, (argv, said)
+        assert main([*argv, *model_args, "--quiet"]) == 0
+        quiet = capsys.readouterr()
+        assert quiet.err == "" and (quiet.out == "" or quiet.out.startswith("{")), (argv, quiet)
+
+
+class _Terminal:
+    """A stderr that says it is a terminal, so tqdm draws."""
+
+    def __init__(self) -> None:
+        import io
+
+        self.text = io.StringIO()
+
+    def write(self, text: str) -> int:
+        return self.text.write(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_ends_at_100_percent(monkeypatch):
+    import sys
+
+    from dinofeat.progress import TqdmProgress
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with TqdmProgress("tracking", "frame") as bar:
+        for done in (1, 2, 5):  # steps may be skipped; the bar shows where the work is
+            bar(done, 5)
+    final = terminal.text.getvalue().split("\r")[-1]
+    assert final.startswith("tracking: 100%") and "5/5" in final and final.endswith("\n")  # left on screen
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with TqdmProgress("running the model", "block", delay=30, leave=False) as bar:
+        for done in range(1, 13):
+            bar(done, 12)
+    assert terminal.text.getvalue().strip() == ""  # quicker than its delay: nothing drawn
+
+    with TqdmProgress("quiet", "frame", enabled=False) as bar:
+        bar(1, 2)
+    assert terminal.text.getvalue().strip() == ""
