@@ -778,3 +778,112 @@ def test_the_progress_bar_ends_at_100_percent(monkeypatch):
     with TqdmProgress("quiet", "frame", enabled=False) as bar:
         bar(1, 2)
     assert terminal.text.getvalue().strip() == ""
+
+
+# -- 12, 13. video frames: --every keeps the speed; pca takes --start and --max-frames too --------
+def test_every_k_th_frame_plays_at_the_input_speed(tmp_path, files, model_args, capsys):
+    from dinofeat.video import probe_video
+
+    video = str(files["video"])  # 4 frames at 8 fps
+    track = ["track", video, "--point", "9,9", "-o", f"{tmp_path}/t.mp4", "--every", "2", *model_args]
+    assert main(track) == 0
+    assert probe_video(tmp_path / "t.mp4").frames == 2 and probe_video(tmp_path / "t.mp4").fps == pytest.approx(4)
+    assert main(["pca", video, "-o", f"{tmp_path}/p.mp4", "--every", "2", *model_args]) == 0
+    assert probe_video(tmp_path / "p.mp4").frames == 2 and probe_video(tmp_path / "p.mp4").fps == pytest.approx(4)
+    for command in ("track", "pca"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "fps / K" in " ".join(capsys.readouterr().out.split())
+
+
+def test_pca_of_a_video_takes_start_and_max_frames(tmp_path, files, model_args, capsys):
+    from dinofeat.video import probe_video, read_frames
+
+    video = str(files["video"])
+    argv = ["pca", video, "-o", f"{tmp_path}/p.mp4", "--pca-only", "--start", "1", "--max-frames", "2", *model_args]
+    assert main([*argv, "--save-pca", f"{tmp_path}/p.npz"]) == 0
+    assert probe_video(tmp_path / "p.mp4").frames == 2
+    assert "2 frames at 8 fps" in capsys.readouterr().out
+    # the same frames coloured with the PCA fitted on them: frames 1 and 2 of the clip
+    whole = ["pca", video, "-o", f"{tmp_path}/all.mp4", "--pca-only", "--load-pca", f"{tmp_path}/p.npz", *model_args]
+    assert main(whole) == 0
+    ours = [frame.astype(int) for _, frame in read_frames(tmp_path / "p.mp4")]
+    every = [frame.astype(int) for _, frame in read_frames(tmp_path / "all.mp4")]
+    assert len(every) == 4
+    assert max(np.abs(a - b).mean() for a, b in zip(ours, every[1:3])) < 3  # H.264 may wobble a little
+    _refused(capsys, [*argv[: -len(model_args)], "--start", "9", *model_args], "past the end")
+
+
+# -- 14, 15, 16. pictures that explain themselves -----------------------------------------------
+def test_score_colours_come_with_a_colour_bar(tmp_path, model_args):
+    from PIL import Image
+
+    from dinofeat.drawing import draw_color_bar
+
+    scene = save_png(tmp_path / "s.png", _scene(3))
+    pictures = {}
+    for color_by in ("index", "score"):
+        out = tmp_path / f"{color_by}.png"
+        argv = ["match", str(scene), str(scene), "--point", "4,52", "--color-by", color_by, "-o", str(out)]
+        assert main([*argv, *model_args, "--quiet"]) == 0
+        with Image.open(out) as picture:
+            pictures[color_by] = np.asarray(picture).astype(float)
+    bar = draw_color_bar(360 // 3).astype(float)  # the picture is 360 high (small images are scaled up)
+    corner = {name: p[: bar.shape[0], -bar.shape[1] :] for name, p in pictures.items()}  # B's top-right
+    # the legend is blended over B at 85 %: far from B's own pixels, within 15 % of the bar
+    assert np.abs(corner["score"] - 0.85 * bar).max() <= 0.15 * 255 + 1
+    assert np.abs(corner["index"] - 0.85 * bar).max() > 100
+
+
+def test_a_joint_pca_figure_wraps_into_labelled_rows(tmp_path, model_args):
+    from PIL import Image
+
+    def scene(seed):  # plain grey with a textured middle: the corners (where labels go) are grey
+        image = np.full((H, W, 3), 170, np.uint8)
+        image[18:46, 20:50] = _scene(seed)[18:46, 20:50]
+        return image
+
+    paths = [str(save_png(tmp_path / f"photo_{i}.png", scene(i))) for i in range(5)]
+    assert main(["pca", *paths, "-o", str(tmp_path / "fig.png"), "--pca-only", *model_args, "--quiet"]) == 0
+    with Image.open(tmp_path / "fig.png") as picture:
+        figure = np.asarray(picture)
+    gap = 8
+    assert figure.shape == (2 * H + gap, 3 * W + 2 * gap, 3)  # ceil(sqrt(5)) = 3 columns, 2 rows
+    for i in range(5):
+        row, column = divmod(i, 3)
+        y, x = row * (H + gap), column * (W + gap)
+        band = figure[y : y + 12, x : x + 40].astype(int)
+        assert band.max() >= 200 and np.median(band) < 100, i  # light text on a dark band
+    assert (figure[H + gap :, 2 * (W + gap) :] == 255).all()  # the last row's empty place
+
+
+def test_a_vertical_layout_stacks_a_over_b(tmp_path, files, model_args):
+    from PIL import Image
+
+    from dinofeat.drawing import match_canvas_layout
+
+    out = tmp_path / "v.png"
+    argv = ["match", str(files["a"]), str(files["b"]), "--layout", "vertical", "--height", "200", "-o", str(out)]
+    assert main([*argv, *model_args, "--quiet"]) == 0
+    height, gap, scale_a, _, _ = match_canvas_layout((W, H), (W, H), 200)
+    with Image.open(out) as picture:
+        assert picture.size == (round(W * scale_a), 2 * height + gap)
+
+
+def test_many_matches_are_drawn_thin_and_see_through():
+    from types import SimpleNamespace
+
+    from dinofeat.drawing import MANY_MATCHES, draw_matches
+
+    white = np.full((100, 100, 3), 255, np.uint8)
+
+    def darkest_on_lines(n):
+        y = np.arange(n, dtype=float) * 2  # horizontal lines 7.2 px apart in the picture
+        xy = np.stack([np.full(n, 50.0), y], axis=1)
+        m = SimpleNamespace(source_xy=xy, target_xy=xy, scores=np.ones(n))
+        picture = draw_matches(white, white, m).astype(int)
+        middle = picture[:, 370:380]  # between A's dots and B's, where only lines are
+        return (255 - middle).max(axis=(1, 2))[: round(7.2 * (n - 1))].max()
+
+    few, many = darkest_on_lines(MANY_MATCHES), darkest_on_lines(MANY_MATCHES + 1)
+    assert many < 0.7 * few  # semi-transparent (55 %) and thin
