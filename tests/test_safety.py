@@ -887,3 +887,40 @@ def test_many_matches_are_drawn_thin_and_see_through():
 
     few, many = darkest_on_lines(MANY_MATCHES), darkest_on_lines(MANY_MATCHES + 1)
     assert many < 0.7 * few  # semi-transparent (55 %) and thin
+
+
+# -- 17. drawing functions take paths, PIL images and arrays; README snippets run ----------------
+def test_every_drawing_function_takes_a_path_a_pil_image_or_an_array(files):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from dinofeat import drawing
+
+    path = files["a"]
+    array = np.asarray(Image.open(path).convert("RGB"))
+    forms = {"path": path, "str": str(path), "pil": Image.open(path), "array": array, "float": array / 255.0}
+    xy = np.array([[10.0, 12.0], [40.0, 30.0]])
+    matches = SimpleNamespace(source_xy=xy, target_xy=xy + 3, scores=np.array([0.9, 0.4]))
+    heat = np.linspace(0, 1, H * W).reshape(H, W)
+    colors = np.full((H, W, 3), 200, np.uint8)
+    draws = {
+        "draw_points": lambda image: drawing.draw_points(image, xy),
+        "draw_matches": lambda image: drawing.draw_matches(image, image, matches, color_by="score"),
+        "draw_heatmap": lambda image: drawing.draw_heatmap(image, heat, point_xy=(10, 10)),
+        "draw_tracks": lambda image: drawing.draw_tracks(image, np.stack([xy, xy + 2]), np.ones((2, 2), bool)),
+        "draw_pca_side_by_side": lambda image: drawing.draw_pca_side_by_side(image, colors),
+        "draw_pca_side_by_side (colours)": lambda image: drawing.draw_pca_side_by_side(array, image),
+        "draw_pca_overlay": lambda image: drawing.draw_pca_overlay(image, colors, 0.5),
+        "TrailAnnotator.annotate": lambda image: drawing.TrailAnnotator(2, length=3).annotate(image, xy, [True, True]),
+    }
+    for name, draw in draws.items():
+        expected = draw(array)
+        assert expected.dtype == np.uint8 and expected.shape[2] == 3, name
+        for form, image in forms.items():
+            got = draw(image)
+            if form == "float":  # float -> uint8 rounds: within one level
+                assert np.abs(got.astype(int) - expected).max() <= 1, (name, form)
+            else:
+                np.testing.assert_array_equal(got, expected, err_msg=f"{name} from a {form}")
+    np.testing.assert_array_equal(array, np.asarray(Image.open(path).convert("RGB")))  # inputs untouched
