@@ -58,6 +58,29 @@ def test_click_maps_gradio_index_to_pixel_centres():
     assert click_to_pixel([99, -4], (10, 8)) == (9.5, -0.5)
 
 
+def test_small_images_are_shown_enlarged_and_clicks_mapped_back(session, video, images):
+    """A 176x144 frame is shown 3 times larger (Gradio never enlarges it); a click on the enlarged
+    panel is a position in the frame's own pixels."""
+    pytest.importorskip("gradio")
+    from dinofeat.app import handlers
+
+    frame = np.zeros((144, 176, 3), np.uint8)
+    assert handlers.panel_scale((176, 144)) == 3 and handlers.panel_scale((640, 480)) == 1
+    panel = handlers.click_panel(frame, [[10.0, 20.0]])
+    assert panel.shape == (432, 528, 3)
+    assert panel[61, 31].any() and not panel[61, 100].any()  # the dot at pixel (10, 20)'s centre, scaled
+    view = session.open_video(video)  # 112x84: shown 5 times larger
+    shown = handlers.click_panel(session.video_frame(video, 0))
+    assert shown.shape == (84 * 5, 112 * 5, 3)
+    queries, _, marked = handlers.track_click(view, session.video_frame(video, 0), 0, [], [52, 101])
+    assert queries == [[0, 9.9, 19.7]] and marked.shape == shown.shape  # 52 / 5 - 0.5, 101 / 5 - 0.5
+    a = images[0]  # 160 x 120: 4 times
+    out = handlers.match_click(session, a, None, [], ["a.png", "B"], None, False, "none", "index", [42, 18])
+    assert out[1] == [[10.0, 4.0]] and out[0].shape == (480, 640, 3)
+    big = np.zeros((600, 800, 3), np.uint8)
+    np.testing.assert_array_equal(handlers.click_panel(big), big)  # large enough: as it is
+
+
 @pytest.mark.parametrize("index", [None, [], [1], ["a", 2], [1, 2, 3]])
 def test_click_outside_the_image_is_a_clear_error(index):
     with pytest.raises(InputError, match="click inside the image"):

@@ -11,6 +11,7 @@ not needed: the system browser is used. Marked ``e2e``: a plain ``pytest`` leave
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -119,17 +120,39 @@ def inputs(tmp_path_factory, photo):
 
 
 def click_image(page, selector: str, fx: float, fy: float) -> tuple[int, int]:
-    """Click at the fraction (fx, fy) of the displayed image; returns the expected ``evt.index``:
-    the distance from the image corner in natural pixels, rounded (what the browser computes)."""
+    """Click at the fraction (fx, fy) of the image as the browser draws it (inside any letterbox);
+    returns the expected ``evt.index``: the distance from the image corner in the natural pixels of
+    the image shown, rounded, as Gradio computes it (an image smaller than its box is drawn at its
+    natural size, centred; a larger one is shrunk to fit, keeping its aspect ratio)."""
     img = page.locator(f"{selector} img").first
+    natural_w, natural_h = natural_size(page, selector)
     box = img.bounding_box()
-    natural_w, natural_h = img.evaluate("e => [e.naturalWidth, e.naturalHeight]")
-    cx, cy = round(box["x"] + fx * box["width"]), round(box["y"] + fy * box["height"])
-    page.mouse.click(cx, cy)
     scale = min(box["width"] / natural_w, box["height"] / natural_h, 1.0)
     left = box["x"] + (box["width"] - natural_w * scale) / 2
     top = box["y"] + (box["height"] - natural_h * scale) / 2
-    return round((cx - left) / scale), round((cy - top) / scale)
+    cx, cy = round(left + fx * natural_w * scale), round(top + fy * natural_h * scale)  # mouse events: whole pixels
+    page.mouse.click(cx, cy)
+    index = js_round((cx - left) / scale), js_round((cy - top) / scale)
+    assert 0 <= index[0] < natural_w and 0 <= index[1] < natural_h  # the click landed on the image
+    return index
+
+
+def natural_size(page, selector: str) -> tuple[int, int]:
+    """The natural size of the image shown, once it is decoded (a new ``src`` loads a moment)."""
+    script = "e => e.decode().then(() => [e.naturalWidth, e.naturalHeight])"
+    return tuple(page.locator(f"{selector} img").first.evaluate(script))
+
+
+def js_round(value: float) -> int:
+    """JavaScript's ``Math.round``: halves go up (Python's ``round`` takes them to even)."""
+    return math.floor(value + 0.5)
+
+
+def shown_scale(page, selector: str, size_wh: tuple[int, int]) -> int:
+    """How many times the panel enlarged an image of ``size_wh`` (its natural size over the original)."""
+    natural_w, natural_h = natural_size(page, selector)
+    assert natural_w % size_wh[0] == 0 and natural_w // size_wh[0] == natural_h // size_wh[1]
+    return natural_w // size_wh[0]
 
 
 def wait_image(page, selector: str) -> None:
@@ -155,6 +178,8 @@ def test_match_tab_upload_click_shows_matches_and_json(page, inputs, server):
     wait_text(page, "#match_status", "B: b.png (240x160)")
 
     index = click_image(page, "#match_a", 0.5, 0.5)
+    k = shown_scale(page, "#match_a", inputs["size_a"])
+    assert k == 3  # 240x160 is shown 3 times larger, to click on
     wait_image(page, "#match_picture")
     wait_image(page, "#match_heatmap")
     wait_text(page, "#match_status", "1 point(s), 1 match(es) kept")
@@ -168,7 +193,7 @@ def test_match_tab_upload_click_shows_matches_and_json(page, inputs, server):
     files = sorted(server[1].workdir.glob("match-*/*.json"))
     data = json.loads(files[-1].read_text())
     source = data["matches"][-1]["source"]
-    assert source == pytest.approx([index[0] - 0.5, index[1] - 0.5], abs=1e-3)
+    assert source == pytest.approx([index[0] / k - 0.5, index[1] / k - 0.5], abs=0.005)  # the JSON has 2 decimals
     assert data["image_a"]["size"] == list(inputs["size_a"])
 
     # a second click adds a second match
@@ -190,8 +215,9 @@ def test_track_tab_click_and_track(page, inputs):
     wait_image(page, "#track_frame")
     wait_text(page, "#track_summary", "5 frames")
     index = click_image(page, "#track_frame", 0.5, 0.5)
-    wait_text(page, "#track_points", ".5")
-    assert f"{index[0] - 0.5:g}" in json_text(page, "#track_points")
+    k = shown_scale(page, "#track_frame", (160, 112))
+    expected = round(index[0] / k - 0.5, 3)
+    wait_text(page, "#track_points", f"{expected:g}")
 
     page.locator("#track_run").click()
     page.wait_for_selector("#track_result video[src]", state="attached")
@@ -207,3 +233,35 @@ def test_pca_tab_example_runs_in_one_click(page):
     wait_text(page, "#pca_summary", "Joint PCA of astronaut.jpg, astronaut_warped.jpg")
     assert page.locator("#pca_gallery img").count() >= 2
     wait_text(page, "#pca_downloads", "pca.npz")
+
+
+def test_a_small_video_is_shown_large_and_clicked_in_its_own_pixels(page, server, tmp_path_factory, photo):
+    """A 176x144 (QCIF) video: the click panel shows it enlarged on screen, and a click lands on the
+    original pixel under the pointer."""
+    from dinofeat.video import VideoWriter
+
+    video = tmp_path_factory.mktemp("qcif") / "qcif.mp4"
+    with VideoWriter(video, fps=10, size_wh=(176, 144)) as sink:
+        for t in range(3):
+            sink.write(np.ascontiguousarray(photo[50:194, 100 + 2 * t : 276 + 2 * t]))
+    page = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})  # the shared page holds a video
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server[0])
+    page.get_by_role("tab", name="Track").click()
+    page.locator("#track_video input[type=file]").set_input_files(str(video))
+    wait_text(page, "#track_summary", "qcif.mp4: 3 frames")
+    wait_image(page, "#track_frame")
+    page.wait_for_function("(document.querySelector('#track_frame img') || {}).naturalWidth == 528")
+    k = shown_scale(page, "#track_frame", (176, 144))
+    assert k == 3
+    box = page.locator("#track_frame img").first.bounding_box()
+    assert min(box["width"] / 176, box["height"] / 144) > 1.5  # drawn larger than the video's own pixels
+
+    index = click_image(page, "#track_frame", 0.3, 0.6)
+    x, y = (round(v / k - 0.5, 3) for v in index)
+    assert 0 <= x < 176 and 0 <= y < 144
+    wait_text(page, "#track_points", f"{x:g}")
+    shown = json_text(page, "#track_points").replace("\n", "")
+    assert f"[0,{x:g},{y:g}]" in shown, shown  # the query, [frame, x, y], in the video's pixels
+    assert abs(x - 0.3 * 176) <= 1 and abs(y - 0.6 * 144) <= 1  # the pixel under the pointer
+    page.close()

@@ -36,7 +36,7 @@ RoPE conventions (those of Meta's ``dinov3/layers/rope_position_encoding.py``)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -279,6 +279,7 @@ class DinoV3VisionTransformer(nn.Module):
         facet: str = "token",
         stride: int | None = None,
         norm: bool = True,
+        on_block: Callable[[int, int], None] | None = None,
     ) -> ViTOutput:
         """Run the model on normalised images (B, 3, H, W); H and W fit the patch grid.
 
@@ -288,6 +289,10 @@ class DinoV3VisionTransformer(nn.Module):
         rotation depends only on a patch's position, so unrotated vectors describe content alike at
         every position (what matching wants); the key facet has no bias (``bias_mask``). Blocks after
         the deepest requested layer are skipped.
+
+        ``on_block(done, total)`` is called after each block run (``done`` from 1 to ``total``, the
+        blocks up to the deepest requested layer): progress for long forward passes, and a point
+        where an exception (an interrupt) stops the pass between blocks.
         """
         if facet not in FACETS:
             raise InputError(f"unknown facet {facet!r}; choose one of {', '.join(FACETS)}")
@@ -299,8 +304,11 @@ class DinoV3VisionTransformer(nn.Module):
         rope = self.rope(grid_hw, stride, x.device)
         first_patch = 1 + self.num_registers
         picked: dict[int, torch.Tensor] = {}
-        for index, block in enumerate(self.blocks[: max(wanted) + 1]):
+        run = self.blocks[: max(wanted) + 1]
+        for index, block in enumerate(run):
             x, qkv = block(x, rope)
+            if on_block is not None:
+                on_block(index + 1, len(run))
             if index not in wanted:
                 continue
             if facet == "token":

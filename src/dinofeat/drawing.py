@@ -1,6 +1,9 @@
 """Pure drawing functions: images in, new image out (``(H, W, 3) uint8 RGB``; inputs never modified).
 
-OpenCV does the rasterising (anti-aliased lines and circles); colours here are RGB.
+Every image argument may be a path, a PIL image or an array (converted at the boundary by
+:func:`dinofeat.images.load_image`: grayscale, float and RGBA arrays become RGB; a ``uint8``
+RGB(A) array is used as it is). OpenCV does the rasterising (anti-aliased lines and circles);
+colours here are RGB.
 """
 
 from __future__ import annotations
@@ -9,6 +12,20 @@ import colorsys
 import math
 
 import numpy as np
+
+
+def as_image(image) -> np.ndarray:
+    """A drawing function's image argument as an ``(H, W, 3|4) uint8`` array: paths, PIL images and
+    other arrays through :func:`dinofeat.images.load_image` (RGB); ``uint8`` RGB(A) arrays as they are.
+
+    >>> as_image(np.zeros((2, 3), np.float32)).shape
+    (2, 3, 3)
+    """
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] in (3, 4):
+        return image
+    from dinofeat.images import load_image
+
+    return load_image(image)
 
 
 def palette(n: int) -> np.ndarray:
@@ -42,16 +59,16 @@ def _draw_dot(canvas: np.ndarray, centre_fixed, radius: int, color) -> None:
     cv2.circle(canvas, centre, radius << _SUBPIXEL_BITS, tuple(int(c) for c in color), -1, cv2.LINE_AA, _SUBPIXEL_BITS)
 
 
-def draw_points(image: np.ndarray, points_xy) -> np.ndarray:
-    """``image`` with numbered dots (colours of :func:`palette`) at ``points_xy`` ``(N, 2)`` pixels:
-    a new ``(H, W, 3) uint8 RGB`` image; the input is untouched.
+def draw_points(image, points_xy) -> np.ndarray:
+    """``image`` (a path, PIL image or array) with numbered dots (colours of :func:`palette`) at
+    ``points_xy`` ``(N, 2)`` pixels: a new ``(H, W, 3) uint8 RGB`` image; the input is untouched.
 
     >>> bool(draw_points(np.zeros((20, 30, 3), np.uint8), [[10.0, 10.0]])[10, 10].any())
     True
     """
     import cv2
 
-    out = np.ascontiguousarray(image[..., :3]).copy()
+    out = np.ascontiguousarray(as_image(image)[..., :3]).copy()
     points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
     if len(points) == 0:
         return out
@@ -76,12 +93,15 @@ def _same_channels(images) -> list[np.ndarray]:
     ]
 
 
-def draw_pca_side_by_side(image: np.ndarray, colors: np.ndarray, *, gap: int = 0, fill: int = 255) -> np.ndarray:
+def draw_pca_side_by_side(image, colors, *, gap: int = 0, fill: int = 255) -> np.ndarray:
     """The image and its PCA colours (same height) next to each other: ``(H, 2W + gap, 3|4) uint8``.
+
+    ``image`` and ``colors`` are paths, PIL images or arrays (``(H, W, 3|4) uint8`` RGB(A)).
 
     >>> draw_pca_side_by_side(np.zeros((4, 5, 3), np.uint8), np.ones((4, 5, 3), np.uint8), gap=2).shape
     (4, 12, 3)
     """
+    image, colors = as_image(image), as_image(colors)
     if image.shape[:2] != colors.shape[:2]:
         raise ValueError(f"image {image.shape[:2]} and colours {colors.shape[:2]} differ in size")
     image, colors = _same_channels([image, colors])
@@ -89,12 +109,11 @@ def draw_pca_side_by_side(image: np.ndarray, colors: np.ndarray, *, gap: int = 0
     return np.concatenate([image, spacer, colors], axis=1)
 
 
-def draw_pca_overlay(
-    image: np.ndarray, colors: np.ndarray, alpha: float = 0.5, mask: np.ndarray | None = None
-) -> np.ndarray:
+def draw_pca_overlay(image, colors, alpha: float = 0.5, mask: np.ndarray | None = None) -> np.ndarray:
     """Blend PCA colours over the image: ``(1 - alpha) * image + alpha * colors`` where ``mask``.
 
-    ``image`` and ``colors`` are ``(H, W, 3) uint8`` RGB; ``mask`` ``(H, W)`` bool marks the
+    ``image`` and ``colors`` are ``(H, W, 3) uint8`` RGB (or paths, PIL images, other arrays);
+    ``mask`` ``(H, W)`` bool marks the
     foreground (elsewhere the image is left as it is); ``alpha`` in [0, 1].
 
     >>> draw_pca_overlay(np.zeros((1, 2, 3), np.uint8), np.full((1, 2, 3), 200, np.uint8), 0.5,
@@ -103,6 +122,7 @@ def draw_pca_overlay(
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    image, colors = as_image(image)[..., :3], as_image(colors)
     blend = image.astype(np.float32) * (1 - alpha) + colors[..., :3].astype(np.float32) * alpha
     out = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
     if mask is not None:
@@ -296,13 +316,11 @@ def draw_matches(
     """
     import cv2
 
-    from dinofeat.images import load_image
-
     if color_by not in ("index", "score"):
         raise ValueError(f"color_by must be 'index' or 'score', got {color_by!r}")
     if layout not in ("horizontal", "vertical"):
         raise ValueError(f"layout must be 'horizontal' or 'vertical', got {layout!r}")
-    image_a, image_b = load_image(image_a), load_image(image_b)
+    image_a, image_b = as_image(image_a)[..., :3], as_image(image_b)[..., :3]
     src = np.asarray(matches.source_xy, dtype=np.float64).reshape(-1, 2)
     dst = np.asarray(matches.target_xy, dtype=np.float64).reshape(-1, 2)
     scores = np.asarray(matches.scores, dtype=np.float64).reshape(-1)
@@ -348,15 +366,17 @@ def draw_matches(
     return canvas
 
 
-def draw_heatmap(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.55, point_xy=None) -> np.ndarray:
+def draw_heatmap(image, heat: np.ndarray, *, alpha: float = 0.55, point_xy=None) -> np.ndarray:
     """``heat`` ``(H, W)`` float (any range; min-max scaled, TURBO colours) blended over ``image``
-    ``(H, W, 3) uint8`` RGB; ``point_xy`` (x, y) marks a position with a white cross.
+    (``(H, W, 3) uint8`` RGB, a path or a PIL image); ``point_xy`` (x, y) marks a position with a
+    white cross.
 
     >>> draw_heatmap(np.zeros((4, 6, 3), np.uint8), np.arange(24.0).reshape(4, 6)).shape
     (4, 6, 3)
     """
     import cv2
 
+    image, heat = as_image(image), np.asarray(heat)
     if heat.shape[:2] != image.shape[:2]:
         raise ValueError(f"heat map {heat.shape[:2]} and image {image.shape[:2]} differ in size")
     low, high = float(np.nanmin(heat)), float(np.nanmax(heat))
@@ -383,7 +403,7 @@ def _resize_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def draw_tracks(
-    image: np.ndarray,
+    image,
     trail_xy: np.ndarray,
     trail_visible: np.ndarray,
     colors: np.ndarray | None = None,
@@ -394,7 +414,7 @@ def draw_tracks(
     """Tracked points with fading trails on a video frame: a new ``(H, W, 3) uint8 RGB`` image.
 
     Args:
-        image: the frame, ``(H, W, 3) uint8 RGB`` (not modified).
+        image: the frame, ``(H, W, 3) uint8 RGB`` (not modified), or a path or PIL image.
         trail_xy: ``(L, N, 2)`` positions (original pixels) of ``N`` points over the last ``L`` frames,
             oldest first; the last row is the current frame.
         trail_visible: ``(L, N)`` bool; a trail segment is drawn only between two visible positions,
@@ -412,6 +432,7 @@ def draw_tracks(
     """
     import cv2
 
+    image = np.ascontiguousarray(as_image(image)[..., :3])
     trail_xy = np.asarray(trail_xy, dtype=np.float64).reshape(len(trail_visible), -1, 2)
     trail_visible = np.asarray(trail_visible, dtype=bool) & np.isfinite(trail_xy).all(axis=-1)
     length, n = trail_visible.shape
@@ -466,9 +487,9 @@ class TrailAnnotator:
         self.colors = palette(n_points) if colors is None else np.asarray(colors, dtype=np.uint8).reshape(n_points, 3)
         self._recent: deque = deque(maxlen=length + 1)  # positions of the last frames, the current one included
 
-    def annotate(self, frame: np.ndarray, points_xy, visible) -> np.ndarray:
-        """The ``(H, W, 3) uint8 RGB`` frame with the points at ``points_xy`` ``(N, 2)`` (drawn where
-        ``visible`` ``(N,)``) and their trails; ``frame`` is not modified."""
+    def annotate(self, frame, points_xy, visible) -> np.ndarray:
+        """The ``(H, W, 3) uint8 RGB`` frame (or a path, PIL image) with the points at ``points_xy``
+        ``(N, 2)`` (drawn where ``visible`` ``(N,)``) and their trails; ``frame`` is not modified."""
         self._recent.append((np.asarray(points_xy, dtype=np.float64), np.asarray(visible, dtype=bool)))
         trail_xy = np.stack([xy for xy, _ in self._recent])
         trail_visible = np.stack([v for _, v in self._recent])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -11,10 +13,23 @@ import torch
 from dinofeat.devices import autocast, resolve_device, resolve_precision
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
-from dinofeat.images import ImageLike, load_image, processed_size, resize
+from dinofeat.images import ImageLike, load_image, processed_size, resize, size_cap_note
+from dinofeat.memory import ForwardMemory, check_forward_memory, forward_memory
+from dinofeat.modelthread import run_responsively
 from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION, ExtractorOptions
+from dinofeat.progress import Progress
 from dinofeat.registry import DEFAULT_MODEL, ModelSpec
 from dinofeat.weights import load_model
+
+log = logging.getLogger(__name__)
+
+#: A forward pass whose blocks are estimated at more multiply-adds than this (a fraction of a second
+#: each on a laptop CPU) runs in a helper thread, so that Ctrl-C is answered at once (see
+#: :mod:`dinofeat.modelthread`); smaller ones run in the calling thread.
+RESPONSIVE_BLOCK_FLOPS = 2e10
+#: ``block_progress(description)`` gives a context manager yielding the forward pass's
+#: :class:`~dinofeat.progress.Progress` (called as ``progress(blocks_done, blocks_total)``).
+BlockProgress = Callable[[str], contextlib.AbstractContextManager]
 
 
 class Extractor:
@@ -34,6 +49,15 @@ class Extractor:
         layers: block index or indices (negative from the end); several are concatenated along C.
         facet: ``token`` (default, normalised block output) or ``key`` / ``query`` / ``value``.
         batch_size: images per forward pass.
+        block_progress: for progress within a forward pass (a big image's can take a while):
+            called as ``block_progress("the model on 1344x1792")`` before each forward pass, it
+            gives a context manager yielding a :class:`~dinofeat.progress.Progress` that is called
+            after each block as ``progress(blocks_done, blocks_total)`` (the CLI draws a bar after
+            a few seconds). Raising from it (an interrupt) stops the pass between blocks.
+
+    A forward pass estimated to need more memory than is available is refused
+    (:meth:`check_memory`); a resolution capped by ``max_size`` is logged once. Long forward passes
+    answer Ctrl-C at once (:mod:`dinofeat.modelthread`).
 
     Every option is checked as :class:`~dinofeat.options.ExtractorOptions` says; ``options`` holds
     them, :meth:`with_options` gives a re-checked copy sharing the loaded model.
@@ -59,6 +83,7 @@ class Extractor:
         layers: int | Sequence[int] = -1,
         facet: str = "token",
         batch_size: int = 8,
+        block_progress: BlockProgress | None = None,
     ) -> None:
         name = model if isinstance(model, str) else model.spec.name
         options = ExtractorOptions(
@@ -76,23 +101,30 @@ class Extractor:
         device_ = device if isinstance(device, torch.device) else resolve_device(options.device)
         vit = model if not isinstance(model, str) else load_model(options.model, options.weights)
         self._setup(vit.eval().to(device_), device_, options)
+        self.block_progress = block_progress
 
     @classmethod
-    def from_options(cls, options: ExtractorOptions, model: torch.nn.Module | None = None) -> Extractor:
+    def from_options(
+        cls,
+        options: ExtractorOptions,
+        model: torch.nn.Module | None = None,
+        *,
+        block_progress: BlockProgress | None = None,
+    ) -> Extractor:
         """An extractor for ``options`` (the model is loaded from ``options.model``/``weights`` unless given)."""
         self = cls.__new__(cls)
         device = resolve_device(options.device)
         vit = model if model is not None else load_model(options.model, options.weights)
         self._setup(vit.eval().to(device), device, options)
+        self.block_progress = block_progress
         return self
 
     def _setup(self, vit: torch.nn.Module, device: torch.device, options: ExtractorOptions) -> None:
         if not 1 <= (options.stride or vit.patch_size) <= vit.patch_size:
             raise InputError(f"--stride must be between 1 and the patch size {vit.patch_size}, got {options.stride}")
-        if options.resolution < vit.patch_size:
-            raise InputError(
-                f"--resolution must be at least the patch size ({vit.patch_size}), got {options.resolution}"
-            )
+        for flag, value in (("--resolution", options.resolution), ("--max-size", options.max_size)):
+            if value is not None and value < vit.patch_size:
+                raise InputError(f"{flag} must be at least the patch size ({vit.patch_size}), got {value}")
         vit.resolve_layers(options.layers)  # fail early on a bad layer
         self.model = vit
         self.device = device
@@ -101,6 +133,7 @@ class Extractor:
         mean, std = torch.tensor(vit.spec.mean), torch.tensor(vit.spec.std)
         self._mean = (mean * 255).view(1, 3, 1, 1).to(device)
         self._std = (std * 255).view(1, 3, 1, 1).to(device)
+        self._announced: set = set()  # size caps already announced (shared with with_options copies)
 
     def with_options(self, **changes) -> Extractor:
         """A copy with other feature options (resolution, max_size, stride, layers, facet, batch_size,
@@ -110,6 +143,8 @@ class Extractor:
             raise InputError(f"with_options cannot change {', '.join(sorted(fixed))}: build another Extractor")
         other = type(self).__new__(type(self))
         other._setup(self.model, self.device, self.options.replace(**changes))
+        other._announced = self._announced
+        other.block_progress = self.block_progress
         return other
 
     # -- settings -------------------------------------------------------------------------------
@@ -163,12 +198,51 @@ class Extractor:
             groups.setdefault(self.processed_size((image.shape[1], image.shape[0])), []).append(index)
         results: list[FeatureMap | None] = [None] * len(images)
         for size_wh, indices in groups.items():
+            self._announce_cap(images[indices[0]])
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 batch = [images[i] for i in chunk]
+                self.check_memory(len(batch), size_wh)
                 for i, fmap in zip(chunk, self._forward(batch, size_wh)):
                     results[i] = fmap
         return results  # type: ignore[return-value]
+
+    def memory_needed(self, batch: int, size_wh: tuple[int, int]) -> ForwardMemory:
+        """Estimated memory of one forward pass of ``batch`` images of ``size_wh`` processed pixels
+        (:func:`~dinofeat.memory.forward_memory`)."""
+        return forward_memory(
+            self.model,
+            batch,
+            size_wh,
+            stride=self.stride,
+            dtype=self.dtype,
+            device=self.device,
+            layers=self.layers,
+            facet=self.facet,
+        )
+
+    def check_memory(self, batch: int, size_wh: tuple[int, int]) -> None:
+        """Refuse (:class:`InputError`, with the estimate and what to lower) a forward pass that would
+        need more memory than the device has available (:func:`~dinofeat.memory.check_forward_memory`)."""
+        one = self.memory_needed(1, size_wh) if batch > 1 else None
+        check_forward_memory(self.memory_needed(batch, size_wh), self.device, one_image=one)
+
+    def _announce_cap(self, image: np.ndarray) -> None:
+        """Log, once per resolution and cap (not per image or frame), that ``max_size`` caps the
+        resolution asked for; the first image capped is the example given."""
+        key = (self.resolution, self.max_size, self.stride)
+        if key in self._announced:
+            return
+        note = size_cap_note(
+            (image.shape[1], image.shape[0]),
+            self.resolution,
+            patch_size=self.model.patch_size,
+            stride=self.stride,
+            max_size=self.max_size,
+        )
+        if note is not None:
+            self._announced.add(key)
+            log.warning("%s; said once, other images are capped alike", note)
 
     def _forward(self, images: list[np.ndarray], size_wh: tuple[int, int]) -> list[FeatureMap]:
         tokens, cls, regs = self._run_model([resize(image, size_wh) for image in images])
@@ -186,13 +260,39 @@ class Extractor:
             for b, image in enumerate(images)
         ]
 
-    @torch.inference_mode()
     def _run_model(self, batch: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Same-size ``(H, W, 3) uint8`` images -> patch tokens (B, h, w, C), CLS (B, C), registers (B, R, C)."""
+        """Same-size ``(H, W, 3) uint8`` images -> patch tokens (B, h, w, C), CLS (B, C), registers (B, R, C).
+
+        Progress goes to :attr:`block_progress` block by block; a long pass runs in the helper
+        thread of :mod:`dinofeat.modelthread` so that an interrupt is answered at once."""
+        h, w = batch[0].shape[:2]
+        what = f"the model on {w}x{h}" if len(batch) == 1 else f"the model on {len(batch)} images of {w}x{h}"
+        opened = self.block_progress(what) if self.block_progress is not None else contextlib.nullcontext()
+        with opened as progress:
+            if self._block_flops(len(batch), (w, h)) < RESPONSIVE_BLOCK_FLOPS:
+                return self._model_pass(batch, progress, None)
+            return run_responsively(lambda cancel: self._model_pass(batch, progress, cancel))
+
+    def _block_flops(self, batch: int, size_wh: tuple[int, int]) -> float:
+        """Multiply-adds of one block (projections, MLP and attention) for ``batch`` images."""
+        gh, gw = self.model.grid_size(size_wh[1], size_wh[0], self.stride)
+        tokens, dim = gh * gw + 1 + self.model.num_registers, self.spec.embed_dim
+        return batch * (12 * tokens * dim * dim + 2 * tokens * tokens * dim)
+
+    @torch.inference_mode()
+    def _model_pass(self, batch: list[np.ndarray], progress: Progress | None, cancel) -> tuple:
+        def on_block(done: int, total: int) -> None:
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt  # the caller was interrupted: stop between blocks
+            if progress is not None:
+                progress(done, total)
+
         pixels = torch.from_numpy(np.stack(batch)).to(self.device).permute(0, 3, 1, 2).float()
         pixels = (pixels - self._mean) / self._std
         with autocast(self.device, self.dtype):
-            out = self.model.forward_features(pixels, layers=self.layers, facet=self.facet, stride=self.stride)
+            out = self.model.forward_features(
+                pixels, layers=self.layers, facet=self.facet, stride=self.stride, on_block=on_block
+            )
         gh, gw = out.grid_hw
         tokens = torch.cat(out.patch_tokens, dim=-1).float().reshape(len(batch), gh, gw, -1)
         return tokens, out.cls_token.float(), out.register_tokens.float()

@@ -109,6 +109,35 @@ def processed_size(
     return fit(width * scale), fit(height * scale)
 
 
+def size_cap_note(
+    size_wh: tuple[int, int],
+    resolution: int = DEFAULT_RESOLUTION,
+    *,
+    patch_size: int = 14,
+    stride: int | None = None,
+    max_size: int | None = DEFAULT_MAX_SIZE,
+) -> str | None:
+    """What :func:`processed_size` does to ``resolution`` when ``max_size`` caps the longer side,
+    in one line (what was asked, what is used, how to change it); None when nothing is capped.
+
+    >>> asked, used = size_cap_note((3024, 4032), 4000).split(": ")
+    >>> asked
+    '--resolution 4000 asked for, but the longer side is capped at --max-size 1792'
+    >>> used
+    'using 1344x1792 for this 3024x4032 image (raise --max-size to go higher)'
+    >>> size_cap_note((640, 480), 448) is None
+    True
+    """
+    width, height = size_wh
+    if max_size is None or max(width, height) * resolution / min(width, height) <= max_size:
+        return None
+    used_w, used_h = processed_size(size_wh, resolution, patch_size=patch_size, stride=stride, max_size=max_size)
+    return (
+        f"--resolution {resolution} asked for, but the longer side is capped at --max-size {max_size}: using "
+        f"{used_w}x{used_h} for this {width}x{height} image (raise --max-size to go higher)"
+    )
+
+
 def resize(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     """Resize ``(H, W, 3) uint8`` to ``size_wh`` with antialiased bicubic (Pillow); no-op if equal."""
     if (image.shape[1], image.shape[0]) == tuple(size_wh):

@@ -74,6 +74,9 @@ UNIT = Range("a number between 0 and 1", 0, 1)
 COSINE = Range("a number between -1 and 1", -1, 1)
 PERCENTILE = Range("a percentile between 0 and 100", 0, 100)
 PORT = Range("a port number between 1 and 65535", 1, 65535, integer=True)
+#: An N x N grid of query points: beyond 1000 x 1000 (a million points) a grid is finer than any
+#: feature map and only exhausts memory.
+GRID = Range("an integer between 1 and 1000", 1, 1000, integer=True)
 
 
 def option(
@@ -158,7 +161,7 @@ def describe_allowed(meta: dict) -> str:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, float) and value == int(value) and math.isfinite(value):
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
         return str(int(value)) if abs(value) < 1e15 else repr(value)
     return repr(value) if isinstance(value, str) else str(value)
 
@@ -334,7 +337,7 @@ class MatchOptions(Options):
     (see :func:`~dinofeat.matching.match_features`)."""
 
     grid: int | None = option(
-        None, flag="--grid", range=POSITIVE_INT, metavar="N", help="an N x N regular grid of points over IMAGE_A"
+        None, flag="--grid", range=GRID, metavar="N", help="an N x N regular grid of points over IMAGE_A (N <= 1000)"
     )
     auto: int | None = option(
         None,
@@ -546,6 +549,19 @@ class FrameOptions(Options):
     )
     every: int = option(
         1, flag="--every", range=POSITIVE_INT, metavar="K", help="process every K-th frame (default: 1)"
+    )
+
+
+@dataclass(frozen=True)
+class TrackGridOptions(Options):
+    """A grid of points to track (``dinofeat track --grid``; the same range as ``match --grid``)."""
+
+    grid: int | None = option(
+        None,
+        flag="--grid",
+        range=GRID,
+        metavar="N",
+        help="an N x N grid of points over the first processed frame (N <= 1000)",
     )
 
 

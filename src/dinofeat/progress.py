@@ -31,11 +31,17 @@ def report(progress: Progress | None, done: int, total: int) -> None:
 class TqdmProgress:
     """A :class:`Progress` drawn as a tqdm bar on stderr (only on a terminal), ending at 100 %.
 
-    Use as a context manager; ``enabled=False`` draws nothing.
+    Use as a context manager; ``enabled=False`` draws nothing. ``delay`` seconds pass before the
+    bar appears (so quick work shows nothing); ``leave=False`` removes the bar when done (a bar
+    within another one's step, such as a forward pass's blocks within a video's frames).
+
+    >>> with TqdmProgress("counting", "item", enabled=False) as bar:
+    ...     bar(1, 2)
     """
 
-    def __init__(self, desc: str, unit: str, *, enabled: bool = True) -> None:
+    def __init__(self, desc: str, unit: str, *, enabled: bool = True, delay: float = 0.0, leave: bool = True) -> None:
         self.desc, self.unit, self.enabled = desc, unit, enabled
+        self.delay, self.leave = delay, leave
         self._bar = None
 
     def __call__(self, done: int, total: int) -> None:
@@ -50,7 +56,8 @@ class TqdmProgress:
                 unit=self.unit,
                 file=sys.stderr,
                 disable=None,
-                leave=True,
+                leave=self.leave,
+                delay=self.delay,
                 dynamic_ncols=True,
             )
         self._bar.update(done - self._bar.n)

@@ -9,7 +9,7 @@ key/query/value facets and overlapping patches (stride < patch size).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -224,7 +224,7 @@ class DinoVisionTransformer(nn.Module):
             index = layer + depth if layer < 0 else layer
             if not 0 <= index < depth:
                 raise InputError(
-                    f"layer {layer} does not exist: the model has {depth} blocks (0..{depth - 1} or -1..-{depth})"
+                    f"--layer {layer} does not exist: the model has {depth} blocks (0..{depth - 1} or -1..-{depth})"
                 )
             resolved.append(index)
         return resolved
@@ -237,12 +237,17 @@ class DinoVisionTransformer(nn.Module):
         facet: str = "token",
         stride: int | None = None,
         norm: bool = True,
+        on_block: Callable[[int, int], None] | None = None,
     ) -> ViTOutput:
         """Run the model on normalised images (B, 3, H, W); H and W fit the patch grid.
 
         ``layers`` picks blocks (0-based, negative from the end). ``facet`` is ``token`` (block
         output, with the final norm if ``norm``) or ``key`` / ``query`` / ``value`` of that block's
         attention (heads concatenated). Blocks after the deepest requested layer are skipped.
+
+        ``on_block(done, total)`` is called after each block run (``done`` from 1 to ``total``, the
+        blocks up to the deepest requested layer): progress for long forward passes, and a point
+        where an exception (an interrupt) stops the pass between blocks.
         """
         if facet not in FACETS:
             raise InputError(f"unknown facet {facet!r}; choose one of {', '.join(FACETS)}")
@@ -253,8 +258,11 @@ class DinoVisionTransformer(nn.Module):
         x, grid_hw = self.prepare_tokens(x, stride)
         first_patch = 1 + self.num_registers
         picked: dict[int, torch.Tensor] = {}
-        for index, block in enumerate(self.blocks[: max(wanted) + 1]):
+        run = self.blocks[: max(wanted) + 1]
+        for index, block in enumerate(run):
             x, qkv = block(x)
+            if on_block is not None:
+                on_block(index + 1, len(run))
             if index not in wanted:
                 continue
             if facet == "token":

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -89,8 +90,28 @@ def cached_locally(spec: ModelSpec) -> str | None:
 # Reading files
 
 
+#: What a weights file should be, said when it is something else.
+EXPECTED_WEIGHTS = "expected Meta's .pth state dict, a .safetensors file or a Hugging Face model folder"
+# Leading bytes of files people pass by mistake, to say what the file is.
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
+    (b"\x1f\x8b", "a gzip archive"),
+)
+
+
 def read_checkpoint(path: str | os.PathLike) -> StateDict:
-    """Read a checkpoint file or Hugging Face folder into a flat state dict (keys as stored)."""
+    """Read a checkpoint file or Hugging Face folder into a flat state dict (keys as stored).
+
+    Pickled ``.pth`` files are read with ``torch.load(weights_only=True)``; safetensors files are
+    recognised by their content whatever their suffix. Any other file raises :class:`WeightsError`
+    saying what the file is not and what is expected (never torch's advice to load it unsafely).
+    """
     path = Path(path)
     if path.is_dir():
         return _read_hf_folder(path)
@@ -98,16 +119,71 @@ def read_checkpoint(path: str | os.PathLike) -> StateDict:
         raise WeightsError(f"weights file not found: {path}")
     if path.stat().st_size == 0:
         raise WeightsError(f"weights file is empty: {path}")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
     if path.name.endswith(".safetensors.index.json"):
         return _read_sharded(path)
+    if path.suffix == ".safetensors" or _is_safetensors(path):
+        return _read_safetensors(path)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
-    except Exception as err:  # torch raises many types for bad files; all mean the same to the user
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"cannot read {path} as a PyTorch checkpoint ({reason})") from err
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files; its advice is not for us
+        raise _not_a_checkpoint(path, _what_file_is(path, err)) from None
     return _unwrap(loaded, path)
+
+
+def _not_a_checkpoint(path: Path, what: str) -> WeightsError:
+    return WeightsError(
+        f"cannot read {path}: it is not a PyTorch checkpoint or safetensors file ({what}); {EXPECTED_WEIGHTS}"
+    )
+
+
+def _what_file_is(path: Path, err: BaseException) -> str:
+    """What a file torch could not load is, in a few words, from its first bytes (and torch's error)."""
+    import pickle
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(512)
+    known = _known_format(head)
+    if known:
+        return known
+    unsafe = isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower()
+    refused = "it holds pickled Python objects other than tensors, which are not loaded because that could run code"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "it is a truncated or damaged zip archive"
+        if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+            return refused if unsafe else "it is a truncated or damaged PyTorch checkpoint"
+        if names and all(name.endswith(".npy") for name in names):
+            return "it is a NumPy .npz archive"
+        return "it is a zip archive of other files"
+    if unsafe:
+        return refused
+    if head[:1] == b"\x80":  # a pickle, protocol 2 or later
+        return "it is a truncated or damaged pickle" if isinstance(err, EOFError) else "it is some other pickle"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(ch.isprintable() or ch in "\n\r\t" for ch in text):
+        return "it is a text file"
+    return "its content is not recognised"
+
+
+def _known_format(head: bytes) -> str | None:
+    """``it is a PNG image`` and the like, for files whose first bytes say what they are."""
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return f"it is {name}"
+    if head[4:8] == b"ftyp":
+        return "it is an MP4/MOV video"
+    if head.startswith(b"RIFF") and head[8:12] in (b"WEBP", b"AVI "):
+        return "it is a WebP image" if head[8:12] == b"WEBP" else "it is an AVI video"
+    return None
 
 
 def _is_zip(path: Path) -> bool:
@@ -115,13 +191,25 @@ def _is_zip(path: Path) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
 def _read_safetensors(path: Path) -> StateDict:
     from safetensors.torch import load_file
 
     try:
         return load_file(str(path))
-    except Exception as err:  # safetensors raises SafetensorError / OSError for bad files
-        raise WeightsError(f"cannot read {path} as safetensors ({err})") from err
+    except Exception as err:  # noqa: BLE001 - safetensors raises SafetensorError / OSError for bad files
+        with open(path, "rb") as f:
+            known = _known_format(f.read(16))
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise _not_a_checkpoint(path, known or f"it is a damaged or truncated safetensors file: {reason}") from None
 
 
 def _read_hf_folder(path: Path) -> StateDict:
@@ -150,7 +238,7 @@ def _unwrap(loaded: object, path: Path) -> StateDict:
             break
         loaded = inner
     if not isinstance(loaded, dict) or not _is_state_dict(loaded):
-        raise WeightsError(f"{path} does not contain a state dict of tensors")
+        raise WeightsError(f"{path} does not contain a state dict of tensors; {EXPECTED_WEIGHTS}")
     return dict(loaded)
 
 

@@ -7,18 +7,26 @@ the order :mod:`dinofeat.app.page` wires them. They raise Gradio's in-page error
 browser.
 
 Clicks: Gradio reports a click on an image as ``evt.index == [i, j]``, the clicked position
-measured from the image's top-left *corner* in original-image pixels, rounded to an integer
-(``Math.round`` in the browser; the image may be displayed scaled). dinofeat puts the *centre* of
-the top-left pixel at ``(0, 0)``, so the click is at ``(i - 0.5, j - 0.5)`` (:func:`click_to_pixel`);
-this is off by at most half a pixel, where using ``(i, j)`` as is would be off by up to one pixel
-and biased.
+measured from the image's top-left *corner* in the pixels of the image it shows, rounded to an
+integer (``Math.round`` in the browser). Gradio shrinks a big image to fit its panel (and accounts
+for that) but never enlarges a small one, and CSS cannot enlarge it either without breaking that
+arithmetic (it assumes a scale of at most 1). So the click panels (image A, the video frame) show
+a small image enlarged ``k`` times by the server (:func:`click_panel`, nearest neighbour, so each
+original pixel stays a crisp ``k x k`` block; ``k`` = :func:`panel_scale`, 3 for a 176x144
+video), and the click is ``i / k`` original pixels from the corner. dinofeat puts the *centre* of
+the top-left pixel at ``(0, 0)``, so the click is at ``(i / k - 0.5, j / k - 0.5)``
+(:func:`click_to_pixel`); this is off by at most half a displayed pixel, ``1 / (2k)`` original
+pixels, where using ``(i, j)`` as is would be off by up to one pixel and biased.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from dinofeat.drawing import draw_points
 from dinofeat.errors import DinofeatError, InputError
@@ -49,21 +57,58 @@ def messages(fn):
     return wrapper
 
 
-def click_to_pixel(index: Sequence[float], size_wh: tuple[int, int]) -> tuple[float, float]:
+#: Click panels enlarge images whose longer side is below this many pixels (see the module docstring).
+CLICK_PANEL_SIDE = 512
+
+
+def panel_scale(size_wh: tuple[int, int]) -> int:
+    """How many times a click panel enlarges an image of ``size_wh``: the least integer that brings
+    its longer side to :data:`CLICK_PANEL_SIDE` pixels (1 for images that large already).
+
+    >>> panel_scale((176, 144)), panel_scale((640, 480))
+    (3, 1)
+    """
+    return max(1, math.ceil(CLICK_PANEL_SIDE / max(size_wh)))
+
+
+def click_panel(image: np.ndarray, points_xy: Sequence[Sequence[float]] = ()) -> np.ndarray:
+    """What a click panel shows: ``image`` (``(H, W, 3) uint8``) enlarged :func:`panel_scale` times
+    (nearest neighbour) with ``points_xy`` (original pixels) marked as :func:`draw_points` does.
+
+    >>> click_panel(np.zeros((144, 176, 3), np.uint8), [[10.0, 20.0]]).shape
+    (432, 528, 3)
+    """
+    k = panel_scale((image.shape[1], image.shape[0]))
+    big = image if k == 1 else np.repeat(np.repeat(image, k, axis=0), k, axis=1)
+    shown = (np.asarray(points_xy, dtype=np.float64).reshape(-1, 2) + 0.5) * k - 0.5  # pixel centres, scaled
+    return draw_points(big, shown)
+
+
+def click_to_pixel(index: Sequence[float], size_wh: tuple[int, int], scale: int = 1) -> tuple[float, float]:
     """A Gradio image click ``evt.index`` -> ``(x, y)`` in dinofeat's pixel convention.
 
-    See the module docstring: the browser rounds the distance from the image corner, so the
-    clicked point is half a pixel up-left of the reported index; it is clamped to the image.
+    ``size_wh`` is the original image's size and ``scale`` the panel's enlargement
+    (:func:`panel_scale`). See the module docstring: the browser rounds the distance from the
+    image corner, so the clicked point is half a pixel up-left of the reported index; it is
+    clamped to the image.
 
     >>> click_to_pixel([10, 0], (64, 48))
     (9.5, -0.5)
+    >>> click_to_pixel([31, 60], (176, 144), scale=3)  # on the enlarged panel of a small video
+    (9.833333333333334, 19.5)
     """
     if index is None or len(index) != 2 or not all(isinstance(v, (int, float)) for v in index):
         raise InputError("click inside the image to add a point")
     w, h = size_wh
-    x = min(max(float(index[0]) - 0.5, -0.5), w - 0.5)
-    y = min(max(float(index[1]) - 0.5, -0.5), h - 0.5)
+    x = min(max(float(index[0]) / scale - 0.5, -0.5), w - 0.5)
+    y = min(max(float(index[1]) / scale - 0.5, -0.5), h - 0.5)
     return x, y
+
+
+def _click(index, image: np.ndarray) -> tuple[float, float]:
+    """A click on the panel of ``image`` (``(H, W, 3)``, original size) in its original pixels."""
+    size_wh = (image.shape[1], image.shape[0])
+    return click_to_pixel(index, size_wh, panel_scale(size_wh))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,7 +143,7 @@ def match_show(session, a, b, points, names, resolution, mutual, ransac, color_b
     )
     kept = None if view.data is None else sum(m["kept"] for m in view.data["matches"])
     return (
-        view.image_a,
+        click_panel(a, view.points_xy),
         view.points_xy,
         view.picture,
         view.heatmap,
@@ -114,7 +159,8 @@ def match_load_pair(session, path_a, path_b) -> tuple:
     a = session.load_image(path_a) if path_a else None
     b = session.load_image(path_b) if path_b else None
     names = [Path(path_a).name if path_a else "A", Path(path_b).name if path_b else "B"]
-    return (a, b, names, a, [], None, None, None, None, describe_pair(a, b, names, 0))
+    shown = None if a is None else click_panel(a)
+    return (a, b, names, shown, [], None, None, None, None, describe_pair(a, b, names, 0))
 
 
 @messages
@@ -122,7 +168,7 @@ def match_upload_a(session, path_a, b, names) -> tuple:
     """A new image A: its points start again."""
     a = session.load_image(path_a)
     names = [Path(path_a).name, names[1]]
-    return a, names, a, [], None, None, None, None, describe_pair(a, b, names, 0)
+    return a, names, click_panel(a), [], None, None, None, None, describe_pair(a, b, names, 0)
 
 
 @messages
@@ -138,7 +184,7 @@ def match_clear_a(b, names) -> tuple:
 
 
 def match_clear_b(a, points, names) -> tuple:
-    marked = a if a is None else draw_points(a, points)
+    marked = a if a is None else click_panel(a, points)
     return (None, marked, points, None, None, None, None, describe_pair(a, None, names, len(points)))
 
 
@@ -151,7 +197,7 @@ def match_click(session, a, b, points, names, resolution, mutual, ransac, color_
         raise InputError("upload image A first")
     if len(points) >= MAX_POINTS:
         raise InputError(f"at most {MAX_POINTS} points; clear them to start again")
-    points = [*points, list(click_to_pixel(index, (a.shape[1], a.shape[0])))]
+    points = [*points, list(_click(index, a))]
     if b is None:
         require_gradio().Info("point added; upload image B to see its match")
     return match_show(session, a, b, points, names, resolution, mutual, ransac, color_by)
@@ -166,7 +212,7 @@ def match_auto(session, a, b, count, names, *options) -> tuple:
 
 
 def match_clear_points(a, b, names) -> tuple:
-    return a, [], None, None, None, None, describe_pair(a, b, names, 0)
+    return None if a is None else click_panel(a), [], None, None, None, None, describe_pair(a, b, names, 0)
 
 
 @messages
@@ -210,8 +256,8 @@ def pca_run(session, paths, foreground, threshold, components, layout, opacity, 
 
 
 def marked_frame(frame, queries, t):
-    """The frame with the queries placed on frame ``t`` marked."""
-    return draw_points(frame, [q[1:] for q in queries if int(q[0]) == int(t)])
+    """The frame's click panel with the queries placed on frame ``t`` marked."""
+    return click_panel(frame, [q[1:] for q in queries if int(q[0]) == int(t)])
 
 
 @messages
@@ -229,7 +275,7 @@ def track_open(session, path) -> tuple:
         "Click points on the frame, then press Track."
     )
     slider = gr.update(maximum=max(view.usable_frames - 1, 1), value=0, interactive=view.usable_frames > 1)
-    return view, frame, [], frame, [], slider, text
+    return view, frame, [], click_panel(frame), [], slider, text
 
 
 def track_clear_video() -> tuple:
@@ -254,13 +300,13 @@ def track_click(view, frame, t, queries, index) -> tuple:
         raise InputError("upload a video first")
     if len(queries) >= MAX_POINTS:
         raise InputError(f"at most {MAX_POINTS} points; clear them to start again")
-    x, y = click_to_pixel(index, view.size_wh)
-    queries = [*queries, [int(t), round(x, 2), round(y, 2)]]
+    x, y = _click(index, frame)
+    queries = [*queries, [int(t), round(x, 3), round(y, 3)]]
     return queries, queries, marked_frame(frame, queries, t)
 
 
 def track_clear_points(frame) -> tuple:
-    return [], [], frame
+    return [], [], None if frame is None else click_panel(frame)
 
 
 @messages

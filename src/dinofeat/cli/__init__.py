@@ -75,13 +75,26 @@ def _configure_logging(*, debug: bool) -> None:
     Warnings are what the user should know (a size capped, a check that could not run); each
     command prints its own summary line unless ``--quiet``."""
     logger = logging.getLogger("dinofeat")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("dinofeat: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.WARNING)
     if debug:
         logging.basicConfig(level=logging.DEBUG)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a message comes, not as it was when the first
+    command ran (so a caller, or a test, that redirects stderr between commands sees every line)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
 
 def _is_user_error(err: BaseException) -> bool:

@@ -119,11 +119,27 @@ def extractor_options(args: argparse.Namespace):
     return options_from(args, ExtractorOptions)
 
 
-def make_extractor(options):
-    """The :class:`~dinofeat.extractor.Extractor` for checked :func:`extractor_options` (loads the model)."""
+#: Seconds a forward pass runs before its block-by-block bar appears.
+BLOCK_BAR_DELAY = 3.0
+
+
+def make_extractor(options, args: argparse.Namespace | None = None):
+    """The :class:`~dinofeat.extractor.Extractor` for checked :func:`extractor_options` (loads the model).
+
+    With the command's ``args``, a forward pass that takes more than :data:`BLOCK_BAR_DELAY`
+    seconds shows a bar of its blocks ("running the model on 1344x1792"), unless ``--quiet``."""
     from dinofeat.extractor import Extractor
 
-    return Extractor.from_options(options)
+    if args is None:
+        return Extractor.from_options(options)
+    quiet = getattr(args, "quiet", False)
+
+    def block_bar(what: str):
+        from dinofeat.progress import TqdmProgress
+
+        return TqdmProgress(f"running {what}", "block", enabled=not quiet, delay=BLOCK_BAR_DELAY, leave=False)
+
+    return Extractor.from_options(options, block_progress=block_bar)
 
 
 def point_xy(text: str) -> tuple[float, float]:

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     check_suffix(args.output, FEATURE_SUFFIXES, "output")
     check_outputs([args.output], inputs=args.images)
     images = [load_image(path) for path in args.images]
-    extractor = make_extractor(options)
+    extractor = make_extractor(options, args)
     maps = extract_to_file(images, args.output, extractor)
     grids = sorted({f"{m.grid_hw[1]}x{m.grid_hw[0]}" for m in maps})
     summary(args, f"{len(maps)} image(s), {', '.join(grids)} patches x {maps[0].dim} -> {args.output}")

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--heatmap draws into the picture: give -o OUT.png")
 
     image_a, image_b = load_image(args.image_a), load_image(args.image_b)
-    extractor = make_extractor(model)
+    extractor = make_extractor(model, args)
     result = match_images(
         image_a, image_b, points or None, extractor=extractor, options=options, names=(args.image_a, args.image_b)
     )

@@ -100,7 +100,7 @@ def _run_images(args: argparse.Namespace, model, options: PCAOptions, drawing: P
     check_outputs(outputs, inputs=args.inputs)
     loaded = _load_pca(args)
     images = [load_image(path) for path in args.inputs]
-    extractor = make_extractor(model)
+    extractor = make_extractor(model, args)
     result = pca_images(images, extractor, options, pca=loaded, nearest=drawing.nearest)
     write_pca_files(
         result,
@@ -135,7 +135,7 @@ def _run_video(
     target = args.output or (_out_dir_targets(args, ".mp4")[0] if args.out_dir else None)
     check_outputs([target, args.save_pca], inputs=args.inputs)
     loaded = _load_pca(args)
-    extractor = make_extractor(model)
+    extractor = make_extractor(model, args)
     with progress_bar(args, "colouring", "frame") as bar:
         done = pca_video_to_file(
             args.inputs[0],

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from dinofeat.cli.common import add_extractor_options, add_options
-from dinofeat.options import DEFAULT_MIN_SCORE, DEFAULT_TRAIL, FrameOptions, TrackerOptions, TrailOptions
+from dinofeat.options import (
+    DEFAULT_MIN_SCORE,
+    DEFAULT_TRAIL,
+    FrameOptions,
+    TrackerOptions,
+    TrackGridOptions,
+    TrailOptions,
+)
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
 __all__ = ["DEFAULT_MIN_SCORE", "DEFAULT_TRAIL", "VIDEO_SUFFIXES", "add_parser", "run"]
@@ -39,7 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     queries.add_argument(
         "--points-file", metavar="FILE", help="points: JSON list of [x, y] or [t, x, y], or CSV lines x,y or t,x,y"
     )
-    queries.add_argument("--grid", type=int, metavar="N", help="an N x N grid of points over the first processed frame")
+    add_options(queries, TrackGridOptions)
     outputs = parser.add_argument_group("outputs (at least one)")
     outputs.add_argument(
         "-o",
@@ -77,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
     tracker = options_from(args, TrackerOptions)
     frames = options_from(args, FrameOptions)
     trail = options_from(args, TrailOptions)
-    if args.grid is not None and args.grid < 1:
-        raise InputError(f"--grid must be a positive integer, got {args.grid}")
+    options_from(args, TrackGridOptions)  # checks --grid
     outputs = [path for path in (args.output, args.json, args.csv) if path]
     if not outputs:
         raise InputError("nothing to write: give -o OUT.mp4, --json OUT.json and/or --csv OUT.csv")
@@ -94,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if len(indices) == 0:
         raise InputError(f"--start {frames.start} is past the end of the video ({info.frames} frames)")
     queries = check_queries(_collect_queries(args, indices[0], info.size_wh), indices, info.size_wh)
-    extractor = make_extractor(model)
+    extractor = make_extractor(model, args)
     with progress_bar(args, "tracking", "frame") as bar:
         tracks = track_to_files(
             args.video,
