@@ -36,19 +36,16 @@ RoPE conventions (those of Meta's ``dinov3/layers/rope_position_encoding.py``)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dinofeat.errors import InputError
 from dinofeat.registry import ModelSpec
-from dinofeat.vit import FACETS, DinoVisionTransformer, LayerScale, Mlp, PatchEmbed, ViTOutput
+from dinofeat.vit import DenseViT, LayerScale, Mlp, PatchEmbed
 
 ROPE_BASE = 100.0  # every released DINOv3 ViT
 LAYER_NORM_EPS = 1e-5
-_QKV_INDEX = {"query": 0, "key": 1, "value": 2}
 
 
 def rope_periods(head_dim: int, base: float = ROPE_BASE, device: torch.device | None = None) -> torch.Tensor:
@@ -189,13 +186,16 @@ class Block(nn.Module):
         return x, qkv
 
 
-class DinoV3VisionTransformer(nn.Module):
+class DinoV3VisionTransformer(DenseViT):
     """A DINOv3 ViT built from a :class:`~dinofeat.registry.ModelSpec`; the interface of
     :class:`~dinofeat.vit.DinoVisionTransformer`.
 
     ``depth`` overrides the spec's number of blocks (tests build shallow copies of big models).
-    Checkpoints of Meta's ViT-L SAT-493M and ViT-7B also carry ``local_cls_norm.*``, a norm used in
-    training only; :func:`dinofeat.weights.load_state` accepts and drops it.
+    The key and query facets of :meth:`forward_features` are taken **before** RoPE: the rotation
+    depends only on a patch's position, so unrotated vectors describe content alike at every
+    position (what matching wants); the key facet has no bias (``bias_mask``). Checkpoints of
+    Meta's ViT-L SAT-493M and ViT-7B also carry ``local_cls_norm.*``, a norm used in training
+    only; :func:`dinofeat.weights.load_state` accepts and drops it.
 
     >>> from dinofeat.registry import get_spec
     >>> vit = DinoV3VisionTransformer(get_spec("dinov3_vits16"), depth=1).init_random().eval()
@@ -219,34 +219,12 @@ class DinoV3VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.depth if depth is None else depth))
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
 
-    @property
-    def num_registers(self) -> int:
-        return self.spec.num_registers
-
-    # same rules as DINOv2
-    grid_size = DinoVisionTransformer.grid_size
-    resolve_layers = DinoVisionTransformer.resolve_layers
-
     def init_random(self, seed: int = 0, layerscale: float = 1.0) -> DinoV3VisionTransformer:
         """Fill with random weights (DINOv2-style scheme), deterministically per seed; the fixed
         buffers (RoPE periods, key bias masks) get their values too, so a model made with
         ``to_empty`` is complete afterwards."""
-        gen = torch.Generator().manual_seed(seed)
-
-        def normal(t: torch.Tensor, std: float) -> None:
-            with torch.no_grad():
-                t.copy_(torch.randn(t.shape, generator=gen).clamp_(-2, 2) * std)
-
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                normal(module.weight, 0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, LayerScale):
-                nn.init.constant_(module.gamma, layerscale)
+        normal = self.normal_generator(seed)
+        self.init_layers(normal, layerscale)
         normal(self.cls_token, 0.02)
         normal(self.storage_tokens, 0.02)
         nn.init.zeros_(self.mask_token)
@@ -256,6 +234,10 @@ class DinoV3VisionTransformer(nn.Module):
                 if isinstance(module, KeyMaskedLinear):
                     module.bias_mask.copy_(module.key_mask(module.in_features))
         return self
+
+    def block_inputs(self, grid_hw: tuple[int, int], stride: int, device: torch.device) -> tuple:
+        """``(rope,)``: every block rotates its patches' queries and keys by :meth:`rope`."""
+        return (self.rope(grid_hw, stride, device),)
 
     def rope(self, grid_hw: tuple[int, int], stride: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sin, cos)``, each ``(h * w, head_dim)`` float32, for a grid of patches at ``stride``."""
@@ -270,60 +252,3 @@ class DinoV3VisionTransformer(nn.Module):
         # under autocast the float32 tokens promote the patch embedding to float32, as officially
         prefix = (self.cls_token.expand(batch, -1, -1), self.storage_tokens.expand(batch, -1, -1))
         return torch.cat((*prefix, tokens), dim=1), grid_hw
-
-    def forward_features(
-        self,
-        x: torch.Tensor,
-        *,
-        layers: Sequence[int] = (-1,),
-        facet: str = "token",
-        stride: int | None = None,
-        norm: bool = True,
-        on_block: Callable[[int, int], None] | None = None,
-    ) -> ViTOutput:
-        """Run the model on normalised images (B, 3, H, W); H and W fit the patch grid.
-
-        ``layers`` picks blocks (0-based, negative from the end). ``facet`` is ``token`` (block
-        output, with the final norm if ``norm``) or ``key`` / ``query`` / ``value`` of that block's
-        attention (heads concatenated). The key and query facets are taken **before** RoPE: the
-        rotation depends only on a patch's position, so unrotated vectors describe content alike at
-        every position (what matching wants); the key facet has no bias (``bias_mask``). Blocks after
-        the deepest requested layer are skipped.
-
-        ``on_block(done, total)`` is called after each block run (``done`` from 1 to ``total``, the
-        blocks up to the deepest requested layer): progress for long forward passes, and a point
-        where an exception (an interrupt) stops the pass between blocks.
-        """
-        if facet not in FACETS:
-            raise InputError(f"unknown facet {facet!r}; choose one of {', '.join(FACETS)}")
-        stride = stride or self.patch_size
-        if not 1 <= stride <= self.patch_size:
-            raise InputError(f"stride must be between 1 and the patch size {self.patch_size}, got {stride}")
-        wanted = self.resolve_layers(layers)
-        x, grid_hw = self.prepare_tokens(x, stride)
-        rope = self.rope(grid_hw, stride, x.device)
-        first_patch = 1 + self.num_registers
-        picked: dict[int, torch.Tensor] = {}
-        run = self.blocks[: max(wanted) + 1]
-        for index, block in enumerate(run):
-            x, qkv = block(x, rope)
-            if on_block is not None:
-                on_block(index + 1, len(run))
-            if index not in wanted:
-                continue
-            if facet == "token":
-                picked[index] = (self.norm(x) if norm else x)[:, first_patch:]
-            else:
-                part = qkv[_QKV_INDEX[facet]]  # (B, heads, N, C/heads)
-                picked[index] = part.transpose(1, 2).flatten(2)[:, first_patch:]
-        final = self.norm(x)
-        return ViTOutput(
-            patch_tokens=[picked[i] for i in wanted],
-            cls_token=final[:, 0],
-            register_tokens=final[:, 1:first_patch],
-            grid_hw=grid_hw,
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Final normalised patch tokens (B, h*w, C), like the official ``x_norm_patchtokens``."""
-        return self.forward_features(x).patch_tokens[0]

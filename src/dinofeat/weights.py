@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from dinofeat.dinov3 import DinoV3VisionTransformer, KeyMaskedLinear
+from dinofeat.dinov3 import KeyMaskedLinear
 from dinofeat.errors import WeightsError
 from dinofeat.registry import DEFAULT_MODEL, DINOV3_DOWNLOADS, MODELS, ModelSpec, get_spec
-from dinofeat.vit import DinoVisionTransformer, build_model
+from dinofeat.vit import DenseViT, build_model
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ _WRAPPER_KEYS = ("model", "state_dict", "teacher", "student")
 _PREFIXES = ("module.", "backbone.", "dinov2.", "model.")
 _TRUE = {"1", "true", "yes", "on"}
 _HF_FILES = ("model.safetensors", "model.safetensors.index.json")  # single file, or sharded (the 7B)
-Model = DinoVisionTransformer | DinoV3VisionTransformer
+Model = DenseViT
 
 
 class _AccessRefused(WeightsError):
