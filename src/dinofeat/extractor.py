@@ -170,21 +170,38 @@ class Extractor:
                     results[i] = fmap
         return results  # type: ignore[return-value]
 
-    def _forward(self, images: list[np.ndarray], size_wh: tuple[int, int]) -> list[FeatureMap]:
-        tokens, cls, regs = self._run_model([resize(image, size_wh) for image in images])
+    def extract_resized(
+        self, images: Sequence[np.ndarray], image_sizes_wh: Sequence[tuple[int, int]]
+    ) -> list[FeatureMap]:
+        """Feature maps of images already resized to their processed size, in one forward pass.
+
+        ``images`` are ``(H', W', 3) uint8 RGB``, all of one size: the :meth:`processed_size` of
+        their original sizes ``image_sizes_wh`` (``(width, height)`` each), resized as
+        :func:`~dinofeat.images.resize` does. This is one batch of :meth:`extract_arrays`, for callers
+        that resize while decoding (the dataset workflows do, so that only small images are queued).
+        """
+        sizes = {(image.shape[1], image.shape[0]) for image in images}
+        if len(sizes) != 1 or len(image_sizes_wh) != len(images):
+            raise ValueError("extract_resized needs one or more images of one size, with one original size each")
+        (size_wh,) = sizes
+        tokens, cls, regs = self._run_model(list(images))
         # clone outside inference mode: callers get ordinary tensors they may modify
         return [
             FeatureMap(
                 features=tokens[b].clone(),
-                image_size_wh=(image.shape[1], image.shape[0]),
+                image_size_wh=(int(original[0]), int(original[1])),
                 processed_size_wh=size_wh,
                 patch_size=self.model.patch_size,
                 stride=self.stride,
                 cls_token=cls[b].clone(),
                 register_tokens=regs[b].clone(),
             )
-            for b, image in enumerate(images)
+            for b, original in enumerate(image_sizes_wh)
         ]
+
+    def _forward(self, images: list[np.ndarray], size_wh: tuple[int, int]) -> list[FeatureMap]:
+        resized = [resize(image, size_wh) for image in images]
+        return self.extract_resized(resized, [(image.shape[1], image.shape[0]) for image in images])
 
     @torch.inference_mode()
     def _run_model(self, batch: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

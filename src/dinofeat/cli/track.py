@@ -113,27 +113,28 @@ def run(args: argparse.Namespace) -> int:
 
 def _collect_queries(args, first_frame: int, size_wh: tuple[int, int]) -> list[tuple[float, float, float]]:
     """All query points as ``(t, x, y)``: --point and --grid at ``first_frame``, --query, --points-file."""
+    from dinofeat.points import collect_queries
+
+    points, queries = _parse_points(args)
+    return collect_queries(
+        first_frame, size_wh, points_xy=points, queries_txy=queries, points_file=args.points_file, grid=args.grid
+    )
+
+
+def _parse_points(args) -> tuple[list[tuple[float, float]], list[tuple[int, float, float]]]:
+    """--point X,Y and --query T,X,Y texts as numbers (one-line errors)."""
     from dinofeat.cli.common import point_xy, query_txy
     from dinofeat.errors import InputError
-    from dinofeat.points import grid_points, read_points_file
 
-    queries: list[tuple[float, float, float]] = []
+    points, queries = [], []
     for text in args.point or []:
         try:
-            x, y = point_xy(text)
+            points.append(point_xy(text))
         except argparse.ArgumentTypeError as err:
             raise InputError(f"--point: {err}") from None
-        queries.append((first_frame, x, y))
     for text in args.query or []:
         try:
             queries.append(query_txy(text))
         except argparse.ArgumentTypeError as err:
             raise InputError(f"--query: {err}") from None
-    if args.points_file:
-        rows = read_points_file(args.points_file, with_frames=True)
-        queries += [(first_frame, *row) if len(row) == 2 else row for row in rows]
-    if args.grid is not None:
-        queries += [(first_frame, x, y) for x, y in grid_points(size_wh, args.grid).tolist()]
-    if not queries:
-        raise InputError("no points to track: give --point X,Y, --query T,X,Y, --points-file FILE or --grid N")
-    return queries
+    return points, queries
