@@ -155,23 +155,32 @@ def extract_dataset(
         "dim": options.pca or channels,
     }
     inputs_entry = {**listing.describe(), "items": total, "sha256": digest}
-    with locked(folder), make_engine(options, model) as engine:
-        remove_temporary_files(folder)
-        weights = engine.weights_digest(extractor_options)
-        manifest = make_manifest(
-            "features",
-            extractor_options,
-            weights,
-            settings,
-            inputs=inputs_entry,
-            geometry=geometry,
-            batch_size=extractor_options.batch_size,  # recorded, not compared: it only changes rounding
-        )
-        claim_folder(folder, manifest)
+    manifest = make_manifest(
+        "features",
+        extractor_options,
+        None,
+        settings,
+        inputs=inputs_entry,
+        geometry=geometry,
+        batch_size=extractor_options.batch_size,  # recorded, not compared: it only changes rounding
+    )
+    with locked(folder), _claimed(folder, manifest, extractor_options, options, model) as engine:
         (folder / SHARDS).mkdir(exist_ok=True)
         job = FeatureJob(str(folder), extractor_options, options, _shard_metadata(extractor_options))
         job = replace(job, pca=_storage_pca(folder, engine, job, listing, total))
         return _run_shards(folder, listing, engine, job, total, started, progress)
+
+
+@contextlib.contextmanager
+def _claimed(folder: Path, manifest: dict, extractor_options: ExtractorOptions, options: DatasetOptions, model):
+    """Check the folder's manifest (before the model loads), start the engine, add the weights hash
+    and write or check the manifest again; yields the engine."""
+    claim_folder(folder, manifest, check_only=True)
+    with make_engine(options, model) as engine:
+        manifest["weights_sha256"] = engine.weights_digest(extractor_options)
+        claim_folder(folder, manifest)
+        remove_temporary_files(folder)
+        yield engine
 
 
 def _shard_metadata(options: ExtractorOptions) -> dict:
@@ -232,20 +241,21 @@ def _run_shards(folder, listing, engine, job: FeatureJob, total, started, progre
         report(progress, counted[0], todo)
 
     results = engine.shards(_plan(listing, size, folder), job, on_items)
+    unwritten: list[dict] = []  # errors of a shard not written (on_error="fail")
     try:
         for result in results:
             for error in result.errors:
                 errors.record(error)
             if result.stopped:
+                unwritten = result.errors
                 first = result.errors[-1]
                 raise InputError(f"{first['path']}: {first['error']} (--on-error fail)")
             finished += len(result.items)
     finally:
         with contextlib.suppress(AttributeError):
             results.close()
-        errors.rewrite(shard_errors(folder))
+        errors.rewrite([*shard_errors(folder), *unwritten])  # the shards' own lists are the record
         write_index(folder)
-        errors.close()
     done = sum(1 for _ in index_rows(folder))
     failed = len(read_errors(folder / ERRORS))
     return DatasetReport(folder, "features", total, done, finished, failed, time.monotonic() - started)
@@ -290,10 +300,8 @@ def track_dataset(
         "outputs": sorted(options.outputs),
         "queries": queries.describe(),
     }
-    with locked(folder), make_engine(options, model) as engine:
-        remove_temporary_files(folder)
-        manifest = make_manifest("tracks", extractor_options, engine.weights_digest(extractor_options), settings)
-        claim_folder(folder, {**manifest, "inputs": listing.describe()})
+    manifest = make_manifest("tracks", extractor_options, None, settings, inputs=listing.describe())
+    with locked(folder), _claimed(folder, manifest, extractor_options, options, model) as engine:
         (folder / TRACKS).mkdir(exist_ok=True)
         job = TrackJob(str(folder), extractor_options, options, tracker, frames, trail, queries)
         errors = ErrorLog(folder / ERRORS)

@@ -4,7 +4,7 @@
   depth-first with each folder's entries sorted by name; hidden files and folders (``.name``) and
   the dataset's own output folder are skipped. Item paths are relative to the folder, with ``/``.
 * a **glob** (``"photos/**/*.jpg"``, quoted so the shell leaves it alone): the matching files,
-  sorted; item paths as the glob gives them.
+  sorted; item paths relative to the glob's folder (``photos``).
 * a **list file**: ``.txt`` / ``.lst`` (one path per line; blank lines and ``#`` comments skipped),
   ``.csv`` or ``.parquet`` with a ``path`` column (and, for tracking, an optional ``points``
   column naming each video's points file). Item paths are as written; relative ones are opened
@@ -50,8 +50,8 @@ class Item:
 
     Attributes:
         index: position in the listing, from 0.
-        path: the item's name in the dataset: relative to the folder (``/`` separated), or as
-            written in the list file, the glob or the command line.
+        path: the item's name in the dataset: relative to the folder or the glob's folder (``/``
+            separated), or as written in the list file or on the command line.
         file: the file to open (absolute).
         points: the ``points`` column of a list file (absolute path), or None.
     """
@@ -69,8 +69,8 @@ class Listing:
     Attributes:
         sources: what was given (a folder, a glob, a list file, or files).
         kind: ``"image"`` or ``"video"`` (which suffixes a folder listing takes).
-        root: the folder item paths are relative to (the folder, the list file's folder, or the
-            working directory).
+        root: the folder item paths are relative to (the folder, the glob's folder, the list
+            file's folder, or the working directory).
         exclude: a folder never listed (the dataset's output folder), or None.
     """
 
@@ -118,13 +118,15 @@ class Listing:
         if self._is_list_file:
             yield from _list_file_rows(Path(self.sources[0]))
             return
+        base = _glob_base(self.sources[0]) if len(self.sources) == 1 else None
         for source in self.sources:
             if Path(source).is_file():
                 yield normal_path(source), os.path.abspath(source), None
             else:  # a glob (checked by list_inputs)
                 for match in sorted(glob.glob(source, recursive=True)):
                     if Path(match).is_file():
-                        yield normal_path(match), os.path.abspath(match), None
+                        path = os.path.relpath(match, base) if base else match
+                        yield normal_path(path), os.path.abspath(match), None
 
 
 def list_inputs(sources: Sequence[str | os.PathLike], kind: str = "image", *, exclude=None) -> Listing:
@@ -153,7 +155,18 @@ def list_inputs(sources: Sequence[str | os.PathLike], kind: str = "image", *, ex
                 raise InputError(f"no file matches {source!r}")
             continue
         raise InputError(f"input not found: {source}")
-    return Listing(given, kind, os.path.abspath("."), _absolute(exclude))
+    base = _glob_base(given[0]) if len(given) == 1 else None
+    return Listing(given, kind, os.path.abspath(base or "."), _absolute(exclude))
+
+
+def _glob_base(source: str) -> str | None:
+    """The folder a glob's matches are named relative to: its leading part without wildcards
+    (``photos/cats`` for ``photos/cats/**/*.jpg``); None for a plain file."""
+    if not _GLOB_CHARS & set(source):
+        return None
+    parts = Path(source).parts
+    fixed = parts[: next(i for i, p in enumerate(parts) if _GLOB_CHARS & set(p))]
+    return str(Path(*fixed)) if fixed else "."
 
 
 def normal_path(path: str | os.PathLike) -> str:

@@ -65,11 +65,12 @@ def make_manifest(kind: str, model: ExtractorOptions, weights_sha256: str, setti
     }
 
 
-def claim_folder(folder: Path, manifest: dict) -> None:
+def claim_folder(folder: Path, manifest: dict, *, check_only: bool = False) -> None:
     """Write ``manifest`` into an empty ``folder``, or check that the folder's manifest agrees with it.
 
     Raises :class:`InputError` naming the first setting that differs, or when the folder holds
-    files but no manifest (it is not a dataset folder).
+    files but no manifest (it is not a dataset folder). ``check_only`` checks what ``manifest``
+    holds and writes nothing (a first check before the model is loaded for its weights hash).
     """
     path = folder / MANIFEST
     if path.is_file():
@@ -78,6 +79,8 @@ def claim_folder(folder: Path, manifest: dict) -> None:
         except ValueError:
             raise InputError(f"{path} is damaged (not JSON); use another --out-dir") from None
         for key in COMPARED:
+            if check_only and _lookup(manifest, key) is None:
+                continue
             then, now = _lookup(old, key), _lookup(manifest, key)
             if isinstance(then, dict) and isinstance(now, dict):
                 names = [name for name in {**then, **now} if then.get(name) != now.get(name)]
@@ -91,7 +94,8 @@ def claim_folder(folder: Path, manifest: dict) -> None:
     others = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
     if others:
         raise InputError(f"{folder} is not empty and holds no {MANIFEST}; give a new or empty --out-dir")
-    _write_json(path, manifest)
+    if not check_only:
+        _write_json(path, manifest)
 
 
 def _lookup(document: dict, key: str):

@@ -422,6 +422,8 @@ class MatchDrawingOptions(Options):
 DEFAULT_PERCENTILES = (1.0, 99.0)
 #: Video PCA: frames sampled evenly over the clip to fit one PCA.
 DEFAULT_FIT_FRAMES = 16
+#: PCA over a feature folder: stored images sampled evenly to fit one PCA.
+DEFAULT_FIT_IMAGES = 32
 
 
 @dataclass(frozen=True)
@@ -463,6 +465,14 @@ class PCAOptions(Options):
         range=POSITIVE_INT,
         metavar="N",
         help="video: frames sampled evenly to fit the PCA (default: %(default)s)",
+    )
+    fit_images: int = option(
+        DEFAULT_FIT_IMAGES,
+        flag="--fit-images",
+        range=POSITIVE_INT,
+        metavar="N",
+        help="--features DIR without INPUT: stored images, spread evenly over the folder, that fit the PCA "
+        "(default: %(default)s)",
     )
 
     def __post_init__(self) -> None:
