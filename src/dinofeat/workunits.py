@@ -240,7 +240,7 @@ def track_output_stem(path: str) -> str:
     file-name safe, plus 8 hex digits of the path's sha1 so that different paths never collide.
 
     >>> track_output_stem("clips/cat 1.mp4")
-    'clips__cat_1-0a5cd9d5'
+    'clips__cat_1-ce2cb64c'
     """
     stem = str(Path(path).with_suffix("")) if Path(path).suffix else path
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("\\", "/").strip("/").replace("/", "__")).strip("._")
