@@ -28,7 +28,8 @@ rebuilt from the shard headers at the end of each run; :func:`open_features` rea
 instead when the index does not list exactly the shards present (an interrupted run).
 
 **PCA** (``pca.safetensors``): ``mean`` ``(C,)``, ``components`` ``(K, C)`` and
-``explained_variance`` ``(K,)`` float32; stored features are ``(x - mean) @ components.T``.
+``explained_variance`` ``(K,)`` float32 (metadata ``dinofeat``: JSON with the number of images it
+was fitted on); stored features are ``(x - mean) @ components.T``.
 """
 
 from __future__ import annotations
@@ -203,9 +204,9 @@ def save_pca(path: str | os.PathLike, basis, *, fitted_on: int) -> None:
         "components": basis.components.numpy().astype(np.float32),
         "explained_variance": basis.explained_variance.numpy().astype(np.float32),
     }
-    meta = {"format": "dinofeat-storage-pca", "images": str(fitted_on)}
+    meta = json.dumps({"format": "dinofeat-storage-pca", "images": fitted_on}, sort_keys=True)
     with staged_outputs([path]) as (tmp,):
-        save_file(arrays, str(tmp), metadata=meta)
+        save_file(arrays, str(tmp), metadata={SHARD_KEY: meta})  # one key: the same bytes every time
 
 
 def load_pca(path: str | os.PathLike):

@@ -70,12 +70,19 @@ class RayEngine:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the command draws its own bar
         context.print_on_execution_start = False
+        # Ray Data logs a summary of every execution at INFO; for the run's length only, keep its warnings
+        self._data_log = logging.getLogger("ray.data")
+        self._data_level = self._data_log.level
+        if not log.isEnabledFor(logging.DEBUG):
+            self._data_log.setLevel(logging.WARNING)
         self._ray = ray
         return self
 
     def __exit__(self, *exc) -> None:
         if self._started and self._ray is not None:
             self._ray.shutdown()
+        if self._ray is not None:
+            self._data_log.setLevel(self._data_level)
         self._ray = None
 
     # -- resources ------------------------------------------------------------------------------
