@@ -298,3 +298,14 @@ def test_temporary_files_of_killed_runs_are_removed(tmp_path, small, vit):
     os.utime(leftover)
     extract_dataset([root], tmp_path / "out", FAST, DatasetOptions(shard_size=100), model=vit)
     assert not leftover.exists()
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path, small, vit):
+    import fcntl
+
+    root, _ = small
+    (tmp_path / "out").mkdir()
+    with open(tmp_path / "out" / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run in another process holds it
+        with pytest.raises(InputError, match="another dinofeat run is writing to"):
+            extract_dataset([root], tmp_path / "out", FAST, model=vit)
