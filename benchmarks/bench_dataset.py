@@ -8,7 +8,8 @@
   time), :func:`~dinofeat.dataset.extract_dataset` with the local engine (threads decode ahead,
   batches of 8, shards written), and with the Ray engine on this machine (one CPU worker; Ray is
   started before the clock starts, as a running cluster would be; the worker's start and model
-  load are counted). Each runs in its own process, twice, interleaved; the best of the two counts.
+  load are counted). Each runs in its own process, three times, interleaved; the best run counts
+  (a shared machine's bursts of load only ever slow a run down), and all runs are printed.
   The local runs get the model already built, like the loop; the Ray worker loads it from a file.
 * **memory**: peak resident memory (``ru_maxrss``) of a local-engine process over 200 and over
   2,000 images (at 56 px, the first block only, so it is quick): flat means the same.
@@ -104,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer images")
     parser.add_argument("--no-ray", action="store_true", help="leave out the Ray engine")
+    parser.add_argument("--attempts", type=int, help="interleaved runs of each engine; the best counts (default: 3)")
     parser.add_argument("--worker", choices=("loop", "local", "ray"), help=argparse.SUPPRESS)
     parser.add_argument("--images", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -127,19 +129,19 @@ def main() -> None:
         torch.save(build_model(get_spec("dinov2_vits14")).init_random(0).state_dict(), weights)
         make_images(root / "speed", speed_count)
         modes = ["loop", "local"] + ([] if args.no_ray else ["ray"])
-        best: dict[str, dict] = {}
-        for attempt in range(2):
+        runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+        for attempt in range(args.attempts or (1 if args.quick else 3)):
             for mode in modes:
-                result = run(mode, root / "speed", root / f"out-{mode}-{attempt}", weights, 224)
-                if mode not in best or result["seconds"] < best[mode]["seconds"]:
-                    best[mode] = result
+                runs[mode].append(run(mode, root / "speed", root / f"out-{mode}-{attempt}", weights, 224))
+        best = {mode: min(results, key=lambda r: r["seconds"]) for mode, results in runs.items()}
         base = speed_count / best["loop"]["seconds"]
         print(f"speed: {speed_count} JPEGs 640x480, ViT-S/14 at 224 px, CPU, {best['loop']['threads']} torch threads")
-        print(f"{'engine':<28} {'images/s':>9} {'vs loop':>8}")
+        print(f"{'engine':<28} {'images/s':>9} {'vs loop':>8}   all runs (images/s)")
         for mode in modes:
             rate = speed_count / best[mode]["seconds"]
             label = {"loop": "plain Extractor.extract loop", "local": "--engine local", "ray": "--engine ray"}[mode]
-            print(f"{label:<28} {rate:>9.2f} {rate / base:>7.2f}x")
+            spread = ", ".join(f"{speed_count / r['seconds']:.2f}" for r in runs[mode])
+            print(f"{label:<28} {rate:>9.2f} {rate / base:>7.2f}x   {spread}")
         if "ray" in best:
             overhead = best["ray"]["seconds"] / best["local"]["seconds"] - 1
             print(f"ray overhead vs local: {overhead:+.0%} (ray.init, not counted: {best['ray']['ray_init_s']:.1f} s)")

@@ -17,10 +17,10 @@ Inputs are a folder, a glob or a list file (:mod:`dinofeat.listing`).
   "error", "item"}`` per line) and the rest go on (``on_error="fail"`` stops at the first). A failed
   image stays recorded in its shard (delete the shard file to retry it); a failed video is retried
   by the next run.
-* **Engines**: ``local`` (:class:`LocalEngine`: images decoded and resized by threads, at most two
-  shards ahead, while the model runs; the previous shard is written by another thread) and
-  ``ray`` (:mod:`dinofeat.rayengine`). Both compute a shard with :func:`compute_shard`, so both
-  batch alike and write the same bytes.
+* **Engines**: ``local`` (:class:`~dinofeat.localengine.LocalEngine`: images decoded and resized by
+  threads, at most two shards ahead, while the model runs; the previous shard is written by
+  another thread) and ``ray`` (:class:`~dinofeat.rayengine.RayEngine`). Both compute a shard with
+  :func:`~dinofeat.workunits.compute_shard`, so both batch alike and write the same bytes.
 """
 
 from __future__ import annotations

@@ -102,8 +102,10 @@ class RayEngine:
         return workers, gpus, cpus, threads
 
     def _remote(self, function, *, model: bool):
-        _, gpus, cpus, _ = self.resources()
-        return self._ray.remote(num_gpus=gpus if model else 0, num_cpus=cpus if model else 1)(function)
+        _, gpus, cpus, threads = self.resources()
+        if not model:
+            return self._ray.remote(num_gpus=0, num_cpus=1)(function)
+        return self._ray.remote(num_gpus=gpus, num_cpus=cpus, runtime_env=_threads_env(threads))(function)
 
     def _get(self, ref):
         try:
@@ -118,8 +120,7 @@ class RayEngine:
 
     def fit_pca(self, job: FeatureJob, items: Sequence[Item]):
         """The ``--pca`` basis, fitted on one worker with :func:`~dinofeat.workunits.fit_storage_pca`."""
-        threads = self.resources()[3]
-        return self._get(self._remote(_fit_pca, model=True).remote(job, list(items), threads))
+        return self._get(self._remote(_fit_pca, model=True).remote(job, list(items)))
 
     def shards(
         self, shards: Iterable[Shard], job: FeatureJob, on_items: Callable[[int], None]
@@ -150,12 +151,13 @@ class RayEngine:
         workers, gpus, cpus, threads = self.resources()
         dataset = ray.data.read_parquet(str(plan), override_num_blocks=count, num_cpus=0).map_batches(
             worker,
-            fn_constructor_kwargs={"job": job, "threads": threads},
+            fn_constructor_kwargs={"job": job},
             batch_size=1,
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_gpus=gpus,
             num_cpus=cpus,
+            runtime_env=_threads_env(threads),
         )
         try:
             yield from dataset.iter_rows()
@@ -217,29 +219,28 @@ def _weights_digest(options: ExtractorOptions) -> str:
     return weights_digest(load_model(options.model, options.weights))
 
 
-def _fit_pca(job: FeatureJob, items: list[Item], threads: int | None):
+def _fit_pca(job: FeatureJob, items: list[Item]):
     from dinofeat.extractor import Extractor
     from dinofeat.workunits import fit_storage_pca
 
-    _set_threads(threads)
     return fit_storage_pca(items, Extractor.from_options(job.extractor), job)
 
 
-def _set_threads(threads: int | None) -> None:
-    """Ray sets OMP_NUM_THREADS to a worker's reserved CPUs (one); torch gets the share asked for."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+def _threads_env(threads: int | None) -> dict | None:
+    """The runtime environment giving a CPU worker ``threads`` torch threads: Ray sets
+    OMP_NUM_THREADS to the reserved CPUs (one), and raising it later with ``torch.set_num_threads``
+    runs slower than one thread; set before the worker starts, it runs as fast as a plain process."""
+    if not threads:
+        return None
+    return {"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
 
 
 class _ShardWorker:
     """A Ray actor: the model, loaded once; each call computes and writes one shard."""
 
-    def __init__(self, job: FeatureJob, threads: int | None = None) -> None:
+    def __init__(self, job: FeatureJob) -> None:
         from dinofeat.extractor import Extractor
 
-        _set_threads(threads)
         self.job = job
         self.extractor = Extractor.from_options(job.extractor)
         self.decoders = ThreadPoolExecutor(job.dataset.decode_threads, thread_name_prefix="dinofeat-decode")
@@ -275,10 +276,9 @@ class _ShardWorker:
 class _TrackWorker:
     """A Ray actor: the model, loaded once; each call tracks one video and writes its files."""
 
-    def __init__(self, job: TrackJob, threads: int | None = None) -> None:
+    def __init__(self, job: TrackJob) -> None:
         from dinofeat.extractor import Extractor
 
-        _set_threads(threads)
         self.job = job
         self.extractor = Extractor.from_options(job.extractor)
 
