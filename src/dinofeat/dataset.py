@@ -226,8 +226,6 @@ def _plan(listing: Listing, size: int, folder: Path) -> Iterator[Shard]:
 
 
 def _run_shards(folder, listing, engine, job: FeatureJob, total, started, progress) -> DatasetReport:
-    from dinofeat.featurestore import index_rows
-
     size = job.dataset.shard_size
     missing = [s for s in range(-(-total // size)) if not (folder / shard_name(s)).is_file()]
     todo = sum(min(size, total - s * size) for s in missing)
@@ -242,6 +240,7 @@ def _run_shards(folder, listing, engine, job: FeatureJob, total, started, progre
 
     results = engine.shards(_plan(listing, size, folder), job, on_items)
     unwritten: list[dict] = []  # errors of a shard not written (on_error="fail")
+    done = 0
     try:
         for result in results:
             for error in result.errors:
@@ -255,8 +254,7 @@ def _run_shards(folder, listing, engine, job: FeatureJob, total, started, progre
         with contextlib.suppress(AttributeError):
             results.close()
         errors.rewrite([*shard_errors(folder), *unwritten])  # the shards' own lists are the record
-        write_index(folder)
-    done = sum(1 for _ in index_rows(folder))
+        done = write_index(folder)
     failed = len(read_errors(folder / ERRORS))
     return DatasetReport(folder, "features", total, done, finished, failed, time.monotonic() - started)
 

@@ -152,22 +152,26 @@ def read_shard_header(path: str | os.PathLike) -> dict:
 def index_rows(folder: str | os.PathLike) -> Iterator[dict]:
     """One row per stored image (:data:`INDEX_COLUMNS`), read from the shard headers, in listing order."""
     for file in shard_files(folder):
-        name = f"{SHARDS}/{file.name}"
-        for item in read_shard_header(file)["items"]:
-            (image_w, image_h), (processed_w, processed_h) = item["image_size"], item["processed_size"]
-            grid_h, grid_w = item["grid"]
-            yield {
-                "path": item["path"],
-                "shard": name,
-                "key": item["key"],
-                "item": item["item"],
-                "grid_h": grid_h,
-                "grid_w": grid_w,
-                "image_w": image_w,
-                "image_h": image_h,
-                "processed_w": processed_w,
-                "processed_h": processed_h,
-            }
+        yield from _shard_rows(file)
+
+
+def _shard_rows(file: Path) -> Iterator[dict]:
+    name = f"{SHARDS}/{file.name}"
+    for item in read_shard_header(file)["items"]:
+        (image_w, image_h), (processed_w, processed_h) = item["image_size"], item["processed_size"]
+        grid_h, grid_w = item["grid"]
+        yield {
+            "path": item["path"],
+            "shard": name,
+            "key": item["key"],
+            "item": item["item"],
+            "grid_h": grid_h,
+            "grid_w": grid_w,
+            "image_w": image_w,
+            "image_h": image_h,
+            "processed_w": processed_w,
+            "processed_h": processed_h,
+        }
 
 
 def shard_errors(folder: str | os.PathLike) -> list[dict]:
@@ -176,19 +180,21 @@ def shard_errors(folder: str | os.PathLike) -> list[dict]:
 
 
 def write_index(folder: str | os.PathLike) -> int:
-    """Rebuild ``index.parquet`` from the shard headers (atomically); returns its number of rows."""
+    """Rebuild ``index.parquet`` from the shard headers (atomically, one row group per shard, so
+    memory does not grow with the dataset); returns its number of rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns: dict[str, list] = {name: [] for name in INDEX_COLUMNS}
-    for row in index_rows(folder):
-        for name in INDEX_COLUMNS:
-            columns[name].append(row[name])
     types = {"path": pa.string(), "shard": pa.string(), "key": pa.string(), "item": pa.int64()}
-    table = pa.table({name: pa.array(values, type=types.get(name, pa.int32())) for name, values in columns.items()})
-    with staged_outputs([Path(folder) / INDEX]) as (tmp,):
-        pq.write_table(table, tmp)
-    return table.num_rows
+    schema = pa.schema([(name, types.get(name, pa.int32())) for name in INDEX_COLUMNS])
+    count = 0
+    with staged_outputs([Path(folder) / INDEX]) as (tmp,), pq.ParquetWriter(str(tmp), schema) as writer:
+        for file in shard_files(folder):
+            rows = list(_shard_rows(file))
+            if rows:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                count += len(rows)
+    return count
 
 
 # ---------------------------------------------------------------------------------------------

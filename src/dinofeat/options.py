@@ -699,7 +699,7 @@ class DatasetOptions(Options):
         range=POSITIVE_INT,
         metavar="N",
         help="ray: model workers (actors), each loading the model once "
-        "(default: one per GPU with --gpus-per-worker 1, else 1)",
+        "(default: the cluster's GPUs / --gpus-per-worker, or 1 without GPUs)",
     )
     gpus_per_worker: float | None = option(
         None,
@@ -713,7 +713,8 @@ class DatasetOptions(Options):
         flag="--cpus-per-worker",
         range=POSITIVE,
         metavar="C",
-        help="ray: CPUs per worker (default: 1 with GPUs, else the cluster's CPUs shared among the workers)",
+        help="ray: CPUs each worker reserves, and its torch threads on a CPU (default: 1 reserved; a CPU "
+        "worker then runs the cluster's CPUs / --workers threads)",
     )
     ray_address: str | None = option(
         None,
