@@ -64,3 +64,31 @@ def smooth_vit(name: str = "dinov2_vits14", depth: int = 2, seed: int = 0, layer
         if getattr(vit, "pos_embed", None) is not None:
             vit.pos_embed.zero_()
     return vit.eval()
+
+
+def make_image_dataset(root: Path, count: int = 200, *, bad: bool = True, seed: int = 0) -> list[str]:
+    """``count`` small random PNGs in four subfolders of ``root`` (three sizes, interleaved) and, with
+    ``bad``, five files that are not readable images (corrupt, empty, truncated, text, too small) plus
+    a ``readme.txt`` that is not an input. Returns the bad files' dataset paths."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sizes = [(40, 30), (30, 40), (44, 28)]
+    for i in range(count):
+        folder = root / f"class{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        w, h = sizes[(i // 3) % 3]
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    if not bad:
+        return []
+    import io
+
+    jpeg = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(jpeg, format="JPEG")
+    (root / "class1" / "corrupt.jpg").write_bytes(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+    (root / "class2" / "empty.png").write_bytes(b"")
+    (root / "class3" / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (root / "text.png").write_text("not an image\n")
+    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(root / "tiny.png")
+    (root / "readme.txt").write_text("a dataset\n")
+    return ["class1/corrupt.jpg", "class2/empty.png", "class3/truncated.jpg", "text.png", "tiny.png"]

@@ -114,6 +114,17 @@ def pca_images(
     return PCAResult(pca, list(images), maps, colors)
 
 
+def fit_store_pca(store, options: PCAOptions | None = None) -> FeaturePCA:
+    """Fit one PCA on ``options.fit_images`` maps of a :class:`~dinofeat.featurestore.FeatureStore`,
+    spread evenly over it (``dinofeat pca --features DIR --save-pca F.npz``); no model runs."""
+    options = options or PCAOptions()
+    paths = store.sample(options.fit_images)
+    if not paths:
+        raise InputError(f"{store.folder} holds no features")
+    maps = [store[path] for path in paths]
+    return FeaturePCA.fit(maps, **fit_options(options, store.extractor_for(paths)))
+
+
 def pca_panel(image: np.ndarray, colors: PCAColors, drawing: PCADrawingOptions | None = None) -> np.ndarray:
     """One image's picture: image | colours side by side (default), the colours blended over the
     image (``overlay``), or the colours alone (``pca_only``); ``transparent`` gives RGBA."""

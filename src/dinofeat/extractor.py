@@ -198,11 +198,9 @@ class Extractor:
             groups.setdefault(self.processed_size((image.shape[1], image.shape[0])), []).append(index)
         results: list[FeatureMap | None] = [None] * len(images)
         for size_wh, indices in groups.items():
-            self._announce_cap(images[indices[0]])
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 batch = [images[i] for i in chunk]
-                self.check_memory(len(batch), size_wh)
                 for i, fmap in zip(chunk, self._forward(batch, size_wh)):
                     results[i] = fmap
         return results  # type: ignore[return-value]
@@ -227,38 +225,54 @@ class Extractor:
         one = self.memory_needed(1, size_wh) if batch > 1 else None
         check_forward_memory(self.memory_needed(batch, size_wh), self.device, one_image=one)
 
-    def _announce_cap(self, image: np.ndarray) -> None:
+    def _announce_cap(self, sizes_wh: Sequence[tuple[int, int]]) -> None:
         """Log, once per resolution and cap (not per image or frame), that ``max_size`` caps the
         resolution asked for; the first image capped is the example given."""
         key = (self.resolution, self.max_size, self.stride)
-        if key in self._announced:
-            return
-        note = size_cap_note(
-            (image.shape[1], image.shape[0]),
-            self.resolution,
-            patch_size=self.model.patch_size,
-            stride=self.stride,
-            max_size=self.max_size,
-        )
-        if note is not None:
-            self._announced.add(key)
-            log.warning("%s; said once, other images are capped alike", note)
+        for size_wh in sizes_wh:
+            if key in self._announced:
+                return
+            note = size_cap_note(
+                size_wh, self.resolution, patch_size=self.model.patch_size, stride=self.stride, max_size=self.max_size
+            )
+            if note is not None:
+                self._announced.add(key)
+                log.warning("%s; said once, other images are capped alike", note)
 
-    def _forward(self, images: list[np.ndarray], size_wh: tuple[int, int]) -> list[FeatureMap]:
-        tokens, cls, regs = self._run_model([resize(image, size_wh) for image in images])
+    def extract_resized(
+        self, images: Sequence[np.ndarray], image_sizes_wh: Sequence[tuple[int, int]]
+    ) -> list[FeatureMap]:
+        """Feature maps of images already resized to their processed size, in one forward pass.
+
+        ``images`` are ``(H', W', 3) uint8 RGB``, all of one size: the :meth:`processed_size` of
+        their original sizes ``image_sizes_wh`` (``(width, height)`` each), resized as
+        :func:`~dinofeat.images.resize` does. This is one batch of :meth:`extract_arrays`, for callers
+        that resize while decoding (the dataset workflows do, so that only small images are queued).
+        """
+        sizes = {(image.shape[1], image.shape[0]) for image in images}
+        if len(sizes) != 1 or len(image_sizes_wh) != len(images):
+            raise ValueError("extract_resized needs one or more images of one size, with one original size each")
+        (size_wh,) = sizes
+        self._announce_cap(image_sizes_wh)
+        self.check_memory(len(images), size_wh)
+        tokens, cls, regs = self._run_model(list(images))
         # clone outside inference mode: callers get ordinary tensors they may modify
         return [
             FeatureMap(
                 features=tokens[b].clone(),
-                image_size_wh=(image.shape[1], image.shape[0]),
+                image_size_wh=(int(original[0]), int(original[1])),
                 processed_size_wh=size_wh,
                 patch_size=self.model.patch_size,
                 stride=self.stride,
                 cls_token=cls[b].clone(),
                 register_tokens=regs[b].clone(),
             )
-            for b, image in enumerate(images)
+            for b, original in enumerate(image_sizes_wh)
         ]
+
+    def _forward(self, images: list[np.ndarray], size_wh: tuple[int, int]) -> list[FeatureMap]:
+        resized = [resize(image, size_wh) for image in images]
+        return self.extract_resized(resized, [(image.shape[1], image.shape[0]) for image in images])
 
     def _run_model(self, batch: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Same-size ``(H, W, 3) uint8`` images -> patch tokens (B, h, w, C), CLS (B, C), registers (B, R, C).

@@ -21,11 +21,12 @@ from dinofeat.outputs import staged_outputs
 FEATURE_SUFFIXES = (".npz", ".safetensors")
 
 
-def feature_arrays(maps: Sequence[FeatureMap]) -> dict[str, np.ndarray]:
-    """``features_{i}`` (h, w, C) float32, ``image_size_{i}`` and ``processed_size_{i}`` (w, h) int64."""
+def feature_arrays(maps: Sequence[FeatureMap], dtype: str = "float32") -> dict[str, np.ndarray]:
+    """``features_{i}`` (h, w, C) ``dtype`` (float32, or float16 for a dataset's shards),
+    ``image_size_{i}`` and ``processed_size_{i}`` (w, h) int64."""
     arrays: dict[str, np.ndarray] = {}
     for i, fmap in enumerate(maps):
-        arrays[f"features_{i}"] = np.ascontiguousarray(fmap.numpy(), dtype=np.float32)
+        arrays[f"features_{i}"] = np.ascontiguousarray(fmap.numpy(), dtype=np.dtype(dtype))
         arrays[f"image_size_{i}"] = np.asarray(fmap.image_size_wh, dtype=np.int64)
         arrays[f"processed_size_{i}"] = np.asarray(fmap.processed_size_wh, dtype=np.int64)
     return arrays

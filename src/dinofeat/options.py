@@ -431,6 +431,8 @@ class MatchDrawingOptions(Options):
 DEFAULT_PERCENTILES = (1.0, 99.0)
 #: Video PCA: frames sampled evenly over the clip to fit one PCA.
 DEFAULT_FIT_FRAMES = 16
+#: PCA over a feature folder: stored images sampled evenly to fit one PCA.
+DEFAULT_FIT_IMAGES = 32
 
 
 @dataclass(frozen=True)
@@ -472,6 +474,14 @@ class PCAOptions(Options):
         range=POSITIVE_INT,
         metavar="N",
         help="video: frames sampled evenly to fit the PCA (default: %(default)s)",
+    )
+    fit_images: int = option(
+        DEFAULT_FIT_IMAGES,
+        flag="--fit-images",
+        range=POSITIVE_INT,
+        metavar="N",
+        help="--features DIR without INPUT: stored images, spread evenly over the folder, that fit the PCA "
+        "(default: %(default)s)",
     )
 
     def __post_init__(self) -> None:
@@ -624,6 +634,138 @@ class TrailOptions(Options):
         metavar="N",
         help="trail length in processed frames in the output video (0: none; default: %(default)s)",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets (thousands of files, resumable; see dinofeat.dataset)
+
+ENGINES = ("local", "ray")
+ON_ERROR = ("continue", "fail")
+STORE_DTYPES = ("float32", "float16")
+TRACK_OUTPUTS = ("json", "csv", "mp4")
+#: Images per feature shard: the unit of work, of atomic writing and of resuming.
+DEFAULT_SHARD_SIZE = 64
+#: Images whose features fit the storage PCA of ``--pca K``.
+DEFAULT_PCA_SAMPLE = 64
+#: Threads decoding images ahead of the model (local engine, and inside each Ray worker).
+DEFAULT_DECODE_THREADS = 4
+
+
+@dataclass(frozen=True)
+class DatasetOptions(Options):
+    """How a dataset (a folder, glob or list of files) is processed and stored
+    (see :func:`~dinofeat.dataset.extract_dataset` and :func:`~dinofeat.dataset.track_dataset`).
+
+    ``dtype``, ``pca``, ``pca_sample`` and ``shard_size`` say how features are stored (they are
+    part of the dataset's manifest); ``outputs`` is for tracks; the rest say how the work runs and
+    may change between runs into the same folder.
+    """
+
+    engine: str = option(
+        "local",
+        flag="--engine",
+        choices=ENGINES,
+        help="local: this process, decoding overlapped with the model; ray: Ray Data actors, one model "
+        "per worker, on this machine or a cluster (pip install 'dinofeat[ray]') (default: %(default)s)",
+    )
+    on_error: str = option(
+        "continue",
+        flag="--on-error",
+        choices=ON_ERROR,
+        noun="error policy",
+        help="a file that cannot be read: record it in DIR/errors.jsonl and go on (continue), "
+        "or stop at the first (fail) (default: %(default)s)",
+    )
+    dtype: str = option(
+        "float32",
+        flag="--dtype",
+        choices=STORE_DTYPES,
+        help="stored feature type; float16 halves the files (default: %(default)s)",
+    )
+    pca: int | None = option(
+        None,
+        flag="--pca",
+        range=POSITIVE_INT,
+        metavar="K",
+        help="store K principal components per patch instead of C channels (a PCA fitted on "
+        "--pca-sample images, saved as DIR/pca.safetensors)",
+    )
+    pca_sample: int = option(
+        DEFAULT_PCA_SAMPLE,
+        flag="--pca-sample",
+        range=POSITIVE_INT,
+        metavar="N",
+        help="images, spread evenly over the dataset, that fit the --pca basis (default: %(default)s)",
+    )
+    shard_size: int = option(
+        DEFAULT_SHARD_SIZE,
+        flag="--shard-size",
+        range=POSITIVE_INT,
+        metavar="N",
+        help="images per shard file: the unit of work, atomic writing and resuming; memory holds about "
+        "two shards (default: %(default)s)",
+    )
+    outputs: tuple[str, ...] = option(
+        ("json",),
+        flag="--outputs",
+        choices=TRACK_OUTPUTS,
+        nargs="+",
+        metavar="FORMAT",
+        noun="output format",
+        help="files per video in DIR/tracks/: json, csv and/or mp4 (default: json)",
+    )
+    decode_threads: int = option(
+        DEFAULT_DECODE_THREADS,
+        flag="--decode-threads",
+        range=POSITIVE_INT,
+        metavar="N",
+        help="threads decoding images ahead of the model (default: %(default)s)",
+    )
+    workers: int | None = option(
+        None,
+        flag="--workers",
+        range=POSITIVE_INT,
+        metavar="N",
+        help="ray: model workers (actors), each loading the model once "
+        "(default: the cluster's GPUs / --gpus-per-worker, or 1 without GPUs)",
+    )
+    gpus_per_worker: float | None = option(
+        None,
+        flag="--gpus-per-worker",
+        range=NON_NEGATIVE,
+        metavar="G",
+        help="ray: GPUs per worker (default: 1 if the Ray cluster has GPUs, else 0)",
+    )
+    cpus_per_worker: float | None = option(
+        None,
+        flag="--cpus-per-worker",
+        range=POSITIVE,
+        metavar="C",
+        help="ray: CPUs each worker reserves, and its torch threads on a CPU (default: 1 reserved; a CPU "
+        "worker then runs the cluster's CPUs / --workers threads)",
+    )
+    ray_address: str | None = option(
+        None,
+        flag="--ray-address",
+        metavar="ADDR",
+        help="ray: the cluster to join (default: $RAY_ADDRESS, else a local Ray started for the run)",
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.outputs, str):
+            object.__setattr__(self, "outputs", (self.outputs,))
+        elif isinstance(self.outputs, list):
+            object.__setattr__(self, "outputs", tuple(self.outputs))
+        super().__post_init__()
+
+    def _check_together(self) -> None:
+        if not self.outputs:
+            raise InputError("--outputs needs at least one of json, csv, mp4")
+        if self.engine != "ray":
+            given = [f for f in ("workers", "gpus_per_worker", "cpus_per_worker", "ray_address") if getattr(self, f)]
+            if given:
+                flag = "--" + given[0].replace("_", "-")
+                raise InputError(f"{flag} is for --engine ray")
 
 
 # ---------------------------------------------------------------------------------------------

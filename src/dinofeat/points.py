@@ -116,6 +116,34 @@ def farthest_points(points: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(chosen, device=points.device)
 
 
+def collect_queries(
+    first_frame: int,
+    size_wh: tuple[int, int],
+    *,
+    points_xy=(),
+    queries_txy=(),
+    points_file: str | os.PathLike | None = None,
+    grid: int | None = None,
+) -> list[tuple[float, float, float]]:
+    """All tracking queries of one video as ``(t, x, y)``, in this order: ``points_xy`` (in
+    ``first_frame``), ``queries_txy``, the rows of ``points_file`` (``x, y`` rows in ``first_frame``),
+    then an ``grid`` x ``grid`` grid over the ``size_wh`` frame in ``first_frame``.
+
+    >>> collect_queries(0, (40, 20), points_xy=[(1, 2)], grid=1)
+    [(0, 1, 2), (0, 19.5, 9.5)]
+    """
+    queries: list[tuple[float, float, float]] = [(first_frame, x, y) for x, y in points_xy]
+    queries += [tuple(q) for q in queries_txy]  # type: ignore[misc]
+    if points_file is not None:
+        rows = read_points_file(points_file, with_frames=True)
+        queries += [(first_frame, *row) if len(row) == 2 else row for row in rows]  # type: ignore[misc]
+    if grid is not None:
+        queries += [(first_frame, x, y) for x, y in grid_points(size_wh, grid).tolist()]
+    if not queries:
+        raise InputError("no points to track: give --point X,Y, --query T,X,Y, --points-file FILE or --grid N")
+    return queries
+
+
 def read_points_file(path: str | os.PathLike, *, with_frames: bool = False) -> list[tuple[float, ...]]:
     """Points from a JSON list of ``[x, y]`` pairs or CSV lines ``x,y`` (an optional header line is
     skipped); with ``with_frames``, ``[t, x, y]`` / ``t,x,y`` rows (frame index first) too.

@@ -142,6 +142,34 @@ def make_extractor(options, args: argparse.Namespace | None = None):
     return Extractor.from_options(options, block_progress=block_bar)
 
 
+def add_features_option(parser, help_text: str) -> None:
+    """--features DIR: read features from a feature folder (``dinofeat extract --out-dir``)."""
+    parser.add_argument("--features", metavar="DIR", help=help_text)
+
+
+def open_feature_folder(args: argparse.Namespace, inputs):
+    """The :class:`~dinofeat.featurestore.FeatureStore` of ``--features DIR``, an extractor stand-in
+    giving ``inputs``' stored maps, and the image file of each input (for drawing).
+
+    The model and feature options are the folder's: giving one of them is an error.
+    """
+    from pathlib import Path
+
+    from dinofeat.errors import InputError
+    from dinofeat.featurestore import open_features
+    from dinofeat.options import ExtractorOptions
+
+    for f in dataclasses.fields(ExtractorOptions):
+        value = getattr(args, f.name, f.default)
+        if f.metadata.get("flag") and (tuple(value) if isinstance(value, list) else value) != f.default:
+            flag = f.metadata["flag"]
+            raise InputError(f"{flag} does not apply with --features: the features come from {args.features}")
+    store = open_features(args.features)
+    keys = [store.find(path) for path in inputs]
+    files = [str(path) if Path(path).is_file() else str(store.image_file(key)) for path, key in zip(inputs, keys)]
+    return store, store.extractor_for(keys), files
+
+
 def point_xy(text: str) -> tuple[float, float]:
     """Parse ``X,Y`` (pixels) into a finite float pair."""
     return tuple(_floats(text, 2, "X,Y"))  # type: ignore[return-value]

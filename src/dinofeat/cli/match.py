@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dinofeat.cli.common import add_extractor_options, add_options
+from dinofeat.cli.common import add_extractor_options, add_features_option, add_options, open_feature_folder
 from dinofeat.options import DEFAULT_AUTO, MatchDrawingOptions, MatchOptions
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -47,6 +47,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     checks = parser.add_argument_group("matching and checks")
     add_options(checks, MatchOptions, "pca_dim", "require_mutual", "max_ratio", "ransac", "ransac_threshold")
     add_extractor_options(parser)
+    add_features_option(
+        parser.add_argument_group("stored features"),
+        "read A's and B's features from a feature folder (dinofeat extract --out-dir DIR) instead of running "
+        "the model: IMAGE_A and IMAGE_B are its paths (as the folder lists them, or files below its dataset "
+        "folder) and are read only for drawing; the model and feature options are the folder's",
+    )
     return parser
 
 
@@ -91,8 +97,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.output:
             raise InputError("--heatmap draws into the picture: give -o OUT.png")
 
-    image_a, image_b = load_image(args.image_a), load_image(args.image_b)
-    extractor = make_extractor(model, args)
+    if args.features:
+        _, extractor, (file_a, file_b) = open_feature_folder(args, [args.image_a, args.image_b])
+        image_a, image_b = load_image(file_a), load_image(file_b)
+    else:
+        image_a, image_b = load_image(args.image_a), load_image(args.image_b)
+        extractor = make_extractor(model, args)
     result = match_images(
         image_a, image_b, points or None, extractor=extractor, options=options, names=(args.image_a, args.image_b)
     )

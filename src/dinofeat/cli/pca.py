@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dinofeat.cli.common import add_extractor_options, add_options
+from dinofeat.cli.common import add_extractor_options, add_features_option, add_options, open_feature_folder
 from dinofeat.options import FrameOptions, PCADrawingOptions, PCAOptions
 
 #: Inputs with these suffixes are read as videos (everything else as images).
@@ -27,7 +27,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "frame with one PCA fitted on a sample of its frames.",
     )
     parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help=f"images, or one video ({' '.join(VIDEO_SUFFIXES[:5])} ...)"
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help=f"images, or one video ({' '.join(VIDEO_SUFFIXES[:5])} ...); with --features, paths of the folder",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -61,6 +64,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     frames = parser.add_argument_group("video frames")
     add_options(frames, FrameOptions, every="colour every K-th frame; the video is written at fps / K (default: 1)")
     add_extractor_options(parser)
+    add_features_option(
+        parser.add_argument_group("stored features"),
+        "read the features from a feature folder (dinofeat extract --out-dir DIR) instead of running the "
+        "model: each INPUT is one of its paths (or a file below its dataset folder), read only for drawing; "
+        "without INPUT, --save-pca fits one PCA on --fit-images stored images spread over the folder. "
+        "The model and feature options are the folder's; images only, not videos",
+    )
     return parser
 
 
@@ -73,16 +83,41 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(args, PCAOptions)
     drawing = options_from(args, PCADrawingOptions)
     frames = options_from(args, FrameOptions)
+    if not args.inputs and not args.features:
+        raise InputError("no input: give images or a video (or --features DIR)")
     is_video = [Path(p).suffix.lower() in VIDEO_SUFFIXES for p in args.inputs]
+    if args.features and any(is_video):
+        raise InputError("--features holds image features; videos are coloured from the model")
     if any(is_video) and len(args.inputs) > 1:
         raise InputError("give one video, or only images (videos are coloured one at a time)")
     if not (args.output or args.out_dir or args.save_pca or args.save_features):
         raise InputError("nothing to write: give -o OUT, --out-dir DIR, --save-pca or --save-features")
     check_suffix(args.save_pca, (".npz",), "--save-pca")
     check_suffix(args.save_features, (".npz",), "--save-features")
+    if not args.inputs:
+        return _run_store_fit(args, options)
     if is_video[0]:
         return _run_video(args, model, options, drawing, frames)
     return _run_images(args, model, options, drawing)
+
+
+def _run_store_fit(args: argparse.Namespace, options: PCAOptions) -> int:
+    """--features DIR --save-pca F.npz without INPUT: one PCA over a sample of the folder."""
+    from dinofeat.cli.common import summary
+    from dinofeat.colorize import fit_store_pca
+    from dinofeat.errors import InputError
+    from dinofeat.outputs import check_outputs, staged_outputs
+
+    if args.output or args.out_dir or args.save_features or not args.save_pca:
+        raise InputError("--features DIR without INPUT fits a PCA: give --save-pca F.npz only (name images to draw)")
+    check_outputs([args.save_pca])
+    store, _, _ = open_feature_folder(args, [])
+    pca = fit_store_pca(store, options)
+    with staged_outputs([args.save_pca]) as (tmp,):
+        pca.save(tmp)
+    fitted = min(options.fit_images, len(store))
+    summary(args, f"a PCA of {fitted} stored image(s) of {len(store)} -> {args.save_pca}", stream=_stdout())
+    return 0
 
 
 def _run_images(args: argparse.Namespace, model, options: PCAOptions, drawing: PCADrawingOptions) -> int:
@@ -99,8 +134,12 @@ def _run_images(args: argparse.Namespace, model, options: PCAOptions, drawing: P
     outputs = [args.output, *targets, args.save_pca, args.save_features]
     check_outputs(outputs, inputs=args.inputs)
     loaded = _load_pca(args)
-    images = [load_image(path) for path in args.inputs]
-    extractor = make_extractor(model, args)
+    if args.features:
+        _, extractor, files = open_feature_folder(args, args.inputs)
+        images = [load_image(path) for path in files]
+    else:
+        images = [load_image(path) for path in args.inputs]
+        extractor = make_extractor(model, args)
     result = pca_images(images, extractor, options, pca=loaded, nearest=drawing.nearest)
     write_pca_files(
         result,

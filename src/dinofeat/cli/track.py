@@ -8,6 +8,7 @@ from dinofeat.cli.common import add_extractor_options, add_options
 from dinofeat.options import (
     DEFAULT_MIN_SCORE,
     DEFAULT_TRAIL,
+    DatasetOptions,
     FrameOptions,
     TrackerOptions,
     TrackGridOptions,
@@ -16,6 +17,8 @@ from dinofeat.options import (
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
 __all__ = ["DEFAULT_MIN_SCORE", "DEFAULT_TRAIL", "VIDEO_SUFFIXES", "add_parser", "run"]
+#: DatasetOptions fields that are about feature folders only.
+_IMAGES_ONLY = ("dtype", "pca", "pca_sample", "shard_size", "decode_threads")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -28,7 +31,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "or not cycle-consistent. Coordinates are pixels of the original video (x right, y down, "
         "centre of the top-left pixel = 0,0); frame indices count from 0 in the video.",
     )
-    parser.add_argument("video", metavar="VIDEO", help="input video (any container/codec FFmpeg reads)")
+    parser.add_argument(
+        "video",
+        nargs="+",
+        metavar="VIDEO",
+        help="input video (any container/codec FFmpeg reads); with --out-dir a dataset: videos, a folder "
+        "(searched recursively), a quoted glob or a list file (.txt, or .csv/.parquet with a 'path' column "
+        "and an optional 'points' column naming each video's points file)",
+    )
     queries = parser.add_argument_group("points (any combination)")
     queries.add_argument(
         "--point",
@@ -44,7 +54,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "otherwise not visible before T); repeatable",
     )
     queries.add_argument(
-        "--points-file", metavar="FILE", help="points: JSON list of [x, y] or [t, x, y], or CSV lines x,y or t,x,y"
+        "--points-file",
+        metavar="FILE",
+        help="points: JSON list of [x, y] or [t, x, y], or CSV lines x,y or t,x,y; with --out-dir, one file "
+        "for every video or a folder of them matched by each video's path (clips/a.mp4 -> FOLDER/clips/a.json "
+        "or .csv)",
     )
     add_options(queries, TrackGridOptions)
     outputs = parser.add_argument_group("outputs (at least one)")
@@ -57,7 +71,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     outputs.add_argument("--json", metavar="OUT.json", help="tracks as JSON: one entry per processed frame")
     outputs.add_argument("--csv", metavar="OUT.csv", help="tracks as CSV rows: track,frame,x,y,score,visible")
+    outputs.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="a dataset's outputs: DIR/tracks/<name>.json (and --outputs csv mp4) per video, named by its path, "
+        "plus manifest.json and errors.jsonl; rerunning resumes",
+    )
     add_options(outputs, TrailOptions)
+    dataset = parser.add_argument_group("dataset (with --out-dir)")
+    add_options(dataset, DatasetOptions, exclude=_IMAGES_ONLY)
     frames = parser.add_argument_group("frames")
     add_options(
         frames,
@@ -85,6 +107,14 @@ def run(args: argparse.Namespace) -> int:
     frames = options_from(args, FrameOptions)
     trail = options_from(args, TrailOptions)
     options_from(args, TrackGridOptions)  # checks --grid
+    dataset = options_from(args, DatasetOptions)
+    if args.out_dir:
+        return _run_dataset(args, model, tracker, frames, trail, dataset)
+    if dataset != DatasetOptions():
+        raise InputError("the dataset options (--engine, --outputs, ...) need --out-dir DIR")
+    if len(args.video) > 1:
+        raise InputError(f"give one VIDEO, or --out-dir DIR to track {len(args.video)} videos as a dataset")
+    args.video = args.video[0]
     outputs = [path for path in (args.output, args.json, args.csv) if path]
     if not outputs:
         raise InputError("nothing to write: give -o OUT.mp4, --json OUT.json and/or --csv OUT.csv")
@@ -118,29 +148,48 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dataset(args, model, tracker, frames, trail, dataset: DatasetOptions) -> int:
+    from dinofeat.cli.common import progress_bar, summary
+    from dinofeat.dataset import QuerySpec, track_dataset
+    from dinofeat.errors import InputError
+
+    given = [flag for flag, value in (("-o", args.output), ("--json", args.json), ("--csv", args.csv)) if value]
+    if given:
+        raise InputError(f"{given[0]} names one file; with --out-dir choose the files with --outputs json csv mp4")
+    points, queries = _parse_points(args)
+    spec = QuerySpec(tuple(points), tuple(queries), args.points_file, args.grid)
+    with progress_bar(args, "tracking", "video") as bar:
+        result = track_dataset(
+            args.video, args.out_dir, spec, model, dataset, tracker=tracker, frames=frames, trail=trail, progress=bar
+        )
+    summary(args, f"{result.summary()} -> {args.out_dir}")
+    return 0 if result.ok else 1
+
+
 def _collect_queries(args, first_frame: int, size_wh: tuple[int, int]) -> list[tuple[float, float, float]]:
     """All query points as ``(t, x, y)``: --point and --grid at ``first_frame``, --query, --points-file."""
+    from dinofeat.points import collect_queries
+
+    points, queries = _parse_points(args)
+    return collect_queries(
+        first_frame, size_wh, points_xy=points, queries_txy=queries, points_file=args.points_file, grid=args.grid
+    )
+
+
+def _parse_points(args) -> tuple[list[tuple[float, float]], list[tuple[int, float, float]]]:
+    """--point X,Y and --query T,X,Y texts as numbers (one-line errors)."""
     from dinofeat.cli.common import point_xy, query_txy
     from dinofeat.errors import InputError
-    from dinofeat.points import grid_points, read_points_file
 
-    queries: list[tuple[float, float, float]] = []
+    points, queries = [], []
     for text in args.point or []:
         try:
-            x, y = point_xy(text)
+            points.append(point_xy(text))
         except argparse.ArgumentTypeError as err:
             raise InputError(f"--point: {err}") from None
-        queries.append((first_frame, x, y))
     for text in args.query or []:
         try:
             queries.append(query_txy(text))
         except argparse.ArgumentTypeError as err:
             raise InputError(f"--query: {err}") from None
-    if args.points_file:
-        rows = read_points_file(args.points_file, with_frames=True)
-        queries += [(first_frame, *row) if len(row) == 2 else row for row in rows]
-    if args.grid is not None:
-        queries += [(first_frame, x, y) for x, y in grid_points(size_wh, args.grid).tolist()]
-    if not queries:
-        raise InputError("no points to track: give --point X,Y, --query T,X,Y, --points-file FILE or --grid N")
-    return queries
+    return points, queries

@@ -1,0 +1,131 @@
+"""Tracking datasets: ``dinofeat track DIR --out-dir``: one JSON/CSV per video equal to single-file
+``dinofeat track``, broken videos in errors.jsonl, points files per video, resuming, the manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dinofeat.cli import main
+from dinofeat.dataset import track_output_stem
+from dinofeat.video import VideoWriter
+
+W, H = 84, 56  # at --resolution 56 the model sees the frames 1:1 (6 x 4 patches)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """a.mp4 and sub/b.mp4 (the camera pans over a photo), broken.mp4 (not a video) and empty.mp4."""
+    from skimage import data
+
+    photo = data.astronaut()
+    root = tmp_path_factory.mktemp("videos")
+    (root / "sub").mkdir()
+    for name, y in (("a.mp4", 60), ("sub/b.mp4", 200)):
+        with VideoWriter(root / name, fps=25, size_wh=(W, H), crf=4) as sink:
+            for k in range(5):
+                sink.write(np.ascontiguousarray(photo[y : y + H, 100 + 7 * k : 100 + 7 * k + W]))
+    (root / "broken.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    (root / "empty.mp4").write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(vits14_checkpoint):
+    fast = ["--layer", "0", "--batch-size", "5"]  # the first block only: fast
+    return ["--weights", str(vits14_checkpoint), "--resolution", "56", "--device", "cpu", "--precision", "fp32", *fast]
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+def _without_path(document):
+    return {**document, "video": {k: v for k, v in document["video"].items() if k != "path"}}
+
+
+def test_tracks_equal_single_file_and_bad_videos_are_recorded(tmp_path, videos, model, capsys):
+    out = tmp_path / "out"
+    argv = ["track", str(videos), "--out-dir", str(out), "--grid", "2", "--outputs", "json", "csv", *model]
+    assert main(argv) == 1  # two videos failed
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert summary.startswith("dinofeat track: 4 videos: 2 done (2 now") and "2 failed" in summary
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [e["path"] for e in errors] == ["broken.mp4", "empty.mp4"]
+    assert "not a video" in errors[0]["error"] and "empty" in errors[1]["error"]
+    for name in ("a.mp4", "sub/b.mp4"):
+        single_json, single_csv = tmp_path / "single.json", tmp_path / "single.csv"
+        one = ["track", str(videos / name), "--grid", "2", "--json", str(single_json), "--csv", str(single_csv)]
+        assert main([*one, *model, "-q"]) == 0
+        stem = out / "tracks" / track_output_stem(name)
+        stored = _json(stem.with_suffix(".json"))
+        assert stored["video"]["path"] == name
+        assert _without_path(stored) == _without_path(_json(single_json))
+        assert stem.with_suffix(".csv").read_bytes() == single_csv.read_bytes()
+    manifest = _json(out / "manifest.json")
+    assert manifest["kind"] == "tracks" and manifest["settings"]["queries"]["grid"] == 2
+    # rerunning skips the finished videos and tries the failed ones again
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "tracks").iterdir()}
+    assert main([*argv, "-q"]) == 1
+    assert before == {p.name: p.stat().st_mtime_ns for p in (out / "tracks").iterdir()}
+    assert len((out / "errors.jsonl").read_text().splitlines()) == 2
+    # other settings into the same folder: one line, exit status 2
+    assert main([*argv[: -len(model)], "--grid", "3", *model]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "settings.queries" in err
+
+
+def test_points_files_per_video(tmp_path, videos, model):
+    points = tmp_path / "points"
+    (points / "sub").mkdir(parents=True)
+    (points / "a.json").write_text("[[20, 20], [2, 40, 30]]")
+    (points / "sub" / "b.csv").write_text("x,y\n30.5,25\n")
+    out = tmp_path / "out"
+    argv = ["track", str(videos / "a.mp4"), str(videos / "sub/b.mp4"), "--out-dir", str(out), *model, "-q"]
+    assert main([*argv, "--points-file", str(points)]) == 1  # b.mp4 is named sub/b.mp4 only inside the folder
+    assert [
+        t["query"] for t in _json(out / "tracks" / f"{track_output_stem(str(videos / 'a.mp4'))}.json")["tracks"]
+    ] == [
+        [0, 20.0, 20.0],
+        [2, 40.0, 30.0],
+    ]
+    # inside the folder, videos find their points files by their paths
+    folder_out = tmp_path / "folder"
+    assert main(["track", str(videos), "--out-dir", str(folder_out), "--points-file", str(points), *model, "-q"]) == 1
+    b = _json(folder_out / "tracks" / f"{track_output_stem('sub/b.mp4')}.json")
+    assert [t["query"] for t in b["tracks"]] == [[0, 30.5, 25.0]]
+    # a list file's points column names each video's points file
+    table = tmp_path / "list.csv"
+    table.write_text(f"path,points\n{videos / 'a.mp4'},points/sub/b.csv\n{videos / 'sub/b.mp4'},\n")
+    listed = tmp_path / "listed"
+    assert main(["track", str(table), "--out-dir", str(listed), *model, "-q"]) == 1
+    errors = [json.loads(line) for line in (listed / "errors.jsonl").read_text().splitlines()]
+    assert [e["path"] for e in errors] == [str(videos / "sub/b.mp4")] and "no points to track" in errors[0]["error"]
+    a = _json(listed / "tracks" / f"{track_output_stem(str(videos / 'a.mp4'))}.json")
+    assert [t["query"] for t in a["tracks"]] == [[0, 30.5, 25.0]]
+
+
+def test_track_dataset_usage_errors(tmp_path, videos, capsys):
+    for argv, expected in [
+        (
+            ["track", str(videos / "a.mp4"), str(videos / "sub/b.mp4"), "--grid", "2", "--json", "x.json"],
+            "give one VIDEO",
+        ),
+        (
+            ["track", str(videos), "--out-dir", str(tmp_path), "--grid", "2", "--json", "x.json"],
+            "--json names one file",
+        ),
+        (["track", str(videos / "a.mp4"), "--grid", "2", "--json", "x.json", "--outputs", "csv"], "need --out-dir"),
+        (["track", str(videos), "--out-dir", str(tmp_path / "o"), "--outputs", "pdf"], "invalid choice"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err
+
+
+def test_output_stems_are_stable_and_distinct():
+    assert track_output_stem("clips/cat 1.mp4") == "clips__cat_1-ce2cb64c"
+    names = {track_output_stem(p) for p in ("a/b.mp4", "a__b.mp4", "a/b.mov", "a_b.mp4", "/abs/a/b.mp4")}
+    assert len(names) == 5 and all("/" not in n for n in names)
