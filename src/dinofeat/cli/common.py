@@ -170,6 +170,20 @@ def open_feature_folder(args: argparse.Namespace, inputs):
     return store, store.extractor_for(keys), files
 
 
+def parse_each(texts, parse, flag: str) -> list:
+    """The texts of a repeatable option (``None``: not given) parsed by ``parse``; a bad one is a
+    one-line :class:`~dinofeat.errors.InputError` naming ``flag``."""
+    from dinofeat.errors import InputError
+
+    parsed = []
+    for text in texts or []:
+        try:
+            parsed.append(parse(text))
+        except argparse.ArgumentTypeError as err:
+            raise InputError(f"{flag}: {err}") from None
+    return parsed
+
+
 def point_xy(text: str) -> tuple[float, float]:
     """Parse ``X,Y`` (pixels) into a finite float pair."""
     return tuple(_floats(text, 2, "X,Y"))  # type: ignore[return-value]

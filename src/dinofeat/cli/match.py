@@ -59,7 +59,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from dinofeat.cli.common import extractor_options, make_extractor, options_from, point_xy, summary
+    from dinofeat.cli.common import extractor_options, make_extractor, options_from, parse_each, point_xy, summary
     from dinofeat.errors import InputError
     from dinofeat.images import load_image
     from dinofeat.matching import match_images, write_match_files
@@ -72,12 +72,7 @@ def run(args: argparse.Namespace) -> int:
     check_suffix(args.output, PICTURE_SUFFIXES, "the picture (-o)")
     check_suffix(args.json, (".json",), "--json")
     check_outputs([args.output, args.json], inputs=[args.image_a, args.image_b])
-    points = []
-    for text in args.point or []:
-        try:
-            points.append(point_xy(text))
-        except argparse.ArgumentTypeError as err:
-            raise InputError(f"--point: {err}") from None
+    points = parse_each(args.point, point_xy, "--point")
     if args.points_file:
         points += read_points_file(args.points_file)
     ways = [

@@ -178,18 +178,6 @@ def _collect_queries(args, first_frame: int, size_wh: tuple[int, int]) -> list[t
 
 def _parse_points(args) -> tuple[list[tuple[float, float]], list[tuple[int, float, float]]]:
     """--point X,Y and --query T,X,Y texts as numbers (one-line errors)."""
-    from dinofeat.cli.common import point_xy, query_txy
-    from dinofeat.errors import InputError
+    from dinofeat.cli.common import parse_each, point_xy, query_txy
 
-    points, queries = [], []
-    for text in args.point or []:
-        try:
-            points.append(point_xy(text))
-        except argparse.ArgumentTypeError as err:
-            raise InputError(f"--point: {err}") from None
-    for text in args.query or []:
-        try:
-            queries.append(query_txy(text))
-        except argparse.ArgumentTypeError as err:
-            raise InputError(f"--query: {err}") from None
-    return points, queries
+    return parse_each(args.point, point_xy, "--point"), parse_each(args.query, query_txy, "--query")
