@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,3 +55,23 @@ def test_bf16_matrix_units_are_read_from_cpuinfo(monkeypatch, tmp_path):
         assert devices.cpu_has_bf16_matrix_units()
     finally:
         devices.cpu_has_bf16_matrix_units.cache_clear()
+
+
+def test_frames_per_forward_pass_default_by_device_and_an_asked_batch_wins(monkeypatch):
+    from conftest import random_vit
+    from dinofeat.extractor import Extractor
+
+    assert [devices.default_batch_size(torch.device(d)) for d in ("cpu", "cuda", "mps")] == [1, 8, 8]
+    vit = random_vit("dinov2_vits14", depth=1)
+    assert Extractor(vit, device="cpu").batch_size == 1
+    assert Extractor(vit, device="cpu", batch_size=4).batch_size == 4
+    seen = []
+    extractor = Extractor(vit, device="cpu", resolution=28)
+    monkeypatch.setattr(extractor, "_run_model", lambda batch: seen.append(len(batch)) or _fake_pass(batch))
+    extractor.extract_arrays([np.zeros((28, 28, 3), np.uint8)] * 3)
+    assert seen == [1, 1, 1]  # one image per forward pass on the CPU
+
+
+def _fake_pass(batch):
+    n = len(batch)
+    return torch.zeros(n, 2, 2, 384), torch.zeros(n, 384), torch.zeros(n, 0, 384)

@@ -499,7 +499,8 @@ def test_a_forward_pass_too_big_for_memory_is_refused(tmp_path, files, model_arg
     monkeypatch.setattr(dinofeat.memory, "available_memory", lambda device: 100 * 1024)  # 100 KB "free"
     a, b = str(files["a"]), str(files["b"])
     before = _listing(tmp_path)
-    err = _refused(capsys, ["extract", a, b, "-o", str(tmp_path / "f.npz"), *model_args], "would need about")
+    extract = ["extract", a, b, "-o", str(tmp_path / "f.npz"), "--batch-size", "2", *model_args]
+    err = _refused(capsys, extract, "would need about")
     assert "a forward pass of 2 image(s) at 70x56 (21 tokens each)" in err
     assert "but only 0.1 MB is available on cpu; lower --max-size or --resolution" in err
     assert "or --batch-size (one image at a time needs about" in err

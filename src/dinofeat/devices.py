@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from dinofeat.errors import InputError
-from dinofeat.options import DEVICES, PRECISIONS
+from dinofeat.options import CPU_BATCH_SIZE, DEVICES, GPU_BATCH_SIZE, PRECISIONS
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -32,6 +32,16 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if kind == "mps" and not torch.backends.mps.is_available():
         raise InputError("device 'mps' was asked for, but Apple MPS is not available here")
     return torch.device(name)
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Images per forward pass when none is asked for: :data:`~dinofeat.options.CPU_BATCH_SIZE` on
+    the CPU, :data:`~dinofeat.options.GPU_BATCH_SIZE` on CUDA and MPS.
+
+    >>> default_batch_size(torch.device("cpu")), default_batch_size(torch.device("cuda"))
+    (1, 8)
+    """
+    return CPU_BATCH_SIZE if device.type == "cpu" else GPU_BATCH_SIZE
 
 
 @functools.cache

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from dinofeat.devices import autocast, resolve_device, resolve_precision
+from dinofeat.devices import autocast, default_batch_size, resolve_device, resolve_precision
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
 from dinofeat.images import ImageLike, load_image, processed_size, resize, size_cap_note
@@ -48,7 +48,8 @@ class Extractor:
             gives overlapping patches (a denser grid).
         layers: block index or indices (negative from the end); several are concatenated along C.
         facet: ``token`` (default, normalised block output) or ``key`` / ``query`` / ``value``.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass; None: by device (:func:`~dinofeat.devices.default_batch_size`,
+            1 on CPU, 8 on a GPU).
         block_progress: for progress within a forward pass (a big image's can take a while):
             called as ``block_progress("the model on 1344x1792")`` before each forward pass, it
             gives a context manager yielding a :class:`~dinofeat.progress.Progress` that is called
@@ -82,7 +83,7 @@ class Extractor:
         stride: int | None = None,
         layers: int | Sequence[int] = -1,
         facet: str = "token",
-        batch_size: int = 8,
+        batch_size: int | None = None,
         block_progress: BlockProgress | None = None,
     ) -> None:
         name = model if isinstance(model, str) else model.spec.name
@@ -174,7 +175,8 @@ class Extractor:
 
     @property
     def batch_size(self) -> int:
-        return self.options.batch_size
+        """Images per forward pass: the option, or the device's default."""
+        return self.options.batch_size or default_batch_size(self.device)
 
     def processed_size(self, size_wh: tuple[int, int]) -> tuple[int, int]:
         """The (width, height) an image of ``size_wh`` is resized to (see :func:`~dinofeat.images.processed_size`)."""

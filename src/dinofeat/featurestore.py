@@ -48,6 +48,7 @@ import numpy as np
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
 from dinofeat.listing import normal_path as _key
+from dinofeat.options import GPU_BATCH_SIZE
 from dinofeat.outputs import staged_outputs
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ class FeatureStore(Mapping):
         self.options = ExtractorOptions(
             model=self.manifest["model"],
             weights=self.manifest.get("weights"),
-            batch_size=self.manifest.get("batch_size", 8),
+            batch_size=self.manifest.get("batch_size"),
             **{name: tuple(settings[name]) if name == "layers" else settings[name] for name in names},
         )
         self.dtype: str = settings["dtype"]
@@ -430,7 +431,7 @@ class StoredFeatures:
 
     @property
     def batch_size(self) -> int:
-        return self.store.options.batch_size
+        return self.store.options.batch_size or GPU_BATCH_SIZE  # no model runs: only how maps are grouped
 
     def extract_arrays(self, images: Sequence[np.ndarray]) -> list[FeatureMap]:
         if len(images) != len(self.paths):

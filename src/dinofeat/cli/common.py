@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from dinofeat.options import parse_float, parse_int
+from dinofeat.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE, parse_float, parse_int
 
 
 def add_options(parser, options_class, *names: str, exclude: tuple[str, ...] = (), **help_texts: str) -> None:
@@ -67,6 +67,13 @@ def _argparse_type(meta: dict) -> Callable[[str], Any]:
 
     convert.__name__ = getattr(parse, "__name__", "value")
     return convert
+
+
+#: --batch-size's help where the images are a video's frames.
+FRAMES_BATCH_HELP = (
+    f"frames per forward pass (default: {GPU_BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on CPU, where bigger batches "
+    "measured slower)"
+)
 
 
 def add_extractor_options(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dinofeat.cli.common import add_extractor_options, add_options
+from dinofeat.cli.common import FRAMES_BATCH_HELP, add_extractor_options, add_options
 from dinofeat.options import (
     SPAIR_RESOLUTION,
     TAPVID_RESOLUTION,
@@ -54,9 +54,7 @@ def _add_tapvid(benchmarks) -> None:
     )
     tracking = parser.add_argument_group("tracking")
     add_options(tracking, TrackerOptions, exclude=("backward",))
-    add_extractor_options(
-        parser, batch_help="frames per forward pass (default: %(default)s)", resolution=TAPVID_RESOLUTION
-    )
+    add_extractor_options(parser, batch_help=FRAMES_BATCH_HELP, resolution=TAPVID_RESOLUTION)
 
 
 def _add_spair(benchmarks) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dinofeat.cli.common import add_extractor_options, add_options
+from dinofeat.cli.common import FRAMES_BATCH_HELP, add_extractor_options, add_options
 from dinofeat.options import (
     DEFAULT_MIN_SCORE,
     DEFAULT_TRAIL,
@@ -89,7 +89,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     tracking = parser.add_argument_group("tracking")
     add_options(tracking, TrackerOptions)
-    add_extractor_options(parser, batch_help="frames per forward pass (default: %(default)s)")
+    add_extractor_options(parser, batch_help=FRAMES_BATCH_HELP)
     return parser
 
 
