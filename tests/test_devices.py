@@ -12,7 +12,7 @@ from dinofeat.errors import InputError
 
 @pytest.mark.parametrize("amx, expected", [(True, torch.bfloat16), (False, torch.float32)])
 def test_auto_precision_on_the_cpu_depends_on_bf16_matrix_units(monkeypatch, amx, expected):
-    monkeypatch.setattr(devices, "cpu_has_bf16_matrix_units", lambda: amx)
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: amx)
     assert devices.resolve_precision("auto", torch.device("cpu")) == expected
 
 
@@ -46,15 +46,19 @@ def test_auto_device_without_accelerators_is_the_cpu(monkeypatch):
         devices.resolve_device("cuda")
 
 
-def test_bf16_matrix_units_are_read_from_cpuinfo(monkeypatch, tmp_path):
-    devices.cpu_has_bf16_matrix_units.cache_clear()
+@pytest.mark.parametrize(
+    "flags, fast",
+    [("fpu avx2 amx_bf16 amx_tile", True), ("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 avx512f", False)],
+)
+def test_native_bf16_is_read_from_cpuinfo(monkeypatch, tmp_path, flags, fast):
+    devices.cpu_has_fast_bf16.cache_clear()
     try:
         fake = tmp_path / "cpuinfo"
-        fake.write_text("flags : fpu avx2 amx_bf16 amx_tile\n")
+        fake.write_text(f"flags\t\t: {flags}\n")
         monkeypatch.setattr(devices, "Path", lambda _: fake)
-        assert devices.cpu_has_bf16_matrix_units()
+        assert devices.cpu_has_fast_bf16() is fast
     finally:
-        devices.cpu_has_bf16_matrix_units.cache_clear()
+        devices.cpu_has_fast_bf16.cache_clear()
 
 
 def test_frames_per_forward_pass_default_by_device_and_an_asked_batch_wins(monkeypatch):

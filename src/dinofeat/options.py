@@ -257,7 +257,7 @@ class ExtractorOptions(Options):
         "auto",
         flag="--precision",
         choices=PRECISIONS,
-        help="auto = bf16 on CUDA and on CPUs with bf16 matrix units, else fp32",
+        help="auto = bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), fp16 on MPS, else fp32",
     )
     resolution: int = option(
         DEFAULT_RESOLUTION,
