@@ -12,19 +12,25 @@ from dinofeat.images import processed_size, resize
 SIZES = [(42, 28), (451, 300), (300, 451), (640, 480), (100, 1000), (97, 61)]
 
 
-def _fmap(size_wh, resolution=224, stride=14, channels=2):
-    processed = processed_size(size_wh, resolution, stride=stride, max_size=None)
-    gh, gw = (processed[1] - 14) // stride + 1, (processed[0] - 14) // stride + 1
+#: DINOv2's and DINOv3's patch sizes: every geometry test runs for both.
+PATCHES = [14, 16]
+
+
+def _fmap(size_wh, resolution=224, stride=None, channels=2, patch=14):
+    stride = stride or patch
+    processed = processed_size(size_wh, resolution, patch_size=patch, stride=stride, max_size=None)
+    gh, gw = (processed[1] - patch) // stride + 1, (processed[0] - patch) // stride + 1
     v, u = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32), indexing="ij")
     features = torch.stack([u, v] + [u * 0] * (channels - 2), dim=-1)  # feature = its own grid position
-    return FeatureMap(features, image_size_wh=size_wh, processed_size_wh=processed, stride=stride)
+    return FeatureMap(features, image_size_wh=size_wh, processed_size_wh=processed, patch_size=patch, stride=stride)
 
 
+@pytest.mark.parametrize("patch", PATCHES)
 @pytest.mark.parametrize("size_wh", SIZES)
 @pytest.mark.parametrize("resolution", [112, 224, 448])
-@pytest.mark.parametrize("stride", [14, 7])
-def test_patch_centres_round_trip(size_wh, resolution, stride):
-    fmap = _fmap(size_wh, resolution, stride)
+@pytest.mark.parametrize("overlap", [1, 2])
+def test_patch_centres_round_trip(size_wh, resolution, overlap, patch):
+    fmap = _fmap(size_wh, resolution, patch // overlap, patch=patch)
     centres = fmap.patch_centers().double()
     h, w = fmap.grid_hw
     back = fmap.pixel_to_grid(centres)
@@ -35,20 +41,23 @@ def test_patch_centres_round_trip(size_wh, resolution, stride):
     assert np.allclose(fmap.grid_to_pixel(fmap.pixel_to_grid(points)), points, atol=1e-9)
 
 
-def test_no_resize_patch_centres_are_pixel_centres_of_each_patch():
-    fmap = _fmap((42, 28), resolution=28)
-    assert fmap.processed_size_wh == (42, 28)
-    assert fmap.patch_centers()[1, 2].tolist() == [34.5, 20.5]  # columns 28..41, rows 14..27
+@pytest.mark.parametrize("patch", PATCHES)
+def test_no_resize_patch_centres_are_pixel_centres_of_each_patch(patch):
+    fmap = _fmap((3 * patch, 2 * patch), resolution=2 * patch, patch=patch)
+    assert fmap.processed_size_wh == (3 * patch, 2 * patch)
+    # patch (row 1, column 2) covers columns 2p .. 3p-1 and rows p .. 2p-1: its centre is their middle
+    assert fmap.patch_centers()[1, 2].tolist() == [2 * patch + (patch - 1) / 2, patch + (patch - 1) / 2]
     assert fmap.pixel_to_grid(np.array([[-0.5, -0.5]])).tolist() == [[-0.5, -0.5]]  # image corner = patch corner
 
 
+@pytest.mark.parametrize("patch", PATCHES)
 @pytest.mark.parametrize("size_wh", [(451, 300), (300, 451), (97, 61), (1000, 999)])
-def test_patch_centres_land_on_the_resized_pixels(size_wh):
+def test_patch_centres_land_on_the_resized_pixels(size_wh, patch):
     """Ground truth from the actual resizer: a dot at a patch centre's original pixel position ends
     up, after resizing, at that patch's centre in the model's pixels, for three patches from the
     second to the second-last (at the outer patches the resizer's own border handling shifts a
     dot; their centres are checked without resizing in the test above)."""
-    fmap = _fmap(size_wh, resolution=224)
+    fmap = _fmap(size_wh, resolution=224, patch=patch)
     pw, ph = fmap.processed_size_wh
     h, w = fmap.grid_hw
     sigma = max(2.5 / min(fmap.scale_xy), 1.0)  # 2.5 processed pixels, at least one original pixel
@@ -61,12 +70,13 @@ def test_patch_centres_land_on_the_resized_pixels(size_wh):
         small = np.where(small > 0.3 * small.max(), small, 0)
         sy, sx = np.mgrid[0:ph, 0:pw]
         centroid = np.array([(sx * small).sum(), (sy * small).sum()]) / small.sum()
-        expected = np.array([j * 14 + 6.5, i * 14 + 6.5])
+        expected = np.array([j * patch + (patch - 1) / 2, i * patch + (patch - 1) / 2])
         assert np.abs(centroid - expected).max() < 0.25, (i, j, centroid, expected)
 
 
-def test_bilinear_sampling_is_exact_on_linear_features():
-    fmap = _fmap((451, 300))
+@pytest.mark.parametrize("patch", PATCHES)
+def test_bilinear_sampling_is_exact_on_linear_features(patch):
+    fmap = _fmap((451, 300), patch=patch)
     rng = np.random.default_rng(1)
     points = rng.uniform(40, 260, (100, 2))
     sampled = fmap.sample(points)
@@ -74,8 +84,9 @@ def test_bilinear_sampling_is_exact_on_linear_features():
     assert torch.allclose(fmap.sample(fmap.patch_centers().reshape(-1, 2)), fmap.features.reshape(-1, 2), atol=1e-4)
 
 
-def test_upsample_matches_sample_at_every_pixel():
-    fmap = _fmap((97, 61), resolution=56)
+@pytest.mark.parametrize("patch", PATCHES)
+def test_upsample_matches_sample_at_every_pixel(patch):
+    fmap = _fmap((97, 61), resolution=56, patch=patch)
     dense = fmap.upsample()
     assert dense.shape == (61, 97, 2)
     yy, xx = np.mgrid[0:61, 0:97]
@@ -94,9 +105,11 @@ def test_upsample_nearest_picks_the_patch_pixel_to_grid_gives():
     assert fmap.upsample((40, 20)).shape == (20, 40, 3)
 
 
-def test_contains():
-    fmap = _fmap((42, 28), resolution=28)
-    inside = fmap.contains([[-0.5, 0], [41.5, 27.5], [41.6, 0], [0, np.nan], [10, -1]])
+@pytest.mark.parametrize("patch", PATCHES)
+def test_contains(patch):
+    fmap = _fmap((3 * patch, 2 * patch), resolution=2 * patch, patch=patch)
+    w, h = 3 * patch, 2 * patch
+    inside = fmap.contains([[-0.5, 0], [w - 0.5, h - 0.5], [w - 0.4, 0], [0, np.nan], [10, -1]])
     assert inside.tolist() == [True, True, False, False, False]
 
 

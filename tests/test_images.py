@@ -65,20 +65,22 @@ def test_folder_is_not_an_image(tmp_path):
         load_image(tmp_path)
 
 
-@pytest.mark.parametrize("size_wh", [(640, 480), (480, 640), (451, 300), (1000, 999), (15, 15), (3000, 200)])
+@pytest.mark.parametrize("patch", [14, 16])
+@pytest.mark.parametrize("size_wh", [(640, 480), (480, 640), (451, 300), (1000, 999), (17, 17), (3000, 200)])
 @pytest.mark.parametrize("resolution", [224, 448, 518])
-def test_processed_sizes_fit_the_patch_grid_and_keep_aspect(size_wh, resolution):
-    w, h = processed_size(size_wh, resolution, max_size=10_000)
-    assert w % 14 == 0 and h % 14 == 0
-    assert min(w, h) == resolution // 14 * 14 or abs(min(w, h) - resolution) <= 7
+def test_processed_sizes_fit_the_patch_grid_and_keep_aspect(size_wh, resolution, patch):
+    w, h = processed_size(size_wh, resolution, patch_size=patch, max_size=10_000)
+    assert w % patch == 0 and h % patch == 0
+    assert min(w, h) == resolution // patch * patch or abs(min(w, h) - resolution) <= patch / 2
     aspect, new_aspect = size_wh[0] / size_wh[1], w / h
-    assert abs(np.log(new_aspect / aspect)) < 14 / min(w, h)
+    assert abs(np.log(new_aspect / aspect)) < patch / min(w, h)
 
 
-def test_long_side_cap_and_strides():
-    assert max(processed_size((3000, 200), 448, max_size=1792)) <= 1792
-    w, h = processed_size((640, 480), 448, stride=7)
-    assert (w - 14) % 7 == 0 and (h - 14) % 7 == 0
+@pytest.mark.parametrize("patch", [14, 16])
+def test_long_side_cap_and_strides(patch):
+    assert max(processed_size((3000, 200), 448, patch_size=patch, max_size=1792)) <= 1792
+    w, h = processed_size((640, 480), 448, patch_size=patch, stride=patch // 2)
+    assert (w - patch) % (patch // 2) == 0 and (h - patch) % (patch // 2) == 0
 
 
 def test_too_small_images_are_rejected():
