@@ -20,8 +20,9 @@ from dinofeat.extractor import Extractor
 from dinofeat.features import FeatureMap
 from dinofeat.images import processed_size
 from dinofeat.registry import MODELS, get_spec
+from dinofeat.statekeys import to_meta_keys
 from dinofeat.vit import build_model, count_parameters
-from dinofeat.weights import cached_locally, hub_checkpoint_path, load_model, load_state, to_meta_keys
+from dinofeat.weights import cached_locally, hub_checkpoint_path, load_model, load_state
 
 transformers = pytest.importorskip("transformers")
 

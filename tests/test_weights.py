@@ -10,7 +10,8 @@ import torch
 from conftest import random_vit
 from dinofeat.errors import WeightsError
 from dinofeat.registry import get_spec
-from dinofeat.weights import load_model, read_checkpoint, to_meta_keys
+from dinofeat.statekeys import to_meta_keys
+from dinofeat.weights import load_model, read_checkpoint
 
 
 @pytest.fixture

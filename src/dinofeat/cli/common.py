@@ -13,7 +13,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from dinofeat.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE, parse_float, parse_int
+from dinofeat.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE
+from dinofeat.optionspec import parse_float, parse_int
 
 
 def add_options(parser, options_class, *names: str, exclude: tuple[str, ...] = (), **help_texts: str) -> None:
