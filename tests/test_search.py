@@ -266,3 +266,50 @@ def test_lattice_points_come_back_exactly(photo):
     error = (found.points_xy.double() - truth).norm(dim=1)
     assert no_tie.float().mean() > 0.5
     assert (error[no_tie] < 1e-3).all()
+
+
+def _alternating(h: int, w: int, eps: float, c: int = 24, seed: int = 6) -> torch.Tensor:
+    """Neighbouring columns nearly opposite (``±base`` plus a little smooth field): the interpolated
+    feature between them nearly cancels, ``|f|`` down to about ``eps / 30`` mid-cell (as features
+    centred by a PCA can); ``|f|^2`` is then a tiny difference of terms near 1."""
+    gen = torch.Generator().manual_seed(seed)
+    base = F.normalize(torch.randn(c, generator=gen), dim=0)
+    sign = torch.tensor([(-1.0) ** j for j in range(w)])
+    return sign[None, :, None] * base + eps * F.normalize(smooth_field(h, w, c, seed), dim=-1)
+
+
+def _bilinear64(fmap: FeatureMap, queries: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """``(N, P)`` cosines at grid positions ``uv`` ``(P, 2)``, interpolated in float64 by hand: a
+    reference free of float32 cancellation (``FeatureMap.sample`` works in float32)."""
+    f = F.normalize(fmap.features.double(), dim=-1)
+    h, w = fmap.grid_hw
+    u, v = uv[:, 0], uv[:, 1]
+    u0, v0 = u.floor().long().clamp(max=w - 2), v.floor().long().clamp(max=h - 2)
+    fu, fv = (u - u0)[:, None], (v - v0)[:, None]
+    mixed = (
+        (1 - fu) * (1 - fv) * f[v0, u0]
+        + fu * (1 - fv) * f[v0, u0 + 1]
+        + (1 - fu) * fv * f[v0 + 1, u0]
+        + fu * fv * f[v0 + 1, u0 + 1]
+    )
+    return F.normalize(queries.double(), dim=-1) @ F.normalize(mixed, dim=-1).T
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.03, 0.01])
+def test_corners_that_nearly_cancel_still_give_the_best_point(eps):
+    fmap = _map(_alternating(4, 5, eps))
+    grid = lattice(fmap)
+    for seed, noise in ((0, 0.0), (1, 0.05), (2, 0.3)):
+        _, queries = _queries(fmap, 100, seed, noise)
+        best = _bilinear64(fmap, queries, grid).max(dim=1).values
+        found = locate(queries, fmap)
+        reached = _bilinear64(fmap, queries, fmap.pixel_to_grid(found.points_xy.double())).diagonal()
+        assert (reached >= best - TOLERANCE).all(), (seed, float((best - reached).max()))
+
+
+def test_a_window_without_lattice_points_gives_nan_and_minus_infinity():
+    fmap = _map(smooth_field(3, 4))
+    queries = fmap.normalized().features[0, :2]
+    xy, scores = refine_peaks(queries, fmap, torch.tensor([[1.1, 1.0], [1.0, 1.0]]), radius=0.0)
+    assert torch.isnan(xy[0]).all() and scores[0] == -math.inf  # 1.1 is between lattice points
+    assert torch.isfinite(xy[1]).all() and scores[1] > 0.99  # a patch centre is a lattice point

@@ -22,7 +22,10 @@ Between the four patch centres of a grid cell, ``f = sum_k w_k F_k`` with biline
 corner similarities ``d_k = q . F_k`` (one matrix product gives all similarities), and
 ``|f|^2 = w^T G w`` with ``G`` the cell's 4x4 Gram matrix, which does not depend on the query:
 :class:`NormTable` keeps, per target map, the terms that give ``1 / |f|`` at any lattice point and
-its largest and smallest values ``i_max``, ``i_min`` over each cell's lattice points.
+its largest and smallest values ``i_max``, ``i_min`` over each cell's lattice points. They are
+computed in float64: where corners nearly cancel (``|f|`` far below 1, as with features centred by a
+PCA), ``|f|^2`` is a small difference of terms near 1 that float32 would get wrong
+(``tests/test_search.py`` checks such maps against a float64 reference).
 
 **Two upper bounds of every lattice score in a cell.** (1) *The norm bound.* A bilinear function
 reaches its maximum over a cell at a corner (it is affine along each axis), so
@@ -100,9 +103,10 @@ class NormTable:
     """The inverse norms ``1 / |f|`` of one target map's interpolated features on the search lattice.
 
     Built once per target map (query-independent) and shared by every search in it. Holds, per
-    grid cell (row-major over ``cells_hw``), the inverse norms at its 1-pixel points, their largest
-    and smallest values over each 1-pixel sub-cell's lattice points and over the whole cell, and
-    the per-cell terms from which the inverse norm at any lattice point is recomputed.
+    grid cell (row-major over ``cells_hw``), the terms from which the inverse norm at any of its
+    lattice points is computed (float64: see :meth:`_gram`), the largest and smallest inverse norm
+    over its lattice points (``cell_max``, ``cell_min``, for the norm bound) and the coefficients
+    of its span bound.
 
     Maps one patch wide or high are padded to two by repeating it; the padded lattice points are
     outside every search region.
@@ -127,8 +131,10 @@ class NormTable:
         rows, cols = torch.meshgrid(torch.arange(hp - 1), torch.arange(wp - 1), indexing="ij")
         top_left = (rows * wp + cols).reshape(-1).to(self.device)
         self.corners = torch.stack((top_left, top_left + 1, top_left + wp, top_left + wp + 1), dim=1)  # (cells, 4)
-        self.edge_terms = self._edge_terms()  # (cells, steps + 1, 3)
-        fy = torch.arange(self.steps + 1, device=self.device, dtype=torch.float32) / self.steps
+        gram = self._gram(chunk_cells)
+        self._span_tables(gram)
+        self.edge_terms = self._edge_terms(gram)  # (cells, steps + 1, 3) float64
+        fy = torch.arange(self.steps + 1, device=self.device, dtype=torch.float64) / self.steps
         self.row_weights = torch.stack(((1 - fy) ** 2, 2 * fy * (1 - fy), fy**2), dim=1)  # (steps + 1, 3)
         self._tabulate(chunk_cells)
 
@@ -142,16 +148,23 @@ class NormTable:
         hp, wp = self.padded_hw
         return self.steps * (hp - 1) + 1, self.steps * (wp - 1) + 1
 
-    def _edge_terms(self) -> torch.Tensor:
+    def _gram(self, chunk_cells: int) -> torch.Tensor:
+        """Each cell's 4x4 Gram matrix of its corner features ``(cells, 4, 4)``, in float64: where
+        the corners nearly cancel (``|f|`` much below 1, as after a mean-subtracted PCA), ``|f|^2``
+        is a small difference of terms near 1, and float32 would lose the digits the scores need."""
+        gram = torch.empty(len(self.corners), 4, 4, dtype=torch.float64, device=self.device)
+        for start in range(0, len(self.corners), chunk_cells):  # bounded memory: C float64s per corner
+            c = self.feats[self.corners[start : start + chunk_cells]].double()
+            gram[start : start + chunk_cells] = c @ c.transpose(1, 2)
+        return gram
+
+    def _edge_terms(self, gram: torch.Tensor) -> torch.Tensor:
         """Per cell and lattice column ``a``: ``|f_top(a)|^2``, ``f_top(a) . f_bottom(a)`` and
         ``|f_bottom(a)|^2``, where ``f_top``/``f_bottom`` interpolate the top/bottom corner pairs;
         then ``|f(a, b)|^2 = (1-b)^2 T0 + 2 b (1-b) T1 + b^2 T2`` (separable, so the lattice's
-        norms cost three terms per point instead of a 4x4 quadratic form)."""
-        c = self.feats[self.corners]  # (cells, 4, C): top-left, top-right, bottom-left, bottom-right
-        gram = c @ c.transpose(1, 2)  # (cells, 4, 4)
-        self._span_tables(gram)
+        norms cost three terms per point instead of a 4x4 quadratic form). Float64, like ``gram``."""
         g = lambda i, j: gram[:, i, j][:, None]
-        fx = (torch.arange(self.steps + 1, device=self.device, dtype=torch.float32) / self.steps)[None]
+        fx = (torch.arange(self.steps + 1, device=self.device, dtype=torch.float64) / self.steps)[None]
         l2, lr, r2 = (1 - fx) ** 2, fx * (1 - fx), fx**2
         top = l2 * g(0, 0) + 2 * lr * g(0, 1) + r2 * g(1, 1)
         cross = l2 * g(0, 2) + lr * (g(0, 3) + g(1, 2)) + r2 * g(1, 3)
@@ -161,7 +174,7 @@ class NormTable:
     def _span_tables(self, gram: torch.Tensor) -> None:
         """Float64 coefficients of the quadratic form ``d^T G^-1 d`` of each cell (for
         :meth:`span_bound`), and which cells are well enough conditioned to use them."""
-        g64 = gram.double()
+        g64 = gram
         self.span_ok = torch.linalg.eigvalsh(g64)[:, 0] >= SPAN_MIN_EIGENVALUE
         eye = torch.eye(4, dtype=torch.float64, device=self.device)
         inverse = torch.linalg.inv(torch.where(self.span_ok[:, None, None], g64, eye))
@@ -179,13 +192,12 @@ class NormTable:
         value = (d[:, _PAIR_I] * d[:, _PAIR_J] * self.span_coefficients[cells]).sum(dim=-1)
         return value.clamp_min(0).sqrt().float().masked_fill(~self.span_ok[cells], math.inf)
 
-    def inverse_norms(
-        self, cells: torch.Tensor, rows: slice | torch.Tensor = slice(None), columns: slice | torch.Tensor = slice(None)
-    ) -> torch.Tensor:
-        """``1 / |f|`` at lattice rows x columns (offsets ``0 .. steps`` in the cell) of ``cells``:
-        ``(len(cells), rows, columns)``."""
-        norm2 = self.row_weights[rows] @ self.edge_terms[cells][:, columns].transpose(1, 2)
-        return norm2.clamp_min(1e-12).rsqrt()
+    def inverse_norms(self, cells: torch.Tensor) -> torch.Tensor:
+        """``1 / |f|`` at every lattice point of ``cells`` (offsets ``0 .. steps`` each way):
+        ``(len(cells), steps + 1, steps + 1)`` float32, computed in float64. (Recomputed per scored
+        cell: keeping the whole lattice's table measured slower to build than it saved.)"""
+        norm2 = self.row_weights @ self.edge_terms[cells].transpose(1, 2)
+        return norm2.clamp_min(1e-12).rsqrt().float()
 
     def _tabulate(self, chunk_cells: int) -> None:
         """The largest and smallest inverse norm over each cell's lattice points (for the cell
@@ -423,9 +435,11 @@ def _update(
 
 
 def lattice_to_grid(index: torch.Tensor, table: NormTable) -> torch.Tensor:
-    """Raster lattice indices ``(n,)`` -> grid positions ``(u, v)`` ``(n, 2)`` float64."""
+    """Raster lattice indices ``(n,)`` -> grid positions ``(u, v)`` ``(n, 2)`` float64; NaN for -1
+    (a region that held no lattice point)."""
     lattice_w = table.lattice_hw[1]
-    return torch.stack(((index % lattice_w).double(), (index // lattice_w).double()), dim=-1) / table.steps
+    uv = torch.stack(((index % lattice_w).double(), (index // lattice_w).double()), dim=-1) / table.steps
+    return uv.masked_fill((index < 0)[:, None], math.nan)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,7 +537,8 @@ def refine_peaks(
 
     Returns:
         ``points_xy``: ``(N, 2)`` float32 positions in ORIGINAL target-image pixels;
-        ``scores``: ``(N,)`` float32 cosine similarity at those positions.
+        ``scores``: ``(N,)`` float32 cosine similarity at those positions. A window holding no
+        lattice point (``radius`` 0 around a peak off the lattice) gives NaN and ``-inf``.
 
     >>> gen = torch.Generator().manual_seed(0)
     >>> fmap = FeatureMap(torch.randn(3, 4, 8, generator=gen), image_size_wh=(56, 42), processed_size_wh=(56, 42))
@@ -536,7 +551,7 @@ def refine_peaks(
         raise ValueError(f"radius must be a finite non-negative number of patches, got {radius}")
     table = table or NormTable(target)
     q = F.normalize(queries.float(), dim=-1).to(table.device)
-    peaks = torch.as_tensor(peaks_grid).to(table.device).float()
+    peaks = torch.as_tensor(peaks_grid).to(table.device).double()  # float32 would round the window's edges
     if peaks.ndim == 2:
         peaks = peaks[:, None]
     if peaks.ndim != 3 or peaks.shape[-1] != 2 or len(peaks) != len(q):
