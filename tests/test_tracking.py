@@ -368,6 +368,28 @@ def test_backward_tracking_follows_points_before_their_query_frame():
     np.testing.assert_array_equal(both.points_xy[3:].numpy(), forward.points_xy[3:].numpy())
 
 
+def test_tracking_both_ways_runs_the_model_once_per_frame():
+    from dinofeat.tracking import track_both_ways
+
+    class Counting:
+        """An extractor stand-in that counts the frames it is asked for."""
+
+        def __init__(self, extractor):
+            self.extractor, self.batch_size, self.frames = extractor, 2, 0
+
+        def extract_arrays(self, images):
+            self.frames += len(images)
+            return self.extractor.extract_arrays(images)
+
+    frames = list(enumerate(camera([(100 + 14 * k, 60) for k in range(6)])))
+    queries = np.array([[3, 100.0, 50.0], [0, 80.5, 40.0]])
+    counting = Counting(vit_extractor())
+    both = Tracks.from_steps(queries, list(track_both_ways(frames, queries, counting)))
+    assert counting.frames == 6  # frames 0-3 computed by the backward pass, reused going forward
+    again = Tracks.from_steps(queries, list(track_both_ways(frames, queries, vit_extractor())))
+    np.testing.assert_array_equal(both.points_xy.numpy(), again.points_xy.numpy())
+
+
 def test_reverse_tracker_wants_decreasing_frames():
     fmap = SmoothDescriptor().extract_arrays([camera([(0, 0)])[0]])[0]
     tracker = PointTracker(at_frame(2, [[30, 30]]), reverse=True)

@@ -207,17 +207,18 @@ class PointTracker:
         device = fmap.features.device
         templates = self.templates[idx].to(device)
         window_px = self.options.window or DEFAULT_WINDOW_PATCHES * self._patch_pixels(fmap)
-        # exhaustive search of every processed pixel (then 1/4 pixel) in the square window
+        # the best point of the 1/4-pixel lattice in the square window (exact: dinofeat.search)
         centres = fmap.pixel_to_grid(self._last_xy[idx].double()).to(device)
         radius = window_px * 0.5 * sum(fmap.scale_xy) / fmap.stride  # original pixels -> grid cells
         table = NormTable(fmap)  # shared by the window and the global search of this frame
-        if radius < max(fmap.grid_hw) - 1:
+        whole_frame = radius >= max(fmap.grid_hw) - 1
+        if not whole_frame:
             found_xy, found_scores = refine_peaks(templates, fmap, centres, radius=radius, table=table)
         else:  # the window holds the whole frame: the global search is the same answer, faster
             found_xy, found_scores = locate(templates, fmap, table=table)[:2]
         found_xy, found_scores = found_xy.to(device).float(), found_scores.to(device)
         weak = found_scores < self.options.min_score
-        if weak.any():  # global fallback, only for the points whose window holds no good match
+        if weak.any() and not whole_frame:  # global fallback, for the points whose window holds no good match
             global_xy, global_scores = locate(templates[weak], fmap, table=table)[:2]
             better = global_scores > found_scores[weak]
             found_xy[weak] = torch.where(better[:, None], global_xy.float(), found_xy[weak])
@@ -323,9 +324,11 @@ def track_both_ways(
 
     ``frames`` is an iterable of ``(frame index, (H, W, 3) uint8 RGB)`` in increasing order; it is
     held in memory, since the backward pass runs first, over the frames up to the last query frame
-    in reverse. Yields one :class:`~dinofeat.tracks.TrackStep` per frame in increasing order (with
-    ``image``): before a query's frame, the point's position and score come from the backward pass,
-    from its frame on from the forward pass. ``progress(done, total)`` counts both passes' frames.
+    in reverse, and so are those frames' feature maps, which the forward pass then reuses (the
+    model runs once per frame). Yields one :class:`~dinofeat.tracks.TrackStep` per frame in
+    increasing order (with ``image``): before a query's frame, the point's position and score come
+    from the backward pass, from its frame on from the forward pass. ``progress(done, total)``
+    counts both passes' frames.
     """
     frames = list(frames)
     queries = np.asarray(queries_txy, dtype=np.float64).reshape(-1, 3)
@@ -336,14 +339,15 @@ def track_both_ways(
     total = len(frames) + (len(earlier) if backward else 0)
     done = 0
     before: dict[int, TrackStep] = {}
+    maps: dict[int, FeatureMap] = {}  # the backward pass's maps, reused (and dropped) by the forward one
     if backward:
         tracker = PointTracker(queries, options, reverse=True, **overrides)
-        for step in _steps(tracker, reversed(earlier), extractor):
+        for step in _steps(tracker, reversed(earlier), extractor, keep=maps):
             before[step.frame_index] = replace(step, image=None)
             done += 1
             report(progress, done, total)
     t = torch.from_numpy(queries[:, 0])
-    for step in _steps(PointTracker(queries, options, **overrides), frames, extractor):
+    for step in _steps(PointTracker(queries, options, **overrides), frames, extractor, known=maps):
         done += 1
         report(progress, done, total)
         back = before.get(step.frame_index)
@@ -358,12 +362,25 @@ def track_both_ways(
         yield step
 
 
-def _steps(tracker: PointTracker, frames: Iterable[tuple[int, np.ndarray]], extractor) -> Iterator[TrackStep]:
-    """The tracker's steps over ``frames``, read ``extractor.batch_size`` at a time, each with its image."""
+def _steps(
+    tracker: PointTracker,
+    frames: Iterable[tuple[int, np.ndarray]],
+    extractor,
+    *,
+    keep: dict[int, FeatureMap] | None = None,
+    known: dict[int, FeatureMap] | None = None,
+) -> Iterator[TrackStep]:
+    """The tracker's steps over ``frames``, read ``extractor.batch_size`` at a time, each with its
+    image. Maps of frames in ``known`` are taken from it (and removed) instead of computed; every
+    map used is put in ``keep``."""
+    known = {} if known is None else known
     iterator = iter(frames)
     while batch := list(islice(iterator, extractor.batch_size)):
-        maps = extractor.extract_arrays([image for _, image in batch])
-        for (index, image), fmap in zip(batch, maps):
+        computed = iter(extractor.extract_arrays([image for index, image in batch if index not in known]))
+        for index, image in batch:
+            fmap = known.pop(index) if index in known else next(computed)
+            if keep is not None:
+                keep[index] = fmap
             yield replace(tracker.step(index, fmap), image=image)
 
 
