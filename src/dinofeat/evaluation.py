@@ -102,14 +102,7 @@ def sweep_tapvid(
     videos = list(videos)[: options.max_videos]
     if not videos:
         raise InputError("no TAP-Vid videos to evaluate")
-    names = list(grid)
-    unknown = [name for name in names if name not in TrackerOptions.__dataclass_fields__]
-    if unknown or not names:
-        raise InputError(
-            f"cannot sweep {', '.join(unknown) or 'nothing'}: sweep tracker options such as "
-            "min_score=0.3:0.8:0.05 or cycle_tolerance=7:28:7"
-        )
-    settings = [dict(zip(names, values)) for values in itertools.product(*(grid[name] for name in names))]
+    settings = _sweep_settings(grid)
     trackers = [tracker.replace(**setting) for setting in settings]  # every value checked before any work
     cache = FeatureCache(extractor, size=max(video.num_frames for video in videos))
     per_setting: list[list[dict]] = [[] for _ in settings]
@@ -121,13 +114,19 @@ def sweep_tapvid(
             done += 1
             report(progress, done, total)
     runs = [SweepRun(settings=setting, mean=mean_metrics(results)) for setting, results in zip(settings, per_setting)]
-    return Sweep(names=names, runs=runs, metric=metric, columns=TABLE_COLUMNS)
+    return Sweep(names=list(grid), runs=runs, metric=metric, columns=TABLE_COLUMNS)
 
 
 def sweep_trackers(grid: Mapping[str, Sequence[float]], tracker: TrackerOptions | None = None) -> list[TrackerOptions]:
     """The tracker options of every combination of swept values, each checked (call it before any
     work: a wrong name or value is a one-line error)."""
     tracker = tracker or TrackerOptions()
+    return [tracker.replace(**setting) for setting in _sweep_settings(grid)]
+
+
+def _sweep_settings(grid: Mapping[str, Sequence[float]]) -> list[dict]:
+    """Every combination of the swept values, as ``{name: value}``, after checking the names are
+    tracker options."""
     names = list(grid)
     unknown = [name for name in names if name not in TrackerOptions.__dataclass_fields__]
     if unknown or not names:
@@ -135,7 +134,7 @@ def sweep_trackers(grid: Mapping[str, Sequence[float]], tracker: TrackerOptions 
             f"cannot sweep {', '.join(unknown) or 'nothing'}: sweep tracker options such as "
             "min_score=0.3:0.8:0.05 or cycle_tolerance=7:28:7"
         )
-    return [tracker.replace(**dict(zip(names, values))) for values in itertools.product(*grid.values())]
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[name] for name in names))]
 
 
 def matcher_fn(extractor, options: MatchOptions | None = None):

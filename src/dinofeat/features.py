@@ -57,8 +57,9 @@ def check_inside(points_xy, size_wh: tuple[int, int], *, label: str = "the image
 def linear_weights(coords: torch.Tensor, size: int, *, nearest: bool = False) -> torch.Tensor:
     """``(N, size)`` float32 interpolation matrix: row n reads a 1-D grid of ``size`` samples at
     the fractional position ``coords[n]`` (linearly between the two neighbours, clamped to the
-    grid; or the nearest sample). The one interpolation rule of :meth:`FeatureMap.sample`,
-    :meth:`FeatureMap.upsample` and the searches.
+    grid; or the nearest sample), for :meth:`FeatureMap.upsample`. :meth:`FeatureMap.sample`
+    (``grid_sample``) and :mod:`dinofeat.search` (separable sums over grid cells) compute the same
+    bilinear rule in their own vectorised forms.
 
     >>> linear_weights(torch.tensor([0.25, 2.0, 5.0]), 3)
     tensor([[0.7500, 0.2500, 0.0000],
@@ -76,16 +77,6 @@ def linear_weights(coords: torch.Tensor, size: int, *, nearest: bool = False) ->
     weights[rows, low] += 1 - frac
     weights[rows, (low + 1).clamp(max=size - 1)] += frac
     return weights.float()
-
-
-def bilinear_weights(fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
-    """Weights ``(..., 4)`` of a cell's corners (order: top-left, top-right, bottom-left,
-    bottom-right) at fractional offsets ``fx`` (to the right) and ``fy`` (down) in [0, 1].
-
-    >>> bilinear_weights(torch.tensor(0.25), torch.tensor(0.5))
-    tensor([0.3750, 0.1250, 0.3750, 0.1250])
-    """
-    return torch.stack(((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy), dim=-1)
 
 
 @dataclass(frozen=True)
