@@ -309,3 +309,26 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, small, vit):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run in another process holds it
         with pytest.raises(InputError, match="another dinofeat run is writing to"):
             extract_dataset([root], tmp_path / "out", FAST, model=vit)
+
+
+def _tiny_dataset(root, count=3, bad=(1,), seed=0):
+    """``count`` 28x42 PNGs ``0.png`` .. (random pixels); the ``bad`` ones are not images."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (28, 42, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    for i in bad:
+        (root / f"{i}.png").write_bytes(b"not an image")
+    return root
+
+
+def test_a_shard_whose_images_all_failed_still_matches_the_index(tmp_path, vit, caplog):
+    root = _tiny_dataset(tmp_path / "imgs")
+    report = extract_dataset([root], tmp_path / "out", FAST, DatasetOptions(shard_size=1), model=vit)
+    assert (report.done, report.failed, len(_shards(tmp_path / "out"))) == (2, 1, 3)
+    with caplog.at_level("WARNING", logger="dinofeat.featurestore"):
+        store = open_features(tmp_path / "out")
+    assert store.paths() == ["0.png", "2.png"] and [e["path"] for e in store.errors()] == ["1.png"]
+    assert not caplog.records  # the index was used: no warning, no rescan of the shard headers

@@ -23,9 +23,11 @@ Rust), reads one image's tensor without reading the rest (memory-mapped, the hea
 offsets), stores float16 natively, and the same arrays always give the same bytes. The
 **index** is Parquet (pandas, polars, DuckDB, Spark read it): columns ``path``, ``shard``
 (``shards/shard-000000.safetensors``), ``key`` (``features_3``), ``item`` (position in the
-listing), ``grid_h``, ``grid_w``, ``image_w``, ``image_h``, ``processed_w``, ``processed_h``. It is
-rebuilt from the shard headers at the end of each run; :func:`open_features` reads the headers
-instead when the index does not list exactly the shards present (an interrupted run).
+listing), ``grid_h``, ``grid_w``, ``image_w``, ``image_h``, ``processed_w``, ``processed_h``; its
+key-value metadata ``dinofeat`` (JSON) lists the shards it was built from, those whose images all
+failed included. It is rebuilt from the shard headers at the end of each run; :func:`open_features`
+reads the headers instead when the index was not built from exactly the shards present (an
+interrupted run).
 
 **PCA** (``pca.safetensors``): ``mean`` ``(C,)``, ``components`` ``(K, C)`` and
 ``explained_variance`` ``(K,)`` float32 (metadata ``dinofeat``: JSON with the number of images it
@@ -73,6 +75,9 @@ INDEX_COLUMNS = (
     "processed_w",
     "processed_h",
 )
+#: The index's Parquet key-value metadata key: JSON ``{"format", "shards"}``, what it was built from.
+INDEX_KEY = "dinofeat"
+INDEX_FORMAT = "dinofeat-index"
 #: Shard files a :class:`FeatureStore` keeps open (memory-mapped) at once.
 OPEN_SHARDS = 8
 
@@ -188,14 +193,29 @@ def write_index(folder: str | os.PathLike) -> int:
 
     types = {"path": pa.string(), "shard": pa.string(), "key": pa.string(), "item": pa.int64()}
     schema = pa.schema([(name, types.get(name, pa.int32())) for name in INDEX_COLUMNS])
-    count = 0
+    count, shards = 0, []
     with staged_outputs([Path(folder) / INDEX]) as (tmp,), pq.ParquetWriter(str(tmp), schema) as writer:
         for file in shard_files(folder):
             rows = list(_shard_rows(file))
+            shards.append(f"{SHARDS}/{file.name}")  # a shard whose images all failed has no rows, but counts
             if rows:
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                 count += len(rows)
+        writer.add_key_value_metadata({INDEX_KEY: json.dumps({"format": INDEX_FORMAT, "shards": shards})})
     return count
+
+
+def _index_shards(index: Path) -> list[str] | None:
+    """The shards an ``index.parquet`` was built from (its metadata), or None (not recorded, damaged)."""
+    import pyarrow.parquet as pq
+
+    try:
+        text = (pq.ParquetFile(index).metadata.metadata or {}).get(INDEX_KEY.encode())
+        recorded = json.loads(text) if text else {}
+    except Exception:  # noqa: BLE001 - pyarrow raises several types for damaged files: then it is rebuilt
+        return None
+    shards = recorded.get("shards") if recorded.get("format") == INDEX_FORMAT else None
+    return shards if isinstance(shards, list) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,15 +311,14 @@ class FeatureStore(Mapping):
         self._lock = threading.Lock()
 
     def _read_entries(self) -> dict[str, _Entry]:
-        on_disk = {f"{SHARDS}/{p.name}" for p in shard_files(self.folder)}
+        on_disk = [f"{SHARDS}/{p.name}" for p in shard_files(self.folder)]
         rows = None
         index = self.folder / INDEX
-        if index.is_file():
+        if index.is_file() and _index_shards(index) == on_disk:
             import pyarrow.parquet as pq
 
             table = pq.read_table(index).to_pydict()
-            if set(table["shard"]) == on_disk or (not table["shard"] and not on_disk):
-                rows = [dict(zip(table, values)) for values in zip(*table.values())]
+            rows = [dict(zip(table, values)) for values in zip(*table.values())]
         if rows is None:
             if on_disk:
                 log.warning("%s does not match the shards (an unfinished run?); reading the shard headers", index)
