@@ -332,3 +332,35 @@ def test_a_shard_whose_images_all_failed_still_matches_the_index(tmp_path, vit, 
         store = open_features(tmp_path / "out")
     assert store.paths() == ["0.png", "2.png"] and [e["path"] for e in store.errors()] == ["1.png"]
     assert not caplog.records  # the index was used: no warning, no rescan of the shard headers
+
+
+class _Killed(BaseException):
+    """A kill of the run (SIGKILL cannot be sent to the test's own process)."""
+
+
+def test_an_index_older_than_its_shards_is_not_used(tmp_path, vit, monkeypatch, caplog):
+    """The user deletes a shard to retry a failed image; the rerun writes the shard and is killed
+    before it rewrites the index: the old index must not be used (its keys are shifted by one)."""
+    import dinofeat.dataset as dataset
+
+    root = _tiny_dataset(tmp_path / "imgs", 6, bad=(2,))
+    out, options = tmp_path / "out", DatasetOptions(shard_size=10)
+    extract_dataset([root], out, FAST, options, model=vit)
+    old_index = (out / "index.parquet").read_bytes()
+    _tiny_dataset(tmp_path / "imgs", 6, bad=(), seed=1)  # 2.png is fixed (all images are new)
+    (out / "shards" / "shard-000000.safetensors").unlink()
+
+    def killed(folder, *args, **kwargs):
+        raise _Killed
+
+    monkeypatch.setattr(dataset, "write_index", killed)
+    with pytest.raises(_Killed):
+        extract_dataset([root], out, FAST, options, model=vit)
+    assert not (out / "index.parquet").exists()  # removed before the first shard was written
+    (out / "index.parquet").write_bytes(old_index)  # as a kill before that removal would have left it
+    with caplog.at_level("WARNING", logger="dinofeat.featurestore"):
+        store = open_features(out)
+    assert "does not match the shards" in caplog.text and len(store) == 6
+    single = Extractor.from_options(FAST, model=vit)
+    for path in ("1.png", "3.png", "5.png"):
+        torch.testing.assert_close(store[path].features, single.extract(root / path).features, atol=1e-5, rtol=0)

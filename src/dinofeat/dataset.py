@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dinofeat.errors import InputError
-from dinofeat.featurestore import ERRORS, PCA_FILE, SHARDS, shard_errors, shard_name, write_index
+from dinofeat.featurestore import ERRORS, INDEX, PCA_FILE, SHARDS, shard_errors, shard_name, write_index
 from dinofeat.listing import Item, Listing, list_inputs
 from dinofeat.manifest import TRACKS, ErrorLog, claim_folder, locked, make_manifest, read_errors, remove_temporary_files
 from dinofeat.options import DatasetOptions, ExtractorOptions, FrameOptions, TrackerOptions, TrailOptions
@@ -230,6 +230,8 @@ def _run_shards(folder, listing, engine, job: FeatureJob, total, started, progre
     missing = [s for s in range(-(-total // size)) if not (folder / shard_name(s)).is_file()]
     todo = sum(min(size, total - s * size) for s in missing)
     log.info("%s: %d of %d shards to do", folder, len(missing), -(-total // size))
+    if missing:  # a run killed before it rewrites the index must not leave the old one (other shards)
+        (folder / INDEX).unlink(missing_ok=True)
     errors = ErrorLog(folder / ERRORS)
     finished = 0
     counted = [0]

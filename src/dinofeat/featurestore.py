@@ -25,9 +25,10 @@ offsets), stores float16 natively, and the same arrays always give the same byte
 (``shards/shard-000000.safetensors``), ``key`` (``features_3``), ``item`` (position in the
 listing), ``grid_h``, ``grid_w``, ``image_w``, ``image_h``, ``processed_w``, ``processed_h``; its
 key-value metadata ``dinofeat`` (JSON) lists the shards it was built from, those whose images all
-failed included. It is rebuilt from the shard headers at the end of each run; :func:`open_features`
-reads the headers instead when the index was not built from exactly the shards present (an
-interrupted run).
+failed included, each with the sha256 of its safetensors header. It is removed when a run starts
+writing shards and rebuilt from the shard headers at the end; :func:`open_features` reads the
+headers instead when the index is missing or was not built from exactly the shard files present
+(an interrupted run).
 
 **PCA** (``pca.safetensors``): ``mean`` ``(C,)``, ``components`` ``(K, C)`` and
 ``explained_variance`` ``(K,)`` float32 (metadata ``dinofeat``: JSON with the number of images it
@@ -75,9 +76,12 @@ INDEX_COLUMNS = (
     "processed_w",
     "processed_h",
 )
-#: The index's Parquet key-value metadata key: JSON ``{"format", "shards"}``, what it was built from.
+#: The index's Parquet key-value metadata key: JSON ``{"format", "shards": {name: fingerprint}}``,
+#: what it was built from (:func:`shard_fingerprint`).
 INDEX_KEY = "dinofeat"
 INDEX_FORMAT = "dinofeat-index"
+#: The largest safetensors header read (the format's own limit).
+MAX_HEADER = 100_000_000
 #: Shard files a :class:`FeatureStore` keeps open (memory-mapped) at once.
 OPEN_SHARDS = 8
 
@@ -155,6 +159,24 @@ def read_shard_header(path: str | os.PathLike) -> dict:
     return header
 
 
+def shard_fingerprint(path: str | os.PathLike) -> str | None:
+    """sha256 of a shard's safetensors header (its size prefix and JSON: the items, their keys and
+    sizes, the tensors' offsets): everything the index takes from the shard, read without the
+    tensors. None for a file too short to hold a header."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            header = handle.read(size) if 0 <= size <= MAX_HEADER else b""
+    except OSError:
+        return None
+    if size < 0 or len(header) != size:
+        return None
+    return hashlib.sha256(prefix + header).hexdigest()
+
+
 def index_rows(folder: str | os.PathLike) -> Iterator[dict]:
     """One row per stored image (:data:`INDEX_COLUMNS`), read from the shard headers, in listing order."""
     for file in shard_files(folder):
@@ -193,11 +215,12 @@ def write_index(folder: str | os.PathLike) -> int:
 
     types = {"path": pa.string(), "shard": pa.string(), "key": pa.string(), "item": pa.int64()}
     schema = pa.schema([(name, types.get(name, pa.int32())) for name in INDEX_COLUMNS])
-    count, shards = 0, []
+    count, shards = 0, {}
     with staged_outputs([Path(folder) / INDEX]) as (tmp,), pq.ParquetWriter(str(tmp), schema) as writer:
         for file in shard_files(folder):
+            # what the rows are made from; a shard whose images all failed has no rows, but counts
+            shards[f"{SHARDS}/{file.name}"] = shard_fingerprint(file)
             rows = list(_shard_rows(file))
-            shards.append(f"{SHARDS}/{file.name}")  # a shard whose images all failed has no rows, but counts
             if rows:
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                 count += len(rows)
@@ -205,8 +228,9 @@ def write_index(folder: str | os.PathLike) -> int:
     return count
 
 
-def _index_shards(index: Path) -> list[str] | None:
-    """The shards an ``index.parquet`` was built from (its metadata), or None (not recorded, damaged)."""
+def _index_shards(index: Path) -> dict[str, str] | None:
+    """The shards an ``index.parquet`` was built from, ``{name: fingerprint}`` (its metadata; see
+    :func:`shard_fingerprint`), or None (not recorded, damaged)."""
     import pyarrow.parquet as pq
 
     try:
@@ -215,7 +239,7 @@ def _index_shards(index: Path) -> list[str] | None:
     except Exception:  # noqa: BLE001 - pyarrow raises several types for damaged files: then it is rebuilt
         return None
     shards = recorded.get("shards") if recorded.get("format") == INDEX_FORMAT else None
-    return shards if isinstance(shards, list) else None
+    return shards if isinstance(shards, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,17 +335,22 @@ class FeatureStore(Mapping):
         self._lock = threading.Lock()
 
     def _read_entries(self) -> dict[str, _Entry]:
-        on_disk = [f"{SHARDS}/{p.name}" for p in shard_files(self.folder)]
+        files = shard_files(self.folder)
         rows = None
         index = self.folder / INDEX
-        if index.is_file() and _index_shards(index) == on_disk:
-            import pyarrow.parquet as pq
+        if index.is_file():
+            recorded = _index_shards(index)
+            # the index is used only if it was built from these very shards (a shard rewritten since,
+            # by a run killed before it rewrote the index, has other items under the same keys)
+            if recorded is not None and recorded == {f"{SHARDS}/{p.name}": shard_fingerprint(p) for p in files}:
+                import pyarrow.parquet as pq
 
-            table = pq.read_table(index).to_pydict()
-            rows = [dict(zip(table, values)) for values in zip(*table.values())]
+                table = pq.read_table(index).to_pydict()
+                rows = [dict(zip(table, values)) for values in zip(*table.values())]
         if rows is None:
-            if on_disk:
-                log.warning("%s does not match the shards (an unfinished run?); reading the shard headers", index)
+            if files:
+                why = "does not match the shards" if index.is_file() else "is missing"
+                log.warning("%s %s (an unfinished run?); reading the shard headers", index, why)
             rows = list(index_rows(self.folder))
         return {
             row["path"]: _Entry(
