@@ -129,3 +129,23 @@ def test_output_stems_are_stable_and_distinct():
     assert track_output_stem("clips/cat 1.mp4") == "clips__cat_1-ce2cb64c"
     names = {track_output_stem(p) for p in ("a/b.mp4", "a__b.mp4", "a/b.mov", "a_b.mp4", "/abs/a/b.mp4")}
     assert len(names) == 5 and all("/" not in n for n in names)
+
+
+def test_the_output_folder_inside_the_inputs_is_not_tracked_and_a_changed_listing_is_refused(
+    tmp_path, videos, model, monkeypatch, capsys
+):
+    import shutil
+
+    (tmp_path / "clips").mkdir()
+    shutil.copy(videos / "a.mp4", tmp_path / "clips" / "a.mp4")
+    monkeypatch.chdir(tmp_path)
+    argv = ["track", "clips/**/*.mp4", "--out-dir", "clips/out", "--grid", "2", "--outputs", "json", "mp4", *model]
+    assert main(argv) == 0
+    assert (tmp_path / "clips" / "out" / "tracks" / f"{track_output_stem('a.mp4')}.mp4").is_file()
+    assert main(argv) == 0  # the rerun lists a.mp4 only, not the MP4 it wrote into clips/out/tracks
+    assert "1 videos: 1 done (0 now)" in capsys.readouterr().err
+    assert _json(tmp_path / "clips" / "out" / "manifest.json")["inputs"]["items"] == 1
+    shutil.copy(videos / "a.mp4", tmp_path / "clips" / "b.mp4")
+    assert main(argv) == 2  # other inputs: refused like features
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "inputs.items: 1 there, 2 now" in err

@@ -6,7 +6,7 @@ JSON (and optional CSV / MP4) per video into ``DIR/tracks/`` (:func:`track_outpu
 Inputs are a folder, a glob or a list file (:mod:`dinofeat.listing`).
 
 * **Manifest** (``DIR/manifest.json``): the settings, model, weights hash (sha256 of the loaded
-  state dict), dinofeat version and, for features, the listing's size and hash. A run into a
+  state dict), dinofeat version and the listing's size and hash. A run into a
   folder made with other settings, or with other inputs, is refused with a one-line error. The
   device, engine, batch size and worker counts may change between runs.
 * **Resuming**: the unit of work is a shard of ``--shard-size`` consecutive images (features) or one
@@ -300,7 +300,9 @@ def track_dataset(
         "outputs": sorted(options.outputs),
         "queries": queries.describe(),
     }
-    manifest = make_manifest("tracks", extractor_options, None, settings, inputs=listing.describe())
+    total, digest = listing.fingerprint()
+    inputs_entry = {**listing.describe(), "items": total, "sha256": digest}
+    manifest = make_manifest("tracks", extractor_options, None, settings, inputs=inputs_entry)
     with locked(folder), _claimed(folder, manifest, extractor_options, options, model) as engine:
         (folder / TRACKS).mkdir(exist_ok=True)
         job = TrackJob(str(folder), extractor_options, options, tracker, frames, trail, queries)
