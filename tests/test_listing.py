@@ -98,3 +98,12 @@ def test_the_output_folder_is_skipped_by_any_path_and_in_globs(tmp_path):
     (tmp_path / "clips" / "sub" / "o").symlink_to(out)
     assert paths([tmp_path / "clips"], exclude=out) == expected
     assert paths([str(tmp_path / "clips" / "**" / "*.png")], exclude=out) == expected
+
+
+def test_a_file_given_twice_is_listed_once_at_its_first_place(tmp_path, monkeypatch):
+    _touch(tmp_path, "0.png", "1.png", "a/2.png")
+    monkeypatch.chdir(tmp_path)
+    items = list(list_inputs(["1.png", "./0.png", "0.png", "*.png", str(tmp_path / "1.png"), "a//2.png"]))
+    assert [i.path for i in items] == ["1.png", "0.png", "a/2.png"] and [i.index for i in items] == [0, 1, 2]
+    assert list_inputs(["0.png", "./0.png", "*.png"]).fingerprint() == list_inputs(["0.png", "1.png"]).fingerprint()
+    assert [i.path for i in list_inputs(["**/**/*.png"])] == ["0.png", "1.png", "a/2.png"]  # glob's own repeats

@@ -13,9 +13,13 @@
   relative to the list file's folder. A path listed twice is refused.
 * plain files: item paths as given.
 
+Plain files and globs may be mixed; a file named more than once (``0.png ./0.png "*.png"``: the
+same normalised absolute path) is listed once, where it first appears.
+
 The order never depends on the file system's listing order, so shard membership (consecutive runs
 of items) is the same on every run and in every engine. Listing streams: memory does not grow with
-the number of files (a glob's matches and the duplicate check of a list file excepted).
+the number of files (a glob's matches and the duplicate checks of list files, plain files and
+globs excepted).
 
 >>> import tempfile, pathlib
 >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -124,18 +128,27 @@ class Listing:
             return
         base = _glob_base(self.sources[0]) if len(self.sources) == 1 else None
         outside = _outside(exclude)
+        seen: set[bytes] = set()  # files given twice (``a.png ./a.png *.png``) are listed once, first place
+        for path, file in self._given(base, outside):
+            key = hashlib.blake2b(file.encode("utf-8", "surrogateescape"), digest_size=12).digest()
+            if key not in seen:
+                seen.add(key)
+                yield normal_path(path), file, None
+
+    def _given(self, base: str | None, outside) -> Iterator[tuple[str, str]]:
+        """``(item path, absolute file)`` of plain files and glob matches, in order, repeats included."""
         for source in self.sources:
             if Path(source).is_file():
-                yield normal_path(source), os.path.abspath(source), None
+                yield source, os.path.abspath(source)
             else:  # a glob (checked by list_inputs)
                 for match in sorted(glob.glob(source, recursive=True)):
                     if Path(match).is_file() and outside(match):
-                        path = os.path.relpath(match, base) if base else match
-                        yield normal_path(path), os.path.abspath(match), None
+                        yield (os.path.relpath(match, base) if base else match), os.path.abspath(match)
 
 
 def list_inputs(sources: Sequence[str | os.PathLike], kind: str = "image", *, exclude=None) -> Listing:
-    """The :class:`Listing` of ``sources``: one folder, one list file, or files and globs.
+    """The :class:`Listing` of ``sources``: one folder, one list file, or files and globs (a file
+    that several of them name, by the same normalised path, is listed once, at its first place).
 
     Raises :class:`InputError` (before anything is read) for a source that does not exist, a glob
     that matches nothing, or a folder or list file given with other sources.
