@@ -364,3 +364,25 @@ def test_an_index_older_than_its_shards_is_not_used(tmp_path, vit, monkeypatch, 
     single = Extractor.from_options(FAST, model=vit)
     for path in ("1.png", "3.png", "5.png"):
         torch.testing.assert_close(store[path].features, single.extract(root / path).features, atol=1e-5, rtol=0)
+
+
+def test_workers_get_absolute_weights_paths(tmp_path, small, vit, monkeypatch):
+    import dinofeat.dataset as dataset
+    from dinofeat.localengine import LocalEngine
+
+    seen = []
+
+    class Recording(LocalEngine):  # what a Ray worker, in another working folder, would receive
+        def weights_digest(self, options):
+            seen.append(options.weights)
+            return super().weights_digest(options)
+
+        def shards(self, shards, job, on_items):
+            seen.append(job.extractor.weights)
+            return super().shards(shards, job, on_items)
+
+    monkeypatch.setattr(dataset, "make_engine", lambda options, model=None: Recording(model))
+    monkeypatch.chdir(tmp_path)
+    root, _ = small
+    extract_dataset([root / "class0" / "*.png"], "out", FAST.replace(weights="w.pth"), model=vit)
+    assert seen == [str(tmp_path / "w.pth")] * 2

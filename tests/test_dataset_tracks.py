@@ -149,3 +149,25 @@ def test_the_output_folder_inside_the_inputs_is_not_tracked_and_a_changed_listin
     assert main(argv) == 2  # other inputs: refused like features
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "inputs.items: 1 there, 2 now" in err
+
+
+def test_workers_get_absolute_weights_and_points_paths(tmp_path, videos, monkeypatch):
+    import dinofeat.dataset as dataset
+    from conftest import random_vit
+    from dinofeat.dataset import QuerySpec, track_dataset
+    from dinofeat.localengine import LocalEngine
+    from dinofeat.options import ExtractorOptions
+
+    seen = []
+
+    class Recording(LocalEngine):  # what a Ray worker, in another working folder, would receive
+        def tracks(self, items, job):
+            seen.append((job.extractor.weights, job.queries.points_file))
+            return iter(())
+
+    monkeypatch.setattr(dataset, "make_engine", lambda options, model=None: Recording(model))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "points.json").write_text("[[20, 20]]")
+    options = ExtractorOptions(weights="w.pth", resolution=56, device="cpu")
+    track_dataset([videos], "out", QuerySpec(points_file="points.json"), options, model=random_vit(depth=1))
+    assert seen == [(str(tmp_path / "w.pth"), str(tmp_path / "points.json"))]

@@ -130,7 +130,7 @@ def extract_dataset(
     from dinofeat.registry import get_spec
 
     started = time.monotonic()
-    extractor_options = extractor_options or ExtractorOptions()
+    extractor_options = _for_workers(extractor_options or ExtractorOptions())
     options = options or DatasetOptions()
     folder = ensure_folder(out_dir).resolve()
     listing = list_inputs(inputs, "image", exclude=folder)
@@ -169,6 +169,14 @@ def extract_dataset(
         job = FeatureJob(str(folder), extractor_options, options, _shard_metadata(extractor_options))
         job = replace(job, pca=_storage_pca(folder, engine, job, listing, total))
         return _run_shards(folder, listing, engine, job, total, started, progress)
+
+
+def _for_workers(options: ExtractorOptions) -> ExtractorOptions:
+    """``options`` with the weights path made absolute: the jobs (and the weights hash) go to workers
+    that may run in another working folder (Ray, other nodes)."""
+    if options.weights is None:
+        return options
+    return options.replace(weights=os.path.abspath(options.weights))
 
 
 @contextlib.contextmanager
@@ -284,13 +292,15 @@ def track_dataset(
     from dinofeat.outputs import ensure_folder
 
     started = time.monotonic()
-    extractor_options = extractor_options or ExtractorOptions()
+    extractor_options = _for_workers(extractor_options or ExtractorOptions())
     options = options or DatasetOptions()
     tracker, frames, trail = tracker or TrackerOptions(), frames or FrameOptions(), trail or TrailOptions()
     folder = ensure_folder(out_dir).resolve()
     listing = list_inputs(inputs, "video", exclude=folder)
-    if queries.points_file is not None and not Path(queries.points_file).exists():
-        raise InputError(f"points file not found: {queries.points_file}")
+    if queries.points_file is not None:
+        if not Path(queries.points_file).exists():
+            raise InputError(f"points file not found: {queries.points_file}")
+        queries = replace(queries, points_file=os.path.abspath(queries.points_file))  # workers: another folder
     settings = {
         **{name: getattr(extractor_options, name) for name in FEATURE_SETTINGS},
         "layers": list(extractor_options.layers),
