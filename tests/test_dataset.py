@@ -386,3 +386,16 @@ def test_workers_get_absolute_weights_paths(tmp_path, small, vit, monkeypatch):
     root, _ = small
     extract_dataset([root / "class0" / "*.png"], "out", FAST.replace(weights="w.pth"), model=vit)
     assert seen == [str(tmp_path / "w.pth")] * 2
+
+
+def test_errors_recorded_twice_by_killed_runs_are_read_once(tmp_path, vit):
+    from dinofeat.manifest import read_errors
+
+    root = _tiny_dataset(tmp_path / "imgs", 3, bad=(0, 2))
+    extract_dataset([root], tmp_path / "out", FAST, DatasetOptions(shard_size=2), model=vit)
+    log = tmp_path / "out" / "errors.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], lines[1], lines[0].replace("cannot", "could not"), '{"path": "cut'] + [""]))
+    errors = open_features(tmp_path / "out").errors()
+    assert [e["path"] for e in errors] == ["0.png", "2.png"] and errors == read_errors(log)
+    assert "could not" in errors[0]["error"]  # the last record of a path

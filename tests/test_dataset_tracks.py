@@ -171,3 +171,34 @@ def test_workers_get_absolute_weights_and_points_paths(tmp_path, videos, monkeyp
     options = ExtractorOptions(weights="w.pth", resolution=56, device="cpu")
     track_dataset([videos], "out", QuerySpec(points_file="points.json"), options, model=random_vit(depth=1))
     assert seen == [(str(tmp_path / "w.pth"), str(tmp_path / "points.json"))]
+
+
+def test_any_error_of_one_video_is_recorded_and_the_run_goes_on(tmp_path, videos, monkeypatch):
+    import dinofeat.tracking as tracking
+    from conftest import random_vit
+    from dinofeat.dataset import QuerySpec, track_dataset
+    from dinofeat.errors import InputError
+    from dinofeat.options import DatasetOptions, ExtractorOptions
+
+    def broken(*args, **kwargs):
+        raise ValueError("decoder exploded\n  at frame 3")  # as PyAV's own error types reach us
+
+    monkeypatch.setattr(tracking, "track_to_files", broken)
+    options, model = ExtractorOptions(resolution=56, device="cpu"), random_vit(depth=1)
+    report = track_dataset([videos], tmp_path / "out", QuerySpec(grid=2), options, model=model)
+    assert (report.total, report.done, report.failed) == (4, 0, 4)
+    errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert [e["error"] for e in errors if e["path"] in ("a.mp4", "sub/b.mp4")] == [
+        "ValueError: decoder exploded at frame 3"
+    ] * 2
+    with pytest.raises(InputError, match=r"a.mp4: ValueError: decoder exploded at frame 3 \(--on-error fail\)"):
+        track_dataset(
+            [videos], tmp_path / "out", QuerySpec(grid=2), options, DatasetOptions(on_error="fail"), model=model
+        )
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking, "track_to_files", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        track_dataset([videos], tmp_path / "out", QuerySpec(grid=2), options, model=model)
