@@ -399,3 +399,24 @@ def test_errors_recorded_twice_by_killed_runs_are_read_once(tmp_path, vit):
     errors = open_features(tmp_path / "out").errors()
     assert [e["path"] for e in errors] == ["0.png", "2.png"] and errors == read_errors(log)
     assert "could not" in errors[0]["error"]  # the last record of a path
+
+
+def test_one_definition_of_the_feature_settings_shard_metadata_samples_and_video_suffixes(tmp_path, vit):
+    import dinofeat.cli.pca as cli_pca
+    import dinofeat.dataset as dataset
+    import dinofeat.featurestore as featurestore
+    import dinofeat.listing as listing
+    import dinofeat.options as options
+    from dinofeat.featurefile import extractor_metadata
+
+    assert dataset.FEATURE_SETTINGS is featurestore.FEATURE_SETTINGS is options.FEATURE_SETTINGS
+    assert cli_pca.VIDEO_SUFFIXES is listing.VIDEO_SUFFIXES
+    # a shard records what a single-file extract -o records; the options are enough to say it
+    extractor = Extractor.from_options(FAST, model=vit)
+    assert extractor_metadata(FAST) == extractor_metadata(extractor)
+    extract_dataset([_tiny_dataset(tmp_path / "imgs", 2, bad=())], tmp_path / "out", FAST, model=vit)
+    header = featurestore.read_shard_header(_shards(tmp_path / "out")[0])
+    assert {k: header[k] for k in extractor_metadata(FAST)} == extractor_metadata(FAST)
+    # one evenly spread sample (the storage PCA's, the store's)
+    assert listing.spread_indices(205, 4) == [25, 76, 128, 179] and listing.spread_indices(3, 64) == [0, 1, 2]
+    assert open_features(tmp_path / "out").sample(1) == ["1.png"]

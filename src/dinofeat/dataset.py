@@ -34,17 +34,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dinofeat.errors import InputError
+from dinofeat.featurefile import extractor_metadata
 from dinofeat.featurestore import ERRORS, INDEX, PCA_FILE, SHARDS, shard_errors, shard_name, write_index
-from dinofeat.listing import Item, Listing, list_inputs
+from dinofeat.listing import Item, Listing, list_inputs, spread_indices
 from dinofeat.manifest import TRACKS, ErrorLog, claim_folder, locked, make_manifest, read_errors, remove_temporary_files
-from dinofeat.options import DatasetOptions, ExtractorOptions, FrameOptions, TrackerOptions, TrailOptions
+from dinofeat.options import (
+    FEATURE_SETTINGS,
+    DatasetOptions,
+    ExtractorOptions,
+    FrameOptions,
+    TrackerOptions,
+    TrailOptions,
+)
 from dinofeat.progress import Progress, report
 from dinofeat.workunits import FeatureJob, QuerySpec, Shard, TrackJob, track_output_stem, track_outputs
 
 log = logging.getLogger(__name__)
 
-#: Extractor settings that change the features (the device and batch size only round them).
-FEATURE_SETTINGS = ("resolution", "max_size", "stride", "layers", "facet", "precision")
 __all__ = ["DatasetReport", "QuerySpec", "extract_dataset", "track_dataset", "track_output_stem"]
 
 
@@ -166,7 +172,7 @@ def extract_dataset(
     )
     with locked(folder), _claimed(folder, manifest, extractor_options, options, model) as engine:
         (folder / SHARDS).mkdir(exist_ok=True)
-        job = FeatureJob(str(folder), extractor_options, options, _shard_metadata(extractor_options))
+        job = FeatureJob(str(folder), extractor_options, options, extractor_metadata(extractor_options))
         job = replace(job, pca=_storage_pca(folder, engine, job, listing, total))
         return _run_shards(folder, listing, engine, job, total, started, progress)
 
@@ -191,15 +197,6 @@ def _claimed(folder: Path, manifest: dict, extractor_options: ExtractorOptions, 
         yield engine
 
 
-def _shard_metadata(options: ExtractorOptions) -> dict:
-    return {
-        "model": options.model,
-        "resolution": options.resolution,
-        "layers": list(options.layers),
-        "facet": options.facet,
-    }
-
-
 def _storage_pca(folder: Path, engine, job: FeatureJob, listing: Listing, total: int):
     """The ``--pca`` basis: read from ``pca.safetensors``, or fitted on a sample and saved there."""
     from dinofeat.featurestore import load_pca, save_pca, shard_files
@@ -211,8 +208,7 @@ def _storage_pca(folder: Path, engine, job: FeatureJob, listing: Listing, total:
         return load_pca(path)
     if shard_files(folder):
         raise InputError(f"{folder} has shards but no {PCA_FILE}: their PCA is lost; use another --out-dir")
-    count = min(job.dataset.pca_sample, total)
-    wanted = {(2 * i + 1) * total // (2 * count) for i in range(count)}
+    wanted = set(spread_indices(total, job.dataset.pca_sample))
     sample = [item for item in listing if item.index in wanted]
     basis = engine.fit_pca(job, sample)
     save_pca(path, basis, fitted_on=len(sample))

@@ -51,7 +51,8 @@ import numpy as np
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
 from dinofeat.listing import normal_path as _key
-from dinofeat.options import GPU_BATCH_SIZE
+from dinofeat.listing import spread_indices
+from dinofeat.options import FEATURE_SETTINGS, GPU_BATCH_SIZE
 from dinofeat.outputs import staged_outputs
 
 log = logging.getLogger(__name__)
@@ -318,12 +319,11 @@ class FeatureStore(Mapping):
         if self.manifest.get("kind") != "features":
             raise InputError(f"{self.folder} holds {self.manifest.get('kind', 'unknown')}, not features")
         settings = self.manifest["settings"]
-        names = ("resolution", "max_size", "stride", "layers", "facet", "precision")
         self.options = ExtractorOptions(
             model=self.manifest["model"],
             weights=self.manifest.get("weights"),
             batch_size=self.manifest.get("batch_size"),
-            **{name: tuple(settings[name]) if name == "layers" else settings[name] for name in names},
+            **{name: tuple(settings[name]) if name == "layers" else settings[name] for name in FEATURE_SETTINGS},
         )
         self.dtype: str = settings["dtype"]
         self.root = Path(self.manifest["inputs"]["root"])
@@ -424,8 +424,7 @@ class FeatureStore(Mapping):
     def sample(self, count: int) -> list[str]:
         """``count`` paths spread evenly over the dataset (all of them if it holds fewer)."""
         paths = self.paths()
-        n = min(count, len(paths))
-        return [paths[(2 * i + 1) * len(paths) // (2 * n)] for i in range(n)]
+        return [paths[i] for i in spread_indices(len(paths), count)]
 
     def find(self, path: str | os.PathLike) -> str:
         """The stored path for ``path``: itself, or a file below :attr:`root` named by its relative

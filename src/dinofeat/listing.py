@@ -177,6 +177,17 @@ def list_inputs(sources: Sequence[str | os.PathLike], kind: str = "image", *, ex
     return Listing(given, kind, os.path.abspath(base or "."), _absolute(exclude))
 
 
+def spread_indices(total: int, count: int) -> list[int]:
+    """``min(count, total)`` positions spread evenly over ``range(total)``: the middle of each of
+    that many equal parts (how a sample of a dataset is picked: the storage PCA's, ``pca --features``).
+
+    >>> spread_indices(10, 3), spread_indices(2, 5)
+    ([1, 5, 8], [0, 1])
+    """
+    n = min(count, total)
+    return [(2 * i + 1) * total // (2 * n) for i in range(n)]
+
+
 def _glob_base(source: str) -> str | None:
     """The folder a glob's matches are named relative to: its leading part without wildcards
     (``photos/cats`` for ``photos/cats/**/*.jpg``); None for a plain file."""
