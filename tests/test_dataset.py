@@ -420,3 +420,20 @@ def test_one_definition_of_the_feature_settings_shard_metadata_samples_and_video
     # one evenly spread sample (the storage PCA's, the store's)
     assert listing.spread_indices(205, 4) == [25, 76, 128, 179] and listing.spread_indices(3, 64) == [0, 1, 2]
     assert open_features(tmp_path / "out").sample(1) == ["1.png"]
+
+
+def test_the_end_of_a_run_reads_each_shard_header_once(tmp_path, vit, monkeypatch):
+    import dinofeat.dataset as dataset
+    import dinofeat.featurestore as featurestore
+
+    root = _tiny_dataset(tmp_path / "imgs", 5, bad=(1, 4))
+    reads = []
+    read = featurestore._read_shard
+    monkeypatch.setattr(featurestore, "_read_shard", lambda path: reads.append(path.name) or read(path))
+    monkeypatch.setattr(dataset, "read_errors", None)  # errors.jsonl is written, not read back
+    report = extract_dataset([root], tmp_path / "out", FAST, DatasetOptions(shard_size=2), model=vit)
+    assert (report.done, report.failed) == (3, 2) and [e["path"] for e in _errors(tmp_path / "out")] == [
+        "1.png",
+        "4.png",
+    ]
+    assert sorted(reads) == [p.name for p in _shards(tmp_path / "out")]  # the index and the errors: one pass

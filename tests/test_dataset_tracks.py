@@ -202,3 +202,30 @@ def test_any_error_of_one_video_is_recorded_and_the_run_goes_on(tmp_path, videos
     monkeypatch.setattr(tracking, "track_to_files", interrupted)
     with pytest.raises(KeyboardInterrupt):
         track_dataset([videos], tmp_path / "out", QuerySpec(grid=2), options, model=model)
+
+
+def test_a_tracking_run_looks_at_each_video_twice_at_most(tmp_path, videos, monkeypatch):
+    """The listing is walked for its hash, to count what is done and to stream what is to do; each
+    video's outputs are looked for twice (counting, streaming), not once more per report line."""
+    import dinofeat.dataset as dataset
+    import dinofeat.listing as listing
+    import dinofeat.tracking as tracking
+    from conftest import random_vit
+    from dinofeat.dataset import QuerySpec, track_dataset
+    from dinofeat.options import ExtractorOptions
+
+    walks, looks = [], []
+    iterate, tracked = listing.Listing.__iter__, dataset._tracked
+    monkeypatch.setattr(listing.Listing, "__iter__", lambda self: walks.append(1) or iterate(self))
+    monkeypatch.setattr(dataset, "_tracked", lambda *args: looks.append(args[1]) or tracked(*args))
+
+    def broken(*args, **kwargs):
+        raise ValueError("no decoder")
+
+    monkeypatch.setattr(tracking, "track_to_files", broken)
+    options, model = ExtractorOptions(resolution=56, device="cpu"), random_vit(depth=1)
+    for _ in range(2):  # a first run, and a rerun that knows the earlier failures
+        walks.clear(), looks.clear()
+        report = track_dataset([videos], tmp_path / "out", QuerySpec(grid=2), options, model=model)
+        assert (report.total, report.done, report.failed) == (4, 0, 4)
+        assert len(walks) == 3 and sorted(looks) == sorted(["a.mp4", "broken.mp4", "empty.mp4", "sub/b.mp4"] * 2)

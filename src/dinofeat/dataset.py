@@ -35,7 +35,7 @@ from pathlib import Path
 
 from dinofeat.errors import InputError
 from dinofeat.featurefile import extractor_metadata
-from dinofeat.featurestore import ERRORS, INDEX, PCA_FILE, SHARDS, shard_errors, shard_name, write_index
+from dinofeat.featurestore import ERRORS, INDEX, PCA_FILE, SHARDS, shard_name, write_index
 from dinofeat.listing import Item, Listing, list_inputs, spread_indices
 from dinofeat.manifest import TRACKS, ErrorLog, claim_folder, locked, make_manifest, read_errors, remove_temporary_files
 from dinofeat.options import (
@@ -246,7 +246,7 @@ def _run_shards(folder, listing, engine, job: FeatureJob, total, started, progre
 
     results = engine.shards(_plan(listing, size, folder), job, on_items)
     unwritten: list[dict] = []  # errors of a shard not written (on_error="fail")
-    done = 0
+    done = failed = 0
     try:
         for result in results:
             for error in result.errors:
@@ -259,9 +259,9 @@ def _run_shards(folder, listing, engine, job: FeatureJob, total, started, progre
     finally:
         with contextlib.suppress(AttributeError):
             results.close()
-        errors.rewrite([*shard_errors(folder), *unwritten])  # the shards' own lists are the record
-        done = write_index(folder)
-    failed = len(read_errors(folder / ERRORS))
+        recorded: list[dict] = []
+        done = write_index(folder, errors=recorded)  # one read of each shard header: the rows and the errors
+        failed = errors.rewrite([*recorded, *unwritten])  # the shards' own lists are the record
     return DatasetReport(folder, "features", total, done, finished, failed, time.monotonic() - started)
 
 
@@ -313,8 +313,15 @@ def track_dataset(
         (folder / TRACKS).mkdir(exist_ok=True)
         job = TrackJob(str(folder), extractor_options, options, tracker, frames, trail, queries)
         errors = ErrorLog(folder / ERRORS)
-        known = {e["path"]: e for e in read_errors(folder / ERRORS)}
-        todo = sum(1 for item in listing if not _tracked(folder, item.path, options.outputs))
+        before = {e["path"]: e for e in read_errors(folder / ERRORS)}
+        known: dict[str, dict] = {}  # the failures that stand: of listed videos not tracked yet
+        done = 0
+        for item in listing:  # one pass: what is done, and which earlier failures still count
+            if _tracked(folder, item.path, options.outputs):
+                done += 1
+            elif item.path in before:
+                known[item.path] = before[item.path]
+        todo = total - done
         pending = (item for item in listing if not _tracked(folder, item.path, options.outputs))
         done_now = 0
         outcomes = engine.tracks(pending, job)
@@ -333,11 +340,8 @@ def track_dataset(
         finally:
             with contextlib.suppress(AttributeError):
                 outcomes.close()
-            listed = {item.path for item in listing}
-            known = {p: e for p, e in known.items() if p in listed and not _tracked(folder, p, options.outputs)}
             errors.rewrite(known.values())
-        done = sum(1 for path in listed if _tracked(folder, path, options.outputs))
-        return DatasetReport(folder, "tracks", len(listed), done, done_now, len(known), time.monotonic() - started)
+        return DatasetReport(folder, "tracks", total, done + done_now, done_now, len(known), time.monotonic() - started)
 
 
 def _tracked(folder: Path, path: str, formats: Sequence[str]) -> bool:

@@ -147,46 +147,64 @@ def write_shard(
 
 def read_shard_header(path: str | os.PathLike) -> dict:
     """A shard's header (the ``dinofeat`` metadata key, decoded; the tensors are not read)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="np") as handle:
-            text = (handle.metadata() or {}).get(SHARD_KEY)
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for damaged files
-        raise InputError(f"cannot read shard {path} ({' '.join(str(err).split())})") from None
-    header = json.loads(text) if text else {}
-    if header.get("format") != SHARD_FORMAT:
-        raise InputError(f"{path} is not a dinofeat dataset shard")
-    return header
+    return _read_shard(path)[0]
 
 
 def shard_fingerprint(path: str | os.PathLike) -> str | None:
     """sha256 of a shard's safetensors header (its size prefix and JSON: the items, their keys and
     sizes, the tensors' offsets): everything the index takes from the shard, read without the
     tensors. None for a file too short to hold a header."""
+    try:
+        prefix, raw, _ = _header_bytes(path)
+    except (OSError, ValueError):
+        return None
+    return _digest(prefix, raw)
+
+
+def _header_bytes(path: str | os.PathLike) -> tuple[bytes, bytes, int]:
+    """A safetensors file's 8-byte size prefix, its JSON header (as stored) and the file's length."""
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        raw = handle.read(size) if 0 <= size <= MAX_HEADER else b""
+        length = os.fstat(handle.fileno()).st_size
+    if size < 0 or len(raw) != size:
+        raise ValueError("the file is shorter than a safetensors header")
+    return prefix, raw, length
+
+
+def _digest(prefix: bytes, raw: bytes) -> str:
     import hashlib
 
+    return hashlib.sha256(prefix + raw).hexdigest()
+
+
+def _read_shard(path: str | os.PathLike) -> tuple[dict, str]:
+    """A shard's header (decoded) and its :func:`shard_fingerprint`, from one read of the file's
+    header; the file's length is checked against the tensors' offsets, as safetensors does."""
     try:
-        with open(path, "rb") as handle:
-            prefix = handle.read(8)
-            size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
-            header = handle.read(size) if 0 <= size <= MAX_HEADER else b""
-    except OSError:
-        return None
-    if size < 0 or len(header) != size:
-        return None
-    return hashlib.sha256(prefix + header).hexdigest()
+        prefix, raw, length = _header_bytes(path)
+        document = json.loads(raw)
+        ends = [spec["data_offsets"][1] for name, spec in document.items() if name != "__metadata__"]
+        if 8 + len(raw) + max(ends, default=0) != length:
+            raise ValueError("the file's length is not what its header says")
+        text = (document.get("__metadata__") or {}).get(SHARD_KEY)
+        header = json.loads(text) if text else {}
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+        raise InputError(f"cannot read shard {path} ({' '.join(str(err).split())})") from None
+    if not isinstance(header, dict) or header.get("format") != SHARD_FORMAT:
+        raise InputError(f"{path} is not a dinofeat dataset shard")
+    return header, _digest(prefix, raw)
 
 
 def index_rows(folder: str | os.PathLike) -> Iterator[dict]:
     """One row per stored image (:data:`INDEX_COLUMNS`), read from the shard headers, in listing order."""
     for file in shard_files(folder):
-        yield from _shard_rows(file)
+        yield from _header_rows(f"{SHARDS}/{file.name}", read_shard_header(file))
 
 
-def _shard_rows(file: Path) -> Iterator[dict]:
-    name = f"{SHARDS}/{file.name}"
-    for item in read_shard_header(file)["items"]:
+def _header_rows(name: str, header: dict) -> Iterator[dict]:
+    for item in header["items"]:
         (image_w, image_h), (processed_w, processed_h) = item["image_size"], item["processed_size"]
         grid_h, grid_w = item["grid"]
         yield {
@@ -208,9 +226,10 @@ def shard_errors(folder: str | os.PathLike) -> list[dict]:
     return [error for file in shard_files(folder) for error in read_shard_header(file)["errors"]]
 
 
-def write_index(folder: str | os.PathLike) -> int:
+def write_index(folder: str | os.PathLike, errors: list | None = None) -> int:
     """Rebuild ``index.parquet`` from the shard headers (atomically, one row group per shard, so
-    memory does not grow with the dataset); returns its number of rows."""
+    memory does not grow with the dataset); returns its number of rows. Each header is read once:
+    the failed items it records are appended to ``errors`` when given (see :func:`shard_errors`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -219,9 +238,11 @@ def write_index(folder: str | os.PathLike) -> int:
     count, shards = 0, {}
     with staged_outputs([Path(folder) / INDEX]) as (tmp,), pq.ParquetWriter(str(tmp), schema) as writer:
         for file in shard_files(folder):
-            # what the rows are made from; a shard whose images all failed has no rows, but counts
-            shards[f"{SHARDS}/{file.name}"] = shard_fingerprint(file)
-            rows = list(_shard_rows(file))
+            name = f"{SHARDS}/{file.name}"
+            header, shards[name] = _read_shard(file)  # a shard whose images all failed has no rows, but counts
+            rows = list(_header_rows(name, header))
+            if errors is not None:
+                errors.extend(header["errors"])
             if rows:
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                 count += len(rows)

@@ -157,17 +157,19 @@ class ErrorLog:
         self._handle.write(json.dumps({"path": error["path"], "error": error["error"], "item": error["item"]}) + "\n")
         self._handle.flush()
 
-    def rewrite(self, errors: Iterable[dict]) -> None:
-        """Replace the log by ``errors`` (atomically; no file when there are none)."""
+    def rewrite(self, errors: Iterable[dict]) -> int:
+        """Replace the log by ``errors`` (atomically; no file when there are none); returns the
+        number of records written (one per item)."""
         from dinofeat.outputs import staged_outputs
 
         self.close()
         rows = sorted({e["item"]: e for e in errors}.values(), key=lambda e: e["item"])
         if not rows:
             self.path.unlink(missing_ok=True)
-            return
+            return 0
         with staged_outputs([self.path]) as (tmp,):
             tmp.write_text("".join(json.dumps({k: e[k] for k in ("path", "error", "item")}) + "\n" for e in rows))
+        return len(rows)
 
     def close(self) -> None:
         if self._handle is not None:
