@@ -309,3 +309,131 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, small, vit):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run in another process holds it
         with pytest.raises(InputError, match="another dinofeat run is writing to"):
             extract_dataset([root], tmp_path / "out", FAST, model=vit)
+
+
+def _tiny_dataset(root, count=3, bad=(1,), seed=0):
+    """``count`` 28x42 PNGs ``0.png`` .. (random pixels); the ``bad`` ones are not images."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (28, 42, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    for i in bad:
+        (root / f"{i}.png").write_bytes(b"not an image")
+    return root
+
+
+def test_a_shard_whose_images_all_failed_still_matches_the_index(tmp_path, vit, caplog):
+    root = _tiny_dataset(tmp_path / "imgs")
+    report = extract_dataset([root], tmp_path / "out", FAST, DatasetOptions(shard_size=1), model=vit)
+    assert (report.done, report.failed, len(_shards(tmp_path / "out"))) == (2, 1, 3)
+    with caplog.at_level("WARNING", logger="dinofeat.featurestore"):
+        store = open_features(tmp_path / "out")
+    assert store.paths() == ["0.png", "2.png"] and [e["path"] for e in store.errors()] == ["1.png"]
+    assert not caplog.records  # the index was used: no warning, no rescan of the shard headers
+
+
+class _Killed(BaseException):
+    """A kill of the run (SIGKILL cannot be sent to the test's own process)."""
+
+
+def test_an_index_older_than_its_shards_is_not_used(tmp_path, vit, monkeypatch, caplog):
+    """The user deletes a shard to retry a failed image; the rerun writes the shard and is killed
+    before it rewrites the index: the old index must not be used (its keys are shifted by one)."""
+    import dinofeat.dataset as dataset
+
+    root = _tiny_dataset(tmp_path / "imgs", 6, bad=(2,))
+    out, options = tmp_path / "out", DatasetOptions(shard_size=10)
+    extract_dataset([root], out, FAST, options, model=vit)
+    old_index = (out / "index.parquet").read_bytes()
+    _tiny_dataset(tmp_path / "imgs", 6, bad=(), seed=1)  # 2.png is fixed (all images are new)
+    (out / "shards" / "shard-000000.safetensors").unlink()
+
+    def killed(folder, *args, **kwargs):
+        raise _Killed
+
+    monkeypatch.setattr(dataset, "write_index", killed)
+    with pytest.raises(_Killed):
+        extract_dataset([root], out, FAST, options, model=vit)
+    assert not (out / "index.parquet").exists()  # removed before the first shard was written
+    (out / "index.parquet").write_bytes(old_index)  # as a kill before that removal would have left it
+    with caplog.at_level("WARNING", logger="dinofeat.featurestore"):
+        store = open_features(out)
+    assert "does not match the shards" in caplog.text and len(store) == 6
+    single = Extractor.from_options(FAST, model=vit)
+    for path in ("1.png", "3.png", "5.png"):
+        torch.testing.assert_close(store[path].features, single.extract(root / path).features, atol=1e-5, rtol=0)
+
+
+def test_workers_get_absolute_weights_paths(tmp_path, small, vit, monkeypatch):
+    import dinofeat.dataset as dataset
+    from dinofeat.localengine import LocalEngine
+
+    seen = []
+
+    class Recording(LocalEngine):  # what a Ray worker, in another working folder, would receive
+        def weights_digest(self, options):
+            seen.append(options.weights)
+            return super().weights_digest(options)
+
+        def shards(self, shards, job, on_items):
+            seen.append(job.extractor.weights)
+            return super().shards(shards, job, on_items)
+
+    monkeypatch.setattr(dataset, "make_engine", lambda options, model=None: Recording(model))
+    monkeypatch.chdir(tmp_path)
+    root, _ = small
+    extract_dataset([root / "class0" / "*.png"], "out", FAST.replace(weights="w.pth"), model=vit)
+    assert seen == [str(tmp_path / "w.pth")] * 2
+
+
+def test_errors_recorded_twice_by_killed_runs_are_read_once(tmp_path, vit):
+    from dinofeat.manifest import read_errors
+
+    root = _tiny_dataset(tmp_path / "imgs", 3, bad=(0, 2))
+    extract_dataset([root], tmp_path / "out", FAST, DatasetOptions(shard_size=2), model=vit)
+    log = tmp_path / "out" / "errors.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], lines[1], lines[0].replace("cannot", "could not"), '{"path": "cut'] + [""]))
+    errors = open_features(tmp_path / "out").errors()
+    assert [e["path"] for e in errors] == ["0.png", "2.png"] and errors == read_errors(log)
+    assert "could not" in errors[0]["error"]  # the last record of a path
+
+
+def test_one_definition_of_the_feature_settings_shard_metadata_samples_and_video_suffixes(tmp_path, vit):
+    import dinofeat.cli.pca as cli_pca
+    import dinofeat.dataset as dataset
+    import dinofeat.featurestore as featurestore
+    import dinofeat.listing as listing
+    import dinofeat.options as options
+    from dinofeat.featurefile import extractor_metadata
+
+    assert dataset.FEATURE_SETTINGS is featurestore.FEATURE_SETTINGS is options.FEATURE_SETTINGS
+    assert cli_pca.VIDEO_SUFFIXES is listing.VIDEO_SUFFIXES
+    # a shard records what a single-file extract -o records; the options are enough to say it
+    extractor = Extractor.from_options(FAST, model=vit)
+    assert extractor_metadata(FAST) == extractor_metadata(extractor)
+    extract_dataset([_tiny_dataset(tmp_path / "imgs", 2, bad=())], tmp_path / "out", FAST, model=vit)
+    header = featurestore.read_shard_header(_shards(tmp_path / "out")[0])
+    assert {k: header[k] for k in extractor_metadata(FAST)} == extractor_metadata(FAST)
+    # one evenly spread sample (the storage PCA's, the store's)
+    assert listing.spread_indices(205, 4) == [25, 76, 128, 179] and listing.spread_indices(3, 64) == [0, 1, 2]
+    assert open_features(tmp_path / "out").sample(1) == ["1.png"]
+
+
+def test_the_end_of_a_run_reads_each_shard_header_once(tmp_path, vit, monkeypatch):
+    import dinofeat.dataset as dataset
+    import dinofeat.featurestore as featurestore
+
+    root = _tiny_dataset(tmp_path / "imgs", 5, bad=(1, 4))
+    reads = []
+    read = featurestore._read_shard
+    monkeypatch.setattr(featurestore, "_read_shard", lambda path: reads.append(path.name) or read(path))
+    monkeypatch.setattr(dataset, "read_errors", None)  # errors.jsonl is written, not read back
+    report = extract_dataset([root], tmp_path / "out", FAST, DatasetOptions(shard_size=2), model=vit)
+    assert (report.done, report.failed) == (3, 2) and [e["path"] for e in _errors(tmp_path / "out")] == [
+        "1.png",
+        "4.png",
+    ]
+    assert sorted(reads) == [p.name for p in _shards(tmp_path / "out")]  # the index and the errors: one pass

@@ -129,3 +129,103 @@ def test_output_stems_are_stable_and_distinct():
     assert track_output_stem("clips/cat 1.mp4") == "clips__cat_1-ce2cb64c"
     names = {track_output_stem(p) for p in ("a/b.mp4", "a__b.mp4", "a/b.mov", "a_b.mp4", "/abs/a/b.mp4")}
     assert len(names) == 5 and all("/" not in n for n in names)
+
+
+def test_the_output_folder_inside_the_inputs_is_not_tracked_and_a_changed_listing_is_refused(
+    tmp_path, videos, model, monkeypatch, capsys
+):
+    import shutil
+
+    (tmp_path / "clips").mkdir()
+    shutil.copy(videos / "a.mp4", tmp_path / "clips" / "a.mp4")
+    monkeypatch.chdir(tmp_path)
+    argv = ["track", "clips/**/*.mp4", "--out-dir", "clips/out", "--grid", "2", "--outputs", "json", "mp4", *model]
+    assert main(argv) == 0
+    assert (tmp_path / "clips" / "out" / "tracks" / f"{track_output_stem('a.mp4')}.mp4").is_file()
+    assert main(argv) == 0  # the rerun lists a.mp4 only, not the MP4 it wrote into clips/out/tracks
+    assert "1 videos: 1 done (0 now)" in capsys.readouterr().err
+    assert _json(tmp_path / "clips" / "out" / "manifest.json")["inputs"]["items"] == 1
+    shutil.copy(videos / "a.mp4", tmp_path / "clips" / "b.mp4")
+    assert main(argv) == 2  # other inputs: refused like features
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "inputs.items: 1 there, 2 now" in err
+
+
+def test_workers_get_absolute_weights_and_points_paths(tmp_path, videos, monkeypatch):
+    import dinofeat.dataset as dataset
+    from conftest import random_vit
+    from dinofeat.dataset import QuerySpec, track_dataset
+    from dinofeat.localengine import LocalEngine
+    from dinofeat.options import ExtractorOptions
+
+    seen = []
+
+    class Recording(LocalEngine):  # what a Ray worker, in another working folder, would receive
+        def tracks(self, items, job):
+            seen.append((job.extractor.weights, job.queries.points_file))
+            return iter(())
+
+    monkeypatch.setattr(dataset, "make_engine", lambda options, model=None: Recording(model))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "points.json").write_text("[[20, 20]]")
+    options = ExtractorOptions(weights="w.pth", resolution=56, device="cpu")
+    track_dataset([videos], "out", QuerySpec(points_file="points.json"), options, model=random_vit(depth=1))
+    assert seen == [(str(tmp_path / "w.pth"), str(tmp_path / "points.json"))]
+
+
+def test_any_error_of_one_video_is_recorded_and_the_run_goes_on(tmp_path, videos, monkeypatch):
+    import dinofeat.tracking as tracking
+    from conftest import random_vit
+    from dinofeat.dataset import QuerySpec, track_dataset
+    from dinofeat.errors import InputError
+    from dinofeat.options import DatasetOptions, ExtractorOptions
+
+    def broken(*args, **kwargs):
+        raise ValueError("decoder exploded\n  at frame 3")  # as PyAV's own error types reach us
+
+    monkeypatch.setattr(tracking, "track_to_files", broken)
+    options, model = ExtractorOptions(resolution=56, device="cpu"), random_vit(depth=1)
+    report = track_dataset([videos], tmp_path / "out", QuerySpec(grid=2), options, model=model)
+    assert (report.total, report.done, report.failed) == (4, 0, 4)
+    errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert [e["error"] for e in errors if e["path"] in ("a.mp4", "sub/b.mp4")] == [
+        "ValueError: decoder exploded at frame 3"
+    ] * 2
+    with pytest.raises(InputError, match=r"a.mp4: ValueError: decoder exploded at frame 3 \(--on-error fail\)"):
+        track_dataset(
+            [videos], tmp_path / "out", QuerySpec(grid=2), options, DatasetOptions(on_error="fail"), model=model
+        )
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking, "track_to_files", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        track_dataset([videos], tmp_path / "out", QuerySpec(grid=2), options, model=model)
+
+
+def test_a_tracking_run_looks_at_each_video_twice_at_most(tmp_path, videos, monkeypatch):
+    """The listing is walked for its hash, to count what is done and to stream what is to do; each
+    video's outputs are looked for twice (counting, streaming), not once more per report line."""
+    import dinofeat.dataset as dataset
+    import dinofeat.listing as listing
+    import dinofeat.tracking as tracking
+    from conftest import random_vit
+    from dinofeat.dataset import QuerySpec, track_dataset
+    from dinofeat.options import ExtractorOptions
+
+    walks, looks = [], []
+    iterate, tracked = listing.Listing.__iter__, dataset._tracked
+    monkeypatch.setattr(listing.Listing, "__iter__", lambda self: walks.append(1) or iterate(self))
+    monkeypatch.setattr(dataset, "_tracked", lambda *args: looks.append(args[1]) or tracked(*args))
+
+    def broken(*args, **kwargs):
+        raise ValueError("no decoder")
+
+    monkeypatch.setattr(tracking, "track_to_files", broken)
+    options, model = ExtractorOptions(resolution=56, device="cpu"), random_vit(depth=1)
+    for _ in range(2):  # a first run, and a rerun that knows the earlier failures
+        walks.clear(), looks.clear()
+        report = track_dataset([videos], tmp_path / "out", QuerySpec(grid=2), options, model=model)
+        assert (report.total, report.done, report.failed) == (4, 0, 4)
+        assert len(walks) == 3 and sorted(looks) == sorted(["a.mp4", "broken.mp4", "empty.mp4", "sub/b.mp4"] * 2)

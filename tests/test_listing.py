@@ -79,3 +79,31 @@ def test_bad_listings_are_one_line_errors(tmp_path, problem, expected):
 def test_normal_path():
     assert normal_path("./a//b/./c.png") == "a/b/c.png"
     assert normal_path("/abs/x.png") == "/abs/x.png"
+
+
+def test_the_output_folder_is_skipped_by_any_path_and_in_globs(tmp_path):
+    _touch(tmp_path, "clips/a.png", "clips/out/tracks/x.png", "clips/sub/b.png")
+    (tmp_path / "link").symlink_to(tmp_path / "clips")
+    out = tmp_path / "clips" / "out"
+    paths = lambda *args, **kwargs: [i.path for i in list_inputs(*args, **kwargs)]
+    expected = ["a.png", "sub/b.png"]
+    # the folder through a link, the output folder by its real path (extract_dataset resolves it)
+    assert paths([tmp_path / "link"], exclude=out) == expected
+    assert paths([tmp_path / "clips"], exclude=tmp_path / "link" / "out") == expected
+    # globs: the output folder's files are not matches
+    assert paths([str(tmp_path / "clips" / "**" / "*.png")], exclude=out) == expected
+    assert paths([str(tmp_path / "link" / "**" / "*.png")], exclude=tmp_path / "link" / "out") == expected
+    assert paths([str(tmp_path / "clips" / "**" / "*.png")]) == ["a.png", "out/tracks/x.png", "sub/b.png"]
+    # a link inside the folder to the output folder
+    (tmp_path / "clips" / "sub" / "o").symlink_to(out)
+    assert paths([tmp_path / "clips"], exclude=out) == expected
+    assert paths([str(tmp_path / "clips" / "**" / "*.png")], exclude=out) == expected
+
+
+def test_a_file_given_twice_is_listed_once_at_its_first_place(tmp_path, monkeypatch):
+    _touch(tmp_path, "0.png", "1.png", "a/2.png")
+    monkeypatch.chdir(tmp_path)
+    items = list(list_inputs(["1.png", "./0.png", "0.png", "*.png", str(tmp_path / "1.png"), "a//2.png"]))
+    assert [i.path for i in items] == ["1.png", "0.png", "a/2.png"] and [i.index for i in items] == [0, 1, 2]
+    assert list_inputs(["0.png", "./0.png", "*.png"]).fingerprint() == list_inputs(["0.png", "1.png"]).fingerprint()
+    assert [i.path for i in list_inputs(["**/**/*.png"])] == ["0.png", "1.png", "a/2.png"]  # glob's own repeats

@@ -6,7 +6,7 @@ JSON (and optional CSV / MP4) per video into ``DIR/tracks/`` (:func:`track_outpu
 Inputs are a folder, a glob or a list file (:mod:`dinofeat.listing`).
 
 * **Manifest** (``DIR/manifest.json``): the settings, model, weights hash (sha256 of the loaded
-  state dict), dinofeat version and, for features, the listing's size and hash. A run into a
+  state dict), dinofeat version and the listing's size and hash. A run into a
   folder made with other settings, or with other inputs, is refused with a one-line error. The
   device, engine, batch size and worker counts may change between runs.
 * **Resuming**: the unit of work is a shard of ``--shard-size`` consecutive images (features) or one
@@ -34,17 +34,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dinofeat.errors import InputError
-from dinofeat.featurestore import ERRORS, PCA_FILE, SHARDS, shard_errors, shard_name, write_index
-from dinofeat.listing import Item, Listing, list_inputs
+from dinofeat.featurefile import extractor_metadata
+from dinofeat.featurestore import ERRORS, INDEX, PCA_FILE, SHARDS, shard_name, write_index
+from dinofeat.listing import Item, Listing, list_inputs, spread_indices
 from dinofeat.manifest import TRACKS, ErrorLog, claim_folder, locked, make_manifest, read_errors, remove_temporary_files
-from dinofeat.options import DatasetOptions, ExtractorOptions, FrameOptions, TrackerOptions, TrailOptions
+from dinofeat.options import (
+    FEATURE_SETTINGS,
+    DatasetOptions,
+    ExtractorOptions,
+    FrameOptions,
+    TrackerOptions,
+    TrailOptions,
+)
 from dinofeat.progress import Progress, report
 from dinofeat.workunits import FeatureJob, QuerySpec, Shard, TrackJob, track_output_stem, track_outputs
 
 log = logging.getLogger(__name__)
 
-#: Extractor settings that change the features (the device and batch size only round them).
-FEATURE_SETTINGS = ("resolution", "max_size", "stride", "layers", "facet", "precision")
 __all__ = ["DatasetReport", "QuerySpec", "extract_dataset", "track_dataset", "track_output_stem"]
 
 
@@ -130,7 +136,7 @@ def extract_dataset(
     from dinofeat.registry import get_spec
 
     started = time.monotonic()
-    extractor_options = extractor_options or ExtractorOptions()
+    extractor_options = _for_workers(extractor_options or ExtractorOptions())
     options = options or DatasetOptions()
     folder = ensure_folder(out_dir).resolve()
     listing = list_inputs(inputs, "image", exclude=folder)
@@ -166,9 +172,17 @@ def extract_dataset(
     )
     with locked(folder), _claimed(folder, manifest, extractor_options, options, model) as engine:
         (folder / SHARDS).mkdir(exist_ok=True)
-        job = FeatureJob(str(folder), extractor_options, options, _shard_metadata(extractor_options))
+        job = FeatureJob(str(folder), extractor_options, options, extractor_metadata(extractor_options))
         job = replace(job, pca=_storage_pca(folder, engine, job, listing, total))
         return _run_shards(folder, listing, engine, job, total, started, progress)
+
+
+def _for_workers(options: ExtractorOptions) -> ExtractorOptions:
+    """``options`` with the weights path made absolute: the jobs (and the weights hash) go to workers
+    that may run in another working folder (Ray, other nodes)."""
+    if options.weights is None:
+        return options
+    return options.replace(weights=os.path.abspath(options.weights))
 
 
 @contextlib.contextmanager
@@ -183,15 +197,6 @@ def _claimed(folder: Path, manifest: dict, extractor_options: ExtractorOptions, 
         yield engine
 
 
-def _shard_metadata(options: ExtractorOptions) -> dict:
-    return {
-        "model": options.model,
-        "resolution": options.resolution,
-        "layers": list(options.layers),
-        "facet": options.facet,
-    }
-
-
 def _storage_pca(folder: Path, engine, job: FeatureJob, listing: Listing, total: int):
     """The ``--pca`` basis: read from ``pca.safetensors``, or fitted on a sample and saved there."""
     from dinofeat.featurestore import load_pca, save_pca, shard_files
@@ -203,8 +208,7 @@ def _storage_pca(folder: Path, engine, job: FeatureJob, listing: Listing, total:
         return load_pca(path)
     if shard_files(folder):
         raise InputError(f"{folder} has shards but no {PCA_FILE}: their PCA is lost; use another --out-dir")
-    count = min(job.dataset.pca_sample, total)
-    wanted = {(2 * i + 1) * total // (2 * count) for i in range(count)}
+    wanted = set(spread_indices(total, job.dataset.pca_sample))
     sample = [item for item in listing if item.index in wanted]
     basis = engine.fit_pca(job, sample)
     save_pca(path, basis, fitted_on=len(sample))
@@ -230,6 +234,8 @@ def _run_shards(folder, listing, engine, job: FeatureJob, total, started, progre
     missing = [s for s in range(-(-total // size)) if not (folder / shard_name(s)).is_file()]
     todo = sum(min(size, total - s * size) for s in missing)
     log.info("%s: %d of %d shards to do", folder, len(missing), -(-total // size))
+    if missing:  # a run killed before it rewrites the index must not leave the old one (other shards)
+        (folder / INDEX).unlink(missing_ok=True)
     errors = ErrorLog(folder / ERRORS)
     finished = 0
     counted = [0]
@@ -240,7 +246,7 @@ def _run_shards(folder, listing, engine, job: FeatureJob, total, started, progre
 
     results = engine.shards(_plan(listing, size, folder), job, on_items)
     unwritten: list[dict] = []  # errors of a shard not written (on_error="fail")
-    done = 0
+    done = failed = 0
     try:
         for result in results:
             for error in result.errors:
@@ -253,9 +259,9 @@ def _run_shards(folder, listing, engine, job: FeatureJob, total, started, progre
     finally:
         with contextlib.suppress(AttributeError):
             results.close()
-        errors.rewrite([*shard_errors(folder), *unwritten])  # the shards' own lists are the record
-        done = write_index(folder)
-    failed = len(read_errors(folder / ERRORS))
+        recorded: list[dict] = []
+        done = write_index(folder, errors=recorded)  # one read of each shard header: the rows and the errors
+        failed = errors.rewrite([*recorded, *unwritten])  # the shards' own lists are the record
     return DatasetReport(folder, "features", total, done, finished, failed, time.monotonic() - started)
 
 
@@ -282,13 +288,15 @@ def track_dataset(
     from dinofeat.outputs import ensure_folder
 
     started = time.monotonic()
-    extractor_options = extractor_options or ExtractorOptions()
+    extractor_options = _for_workers(extractor_options or ExtractorOptions())
     options = options or DatasetOptions()
     tracker, frames, trail = tracker or TrackerOptions(), frames or FrameOptions(), trail or TrailOptions()
     folder = ensure_folder(out_dir).resolve()
     listing = list_inputs(inputs, "video", exclude=folder)
-    if queries.points_file is not None and not Path(queries.points_file).exists():
-        raise InputError(f"points file not found: {queries.points_file}")
+    if queries.points_file is not None:
+        if not Path(queries.points_file).exists():
+            raise InputError(f"points file not found: {queries.points_file}")
+        queries = replace(queries, points_file=os.path.abspath(queries.points_file))  # workers: another folder
     settings = {
         **{name: getattr(extractor_options, name) for name in FEATURE_SETTINGS},
         "layers": list(extractor_options.layers),
@@ -298,13 +306,22 @@ def track_dataset(
         "outputs": sorted(options.outputs),
         "queries": queries.describe(),
     }
-    manifest = make_manifest("tracks", extractor_options, None, settings, inputs=listing.describe())
+    total, digest = listing.fingerprint()
+    inputs_entry = {**listing.describe(), "items": total, "sha256": digest}
+    manifest = make_manifest("tracks", extractor_options, None, settings, inputs=inputs_entry)
     with locked(folder), _claimed(folder, manifest, extractor_options, options, model) as engine:
         (folder / TRACKS).mkdir(exist_ok=True)
         job = TrackJob(str(folder), extractor_options, options, tracker, frames, trail, queries)
         errors = ErrorLog(folder / ERRORS)
-        known = {e["path"]: e for e in read_errors(folder / ERRORS)}
-        todo = sum(1 for item in listing if not _tracked(folder, item.path, options.outputs))
+        before = {e["path"]: e for e in read_errors(folder / ERRORS)}
+        known: dict[str, dict] = {}  # the failures that stand: of listed videos not tracked yet
+        done = 0
+        for item in listing:  # one pass: what is done, and which earlier failures still count
+            if _tracked(folder, item.path, options.outputs):
+                done += 1
+            elif item.path in before:
+                known[item.path] = before[item.path]
+        todo = total - done
         pending = (item for item in listing if not _tracked(folder, item.path, options.outputs))
         done_now = 0
         outcomes = engine.tracks(pending, job)
@@ -323,11 +340,8 @@ def track_dataset(
         finally:
             with contextlib.suppress(AttributeError):
                 outcomes.close()
-            listed = {item.path for item in listing}
-            known = {p: e for p, e in known.items() if p in listed and not _tracked(folder, p, options.outputs)}
             errors.rewrite(known.values())
-        done = sum(1 for path in listed if _tracked(folder, path, options.outputs))
-        return DatasetReport(folder, "tracks", len(listed), done, done_now, len(known), time.monotonic() - started)
+        return DatasetReport(folder, "tracks", total, done + done_now, done_now, len(known), time.monotonic() - started)
 
 
 def _tracked(folder: Path, path: str, formats: Sequence[str]) -> bool:

@@ -58,9 +58,12 @@ def write_features(
             np.savez(f, **arrays, **{k: np.asarray(v) for k, v in text.items()})
 
 
-def extractor_metadata(extractor) -> dict:
-    """What a feature file records about the features: model, resolution, layers, facet."""
-    options = extractor.options
+def extractor_metadata(source) -> dict:
+    """What a feature file (or a dataset's shard) records about the features: model, resolution,
+    layers, facet; ``source`` is an extractor or its :class:`~dinofeat.options.ExtractorOptions`."""
+    from dinofeat.options import ExtractorOptions
+
+    options = source if isinstance(source, ExtractorOptions) else source.options
     return {
         "model": options.model,
         "resolution": options.resolution,

@@ -23,9 +23,12 @@ Rust), reads one image's tensor without reading the rest (memory-mapped, the hea
 offsets), stores float16 natively, and the same arrays always give the same bytes. The
 **index** is Parquet (pandas, polars, DuckDB, Spark read it): columns ``path``, ``shard``
 (``shards/shard-000000.safetensors``), ``key`` (``features_3``), ``item`` (position in the
-listing), ``grid_h``, ``grid_w``, ``image_w``, ``image_h``, ``processed_w``, ``processed_h``. It is
-rebuilt from the shard headers at the end of each run; :func:`open_features` reads the headers
-instead when the index does not list exactly the shards present (an interrupted run).
+listing), ``grid_h``, ``grid_w``, ``image_w``, ``image_h``, ``processed_w``, ``processed_h``; its
+key-value metadata ``dinofeat`` (JSON) lists the shards it was built from, those whose images all
+failed included, each with the sha256 of its safetensors header. It is removed when a run starts
+writing shards and rebuilt from the shard headers at the end; :func:`open_features` reads the
+headers instead when the index is missing or was not built from exactly the shard files present
+(an interrupted run).
 
 **PCA** (``pca.safetensors``): ``mean`` ``(C,)``, ``components`` ``(K, C)`` and
 ``explained_variance`` ``(K,)`` float32 (metadata ``dinofeat``: JSON with the number of images it
@@ -48,7 +51,8 @@ import numpy as np
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
 from dinofeat.listing import normal_path as _key
-from dinofeat.options import GPU_BATCH_SIZE
+from dinofeat.listing import spread_indices
+from dinofeat.options import FEATURE_SETTINGS, GPU_BATCH_SIZE
 from dinofeat.outputs import staged_outputs
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,12 @@ INDEX_COLUMNS = (
     "processed_w",
     "processed_h",
 )
+#: The index's Parquet key-value metadata key: JSON ``{"format", "shards": {name: fingerprint}}``,
+#: what it was built from (:func:`shard_fingerprint`).
+INDEX_KEY = "dinofeat"
+INDEX_FORMAT = "dinofeat-index"
+#: The largest safetensors header read (the format's own limit).
+MAX_HEADER = 100_000_000
 #: Shard files a :class:`FeatureStore` keeps open (memory-mapped) at once.
 OPEN_SHARDS = 8
 
@@ -137,28 +147,64 @@ def write_shard(
 
 def read_shard_header(path: str | os.PathLike) -> dict:
     """A shard's header (the ``dinofeat`` metadata key, decoded; the tensors are not read)."""
-    from safetensors import safe_open
+    return _read_shard(path)[0]
 
+
+def shard_fingerprint(path: str | os.PathLike) -> str | None:
+    """sha256 of a shard's safetensors header (its size prefix and JSON: the items, their keys and
+    sizes, the tensors' offsets): everything the index takes from the shard, read without the
+    tensors. None for a file too short to hold a header."""
     try:
-        with safe_open(str(path), framework="np") as handle:
-            text = (handle.metadata() or {}).get(SHARD_KEY)
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for damaged files
+        prefix, raw, _ = _header_bytes(path)
+    except (OSError, ValueError):
+        return None
+    return _digest(prefix, raw)
+
+
+def _header_bytes(path: str | os.PathLike) -> tuple[bytes, bytes, int]:
+    """A safetensors file's 8-byte size prefix, its JSON header (as stored) and the file's length."""
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        raw = handle.read(size) if 0 <= size <= MAX_HEADER else b""
+        length = os.fstat(handle.fileno()).st_size
+    if size < 0 or len(raw) != size:
+        raise ValueError("the file is shorter than a safetensors header")
+    return prefix, raw, length
+
+
+def _digest(prefix: bytes, raw: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(prefix + raw).hexdigest()
+
+
+def _read_shard(path: str | os.PathLike) -> tuple[dict, str]:
+    """A shard's header (decoded) and its :func:`shard_fingerprint`, from one read of the file's
+    header; the file's length is checked against the tensors' offsets, as safetensors does."""
+    try:
+        prefix, raw, length = _header_bytes(path)
+        document = json.loads(raw)
+        ends = [spec["data_offsets"][1] for name, spec in document.items() if name != "__metadata__"]
+        if 8 + len(raw) + max(ends, default=0) != length:
+            raise ValueError("the file's length is not what its header says")
+        text = (document.get("__metadata__") or {}).get(SHARD_KEY)
+        header = json.loads(text) if text else {}
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
         raise InputError(f"cannot read shard {path} ({' '.join(str(err).split())})") from None
-    header = json.loads(text) if text else {}
-    if header.get("format") != SHARD_FORMAT:
+    if not isinstance(header, dict) or header.get("format") != SHARD_FORMAT:
         raise InputError(f"{path} is not a dinofeat dataset shard")
-    return header
+    return header, _digest(prefix, raw)
 
 
 def index_rows(folder: str | os.PathLike) -> Iterator[dict]:
     """One row per stored image (:data:`INDEX_COLUMNS`), read from the shard headers, in listing order."""
     for file in shard_files(folder):
-        yield from _shard_rows(file)
+        yield from _header_rows(f"{SHARDS}/{file.name}", read_shard_header(file))
 
 
-def _shard_rows(file: Path) -> Iterator[dict]:
-    name = f"{SHARDS}/{file.name}"
-    for item in read_shard_header(file)["items"]:
+def _header_rows(name: str, header: dict) -> Iterator[dict]:
+    for item in header["items"]:
         (image_w, image_h), (processed_w, processed_h) = item["image_size"], item["processed_size"]
         grid_h, grid_w = item["grid"]
         yield {
@@ -180,22 +226,42 @@ def shard_errors(folder: str | os.PathLike) -> list[dict]:
     return [error for file in shard_files(folder) for error in read_shard_header(file)["errors"]]
 
 
-def write_index(folder: str | os.PathLike) -> int:
+def write_index(folder: str | os.PathLike, errors: list | None = None) -> int:
     """Rebuild ``index.parquet`` from the shard headers (atomically, one row group per shard, so
-    memory does not grow with the dataset); returns its number of rows."""
+    memory does not grow with the dataset); returns its number of rows. Each header is read once:
+    the failed items it records are appended to ``errors`` when given (see :func:`shard_errors`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     types = {"path": pa.string(), "shard": pa.string(), "key": pa.string(), "item": pa.int64()}
     schema = pa.schema([(name, types.get(name, pa.int32())) for name in INDEX_COLUMNS])
-    count = 0
+    count, shards = 0, {}
     with staged_outputs([Path(folder) / INDEX]) as (tmp,), pq.ParquetWriter(str(tmp), schema) as writer:
         for file in shard_files(folder):
-            rows = list(_shard_rows(file))
+            name = f"{SHARDS}/{file.name}"
+            header, shards[name] = _read_shard(file)  # a shard whose images all failed has no rows, but counts
+            rows = list(_header_rows(name, header))
+            if errors is not None:
+                errors.extend(header["errors"])
             if rows:
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                 count += len(rows)
+        writer.add_key_value_metadata({INDEX_KEY: json.dumps({"format": INDEX_FORMAT, "shards": shards})})
     return count
+
+
+def _index_shards(index: Path) -> dict[str, str] | None:
+    """The shards an ``index.parquet`` was built from, ``{name: fingerprint}`` (its metadata; see
+    :func:`shard_fingerprint`), or None (not recorded, damaged)."""
+    import pyarrow.parquet as pq
+
+    try:
+        text = (pq.ParquetFile(index).metadata.metadata or {}).get(INDEX_KEY.encode())
+        recorded = json.loads(text) if text else {}
+    except Exception:  # noqa: BLE001 - pyarrow raises several types for damaged files: then it is rebuilt
+        return None
+    shards = recorded.get("shards") if recorded.get("format") == INDEX_FORMAT else None
+    return shards if isinstance(shards, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,12 +340,11 @@ class FeatureStore(Mapping):
         if self.manifest.get("kind") != "features":
             raise InputError(f"{self.folder} holds {self.manifest.get('kind', 'unknown')}, not features")
         settings = self.manifest["settings"]
-        names = ("resolution", "max_size", "stride", "layers", "facet", "precision")
         self.options = ExtractorOptions(
             model=self.manifest["model"],
             weights=self.manifest.get("weights"),
             batch_size=self.manifest.get("batch_size"),
-            **{name: tuple(settings[name]) if name == "layers" else settings[name] for name in names},
+            **{name: tuple(settings[name]) if name == "layers" else settings[name] for name in FEATURE_SETTINGS},
         )
         self.dtype: str = settings["dtype"]
         self.root = Path(self.manifest["inputs"]["root"])
@@ -291,18 +356,22 @@ class FeatureStore(Mapping):
         self._lock = threading.Lock()
 
     def _read_entries(self) -> dict[str, _Entry]:
-        on_disk = {f"{SHARDS}/{p.name}" for p in shard_files(self.folder)}
+        files = shard_files(self.folder)
         rows = None
         index = self.folder / INDEX
         if index.is_file():
-            import pyarrow.parquet as pq
+            recorded = _index_shards(index)
+            # the index is used only if it was built from these very shards (a shard rewritten since,
+            # by a run killed before it rewrote the index, has other items under the same keys)
+            if recorded is not None and recorded == {f"{SHARDS}/{p.name}": shard_fingerprint(p) for p in files}:
+                import pyarrow.parquet as pq
 
-            table = pq.read_table(index).to_pydict()
-            if set(table["shard"]) == on_disk or (not table["shard"] and not on_disk):
+                table = pq.read_table(index).to_pydict()
                 rows = [dict(zip(table, values)) for values in zip(*table.values())]
         if rows is None:
-            if on_disk:
-                log.warning("%s does not match the shards (an unfinished run?); reading the shard headers", index)
+            if files:
+                why = "does not match the shards" if index.is_file() else "is missing"
+                log.warning("%s %s (an unfinished run?); reading the shard headers", index, why)
             rows = list(index_rows(self.folder))
         return {
             row["path"]: _Entry(
@@ -376,8 +445,7 @@ class FeatureStore(Mapping):
     def sample(self, count: int) -> list[str]:
         """``count`` paths spread evenly over the dataset (all of them if it holds fewer)."""
         paths = self.paths()
-        n = min(count, len(paths))
-        return [paths[(2 * i + 1) * len(paths) // (2 * n)] for i in range(n)]
+        return [paths[i] for i in spread_indices(len(paths), count)]
 
     def find(self, path: str | os.PathLike) -> str:
         """The stored path for ``path``: itself, or a file below :attr:`root` named by its relative

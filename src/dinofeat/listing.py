@@ -2,18 +2,24 @@
 
 * a **folder**: every file below it whose suffix is an image's (or a video's) suffix, walked
   depth-first with each folder's entries sorted by name; hidden files and folders (``.name``) and
-  the dataset's own output folder are skipped. Item paths are relative to the folder, with ``/``.
+  the dataset's own output folder (by whatever path, links too) are skipped. Item paths are
+  relative to the folder, with ``/``.
 * a **glob** (``"photos/**/*.jpg"``, quoted so the shell leaves it alone): the matching files,
-  sorted; item paths relative to the glob's folder (``photos``).
+  sorted, except those in the dataset's output folder; item paths relative to the glob's folder
+  (``photos``).
 * a **list file**: ``.txt`` / ``.lst`` (one path per line; blank lines and ``#`` comments skipped),
   ``.csv`` or ``.parquet`` with a ``path`` column (and, for tracking, an optional ``points``
   column naming each video's points file). Item paths are as written; relative ones are opened
   relative to the list file's folder. A path listed twice is refused.
 * plain files: item paths as given.
 
+Plain files and globs may be mixed; a file named more than once (``0.png ./0.png "*.png"``: the
+same normalised absolute path) is listed once, where it first appears.
+
 The order never depends on the file system's listing order, so shard membership (consecutive runs
 of items) is the same on every run and in every engine. Listing streams: memory does not grow with
-the number of files (a glob's matches and the duplicate check of a list file excepted).
+the number of files (a glob's matches and the duplicate checks of list files, plain files and
+globs excepted).
 
 >>> import tempfile, pathlib
 >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -71,7 +77,8 @@ class Listing:
         kind: ``"image"`` or ``"video"`` (which suffixes a folder listing takes).
         root: the folder item paths are relative to (the folder, the glob's folder, the list
             file's folder, or the working directory).
-        exclude: a folder never listed (the dataset's output folder), or None.
+        exclude: a folder never listed by a folder walk or a glob (the dataset's output folder;
+            compared by device and inode, so any path to it is the same), or None.
     """
 
     sources: tuple[str, ...]
@@ -110,27 +117,38 @@ class Listing:
 
     def _rows(self) -> Iterator[tuple[str, str, str | None]]:
         suffixes = IMAGE_SUFFIXES if self.kind == "image" else VIDEO_SUFFIXES
+        exclude = _identity(self.exclude) if self.exclude is not None else None
         if len(self.sources) == 1 and Path(self.sources[0]).is_dir():
             folder = Path(self.sources[0])
-            for file in _walk(folder, suffixes, self.exclude):
+            for file in _walk(folder, suffixes, exclude):
                 yield Path(os.path.relpath(file, folder)).as_posix(), os.path.abspath(file), None
             return
         if self._is_list_file:
             yield from _list_file_rows(Path(self.sources[0]))
             return
         base = _glob_base(self.sources[0]) if len(self.sources) == 1 else None
+        outside = _outside(exclude)
+        seen: set[bytes] = set()  # files given twice (``a.png ./a.png *.png``) are listed once, first place
+        for path, file in self._given(base, outside):
+            key = hashlib.blake2b(file.encode("utf-8", "surrogateescape"), digest_size=12).digest()
+            if key not in seen:
+                seen.add(key)
+                yield normal_path(path), file, None
+
+    def _given(self, base: str | None, outside) -> Iterator[tuple[str, str]]:
+        """``(item path, absolute file)`` of plain files and glob matches, in order, repeats included."""
         for source in self.sources:
             if Path(source).is_file():
-                yield normal_path(source), os.path.abspath(source), None
+                yield source, os.path.abspath(source)
             else:  # a glob (checked by list_inputs)
                 for match in sorted(glob.glob(source, recursive=True)):
-                    if Path(match).is_file():
-                        path = os.path.relpath(match, base) if base else match
-                        yield normal_path(path), os.path.abspath(match), None
+                    if Path(match).is_file() and outside(match):
+                        yield (os.path.relpath(match, base) if base else match), os.path.abspath(match)
 
 
 def list_inputs(sources: Sequence[str | os.PathLike], kind: str = "image", *, exclude=None) -> Listing:
-    """The :class:`Listing` of ``sources``: one folder, one list file, or files and globs.
+    """The :class:`Listing` of ``sources``: one folder, one list file, or files and globs (a file
+    that several of them name, by the same normalised path, is listed once, at its first place).
 
     Raises :class:`InputError` (before anything is read) for a source that does not exist, a glob
     that matches nothing, or a folder or list file given with other sources.
@@ -157,6 +175,17 @@ def list_inputs(sources: Sequence[str | os.PathLike], kind: str = "image", *, ex
         raise InputError(f"input not found: {source}")
     base = _glob_base(given[0]) if len(given) == 1 else None
     return Listing(given, kind, os.path.abspath(base or "."), _absolute(exclude))
+
+
+def spread_indices(total: int, count: int) -> list[int]:
+    """``min(count, total)`` positions spread evenly over ``range(total)``: the middle of each of
+    that many equal parts (how a sample of a dataset is picked: the storage PCA's, ``pca --features``).
+
+    >>> spread_indices(10, 3), spread_indices(2, 5)
+    ([1, 5, 8], [0, 1])
+    """
+    n = min(count, total)
+    return [(2 * i + 1) * total // (2 * n) for i in range(n)]
 
 
 def _glob_base(source: str) -> str | None:
@@ -188,10 +217,50 @@ def _is_list(source: str) -> bool:
     return Path(source).suffix.lower() in LIST_SUFFIXES
 
 
-def _walk(folder: Path, suffixes: tuple[str, ...], exclude: str | None) -> Iterator[str]:
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of ``path`` (links followed): the same for every path to one folder
+    (through symbolic links, ``..``, bind mounts); None if it does not exist."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _outside(exclude: tuple[int, int] | None):
+    """A test ``file -> bool``: is ``file`` outside the folder whose :func:`_identity` is ``exclude``?
+    Each folder above the file is looked at once (the answers are kept)."""
+    known: dict[str, bool] = {}
+
+    def outside(file: str) -> bool:
+        if exclude is None:
+            return True
+        folder, chain, answer = os.path.dirname(os.path.abspath(file)), [], True
+        while True:
+            if folder in known:
+                answer = known[folder]
+                break
+            chain.append(folder)
+            if _identity(folder) == exclude:
+                answer = False
+                break
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+        known.update(dict.fromkeys(chain, answer))
+        return answer
+
+    return outside
+
+
+def _walk(folder: Path, suffixes: tuple[str, ...], exclude: tuple[int, int] | None) -> Iterator[str]:
     """Files below ``folder`` with one of ``suffixes``, depth-first, each folder sorted by name;
-    symbolic links to folders are followed once (a loop is not walked twice)."""
+    symbolic links to folders are followed once (a loop is not walked twice). The folder whose
+    :func:`_identity` is ``exclude`` is not walked, by whatever path it is reached."""
     seen: set[tuple[int, int]] = set()
+    if exclude is not None and exclude != _identity(folder):
+        seen.add(exclude)  # skipped as a folder already walked
 
     def visit(path: str) -> Iterator[str]:
         stat = os.stat(path)
@@ -207,8 +276,7 @@ def _walk(folder: Path, suffixes: tuple[str, ...], exclude: str | None) -> Itera
             if entry.name.startswith("."):
                 continue
             if entry.is_dir():
-                if exclude is None or os.path.abspath(entry.path) != exclude:
-                    yield from visit(entry.path)
+                yield from visit(entry.path)
             elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in suffixes:
                 yield entry.path
 

@@ -7,7 +7,8 @@
   worker counts are not compared: they change the floats by rounding only, or nothing.
 * ``.lock`` is held for the run (:func:`locked`): a second run into the same folder is refused.
 * ``errors.jsonl`` (:class:`ErrorLog`): one ``{"path", "error", "item"}`` object per line for each
-  file that failed; a line cut short by a kill is skipped when read (:func:`read_errors`).
+  file that failed; a line cut short by a kill is skipped when read, and a path recorded twice
+  (by killed runs) is read once (:func:`read_errors`).
 * Temporary files of unfinished atomic writes (``.name.*``) are removed by the next run
   (:func:`remove_temporary_files`).
 """
@@ -156,17 +157,19 @@ class ErrorLog:
         self._handle.write(json.dumps({"path": error["path"], "error": error["error"], "item": error["item"]}) + "\n")
         self._handle.flush()
 
-    def rewrite(self, errors: Iterable[dict]) -> None:
-        """Replace the log by ``errors`` (atomically; no file when there are none)."""
+    def rewrite(self, errors: Iterable[dict]) -> int:
+        """Replace the log by ``errors`` (atomically; no file when there are none); returns the
+        number of records written (one per item)."""
         from dinofeat.outputs import staged_outputs
 
         self.close()
         rows = sorted({e["item"]: e for e in errors}.values(), key=lambda e: e["item"])
         if not rows:
             self.path.unlink(missing_ok=True)
-            return
+            return 0
         with staged_outputs([self.path]) as (tmp,):
             tmp.write_text("".join(json.dumps({k: e[k] for k in ("path", "error", "item")}) + "\n" for e in rows))
+        return len(rows)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -175,19 +178,21 @@ class ErrorLog:
 
 
 def read_errors(path: str | os.PathLike) -> list[dict]:
-    """The records of an ``errors.jsonl`` (a line cut short by a kill is skipped)."""
+    """The records of an ``errors.jsonl``, one per path (a line cut short by a kill is skipped). A
+    path recorded again (appended by runs killed before they rewrote the log) keeps its first place
+    and its last record."""
     path = Path(path)
     if not path.is_file():
         return []
-    records = []
+    records: dict[str, dict] = {}
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
         if isinstance(record, dict) and "path" in record and "error" in record:
-            records.append(record)
-    return records
+            records[record["path"]] = record
+    return list(records.values())
 
 
 def one_line(err: BaseException) -> str:

@@ -175,6 +175,11 @@ class ExtractorOptions(Options):
             raise InputError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
 
 
+#: The :class:`ExtractorOptions` fields that change the features (the device and batch size only
+#: round them): what a dataset's manifest records and compares.
+FEATURE_SETTINGS = ("resolution", "max_size", "stride", "layers", "facet", "precision")
+
+
 # ---------------------------------------------------------------------------------------------
 # Matching
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dinofeat.errors import DinofeatError, InputError
+from dinofeat.errors import InputError
 from dinofeat.featurestore import shard_name
 from dinofeat.listing import Item
 from dinofeat.manifest import TRACKS, one_line
@@ -255,7 +255,9 @@ def track_outputs(folder: str | os.PathLike, path: str, formats: Sequence[str]) 
 
 def track_item(item: Item, extractor, job: TrackJob) -> ItemOutcome:
     """Track one video of the dataset and write its files atomically (as single-file ``dinofeat
-    track`` would, with the video's dataset path in the JSON); a bad video is an outcome, not raised."""
+    track`` would, with the video's dataset path in the JSON); a bad video is an outcome, not raised:
+    any error of this video (a decoder's, whatever its type) is its one-line reason, as in
+    :func:`decode_image` (an interrupt is raised)."""
     from dinofeat.tracking import check_queries, processed_frame_indices, track_to_files
     from dinofeat.video import probe_video
 
@@ -278,6 +280,6 @@ def track_item(item: Item, extractor, job: TrackJob) -> ItemOutcome:
             csv_out=outputs.get("csv"),
             video_name=item.path,
         )
-    except (DinofeatError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - PyAV and the codecs raise many types; each is this video's error
         return ItemOutcome(item.index, item.path, one_line(err))
     return ItemOutcome(item.index, item.path)

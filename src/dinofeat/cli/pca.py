@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 from dinofeat.cli.common import add_extractor_options, add_features_option, add_options, open_feature_folder
+from dinofeat.listing import VIDEO_SUFFIXES  # inputs with these suffixes are read as videos (the rest as images)
 from dinofeat.options import FrameOptions, PCADrawingOptions, PCAOptions
 
-#: Inputs with these suffixes are read as videos (everything else as images).
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 #: Video outputs the writer can produce (H.264).
 VIDEO_OUTPUTS = (".mp4", ".m4v", ".mov", ".mkv")
 IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
