@@ -396,6 +396,37 @@ def test_the_range_is_in_the_message():
         MatchOptions(grid=5000)
 
 
+#: (model, option, the one-line error): options that need the model's shape, checked against its spec.
+BEFORE_WEIGHTS = [
+    ("dinov2_vits14", ["--stride", "20"], "--stride must be between 1 and the patch size 14, got 20"),
+    ("dinov2_vits14", ["--layer", "30"], "--layer 30 does not exist: the model has 12 blocks (0..11 or -1..-12)"),
+    ("dinov2_vits14", ["--resolution", "10"], "--resolution must be at least the patch size (14), got 10"),
+    ("dinov2_vits14", ["--max-size", "5"], "--max-size must be at least the patch size (14), got 5"),
+    ("dinov3_vits16", ["--stride", "17"], "--stride must be between 1 and the patch size 16, got 17"),
+    ("dinov3_vits16", ["--resolution", "15"], "--resolution must be at least the patch size (16), got 15"),
+    ("dinov2_vitl14", ["--layer", "-25"], "--layer -25 does not exist: the model has 24 blocks (0..23 or -1..-24)"),
+]
+
+
+@pytest.mark.parametrize(
+    "model, option, message", BEFORE_WEIGHTS, ids=[f"{m} {' '.join(o)}" for m, o, _ in BEFORE_WEIGHTS]
+)
+def test_model_options_are_refused_before_any_weights_load(
+    tmp_path, files, capsys, monkeypatch, model, option, message
+):
+    """No weights anywhere and no network: a bad option is its own error, not "no weights found"
+    (with a network, the weights would have been downloaded first)."""
+    import dinofeat.weights
+
+    for name in ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(dinofeat.weights, "find_weights", lambda spec: pytest.fail("weights were looked for"))
+    argv = ["extract", str(files["a"]), "-o", str(tmp_path / "o.npz"), "--model", model, "--device", "cpu", *option]
+    err = _refused(capsys, argv, message)
+    assert err == f"dinofeat extract: error: {message}\n"
+
+
 def test_app_controls_are_checked_by_the_same_options(tmp_path, files):
     """Values the page's sliders and boxes send go through the same checks (a typed-in -5 radius)."""
     gr = pytest.importorskip("gradio")

@@ -121,12 +121,9 @@ class Extractor:
         return self
 
     def _setup(self, vit: torch.nn.Module, device: torch.device, options: ExtractorOptions) -> None:
-        if not 1 <= (options.stride or vit.patch_size) <= vit.patch_size:
-            raise InputError(f"--stride must be between 1 and the patch size {vit.patch_size}, got {options.stride}")
-        for flag, value in (("--resolution", options.resolution), ("--max-size", options.max_size)):
-            if value is not None and value < vit.patch_size:
-                raise InputError(f"{flag} must be at least the patch size ({vit.patch_size}), got {value}")
-        vit.resolve_layers(options.layers)  # fail early on a bad layer
+        # options are checked against the model's spec (ExtractorOptions); a model built with fewer
+        # blocks (a ``depth`` override) may still lack a layer
+        vit.resolve_layers(options.layers)
         self.model = vit
         self.device = device
         self.dtype = resolve_precision(options.precision, device)

@@ -19,6 +19,7 @@ dinofeat.errors.InputError: --min-score must be a number between -1 and 1, got 2
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dinofeat.errors import InputError
@@ -169,10 +170,36 @@ class ExtractorOptions(Options):
     def _check_together(self) -> None:
         if not self.layers:
             raise InputError("--layer needs at least one block index")
-        get_spec(self.model)  # unknown names: a clear error with suggestions
+        spec = get_spec(self.model)  # unknown names: a clear error with suggestions
         kind, _, index = str(self.device).partition(":")
         if kind not in DEVICES or (index and not (kind == "cuda" and index.isdigit())):
             raise InputError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+        # checked against the model's shape before any weights load (or download)
+        patch = spec.patch_size
+        if not 1 <= (self.stride or patch) <= patch:
+            raise InputError(f"--stride must be between 1 and the patch size {patch}, got {self.stride}")
+        for flag, value in (("--resolution", self.resolution), ("--max-size", self.max_size)):
+            if value is not None and value < patch:
+                raise InputError(f"{flag} must be at least the patch size ({patch}), got {value}")
+        resolve_layers(self.layers, spec.depth)
+
+
+def resolve_layers(layers: Sequence[int], depth: int) -> list[int]:
+    """Layer indices (negative counts from the end, -1 = last block) of a model of ``depth`` blocks
+    as 0-based ones; one that does not exist is an :class:`~dinofeat.errors.InputError` naming ``--layer``.
+
+    >>> resolve_layers((0, -1), 12)
+    [0, 11]
+    """
+    resolved = []
+    for layer in layers:
+        index = layer + depth if layer < 0 else layer
+        if not 0 <= index < depth:
+            raise InputError(
+                f"--layer {layer} does not exist: the model has {depth} blocks (0..{depth - 1} or -1..-{depth})"
+            )
+        resolved.append(index)
+    return resolved
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinofeat.errors import InputError
-from dinofeat.options import FACETS
+from dinofeat.options import FACETS, resolve_layers
 from dinofeat.registry import ModelSpec
 
 _QKV_INDEX = {"query": 0, "key": 1, "value": 2}
@@ -138,17 +138,9 @@ class DenseViT(nn.Module):
         return (height - self.patch_size) // stride + 1, (width - self.patch_size) // stride + 1
 
     def resolve_layers(self, layers: Sequence[int]) -> list[int]:
-        """Turn layer indices (negative counts from the end, -1 = last block) into 0-based ones."""
-        depth = len(self.blocks)
-        resolved = []
-        for layer in layers:
-            index = layer + depth if layer < 0 else layer
-            if not 0 <= index < depth:
-                raise InputError(
-                    f"--layer {layer} does not exist: the model has {depth} blocks (0..{depth - 1} or -1..-{depth})"
-                )
-            resolved.append(index)
-        return resolved
+        """Turn layer indices (negative counts from the end, -1 = last block) into 0-based ones
+        (of this model's blocks, fewer than its spec's where it was built with a ``depth``)."""
+        return resolve_layers(layers, len(self.blocks))
 
     def prepare_tokens(self, x: torch.Tensor, stride: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images (B, 3, H, W) -> tokens (B, 1 + R + h*w, C): CLS, registers, patches; and the grid."""
