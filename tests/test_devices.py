@@ -16,10 +16,31 @@ def test_auto_precision_on_the_cpu_depends_on_bf16_matrix_units(monkeypatch, amx
     assert devices.resolve_precision("auto", torch.device("cpu")) == expected
 
 
-@pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
-def test_auto_precision_on_cuda_is_bf16_where_supported(monkeypatch, bf16, expected):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+@pytest.mark.parametrize(
+    "capability, expected",
+    [((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16), ((7, 5), torch.float16), ((7, 0), torch.float16)],
+    ids=["A100", "H100", "T4", "V100"],
+)
+def test_auto_precision_on_cuda_is_bf16_where_supported(monkeypatch, capability, expected):
+    """Native bf16 (Ampere, 8.0, and later) only: a T4 or V100 would emulate it, slowly, though
+    ``torch.cuda.is_bf16_supported()`` says yes."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert devices.resolve_precision("auto", torch.device("cuda")) == expected
+
+
+def test_auto_precision_on_cuda_looks_at_the_gpu_asked_for(monkeypatch):
+    """cuda:1 is a V100 beside an A100 (the current device, cuda:0): fp16 for cuda:1."""
+    capabilities = {0: (8, 0), 1: (7, 0)}
+
+    def capability(device=None):
+        index = torch.device(device).index if device is not None else None
+        return capabilities[0 if index is None else index]
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert devices.resolve_precision("auto", torch.device("cuda:1")) == torch.float16
+    assert devices.resolve_precision("auto", torch.device("cuda:0")) == torch.bfloat16
 
 
 def test_auto_precision_on_mps_is_fp16():

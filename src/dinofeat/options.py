@@ -108,7 +108,8 @@ class ExtractorOptions(Options):
         "auto",
         flag="--precision",
         choices=PRECISIONS,
-        help="auto = bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), fp16 on MPS, else fp32",
+        help="auto = bf16 on CUDA GPUs with native bf16 (Ampere and later) and on CPUs with native bf16 "
+        "(AMX or AVX512-BF16), fp16 on older GPUs and on MPS, else fp32",
     )
     resolution: int = option(
         DEFAULT_RESOLUTION,
