@@ -67,6 +67,34 @@ def test_auto_device_without_accelerators_is_the_cpu(monkeypatch):
         devices.resolve_device("cuda")
 
 
+def test_a_gpu_index_beyond_the_gpus_there_are_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert devices.resolve_device("cuda:1") == torch.device("cuda:1")
+    assert devices.resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(InputError, match=r"^--device cuda:5: this machine has 2 CUDA GPUs \(cuda:0 to cuda:1\)$"):
+        devices.resolve_device("cuda:5")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(InputError, match=r"^--device cuda:1: this machine has 1 CUDA GPU \(cuda:0 to cuda:0\)$"):
+        devices.resolve_device("cuda:1")
+
+
+def test_a_gpu_index_beyond_the_gpus_there_are_is_one_line_from_the_cli(
+    monkeypatch, tmp_path, capsys, vits14_checkpoint
+):
+    """Not a RuntimeError once the weights are loaded, reported as a bug in dinofeat."""
+    from conftest import save_png
+    from dinofeat.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    image = save_png(tmp_path / "a.png", np.zeros((28, 28, 3), np.uint8))
+    argv = ["extract", str(image), "-o", str(tmp_path / "o.npz"), "--weights", str(vits14_checkpoint)]
+    assert main([*argv, "--device", "cuda:5"]) == 2
+    err = capsys.readouterr().err
+    assert err == "dinofeat extract: error: --device cuda:5: this machine has 2 CUDA GPUs (cuda:0 to cuda:1)\n"
+
+
 @pytest.mark.parametrize(
     "flags, fast",
     [("fpu avx2 amx_bf16 amx_tile", True), ("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 avx512f", False)],

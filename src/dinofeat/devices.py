@@ -29,6 +29,11 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     if kind == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' was asked for, but this torch build sees no CUDA GPU")
+    if kind == "cuda" and ":" in name:
+        index, count = name.partition(":")[2], torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            gpus = f"{count} CUDA GPU{'s' if count != 1 else ''}"
+            raise InputError(f"--device {name}: this machine has {gpus} (cuda:0 to cuda:{count - 1})")
     if kind == "mps" and not torch.backends.mps.is_available():
         raise InputError("device 'mps' was asked for, but Apple MPS is not available here")
     return torch.device(name)
