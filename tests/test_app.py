@@ -307,6 +307,21 @@ def test_track_writes_video_json_and_csv(session, video):
     assert "Tracked 2 point(s) through 6 frames of pan.mp4" in view.summary
 
 
+def _count_probes(monkeypatch) -> list:
+    """Record every probe_video call (the workflows import it from dinofeat.video when they run)."""
+    import dinofeat.video
+
+    calls, probe = [], dinofeat.video.probe_video
+    monkeypatch.setattr(dinofeat.video, "probe_video", lambda path: calls.append(str(path)) or probe(path))
+    return calls
+
+
+def test_track_probes_the_video_once(session, video, monkeypatch):
+    probes = _count_probes(monkeypatch)
+    session.track(video, [[0, 40.0, 30.0]])
+    assert probes == [str(video)]
+
+
 def test_track_options_reach_the_tracker(session, video):
     strict = session.track(video, [[0, 40.0, 30.0]], min_score=1.0, trail=0, window=20.0)
     assert strict.data["tracks"][0]["visible"] == [True] + [False] * 5  # only the query itself scores 1

@@ -99,6 +99,13 @@ class VideoView:
     usable_frames: int
     notice: str | None = None
 
+    @property
+    def info(self):
+        """The :class:`~dinofeat.video.VideoInfo` probed (the workflows take it instead of probing again)."""
+        from dinofeat.video import VideoInfo
+
+        return VideoInfo(fps=self.fps, frames=self.frames, size_wh=self.size_wh)
+
 
 @dataclass(frozen=True)
 class TrackView:
@@ -398,6 +405,7 @@ class AppSession:
                 csv_out=csv_path,
                 video_name=name,
                 progress=progress,
+                info=view.info,
             )
         import json
 
