@@ -27,12 +27,10 @@ import torch.nn.functional as F
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
 from dinofeat.images import ImageLike, load_image
-from dinofeat.options import DEFAULT_AUTO, MatchDrawingOptions, MatchOptions
+from dinofeat.options import DEFAULT_AUTO, RANSAC_THRESHOLD_PATCHES, MatchDrawingOptions, MatchOptions
 from dinofeat.points import auto_points, check_points, grid_points
 from dinofeat.search import locate, similarity
 
-#: RANSAC: default inlier threshold, in processed pixels of image B (converted to its pixels).
-RANSAC_THRESHOLD_PX = 7.0
 #: RANSAC confidence and iteration cap (OpenCV USAC_MAGSAC).
 RANSAC_CONFIDENCE = 0.999
 RANSAC_MAX_ITERS = 10_000
@@ -170,9 +168,17 @@ def match_features(
         image_size_b_wh=tuple(fb.image_size_wh),
     )
     if options.ransac is not None:
-        threshold = options.ransac_threshold or RANSAC_THRESHOLD_PX / fb.scale_xy[0]
-        matches = verify(matches, options.ransac, threshold)
+        matches = verify(matches, options.ransac, ransac_threshold_px(fb, options.ransac_threshold))
     return matches
+
+
+def ransac_threshold_px(fb: FeatureMap, threshold: float | None = None) -> float:
+    """The RANSAC inlier threshold in image-B pixels (the unit of the matches and of
+    ``--ransac-threshold``): ``threshold`` if given, else :data:`~dinofeat.options.RANSAC_THRESHOLD_PATCHES`
+    of B's patch in processed pixels, converted to B's pixels with ``fb``'s scale."""
+    if threshold is not None:
+        return float(threshold)
+    return RANSAC_THRESHOLD_PATCHES * fb.patch_size / fb.scale_xy[0]
 
 
 def _feature_distance(cosine: torch.Tensor) -> torch.Tensor:

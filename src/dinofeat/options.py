@@ -212,6 +212,10 @@ DEFAULT_AUTO = 20
 MUTUAL_TOLERANCE = 1.0
 #: Ratio test: the runner-up is the best position farther than this many patches from the best.
 RATIO_EXCLUSION = 1.5
+#: RANSAC inlier threshold when ``--ransac-threshold`` is not given, in patches of image B's
+#: processed image (half a patch: 7 processed pixels for DINOv2, 8 for DINOv3), converted to B's
+#: pixels (:func:`~dinofeat.matching.ransac_threshold_px`).
+RANSAC_THRESHOLD_PATCHES = 0.5
 
 
 @dataclass(frozen=True)
@@ -258,7 +262,8 @@ class MatchOptions(Options):
         flag="--ransac-threshold",
         range=POSITIVE,
         metavar="PX",
-        help="RANSAC inlier threshold in IMAGE_B pixels (default: half a patch)",
+        help="RANSAC inlier threshold in IMAGE_B pixels (default: half a patch, 7 model pixels for DINOv2 "
+        "and 8 for DINOv3, converted to IMAGE_B pixels)",
     )
     mutual_tolerance: float = option(
         MUTUAL_TOLERANCE, range=NON_NEGATIVE, help="patches (image A grid) within which the back-match must land"
