@@ -132,8 +132,7 @@ def match_features(
     options = options or MatchOptions()
     if overrides:
         options = options.replace(**overrides)
-    if points_xy is not None and (options.grid is not None or options.auto is not None):
-        raise InputError(f"give query points in one way only, got points and --{options.query_mode}")
+    options.check_points_given(points_xy is not None)
     if options.pca_dim is not None:
         fa, fb = joint_pca(fa, fb, options.pca_dim)
     fa, fb = fa.normalized(), fb.to(fa.features.device).normalized()
@@ -299,6 +298,7 @@ def match_images(
         names: the images' paths or names, for the JSON document.
     """
     options = options or MatchOptions()
+    options.check_points_given(points_xy is not None)  # before any features are made
     if points_xy is not None:
         check_points(points_xy, (image_a.shape[1], image_a.shape[0]), label=f"image A ({names[0]})")
     fa, fb = extractor.extract_arrays([image_a, image_b])

@@ -278,6 +278,12 @@ class MatchOptions(Options):
         if self.grid is not None and self.auto is not None:
             raise InputError("give query points in one way only, got --grid and --auto")
 
+    def check_points_given(self, given: bool, name: str = "points") -> None:
+        """Refuse query points given (``name`` says how, e.g. ``--point/--points-file``) together
+        with ``grid`` or ``auto``: checked by the matching workflows before any features are made."""
+        if given and (self.grid is not None or self.auto is not None):
+            raise InputError(f"give query points in one way only, got {name} and --{self.query_mode}")
+
     @property
     def query_mode(self) -> str:
         """``grid`` or ``auto`` (points given explicitly are the caller's)."""
