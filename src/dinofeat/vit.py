@@ -58,11 +58,11 @@ class Mlp(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """The giant model's MLP: packed gate+up projection ``w12`` and down projection ``w3``."""
+    """The giant model's MLP: packed gate+up projection ``w12`` and down projection ``w3``;
+    ``hidden`` is the width of each (:attr:`~dinofeat.registry.ModelSpec.ffn_hidden`)."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
         self.w12 = nn.Linear(dim, 2 * hidden)
         self.w3 = nn.Linear(hidden, dim)
 
@@ -252,9 +252,8 @@ class DinoVisionTransformer(DenseViT):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + spec.pos_grid**2, dim))
         self.register_tokens = nn.Parameter(torch.zeros(1, spec.num_registers, dim)) if spec.num_registers else None
         self.mask_token = nn.Parameter(torch.zeros(1, dim))  # used in training only; kept for checkpoints
-        hidden = int(dim * spec.mlp_ratio)
         self.blocks = nn.ModuleList(
-            Block(dim, spec.num_heads, hidden, spec.ffn) for _ in range(spec.depth if depth is None else depth)
+            Block(dim, spec.num_heads, spec.ffn_hidden, spec.ffn) for _ in range(spec.depth if depth is None else depth)
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
 
