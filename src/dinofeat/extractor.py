@@ -99,10 +99,8 @@ class Extractor:
             facet=facet,
             batch_size=batch_size,
         )
-        device_ = device if isinstance(device, torch.device) else resolve_device(options.device)
-        vit = model if not isinstance(model, str) else load_model(options.model, options.weights)
-        self._setup(vit.eval().to(device_), device_, options)
-        self.block_progress = block_progress
+        given = None if isinstance(model, str) else model
+        self._load(options, given, block_progress, device if isinstance(device, torch.device) else None)
 
     @classmethod
     def from_options(
@@ -112,13 +110,27 @@ class Extractor:
         *,
         block_progress: BlockProgress | None = None,
     ) -> Extractor:
-        """An extractor for ``options`` (the model is loaded from ``options.model``/``weights`` unless given)."""
+        """An extractor for ``options`` (the model is loaded from ``options.model``/``weights`` unless
+        given; a model given names itself in ``options.model``)."""
         self = cls.__new__(cls)
-        device = resolve_device(options.device)
+        self._load(options, model, block_progress)
+        return self
+
+    def _load(
+        self,
+        options: ExtractorOptions,
+        model: torch.nn.Module | None,
+        block_progress: BlockProgress | None,
+        device: torch.device | None = None,
+    ) -> None:
+        """What :meth:`__init__` and :meth:`from_options` share: the device (``options.device``
+        unless a ``torch.device`` is given), the model (loaded unless given) and the settings."""
+        if model is not None and options.model != model.spec.name:
+            options = options.replace(model=model.spec.name)  # checked again, against the model's spec
+        device = resolve_device(options.device) if device is None else device
         vit = model if model is not None else load_model(options.model, options.weights)
         self._setup(vit.eval().to(device), device, options)
         self.block_progress = block_progress
-        return self
 
     def _setup(self, vit: torch.nn.Module, device: torch.device, options: ExtractorOptions) -> None:
         # options are checked against the model's spec (ExtractorOptions); a model built with fewer
