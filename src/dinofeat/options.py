@@ -323,6 +323,8 @@ class MatchDrawingOptions(Options):
 
 #: Percentiles of the fitting data that map to 0 and 255 (per channel).
 DEFAULT_PERCENTILES = (1.0, 99.0)
+#: Principal components the colours are made of (red, green, blue): a PCA fits at least this many.
+COLOR_COMPONENTS = 3
 #: Video PCA: frames sampled evenly over the clip to fit one PCA.
 DEFAULT_FIT_FRAMES = 16
 #: PCA over a feature folder: stored images sampled evenly to fit one PCA.
@@ -334,7 +336,7 @@ class PCAOptions(Options):
     """How a feature PCA is fitted (see :meth:`~dinofeat.pca.FeaturePCA.fit`)."""
 
     components: int = option(
-        3,
+        COLOR_COMPONENTS,
         flag="--components",
         range=POSITIVE_INT,
         metavar="K",
