@@ -192,10 +192,8 @@ def write_pca_files(
             result.pca.save(pca_tmp)
         if features_tmp is not None:
             pca = result.pca
-            reduced = [
-                replace(pca.reduce(fmap), features=pca.transform(fmap.features)[..., :components])
-                for fmap in result.maps
-            ]
+            reduced = [pca.reduce(fmap) for fmap in result.maps]  # projected once
+            reduced = [replace(fmap, features=fmap.features[..., :components]) for fmap in reduced]
             extra = {
                 f"foreground_{i}": pca.foreground_mask(fmap.features).cpu().numpy()
                 for i, fmap in enumerate(result.maps)
