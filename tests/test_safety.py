@@ -564,6 +564,37 @@ def test_the_estimate_counts_attention_matrices_only_when_the_kernel_builds_them
     )
 
 
+@pytest.mark.parametrize("name", ["dinov2_vits14", "dinov3_vits16"])
+def test_each_batch_makes_one_estimate_and_the_weights_are_counted_once(monkeypatch, name):
+    """The weight bytes are summed once per extractor and each batch makes one estimate, whose
+    numbers (and its batch-of-one figure) are those forward_memory gives."""
+    import numpy as np
+    import torch
+
+    import dinofeat.extractor
+    import dinofeat.memory
+    from conftest import random_vit
+    from dinofeat.extractor import Extractor
+    from dinofeat.memory import forward_memory
+
+    vit = random_vit(name, depth=1)
+    extractor = Extractor(vit, resolution=32, device="cpu", precision="fp32", batch_size=2)
+    estimates, sums = [], []
+    estimate, summed = dinofeat.extractor.forward_memory, getattr(dinofeat.memory, "model_bytes", None)
+    monkeypatch.setattr(
+        dinofeat.extractor, "forward_memory", lambda *a, **k: estimates.append(a[1]) or estimate(*a, **k)
+    )
+    monkeypatch.setattr(dinofeat.memory, "model_bytes", lambda model: sums.append(1) or summed(model), raising=False)
+    monkeypatch.setattr(vit, "parameters", lambda *a, **k: sums.append(1) or torch.nn.Module.parameters(vit, *a, **k))
+    extractor.extract_arrays([np.zeros((32, 48, 3), np.uint8)] * 5)  # batches of 2, 2 and 1
+    assert estimates == [2, 2, 1] and sums == []
+    monkeypatch.undo()
+    cpu = torch.device("cpu")
+    need = extractor.memory_needed(2, (48, 32))
+    assert need == forward_memory(vit, 2, (48, 32), dtype=torch.float32, device=cpu)
+    assert need.one_image() == forward_memory(vit, 1, (48, 32), dtype=torch.float32, device=cpu)
+
+
 def test_the_estimate_is_close_to_what_a_forward_pass_takes():
     """Peak resident memory of a real forward pass (in a fresh process; Linux's peak-RSS reset)
     against the estimate."""

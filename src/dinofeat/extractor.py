@@ -14,7 +14,7 @@ from dinofeat.devices import autocast, default_batch_size, resolve_device, resol
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
 from dinofeat.images import ImageLike, load_image, processed_size, resize, size_cap_note
-from dinofeat.memory import ForwardMemory, check_forward_memory, forward_memory
+from dinofeat.memory import ForwardMemory, check_forward_memory, forward_memory, model_bytes
 from dinofeat.modelthread import run_responsively
 from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION, ExtractorOptions
 from dinofeat.progress import Progress
@@ -137,6 +137,7 @@ class Extractor:
         # blocks (a ``depth`` override) may still lack a layer
         vit.resolve_layers(options.layers)
         self.model = vit
+        self._weight_bytes = model_bytes(vit)  # once: every batch's memory estimate reports it
         self.device = device
         self.dtype = resolve_precision(options.precision, device)
         self.options = options
@@ -228,13 +229,13 @@ class Extractor:
             device=self.device,
             layers=self.layers,
             facet=self.facet,
+            weight_bytes=self._weight_bytes,
         )
 
     def check_memory(self, batch: int, size_wh: tuple[int, int]) -> None:
         """Refuse (:class:`InputError`, with the estimate and what to lower) a forward pass that would
         need more memory than the device has available (:func:`~dinofeat.memory.check_forward_memory`)."""
-        one = self.memory_needed(1, size_wh) if batch > 1 else None
-        check_forward_memory(self.memory_needed(batch, size_wh), self.device, one_image=one)
+        check_forward_memory(self.memory_needed(batch, size_wh), self.device)  # one estimate per batch
 
     def _announce_cap(self, sizes_wh: Sequence[tuple[int, int]]) -> None:
         """Log, once per resolution and cap (not per image or frame), that ``max_size`` caps the
