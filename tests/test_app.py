@@ -307,6 +307,21 @@ def test_track_writes_video_json_and_csv(session, video):
     assert "Tracked 2 point(s) through 6 frames of pan.mp4" in view.summary
 
 
+def _count_probes(monkeypatch) -> list:
+    """Record every probe_video call (the workflows import it from dinofeat.video when they run)."""
+    import dinofeat.video
+
+    calls, probe = [], dinofeat.video.probe_video
+    monkeypatch.setattr(dinofeat.video, "probe_video", lambda path: calls.append(str(path)) or probe(path))
+    return calls
+
+
+def test_track_probes_the_video_once(session, video, monkeypatch):
+    probes = _count_probes(monkeypatch)
+    session.track(video, [[0, 40.0, 30.0]])
+    assert probes == [str(video)]
+
+
 def test_track_options_reach_the_tracker(session, video):
     strict = session.track(video, [[0, 40.0, 30.0]], min_score=1.0, trail=0, window=20.0)
     assert strict.data["tracks"][0]["visible"] == [True] + [False] * 5  # only the query itself scores 1
@@ -381,6 +396,24 @@ def test_build_app_has_the_three_tabs(session):
     import dinofeat.app
 
     assert not Path(dinofeat.app.__file__).with_suffix(".pyi").exists()
+
+
+def test_page_defaults_are_the_librarys(session, monkeypatch):
+    """The page restates no default: automatic points, the automatic search radius and the PCA
+    components come from dinofeat.options (changed here to show it)."""
+    pytest.importorskip("gradio")
+    import dinofeat.app.page as page
+    from dinofeat.app import build_app
+    from dinofeat.options import COLOR_COMPONENTS
+
+    monkeypatch.setattr(page, "DEFAULT_AUTO", 7)
+    monkeypatch.setattr(page, "DEFAULT_WINDOW_PATCHES", 2.5)
+    props = {c["props"].get("label"): c["props"] for c in build_app(session).get_config_file()["components"]}
+    assert props["Automatic points"]["value"] == 7
+    assert props["Search radius (pixels)"]["info"] == "around the last position; 0 = automatic (2.5 patches)"
+    assert props["Components"]["minimum"] == props["Components"]["value"] == COLOR_COMPONENTS == 3
+    with pytest.raises(InputError, match="at least 3 components"):  # the slider's minimum, in the session too
+        session.pca([np.zeros((28, 28, 3), np.uint8)], components=COLOR_COMPONENTS - 1)
 
 
 def test_launch_serves_the_page_with_the_upload_limit(session):

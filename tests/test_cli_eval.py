@@ -98,6 +98,23 @@ def test_tapvid_sweep_reports_aj_per_setting(tmp_path, davis, model_args, capsys
     assert "min_score" in capsys.readouterr().out
 
 
+def test_the_sweep_document_states_the_raster_the_sweep_ran_with(tmp_path, davis, model_args, monkeypatch):
+    """The document is the library's (evaluation.tapvid_sweep_json): its resolution is the one the
+    frames were resized to, not a copy of it in the command."""
+    import dinofeat.evaluation
+
+    monkeypatch.setattr(dinofeat.evaluation, "DEFAULT_RESOLUTION", (128, 128))
+    out = tmp_path / "sweep.json"
+    argv = ["eval", "tapvid", str(davis), "--sweep", "min_score=0.5", "--json", str(out), "-q", *model_args]
+    assert main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert list(doc) == ["protocol", "resolution", "model", "sweep"]
+    assert (doc["protocol"], doc["resolution"], doc["model"]) == ("first", [128, 128], "dinov2_vits14")
+    assert main([*argv, "--full-resolution", "--protocol", "strided"]) == 0
+    doc = json.loads(out.read_text())
+    assert (doc["protocol"], doc["resolution"]) == ("strided", "full")
+
+
 @pytest.fixture(scope="module")
 def spair(tmp_path_factory):
     return make_spair(tmp_path_factory.mktemp("spair"))

@@ -149,6 +149,39 @@ def test_bad_inputs_one_line_error_no_outputs(tmp_path, images, model_args, caps
     assert _files(tmp_path) == before  # nothing written
 
 
+@pytest.mark.parametrize(
+    "extra, ways",
+    [
+        (["--point", "1,2", "--grid", "3"], "--point/--points-file and --grid"),
+        (["--points-file", "{pairs}", "--auto", "5"], "--point/--points-file and --auto"),
+        (["--grid", "3", "--auto", "5"], "--grid and --auto"),
+    ],
+)
+def test_query_points_in_one_way_only_before_the_model_loads(tmp_path, images, capsys, monkeypatch, extra, ways):
+    import dinofeat.extractor
+
+    monkeypatch.setattr(dinofeat.extractor, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "pairs.json").write_text("[[1, 2]]")
+    extra = [str(tmp_path / "pairs.json") if e == "{pairs}" else e for e in extra]
+    assert main(["match", *images, *extra, "--json", str(tmp_path / "o.json"), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == f"dinofeat match: error: give query points in one way only, got {ways}\n"
+
+
+def test_match_images_refuses_points_in_two_ways_before_making_features():
+    from types import SimpleNamespace
+
+    from dinofeat.errors import InputError
+    from dinofeat.matching import match_images
+    from dinofeat.options import ExtractorOptions, MatchOptions
+
+    extractor = SimpleNamespace(
+        extract_arrays=lambda images: pytest.fail("features were made"), options=ExtractorOptions()
+    )
+    image = np.zeros((28, 28, 3), np.uint8)
+    with pytest.raises(InputError, match=r"^give query points in one way only, got points and --grid$"):
+        match_images(image, image, [[1.0, 2.0]], extractor=extractor, options=MatchOptions(grid=3))
+
+
 def test_unreadable_image_and_bad_pca_dim(tmp_path, images, model_args, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")

@@ -111,6 +111,28 @@ def test_video_keeps_frames_and_fps_and_static_colours(tmp_path, model_args):
     assert frames[0].max() > 50  # something was coloured
 
 
+def _count_probes(monkeypatch) -> list:
+    """Record every probe_video call (the workflows import it from dinofeat.video when they run)."""
+    import dinofeat.video
+
+    calls, probe = [], dinofeat.video.probe_video
+    monkeypatch.setattr(dinofeat.video, "probe_video", lambda path: calls.append(str(path)) or probe(path))
+    return calls
+
+
+def test_a_video_is_probed_once(tmp_path, model_args, monkeypatch):
+    """pca_video_to_file probes, and fit_video takes what it found instead of probing again."""
+    from dinofeat.video import VideoWriter
+
+    source = tmp_path / "static.mp4"
+    with VideoWriter(source, fps=7, size_wh=(W, H)) as sink:
+        for _ in range(3):
+            sink.write(_scene(0))
+    probes = _count_probes(monkeypatch)
+    assert main(["pca", str(source), "-o", str(tmp_path / "out.mp4"), "--fit-frames", "2", *model_args]) == 0
+    assert probes == [str(source)]
+
+
 def _garbage(path, data: bytes = b"\x89PNG\r\n\x1a\n this is not really a png") -> str:
     path.write_bytes(data)
     return str(path)

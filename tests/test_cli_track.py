@@ -174,6 +174,24 @@ def test_frame_selection_and_points_file(tmp_path, video, model_args):
     assert json.loads(js.read_text())["tracks"][0]["query"] == [1, 120.0, 70.0]  # x,y: first processed frame
 
 
+def _count_probes(monkeypatch) -> list:
+    """Record every probe_video call (the workflows import it from dinofeat.video when they run)."""
+    import dinofeat.video
+
+    calls, probe = [], dinofeat.video.probe_video
+    monkeypatch.setattr(dinofeat.video, "probe_video", lambda path: calls.append(str(path)) or probe(path))
+    return calls
+
+
+def test_the_video_is_probed_once(tmp_path, video, model_args, monkeypatch):
+    """Probing may decode the whole file (a container without a frame count): the command probes
+    it once and the workflow takes that."""
+    probes = _count_probes(monkeypatch)
+    argv = ["track", video, "--point", "130.5,48.3", "--max-frames", "2", "--json", str(tmp_path / "t.json")]
+    assert main([*argv, *model_args]) == 0
+    assert probes == [video]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -16,10 +16,31 @@ def test_auto_precision_on_the_cpu_depends_on_bf16_matrix_units(monkeypatch, amx
     assert devices.resolve_precision("auto", torch.device("cpu")) == expected
 
 
-@pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
-def test_auto_precision_on_cuda_is_bf16_where_supported(monkeypatch, bf16, expected):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+@pytest.mark.parametrize(
+    "capability, expected",
+    [((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16), ((7, 5), torch.float16), ((7, 0), torch.float16)],
+    ids=["A100", "H100", "T4", "V100"],
+)
+def test_auto_precision_on_cuda_is_bf16_where_supported(monkeypatch, capability, expected):
+    """Native bf16 (Ampere, 8.0, and later) only: a T4 or V100 would emulate it, slowly, though
+    ``torch.cuda.is_bf16_supported()`` says yes."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert devices.resolve_precision("auto", torch.device("cuda")) == expected
+
+
+def test_auto_precision_on_cuda_looks_at_the_gpu_asked_for(monkeypatch):
+    """cuda:1 is a V100 beside an A100 (the current device, cuda:0): fp16 for cuda:1."""
+    capabilities = {0: (8, 0), 1: (7, 0)}
+
+    def capability(device=None):
+        index = torch.device(device).index if device is not None else None
+        return capabilities[0 if index is None else index]
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert devices.resolve_precision("auto", torch.device("cuda:1")) == torch.float16
+    assert devices.resolve_precision("auto", torch.device("cuda:0")) == torch.bfloat16
 
 
 def test_auto_precision_on_mps_is_fp16():
@@ -44,6 +65,34 @@ def test_auto_device_without_accelerators_is_the_cpu(monkeypatch):
     assert devices.resolve_device("auto") == torch.device("cpu")
     with pytest.raises(InputError, match="sees no CUDA GPU"):
         devices.resolve_device("cuda")
+
+
+def test_a_gpu_index_beyond_the_gpus_there_are_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert devices.resolve_device("cuda:1") == torch.device("cuda:1")
+    assert devices.resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(InputError, match=r"^--device cuda:5: this machine has 2 CUDA GPUs \(cuda:0 to cuda:1\)$"):
+        devices.resolve_device("cuda:5")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(InputError, match=r"^--device cuda:1: this machine has 1 CUDA GPU \(cuda:0 to cuda:0\)$"):
+        devices.resolve_device("cuda:1")
+
+
+def test_a_gpu_index_beyond_the_gpus_there_are_is_one_line_from_the_cli(
+    monkeypatch, tmp_path, capsys, vits14_checkpoint
+):
+    """Not a RuntimeError once the weights are loaded, reported as a bug in dinofeat."""
+    from conftest import save_png
+    from dinofeat.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    image = save_png(tmp_path / "a.png", np.zeros((28, 28, 3), np.uint8))
+    argv = ["extract", str(image), "-o", str(tmp_path / "o.npz"), "--weights", str(vits14_checkpoint)]
+    assert main([*argv, "--device", "cuda:5"]) == 2
+    err = capsys.readouterr().err
+    assert err == "dinofeat extract: error: --device cuda:5: this machine has 2 CUDA GPUs (cuda:0 to cuda:1)\n"
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,21 @@ def test_bad_options():
         Extractor(vit, device="cpu", resolution=5)
 
 
+def test_init_and_from_options_are_one_path():
+    """Extractor(model, **options) and Extractor.from_options(options, model) give the same
+    extractor; a model given names itself in the options (the JSON's "model") either way."""
+    from dinofeat.options import ExtractorOptions
+
+    vit = random_vit("dinov3_vits16", depth=1)
+    fields = {"device": "cpu", "precision": "fp32", "resolution": 32, "layers": (0,)}
+    direct = Extractor(vit, **fields)
+    built = Extractor.from_options(ExtractorOptions(**fields), vit)  # the options name the default model
+    assert built.options == direct.options and built.options.model == "dinov3_vits16"
+    assert (built.device, built.dtype, built.stride, built.model) == (direct.device, direct.dtype, 16, vit)
+    with pytest.raises(InputError, match="--layer 3 does not exist: the model has 1 blocks"):
+        Extractor.from_options(ExtractorOptions(layers=(3,), device="cpu"), vit)  # a shallow model: checked too
+
+
 def test_image_smaller_than_a_patch(extractor):
     with pytest.raises(InputError, match="smaller than one"):
         extractor.extract(np.zeros((10, 30, 3), np.uint8))

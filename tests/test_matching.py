@@ -208,6 +208,31 @@ def test_ransac_recovers_the_shift_and_marks_inliers(gravel):
     assert f.geometry is not None and f.geometry.matrix.shape == (3, 3)
 
 
+@pytest.mark.parametrize(
+    "patch, image_wh, processed_wh, processed_px",
+    [(16, (448, 352), (224, 176), 8.0), (14, (448, 336), (224, 168), 7.0), (14, (224, 168), (224, 168), 7.0)],
+    ids=["dinov3 at half size", "dinov2 at half size", "dinov2 1:1"],
+)
+def test_the_default_ransac_threshold_is_half_a_patch_of_the_model(
+    monkeypatch, patch, image_wh, processed_wh, processed_px
+):
+    """--ransac-threshold is in image-B pixels; its default is half the model's patch in processed
+    pixels (8 for DINOv3's 16-pixel patches, 7 for DINOv2's 14), converted to B's pixels."""
+    import dinofeat.matching
+
+    grid_hw = ((processed_wh[1] - patch) // patch + 1, (processed_wh[0] - patch) // patch + 1)
+    features = torch.randn(*grid_hw, 8, generator=torch.Generator().manual_seed(0))
+    fmap = FeatureMap(features, image_size_wh=image_wh, processed_size_wh=processed_wh, patch_size=patch, stride=patch)
+    seen = []
+    monkeypatch.setattr(dinofeat.matching, "verify", lambda matches, kind, threshold: seen.append(threshold) or matches)
+    match_features(fmap, fmap, grid=3, ransac="homography")
+    match_features(fmap, fmap, grid=3, ransac="homography", ransac_threshold=3.5)
+    scale = processed_wh[0] / image_wh[0]
+    assert seen[0] * scale == pytest.approx(processed_px)  # in processed pixels
+    assert seen[0] == pytest.approx(processed_px / scale)  # what RANSAC gets: image-B pixels
+    assert seen[1] == 3.5  # given: taken as it is, in image-B pixels
+
+
 # -- real photo pairs with ground truth ----------------------------------------------------------
 
 

@@ -396,6 +396,37 @@ def test_the_range_is_in_the_message():
         MatchOptions(grid=5000)
 
 
+#: (model, option, the one-line error): options that need the model's shape, checked against its spec.
+BEFORE_WEIGHTS = [
+    ("dinov2_vits14", ["--stride", "20"], "--stride must be between 1 and the patch size 14, got 20"),
+    ("dinov2_vits14", ["--layer", "30"], "--layer 30 does not exist: the model has 12 blocks (0..11 or -1..-12)"),
+    ("dinov2_vits14", ["--resolution", "10"], "--resolution must be at least the patch size (14), got 10"),
+    ("dinov2_vits14", ["--max-size", "5"], "--max-size must be at least the patch size (14), got 5"),
+    ("dinov3_vits16", ["--stride", "17"], "--stride must be between 1 and the patch size 16, got 17"),
+    ("dinov3_vits16", ["--resolution", "15"], "--resolution must be at least the patch size (16), got 15"),
+    ("dinov2_vitl14", ["--layer", "-25"], "--layer -25 does not exist: the model has 24 blocks (0..23 or -1..-24)"),
+]
+
+
+@pytest.mark.parametrize(
+    "model, option, message", BEFORE_WEIGHTS, ids=[f"{m} {' '.join(o)}" for m, o, _ in BEFORE_WEIGHTS]
+)
+def test_model_options_are_refused_before_any_weights_load(
+    tmp_path, files, capsys, monkeypatch, model, option, message
+):
+    """No weights anywhere and no network: a bad option is its own error, not "no weights found"
+    (with a network, the weights would have been downloaded first)."""
+    import dinofeat.weights
+
+    for name in ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(dinofeat.weights, "find_weights", lambda spec: pytest.fail("weights were looked for"))
+    argv = ["extract", str(files["a"]), "-o", str(tmp_path / "o.npz"), "--model", model, "--device", "cpu", *option]
+    err = _refused(capsys, argv, message)
+    assert err == f"dinofeat extract: error: {message}\n"
+
+
 def test_app_controls_are_checked_by_the_same_options(tmp_path, files):
     """Values the page's sliders and boxes send go through the same checks (a typed-in -5 radius)."""
     gr = pytest.importorskip("gradio")
@@ -531,6 +562,37 @@ def test_the_estimate_counts_attention_matrices_only_when_the_kernel_builds_them
     assert fused.weight_bytes == sum(p.numel() * 4 for p in vit.parameters()) + sum(
         b.numel() * b.element_size() for b in vit.buffers()
     )
+
+
+@pytest.mark.parametrize("name", ["dinov2_vits14", "dinov3_vits16"])
+def test_each_batch_makes_one_estimate_and_the_weights_are_counted_once(monkeypatch, name):
+    """The weight bytes are summed once per extractor and each batch makes one estimate, whose
+    numbers (and its batch-of-one figure) are those forward_memory gives."""
+    import numpy as np
+    import torch
+
+    import dinofeat.extractor
+    import dinofeat.memory
+    from conftest import random_vit
+    from dinofeat.extractor import Extractor
+    from dinofeat.memory import forward_memory
+
+    vit = random_vit(name, depth=1)
+    extractor = Extractor(vit, resolution=32, device="cpu", precision="fp32", batch_size=2)
+    estimates, sums = [], []
+    estimate, summed = dinofeat.extractor.forward_memory, getattr(dinofeat.memory, "model_bytes", None)
+    monkeypatch.setattr(
+        dinofeat.extractor, "forward_memory", lambda *a, **k: estimates.append(a[1]) or estimate(*a, **k)
+    )
+    monkeypatch.setattr(dinofeat.memory, "model_bytes", lambda model: sums.append(1) or summed(model), raising=False)
+    monkeypatch.setattr(vit, "parameters", lambda *a, **k: sums.append(1) or torch.nn.Module.parameters(vit, *a, **k))
+    extractor.extract_arrays([np.zeros((32, 48, 3), np.uint8)] * 5)  # batches of 2, 2 and 1
+    assert estimates == [2, 2, 1] and sums == []
+    monkeypatch.undo()
+    cpu = torch.device("cpu")
+    need = extractor.memory_needed(2, (48, 32))
+    assert need == forward_memory(vit, 2, (48, 32), dtype=torch.float32, device=cpu)
+    assert need.one_image() == forward_memory(vit, 1, (48, 32), dtype=torch.float32, device=cpu)
 
 
 def test_the_estimate_is_close_to_what_a_forward_pass_takes():

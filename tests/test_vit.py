@@ -171,3 +171,19 @@ def test_bad_layer_and_facet():
         vit.forward_features(torch.zeros(1, 3, 28, 28), layers=(5,))
     with pytest.raises(InputError, match="facet"):
         vit.forward_features(torch.zeros(1, 3, 28, 28), facet="attn")
+
+
+def test_the_feed_forward_width_is_the_specs():
+    """One formula, ModelSpec.ffn_hidden, for both families and both FFN kinds (its rounding too)."""
+    import dataclasses
+
+    from dinofeat.registry import MODELS
+    from dinofeat.vit import build_model
+
+    odd = dataclasses.replace(get_spec("dinov2_vitg14"), embed_dim=100, num_heads=4, depth=1, ffn_align=64)
+    assert odd.ffn_hidden == 320  # 2/3 of 400 = 266, rounded up to a multiple of 64
+    for spec in [*(s for s in MODELS.values() if s.family == "dinov2"), odd]:
+        with torch.device("meta"):
+            mlp = build_model(dataclasses.replace(spec, depth=1)).blocks[0].mlp
+        inner = mlp.w3.in_features if spec.ffn == "swiglu" else mlp.fc2.in_features
+        assert inner == spec.ffn_hidden, spec.name

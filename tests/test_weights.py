@@ -126,6 +126,35 @@ def test_nothing_found_explains_every_source(tmp_path, monkeypatch):
     assert "\n" not in message
 
 
+def test_a_damaged_file_in_a_cache_ends_the_search_with_its_own_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "dinov2_vits14_pretrain.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(WeightsError, match=r"^cannot read .*dinov2_vits14_pretrain.pth: it is not a PyTorch"):
+        load_model("dinov2_vits14")
+
+
+@pytest.mark.parametrize("text", ["the token file cannot read", "proxy settings do not fit"])
+def test_a_source_that_fails_is_one_tried_whatever_its_message_says(tmp_path, monkeypatch, text):
+    """Which failures end the search is said by their type, not by words in their message."""
+    import dinofeat.weights
+
+    _offline_empty_caches(tmp_path, monkeypatch)
+
+    def hub(spec):
+        raise WeightsError(f"skipped: {text}")
+
+    monkeypatch.setattr(dinofeat.weights, "_from_hf_hub", hub)
+    with pytest.raises(WeightsError) as info:
+        load_model("dinov2_vits14")
+    message = str(info.value)
+    assert message.startswith("no weights found for dinov2_vits14. Tried: ")
+    assert f"Hugging Face hub facebook/dinov2-small (skipped: {text})" in message
+    assert "URL https://dl.fbaipublicfiles.com" in message  # the next source was tried
+
+
 def test_wrong_architecture_is_named(vits14_checkpoint):
     with pytest.raises(WeightsError, match="looks like dinov2_vits14.*not dinov2_vitb14"):
         load_model("dinov2_vitb14", vits14_checkpoint)

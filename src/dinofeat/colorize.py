@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from dinofeat.errors import InputError
 from dinofeat.options import FrameOptions, PCADrawingOptions, PCAOptions
 from dinofeat.pca import FeaturePCA, PCAColors
 from dinofeat.progress import Progress, report
+
+if TYPE_CHECKING:
+    from dinofeat.video import VideoInfo
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +192,8 @@ def write_pca_files(
             result.pca.save(pca_tmp)
         if features_tmp is not None:
             pca = result.pca
-            reduced = [
-                replace(pca.reduce(fmap), features=pca.transform(fmap.features)[..., :components])
-                for fmap in result.maps
-            ]
+            reduced = [pca.reduce(fmap) for fmap in result.maps]  # projected once
+            reduced = [replace(fmap, features=fmap.features[..., :components]) for fmap in reduced]
             extra = {
                 f"foreground_{i}": pca.foreground_mask(fmap.features).cpu().numpy()
                 for i, fmap in enumerate(result.maps)
@@ -211,17 +213,19 @@ def fit_video(
     *,
     frames: FrameOptions | None = None,
     sample_frames: int | None = None,
+    info: VideoInfo | None = None,
 ) -> FeaturePCA:
     """Fit one :class:`FeaturePCA` on ``options.fit_frames`` (or ``sample_frames``) frames spread
     evenly over the processed part of a video (``frames``). One PCA for the whole video keeps the
-    colours stable over time."""
+    colours stable over time. ``info``: the video's :func:`~dinofeat.video.probe_video`, where the
+    caller has it (probing may decode the whole file)."""
     from dinofeat.tracking import processed_frame_indices
     from dinofeat.video import probe_video, read_frames
 
     options = options or PCAOptions()
     frames = frames or FrameOptions()
     count = max(1, sample_frames or options.fit_frames)
-    indices = processed_frame_indices(probe_video(path).frames, frames)
+    indices = processed_frame_indices((info or probe_video(path)).frames, frames)
     if len(indices) == 0:
         raise InputError(f"--start {frames.start} is past the end of {path}")
     wanted = {indices[i] for i in np.linspace(0, len(indices) - 1, min(count, len(indices))).round().astype(int)}
@@ -287,11 +291,13 @@ def pca_video_to_file(
     pca: FeaturePCA | None = None,
     pca_path: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    info: VideoInfo | None = None,
 ) -> VideoPCAResult:
     """Colour every processed frame of a video with one PCA and write an H.264 video (and/or the PCA).
 
     The output has the input's size (twice the width side by side), the processed frame count,
-    and ``fps / every`` so it plays at the input's speed. Both outputs are atomic.
+    and ``fps / every`` so it plays at the input's speed. Both outputs are atomic. ``info``: the
+    video's :func:`~dinofeat.video.probe_video`, where the caller has it (the video is probed once).
     """
     from dinofeat.outputs import staged_outputs
     from dinofeat.tracking import processed_frame_indices
@@ -302,11 +308,11 @@ def pca_video_to_file(
     frames = frames or FrameOptions()
     if drawing.transparent:
         raise InputError("--transparent is for PNG images; videos have no alpha channel")
-    info = probe_video(path)
+    info = info or probe_video(path)
     total = len(processed_frame_indices(info.frames, frames))
     if pca is not None:
         check_pca_fits(pca, extractor)
-    pca = pca or fit_video(extractor, path, options, frames=frames)
+    pca = pca or fit_video(extractor, path, options, frames=frames, info=info)
     width, height = info.size_wh
     side_by_side = drawing.overlay is None and not drawing.pca_only
     size_wh = (2 * width, height) if side_by_side else (width, height)

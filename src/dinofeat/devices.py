@@ -29,6 +29,11 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     if kind == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' was asked for, but this torch build sees no CUDA GPU")
+    if kind == "cuda" and ":" in name:
+        index, count = name.partition(":")[2], torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            gpus = f"{count} CUDA GPU{'s' if count != 1 else ''}"
+            raise InputError(f"--device {name}: this machine has {gpus} (cuda:0 to cuda:{count - 1})")
     if kind == "mps" and not torch.backends.mps.is_available():
         raise InputError("device 'mps' was asked for, but Apple MPS is not available here")
     return torch.device(name)
@@ -60,15 +65,23 @@ def cpu_has_fast_bf16() -> bool:
     return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
+#: CUDA compute capability (major) from which bf16 is native: Ampere (A100, RTX 30xx) and later. Older
+#: GPUs (V100 7.0, T4 7.5) only emulate it, slowly (``torch.cuda.is_bf16_supported()`` counts
+#: emulation as support); they get fp16.
+BF16_CUDA_CAPABILITY = 8
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on CUDA and on CPUs with native bf16 instructions (:func:`cpu_has_fast_bf16`),
-    fp16 on MPS, fp32 otherwise."""
+    """``auto``: bf16 on CUDA GPUs with native bf16 (compute capability :data:`BF16_CUDA_CAPABILITY` or
+    more, of the GPU asked for), fp16 on older ones and on MPS; on the CPU bf16 where it has native
+    bf16 instructions (:func:`cpu_has_fast_bf16`), fp32 otherwise."""
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return _DTYPES[precision]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        major, _minor = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= BF16_CUDA_CAPABILITY else torch.float16
     if device.type == "mps":
         return torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32

@@ -176,3 +176,17 @@ def evaluate_spair_folder(
 
 def _model_name(extractor) -> str:
     return extractor.options.model
+
+
+def tapvid_sweep_json(sweep: Sweep, extractor, options: TapVidOptions | None = None) -> dict:
+    """The ``dinofeat eval tapvid --sweep --json`` document: the protocol and the frames' raster
+    the sweep ran with (as :meth:`~dinofeat.tapvid.TapVidReport.to_json` writes them: ``[H, W]`` or
+    ``"full"``), the model, and :meth:`~dinofeat.sweeps.Sweep.to_json`."""
+    protocol = _protocol(options or TapVidOptions())
+    resolution = protocol["resolution"]
+    return {
+        "protocol": protocol["protocol"],
+        "resolution": list(resolution) if resolution else "full",
+        "model": _model_name(extractor),
+        "sweep": sweep.to_json(),
+    }

@@ -14,7 +14,7 @@ from dinofeat.devices import autocast, default_batch_size, resolve_device, resol
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
 from dinofeat.images import ImageLike, load_image, processed_size, resize, size_cap_note
-from dinofeat.memory import ForwardMemory, check_forward_memory, forward_memory
+from dinofeat.memory import ForwardMemory, check_forward_memory, forward_memory, model_bytes
 from dinofeat.modelthread import run_responsively
 from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION, ExtractorOptions
 from dinofeat.progress import Progress
@@ -99,10 +99,8 @@ class Extractor:
             facet=facet,
             batch_size=batch_size,
         )
-        device_ = device if isinstance(device, torch.device) else resolve_device(options.device)
-        vit = model if not isinstance(model, str) else load_model(options.model, options.weights)
-        self._setup(vit.eval().to(device_), device_, options)
-        self.block_progress = block_progress
+        given = None if isinstance(model, str) else model
+        self._load(options, given, block_progress, device if isinstance(device, torch.device) else None)
 
     @classmethod
     def from_options(
@@ -112,22 +110,34 @@ class Extractor:
         *,
         block_progress: BlockProgress | None = None,
     ) -> Extractor:
-        """An extractor for ``options`` (the model is loaded from ``options.model``/``weights`` unless given)."""
+        """An extractor for ``options`` (the model is loaded from ``options.model``/``weights`` unless
+        given; a model given names itself in ``options.model``)."""
         self = cls.__new__(cls)
-        device = resolve_device(options.device)
+        self._load(options, model, block_progress)
+        return self
+
+    def _load(
+        self,
+        options: ExtractorOptions,
+        model: torch.nn.Module | None,
+        block_progress: BlockProgress | None,
+        device: torch.device | None = None,
+    ) -> None:
+        """What :meth:`__init__` and :meth:`from_options` share: the device (``options.device``
+        unless a ``torch.device`` is given), the model (loaded unless given) and the settings."""
+        if model is not None and options.model != model.spec.name:
+            options = options.replace(model=model.spec.name)  # checked again, against the model's spec
+        device = resolve_device(options.device) if device is None else device
         vit = model if model is not None else load_model(options.model, options.weights)
         self._setup(vit.eval().to(device), device, options)
         self.block_progress = block_progress
-        return self
 
     def _setup(self, vit: torch.nn.Module, device: torch.device, options: ExtractorOptions) -> None:
-        if not 1 <= (options.stride or vit.patch_size) <= vit.patch_size:
-            raise InputError(f"--stride must be between 1 and the patch size {vit.patch_size}, got {options.stride}")
-        for flag, value in (("--resolution", options.resolution), ("--max-size", options.max_size)):
-            if value is not None and value < vit.patch_size:
-                raise InputError(f"{flag} must be at least the patch size ({vit.patch_size}), got {value}")
-        vit.resolve_layers(options.layers)  # fail early on a bad layer
+        # options are checked against the model's spec (ExtractorOptions); a model built with fewer
+        # blocks (a ``depth`` override) may still lack a layer
+        vit.resolve_layers(options.layers)
         self.model = vit
+        self._weight_bytes = model_bytes(vit)  # once: every batch's memory estimate reports it
         self.device = device
         self.dtype = resolve_precision(options.precision, device)
         self.options = options
@@ -219,13 +229,13 @@ class Extractor:
             device=self.device,
             layers=self.layers,
             facet=self.facet,
+            weight_bytes=self._weight_bytes,
         )
 
     def check_memory(self, batch: int, size_wh: tuple[int, int]) -> None:
         """Refuse (:class:`InputError`, with the estimate and what to lower) a forward pass that would
         need more memory than the device has available (:func:`~dinofeat.memory.check_forward_memory`)."""
-        one = self.memory_needed(1, size_wh) if batch > 1 else None
-        check_forward_memory(self.memory_needed(batch, size_wh), self.device, one_image=one)
+        check_forward_memory(self.memory_needed(batch, size_wh), self.device)  # one estimate per batch
 
     def _announce_cap(self, sizes_wh: Sequence[tuple[int, int]]) -> None:
         """Log, once per resolution and cap (not per image or frame), that ``max_size`` caps the

@@ -27,12 +27,10 @@ import torch.nn.functional as F
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
 from dinofeat.images import ImageLike, load_image
-from dinofeat.options import DEFAULT_AUTO, MatchDrawingOptions, MatchOptions
+from dinofeat.options import DEFAULT_AUTO, RANSAC_THRESHOLD_PATCHES, MatchDrawingOptions, MatchOptions
 from dinofeat.points import auto_points, check_points, grid_points
 from dinofeat.search import locate, similarity
 
-#: RANSAC: default inlier threshold, in processed pixels of image B (converted to its pixels).
-RANSAC_THRESHOLD_PX = 7.0
 #: RANSAC confidence and iteration cap (OpenCV USAC_MAGSAC).
 RANSAC_CONFIDENCE = 0.999
 RANSAC_MAX_ITERS = 10_000
@@ -134,8 +132,7 @@ def match_features(
     options = options or MatchOptions()
     if overrides:
         options = options.replace(**overrides)
-    if points_xy is not None and (options.grid is not None or options.auto is not None):
-        raise InputError(f"give query points in one way only, got points and --{options.query_mode}")
+    options.check_points_given(points_xy is not None)
     if options.pca_dim is not None:
         fa, fb = joint_pca(fa, fb, options.pca_dim)
     fa, fb = fa.normalized(), fb.to(fa.features.device).normalized()
@@ -170,9 +167,17 @@ def match_features(
         image_size_b_wh=tuple(fb.image_size_wh),
     )
     if options.ransac is not None:
-        threshold = options.ransac_threshold or RANSAC_THRESHOLD_PX / fb.scale_xy[0]
-        matches = verify(matches, options.ransac, threshold)
+        matches = verify(matches, options.ransac, ransac_threshold_px(fb, options.ransac_threshold))
     return matches
+
+
+def ransac_threshold_px(fb: FeatureMap, threshold: float | None = None) -> float:
+    """The RANSAC inlier threshold in image-B pixels (the unit of the matches and of
+    ``--ransac-threshold``): ``threshold`` if given, else :data:`~dinofeat.options.RANSAC_THRESHOLD_PATCHES`
+    of B's patch in processed pixels, converted to B's pixels with ``fb``'s scale."""
+    if threshold is not None:
+        return float(threshold)
+    return RANSAC_THRESHOLD_PATCHES * fb.patch_size / fb.scale_xy[0]
 
 
 def _feature_distance(cosine: torch.Tensor) -> torch.Tensor:
@@ -293,6 +298,7 @@ def match_images(
         names: the images' paths or names, for the JSON document.
     """
     options = options or MatchOptions()
+    options.check_points_given(points_xy is not None)  # before any features are made
     if points_xy is not None:
         check_points(points_xy, (image_a.shape[1], image_a.shape[0]), label=f"image A ({names[0]})")
     fa, fb = extractor.extract_arrays([image_a, image_b])

@@ -39,7 +39,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -75,6 +75,21 @@ class ForwardMemory:
         """Bytes the forward pass adds to the loaded model."""
         return self.activation_bytes + self.attention_bytes
 
+    def one_image(self) -> ForwardMemory:
+        """The estimate for a batch of one image of the same size (both parts grow linearly with
+        the batch, so this is exactly :func:`forward_memory` with ``batch=1``)."""
+        return replace(
+            self,
+            batch=1,
+            activation_bytes=self.activation_bytes // self.batch,
+            attention_bytes=self.attention_bytes // self.batch,
+        )
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s parameters and buffers (what :attr:`ForwardMemory.weight_bytes` reports)."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
 
 def forward_memory(
     model: nn.Module,
@@ -86,9 +101,11 @@ def forward_memory(
     device: torch.device | None = None,
     layers: Sequence[int] = (-1,),
     facet: str = "token",
+    weight_bytes: int | None = None,
 ) -> ForwardMemory:
     """Estimate the peak memory of ``model.forward_features`` on ``batch`` images of ``size_wh``
-    processed pixels (see the module docstring for what is counted)."""
+    processed pixels (see the module docstring for what is counted). ``weight_bytes``: the
+    model's :func:`model_bytes`, where the caller has it (it does not change between batches)."""
     device = device or next(model.parameters()).device
     gh, gw = model.grid_size(size_wh[1], size_wh[0], stride)
     tokens = 1 + model.num_registers + gh * gw
@@ -104,7 +121,7 @@ def forward_memory(
     activations = batch * tokens * (per_token + kept * dim * 4)
     materialised = attention_materialised(device, dtype, dim // heads)
     attention = 2 * batch * heads * tokens * tokens * (4 if not low else 2) if materialised else 0
-    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    weights = model_bytes(model) if weight_bytes is None else weight_bytes
     return ForwardMemory(batch, tuple(size_wh), tokens, activations, attention, weights, materialised)
 
 
@@ -180,11 +197,14 @@ def check_forward_memory(need: ForwardMemory, device: torch.device, *, one_image
     """Raise :class:`InputError` if ``need`` is more than the memory available on ``device``.
 
     The message states the estimate, what it counts, the memory available and what to lower;
-    ``one_image`` (the estimate for a batch of one) is quoted when a smaller batch would fit.
+    the estimate for a batch of one (``one_image``, by default :meth:`ForwardMemory.one_image`) is
+    quoted for a batch of several.
     """
     available = available_memory(device)
     if available is None or need.total <= available:
         return
+    if one_image is None and need.batch > 1:
+        one_image = need.one_image()
     w, h = need.size_wh
     parts = f"{_gb(need.attention_bytes)} of it the attention matrices, " if need.materialised else ""
     advice = "lower --max-size or --resolution"

@@ -19,6 +19,7 @@ dinofeat.errors.InputError: --min-score must be a number between -1 and 1, got 2
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dinofeat.errors import InputError
@@ -107,7 +108,8 @@ class ExtractorOptions(Options):
         "auto",
         flag="--precision",
         choices=PRECISIONS,
-        help="auto = bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), fp16 on MPS, else fp32",
+        help="auto = bf16 on CUDA GPUs with native bf16 (Ampere and later) and on CPUs with native bf16 "
+        "(AMX or AVX512-BF16), fp16 on older GPUs and on MPS, else fp32",
     )
     resolution: int = option(
         DEFAULT_RESOLUTION,
@@ -169,10 +171,36 @@ class ExtractorOptions(Options):
     def _check_together(self) -> None:
         if not self.layers:
             raise InputError("--layer needs at least one block index")
-        get_spec(self.model)  # unknown names: a clear error with suggestions
+        spec = get_spec(self.model)  # unknown names: a clear error with suggestions
         kind, _, index = str(self.device).partition(":")
         if kind not in DEVICES or (index and not (kind == "cuda" and index.isdigit())):
             raise InputError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+        # checked against the model's shape before any weights load (or download)
+        patch = spec.patch_size
+        if not 1 <= (self.stride or patch) <= patch:
+            raise InputError(f"--stride must be between 1 and the patch size {patch}, got {self.stride}")
+        for flag, value in (("--resolution", self.resolution), ("--max-size", self.max_size)):
+            if value is not None and value < patch:
+                raise InputError(f"{flag} must be at least the patch size ({patch}), got {value}")
+        resolve_layers(self.layers, spec.depth)
+
+
+def resolve_layers(layers: Sequence[int], depth: int) -> list[int]:
+    """Layer indices (negative counts from the end, -1 = last block) of a model of ``depth`` blocks
+    as 0-based ones; one that does not exist is an :class:`~dinofeat.errors.InputError` naming ``--layer``.
+
+    >>> resolve_layers((0, -1), 12)
+    [0, 11]
+    """
+    resolved = []
+    for layer in layers:
+        index = layer + depth if layer < 0 else layer
+        if not 0 <= index < depth:
+            raise InputError(
+                f"--layer {layer} does not exist: the model has {depth} blocks (0..{depth - 1} or -1..-{depth})"
+            )
+        resolved.append(index)
+    return resolved
 
 
 #: The :class:`ExtractorOptions` fields that change the features (the device and batch size only
@@ -189,6 +217,10 @@ DEFAULT_AUTO = 20
 MUTUAL_TOLERANCE = 1.0
 #: Ratio test: the runner-up is the best position farther than this many patches from the best.
 RATIO_EXCLUSION = 1.5
+#: RANSAC inlier threshold when ``--ransac-threshold`` is not given, in patches of image B's
+#: processed image (half a patch: 7 processed pixels for DINOv2, 8 for DINOv3), converted to B's
+#: pixels (:func:`~dinofeat.matching.ransac_threshold_px`).
+RANSAC_THRESHOLD_PATCHES = 0.5
 
 
 @dataclass(frozen=True)
@@ -235,7 +267,8 @@ class MatchOptions(Options):
         flag="--ransac-threshold",
         range=POSITIVE,
         metavar="PX",
-        help="RANSAC inlier threshold in IMAGE_B pixels (default: half a patch)",
+        help="RANSAC inlier threshold in IMAGE_B pixels (default: half a patch, 7 model pixels for DINOv2 "
+        "and 8 for DINOv3, converted to IMAGE_B pixels)",
     )
     mutual_tolerance: float = option(
         MUTUAL_TOLERANCE, range=NON_NEGATIVE, help="patches (image A grid) within which the back-match must land"
@@ -249,6 +282,12 @@ class MatchOptions(Options):
     def _check_together(self) -> None:
         if self.grid is not None and self.auto is not None:
             raise InputError("give query points in one way only, got --grid and --auto")
+
+    def check_points_given(self, given: bool, name: str = "points") -> None:
+        """Refuse query points given (``name`` says how, e.g. ``--point/--points-file``) together
+        with ``grid`` or ``auto``: checked by the matching workflows before any features are made."""
+        if given and (self.grid is not None or self.auto is not None):
+            raise InputError(f"give query points in one way only, got {name} and --{self.query_mode}")
 
     @property
     def query_mode(self) -> str:
@@ -289,6 +328,8 @@ class MatchDrawingOptions(Options):
 
 #: Percentiles of the fitting data that map to 0 and 255 (per channel).
 DEFAULT_PERCENTILES = (1.0, 99.0)
+#: Principal components the colours are made of (red, green, blue): a PCA fits at least this many.
+COLOR_COMPONENTS = 3
 #: Video PCA: frames sampled evenly over the clip to fit one PCA.
 DEFAULT_FIT_FRAMES = 16
 #: PCA over a feature folder: stored images sampled evenly to fit one PCA.
@@ -300,7 +341,7 @@ class PCAOptions(Options):
     """How a feature PCA is fitted (see :meth:`~dinofeat.pca.FeaturePCA.fit`)."""
 
     components: int = option(
-        3,
+        COLOR_COMPONENTS,
         flag="--components",
         range=POSITIVE_INT,
         metavar="K",

@@ -44,7 +44,7 @@ import torch
 
 from dinofeat.errors import InputError
 from dinofeat.features import FeatureMap
-from dinofeat.options import DEFAULT_PERCENTILES, PCAOptions
+from dinofeat.options import COLOR_COMPONENTS, DEFAULT_PERCENTILES, PCAOptions
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +366,7 @@ class FeaturePCA:
         cls,
         maps: FeatureMap | torch.Tensor | Sequence[FeatureMap | torch.Tensor],
         *,
-        n_components: int = 3,
+        n_components: int = COLOR_COMPONENTS,
         foreground: float | str | None = "otsu",
         percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
         max_samples: int | None = DEFAULT_MAX_SAMPLES,
@@ -397,7 +397,7 @@ class FeaturePCA:
             fg = fit_foreground(grids, threshold=foreground, percentiles=lo_hi, max_samples=max_samples, seed=seed)
         samples = torch.cat([g.reshape(-1, g.shape[-1]) for g in grids])
         fit_on = samples
-        k = max(int(n_components), 3)
+        k = max(int(n_components), COLOR_COMPONENTS)
         if fg is not None:
             fit_on = samples[fg.mask(samples)]
             if fit_on.shape[0] < max(MIN_FOREGROUND_PATCHES, k + 1):

@@ -47,6 +47,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -67,6 +68,9 @@ from dinofeat.options import (
 from dinofeat.progress import Progress, report
 from dinofeat.search import NormTable, locate, refine_peaks
 from dinofeat.tracks import Tracks, TrackStep
+
+if TYPE_CHECKING:
+    from dinofeat.video import VideoInfo
 
 __all__ = [
     "DEFAULT_ANCHOR_WEIGHT",
@@ -421,6 +425,7 @@ def track_to_files(
     csv_out: str | os.PathLike | None = None,
     video_name: str | None = None,
     progress: Progress | None = None,
+    info: VideoInfo | None = None,
     **overrides,
 ) -> Tracks:
     """The ``dinofeat track`` job: track ``(t, x, y)`` queries through a video and write its outputs.
@@ -433,6 +438,10 @@ def track_to_files(
     stream, so memory does not grow with the video's length; with ``options.backward`` (each point
     also tracked back from its query frame, :func:`track_both_ways`) the processed frames are held
     in memory.
+
+    ``info`` is the video's :func:`~dinofeat.video.probe_video` where the caller has it already
+    (probing may decode the whole file when the container lacks a frame count); the queries are
+    checked against it (:func:`frames_to_process`, :func:`check_queries`).
     """
     from dinofeat.drawing import TrailAnnotator
     from dinofeat.outputs import staged_outputs
@@ -444,10 +453,8 @@ def track_to_files(
     if overrides:
         options = options.replace(**overrides)
     backward = options.backward
-    info = probe_video(path)
-    indices = processed_frame_indices(info.frames, frames)
-    if len(indices) == 0:
-        raise InputError(f"--start {frames.start} is past the end of the video ({info.frames} frames)")
+    info = info or probe_video(path)
+    indices = frames_to_process(info, frames)
     queries = check_queries(queries_txy, indices, info.size_wh)
     decoded = read_frames(path, start=frames.start, max_frames=frames.max_frames, every=frames.every)
     if backward:
@@ -476,3 +483,19 @@ def track_to_files(
         if csv_tmp is not None:
             tracks.write_csv(csv_tmp)
     return tracks
+
+
+def frames_to_process(info: VideoInfo, frames: FrameOptions | None = None) -> range:
+    """The :func:`processed_frame_indices` of a video of :class:`~dinofeat.video.VideoInfo` ``info``;
+    none (a ``--start`` past its end) is an :class:`InputError`. Callers check with it before
+    loading a model, and :func:`track_to_files` checks with it too.
+
+    >>> from dinofeat.video import VideoInfo
+    >>> frames_to_process(VideoInfo(fps=25.0, frames=10, size_wh=(64, 48)), FrameOptions(start=4, every=3))
+    range(4, 10, 3)
+    """
+    frames = frames or FrameOptions()
+    indices = processed_frame_indices(info.frames, frames)
+    if len(indices) == 0:
+        raise InputError(f"--start {frames.start} is past the end of the video ({info.frames} frames)")
+    return indices

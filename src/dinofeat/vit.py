@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinofeat.errors import InputError
-from dinofeat.options import FACETS
+from dinofeat.options import FACETS, resolve_layers
 from dinofeat.registry import ModelSpec
 
 _QKV_INDEX = {"query": 0, "key": 1, "value": 2}
@@ -58,11 +58,11 @@ class Mlp(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """The giant model's MLP: packed gate+up projection ``w12`` and down projection ``w3``."""
+    """The giant model's MLP: packed gate+up projection ``w12`` and down projection ``w3``;
+    ``hidden`` is the width of each (:attr:`~dinofeat.registry.ModelSpec.ffn_hidden`)."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
         self.w12 = nn.Linear(dim, 2 * hidden)
         self.w3 = nn.Linear(hidden, dim)
 
@@ -138,17 +138,9 @@ class DenseViT(nn.Module):
         return (height - self.patch_size) // stride + 1, (width - self.patch_size) // stride + 1
 
     def resolve_layers(self, layers: Sequence[int]) -> list[int]:
-        """Turn layer indices (negative counts from the end, -1 = last block) into 0-based ones."""
-        depth = len(self.blocks)
-        resolved = []
-        for layer in layers:
-            index = layer + depth if layer < 0 else layer
-            if not 0 <= index < depth:
-                raise InputError(
-                    f"--layer {layer} does not exist: the model has {depth} blocks (0..{depth - 1} or -1..-{depth})"
-                )
-            resolved.append(index)
-        return resolved
+        """Turn layer indices (negative counts from the end, -1 = last block) into 0-based ones
+        (of this model's blocks, fewer than its spec's where it was built with a ``depth``)."""
+        return resolve_layers(layers, len(self.blocks))
 
     def prepare_tokens(self, x: torch.Tensor, stride: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images (B, 3, H, W) -> tokens (B, 1 + R + h*w, C): CLS, registers, patches; and the grid."""
@@ -260,9 +252,8 @@ class DinoVisionTransformer(DenseViT):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + spec.pos_grid**2, dim))
         self.register_tokens = nn.Parameter(torch.zeros(1, spec.num_registers, dim)) if spec.num_registers else None
         self.mask_token = nn.Parameter(torch.zeros(1, dim))  # used in training only; kept for checkpoints
-        hidden = int(dim * spec.mlp_ratio)
         self.blocks = nn.ModuleList(
-            Block(dim, spec.num_heads, hidden, spec.ffn) for _ in range(spec.depth if depth is None else depth)
+            Block(dim, spec.num_heads, spec.ffn_hidden, spec.ffn) for _ in range(spec.depth if depth is None else depth)
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
 

@@ -43,6 +43,11 @@ class _AccessRefused(WeightsError):
     """The Hugging Face hub refused a gated repo: the user has something to do, so it ends the search."""
 
 
+class _Unreadable(WeightsError):
+    """A weights file that is there but cannot be read (damaged, or not a checkpoint): a source that
+    found one ends the search with this error instead of trying the next."""
+
+
 def offline_mode() -> bool:
     """True when ``HF_HUB_OFFLINE`` asks us not to touch the network."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
@@ -131,7 +136,7 @@ def read_checkpoint(path: str | os.PathLike) -> StateDict:
 
 
 def _not_a_checkpoint(path: Path, what: str) -> WeightsError:
-    return WeightsError(
+    return _Unreadable(
         f"cannot read {path}: it is not a PyTorch checkpoint or safetensors file ({what}); {EXPECTED_WEIGHTS}"
     )
 
@@ -222,7 +227,7 @@ def _read_sharded(index: Path) -> StateDict:
     try:
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise WeightsError(f"cannot read {index} as a safetensors shard index ({err})") from err
+        raise _Unreadable(f"cannot read {index} as a safetensors shard index ({err})") from err
     state: StateDict = {}
     for shard in shards:
         state.update(read_checkpoint(index.parent / shard))
@@ -422,11 +427,9 @@ def find_weights(spec: ModelSpec) -> tuple[StateDict, str]:
     for label, fetch in sources:
         try:
             return fetch(spec), label
-        except _AccessRefused:
+        except (_AccessRefused, _Unreadable):
             raise
         except WeightsError as err:
-            if "do not fit" in str(err) or "cannot read" in str(err):
-                raise
             tried.append(f"{label} ({err})")
         except Exception as err:  # noqa: BLE001 - network and cache failures of every kind
             tried.append(f"{label} ({_first_sentence(err)})")

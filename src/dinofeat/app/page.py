@@ -12,7 +12,14 @@ from pathlib import Path
 from dinofeat.app import handlers
 from dinofeat.app.handlers import messages, require_gradio
 from dinofeat.app.session import MAX_POINTS, AppSession
-from dinofeat.options import DEFAULT_MAX_UPLOAD_MB, DEFAULT_MIN_SCORE, DEFAULT_TRAIL
+from dinofeat.options import (
+    COLOR_COMPONENTS,
+    DEFAULT_AUTO,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_MIN_SCORE,
+    DEFAULT_TRAIL,
+    DEFAULT_WINDOW_PATCHES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +199,7 @@ def _match_tab(gr, session: AppSession, resolution, pairs: list) -> None:
         auto = gr.Slider(
             1,
             MAX_POINTS,
-            value=20,
+            value=DEFAULT_AUTO,
             step=1,
             label="Automatic points",
             scale=3,
@@ -280,9 +287,9 @@ def _pca_tab(gr, session: AppSession, resolution, groups: list) -> None:
             info="on the first component, scaled to 0..1 by its percentiles",
         )
         components = gr.Slider(
-            3,
+            COLOR_COMPONENTS,
             32,
-            value=3,
+            value=COLOR_COMPONENTS,
             step=1,
             label="Components",
             info="kept in the downloadable PCA file; the colours use the first three",
@@ -345,7 +352,10 @@ def _track_tab(gr, session: AppSession, resolution, videos: list) -> None:
             run = gr.Button("Track", variant="primary", elem_id="track_run")
     with gr.Row():
         window = gr.Number(
-            0, label="Search radius (pixels)", minimum=0, info="around the last position; 0 = automatic (4 patches)"
+            0,
+            label="Search radius (pixels)",
+            minimum=0,
+            info=f"around the last position; 0 = automatic ({DEFAULT_WINDOW_PATCHES:g} patches)",
         )
         min_score = gr.Slider(
             0, 1, value=DEFAULT_MIN_SCORE, step=0.05, label="Minimum score", info="a weaker match counts as not visible"

@@ -22,6 +22,7 @@ from dinofeat.cache import DEFAULT_CACHE_SIZE, FeatureCache
 from dinofeat.drawing import draw_points
 from dinofeat.errors import InputError
 from dinofeat.options import (
+    COLOR_COMPONENTS,
     DEFAULT_MAX_IMAGE_MEGAPIXELS,
     DEFAULT_MAX_VIDEO_FRAMES,
     AppOptions,
@@ -98,6 +99,13 @@ class VideoView:
     size_wh: tuple[int, int]
     usable_frames: int
     notice: str | None = None
+
+    @property
+    def info(self):
+        """The :class:`~dinofeat.video.VideoInfo` probed (the workflows take it instead of probing again)."""
+        from dinofeat.video import VideoInfo
+
+        return VideoInfo(fps=self.fps, frames=self.frames, size_wh=self.size_wh)
 
 
 @dataclass(frozen=True)
@@ -282,7 +290,7 @@ class AppSession:
         images: Sequence[np.ndarray],
         *,
         foreground: str | float | None = "otsu",
-        components: int = 3,
+        components: int = COLOR_COMPONENTS,
         overlay: float | None = None,
         nearest: bool = False,
         resolution: int | None = None,
@@ -294,7 +302,8 @@ class AppSession:
         Args:
             images: ``(H, W, 3) uint8 RGB`` images.
             foreground: ``"otsu"``, a threshold in [0, 1] on the scaled first component, or None.
-            components: components fitted (at least 3; the colours use the first three).
+            components: components fitted (at least :data:`~dinofeat.options.COLOR_COMPONENTS`, 3, as
+                the page's slider; the colours use the first three).
             overlay: blend the colours over the image with this opacity instead of side by side.
             nearest: crisp patches instead of bilinear upsampling.
             resolution: model resolution for this call (default: the session's).
@@ -304,8 +313,8 @@ class AppSession:
 
         if not images:
             raise InputError("no images: upload one or more, or pick an example")
-        if components < 3:
-            raise InputError(f"need at least 3 components for the colours, got {components}")
+        if components < COLOR_COMPONENTS:  # the slider's minimum (the library would fit 3 and keep fewer)
+            raise InputError(f"need at least {COLOR_COMPONENTS} components for the colours, got {components}")
         options = PCAOptions(components=int(components), foreground=foreground)
         drawing = PCADrawingOptions(overlay=overlay, nearest=nearest)
         result = pca_images(images, self.features_at(resolution), options, nearest=nearest)
@@ -398,6 +407,7 @@ class AppSession:
                 csv_out=csv_path,
                 video_name=name,
                 progress=progress,
+                info=view.info,
             )
         import json
 

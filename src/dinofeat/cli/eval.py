@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_tapvid(args: argparse.Namespace) -> int:
     from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
-    from dinofeat.evaluation import evaluate_tapvid_file, sweep_tapvid, sweep_trackers
+    from dinofeat.evaluation import evaluate_tapvid_file, sweep_tapvid, sweep_trackers, tapvid_sweep_json
     from dinofeat.outputs import check_outputs, check_suffix
     from dinofeat.sweeps import parse_sweeps
     from dinofeat.tapvid import read_tapvid
@@ -108,12 +108,7 @@ def _run_tapvid(args: argparse.Namespace) -> int:
         extractor = make_extractor(model)
         with progress_bar(args, "sweeping", "run") as bar:
             sweep = sweep_tapvid(videos, extractor, grid, options, tracker, progress=bar)
-        document = {
-            "protocol": options.protocol,
-            "resolution": "full" if options.full_resolution else [256, 256],
-            "model": model.model,
-            "sweep": sweep.to_json(),
-        }
+        document = tapvid_sweep_json(sweep, extractor, options)
         table = sweep.format_table()
         line = f"{len(sweep.runs)} settings, best {sweep.best().settings}"
     _write(args, document, table)

@@ -75,17 +75,7 @@ def run(args: argparse.Namespace) -> int:
     points = parse_each(args.point, point_xy, "--point")
     if args.points_file:
         points += read_points_file(args.points_file)
-    ways = [
-        name
-        for name, used in (
-            ("--point/--points-file", bool(points)),
-            ("--grid", args.grid is not None),
-            ("--auto", args.auto is not None),
-        )
-        if used
-    ]
-    if len(ways) > 1:
-        raise InputError(f"give query points in one way only, got {' and '.join(ways)}")
+    options.check_points_given(bool(points), "--point/--points-file")  # before the model loads
     if drawing.heatmap:
         if len(points) != 1:
             raise InputError("--heatmap needs exactly one query point (--point X,Y)")

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
     from dinofeat.errors import InputError
     from dinofeat.outputs import check_outputs, check_suffix
-    from dinofeat.tracking import check_queries, processed_frame_indices, track_to_files
+    from dinofeat.tracking import check_queries, frames_to_process, track_to_files
     from dinofeat.video import probe_video
 
     model = extractor_options(args)
@@ -125,10 +125,8 @@ def run(args: argparse.Namespace) -> int:
     check_suffix(args.csv, (".csv",), "--csv")
     check_outputs(outputs, inputs=[args.video])
 
-    info = probe_video(args.video)
-    indices = processed_frame_indices(info.frames, frames)
-    if len(indices) == 0:
-        raise InputError(f"--start {frames.start} is past the end of the video ({info.frames} frames)")
+    info = probe_video(args.video)  # once: track_to_files is given it
+    indices = frames_to_process(info, frames)  # checked before the model loads
     queries = check_queries(_collect_queries(args, indices[0], info.size_wh), indices, info.size_wh)
     extractor = make_extractor(model, args)
     with progress_bar(args, "tracking", "frame") as bar:
@@ -143,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             json_out=args.json,
             csv_out=args.csv,
             progress=bar,
+            info=info,
         )
     summary(args, f"{tracks.summary()} -> {', '.join(outputs)}")
     return 0
