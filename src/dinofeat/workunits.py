@@ -258,15 +258,13 @@ def track_item(item: Item, extractor, job: TrackJob) -> ItemOutcome:
     track`` would, with the video's dataset path in the JSON); a bad video is an outcome, not raised:
     any error of this video (a decoder's, whatever its type) is its one-line reason, as in
     :func:`decode_image` (an interrupt is raised)."""
-    from dinofeat.tracking import check_queries, processed_frame_indices, track_to_files
+    from dinofeat.tracking import check_queries, frames_to_process, track_to_files
     from dinofeat.video import probe_video
 
     outputs = track_outputs(job.folder, item.path, job.dataset.outputs)
     try:
         info = probe_video(item.file)
-        indices = processed_frame_indices(info.frames, job.frames)
-        if len(indices) == 0:
-            raise InputError(f"--start {job.frames.start} is past the end of the video ({info.frames} frames)")
+        indices = frames_to_process(info, job.frames)
         queries = check_queries(job.queries.for_item(item, indices[0], info.size_wh), indices, info.size_wh)
         track_to_files(
             item.file,
@@ -279,6 +277,7 @@ def track_item(item: Item, extractor, job: TrackJob) -> ItemOutcome:
             json_out=outputs.get("json"),
             csv_out=outputs.get("csv"),
             video_name=item.path,
+            info=info,
         )
     except Exception as err:  # noqa: BLE001 - PyAV and the codecs raise many types; each is this video's error
         return ItemOutcome(item.index, item.path, one_line(err))
