@@ -22,10 +22,11 @@ Between the four patch centres of a grid cell, ``f = sum_k w_k F_k`` with biline
 corner similarities ``d_k = q . F_k`` (one matrix product gives all similarities), and
 ``|f|^2 = w^T G w`` with ``G`` the cell's 4x4 Gram matrix, which does not depend on the query:
 :class:`NormTable` keeps, per target map, the terms that give ``1 / |f|`` at any lattice point and
-its largest and smallest values ``i_max``, ``i_min`` over each cell's lattice points. They are
-computed in float64: where corners nearly cancel (``|f|`` far below 1, as with features centred by a
-PCA), ``|f|^2`` is a small difference of terms near 1 that float32 would get wrong
-(``tests/test_search.py`` checks such maps against a float64 reference).
+its largest and smallest values ``i_max``, ``i_min`` over each cell's lattice points. Where the
+corners nearly cancel (``|f|`` far below 1, as with features centred by a PCA), ``|f|^2`` is a small
+difference of terms near 1 that float32 would get wrong, so such cells are computed in float64
+(``tests/test_search.py`` checks such maps against a float64 reference); every other cell, in
+float32, whose rounding there is below ``BOUND_SLACK``.
 
 **Two upper bounds of every lattice score in a cell.** (1) *The norm bound.* A bilinear function
 reaches its maximum over a cell at a corner (it is affine along each axis), so
@@ -65,6 +66,10 @@ BOUND_SLACK = 1e-6
 #: (its float64 inverse is then accurate to ~1e-8); elsewhere (near-parallel corners) the cell keeps
 #: the norm bound alone, which is tight there.
 SPAN_MIN_EIGENVALUE = 1e-8
+#: Cells whose interpolated features all have ``|f|^2`` at least this get their norms in float32
+#: (absolute rounding of ``|f|^2`` ~3e-7, so a relative error of ~1e-6 in ``1/|f|`` at worst); cells
+#: with a smaller norm somewhere get them in float64 (float32 is ~4x faster where it is enough).
+FLOAT32_MIN_NORM2 = 0.25
 _PAIR_I, _PAIR_J = torch.triu_indices(4, 4)
 #: Queries searched together (bounds memory).
 DEFAULT_CHUNK = 256
@@ -118,7 +123,7 @@ class NormTable:
     """
 
     def __init__(self, target: FeatureMap, *, chunk_cells: int = 512) -> None:
-        feats = F.normalize(target.features.float(), dim=-1)
+        feats = F.normalize(target.features.double(), dim=-1)  # float64 for the Gram matrices
         h, w = target.grid_hw
         hp, wp = max(h, 2), max(w, 2)
         if (hp, wp) != (h, w):
@@ -127,16 +132,31 @@ class NormTable:
         self.grid_hw, self.padded_hw = (h, w), (hp, wp)
         self.stride = int(target.stride)
         self.steps = SUBDIVISIONS * self.stride
-        self.feats = feats.reshape(hp * wp, -1)
+        feats64 = feats.reshape(hp * wp, -1)
+        self.feats = feats64.float()
         rows, cols = torch.meshgrid(torch.arange(hp - 1), torch.arange(wp - 1), indexing="ij")
         top_left = (rows * wp + cols).reshape(-1).to(self.device)
         self.corners = torch.stack((top_left, top_left + 1, top_left + wp, top_left + wp + 1), dim=1)  # (cells, 4)
-        gram = self._gram(chunk_cells)
+        gram = self._gram(feats64, chunk_cells)
         self._span_tables(gram)
         self.edge_terms = self._edge_terms(gram)  # (cells, steps + 1, 3) float64
         fy = torch.arange(self.steps + 1, device=self.device, dtype=torch.float64) / self.steps
-        self.row_weights = torch.stack(((1 - fy) ** 2, 2 * fy * (1 - fy), fy**2), dim=1)  # (steps + 1, 3)
-        self._tabulate(chunk_cells)
+        self.row_powers = torch.stack((torch.ones_like(fy), fy, fy**2), dim=1)  # (steps + 1, 3): 1, b, b^2
+        self.edge_terms32, self.row_powers32 = self.edge_terms.float(), self.row_powers.float()
+        n_cells = len(self.corners)
+        self.cell_max = torch.empty(n_cells, device=self.device)
+        self.cell_min = torch.empty(n_cells, device=self.device)
+        self.needs_float64 = torch.zeros(n_cells, dtype=torch.bool, device=self.device)
+        self._tabulate(torch.arange(n_cells, device=self.device), chunk_cells)
+        self.needs_float64 = self.cell_max**2 > 1 / FLOAT32_MIN_NORM2
+        self._tabulate(torch.nonzero(self.needs_float64)[:, 0], chunk_cells)
+        # the cells that need float64 get their corner similarities in float64 too (float32's ~1e-7
+        # in q . F_k is divided by |f| there): their corner patches' features are kept in float64
+        self.wide_cells = torch.nonzero(self.needs_float64)[:, 0]  # (W,)
+        self.wide_slot = torch.full((n_cells,), -1, dtype=torch.long, device=self.device)
+        self.wide_slot[self.wide_cells] = torch.arange(len(self.wide_cells), device=self.device)
+        patches, self._wide_corner_slots = torch.unique(self.corners[self.wide_cells], return_inverse=True)
+        self._wide_feats64 = feats64[patches]  # (P, C): the distinct corner patches of those cells
 
     @property
     def cells_hw(self) -> tuple[int, int]:
@@ -148,28 +168,31 @@ class NormTable:
         hp, wp = self.padded_hw
         return self.steps * (hp - 1) + 1, self.steps * (wp - 1) + 1
 
-    def _gram(self, chunk_cells: int) -> torch.Tensor:
+    def _gram(self, feats64: torch.Tensor, chunk_cells: int) -> torch.Tensor:
         """Each cell's 4x4 Gram matrix of its corner features ``(cells, 4, 4)``, in float64: where
         the corners nearly cancel (``|f|`` much below 1, as after a mean-subtracted PCA), ``|f|^2``
         is a small difference of terms near 1, and float32 would lose the digits the scores need."""
         gram = torch.empty(len(self.corners), 4, 4, dtype=torch.float64, device=self.device)
         for start in range(0, len(self.corners), chunk_cells):  # bounded memory: C float64s per corner
-            c = self.feats[self.corners[start : start + chunk_cells]].double()
+            c = feats64[self.corners[start : start + chunk_cells]]
             gram[start : start + chunk_cells] = c @ c.transpose(1, 2)
         return gram
 
     def _edge_terms(self, gram: torch.Tensor) -> torch.Tensor:
-        """Per cell and lattice column ``a``: ``|f_top(a)|^2``, ``f_top(a) . f_bottom(a)`` and
-        ``|f_bottom(a)|^2``, where ``f_top``/``f_bottom`` interpolate the top/bottom corner pairs;
-        then ``|f(a, b)|^2 = (1-b)^2 T0 + 2 b (1-b) T1 + b^2 T2`` (separable, so the lattice's
-        norms cost three terms per point instead of a 4x4 quadratic form). Float64, like ``gram``."""
+        """Per cell and lattice column ``a``, the coefficients ``(A, B, C)`` of ``|f(a, b)|^2 = A + B b
+        + C b^2`` along the column (``b`` the row fraction): with ``T0 = |f_top(a)|^2``, ``T1 =
+        f_top(a) . f_bottom(a)``, ``T2 = |f_bottom(a)|^2`` (``f_top``/``f_bottom`` interpolate the
+        top/bottom corner pairs), ``A = T0``, ``B = 2 (T1 - T0)``, ``C = T0 - 2 T1 + T2``. Separable,
+        so the lattice's norms cost three terms per point instead of a 4x4 quadratic form; in
+        float64, like ``gram``, and in differences, so that a constant column has ``B = C = 0`` and
+        its norms are exactly ``A`` in float32 too (ties stay ties)."""
         g = lambda i, j: gram[:, i, j][:, None]
         fx = (torch.arange(self.steps + 1, device=self.device, dtype=torch.float64) / self.steps)[None]
         l2, lr, r2 = (1 - fx) ** 2, fx * (1 - fx), fx**2
         top = l2 * g(0, 0) + 2 * lr * g(0, 1) + r2 * g(1, 1)
         cross = l2 * g(0, 2) + lr * (g(0, 3) + g(1, 2)) + r2 * g(1, 3)
         bottom = l2 * g(2, 2) + 2 * lr * g(2, 3) + r2 * g(3, 3)
-        return torch.stack((top, cross, bottom), dim=-1)
+        return torch.stack((top, 2 * (cross - top), top - 2 * cross + bottom), dim=-1)
 
     def _span_tables(self, gram: torch.Tensor) -> None:
         """Float64 coefficients of the quadratic form ``d^T G^-1 d`` of each cell (for
@@ -180,6 +203,14 @@ class NormTable:
         inverse = torch.linalg.inv(torch.where(self.span_ok[:, None, None], g64, eye))
         twice = torch.where(_PAIR_I == _PAIR_J, 1.0, 2.0).double().to(self.device)
         self.span_coefficients = inverse[:, _PAIR_I, _PAIR_J] * twice  # (cells, 10): the upper triangle
+
+    def wide_corner_dots(self, queries: torch.Tensor) -> torch.Tensor | None:
+        """``(n, W, 4)`` float64: the similarities of unit ``queries`` ``(n, C)`` with the four
+        corners of each cell that needs float64 (``wide_cells``; ``wide_slot`` maps a cell to its
+        index here), one matrix product; None where no cell does."""
+        if len(self.wide_cells) == 0:
+            return None
+        return (queries.double() @ self._wide_feats64.T)[:, self._wide_corner_slots]
 
     def span_bound(self, corner: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """``(m,)``: the largest cosine of each query with any vector in the span of its cell's four
@@ -194,19 +225,23 @@ class NormTable:
 
     def inverse_norms(self, cells: torch.Tensor) -> torch.Tensor:
         """``1 / |f|`` at every lattice point of ``cells`` (offsets ``0 .. steps`` each way):
-        ``(len(cells), steps + 1, steps + 1)`` float32, computed in float64. (Recomputed per scored
-        cell: keeping the whole lattice's table measured slower to build than it saved.)"""
-        norm2 = self.row_weights @ self.edge_terms[cells].transpose(1, 2)
-        return norm2.clamp_min(1e-12).rsqrt().float()
+        ``(len(cells), steps + 1, steps + 1)`` float32; computed in float64 for the cells that need
+        it (``needs_float64``, see ``FLOAT32_MIN_NORM2``). (Recomputed per scored cell: keeping the
+        whole lattice's table measured slower to build than it saved.)"""
+        wide = self.needs_float64[cells]
+        inverse = (self.row_powers32 @ self.edge_terms32[cells].transpose(1, 2)).clamp_min(1e-12).rsqrt()
+        if wide.any():
+            norm2 = self.row_powers @ self.edge_terms[cells[wide]].transpose(1, 2)
+            inverse[wide] = norm2.clamp_min(1e-12).rsqrt().float()
+        return inverse
 
-    def _tabulate(self, chunk_cells: int) -> None:
-        """The largest and smallest inverse norm over each cell's lattice points (for the cell
-        bounds), computed chunk by chunk (the full lattice table is never held at once)."""
-        n_cells = len(self.corners)
-        self.cell_max = torch.empty(n_cells, device=self.device)
-        self.cell_min = torch.empty(n_cells, device=self.device)
-        for start in range(0, n_cells, chunk_cells):
-            part = torch.arange(start, min(start + chunk_cells, n_cells), device=self.device)
+    def _tabulate(self, cells: torch.Tensor, chunk_cells: int) -> None:
+        """The largest and smallest inverse norm over the lattice points of each of ``cells`` (for
+        the cell bounds), chunk by chunk (the full lattice table is never held at once). Run first on
+        every cell in float32, then again on the cells that this shows need float64: float32's
+        rounding of ``|f|^2`` (~3e-7) is far below the margin of ``FLOAT32_MIN_NORM2``."""
+        for start in range(0, len(cells), chunk_cells):
+            part = cells[start : start + chunk_cells]
             inv = self.inverse_norms(part).reshape(len(part), -1)
             self.cell_max[part], self.cell_min[part] = inv.amax(dim=1), inv.amin(dim=1)
 
@@ -314,28 +349,49 @@ class Found:
 
 
 def cell_bounds(
-    sim: torch.Tensor, table: NormTable, floor: torch.Tensor | None = None
+    sim: torch.Tensor, table: NormTable, floor: torch.Tensor | None = None, wide_dots: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query and cell: the four corner similarities ``(n, cells, 4)`` and the cell's upper
     bound ``(n, cells)`` of every lattice score inside (see the module docstring): the norm bound,
     tightened by the span bound (:meth:`NormTable.span_bound`) where the norm bound reaches
-    ``floor`` ``(n,)`` (a score known to be reached; cells below it are not searched anyway)."""
-    corner = sim.reshape(len(sim), -1)[:, table.corners]  # (n, cells, 4)
-    top = corner.amax(dim=-1)
-    bound = torch.where(top > 0, top * table.cell_max, top * table.cell_min) + BOUND_SLACK
-    wanted = (top > 0) & (bound >= (floor[:, None] if floor is not None else -math.inf))
+    ``floor`` ``(n,)`` (a score known to be reached; cells below it are not searched anyway).
+    ``sim`` ``(n, h, w)``: the queries' similarities with the padded grid; ``wide_dots``: their
+    :meth:`NormTable.wide_corner_dots` (needed where the table has cells that need float64: their
+    span bounds use them). The norm bound's slack is ``BOUND_SLACK * i_max``: a similarity's
+    rounding is multiplied by up to ``i_max``."""
+    corner, bound = norm_bounds(sim, table)
+    wanted = (corner.amax(dim=-1) > 0) & (bound >= (floor[:, None] if floor is not None else -math.inf))
     rows, cells = torch.nonzero(wanted, as_tuple=True)
-    tighter = table.span_bound(corner[rows, cells], cells) + BOUND_SLACK
-    bound[rows, cells] = torch.minimum(bound[rows, cells], tighter)
+    bound[rows, cells] = torch.minimum(bound[rows, cells], span_bounds(corner, rows, cells, table, wide_dots))
     return corner, bound
 
 
-def branch_and_bound(sim: torch.Tensor, table: NormTable, region: Region, *, max_cells: int | None = None) -> Found:
-    """The best lattice point of ``region`` for each query's similarity map ``sim`` ``(n, h, w)``
-    (similarities with the padded grid of ``table``)."""
+def norm_bounds(sim: torch.Tensor, table: NormTable) -> tuple[torch.Tensor, torch.Tensor]:
+    """The corner similarities ``(n, cells, 4)`` and the norm bound ``(n, cells)`` of every cell
+    (see :func:`cell_bounds`), for similarities ``sim`` ``(n, h, w)`` with the padded grid."""
+    corner = sim.reshape(len(sim), -1)[:, table.corners]  # (n, cells, 4)
+    top = corner.amax(dim=-1)
+    bound = torch.where(top > 0, top * table.cell_max, top * table.cell_min) + BOUND_SLACK * table.cell_max
+    return corner, bound
+
+
+def span_bounds(corner, rows, cells, table: NormTable, wide_dots) -> torch.Tensor:
+    """``(m,)``: the span bound (:meth:`NormTable.span_bound`, plus ``BOUND_SLACK``) of (query
+    ``rows``, ``cells``) pairs, from ``corner`` (see :func:`cell_bounds`)."""
+    return table.span_bound(_corner_dots(corner, rows, cells, table, wide_dots), cells) + BOUND_SLACK
+
+
+def branch_and_bound(
+    sim: torch.Tensor, queries: torch.Tensor, table: NormTable, region: Region, *, max_cells: int | None = None
+) -> Found:
+    """The best lattice point of ``region`` for each unit query ``queries`` ``(n, C)``, whose
+    similarities with the padded grid of ``table`` are ``sim`` ``(n, h, w)``. (Tightening cells with
+    the span bound lazily, when they come up to be scored, measured 4x slower: cells are then tried
+    in the order of the looser bound.)"""
     n, device = len(sim), sim.device
     ch, cw = table.cells_hw
-    corner, remaining = cell_bounds(sim, table, _centre_floor(sim, table, region))
+    wide_dots = table.wide_corner_dots(queries)
+    corner, remaining = cell_bounds(sim, table, _centre_floor(sim, table, region), wide_dots)
     k0 = (torch.arange(ch * cw, device=device) % cw) * table.steps
     r0 = (torch.arange(ch * cw, device=device) // cw) * table.steps
     boxes = torch.stack((k0, r0, k0 + table.steps, r0 + table.steps), dim=-1)
@@ -356,11 +412,12 @@ def branch_and_bound(sim: torch.Tensor, table: NormTable, region: Region, *, max
         if max_cells is not None:
             take = min(take, limit - int(visited[active].min()))
         bounds, cells = remaining[active].topk(take, dim=1)  # the best bounds first
+        rows = active[:, None].expand_as(cells)
         use = (bounds >= best[active, None]) & (bounds > -math.inf)
         use &= (visited[active, None] + torch.arange(take, device=device)) < limit
-        remaining[active[:, None].expand_as(cells)[use], cells[use]] = -math.inf
+        remaining[rows[use], cells[use]] = -math.inf
         visited[active] += use.sum(dim=1)
-        _score_cells(sim, corner, table, region, active[:, None].expand_as(cells)[use], cells[use], best, best_index)
+        _score_cells(corner, wide_dots, table, region, rows[use], cells[use], best, best_index)
         size *= 2
     capped = (visited >= limit) & (remaining.amax(dim=1) >= best) & (remaining.amax(dim=1) > -math.inf)
     return Found(best_index, best, capped)
@@ -381,8 +438,8 @@ def _centre_floor(sim: torch.Tensor, table: NormTable, region: Region) -> torch.
 
 
 def _score_cells(
-    sim,
     corner,
+    wide_dots,
     table: NormTable,
     region: Region,
     q_rows: torch.Tensor,
@@ -390,20 +447,23 @@ def _score_cells(
     best: torch.Tensor,
     best_index: torch.Tensor,
 ) -> None:
-    """Score every lattice point of (query, cell) pairs exactly; updates ``best``/``best_index`` in place."""
+    """Score every lattice point of (query, cell) pairs exactly (in float64 for the cells that need
+    it); updates ``best``/``best_index`` in place."""
     side = table.steps + 1
     chunk = max(1, _POINTS_PER_CHUNK // (side * side))
     lattice_w = table.lattice_hw[1]
     _, cw = table.cells_hw
-    span = torch.arange(side, device=sim.device)
-    frac = span.float() / table.steps
+    span = torch.arange(side, device=corner.device)
+    frac = span.double() / table.steps
     for start in range(0, len(cells), chunk):  # bounded memory
         rows_q, part = q_rows[start : start + chunk], cells[start : start + chunk]
-        d = corner[rows_q, part]  # (m, 4)
-        top = d[:, :1] * (1 - frac) + d[:, 1:2] * frac  # (m, side) along the row (x)
-        bottom = d[:, 2:3] * (1 - frac) + d[:, 3:4] * frac
-        dots = top[:, None, :] * (1 - frac)[None, :, None] + bottom[:, None, :] * frac[None, :, None]
-        scores = (dots * table.inverse_norms(part)).reshape(len(part), -1)  # (m, side * side), raster order
+        inverse = table.inverse_norms(part)
+        scores = _interpolate(corner[rows_q, part], frac.float()) * inverse  # (m, side, side)
+        wide = table.needs_float64[part]
+        if wide.any():
+            d = wide_dots[rows_q[wide], table.wide_slot[part[wide]]]
+            scores[wide] = (_interpolate(d, frac) * inverse[wide].double()).float()
+        scores = scores.reshape(len(part), -1)  # (m, side * side), raster order
         row0, col0 = (part // cw) * table.steps, (part % cw) * table.steps
         if not region.everything:
             k = (col0[:, None, None] + span[None, None, :]).expand(-1, side, -1).reshape(len(part), -1)
@@ -412,6 +472,24 @@ def _score_cells(
         top_score, arg = scores.max(dim=1)  # the first maximum: raster order within the cell
         index = (row0 + arg // side) * lattice_w + col0 + arg % side
         _update(rows_q, top_score[:, None], index[:, None], best, best_index)
+
+
+def _corner_dots(corner, rows, cells, table: NormTable, wide_dots) -> torch.Tensor:
+    """``(m, 4)`` float64 corner similarities of (query ``rows``, ``cells``) pairs: from ``corner``
+    (float32), or exact from ``wide_dots`` for the cells that need float64."""
+    d = corner[rows, cells].double()
+    wide = table.needs_float64[cells]
+    if wide.any():
+        d[wide] = wide_dots[rows[wide], table.wide_slot[cells[wide]]]
+    return d
+
+
+def _interpolate(d: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+    """Bilinear interpolation of corner values ``d`` ``(m, 4)`` (top-left, top-right, bottom-left,
+    bottom-right) at fractions ``frac`` ``(side,)`` each way: ``(m, side, side)`` (row, column)."""
+    top = d[:, :1] * (1 - frac) + d[:, 1:2] * frac  # (m, side) along the row (x)
+    bottom = d[:, 2:3] * (1 - frac) + d[:, 3:4] * frac
+    return top[:, None, :] * (1 - frac)[None, :, None] + bottom[:, None, :] * frac[None, :, None]
 
 
 def _update(
@@ -499,13 +577,13 @@ def locate(
         part = slice(start, start + chunk_size)
         sim = _padded_similarity(q[part], table)
         region = Region.whole(len(sim), table)
-        found = branch_and_bound(sim, table, region, max_cells=max_cells)
+        found = branch_and_bound(sim, q[part], table, region, max_cells=max_cells)
         grid_uv[part], scores[part], capped[part] = lattice_to_grid(found.index, table), found.score, found.capped
         if exclusion is not None:
             lattice_w = table.lattice_hw[1]
             best_kl = torch.stack((found.index % lattice_w, found.index // lattice_w), dim=-1)
             second = branch_and_bound(
-                sim, table, region.excluding(best_kl, exclusion, table.steps), max_cells=max_cells
+                sim, q[part], table, region.excluding(best_kl, exclusion, table.steps), max_cells=max_cells
             )
             runner_up[part] = second.score.clamp_min(-1.0)
             capped[part] |= second.capped
@@ -563,7 +641,7 @@ def refine_peaks(
     for start in range(0, len(q), max(1, chunk_size)):
         part = slice(start, start + chunk_size)
         sim = _padded_similarity(q[part], table)
-        found = branch_and_bound(sim, table, Region.around(centres[part], float(radius), table))
+        found = branch_and_bound(sim, q[part], table, Region.around(centres[part], float(radius), table))
         grid_uv[part], scores[part] = lattice_to_grid(found.index, table), found.score
     return target.grid_to_pixel(grid_uv).float(), scores
 
