@@ -37,7 +37,8 @@ their bounds; otherwise ``s(p) < 0 < D * i_max``); if ``D <= 0``,
 (2) *The span bound.* Every ``f(p)`` lies in the span of the four corners, so
 ``s(p) <= |projection of q on that span| = sqrt(d^T G^-1 d)`` (computed in float64 from the same
 ``d`` and ``G`` the scores use, where ``G`` is well conditioned; :meth:`NormTable.span_bound`).
-A cell's bound is the smaller of the two, plus ``BOUND_SLACK`` against float32 rounding.
+A cell's bound is the smaller of the two, each plus a slack against float32 rounding (``BOUND_SLACK``;
+``BOUND_SLACK * i_max`` for the norm bound, as a similarity's rounding is multiplied by ``1 / |f|``).
 ``tests/test_search.py`` checks them against every lattice point on several kinds of maps.
 
 **The search.** Cells are visited in rounds, vectorised over queries, best bound first; a visited
