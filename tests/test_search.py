@@ -168,7 +168,7 @@ def test_bounds_hold_at_every_lattice_point(field):
     table = NormTable(fmap)
     unit = F.normalize(queries, dim=-1)
     sim = (unit @ table.feats.T).reshape(len(queries), *table.padded_hw)
-    _, bound = cell_bounds(sim, table, wide_dots=table.wide_corner_dots(unit))
+    _, bound = cell_bounds(sim, table)
     cos = brute_force(fmap, queries)
     ch, cw = table.cells_hw
     grid = lattice(fmap)
@@ -322,7 +322,7 @@ def test_a_window_without_lattice_points_gives_nan_and_minus_infinity():
 
 def test_only_maps_with_near_cancelling_cells_are_searched_in_float64():
     """Float64 costs ~4x on a CPU: ordinary maps keep float32 norms and similarities."""
-    ordinary = NormTable(_map(smooth_field(4, 5)))
-    assert not ordinary.needs_float64.any() and ordinary.wide_corner_dots(torch.ones(2, 24)) is None
+    assert not NormTable(_map(smooth_field(4, 5))).needs_float64.any()
     table = NormTable(_map(_alternating(4, 5, 0.03)))
-    assert table.needs_float64.any() and table.wide_corner_dots(torch.ones(2, 24)).dtype == torch.float64
+    wide = torch.nonzero(table.needs_float64)[:, 0]
+    assert len(wide) and table.exact_corner_dots(torch.ones(len(wide), 24), wide).dtype == torch.float64

@@ -205,13 +205,11 @@ class NormTable:
         twice = torch.where(_PAIR_I == _PAIR_J, 1.0, 2.0).double().to(self.device)
         self.span_coefficients = inverse[:, _PAIR_I, _PAIR_J] * twice  # (cells, 10): the upper triangle
 
-    def wide_corner_dots(self, queries: torch.Tensor) -> torch.Tensor | None:
-        """``(n, W, 4)`` float64: the similarities of unit ``queries`` ``(n, C)`` with the four
-        corners of each cell that needs float64 (``wide_cells``; ``wide_slot`` maps a cell to its
-        index here), one matrix product; None where no cell does."""
-        if len(self.wide_cells) == 0:
-            return None
-        return (queries.double() @ self._wide_feats64.T)[:, self._wide_corner_slots]
+    def exact_corner_dots(self, queries: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """``(m, 4)`` float64: the similarities of unit ``queries`` ``(m, C)`` with the four corners
+        of their ``cells`` ``(m,)``, cells that need float64 (``needs_float64``)."""
+        corners = self._wide_feats64[self._wide_corner_slots[self.wide_slot[cells]]]  # (m, 4, C)
+        return (corners @ queries.double()[:, :, None])[..., 0]
 
     def span_bound(self, corner: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """``(m,)``: the largest cosine of each query with any vector in the span of its cell's four
@@ -350,20 +348,20 @@ class Found:
 
 
 def cell_bounds(
-    sim: torch.Tensor, table: NormTable, floor: torch.Tensor | None = None, wide_dots: torch.Tensor | None = None
+    sim: torch.Tensor, table: NormTable, floor: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query and cell: the four corner similarities ``(n, cells, 4)`` and the cell's upper
     bound ``(n, cells)`` of every lattice score inside (see the module docstring): the norm bound,
     tightened by the span bound (:meth:`NormTable.span_bound`) where the norm bound reaches
     ``floor`` ``(n,)`` (a score known to be reached; cells below it are not searched anyway).
-    ``sim`` ``(n, h, w)``: the queries' similarities with the padded grid; ``wide_dots``: their
-    :meth:`NormTable.wide_corner_dots` (needed where the table has cells that need float64: their
-    span bounds use them). The norm bound's slack is ``BOUND_SLACK * i_max``: a similarity's
-    rounding is multiplied by up to ``i_max``."""
+    ``sim`` ``(n, h, w)``: the queries' similarities with the padded grid (float32). Both bounds'
+    slack is ``BOUND_SLACK * i_max``: the cells that need float64 are scored from exact corner
+    similarities, which differ from these by float32 rounding (< ``BOUND_SLACK``) times at most
+    ``i_max``."""
     corner, bound = norm_bounds(sim, table)
     wanted = (corner.amax(dim=-1) > 0) & (bound >= (floor[:, None] if floor is not None else -math.inf))
     rows, cells = torch.nonzero(wanted, as_tuple=True)
-    bound[rows, cells] = torch.minimum(bound[rows, cells], span_bounds(corner, rows, cells, table, wide_dots))
+    bound[rows, cells] = torch.minimum(bound[rows, cells], span_bounds(corner, rows, cells, table))
     return corner, bound
 
 
@@ -376,10 +374,10 @@ def norm_bounds(sim: torch.Tensor, table: NormTable) -> tuple[torch.Tensor, torc
     return corner, bound
 
 
-def span_bounds(corner, rows, cells, table: NormTable, wide_dots) -> torch.Tensor:
-    """``(m,)``: the span bound (:meth:`NormTable.span_bound`, plus ``BOUND_SLACK``) of (query
-    ``rows``, ``cells``) pairs, from ``corner`` (see :func:`cell_bounds`)."""
-    return table.span_bound(_corner_dots(corner, rows, cells, table, wide_dots), cells) + BOUND_SLACK
+def span_bounds(corner: torch.Tensor, rows: torch.Tensor, cells: torch.Tensor, table: NormTable) -> torch.Tensor:
+    """``(m,)``: the span bound (:meth:`NormTable.span_bound`, plus its slack) of (query ``rows``,
+    ``cells``) pairs, from ``corner`` (see :func:`cell_bounds`)."""
+    return table.span_bound(corner[rows, cells], cells) + BOUND_SLACK * table.cell_max[cells]
 
 
 def branch_and_bound(
@@ -391,8 +389,7 @@ def branch_and_bound(
     in the order of the looser bound.)"""
     n, device = len(sim), sim.device
     ch, cw = table.cells_hw
-    wide_dots = table.wide_corner_dots(queries)
-    corner, remaining = cell_bounds(sim, table, _centre_floor(sim, table, region), wide_dots)
+    corner, remaining = cell_bounds(sim, table, _centre_floor(sim, table, region))
     k0 = (torch.arange(ch * cw, device=device) % cw) * table.steps
     r0 = (torch.arange(ch * cw, device=device) // cw) * table.steps
     boxes = torch.stack((k0, r0, k0 + table.steps, r0 + table.steps), dim=-1)
@@ -418,7 +415,7 @@ def branch_and_bound(
         use &= (visited[active, None] + torch.arange(take, device=device)) < limit
         remaining[rows[use], cells[use]] = -math.inf
         visited[active] += use.sum(dim=1)
-        _score_cells(corner, wide_dots, table, region, rows[use], cells[use], best, best_index)
+        _score_cells(corner, queries, table, region, rows[use], cells[use], best, best_index)
         size *= 2
     capped = (visited >= limit) & (remaining.amax(dim=1) >= best) & (remaining.amax(dim=1) > -math.inf)
     return Found(best_index, best, capped)
@@ -440,7 +437,7 @@ def _centre_floor(sim: torch.Tensor, table: NormTable, region: Region) -> torch.
 
 def _score_cells(
     corner,
-    wide_dots,
+    queries,
     table: NormTable,
     region: Region,
     q_rows: torch.Tensor,
@@ -462,7 +459,7 @@ def _score_cells(
         scores = _interpolate(corner[rows_q, part], frac.float()) * inverse  # (m, side, side)
         wide = table.needs_float64[part]
         if wide.any():
-            d = wide_dots[rows_q[wide], table.wide_slot[part[wide]]]
+            d = table.exact_corner_dots(queries[rows_q[wide]], part[wide])
             scores[wide] = (_interpolate(d, frac) * inverse[wide].double()).float()
         scores = scores.reshape(len(part), -1)  # (m, side * side), raster order
         row0, col0 = (part // cw) * table.steps, (part % cw) * table.steps
@@ -473,16 +470,6 @@ def _score_cells(
         top_score, arg = scores.max(dim=1)  # the first maximum: raster order within the cell
         index = (row0 + arg // side) * lattice_w + col0 + arg % side
         _update(rows_q, top_score[:, None], index[:, None], best, best_index)
-
-
-def _corner_dots(corner, rows, cells, table: NormTable, wide_dots) -> torch.Tensor:
-    """``(m, 4)`` float64 corner similarities of (query ``rows``, ``cells``) pairs: from ``corner``
-    (float32), or exact from ``wide_dots`` for the cells that need float64."""
-    d = corner[rows, cells].double()
-    wide = table.needs_float64[cells]
-    if wide.any():
-        d[wide] = wide_dots[rows[wide], table.wide_slot[cells[wide]]]
-    return d
 
 
 def _interpolate(d: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
