@@ -138,8 +138,15 @@ def click_image(page, selector: str, fx: float, fy: float) -> tuple[int, int]:
 
 
 def natural_size(page, selector: str) -> tuple[int, int]:
-    """The natural size of the image shown, once it is decoded (a new ``src`` loads a moment)."""
-    script = "e => e.decode().then(() => [e.naturalWidth, e.naturalHeight])"
+    """The natural size of the image shown, once it is decoded (a new ``src`` loads a moment; a
+    decode is rejected when the app swaps the ``src`` meanwhile, as after a click, so it is retried)."""
+    script = """async e => {
+        for (let tries = 0; tries < 100; tries++) {
+            try { await e.decode(); return [e.naturalWidth, e.naturalHeight]; }
+            catch (err) { await new Promise(done => setTimeout(done, 50)); }
+        }
+        throw new Error("the image never decoded");
+    }"""
     return tuple(page.locator(f"{selector} img").first.evaluate(script))
 
 
