@@ -150,13 +150,13 @@ class NormTable:
         self.needs_float64 = torch.zeros(n_cells, dtype=torch.bool, device=self.device)
         self._tabulate(torch.arange(n_cells, device=self.device), chunk_cells)
         self.needs_float64 = self.cell_max**2 > 1 / FLOAT32_MIN_NORM2
-        self._tabulate(torch.nonzero(self.needs_float64)[:, 0], chunk_cells)
+        wide_cells = torch.nonzero(self.needs_float64)[:, 0]  # (W,)
+        self._tabulate(wide_cells, chunk_cells)
         # the cells that need float64 get their corner similarities in float64 too (float32's ~1e-7
         # in q . F_k is divided by |f| there): their corner patches' features are kept in float64
-        self.wide_cells = torch.nonzero(self.needs_float64)[:, 0]  # (W,)
-        self.wide_slot = torch.full((n_cells,), -1, dtype=torch.long, device=self.device)
-        self.wide_slot[self.wide_cells] = torch.arange(len(self.wide_cells), device=self.device)
-        patches, self._wide_corner_slots = torch.unique(self.corners[self.wide_cells], return_inverse=True)
+        self._wide_slot = torch.full((n_cells,), -1, dtype=torch.long, device=self.device)
+        self._wide_slot[wide_cells] = torch.arange(len(wide_cells), device=self.device)
+        patches, self._wide_corner_slots = torch.unique(self.corners[wide_cells], return_inverse=True)
         self._wide_feats64 = feats64[patches]  # (P, C): the distinct corner patches of those cells
 
     @property
@@ -208,7 +208,7 @@ class NormTable:
     def exact_corner_dots(self, queries: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """``(m, 4)`` float64: the similarities of unit ``queries`` ``(m, C)`` with the four corners
         of their ``cells`` ``(m,)``, cells that need float64 (``needs_float64``)."""
-        corners = self._wide_feats64[self._wide_corner_slots[self.wide_slot[cells]]]  # (m, 4, C)
+        corners = self._wide_feats64[self._wide_corner_slots[self._wide_slot[cells]]]  # (m, 4, C)
         return (corners @ queries.double()[:, :, None])[..., 0]
 
     def span_bound(self, corner: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
@@ -358,26 +358,14 @@ def cell_bounds(
     slack is ``BOUND_SLACK * i_max``: the cells that need float64 are scored from exact corner
     similarities, which differ from these by float32 rounding (< ``BOUND_SLACK``) times at most
     ``i_max``."""
-    corner, bound = norm_bounds(sim, table)
-    wanted = (corner.amax(dim=-1) > 0) & (bound >= (floor[:, None] if floor is not None else -math.inf))
-    rows, cells = torch.nonzero(wanted, as_tuple=True)
-    bound[rows, cells] = torch.minimum(bound[rows, cells], span_bounds(corner, rows, cells, table))
-    return corner, bound
-
-
-def norm_bounds(sim: torch.Tensor, table: NormTable) -> tuple[torch.Tensor, torch.Tensor]:
-    """The corner similarities ``(n, cells, 4)`` and the norm bound ``(n, cells)`` of every cell
-    (see :func:`cell_bounds`), for similarities ``sim`` ``(n, h, w)`` with the padded grid."""
     corner = sim.reshape(len(sim), -1)[:, table.corners]  # (n, cells, 4)
     top = corner.amax(dim=-1)
     bound = torch.where(top > 0, top * table.cell_max, top * table.cell_min) + BOUND_SLACK * table.cell_max
+    wanted = (top > 0) & (bound >= (floor[:, None] if floor is not None else -math.inf))
+    rows, cells = torch.nonzero(wanted, as_tuple=True)
+    tighter = table.span_bound(corner[rows, cells], cells) + BOUND_SLACK * table.cell_max[cells]
+    bound[rows, cells] = torch.minimum(bound[rows, cells], tighter)
     return corner, bound
-
-
-def span_bounds(corner: torch.Tensor, rows: torch.Tensor, cells: torch.Tensor, table: NormTable) -> torch.Tensor:
-    """``(m,)``: the span bound (:meth:`NormTable.span_bound`, plus its slack) of (query ``rows``,
-    ``cells``) pairs, from ``corner`` (see :func:`cell_bounds`)."""
-    return table.span_bound(corner[rows, cells], cells) + BOUND_SLACK * table.cell_max[cells]
 
 
 def branch_and_bound(
