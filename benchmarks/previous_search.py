@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dinofeat.features import FeatureMap
+from dinofeat.search import similarity  # unchanged since then: one matrix product
 
 #: Global search: grid cells searched per query in the first round of the branch and bound ...
 CELLS_PER_ROUND = 4
@@ -31,27 +32,6 @@ FINE_REACH_PX = 1.5
 RATIO_EXCLUSION = 1.5
 #: Queries searched together (bounds memory).
 DEFAULT_CHUNK = 256
-
-
-def similarity(queries: torch.Tensor, target: FeatureMap) -> torch.Tensor:
-    """Cosine similarity of every query with every patch of ``target``, as one matrix product.
-
-    Args:
-        queries: ``(N, C)`` float query features (L2-normalised here if they are not already).
-        target: feature map with ``(h, w, C)`` features (normalised here; a no-op if already).
-
-    Returns:
-        ``(N, h, w)`` float32 cosine similarities in [-1, 1], on the target's device.
-
-    >>> fmap = FeatureMap(torch.eye(4).reshape(2, 2, 4), image_size_wh=(28, 28), processed_size_wh=(28, 28))
-    >>> similarity(torch.tensor([[0.0, 0.0, 2.0, 0.0]]), fmap)
-    tensor([[[0., 0.],
-             [1., 0.]]])
-    """
-    feats = F.normalize(target.features.float(), dim=-1)
-    h, w = target.grid_hw
-    q = F.normalize(queries.float(), dim=-1).to(feats.device)
-    return (q @ feats.reshape(h * w, -1).T).reshape(-1, h, w)
 
 
 def refine_peaks(
