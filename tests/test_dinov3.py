@@ -599,6 +599,11 @@ def test_extractor_uses_the_satellite_normalisation():
     assert torch.allclose(extractor._mean.flatten(), torch.tensor([0.430, 0.411, 0.296]) * 255)
 
 
+def _vits16_options(checkpoint) -> list[str]:
+    """The command-line options that select the random ViT-S/16 checkpoint, small and on the CPU."""
+    return ["--model", "dinov3_vits16", "--weights", str(checkpoint), "--resolution", "64", "--device", "cpu"]
+
+
 def test_cli_extract_end_to_end(tmp_path, photo, vits16_checkpoint):
     from safetensors import safe_open
 
@@ -606,57 +611,14 @@ def test_cli_extract_end_to_end(tmp_path, photo, vits16_checkpoint):
 
     image = save_png(tmp_path / "a.png", photo)
     out = tmp_path / "f.npz"
-    assert (
-        main(
-            [
-                "extract",
-                str(image),
-                "-o",
-                str(out),
-                "--model",
-                "dinov3_vits16",
-                "--weights",
-                str(vits16_checkpoint),
-                "--resolution",
-                "64",
-                "--device",
-                "cpu",
-                "--precision",
-                "fp32",
-            ]
-        )
-        == 0
-    )
+    options = _vits16_options(vits16_checkpoint)
+    assert main(["extract", str(image), "-o", str(out), *options, "--precision", "fp32"]) == 0
     with np.load(out) as f:
         assert f["features_0"].shape == (4, 6, 384)
         assert str(f["model"]) == "dinov3_vits16" and f["processed_size_0"].tolist() == [96, 64]
     dense = tmp_path / "f.safetensors"
-    assert (
-        main(
-            [
-                "extract",
-                str(image),
-                "-o",
-                str(dense),
-                "--model",
-                "dinov3_vits16",
-                "--weights",
-                str(vits16_checkpoint),
-                "--resolution",
-                "64",
-                "--stride",
-                "8",
-                "--layer",
-                "3",
-                "-1",
-                "--facet",
-                "value",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    dense_options = ["--stride", "8", "--layer", "3", "-1", "--facet", "value"]
+    assert main(["extract", str(image), "-o", str(dense), *options, *dense_options]) == 0
     with safe_open(str(dense), "np") as f:
         assert f.get_tensor("features_0").shape == (7, 11, 768)
         assert f.metadata()["patch_size"] == "16" and f.metadata()["stride"] == "8"
@@ -683,18 +645,7 @@ def test_every_command_runs_with_a_dinov3_model(tmp_path, photo, vits16_checkpoi
     from dinofeat.extractor import Extractor
     from dinofeat.video import VideoWriter
 
-    args = [
-        "--model",
-        "dinov3_vits16",
-        "--weights",
-        str(vits16_checkpoint),
-        "--resolution",
-        "64",
-        "--device",
-        "cpu",
-        "--precision",
-        "fp32",
-    ]
+    args = [*_vits16_options(vits16_checkpoint), "--precision", "fp32"]
     a = save_png(tmp_path / "a.png", photo[:128, :192])
     b = save_png(tmp_path / "b.png", photo[16:144, 16:208])
     match_json = tmp_path / "m.json"

@@ -196,38 +196,34 @@ def test_a_shift_of_seven_percent_of_the_box_passes_0_1_and_fails_0_05(spair_roo
     assert report.overall["per_image"] == {"PCK@0.05": 0.0, "PCK@0.1": 1.0, "PCK@0.2": 1.0}
 
 
+def _one_point_pair(target_bbox) -> SPairPair:
+    """A pair record with one keypoint at the origin and the given target box (no files behind it)."""
+    return SPairPair(
+        name="p",
+        category="c",
+        split="test",
+        source_image=Path("a"),
+        target_image=Path("b"),
+        source_kps=np.zeros((1, 2)),
+        target_kps=np.zeros((1, 2)),
+        target_bbox=np.array(target_bbox, dtype=float),
+    )
+
+
 def test_threshold_is_inclusive_like_dift_and_uses_the_longer_box_side():
     box_size = 200.0  # e.g. trg_bndbox [0, 0, 200, 100]: max(w, h) = 200, PCK@0.1 threshold 20 px
     target = np.array([[50.0, 40.0]] * 3)
     pred = target + [[20.0, 0.0], [12.0, 16.0], [20.001, 0.0]]
     assert pck_correct(pred, target, box_size, (0.1,)).tolist() == [[True, True, False]]
     assert pck_correct([[np.nan, 0.0]], [[0.0, 0.0]], box_size).tolist() == [[False]]
-    pair = SPairPair(
-        name="p",
-        category="c",
-        split="test",
-        source_image=Path("a"),
-        target_image=Path("b"),
-        source_kps=np.zeros((1, 2)),
-        target_kps=np.zeros((1, 2)),
-        target_bbox=np.array([10.0, 20.0, 210.0, 120.0]),
-    )
+    pair = _one_point_pair(target_bbox=[10.0, 20.0, 210.0, 120.0])
     assert pair.bbox_size == 200.0
 
 
 def test_summary_per_point_pools_and_per_image_averages():
     from dinofeat.spair import SPairPairResult
 
-    pair = SPairPair(
-        name="p",
-        category="c",
-        split="test",
-        source_image=Path("a"),
-        target_image=Path("b"),
-        source_kps=np.zeros((1, 2)),
-        target_kps=np.zeros((1, 2)),
-        target_bbox=np.array([0, 0, 1, 1.0]),
-    )
+    pair = _one_point_pair(target_bbox=[0, 0, 1, 1.0])
     results = [
         SPairPairResult(pair, np.zeros((1, 2)), np.array([[True, False]])),
         SPairPairResult(pair, np.zeros((1, 2)), np.array([[True, True, True, True, True, True, True, True]])),
