@@ -485,7 +485,10 @@ def test_cli_builds_the_model_once_and_launches(monkeypatch, vits14_checkpoint, 
 
     def fake_launch(session, **options):
         launched.update(session=session, **options)
-        return SimpleNamespace(local_url="http://0.0.0.0:8123/", block_thread=lambda: launched.update(served=True))
+        # a server already stopped (as after Ctrl+C): the CLI then closes it
+        return SimpleNamespace(
+            local_url="http://0.0.0.0:8123/", is_running=False, close=lambda verbose: launched.update(served=True)
+        )
 
     monkeypatch.setattr(dinofeat.app, "launch", fake_launch)
     code = main(

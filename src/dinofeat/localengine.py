@@ -15,6 +15,7 @@ from queue import Queue
 
 from dinofeat.listing import Item
 from dinofeat.manifest import weights_digest
+from dinofeat.modelthread import block_interrupts, start_thread
 from dinofeat.options import ExtractorOptions
 from dinofeat.workunits import (
     FeatureJob,
@@ -68,8 +69,10 @@ class LocalEngine:
         them), the model runs here, and a writer thread writes the previous shard.
         """
         extractor = self.extractor(job.extractor)
-        decoders = ThreadPoolExecutor(job.dataset.decode_threads, thread_name_prefix="dinofeat-decode")
-        writer = ThreadPoolExecutor(1, thread_name_prefix="dinofeat-write")
+        decoders = ThreadPoolExecutor(
+            job.dataset.decode_threads, thread_name_prefix="dinofeat-decode", initializer=block_interrupts
+        )
+        writer = ThreadPoolExecutor(1, thread_name_prefix="dinofeat-write", initializer=block_interrupts)
         ahead, stop, queue = threading.Semaphore(2), threading.Event(), Queue()
 
         def produce() -> None:
@@ -86,8 +89,7 @@ class LocalEngine:
                 return
             queue.put(None)
 
-        producer = threading.Thread(target=produce, name="dinofeat-list", daemon=True)
-        producer.start()
+        start_thread(produce, name="dinofeat-list")
         written = None
         try:
             while (got := queue.get()) is not None:

@@ -11,9 +11,19 @@ helper stops at the end of its current block (it polls the ``cancel`` event it i
 The helper is one daemon thread, started on first use and kept (its OpenMP thread team is reused),
 which takes the calling thread's ``torch`` thread count for each job. Called from any other thread
 than the main one (a web server's worker), the function runs inline: only the main thread receives
-Ctrl-C. If the program exits while an interrupted pass is still finishing its block, it waits
+Ctrl-C, and a server that is told to stop calls :func:`stop_passes`, which ends those passes after
+their current block. If the program exits while an interrupted pass is still finishing its block, it waits
 :data:`EXIT_WAIT_SECONDS` for it and then ends the process at once with status 130 (tearing torch
 down under a running operation would abort it with a C++ error instead).
+
+Who receives the signal: the kernel hands a process-directed SIGINT to any thread that does not
+block it, and CPython runs the Python handler only in the main thread, when that thread next
+checks. So every thread dinofeat starts blocks SIGINT and SIGTERM from its creation
+(:func:`start_thread`; :func:`block_interrupts` as a pool's initializer) and the threads *it*
+starts (OpenMP's team) inherit the mask: the signal goes to the main thread, whose wait it cuts
+short. Threads of other libraries may still take it, so the waiting main thread also runs any
+pending handler itself at each :data:`POLL_SECONDS` step (:func:`run_pending_handlers`): the flag
+that would make it check can be cleared by another thread in CPython before 3.12.
 
 >>> run_responsively(lambda cancel: 6 * 7)
 42
@@ -23,12 +33,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import queue
+import signal
 import sys
 import threading
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 
@@ -36,12 +48,19 @@ T = TypeVar("T")
 #: How often the waiting main thread looks up, in seconds (an interrupt is answered within this).
 POLL_SECONDS = 0.1
 #: At exit, how long to wait for an interrupted pass to stop before ending the process at once.
-EXIT_WAIT_SECONDS = 0.5
+EXIT_WAIT_SECONDS = 0.2
+#: The signals no helper thread takes, so that the main thread does.
+INTERRUPT_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 _jobs: queue.SimpleQueue | None = None
 _start_lock = threading.Lock()
 _idle = threading.Event()  # set while the helper runs no job
 _idle.set()
+_stopping = threading.Event()  # set by stop_passes(): passes run inline stop after their block
+_inline_lock = threading.Lock()
+_inline_passes = 0
+_no_inline_pass = threading.Event()  # set while no pass runs inline
+_no_inline_pass.set()
 
 
 def run_responsively(work: Callable[[threading.Event], T]) -> T:
@@ -50,10 +69,9 @@ def run_responsively(work: Callable[[threading.Event], T]) -> T:
     ``cancel`` is set when the main thread is interrupted; ``work`` should check it between steps
     and stop (raise) when it is set. Exceptions of ``work`` are raised in the caller.
     """
-    cancel = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        return work(cancel)
-    done = threading.Event()
+        return _run_inline(work)
+    cancel, done = threading.Event(), threading.Event()
     box: dict = {}
     threads = torch.get_num_threads()
 
@@ -72,7 +90,7 @@ def run_responsively(work: Callable[[threading.Event], T]) -> T:
     _helper().put(job)
     try:
         while not done.wait(POLL_SECONDS):
-            pass
+            run_pending_handlers()
     except BaseException:  # KeyboardInterrupt (or any exception raised in the waiting thread)
         cancel.set()
         raise
@@ -81,15 +99,90 @@ def run_responsively(work: Callable[[threading.Event], T]) -> T:
     return box["value"]
 
 
+def stop_passes(wait: float = EXIT_WAIT_SECONDS) -> bool:
+    """Make every pass running inline (in threads other than the main one) stop after its block.
+
+    For a server that is stopping (the app on Ctrl-C); later passes stop at their first block.
+    Returns whether none is still running after ``wait`` seconds.
+    """
+    _stopping.set()
+    return _no_inline_pass.wait(wait)
+
+
+def _run_inline(work: Callable[[threading.Event], T]) -> T:
+    global _inline_passes
+    with _inline_lock:
+        _inline_passes += 1
+        _no_inline_pass.clear()
+    try:
+        return work(_stopping)
+    finally:
+        with _inline_lock:
+            _inline_passes -= 1
+            if not _inline_passes:
+                _no_inline_pass.set()
+
+
 def _helper() -> queue.SimpleQueue:
     global _jobs
     with _start_lock:
         if _jobs is None:
             jobs: queue.SimpleQueue = queue.SimpleQueue()
-            threading.Thread(target=_serve, args=(jobs,), name="dinofeat-model", daemon=True).start()
-            atexit.register(_at_exit)
+            start_thread(_serve, jobs, name="dinofeat-model")
             _jobs = jobs
     return _jobs
+
+
+def block_interrupts() -> None:
+    """Block :data:`INTERRUPT_SIGNALS` in the calling thread (a pool's ``initializer``; not in the main thread)."""
+    if hasattr(signal, "pthread_sigmask"):  # POSIX; on Windows only the main thread gets Ctrl-C anyway
+        signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPT_SIGNALS)
+
+
+@contextlib.contextmanager
+def _interrupts_blocked() -> Iterator[None]:
+    """Block :data:`INTERRUPT_SIGNALS` in this thread for the block; a signal meanwhile waits and comes after."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPT_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def start_thread(target: Callable[..., Any], *args: Any, name: str) -> threading.Thread:
+    """Start ``target(*args)`` in a daemon thread that never takes SIGINT or SIGTERM.
+
+    The thread is created with the signals blocked (a new thread inherits its creator's mask), so
+    there is no moment at which it could take one, and neither can the threads it starts.
+    """
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    with _interrupts_blocked():
+        thread.start()
+    return thread
+
+
+def run_pending_handlers() -> None:
+    """Run the Python handlers of signals received so far (in the main thread; raises what they raise).
+
+    CPython runs them when the main thread's evaluation loop sees a flag, which a signal taken by
+    another thread sets but another thread's bookkeeping can clear again (before 3.12); asking
+    directly (the C API's ``PyErr_CheckSignals``, not exposed in Python) cannot miss one.
+    """
+    if threading.current_thread() is threading.main_thread() and _check_signals is not None:
+        _check_signals()
+
+
+def _signal_checker() -> Callable[[], int] | None:
+    try:
+        return ctypes.pythonapi.PyErr_CheckSignals  # PyDLL: raises the handler's exception
+    except (AttributeError, OSError):  # an interpreter without the C API (PyPy): its own loop checks
+        return None
+
+
+_check_signals = _signal_checker()
 
 
 def _serve(jobs: queue.SimpleQueue) -> None:
@@ -98,9 +191,9 @@ def _serve(jobs: queue.SimpleQueue) -> None:
 
 
 def _at_exit() -> None:
-    """An interrupted pass still in its block: give it a moment, then leave without tearing torch down."""
+    """A pass still in its block: give it a moment, then leave without tearing torch down."""
     try:
-        if _idle.wait(EXIT_WAIT_SECONDS):
+        if stop_passes() and _idle.wait(EXIT_WAIT_SECONDS):
             return
     except KeyboardInterrupt:  # Ctrl-C again while waiting: leave now
         pass
@@ -108,6 +201,9 @@ def _at_exit() -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(130)
+
+
+atexit.register(_at_exit)
 
 
 def _forget_helper() -> None:

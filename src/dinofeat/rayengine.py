@@ -34,6 +34,7 @@ from pathlib import Path
 
 from dinofeat.errors import DinofeatError, InputError
 from dinofeat.listing import Item
+from dinofeat.modelthread import block_interrupts
 from dinofeat.options import DatasetOptions, ExtractorOptions
 from dinofeat.workunits import FeatureJob, ItemOutcome, Shard, ShardResult, TrackJob
 
@@ -243,7 +244,9 @@ class _ShardWorker:
 
         self.job = job
         self.extractor = Extractor.from_options(job.extractor)
-        self.decoders = ThreadPoolExecutor(job.dataset.decode_threads, thread_name_prefix="dinofeat-decode")
+        self.decoders = ThreadPoolExecutor(
+            job.dataset.decode_threads, thread_name_prefix="dinofeat-decode", initializer=block_interrupts
+        )
 
     def __call__(self, batch):
         import pandas as pd

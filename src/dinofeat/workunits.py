@@ -22,6 +22,7 @@ from dinofeat.errors import InputError
 from dinofeat.featurestore import shard_name
 from dinofeat.listing import Item
 from dinofeat.manifest import TRACKS, one_line
+from dinofeat.modelthread import block_interrupts
 from dinofeat.options import DatasetOptions, ExtractorOptions, FrameOptions, TrackerOptions, TrailOptions
 
 
@@ -157,7 +158,7 @@ def fit_storage_pca(items: Sequence[Item], extractor, job: FeatureJob):
 
     from dinofeat.pca import fit_pca
 
-    with ThreadPoolExecutor(job.dataset.decode_threads) as pool:
+    with ThreadPoolExecutor(job.dataset.decode_threads, initializer=block_interrupts) as pool:
         decoded = list(pool.map(lambda item: decode_image(item, extractor), items))
     result = compute_shard(-1, decoded, extractor)
     if not result.maps:

@@ -56,8 +56,27 @@ def run(args: argparse.Namespace) -> int:
         max_upload_mb=options.max_upload_mb,
     )
     print(f"dinofeat app: {session.description}\nopen {demo.local_url} in a browser; press Ctrl+C to stop", flush=True)
-    demo.block_thread()  # until Ctrl+C, which closes the server
+    _serve_until_interrupted(demo)
     return 0
+
+
+def _serve_until_interrupted(demo) -> None:
+    """Serve until Ctrl+C; then stop the page's passes after their block and close the server.
+
+    Not Gradio's ``block_thread``: its server waits for every request under way, a model pass too.
+    A pass still inside a long block when the wait ends is left to the exit (status 130, at once).
+    """
+    import time
+
+    from dinofeat.modelthread import stop_passes
+
+    try:
+        while demo.is_running:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass
+    if stop_passes():
+        demo.close(verbose=False)
 
 
 def _check_port_free(host: str, port: int) -> None:
