@@ -3,7 +3,9 @@
 Each job runs as a user runs it (a subprocess of the ``dinofeat`` command, its own process group),
 with a random-weight ViT-B/14 at a resolution where one transformer block takes a good fraction of
 a second on a CPU, so the signal lands inside a block. SIGINT goes to the whole process group, as a
-terminal's Ctrl-C does, once the command is in its model passes (its block bar, on stderr, is up).
+terminal's Ctrl-C does, a few seconds after its first progress bar is up (inside a forward pass).
+The app is started the same way and asked (by HTTP, as its page does) to run a PCA; Ctrl-C comes
+a few seconds into that request.
 The time is from the signal to the process's exit; the exit status and the files left are shown.
 
     python benchmarks/bench_interrupt.py              # track, pca on a video, extract, a dataset, the app
@@ -13,13 +15,18 @@ The time is from the signal to the process's exit; the exit status and the files
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
+import pty
 import re
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from pathlib import Path
@@ -27,6 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+#: Seconds from the first progress bar (or the app's request) to Ctrl-C: well inside a forward pass.
+SETTLE_SECONDS = 3.0
 
 
 def make_inputs(folder: Path) -> dict[str, Path]:
@@ -60,32 +70,69 @@ def commands(inputs: dict[str, Path], out: Path, resolution: int) -> dict[str, l
 
 
 def interrupt_once(argv: list[str], out: Path) -> tuple[float, int, list[str]]:
-    """Start ``dinofeat argv``; Ctrl-C once its block bar is up; (seconds to exit, exit status, files left)."""
+    """Start ``dinofeat argv``; Ctrl-C inside a pass; (seconds to exit, exit status, files left).
+
+    Its stderr is a terminal (a pseudo-terminal read here), so that it draws its bars as for a user.
+    """
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a new one is 0 wide: no bars
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "100"}
     child = subprocess.Popen(
         [sys.executable, "-c", "from dinofeat.cli import main; raise SystemExit(main())", *argv],
-        stderr=subprocess.PIPE,
+        stderr=follower,
         stdout=subprocess.DEVNULL,
         env=env,
         start_new_session=True,
     )
+    os.close(follower)
     in_blocks = threading.Event()
 
     def watch() -> None:
         text = b""
-        while chunk := child.stderr.read1(4096):
-            text += chunk
-            if re.search(rb"running [^\r\n]*\d+/\d+ \[", text):  # the block bar is up: a pass is under way
-                in_blocks.set()
+        with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+            while chunk := os.read(leader, 4096):
+                text += chunk
+                if re.search(rb"\d+/\d+ \[", text):  # a bar is up: the work has begun
+                    in_blocks.set()
         in_blocks.set()
 
     threading.Thread(target=watch, daemon=True).start()
     in_blocks.wait(600)
-    time.sleep(0.05)  # well inside the next block
+    time.sleep(SETTLE_SECONDS)  # inside a forward pass (one takes tens of seconds here)
     sent = time.monotonic()
     os.killpg(child.pid, signal.SIGINT)
     status = child.wait()
-    return time.monotonic() - sent, status, sorted(p.name for p in out.iterdir())
+    seconds = time.monotonic() - sent
+    os.close(leader)
+    return seconds, status, sorted(p.name for p in out.iterdir())
+
+
+def interrupt_app(inputs: dict[str, Path], resolution: int, port: int) -> tuple[float, int]:
+    """Start ``dinofeat app``, ask it for a PCA, Ctrl-C during it; (seconds to exit, exit status)."""
+    from gradio_client import Client, handle_file
+
+    model = ["--weights", str(inputs["weights"]), "--model", "dinov2_vitb14", "--resolution", str(resolution)]
+    argv = ["app", "--port", str(port), "--device", "cpu", "--precision", "fp32", *model]
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from dinofeat.cli import main; raise SystemExit(main())", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    while b"open http" not in child.stdout.readline():
+        pass
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    endpoint = next(
+        name
+        for name in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        if "pca" in name and "run" in name
+    )
+    client.submit([handle_file(str(inputs["image"]))], api_name=endpoint)
+    time.sleep(SETTLE_SECONDS)
+    sent = time.monotonic()
+    os.killpg(child.pid, signal.SIGINT)
+    status = child.wait()
+    return time.monotonic() - sent, status
 
 
 def main() -> None:
@@ -106,7 +153,10 @@ def main() -> None:
                 times.append(seconds)
                 statuses.add(status)
                 left.update(files)
-            print(f"{name:36s} {statistics.median(times):9.2f} {max(times):7.2f}  {sorted(statuses)}, {sorted(left)}", flush=True)
+            print(
+                f"{name:36s} {statistics.median(times):9.2f} {max(times):7.2f}  {sorted(statuses)}, {sorted(left)}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

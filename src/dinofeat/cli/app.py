@@ -61,10 +61,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve_until_interrupted(demo) -> None:
-    """Serve until Ctrl+C; then stop the page's passes after their block and close the server.
+    """Serve until Ctrl+C; then make the page's passes stop after their current block, and return.
 
-    Not Gradio's ``block_thread``: its server waits for every request under way, a model pass too.
-    A pass still inside a long block when the wait ends is left to the exit (status 130, at once).
+    Not Gradio's ``block_thread``: its server close waits for the requests under way (seconds, a
+    model pass among them). The server's threads end with the process; a pass still inside its
+    block then is left at once (:mod:`dinofeat.modelthread`'s exit, status 130).
     """
     import time
 
@@ -74,9 +75,9 @@ def _serve_until_interrupted(demo) -> None:
         while demo.is_running:
             time.sleep(0.1)
     except KeyboardInterrupt:
-        pass
-    if stop_passes():
-        demo.close(verbose=False)
+        stop_passes(wait=0)
+        return
+    demo.close(verbose=False)
 
 
 def _check_port_free(host: str, port: int) -> None:
