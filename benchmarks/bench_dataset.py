@@ -5,7 +5,7 @@
 
 * **speed**: the same 200 JPEGs (640x480) through ViT-S/14 (random weights, all 12 blocks) at
   224 px: a plain loop over ``Extractor.extract(path)`` (decode, then the model, one image at a
-  time), :func:`~dinofeat.dataset.extract_dataset` with the local engine (threads decode ahead,
+  time), :func:`~dinofeat.dataset.runs.extract_dataset` with the local engine (threads decode ahead,
   batches of 8, shards written), and with the Ray engine on this machine (one CPU worker; Ray is
   started before the clock starts, as a running cluster would be; the worker's start and model
   load are counted). Each runs in its own process, three times, interleaved; the best run counts
@@ -49,10 +49,10 @@ def worker(args: argparse.Namespace) -> dict:
     """One measured run in this process (``--worker MODE``); returns seconds, images and peak memory."""
     import torch
 
-    from dinofeat.dataset import extract_dataset
-    from dinofeat.extractor import Extractor
+    from dinofeat.dataset.runs import extract_dataset
+    from dinofeat.features.extractor import Extractor
+    from dinofeat.models.weights import load_model
     from dinofeat.options import DatasetOptions, ExtractorOptions
-    from dinofeat.weights import load_model
 
     layers = (0,) if args.first_block else (-1,)
     options = ExtractorOptions(
@@ -119,8 +119,8 @@ def main() -> None:
 
     import torch
 
-    from dinofeat.registry import get_spec
-    from dinofeat.vit import build_model
+    from dinofeat.models.build import build_model
+    from dinofeat.models.registry import get_spec
 
     speed_count, memory_counts = (40, (40, 400)) if args.quick else (200, (200, 2000))
     with tempfile.TemporaryDirectory() as tmp:

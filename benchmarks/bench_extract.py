@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from dinofeat.devices import autocast
-from dinofeat.registry import get_spec
-from dinofeat.weights import load_model
+from dinofeat.models.registry import get_spec
+from dinofeat.models.weights import load_model
+from dinofeat.runtime.devices import autocast
 
 MODELS = {"dinov2": "dinov2_vits14", "dinov3": "dinov3_vits16"}
 SIZES = {"dinov2": [224, 448, 518], "dinov3": [224, 448, 512]}  # multiples of the patch size

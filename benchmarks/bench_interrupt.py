@@ -40,9 +40,9 @@ SETTLE_SECONDS = 3.0
 
 
 def make_inputs(folder: Path) -> dict[str, Path]:
-    from dinofeat.registry import get_spec
-    from dinofeat.video import VideoWriter
-    from dinofeat.vit import DinoVisionTransformer
+    from dinofeat.io.video import VideoWriter
+    from dinofeat.models.dinov2 import DinoVisionTransformer
+    from dinofeat.models.registry import get_spec
 
     rng = np.random.default_rng(0)
     weights = folder / "vitb14.pth"
@@ -153,10 +153,17 @@ def main() -> None:
                 times.append(seconds)
                 statuses.add(status)
                 left.update(files)
-            print(
-                f"{name:36s} {statistics.median(times):9.2f} {max(times):7.2f}  {sorted(statuses)}, {sorted(left)}",
-                flush=True,
-            )
+            report(name, times, f"{sorted(statuses)}, {sorted(left)}")
+        times, statuses = [], set()
+        for k in range(args.rounds):
+            seconds, status = interrupt_app(inputs, args.resolution, port=7900 + k)
+            times.append(seconds)
+            statuses.add(status)
+        report("app (during a PCA request)", times, str(sorted(statuses)))
+
+
+def report(name: str, times: list[float], rest: str) -> None:
+    print(f"{name:36s} {statistics.median(times):9.2f} {max(times):7.2f}  {rest}", flush=True)
 
 
 if __name__ == "__main__":

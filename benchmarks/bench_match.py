@@ -26,13 +26,13 @@ import previous_search
 import torch
 import torch.nn.functional as F
 
-from dinofeat.extractor import Extractor
-from dinofeat.features import FeatureMap
-from dinofeat.images import load_image
+from dinofeat.features.extractor import Extractor
+from dinofeat.features.featuremap import FeatureMap
+from dinofeat.io.images import load_image
 from dinofeat.matching import match_features
-from dinofeat.registry import get_spec
+from dinofeat.models.dinov2 import DinoVisionTransformer
+from dinofeat.models.registry import get_spec
 from dinofeat.search import locate
-from dinofeat.vit import DinoVisionTransformer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -40,7 +40,7 @@ def make_video(path: Path, size_wh: tuple[int, int], origins, fps: float) -> Non
     """Frames of a real photo seen by a camera whose top-left corner is at ``origins`` (float pixels)."""
     from skimage import data
 
-    from dinofeat.video import VideoWriter
+    from dinofeat.io.video import VideoWriter
 
     width, height = size_wh
     photo = cv2.resize(data.astronaut(), (2 * max(size_wh), 2 * max(size_wh)), interpolation=cv2.INTER_CUBIC)
@@ -53,8 +53,8 @@ def make_video(path: Path, size_wh: tuple[int, int], origins, fps: float) -> Non
 
 
 def content_checkpoint(path: Path) -> Path:
-    from dinofeat.registry import get_spec
-    from dinofeat.vit import DinoVisionTransformer
+    from dinofeat.models.dinov2 import DinoVisionTransformer
+    from dinofeat.models.registry import get_spec
 
     vit = DinoVisionTransformer(get_spec("dinov2_vits14")).init_random(0, layerscale=1e-3)
     with torch.no_grad():
@@ -68,7 +68,7 @@ def seed_track(
 ) -> np.ndarray:
     """The seed's tracker (see module docstring); returns ``(T, N, 2)`` positions."""
     from dinofeat.drawing import palette
-    from dinofeat.extractor import Extractor
+    from dinofeat.features.extractor import Extractor
 
     extractor = Extractor(
         "dinov2_vits14", weights=weights, device="cpu", precision="fp32", resolution=resolution, batch_size=1
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
                     ours[name] = (seconds, found, visible)
 
     frames = len(origins)
-    from dinofeat.devices import resolve_precision
+    from dinofeat.runtime.devices import resolve_precision
 
     precision = str(resolve_precision(args.precision, torch.device("cpu"))).replace("torch.", "")
     result = {

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from dinofeat.features import FeatureMap
+from dinofeat.features.featuremap import FeatureMap
 from dinofeat.search import similarity  # unchanged since then: one matrix product
 
 #: Global search: grid cells searched per query in the first round of the branch and bound ...

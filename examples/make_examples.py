@@ -26,7 +26,7 @@ def save_jpg(name: str, image: np.ndarray) -> None:
 
 
 def make_video(path: Path, source: np.ndarray, frames: int = 36, size_wh=(320, 240), fps: float = 12.0) -> None:
-    from dinofeat.video import VideoWriter
+    from dinofeat.io.video import VideoWriter
 
     w, h = size_wh
     with VideoWriter(path, fps, size_wh) as writer:

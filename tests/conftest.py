@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dinofeat.registry import get_spec
-from dinofeat.vit import build_model
+from dinofeat.models.build import build_model
+from dinofeat.models.registry import get_spec
 
 
 @functools.cache

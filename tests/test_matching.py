@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from conftest import random_vit, smooth_vit
 from dinofeat.drawing import draw_heatmap, draw_matches, match_canvas_layout
 from dinofeat.errors import InputError
-from dinofeat.extractor import Extractor
-from dinofeat.features import FeatureMap
-from dinofeat.images import load_image
+from dinofeat.features.extractor import Extractor
+from dinofeat.features.featuremap import FeatureMap
+from dinofeat.io.images import load_image
 from dinofeat.matching import Matches, joint_pca, match, match_features
 from dinofeat.points import auto_points, check_points, grid_points, mutual_nearest_patches
 from dinofeat.search import SUBDIVISIONS, similarity

@@ -10,7 +10,7 @@ from conftest import random_vit
 from dinofeat.colorize import colorize_video, fit_video
 from dinofeat.drawing import draw_pca_grid, draw_pca_overlay, draw_pca_side_by_side
 from dinofeat.errors import InputError
-from dinofeat.extractor import Extractor
+from dinofeat.features.extractor import Extractor
 from dinofeat.pca import (
     MIN_FOREGROUND_PATCHES,
     FeaturePCA,
@@ -260,7 +260,7 @@ def test_pca_drawings():
 
 # -- video ---------------------------------------------------------------------------------------
 def test_static_video_gets_identical_colours_in_every_frame(scene, tmp_path):
-    from dinofeat.video import VideoWriter
+    from dinofeat.io.video import VideoWriter
 
     _, textured, _, extractor, _ = scene
     path = tmp_path / "static.mp4"

@@ -44,8 +44,8 @@ def readme_blocks() -> list:
 def sandbox(tmp_path, monkeypatch):
     """A folder with ``examples/``, random-weight models for every name, no network, no server."""
     import dinofeat.app
-    import dinofeat.weights
-    from dinofeat.vit import build_model
+    import dinofeat.models.weights
+    from dinofeat.models.build import build_model
 
     examples = tmp_path / "examples"
     examples.mkdir()
@@ -58,16 +58,18 @@ def sandbox(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(
-        dinofeat.weights, "find_weights", lambda spec: (random_vit(spec.name, depth=2).state_dict(), "random weights")
+        dinofeat.models.weights,
+        "find_weights",
+        lambda spec: (random_vit(spec.name, depth=2).state_dict(), "random weights"),
     )
-    monkeypatch.setattr(dinofeat.weights, "build_model", lambda spec, depth=None: build_model(spec, depth=2))
+    monkeypatch.setattr(dinofeat.models.weights, "build_model", lambda spec, depth=None: build_model(spec, depth=2))
     served = []
     monkeypatch.setattr(dinofeat.app, "launch", lambda *args, **kwargs: served.append((args, kwargs)))
     return tmp_path
 
 
 def _cut(source: Path, target: Path, frames: int) -> None:
-    from dinofeat.video import VideoWriter, probe_video, read_frames
+    from dinofeat.io.video import VideoWriter, probe_video, read_frames
 
     with VideoWriter(target, probe_video(source).fps, probe_video(source).size_wh) as sink:
         for _, frame in read_frames(source, max_frames=frames):

@@ -32,7 +32,7 @@ def _scene(seed: int) -> np.ndarray:
 @pytest.fixture
 def files(tmp_path) -> dict[str, Path]:
     """Two images and a 4-frame video in ``tmp_path``."""
-    from dinofeat.video import VideoWriter
+    from dinofeat.io.video import VideoWriter
 
     video = tmp_path / "clip.mp4"
     with VideoWriter(video, fps=8, size_wh=(W, H)) as sink:
@@ -130,10 +130,10 @@ def test_writers_outside_the_commands_get_the_plain_open_mode(tmp_path, umask):
 
     from conftest import random_vit
     from dinofeat.app import AppSession
-    from dinofeat.extractor import Extractor
-    from dinofeat.featurefile import save_features
+    from dinofeat.features.extractor import Extractor
+    from dinofeat.features.files import save_features
+    from dinofeat.io.video import VideoWriter
     from dinofeat.pca import FeaturePCA
-    from dinofeat.video import VideoWriter
 
     expected = 0o666 & ~umask
     with VideoWriter(tmp_path / "v.mp4", fps=5, size_wh=(W, H)) as sink:
@@ -385,14 +385,15 @@ def test_every_out_of_range_value_is_one_line_naming_the_option(
 
 
 def test_the_range_is_in_the_message():
+    """Python callers see the field's name (the command line names its flag: see the tests through main above)."""
     from dinofeat.errors import InputError
     from dinofeat.options import MatchOptions, TrackerOptions
 
-    with pytest.raises(InputError, match=r"^--min-score must be a number between -1 and 1, got 2$"):
+    with pytest.raises(InputError, match=r"^min_score must be a number between -1 and 1, got 2$"):
         TrackerOptions(min_score=2)
-    with pytest.raises(InputError, match=r"^--window must be a positive number, got inf$"):
+    with pytest.raises(InputError, match=r"^window must be a positive number, got inf$"):
         TrackerOptions(window=float("inf"))
-    with pytest.raises(InputError, match=r"^--grid must be an integer between 1 and 1000, got 5000$"):
+    with pytest.raises(InputError, match=r"^grid must be an integer between 1 and 1000, got 5000$"):
         MatchOptions(grid=5000)
 
 
@@ -416,12 +417,12 @@ def test_model_options_are_refused_before_any_weights_load(
 ):
     """No weights anywhere and no network: a bad option is its own error, not "no weights found"
     (with a network, the weights would have been downloaded first)."""
-    import dinofeat.weights
+    import dinofeat.models.weights
 
     for name in ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME"):
         monkeypatch.setenv(name, str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(dinofeat.weights, "find_weights", lambda spec: pytest.fail("weights were looked for"))
+    monkeypatch.setattr(dinofeat.models.weights, "find_weights", lambda spec: pytest.fail("weights were looked for"))
     argv = ["extract", str(files["a"]), "-o", str(tmp_path / "o.npz"), "--model", model, "--device", "cpu", *option]
     err = _refused(capsys, argv, message)
     assert err == f"dinofeat extract: error: {message}\n"
@@ -432,7 +433,7 @@ def test_app_controls_are_checked_by_the_same_options(tmp_path, files):
     gr = pytest.importorskip("gradio")
     from conftest import random_vit
     from dinofeat.app import AppSession, handlers
-    from dinofeat.extractor import Extractor
+    from dinofeat.features.extractor import Extractor
 
     extractor = Extractor(random_vit("dinov2_vits14", depth=1), resolution=56, device="cpu", precision="fp32")
     session = AppSession(extractor, workdir=tmp_path / "work")
@@ -509,8 +510,8 @@ def test_a_capped_resolution_is_announced_once(tmp_path, files, model_args, caps
 
 def test_the_cap_is_said_once_per_setting_by_the_library(caplog, files):
     from conftest import random_vit
-    from dinofeat.extractor import Extractor
-    from dinofeat.images import load_image
+    from dinofeat.features.extractor import Extractor
+    from dinofeat.io.images import load_image
 
     image = load_image(files["a"])
     extractor = Extractor(random_vit("dinov2_vits14", depth=1), resolution=400, max_size=98, device="cpu")
@@ -525,9 +526,9 @@ def test_the_cap_is_said_once_per_setting_by_the_library(caplog, files):
 
 # -- 9. a forward pass that would not fit in memory is refused, with the estimate ----------------
 def test_a_forward_pass_too_big_for_memory_is_refused(tmp_path, files, model_args, capsys, monkeypatch):
-    import dinofeat.memory
+    import dinofeat.runtime.memory
 
-    monkeypatch.setattr(dinofeat.memory, "available_memory", lambda device: 100 * 1024)  # 100 KB "free"
+    monkeypatch.setattr(dinofeat.runtime.memory, "available_memory", lambda device: 100 * 1024)  # 100 KB "free"
     a, b = str(files["a"]), str(files["b"])
     before = _listing(tmp_path)
     extract = ["extract", a, b, "-o", str(tmp_path / "f.npz"), "--batch-size", "2", *model_args]
@@ -540,22 +541,22 @@ def test_a_forward_pass_too_big_for_memory_is_refused(tmp_path, files, model_arg
     _refused(capsys, [*video, "--batch-size", "1"], "lower --max-size or --resolution")
     assert _listing(tmp_path) == before  # refused before the forward pass: nothing written
 
-    monkeypatch.setattr(dinofeat.memory, "available_memory", lambda device: 64 * 2**30)
+    monkeypatch.setattr(dinofeat.runtime.memory, "available_memory", lambda device: 64 * 2**30)
     assert main(["extract", a, b, "-o", str(tmp_path / "f.npz"), *model_args, "--quiet"]) == 0
 
 
 def test_the_estimate_counts_attention_matrices_only_when_the_kernel_builds_them(monkeypatch):
     import torch
 
-    import dinofeat.memory
+    import dinofeat.runtime.memory
     from conftest import random_vit
-    from dinofeat.memory import forward_memory
+    from dinofeat.runtime.memory import forward_memory
 
     vit = random_vit("dinov2_vits14", depth=1)
     cpu = torch.device("cpu")
-    monkeypatch.setattr(dinofeat.memory, "attention_materialised", lambda *args: False)
+    monkeypatch.setattr(dinofeat.runtime.memory, "attention_materialised", lambda *args: False)
     fused = forward_memory(vit, 2, (448, 448), dtype=torch.float32, device=cpu)
-    monkeypatch.setattr(dinofeat.memory, "attention_materialised", lambda *args: True)
+    monkeypatch.setattr(dinofeat.runtime.memory, "attention_materialised", lambda *args: True)
     math = forward_memory(vit, 2, (448, 448), dtype=torch.float32, device=cpu)
     assert fused.attention_bytes == 0 and fused.activation_bytes == math.activation_bytes
     assert math.attention_bytes == 2 * 2 * 6 * 1025**2 * 4  # scores and softmax, batch x heads x N x N, fp32
@@ -571,20 +572,22 @@ def test_each_batch_makes_one_estimate_and_the_weights_are_counted_once(monkeypa
     import numpy as np
     import torch
 
-    import dinofeat.extractor
-    import dinofeat.memory
+    import dinofeat.features.extractor
+    import dinofeat.runtime.memory
     from conftest import random_vit
-    from dinofeat.extractor import Extractor
-    from dinofeat.memory import forward_memory
+    from dinofeat.features.extractor import Extractor
+    from dinofeat.runtime.memory import forward_memory
 
     vit = random_vit(name, depth=1)
     extractor = Extractor(vit, resolution=32, device="cpu", precision="fp32", batch_size=2)
     estimates, sums = [], []
-    estimate, summed = dinofeat.extractor.forward_memory, getattr(dinofeat.memory, "model_bytes", None)
+    estimate, summed = dinofeat.features.extractor.forward_memory, getattr(dinofeat.runtime.memory, "model_bytes", None)
     monkeypatch.setattr(
-        dinofeat.extractor, "forward_memory", lambda *a, **k: estimates.append(a[1]) or estimate(*a, **k)
+        dinofeat.features.extractor, "forward_memory", lambda *a, **k: estimates.append(a[1]) or estimate(*a, **k)
     )
-    monkeypatch.setattr(dinofeat.memory, "model_bytes", lambda model: sums.append(1) or summed(model), raising=False)
+    monkeypatch.setattr(
+        dinofeat.runtime.memory, "model_bytes", lambda model: sums.append(1) or summed(model), raising=False
+    )
     monkeypatch.setattr(vit, "parameters", lambda *a, **k: sums.append(1) or torch.nn.Module.parameters(vit, *a, **k))
     extractor.extract_arrays([np.zeros((32, 48, 3), np.uint8)] * 5)  # batches of 2, 2 and 1
     assert estimates == [2, 2, 1] and sums == []
@@ -605,9 +608,9 @@ def test_the_estimate_is_close_to_what_a_forward_pass_takes():
         pytest.skip("needs Linux's /proc/self/clear_refs to measure a peak")
     code = """
 import numpy as np
-from dinofeat.extractor import Extractor
-from dinofeat.registry import get_spec
-from dinofeat.vit import build_model
+from dinofeat.features.extractor import Extractor
+from dinofeat.models.registry import get_spec
+from dinofeat.models.build import build_model
 
 def status(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
@@ -644,8 +647,8 @@ def test_the_extractor_reports_block_progress_per_forward_pass(files):
     import contextlib
 
     from conftest import random_vit
-    from dinofeat.extractor import Extractor
-    from dinofeat.images import load_image
+    from dinofeat.features.extractor import Extractor
+    from dinofeat.io.images import load_image
 
     passes = []
 
@@ -668,16 +671,16 @@ def test_the_extractor_reports_block_progress_per_forward_pass(files):
 @pytest.fixture(params=["inline", "helper thread"])
 def forward_thread(request, monkeypatch):
     """Run forward passes in the calling thread, or (as big ones do) in the helper thread."""
-    import dinofeat.extractor
+    import dinofeat.features.extractor
 
     if request.param == "helper thread":
-        monkeypatch.setattr(dinofeat.extractor, "RESPONSIVE_BLOCK_FLOPS", 0)
+        monkeypatch.setattr(dinofeat.features.extractor, "RESPONSIVE_BLOCK_FLOPS", 0)
     return request.param
 
 
 def _interrupt_at_block(monkeypatch, block: int, then=None):
     """Make the CLI's block bar raise KeyboardInterrupt (or call ``then``) at ``block``."""
-    from dinofeat.progress import TqdmProgress
+    from dinofeat.runtime.progress import TqdmProgress
 
     plain = TqdmProgress.__call__
 
@@ -717,9 +720,9 @@ def test_ctrl_c_is_answered_at_once_while_a_block_is_slow(tmp_path, files, model
     import signal
     import threading
 
-    import dinofeat.extractor
+    import dinofeat.features.extractor
 
-    monkeypatch.setattr(dinofeat.extractor, "RESPONSIVE_BLOCK_FLOPS", 0)
+    monkeypatch.setattr(dinofeat.features.extractor, "RESPONSIVE_BLOCK_FLOPS", 0)
     release, pressed, block_ended = threading.Event(), [], threading.Event()
 
     def slow_block():
@@ -744,7 +747,7 @@ def test_ctrl_c_is_answered_at_once_while_a_block_is_slow(tmp_path, files, model
 
 
 def test_a_quiet_command_draws_no_block_bar(tmp_path, files, model_args, monkeypatch):
-    from dinofeat.progress import TqdmProgress
+    from dinofeat.runtime.progress import TqdmProgress
 
     made = []
     plain = TqdmProgress.__init__
@@ -822,7 +825,7 @@ class _Terminal:
 def test_the_progress_bar_ends_at_100_percent(monkeypatch):
     import sys
 
-    from dinofeat.progress import TqdmProgress
+    from dinofeat.runtime.progress import TqdmProgress
 
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
@@ -846,7 +849,7 @@ def test_the_progress_bar_ends_at_100_percent(monkeypatch):
 
 # -- 12, 13. video frames: --every keeps the speed; pca takes --start and --max-frames too --------
 def test_every_k_th_frame_plays_at_the_input_speed(tmp_path, files, model_args, capsys):
-    from dinofeat.video import probe_video
+    from dinofeat.io.video import probe_video
 
     video = str(files["video"])  # 4 frames at 8 fps
     track = ["track", video, "--point", "9,9", "-o", f"{tmp_path}/t.mp4", "--every", "2", *model_args]
@@ -861,7 +864,7 @@ def test_every_k_th_frame_plays_at_the_input_speed(tmp_path, files, model_args, 
 
 
 def test_pca_of_a_video_takes_start_and_max_frames(tmp_path, files, model_args, capsys):
-    from dinofeat.video import probe_video, read_frames
+    from dinofeat.io.video import probe_video, read_frames
 
     video = str(files["video"])
     argv = ["pca", video, "-o", f"{tmp_path}/p.mp4", "--pca-only", "--start", "1", "--max-frames", "2", *model_args]

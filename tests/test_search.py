@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import smooth_vit
-from dinofeat.extractor import Extractor
-from dinofeat.features import FeatureMap
+from dinofeat.features.extractor import Extractor
+from dinofeat.features.featuremap import FeatureMap
 from dinofeat.search import (
     SUBDIVISIONS,
     NormTable,

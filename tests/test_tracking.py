@@ -13,7 +13,7 @@ Two kinds of features are used, and why:
   trained DINOv2 features vary smoothly between patch centres, random ones do not (the next patch
   sees unrelated pixels), so bilinear sub-patch positions only mean something with smooth
   features. The stand-in samples a blurred image on a lattice wider than a patch, which is smooth
-  at the patch scale, and goes through the same :class:`~dinofeat.features.FeatureMap` geometry.
+  at the patch scale, and goes through the same :class:`~dinofeat.features.featuremap.FeatureMap` geometry.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ import pytest
 import torch
 
 from dinofeat.errors import InputError
-from dinofeat.extractor import Extractor
-from dinofeat.features import FeatureMap
+from dinofeat.features.extractor import Extractor
+from dinofeat.features.featuremap import FeatureMap
+from dinofeat.io.video import VideoWriter
+from dinofeat.models.dinov2 import DinoVisionTransformer
+from dinofeat.models.registry import get_spec
 from dinofeat.options import FrameOptions
 from dinofeat.points import grid_points
-from dinofeat.registry import get_spec
 from dinofeat.tracking import PointTracker, Tracks, check_queries, processed_frame_indices, track_frames, track_video
-from dinofeat.video import VideoWriter
-from dinofeat.vit import DinoVisionTransformer
 
 SIZE_WH = (168, 126)  # 12 x 9 patches at resolution 126: the model sees the frame 1:1
 
@@ -151,7 +151,7 @@ def test_lossless_whole_patch_steps_are_tracked_to_zero_error(tmp_path):
     scoring within 1e-6 of the truth's score (a tie). (The fixed template searches for the query's
     own feature; an anchored one drifts through ties, by design.)"""
     from conftest import smooth_vit
-    from dinofeat.video import read_frames
+    from dinofeat.io.video import read_frames
 
     origins = [(100 + 14 * k, 60 + 14 * (k % 2)) for k in range(6)]
     frames = camera(origins)

@@ -21,10 +21,10 @@ import numpy as np
 from dinofeat.errors import InputError
 from dinofeat.options import FrameOptions, PCADrawingOptions, PCAOptions
 from dinofeat.pca import FeaturePCA, PCAColors
-from dinofeat.progress import Progress, report
+from dinofeat.runtime.progress import Progress, report
 
 if TYPE_CHECKING:
-    from dinofeat.video import VideoInfo
+    from dinofeat.io.video import VideoInfo
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ def pca_images(
 ) -> PCAResult:
     """Fit one PCA jointly on ``images`` (or colour them with a given ``pca``) and colour each.
 
-    ``extractor`` is an :class:`~dinofeat.extractor.Extractor` (or the app's
-    :class:`~dinofeat.cache.FeatureCache`); ``nearest`` gives crisp patches instead of bilinear
+    ``extractor`` is an :class:`~dinofeat.features.extractor.Extractor` (or the app's
+    :class:`~dinofeat.features.cache.FeatureCache`); ``nearest`` gives crisp patches instead of bilinear
     upsampling of the colours.
     """
     options = options or PCAOptions()
@@ -119,7 +119,7 @@ def pca_images(
 
 
 def fit_store_pca(store, options: PCAOptions | None = None) -> FeaturePCA:
-    """Fit one PCA on ``options.fit_images`` maps of a :class:`~dinofeat.featurestore.FeatureStore`,
+    """Fit one PCA on ``options.fit_images`` maps of a :class:`~dinofeat.dataset.store.FeatureStore`,
     spread evenly over it (``dinofeat pca --features DIR --save-pca F.npz``); no model runs."""
     options = options or PCAOptions()
     paths = store.sample(options.fit_images)
@@ -177,8 +177,8 @@ def write_pca_files(
             geometry), plus ``foreground_{i}`` ``(h, w)`` bool and ``explained_variance``.
         names: panel labels in the figure (e.g. file names).
     """
-    from dinofeat.featurefile import write_features
-    from dinofeat.outputs import save_image, staged_outputs
+    from dinofeat.features.files import write_features
+    from dinofeat.io.outputs import save_image, staged_outputs
 
     if panels and len(panels) != len(result.images):
         raise ValueError(f"got {len(panels)} panel paths for {len(result.images)} images")
@@ -217,10 +217,10 @@ def fit_video(
 ) -> FeaturePCA:
     """Fit one :class:`FeaturePCA` on ``options.fit_frames`` (or ``sample_frames``) frames spread
     evenly over the processed part of a video (``frames``). One PCA for the whole video keeps the
-    colours stable over time. ``info``: the video's :func:`~dinofeat.video.probe_video`, where the
+    colours stable over time. ``info``: the video's :func:`~dinofeat.io.video.probe_video`, where the
     caller has it (probing may decode the whole file)."""
+    from dinofeat.io.video import probe_video, read_frames
     from dinofeat.tracking import processed_frame_indices
-    from dinofeat.video import probe_video, read_frames
 
     options = options or PCAOptions()
     frames = frames or FrameOptions()
@@ -251,7 +251,7 @@ def colorize_video(
     """Stream ``(frame index, frame (H, W, 3) uint8 RGB, PCAColors)`` for the processed frames of a
     video. Frames go through the model ``batch_frames`` at a time (default: the extractor's batch
     size), so memory stays constant for long videos."""
-    from dinofeat.video import read_frames
+    from dinofeat.io.video import read_frames
 
     frames = frames or FrameOptions()
     size = max(1, batch_frames or extractor.batch_size)
@@ -297,11 +297,11 @@ def pca_video_to_file(
 
     The output has the input's size (twice the width side by side), the processed frame count,
     and ``fps / every`` so it plays at the input's speed. Both outputs are atomic. ``info``: the
-    video's :func:`~dinofeat.video.probe_video`, where the caller has it (the video is probed once).
+    video's :func:`~dinofeat.io.video.probe_video`, where the caller has it (the video is probed once).
     """
-    from dinofeat.outputs import staged_outputs
+    from dinofeat.io.outputs import staged_outputs
+    from dinofeat.io.video import VideoWriter, probe_video
     from dinofeat.tracking import processed_frame_indices
-    from dinofeat.video import VideoWriter, probe_video
 
     options = options or PCAOptions()
     drawing = drawing or PCADrawingOptions()

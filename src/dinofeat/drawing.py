@@ -1,7 +1,7 @@
 """Pure drawing functions: images in, new image out (``(H, W, 3) uint8 RGB``; inputs never modified).
 
 Every image argument may be a path, a PIL image or an array (converted at the boundary by
-:func:`dinofeat.images.load_image`: grayscale, float and RGBA arrays become RGB; a ``uint8``
+:func:`dinofeat.io.images.load_image`: grayscale, float and RGBA arrays become RGB; a ``uint8``
 RGB(A) array is used as it is). OpenCV does the rasterising (anti-aliased lines and circles);
 colours here are RGB.
 """
@@ -16,14 +16,14 @@ import numpy as np
 
 def as_image(image) -> np.ndarray:
     """A drawing function's image argument as an ``(H, W, 3|4) uint8`` array: paths, PIL images and
-    other arrays through :func:`dinofeat.images.load_image` (RGB); ``uint8`` RGB(A) arrays as they are.
+    other arrays through :func:`dinofeat.io.images.load_image` (RGB); ``uint8`` RGB(A) arrays as they are.
 
     >>> as_image(np.zeros((2, 3), np.float32)).shape
     (2, 3, 3)
     """
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] in (3, 4):
         return image
-    from dinofeat.images import load_image
+    from dinofeat.io.images import load_image
 
     return load_image(image)
 

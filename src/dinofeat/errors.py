@@ -1,11 +1,65 @@
 """Exceptions that carry a message a user can act on.
 
 The CLI prints any :class:`DinofeatError` as one line on stderr and exits non-zero.
+
+A message about an option names it the way its reader passed it: Python callers see the field
+(``start=500 is past the end of the video``), the command line its flag (``--start 500 ...``).
+The library marks each option in a message with :func:`field`; :meth:`DinofeatError.render`
+writes the marks one way or the other.
+
+>>> err = InputError(f"{field('start', 500)} is past the end of the video (500 frames)")
+>>> str(err)
+'start=500 is past the end of the video (500 frames)'
+>>> err.render(lambda name: "--" + name)
+'--start 500 is past the end of the video (500 frames)'
+>>> err.fields
+('start',)
 """
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+_MARK, _VALUE = "\x1f", "\x1e"  # control characters no message text contains
+_MARKED = re.compile(f"{_MARK}([^{_MARK}{_VALUE}]+)(?:{_VALUE}([^{_MARK}]*))?{_MARK}")
+_NO_VALUE = object()
+
+
+def field(name: str, value: Any = _NO_VALUE) -> str:
+    """The option ``name`` (with ``value``, if given) marked in a message: ``start=500`` to Python
+    callers, ``--start 500`` on the command line."""
+    if value is _NO_VALUE:
+        return f"{_MARK}{name}{_MARK}"
+    return f"{_MARK}{name}{_VALUE}{value}{_MARK}"
 
 
 class DinofeatError(Exception):
     """Base class: a problem with the user's input, files or environment."""
+
+    def __init__(self, message: str = "") -> None:
+        self.template = message
+        super().__init__(self.render())
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The option fields the message names, in order."""
+        return tuple(match.group(1) for match in _MARKED.finditer(self.template))
+
+    def render(self, flag: Callable[[str], str] | None = None) -> str:
+        """The message with its options named by field (default) or by ``flag(field)``."""
+
+        def name(match: re.Match) -> str:
+            option, value = match.group(1), match.group(2)
+            if flag is None:
+                return option if value is None else f"{option}={value}"
+            return flag(option) if value is None else f"{flag(option)} {value}"
+
+        return _MARKED.sub(name, self.template)
+
+    def __reduce__(self):  # pickled (to and from Ray workers) as its message, marks and all
+        return type(self), (self.template,)
 
 
 class InputError(DinofeatError):

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from dinofeat.errors import InputError
-from dinofeat.features import FeatureMap
-from dinofeat.images import ImageLike, load_image
+from dinofeat.features.featuremap import FeatureMap
+from dinofeat.io.images import ImageLike, load_image
 from dinofeat.options import DEFAULT_AUTO, RANSAC_THRESHOLD_PATCHES, MatchDrawingOptions, MatchOptions
 from dinofeat.points import auto_points, check_points, grid_points
 from dinofeat.search import locate, similarity
@@ -230,20 +230,20 @@ def match(
 ) -> Matches:
     """Match points of ``image_a`` into ``image_b`` (paths, PIL images or ``(H, W, 3) uint8`` arrays).
 
-    ``extractor`` is an :class:`~dinofeat.extractor.Extractor` (model, device, resolution, layer,
+    ``extractor`` is an :class:`~dinofeat.features.extractor.Extractor` (model, device, resolution, layer,
     facet, stride), or a model name for one with default settings. ``options`` and ``overrides``
     are :func:`match_features`'s. Coordinates are pixels of the original images.
 
-    >>> from dinofeat.extractor import Extractor
-    >>> from dinofeat.vit import DinoVisionTransformer
-    >>> from dinofeat.registry import get_spec
+    >>> from dinofeat.features.extractor import Extractor
+    >>> from dinofeat.models.dinov2 import DinoVisionTransformer
+    >>> from dinofeat.models.registry import get_spec
     >>> vit = DinoVisionTransformer(get_spec("dinov2_vits14"), depth=1).init_random()
     >>> image = np.random.default_rng(0).integers(0, 255, (56, 84, 3), dtype=np.uint8)
     >>> m = match(image, image, [[30.0, 20.0]], extractor=Extractor(vit, resolution=56, device="cpu"))
     >>> m.target_xy.round().tolist(), bool(m.mutual[0])
     ([[30.0, 20.0]], True)
     """
-    from dinofeat.extractor import Extractor
+    from dinofeat.features.extractor import Extractor
 
     if extractor is None or isinstance(extractor, str):
         extractor = Extractor(extractor) if extractor else Extractor()
@@ -288,12 +288,12 @@ def match_images(
     """The ``dinofeat match`` job: match query points of ``image_a`` into ``image_b``.
 
     Args:
-        image_a, image_b: ``(H, W, 3) uint8 RGB`` (see :func:`~dinofeat.images.load_image`).
+        image_a, image_b: ``(H, W, 3) uint8 RGB`` (see :func:`~dinofeat.io.images.load_image`).
         points_xy: ``(N, 2)`` query points in A's pixels, or None for ``options.grid`` /
             ``options.auto``.
         extractor: anything with ``extract_arrays(images) -> [FeatureMap]`` and ``options``
-            (an :class:`~dinofeat.extractor.Extractor`, or the app's
-            :class:`~dinofeat.cache.FeatureCache`).
+            (an :class:`~dinofeat.features.extractor.Extractor`, or the app's
+            :class:`~dinofeat.features.cache.FeatureCache`).
         options: :class:`~dinofeat.options.MatchOptions`.
         names: the images' paths or names, for the JSON document.
     """
@@ -425,7 +425,7 @@ def write_match_files(
     drawing: MatchDrawingOptions | None = None,
 ) -> None:
     """Write the picture (``.png/.jpg/.webp``) and/or the JSON document, atomically (all or none)."""
-    from dinofeat.outputs import format_json, save_image, staged_outputs
+    from dinofeat.io.outputs import format_json, save_image, staged_outputs
 
     image = match_picture(result, drawing) if picture is not None else None
     with staged_outputs([picture, json_path]) as (picture_tmp, json_tmp):

@@ -3,8 +3,9 @@
 Each job's options are a frozen dataclass (:class:`ExtractorOptions`, :class:`MatchOptions`,
 :class:`TrackerOptions`, ...). A field's metadata says its command-line flag, help text and
 allowed values; constructing the dataclass checks every field with one function
-(:func:`~dinofeat.optionspec.check_field`), so a bad value gets the same one-line :class:`~dinofeat.errors.InputError`
-whether it comes from the command line, the web app or Python. The CLI builds its argparse options
+(:func:`~dinofeat.optionspec.check_field`), so a bad value gets the same one-line
+:class:`~dinofeat.errors.InputError` whether it comes from the command line, the web app or Python
+(naming the field, ``min_score``; the command line names its flag, ``--min-score``). The CLI builds its argparse options
 from these fields (defaults, choices, help), and ``dataclasses.replace`` re-checks.
 
 This module imports neither torch nor numpy, so ``dinofeat --help`` stays instant.
@@ -14,7 +15,7 @@ This module imports neither torch nor numpy, so ``dinofeat --help`` stays instan
 >>> TrackerOptions(min_score=2)
 Traceback (most recent call last):
 ...
-dinofeat.errors.InputError: --min-score must be a number between -1 and 1, got 2
+dinofeat.errors.InputError: min_score must be a number between -1 and 1, got 2
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dinofeat.errors import InputError
+from dinofeat.models.registry import DEFAULT_MODEL, get_spec
 from dinofeat.optionspec import (
     COSINE,
     NON_NEGATIVE,
@@ -39,7 +41,6 @@ from dinofeat.optionspec import (
     parse_float,
     parse_int,
 )
-from dinofeat.registry import DEFAULT_MODEL, get_spec
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -86,7 +87,7 @@ DEFAULT_MAX_SIZE = 1792
 
 @dataclass(frozen=True)
 class ExtractorOptions(Options):
-    """How images become feature maps (see :class:`~dinofeat.extractor.Extractor`)."""
+    """How images become feature maps (see :class:`~dinofeat.features.extractor.Extractor`)."""
 
     model: str = option(
         DEFAULT_MODEL, flag="--model", metavar="NAME", help="model name (see `dinofeat models`; default: %(default)s)"
@@ -450,7 +451,7 @@ DEFAULT_TRAIL = 12
 
 @dataclass(frozen=True)
 class FrameOptions(Options):
-    """Which frames of a video are processed (see :func:`~dinofeat.video.read_frames`)."""
+    """Which frames of a video are processed (see :func:`~dinofeat.io.video.read_frames`)."""
 
     start: int = option(
         0, flag="--start", range=NON_NEGATIVE_INT, metavar="T", help="first frame to process (default: 0)"
@@ -538,7 +539,7 @@ class TrailOptions(Options):
 
 
 # ---------------------------------------------------------------------------------------------
-# Datasets (thousands of files, resumable; see dinofeat.dataset)
+# Datasets (thousands of files, resumable; see dinofeat.dataset.runs)
 
 ENGINES = ("local", "ray")
 ON_ERROR = ("continue", "fail")
@@ -555,7 +556,7 @@ DEFAULT_DECODE_THREADS = 4
 @dataclass(frozen=True)
 class DatasetOptions(Options):
     """How a dataset (a folder, glob or list of files) is processed and stored
-    (see :func:`~dinofeat.dataset.extract_dataset` and :func:`~dinofeat.dataset.track_dataset`).
+    (see :func:`~dinofeat.dataset.runs.extract_dataset` and :func:`~dinofeat.dataset.runs.track_dataset`).
 
     ``dtype``, ``pca``, ``pca_sample`` and ``shard_size`` say how features are stored (they are
     part of the dataset's manifest); ``outputs`` is for tracks; the rest say how the work runs and
@@ -728,7 +729,7 @@ SPAIR_RESOLUTION = 840
 
 @dataclass(frozen=True)
 class TapVidOptions(Options):
-    """How ``dinofeat eval tapvid`` runs the benchmark (see :func:`~dinofeat.evaluation.evaluate_tapvid_file`)."""
+    """How ``dinofeat eval tapvid`` runs the benchmark (see :func:`~dinofeat.eval.evaluation.evaluate_tapvid_file`)."""
 
     protocol: str = option(
         "first",
@@ -750,7 +751,7 @@ class TapVidOptions(Options):
 
 @dataclass(frozen=True)
 class SPairOptions(Options):
-    """How ``dinofeat eval spair`` runs the benchmark (see :func:`~dinofeat.evaluation.evaluate_spair_folder`)."""
+    """How ``dinofeat eval spair`` runs the benchmark (see :func:`~dinofeat.eval.evaluation.evaluate_spair_folder`)."""
 
     split: str = option("test", flag="--split", choices=SPAIR_SPLITS, help="annotation split (default: %(default)s)")
     limit: int | None = option(

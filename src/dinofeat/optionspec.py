@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dinofeat.errors import InputError
+from dinofeat.errors import field as field_named
 
 # ---------------------------------------------------------------------------------------------
 # Allowed values
@@ -76,7 +77,8 @@ def option(
 
     Args:
         help: the ``--help`` text (``%(default)s`` is filled in by argparse).
-        flag: the command-line flag (``--min-score``); errors name the option by it.
+        flag: the command-line flag (``--min-score``); the CLI's errors name the option by it, the
+            library's by the field name (see :func:`dinofeat.errors.field`).
         range: allowed numbers (for a tuple field: for each element).
         choices: allowed strings (with ``range`` too: a string choice or a number in range).
         optional: None is allowed too (the option is off, or a default is derived later).
@@ -103,11 +105,11 @@ def option(
 
 
 def check_field(name: str, value: Any, meta: dict) -> None:
-    """Raise :class:`InputError` naming the option if ``value`` is not allowed for it."""
-    label = meta.get("flag") or name
+    """Raise :class:`InputError` naming the option (:func:`~dinofeat.errors.field`) if ``value`` is
+    not allowed for it."""
     if value is None:
         if not meta["optional"]:
-            raise InputError(f"{label} must be given")
+            raise InputError(f"{field_named(name)} must be given")
         return
     many = meta["nargs"] is not None or meta.get("repeat")
     values = value if isinstance(value, tuple) and many else (value,)
@@ -115,9 +117,35 @@ def check_field(name: str, value: Any, meta: dict) -> None:
         if _allowed(item, meta["choices"], meta["range"]):
             continue
         if meta["range"] is None and meta["what"] is None:  # a pure choice: "unknown facet 'attn' (--facet) ..."
-            noun = meta["noun"] or label.lstrip("-").replace("-", " ")
-            raise InputError(f"unknown {noun} {item!r} ({label}); choose one of {', '.join(meta['choices'])}")
-        raise InputError(f"{label} must be {describe_allowed(meta)}, got {_show(item)}")
+            noun = meta["noun"] or flag_of(name, meta).lstrip("-").replace("-", " ")
+            choices = ", ".join(meta["choices"])
+            raise InputError(f"unknown {noun} {item!r} ({field_named(name)}); choose one of {choices}")
+        raise InputError(f"{field_named(name)} must be {describe_allowed(meta)}, got {_show(item)}")
+
+
+def flag_of(name: str, meta: dict | None = None) -> str:
+    """The command-line flag of the option field ``name``: its declared ``flag``, else ``--name``
+    with dashes; ``meta`` is the field's metadata, else every :class:`Options` class is searched.
+
+    >>> flag_of("min_score"), flag_of("start")
+    ('--min-score', '--start')
+    """
+    if meta is None:
+        meta = _declared_flags().get(name, {})
+    return meta.get("flag") or "--" + name.replace("_", "-")
+
+
+def _declared_flags() -> dict[str, dict]:
+    """Field name -> metadata, over every :class:`Options` subclass defined so far."""
+    found: dict[str, dict] = {}
+    pending = list(Options.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ():
+            if f.metadata.get("flag"):
+                found.setdefault(f.name, dict(f.metadata))
+    return found
 
 
 def _allowed(item: Any, choices: tuple[str, ...] | None, allowed: Range | None) -> bool:

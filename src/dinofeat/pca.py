@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from dinofeat.errors import InputError
-from dinofeat.features import FeatureMap
+from dinofeat.features.featuremap import FeatureMap
 from dinofeat.options import COLOR_COMPONENTS, DEFAULT_PERCENTILES, PCAOptions
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ class FeaturePCA:
         foreground: the :class:`Foreground` split, or None (every patch is foreground).
         metadata: strings describing the features it was fitted on (model, layers, ...).
 
-    >>> from dinofeat.features import FeatureMap
+    >>> from dinofeat.features.featuremap import FeatureMap
     >>> gen = torch.Generator().manual_seed(0)
     >>> fmap = FeatureMap(torch.randn(4, 6, 16, generator=gen), image_size_wh=(84, 56), processed_size_wh=(84, 56))
     >>> pca = FeaturePCA.fit([fmap], foreground=None)

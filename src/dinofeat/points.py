@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dinofeat.errors import InputError
-from dinofeat.features import FeatureMap, check_inside
+from dinofeat.features.featuremap import FeatureMap, check_inside
 
 
 def grid_points(size_wh: tuple[int, int], n: int) -> torch.Tensor:

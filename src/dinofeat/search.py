@@ -57,7 +57,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from dinofeat.features import FeatureMap
+from dinofeat.features.featuremap import FeatureMap
 
 #: Lattice steps per processed pixel (the search's precision: 1/4 processed pixel).
 SUBDIVISIONS = 4

@@ -31,7 +31,7 @@ For each query point ``(t, x, y)`` (frame index, original pixels):
    brightness and contrast change steadily, the fixed template loses the point and the anchored
    one keeps it.
 
-Frames are batched through the model (:meth:`~dinofeat.extractor.Extractor.extract_arrays`);
+Frames are batched through the model (:meth:`~dinofeat.features.extractor.Extractor.extract_arrays`);
 everything per frame is vectorised over points (no Python loop over points or patches).
 :func:`track_frames` is a generator: one batch of frames is held at a time.
 
@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from dinofeat.errors import InputError
-from dinofeat.features import FeatureMap, check_inside
+from dinofeat.features.featuremap import FeatureMap, check_inside
 from dinofeat.options import (
     DEFAULT_ANCHOR_WEIGHT,
     DEFAULT_CYCLE_TOLERANCE_PATCHES,
@@ -65,12 +65,12 @@ from dinofeat.options import (
     TrackerOptions,
     TrailOptions,
 )
-from dinofeat.progress import Progress, report
+from dinofeat.runtime.progress import Progress, report
 from dinofeat.search import NormTable, locate, refine_peaks
 from dinofeat.tracks import Tracks, TrackStep
 
 if TYPE_CHECKING:
-    from dinofeat.video import VideoInfo
+    from dinofeat.io.video import VideoInfo
 
 __all__ = [
     "DEFAULT_ANCHOR_WEIGHT",
@@ -265,7 +265,7 @@ class PointTracker:
 
 
 def processed_frame_indices(total_frames: int, frames: FrameOptions | None = None) -> range:
-    """Indices of the frames :func:`~dinofeat.video.read_frames` yields with these frame options.
+    """Indices of the frames :func:`~dinofeat.io.video.read_frames` yields with these frame options.
 
     >>> list(processed_frame_indices(10, FrameOptions(start=1, every=4)))
     [1, 5, 9]
@@ -403,7 +403,7 @@ def track_video(
     Args:
         path: the video.
         queries_txy: ``(N, 3)`` query frame index (in the video) and original-pixel position.
-        extractor: an :class:`~dinofeat.extractor.Extractor` (its ``batch_size`` frames per forward pass).
+        extractor: an :class:`~dinofeat.features.extractor.Extractor` (its ``batch_size`` frames per forward pass).
         options: :class:`~dinofeat.options.TrackerOptions` (or its fields as keywords: ``window``,
             ``min_score``, ...).
         frames: which frames to process (:class:`~dinofeat.options.FrameOptions`).
@@ -439,13 +439,13 @@ def track_to_files(
     also tracked back from its query frame, :func:`track_both_ways`) the processed frames are held
     in memory.
 
-    ``info`` is the video's :func:`~dinofeat.video.probe_video` where the caller has it already
+    ``info`` is the video's :func:`~dinofeat.io.video.probe_video` where the caller has it already
     (probing may decode the whole file when the container lacks a frame count); the queries are
     checked against it (:func:`frames_to_process`, :func:`check_queries`).
     """
     from dinofeat.drawing import TrailAnnotator
-    from dinofeat.outputs import staged_outputs
-    from dinofeat.video import VideoWriter, probe_video, read_frames
+    from dinofeat.io.outputs import staged_outputs
+    from dinofeat.io.video import VideoWriter, probe_video, read_frames
 
     frames = frames or FrameOptions()
     trail = trail or TrailOptions()
@@ -486,11 +486,11 @@ def track_to_files(
 
 
 def frames_to_process(info: VideoInfo, frames: FrameOptions | None = None) -> range:
-    """The :func:`processed_frame_indices` of a video of :class:`~dinofeat.video.VideoInfo` ``info``;
+    """The :func:`processed_frame_indices` of a video of :class:`~dinofeat.io.video.VideoInfo` ``info``;
     none (a ``--start`` past its end) is an :class:`InputError`. Callers check with it before
     loading a model, and :func:`track_to_files` checks with it too.
 
-    >>> from dinofeat.video import VideoInfo
+    >>> from dinofeat.io.video import VideoInfo
     >>> frames_to_process(VideoInfo(fps=25.0, frames=10, size_wh=(64, 48)), FrameOptions(start=4, every=3))
     range(4, 10, 3)
     """

@@ -30,6 +30,7 @@ import numpy as np
 
 from dinofeat.drawing import draw_points
 from dinofeat.errors import DinofeatError, InputError
+from dinofeat.optionspec import flag_of
 
 GRADIO_MISSING = 'the web app needs Gradio, an optional extra: pip install "dinofeat[app]"'
 
@@ -52,7 +53,8 @@ def messages(fn):
         try:
             return fn(*args, **kwargs)
         except DinofeatError as err:
-            raise gr.Error(" ".join(str(err).split()), print_exception=False) from None
+            # the page's controls are the command's options: name them by their flags, as the CLI does
+            raise gr.Error(" ".join(err.render(flag_of).split()), print_exception=False) from None
 
     return wrapper
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dinofeat.cache import DEFAULT_CACHE_SIZE, FeatureCache
 from dinofeat.drawing import draw_points
 from dinofeat.errors import InputError
+from dinofeat.features.cache import DEFAULT_CACHE_SIZE, FeatureCache
 from dinofeat.options import (
     COLOR_COMPONENTS,
     DEFAULT_MAX_IMAGE_MEGAPIXELS,
@@ -34,7 +34,7 @@ from dinofeat.options import (
     TrackerOptions,
     TrailOptions,
 )
-from dinofeat.progress import Progress
+from dinofeat.runtime.progress import Progress
 
 #: Query points per image pair or video at most (each point is one line in the pictures).
 MAX_POINTS = 200
@@ -88,7 +88,7 @@ class VideoView:
 
     Attributes:
         path: the video file.
-        fps, frames, size_wh: from :func:`~dinofeat.video.probe_video`.
+        fps, frames, size_wh: from :func:`~dinofeat.io.video.probe_video`.
         usable_frames: frames the app tracks (``frames`` capped at the session's limit).
         notice: a warning to show (the video is cut), or None.
     """
@@ -102,8 +102,8 @@ class VideoView:
 
     @property
     def info(self):
-        """The :class:`~dinofeat.video.VideoInfo` probed (the workflows take it instead of probing again)."""
-        from dinofeat.video import VideoInfo
+        """The :class:`~dinofeat.io.video.VideoInfo` probed (the workflows take it instead of probing again)."""
+        from dinofeat.io.video import VideoInfo
 
         return VideoInfo(fps=self.fps, frames=self.frames, size_wh=self.size_wh)
 
@@ -130,13 +130,13 @@ class AppSession:
     """The loaded model and the app's actions, without any user interface.
 
     Args:
-        extractor: an :class:`~dinofeat.extractor.Extractor` (the model is loaded once, here).
+        extractor: an :class:`~dinofeat.features.extractor.Extractor` (the model is loaded once, here).
         max_image_megapixels: larger images are refused with a message.
         max_video_frames: videos are tracked over their first this many frames at most.
         workdir: folder for the files offered for download (default: a new temporary folder,
             removed at exit).
 
-    Feature maps are cached (:class:`~dinofeat.cache.FeatureCache`); methods are safe to call from
+    Feature maps are cached (:class:`~dinofeat.features.cache.FeatureCache`); methods are safe to call from
     several threads (model calls run one at a time).
     """
 
@@ -195,7 +195,7 @@ class AppSession:
         """Read an uploaded image as ``(H, W, 3) uint8 RGB``, refusing non-images and huge ones."""
         from PIL import Image, UnidentifiedImageError
 
-        from dinofeat.images import load_image
+        from dinofeat.io.images import load_image
 
         if path is None or str(path) == "":
             raise InputError("no image: upload one or pick an example")
@@ -249,8 +249,8 @@ class AppSession:
 
         The heatmap is the last clicked point's similarity (the best point's, for ``auto``).
         """
+        from dinofeat.io.outputs import format_json
         from dinofeat.matching import heatmap_picture, match_images, match_picture
-        from dinofeat.outputs import format_json
 
         if image_a is None:
             raise InputError("upload image A first")
@@ -329,7 +329,7 @@ class AppSession:
     # -- video --------------------------------------------------------------------------------
     def open_video(self, path: str | Path | None) -> VideoView:
         """Check an uploaded video (decodable, has frames) and say how much of it will be tracked."""
-        from dinofeat.video import probe_video
+        from dinofeat.io.video import probe_video
 
         if path is None or str(path) == "":
             raise InputError("no video: upload one or pick the example")
@@ -349,7 +349,7 @@ class AppSession:
 
     def video_frame(self, path: str | Path, index: int) -> np.ndarray:
         """Frame ``index`` of a video, ``(H, W, 3) uint8 RGB``."""
-        from dinofeat.video import read_frames
+        from dinofeat.io.video import read_frames
 
         index = int(index)
         if index < 0:

@@ -105,8 +105,10 @@ def _is_user_error(err: BaseException) -> bool:
 
 def _one_line(err: BaseException) -> str:
     from dinofeat.errors import DinofeatError
+    from dinofeat.optionspec import flag_of
 
-    text = " ".join(str(err).split()) or type(err).__name__
+    message = err.render(flag_of) if isinstance(err, DinofeatError) else str(err)
+    text = " ".join(message.split()) or type(err).__name__
     if isinstance(err, (DinofeatError, OSError)):
         return text
     return f"{type(err).__name__}: {text} (this is a bug in dinofeat; run with --debug for the traceback)"

@@ -65,11 +65,11 @@ def _serve_until_interrupted(demo) -> None:
 
     Not Gradio's ``block_thread``: its server close waits for the requests under way (seconds, a
     model pass among them). The server's threads end with the process; a pass still inside its
-    block then is left at once (:mod:`dinofeat.modelthread`'s exit, status 130).
+    block then is left at once (:mod:`dinofeat.runtime.modelthread`'s exit, status 130).
     """
     import time
 
-    from dinofeat.modelthread import stop_passes
+    from dinofeat.runtime.modelthread import stop_passes
 
     try:
         while demo.is_running:

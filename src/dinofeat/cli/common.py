@@ -114,8 +114,8 @@ def summary(args: argparse.Namespace, text: str, *, stream=None) -> None:
 
 
 def progress_bar(args: argparse.Namespace, desc: str, unit: str):
-    """A :class:`~dinofeat.progress.TqdmProgress` for the command (none with --quiet)."""
-    from dinofeat.progress import TqdmProgress
+    """A :class:`~dinofeat.runtime.progress.TqdmProgress` for the command (none with --quiet)."""
+    from dinofeat.runtime.progress import TqdmProgress
 
     return TqdmProgress(desc, unit, enabled=not getattr(args, "quiet", False))
 
@@ -132,18 +132,18 @@ BLOCK_BAR_DELAY = 3.0
 
 
 def make_extractor(options, args: argparse.Namespace | None = None):
-    """The :class:`~dinofeat.extractor.Extractor` for checked :func:`extractor_options` (loads the model).
+    """The :class:`~dinofeat.features.extractor.Extractor` for checked :func:`extractor_options` (loads the model).
 
     With the command's ``args``, a forward pass that takes more than :data:`BLOCK_BAR_DELAY`
     seconds shows a bar of its blocks ("running the model on 1344x1792"), unless ``--quiet``."""
-    from dinofeat.extractor import Extractor
+    from dinofeat.features.extractor import Extractor
 
     if args is None:
         return Extractor.from_options(options)
     quiet = getattr(args, "quiet", False)
 
     def block_bar(what: str):
-        from dinofeat.progress import TqdmProgress
+        from dinofeat.runtime.progress import TqdmProgress
 
         return TqdmProgress(f"running {what}", "block", enabled=not quiet, delay=BLOCK_BAR_DELAY, leave=False)
 
@@ -156,15 +156,15 @@ def add_features_option(parser, help_text: str) -> None:
 
 
 def open_feature_folder(args: argparse.Namespace, inputs):
-    """The :class:`~dinofeat.featurestore.FeatureStore` of ``--features DIR``, an extractor stand-in
+    """The :class:`~dinofeat.dataset.store.FeatureStore` of ``--features DIR``, an extractor stand-in
     giving ``inputs``' stored maps, and the image file of each input (for drawing).
 
     The model and feature options are the folder's: giving one of them is an error.
     """
     from pathlib import Path
 
+    from dinofeat.dataset.store import open_features
     from dinofeat.errors import InputError
-    from dinofeat.featurestore import open_features
     from dinofeat.options import ExtractorOptions
 
     for f in dataclasses.fields(ExtractorOptions):

@@ -81,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_tapvid(args: argparse.Namespace) -> int:
     from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
-    from dinofeat.evaluation import evaluate_tapvid_file, sweep_tapvid, sweep_trackers, tapvid_sweep_json
-    from dinofeat.outputs import check_outputs, check_suffix
-    from dinofeat.sweeps import parse_sweeps
-    from dinofeat.tapvid import read_tapvid
+    from dinofeat.eval.evaluation import evaluate_tapvid_file, sweep_tapvid, sweep_trackers, tapvid_sweep_json
+    from dinofeat.eval.sweeps import parse_sweeps
+    from dinofeat.eval.tapvid import read_tapvid
+    from dinofeat.io.outputs import check_outputs, check_suffix
 
     model = extractor_options(args)
     options = options_from(args, TapVidOptions)
@@ -118,8 +118,8 @@ def _run_tapvid(args: argparse.Namespace) -> int:
 
 def _run_spair(args: argparse.Namespace) -> int:
     from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
-    from dinofeat.evaluation import evaluate_spair_folder
-    from dinofeat.outputs import check_outputs, check_suffix
+    from dinofeat.eval.evaluation import evaluate_spair_folder
+    from dinofeat.io.outputs import check_outputs, check_suffix
 
     model = extractor_options(args)
     options = options_from(args, SPairOptions)
@@ -142,7 +142,7 @@ def _run_spair(args: argparse.Namespace) -> int:
 def _write(args: argparse.Namespace, document: dict, table: str) -> None:
     import sys
 
-    from dinofeat.outputs import format_json, staged_outputs
+    from dinofeat.io.outputs import format_json, staged_outputs
 
     if args.json:
         with staged_outputs([args.json]) as (tmp,):

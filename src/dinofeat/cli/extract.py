@@ -43,9 +43,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from dinofeat.cli.common import extractor_options, make_extractor, options_from, summary
     from dinofeat.errors import InputError
-    from dinofeat.featurefile import FEATURE_SUFFIXES, extract_to_file
-    from dinofeat.images import load_image
-    from dinofeat.outputs import check_outputs, check_suffix
+    from dinofeat.features.files import FEATURE_SUFFIXES, extract_to_file
+    from dinofeat.io.images import load_image
+    from dinofeat.io.outputs import check_outputs, check_suffix
 
     options = extractor_options(args)
     dataset = options_from(args, DatasetOptions)
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_dataset(args: argparse.Namespace, options, dataset: DatasetOptions) -> int:
     from dinofeat.cli.common import progress_bar, summary
-    from dinofeat.dataset import extract_dataset
+    from dinofeat.dataset.runs import extract_dataset
 
     with progress_bar(args, "extracting", "image") as bar:
         result = extract_dataset(args.images, args.out_dir, options, dataset, progress=bar)

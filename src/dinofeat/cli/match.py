@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
 
     from dinofeat.cli.common import extractor_options, make_extractor, options_from, parse_each, point_xy, summary
     from dinofeat.errors import InputError
-    from dinofeat.images import load_image
+    from dinofeat.io.images import load_image
+    from dinofeat.io.outputs import check_outputs, check_suffix, format_json
     from dinofeat.matching import match_images, write_match_files
-    from dinofeat.outputs import check_outputs, check_suffix, format_json
     from dinofeat.points import read_points_file
 
     model = extractor_options(args)

@@ -20,9 +20,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dinofeat.registry import DEFAULT_MODEL, MODELS
-    from dinofeat.vit import count_parameters
-    from dinofeat.weights import cached_locally
+    from dinofeat.models.build import count_parameters
+    from dinofeat.models.registry import DEFAULT_MODEL, MODELS
+    from dinofeat.models.weights import cached_locally
 
     rows = [("name", "params", "patch", "registers", "dim", "cached", "gated", "hugging face repo")]
     for spec in MODELS.values():

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from dinofeat.cli.common import add_extractor_options, add_features_option, add_options, open_feature_folder
-from dinofeat.listing import VIDEO_SUFFIXES  # inputs with these suffixes are read as videos (the rest as images)
+from dinofeat.dataset.listing import (
+    VIDEO_SUFFIXES,  # inputs with these suffixes are read as videos (the rest as images)
+)
 from dinofeat.options import FrameOptions, PCADrawingOptions, PCAOptions
 
 #: Video outputs the writer can produce (H.264).
@@ -76,7 +78,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from dinofeat.cli.common import extractor_options, options_from
     from dinofeat.errors import InputError
-    from dinofeat.outputs import check_suffix
+    from dinofeat.io.outputs import check_suffix
 
     model = extractor_options(args)
     options = options_from(args, PCAOptions)
@@ -105,7 +107,7 @@ def _run_store_fit(args: argparse.Namespace, options: PCAOptions) -> int:
     from dinofeat.cli.common import summary
     from dinofeat.colorize import fit_store_pca
     from dinofeat.errors import InputError
-    from dinofeat.outputs import check_outputs, staged_outputs
+    from dinofeat.io.outputs import check_outputs, staged_outputs
 
     if args.output or args.out_dir or args.save_features or not args.save_pca:
         raise InputError("--features DIR without INPUT fits a PCA: give --save-pca F.npz only (name images to draw)")
@@ -123,8 +125,8 @@ def _run_images(args: argparse.Namespace, model, options: PCAOptions, drawing: P
     from dinofeat.cli.common import make_extractor, summary
     from dinofeat.colorize import pca_images, write_pca_files
     from dinofeat.errors import InputError
-    from dinofeat.images import load_image
-    from dinofeat.outputs import check_outputs, check_suffix
+    from dinofeat.io.images import load_image
+    from dinofeat.io.outputs import check_outputs, check_suffix
 
     check_suffix(args.output, IMAGE_OUTPUTS, "-o for images")
     if drawing.transparent and args.output and not args.output.lower().endswith(".png"):
@@ -161,7 +163,7 @@ def _run_video(
     from dinofeat.cli.common import make_extractor, progress_bar, summary
     from dinofeat.colorize import pca_video_to_file
     from dinofeat.errors import InputError
-    from dinofeat.outputs import check_outputs, check_suffix
+    from dinofeat.io.outputs import check_outputs, check_suffix
 
     if args.save_features:
         raise InputError("--save-features is for images; extract frames first to save reduced video features")
@@ -198,7 +200,7 @@ def _stdout():
 
 
 def _out_dir_targets(args: argparse.Namespace, suffix: str) -> list[str]:
-    from dinofeat.outputs import ensure_folder
+    from dinofeat.io.outputs import ensure_folder
 
     folder = ensure_folder(args.out_dir)
     stems = [Path(p).stem for p in args.inputs]

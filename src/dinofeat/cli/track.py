@@ -98,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
 
     from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
     from dinofeat.errors import InputError
-    from dinofeat.outputs import check_outputs, check_suffix
+    from dinofeat.io.outputs import check_outputs, check_suffix
+    from dinofeat.io.video import probe_video
     from dinofeat.tracking import check_queries, frames_to_process, track_to_files
-    from dinofeat.video import probe_video
 
     model = extractor_options(args)
     tracker = options_from(args, TrackerOptions)
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_dataset(args, model, tracker, frames, trail, dataset: DatasetOptions) -> int:
     from dinofeat.cli.common import progress_bar, summary
-    from dinofeat.dataset import QuerySpec, track_dataset
+    from dinofeat.dataset.runs import QuerySpec, track_dataset
     from dinofeat.errors import InputError
 
     given = [flag for flag, value in (("-o", args.output), ("--json", args.json), ("--csv", args.csv)) if value]

@@ -1,0 +1,133 @@
+"""The local dataset engine: everything in this process, decoding, the model and writing overlapped.
+
+Threads decode and resize the images of at most two shards ahead of the model (a semaphore bounds
+them, so memory stays flat however large the dataset), the model runs in the calling thread on
+full batches (:func:`~dinofeat.dataset.workunits.compute_shard`), and one writer thread writes the
+previous shard while the next is computed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from queue import Queue
+
+from dinofeat.dataset.listing import Item
+from dinofeat.dataset.manifest import weights_digest
+from dinofeat.dataset.workunits import (
+    FeatureJob,
+    ItemOutcome,
+    Shard,
+    ShardResult,
+    TrackJob,
+    compute_shard,
+    decode_image,
+    fit_storage_pca,
+    track_item,
+    write_shard_result,
+)
+from dinofeat.options import ExtractorOptions
+from dinofeat.runtime.modelthread import block_interrupts, start_thread
+
+
+class LocalEngine:
+    """Runs the work in this process: one model; decoding, the model and writing overlap.
+
+    ``model``: an already built model to use instead of loading ``extractor_options.model``.
+    """
+
+    def __init__(self, model=None) -> None:
+        self._model = model
+        self._extractor = None
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._extractor = None
+
+    def extractor(self, options: ExtractorOptions):
+        if self._extractor is None:
+            from dinofeat.features.extractor import Extractor
+
+            self._extractor = Extractor.from_options(options, model=self._model)
+        return self._extractor
+
+    def weights_digest(self, options: ExtractorOptions) -> str:
+        return weights_digest(self.extractor(options).model)
+
+    def fit_pca(self, job: FeatureJob, items: Sequence[Item]):
+        return fit_storage_pca(items, self.extractor(job.extractor), job)
+
+    def shards(
+        self, shards: Iterable[Shard], job: FeatureJob, on_items: Callable[[int], None]
+    ) -> Iterator[ShardResult]:
+        """Compute and write ``shards``; yields each one's result once it is written.
+
+        Threads decode and resize the images of at most two shards ahead (a semaphore bounds
+        them), the model runs here, and a writer thread writes the previous shard.
+        """
+        extractor = self.extractor(job.extractor)
+        decoders = ThreadPoolExecutor(
+            job.dataset.decode_threads, thread_name_prefix="dinofeat-decode", initializer=block_interrupts
+        )
+        writer = ThreadPoolExecutor(1, thread_name_prefix="dinofeat-write", initializer=block_interrupts)
+        ahead, stop, queue = threading.Semaphore(2), threading.Event(), Queue()
+
+        def produce() -> None:
+            try:
+                for shard in shards:
+                    while not ahead.acquire(timeout=0.1):
+                        if stop.is_set():
+                            return
+                    if stop.is_set():
+                        return
+                    queue.put((shard, [decoders.submit(decode_image, item, extractor) for item in shard.items]))
+            except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
+                queue.put(err)
+                return
+            queue.put(None)
+
+        start_thread(produce, name="dinofeat-list")
+        written = None
+        try:
+            while (got := queue.get()) is not None:
+                if isinstance(got, BaseException):
+                    raise got
+                shard, futures = got
+                stop_on_error = job.dataset.on_error == "fail"
+                result = compute_shard(
+                    shard.number,
+                    (f.result() for f in futures),
+                    extractor,
+                    pca=job.pca,
+                    stop_on_error=stop_on_error,
+                    on_items=on_items,
+                )
+                ahead.release()
+                if written is not None:
+                    yield _finished(*written)
+                    written = None
+                if result.stopped:
+                    yield result
+                    return
+                written = (result, writer.submit(write_shard_result, job, result))
+            if written is not None:
+                yield _finished(*written)
+        finally:
+            stop.set()
+            decoders.shutdown(wait=False, cancel_futures=True)
+            writer.shutdown(wait=True)  # a write under way finishes: it is atomic, and then counts as done
+
+    def tracks(self, items: Iterable[Item], job: TrackJob) -> Iterator[ItemOutcome]:
+        """Track ``items`` one video after another (each streams its frames)."""
+        extractor = self.extractor(job.extractor)
+        for item in items:
+            yield track_item(item, extractor, job)
+
+
+def _finished(result: ShardResult, future) -> ShardResult:
+    future.result()  # raises the writer's error (disk full, say)
+    result.maps = []
+    return result

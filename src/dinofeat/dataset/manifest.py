@@ -1,0 +1,203 @@
+"""A dataset folder's bookkeeping: its manifest, its lock, its error log, and what killed runs left.
+
+* ``manifest.json`` records the settings, the model, the weights hash (sha256 of the loaded state
+  dict, so the same weights give the same hash whatever file they came from), the dinofeat
+  version and the inputs. :func:`claim_folder` writes it into a new folder, or refuses a run whose
+  settings differ (one line naming the first difference). The device, engine, batch size and
+  worker counts are not compared: they change the floats by rounding only, or nothing.
+* ``.lock`` is held for the run (:func:`locked`): a second run into the same folder is refused.
+* ``errors.jsonl`` (:class:`ErrorLog`): one ``{"path", "error", "item"}`` object per line for each
+  file that failed; a line cut short by a kill is skipped when read, and a path recorded twice
+  (by killed runs) is read once (:func:`read_errors`).
+* Temporary files of unfinished atomic writes (``.name.*``) are removed by the next run
+  (:func:`remove_temporary_files`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from dinofeat.dataset.store import ERRORS, MANIFEST, SHARDS
+from dinofeat.errors import DinofeatError, InputError
+from dinofeat.options import ExtractorOptions
+
+__all__ = ["ERRORS", "MANIFEST"]
+
+MANIFEST_FORMAT = "dinofeat-dataset"
+MANIFEST_VERSION = 1
+#: Per-video outputs of a tracking dataset.
+TRACKS = "tracks"
+#: Manifest entries that must agree for a rerun into the same folder.
+COMPARED = ("kind", "dinofeat_version", "model", "weights_sha256", "settings", "inputs.items", "inputs.sha256")
+
+
+def weights_digest(model) -> str:
+    """sha256 of a model's state dict (names, dtypes, shapes, bytes): the same weights give the
+    same hash whatever file they came from."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def make_manifest(kind: str, model: ExtractorOptions, weights_sha256: str, settings: dict, **extra) -> dict:
+    """The ``manifest.json`` document of a dataset folder."""
+    from dinofeat import __version__
+
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "kind": kind,
+        "dinofeat_version": __version__,
+        "model": model.model,
+        "weights": model.weights,
+        "weights_sha256": weights_sha256,
+        "settings": settings,
+        **extra,
+    }
+
+
+def claim_folder(folder: Path, manifest: dict, *, check_only: bool = False) -> None:
+    """Write ``manifest`` into an empty ``folder``, or check that the folder's manifest agrees with it.
+
+    Raises :class:`InputError` naming the first setting that differs, or when the folder holds
+    files but no manifest (it is not a dataset folder). ``check_only`` checks what ``manifest``
+    holds and writes nothing (a first check before the model is loaded for its weights hash).
+    """
+    path = folder / MANIFEST
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            raise InputError(f"{path} is damaged (not JSON); use another --out-dir") from None
+        for key in COMPARED:
+            if check_only and _lookup(manifest, key) is None:
+                continue
+            then, now = _lookup(old, key), _lookup(manifest, key)
+            if isinstance(then, dict) and isinstance(now, dict):
+                names = [name for name in {**then, **now} if then.get(name) != now.get(name)]
+                key, then, now = (f"{key}.{names[0]}", then.get(names[0]), now.get(names[0])) if names else (key, 0, 0)
+            if then != now:
+                raise InputError(
+                    f"{folder} was made with other settings ({key}: {_show(then)} there, {_show(now)} now); "
+                    "rerun with the same settings to resume, or use another --out-dir"
+                )
+        return
+    others = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+    if others:
+        raise InputError(f"{folder} is not empty and holds no {MANIFEST}; give a new or empty --out-dir")
+    if not check_only:
+        _write_json(path, manifest)
+
+
+def _lookup(document: dict, key: str):
+    for part in key.split("."):
+        document = document.get(part) if isinstance(document, dict) else None
+    return document
+
+
+def _show(value) -> str:
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12] + "…"  # a hash
+    return json.dumps(value)
+
+
+def _write_json(path: Path, document: dict) -> None:
+    from dinofeat.io.outputs import format_json, staged_outputs
+
+    with staged_outputs([path]) as (tmp,):
+        tmp.write_text(format_json(document))
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.lock`` for the run: a second run into the same folder is refused."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one run at a time is then the user's care
+        yield
+        return
+    with open(folder / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"another dinofeat run is writing to {folder}") from None
+        yield
+
+
+def remove_temporary_files(folder: Path) -> None:
+    """Remove what killed runs left: the temporary files of unfinished atomic writes (``.name.*``)."""
+    for sub in (folder, folder / SHARDS, folder / TRACKS):
+        if sub.is_dir():
+            for path in sub.iterdir():
+                if path.name.startswith(".") and path.name != ".lock" and path.is_file():
+                    path.unlink(missing_ok=True)
+
+
+class ErrorLog:
+    """``errors.jsonl``: one ``{"path", "error", "item"}`` line per failed item, appended and flushed
+    as failures happen; :meth:`rewrite` replaces it with the final list at the end of a run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = None
+
+    def record(self, error: dict) -> None:
+        if self._handle is None:
+            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run; close()
+        self._handle.write(json.dumps({"path": error["path"], "error": error["error"], "item": error["item"]}) + "\n")
+        self._handle.flush()
+
+    def rewrite(self, errors: Iterable[dict]) -> int:
+        """Replace the log by ``errors`` (atomically; no file when there are none); returns the
+        number of records written (one per item)."""
+        from dinofeat.io.outputs import staged_outputs
+
+        self.close()
+        rows = sorted({e["item"]: e for e in errors}.values(), key=lambda e: e["item"])
+        if not rows:
+            self.path.unlink(missing_ok=True)
+            return 0
+        with staged_outputs([self.path]) as (tmp,):
+            tmp.write_text("".join(json.dumps({k: e[k] for k in ("path", "error", "item")}) + "\n" for e in rows))
+        return len(rows)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def read_errors(path: str | os.PathLike) -> list[dict]:
+    """The records of an ``errors.jsonl``, one per path (a line cut short by a kill is skipped). A
+    path recorded again (appended by runs killed before they rewrote the log) keeps its first place
+    and its last record."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records: dict[str, dict] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "path" in record and "error" in record:
+            records[record["path"]] = record
+    return list(records.values())
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as the one-line reason ``errors.jsonl`` records."""
+    text = " ".join(str(err).split())
+    if isinstance(err, (DinofeatError, OSError)) and text:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -1,0 +1,1 @@
+"""Benchmarks: TAP-Vid and SPair-71k formats, protocols and metrics, and the sweeps that score on them."""

@@ -1,0 +1,192 @@
+"""The ``dinofeat eval`` jobs: dinofeat's tracker on TAP-Vid and its matcher on SPair-71k, scored
+the way the benchmarks' reference code scores (:mod:`dinofeat.eval.tapvid`, :mod:`dinofeat.eval.spair`).
+
+* :func:`tracker_fn` / :func:`evaluate_tapvid_file` - each query tracked forward *and backward*
+  from its frame (:func:`~dinofeat.tracking.track_both_ways`), with the tracker's options; and
+  :func:`sweep_tapvid`, which re-runs the tracker for every combination of swept options (features
+  are computed once per video), so thresholds can be chosen from the numbers.
+* :func:`matcher_fn` / :func:`evaluate_spair_folder` - each source keypoint transferred with the
+  exact sub-pixel matcher (:func:`~dinofeat.matching.match_features`, options as in ``match``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from dinofeat.errors import InputError
+from dinofeat.eval.spair import SPairReport, evaluate_spair, read_spair
+from dinofeat.eval.sweeps import Sweep, SweepRun
+from dinofeat.eval.tapvid import (
+    DEFAULT_RESOLUTION,
+    TABLE_COLUMNS,
+    TapVidReport,
+    TapVidVideo,
+    evaluate_tapvid,
+    evaluate_video,
+    read_tapvid,
+)
+from dinofeat.eval.tapvid_metrics import mean_metrics
+from dinofeat.features.cache import FeatureCache
+from dinofeat.options import MatchOptions, SPairOptions, TapVidOptions, TrackerOptions
+from dinofeat.runtime.progress import Progress, report
+
+
+def tracker_fn(extractor, options: TrackerOptions | None = None):
+    """A TAP-Vid ``track_fn(frames, queries_txy) -> (tracks_xy, visible)`` running dinofeat's
+    tracker both ways from each query's frame: ``frames`` ``(T, H, W, 3) uint8``, queries
+    ``(N, 3)`` ``(t, x, y)`` dinofeat pixels; returns ``(N, T, 2)`` pixels and ``(N, T)`` bool.
+    Queries are tracked independently (the benchmark's rule)."""
+    from dinofeat.tracking import track_both_ways
+    from dinofeat.tracks import Tracks
+
+    options = options or TrackerOptions()
+
+    def track(frames: np.ndarray, queries_txy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        steps = track_both_ways(enumerate(frames), queries_txy, extractor, options)
+        tracks = Tracks.from_steps(queries_txy, list(steps))
+        return tracks.points_xy.permute(1, 0, 2).numpy(), tracks.visible.T.numpy()
+
+    return track
+
+
+def _protocol(options: TapVidOptions) -> dict:
+    """``evaluate_tapvid`` arguments: 256x256 frames and raster, or original ones."""
+    resolution = None if options.full_resolution else DEFAULT_RESOLUTION
+    return {"protocol": options.protocol, "resolution": resolution}
+
+
+def evaluate_tapvid_file(
+    path: str | os.PathLike,
+    extractor,
+    options: TapVidOptions | None = None,
+    tracker: TrackerOptions | None = None,
+    *,
+    progress: Progress | None = None,
+) -> TapVidReport:
+    """The ``dinofeat eval tapvid`` job: read an official TAP-Vid pickle (or a folder of them),
+    track every video's queries with dinofeat's tracker, score with the reference metrics."""
+    options = options or TapVidOptions()
+    videos = read_tapvid(path)
+    return evaluate_tapvid(
+        videos,
+        tracker_fn(extractor, tracker),
+        max_videos=options.max_videos,
+        model=_model_name(extractor),
+        progress=progress,
+        **_protocol(options),
+    )
+
+
+def sweep_tapvid(
+    videos: Sequence[TapVidVideo],
+    extractor,
+    grid: Mapping[str, Sequence[float]],
+    options: TapVidOptions | None = None,
+    tracker: TrackerOptions | None = None,
+    *,
+    metric: str = "average_jaccard",
+    progress: Progress | None = None,
+) -> Sweep:
+    """The mean metrics for every combination of swept tracker options (``grid``: option name ->
+    values, e.g. ``{"min_score": [0.3, ..., 0.8]}``, names of :class:`~dinofeat.options.TrackerOptions`).
+
+    Videos are visited one at a time and every setting tracked on each, so a video's features are
+    computed once (a :class:`~dinofeat.features.cache.FeatureCache` the size of the longest video).
+    """
+    options = options or TapVidOptions()
+    tracker = tracker or TrackerOptions()
+    videos = list(videos)[: options.max_videos]
+    if not videos:
+        raise InputError("no TAP-Vid videos to evaluate")
+    settings = _sweep_settings(grid)
+    trackers = [tracker.replace(**setting) for setting in settings]  # every value checked before any work
+    cache = FeatureCache(extractor, size=max(video.num_frames for video in videos))
+    per_setting: list[list[dict]] = [[] for _ in settings]
+    total, done = len(videos) * len(settings), 0
+    for video in videos:
+        for results, setting_tracker in zip(per_setting, trackers):
+            result = evaluate_video(video, tracker_fn(cache, setting_tracker), **_protocol(options))
+            results.append(result.metrics)
+            done += 1
+            report(progress, done, total)
+    runs = [SweepRun(settings=setting, mean=mean_metrics(results)) for setting, results in zip(settings, per_setting)]
+    return Sweep(names=list(grid), runs=runs, metric=metric, columns=TABLE_COLUMNS)
+
+
+def sweep_trackers(grid: Mapping[str, Sequence[float]], tracker: TrackerOptions | None = None) -> list[TrackerOptions]:
+    """The tracker options of every combination of swept values, each checked (call it before any
+    work: a wrong name or value is a one-line error)."""
+    tracker = tracker or TrackerOptions()
+    return [tracker.replace(**setting) for setting in _sweep_settings(grid)]
+
+
+def _sweep_settings(grid: Mapping[str, Sequence[float]]) -> list[dict]:
+    """Every combination of the swept values, as ``{name: value}``, after checking the names are
+    tracker options."""
+    names = list(grid)
+    unknown = [name for name in names if name not in TrackerOptions.__dataclass_fields__]
+    if unknown or not names:
+        raise InputError(
+            f"cannot sweep {', '.join(unknown) or 'nothing'}: sweep tracker options such as "
+            "min_score=0.3:0.8:0.05 or cycle_tolerance=7:28:7"
+        )
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[name] for name in names))]
+
+
+def matcher_fn(extractor, options: MatchOptions | None = None):
+    """An SPair ``match_fn(image_a, image_b, points_xy) -> target_xy`` using the exact matcher;
+    keypoints are clamped into image A (a few sit on the image's outer edge); matches that fail a
+    check asked for (``require_mutual``, ``max_ratio``, ``ransac``) come back NaN, i.e. a miss."""
+    from dinofeat.matching import match_features
+
+    options = options or MatchOptions()
+
+    def transfer(image_a: np.ndarray, image_b: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
+        fa, fb = extractor.extract_arrays([image_a, image_b])
+        w, h = fa.image_size_wh
+        points = np.stack([np.clip(points_xy[:, 0], -0.5, w - 0.5), np.clip(points_xy[:, 1], -0.5, h - 0.5)], 1)
+        matches = match_features(fa, fb, points, options)
+        target = matches.target_xy.double().numpy()
+        target[~matches.keep.numpy()] = np.nan
+        return target
+
+    return transfer
+
+
+def evaluate_spair_folder(
+    root: str | os.PathLike,
+    extractor,
+    options: SPairOptions | None = None,
+    matching: MatchOptions | None = None,
+    *,
+    progress: Progress | None = None,
+) -> SPairReport:
+    """The ``dinofeat eval spair`` job: read a split of an SPair-71k folder, transfer every source
+    keypoint into the target image, score PCK@alpha per point and per image, overall and per category."""
+    options = options or SPairOptions()
+    pairs = read_spair(root, split=options.split, limit=options.limit)
+    return evaluate_spair(
+        pairs, matcher_fn(extractor, matching), alphas=options.alphas, model=_model_name(extractor), progress=progress
+    )
+
+
+def _model_name(extractor) -> str:
+    return extractor.options.model
+
+
+def tapvid_sweep_json(sweep: Sweep, extractor, options: TapVidOptions | None = None) -> dict:
+    """The ``dinofeat eval tapvid --sweep --json`` document: the protocol and the frames' raster
+    the sweep ran with (as :meth:`~dinofeat.eval.tapvid.TapVidReport.to_json` writes them: ``[H, W]`` or
+    ``"full"``), the model, and :meth:`~dinofeat.eval.sweeps.Sweep.to_json`."""
+    protocol = _protocol(options or TapVidOptions())
+    resolution = protocol["resolution"]
+    return {
+        "protocol": protocol["protocol"],
+        "resolution": list(resolution) if resolution else "full",
+        "model": _model_name(extractor),
+        "sweep": sweep.to_json(),
+    }

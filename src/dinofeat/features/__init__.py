@@ -1,0 +1,1 @@
+"""Feature maps: the pixel <-> grid geometry, the extractor that makes them, their cache and files."""

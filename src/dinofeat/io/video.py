@@ -1,0 +1,278 @@
+"""Video in and out with PyAV (FFmpeg): frames as an iterator, a writer as a context manager.
+
+Frames are ``(H, W, 3) uint8 RGB`` numpy arrays everywhere inside dinofeat. Frame indices count
+decoded frames from 0 in decoding-presentation order, so ``(t, x, y)`` always names the same frame
+whatever the container's timestamps. Display rotation stored by phones (the display matrix) is
+applied, so frames come out the way players show them.
+
+Long videos stream: :func:`read_frames` holds one decoded frame at a time and
+:class:`VideoWriter` encodes each frame as it is written.
+
+>>> import tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "grey.mp4")
+>>> with VideoWriter(path, fps=25, size_wh=(64, 48)) as sink:
+...     for _ in range(5):
+...         sink.write(np.full((48, 64, 3), 128, np.uint8))
+>>> probe_video(path)
+VideoInfo(fps=25.0, frames=5, size_wh=(64, 48))
+>>> [index for index, frame in read_frames(path, start=1, every=2)]
+[1, 3]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from dinofeat.errors import InputError
+from dinofeat.io.inputs import check_input_file
+
+log = logging.getLogger(__name__)
+
+#: Frame rate assumed when a container states none (rare: raw streams); a warning is logged.
+FALLBACK_FPS = 25.0
+#: Output containers by file suffix; all of them hold H.264.
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+# FFmpeg opens a PNG or JPEG as a one-frame "video" through these demuxers; we refuse images.
+_IMAGE_DEMUXER_PREFIX, _IMAGE_DEMUXER_SUFFIX = "image2", "_pipe"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video holds.
+
+    Attributes:
+        fps: frames per second (average rate for variable-rate videos).
+        frames: number of decodable frames.
+        size_wh: frame size in pixels as displayed (rotation applied), ``(width, height)``.
+    """
+
+    fps: float
+    frames: int
+    size_wh: tuple[int, int]
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Frame rate, frame count and size of a video, checking that it can be decoded.
+
+    The frame count comes from the container when it states one (after checking that the file
+    holds every frame it indexes); otherwise the frames are counted by decoding them.
+
+    Raises:
+        InputError: missing or empty file, an image, a file without a video stream, a video with
+            no decodable frame, or a truncated file.
+    """
+    path = check_input_file(path, "video")
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        frames = _decode(container, stream, path)
+        first = next(frames, None)
+        if first is None:
+            raise InputError(f"video has no frames: {path}")
+        height, width = _rgb(first).shape[:2]
+        fps = _frame_rate(stream, path)
+        count = int(stream.frames or 0)
+        if count > 0:
+            _check_complete(stream, path)
+        else:
+            count = 1 + sum(1 for _ in frames)
+    return VideoInfo(fps=fps, frames=count, size_wh=(width, height))
+
+
+def read_frames(
+    path: str | os.PathLike, *, start: int = 0, max_frames: int | None = None, every: int = 1
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode frames one at a time: ``(frame index, (H, W, 3) uint8 RGB)``.
+
+    Args:
+        path: any container/codec FFmpeg reads.
+        start: index of the first frame to yield.
+        max_frames: yield at most this many frames (``None``: to the end).
+        every: yield every ``every``-th frame from ``start`` (indices ``start, start + every, ...``).
+
+    Memory is constant: one decoded frame is held at a time. A decoding error part way through
+    raises :class:`InputError` naming the frame.
+    """
+    if start < 0 or every < 1 or (max_frames is not None and max_frames < 1):
+        raise InputError(
+            f"need start >= 0, every >= 1 and max_frames >= 1 (got start={start}, "
+            f"every={every}, max_frames={max_frames})"
+        )
+    return _read_frames(check_input_file(path, "video"), start, max_frames, every)
+
+
+def _read_frames(path: Path, start: int, max_frames: int | None, every: int) -> Iterator[tuple[int, np.ndarray]]:
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        yielded = 0
+        for index, frame in enumerate(_decode(container, stream, path)):
+            if index < start or (index - start) % every:
+                continue  # still decoded (later frames depend on it) but never converted
+            yield index, _rgb(frame)
+            yielded += 1
+            if max_frames is not None and yielded >= max_frames:
+                return
+
+
+class VideoWriter:
+    """Write RGB frames to an H.264 (libx264) video, ``yuv420p``, playable in browsers.
+
+    Use as a context manager: the file is finalised on a clean exit and removed if the block
+    raises, so a failure never leaves a half-written video. The container follows the suffix
+    (``.mp4`` / ``.m4v`` / ``.mov`` / ``.mkv``; anything else gets MP4); MP4 files are written
+    with the index first (``faststart``) so browsers can play them while loading.
+
+    ``yuv420p`` needs even sides: odd widths/heights are padded by one replicated column/row in the
+    file, so every pixel keeps its coordinates; callers always pass frames of ``size_wh``.
+
+    Args:
+        path: output file.
+        fps: frame rate; common NTSC rates given as floats (29.97, 30000/1001) are stored exactly.
+        size_wh: ``(width, height)`` of the frames that will be written.
+        crf: x264 constant rate factor (quality; lower is better, 18-23 is visually good).
+        preset: x264 speed/size trade-off (``ultrafast`` ... ``veryslow``).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, fps: float, size_wh: tuple[int, int], *, crf: int = 20, preset: str = "veryfast"
+    ) -> None:
+        width, height = (int(v) for v in size_wh)
+        if width < 1 or height < 1:
+            raise InputError(f"video size must be positive, got {size_wh}")
+        if not (isinstance(fps, (int, float, Fraction)) and math.isfinite(fps) and fps > 0):
+            raise InputError(f"fps must be a positive number, got {fps!r}")
+        self.path = Path(path)
+        self.size_wh = (width, height)
+        self.fps = float(fps)
+        self.frames_written = 0
+        self._pad = (height % 2, width % 2)
+        rate = Fraction(fps).limit_denominator(1001)
+        container_format = CONTAINERS.get(self.path.suffix.lower(), "mp4")
+        options = {"movflags": "+faststart"} if container_format in ("mp4", "mov") else {}
+        try:
+            self._container = av.open(str(self.path), mode="w", format=container_format, options=options)
+        except (av.FFmpegError, OSError) as err:
+            raise InputError(f"cannot create video {self.path}: {err}") from None
+        try:
+            self._stream = self._container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
+            self._stream.width, self._stream.height = width + self._pad[1], height + self._pad[0]
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.codec_context.time_base = 1 / rate
+        except Exception:
+            self._abort()
+            raise
+
+    def write(self, frame_rgb: np.ndarray) -> None:
+        """Append one ``(H, W, 3) uint8 RGB`` frame of the writer's ``size_wh``."""
+        width, height = self.size_wh
+        if frame_rgb.shape != (height, width, 3) or frame_rgb.dtype != np.uint8:
+            raise InputError(f"expected a ({height}, {width}, 3) uint8 frame, got {frame_rgb.shape} {frame_rgb.dtype}")
+        if any(self._pad):
+            frame_rgb = np.pad(frame_rgb, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_rgb), format="rgb24")
+        frame.pts = self.frames_written
+        for packet in self._stream.encode(frame.reformat(format="yuv420p")):
+            self._container.mux(packet)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Flush the encoder and finalise the file (called by the context manager)."""
+        if self._container is None:
+            return
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            self._container.close()
+        except Exception:
+            self._abort()
+            raise
+        self._container = None
+
+    def _abort(self) -> None:
+        """Close without finalising and remove the partial file."""
+        if self._container is not None:
+            with contextlib.suppress(Exception):  # already failing; the file is removed below
+                self._container.close()
+            self._container = None
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort()
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _open(path: Path):
+    try:
+        container = av.open(str(path), mode="r")
+    except av.error.EOFError:
+        raise InputError(f"video is truncated or has no frames: {path}") from None
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+        raise InputError(f"not a video, or a damaged one FFmpeg cannot read: {path} ({_reason(err)})") from None
+    name = container.format.name
+    if name.startswith(_IMAGE_DEMUXER_PREFIX) or name.endswith(_IMAGE_DEMUXER_SUFFIX):
+        container.close()
+        raise InputError(f"{path} is an image, not a video")
+    return container
+
+
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        # FFmpeg drops an MP4 track without samples, so a 0-frame MP4 lands here too
+        raise InputError(f"no video stream (no frames) in {path}")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def _decode(container, stream, path: Path) -> Iterator[av.VideoFrame]:
+    index = 0
+    try:
+        for frame in container.decode(stream):
+            yield frame
+            index += 1
+    except av.FFmpegError as err:
+        raise InputError(
+            f"video is damaged or truncated: {path} (cannot decode frame {index}: {_reason(err)})"
+        ) from None
+
+
+def _rgb(frame: av.VideoFrame) -> np.ndarray:
+    """Decoded frame -> ``(H, W, 3) uint8 RGB`` with the display rotation applied."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns, as np.rot90
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+def _frame_rate(stream, path: Path) -> float:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and rate > 0:
+            return float(rate)
+    log.warning("%s states no frame rate; assuming %s fps", path, FALLBACK_FPS)
+    return FALLBACK_FPS
+
+
+def _check_complete(stream, path: Path) -> None:
+    """Raise if the container indexes frames that lie beyond the end of the file."""
+    size = path.stat().st_size
+    entries = stream.index_entries
+    if entries and max(entry.pos + entry.size for entry in entries) > size:
+        raise InputError(f"video is truncated (the file ends before its last frames): {path}")
+
+
+def _reason(err: BaseException) -> str:
+    return getattr(err, "strerror", None) or str(err)

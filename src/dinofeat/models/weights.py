@@ -1,0 +1,472 @@
+"""Finding and reading DINOv2 and DINOv3 weights (key names are converted by :mod:`dinofeat.models.statekeys`).
+
+Sources are tried in this order (see :func:`load_model`):
+
+1. an explicit path: an official Meta ``.pth``, a ``.safetensors`` file, or a Hugging Face model
+   folder (``config.json`` + ``model.safetensors``, or sharded with ``model.safetensors.index.json``),
+   with Meta or Hugging Face key names;
+2. the official checkpoint in the torch hub cache (``$TORCH_HOME/hub/checkpoints``; DINOv3 file
+   names end in a hash, ``dinov3_vits16_pretrain_lvd1689m-<hash>.pth``, and any hash is accepted);
+3. the Hugging Face hub (``huggingface_hub``, honouring ``HF_HOME``, ``HF_HUB_OFFLINE`` and the
+   token of ``HF_TOKEN`` or ``hf auth login``; the DINOv3 repos are gated behind Meta's licence);
+4. DINOv2 only: the official download URL (skipped when ``HF_HUB_OFFLINE`` is set). Meta sends
+   DINOv3 download links by e-mail on request, so there is no default URL for DINOv3.
+
+Pickled checkpoints are read with ``torch.load(weights_only=True)``: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from dinofeat.errors import WeightsError
+from dinofeat.models.build import build_model
+from dinofeat.models.registry import DEFAULT_MODEL, DINOV3_DOWNLOADS, MODELS, ModelSpec, get_spec
+from dinofeat.models.statekeys import to_meta_keys
+from dinofeat.models.vit import DenseViT
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+_WRAPPER_KEYS = ("model", "state_dict", "teacher", "student")
+_TRUE = {"1", "true", "yes", "on"}
+_HF_FILES = ("model.safetensors", "model.safetensors.index.json")  # single file, or sharded (the 7B)
+Model = DenseViT
+
+
+class _AccessRefused(WeightsError):
+    """The Hugging Face hub refused a gated repo: the user has something to do, so it ends the search."""
+
+
+class _Unreadable(WeightsError):
+    """A weights file that is there but cannot be read (damaged, or not a checkpoint): a source that
+    found one ends the search with this error instead of trying the next."""
+
+
+def offline_mode() -> bool:
+    """True when ``HF_HUB_OFFLINE`` asks us not to touch the network."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def hub_checkpoint_path(spec: ModelSpec) -> Path:
+    """Where ``torch.hub`` keeps (or would keep) the official checkpoint of ``spec``.
+
+    DINOv3: the first file matching ``spec.checkpoint_pattern`` (the official hash preferred), or
+    the official file name when there is none.
+    """
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    official = folder / spec.checkpoint_file
+    if spec.checkpoint_pattern == spec.checkpoint_file or official.is_file():
+        return official
+    found = sorted(path for path in folder.glob(spec.checkpoint_pattern) if path.is_file())
+    return found[0] if found else official
+
+
+def _hf_cached(spec: ModelSpec) -> str | None:
+    """Path of the weights file (or shard index) of ``spec.hf_repo`` in the Hugging Face cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in _HF_FILES:
+        found = try_to_load_from_cache(spec.hf_repo, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def cached_locally(spec: ModelSpec) -> str | None:
+    """Which local cache already holds weights for ``spec`` ("torch hub", "hugging face"), or None."""
+    if hub_checkpoint_path(spec).is_file():
+        return "torch hub"
+    try:
+        found = _hf_cached(spec)
+    except Exception:  # noqa: BLE001 - a broken cache must not break `dinofeat models`
+        return None
+    return "hugging face" if found else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+
+
+#: What a weights file should be, said when it is something else.
+EXPECTED_WEIGHTS = "expected Meta's .pth state dict, a .safetensors file or a Hugging Face model folder"
+# Leading bytes of files people pass by mistake, to say what the file is.
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
+    (b"\x1f\x8b", "a gzip archive"),
+)
+
+
+def read_checkpoint(path: str | os.PathLike) -> StateDict:
+    """Read a checkpoint file or Hugging Face folder into a flat state dict (keys as stored).
+
+    Pickled ``.pth`` files are read with ``torch.load(weights_only=True)``; safetensors files are
+    recognised by their content whatever their suffix. Any other file raises :class:`WeightsError`
+    saying what the file is not and what is expected (never torch's advice to load it unsafely).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _read_hf_folder(path)
+    if not path.exists():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"weights file is empty: {path}")
+    if path.name.endswith(".safetensors.index.json"):
+        return _read_sharded(path)
+    if path.suffix == ".safetensors" or _is_safetensors(path):
+        return _read_safetensors(path)
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files; its advice is not for us
+        raise _not_a_checkpoint(path, _what_file_is(path, err)) from None
+    return _unwrap(loaded, path)
+
+
+def _not_a_checkpoint(path: Path, what: str) -> WeightsError:
+    return _Unreadable(
+        f"cannot read {path}: it is not a PyTorch checkpoint or safetensors file ({what}); {EXPECTED_WEIGHTS}"
+    )
+
+
+def _what_file_is(path: Path, err: BaseException) -> str:
+    """What a file torch could not load is, in a few words, from its first bytes (and torch's error)."""
+    import pickle
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(512)
+    known = _known_format(head)
+    if known:
+        return known
+    unsafe = isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower()
+    refused = "it holds pickled Python objects other than tensors, which are not loaded because that could run code"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "it is a truncated or damaged zip archive"
+        if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+            return refused if unsafe else "it is a truncated or damaged PyTorch checkpoint"
+        if names and all(name.endswith(".npy") for name in names):
+            return "it is a NumPy .npz archive"
+        return "it is a zip archive of other files"
+    if unsafe:
+        return refused
+    if head[:1] == b"\x80":  # a pickle, protocol 2 or later
+        return "it is a truncated or damaged pickle" if isinstance(err, EOFError) else "it is some other pickle"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(ch.isprintable() or ch in "\n\r\t" for ch in text):
+        return "it is a text file"
+    return "its content is not recognised"
+
+
+def _known_format(head: bytes) -> str | None:
+    """``it is a PNG image`` and the like, for files whose first bytes say what they are."""
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return f"it is {name}"
+    if head[4:8] == b"ftyp":
+        return "it is an MP4/MOV video"
+    if head.startswith(b"RIFF") and head[8:12] in (b"WEBP", b"AVI "):
+        return "it is a WebP image" if head[8:12] == b"WEBP" else "it is an AVI video"
+    return None
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
+def _read_safetensors(path: Path) -> StateDict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises SafetensorError / OSError for bad files
+        with open(path, "rb") as f:
+            known = _known_format(f.read(16))
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise _not_a_checkpoint(path, known or f"it is a damaged or truncated safetensors file: {reason}") from None
+
+
+def _read_hf_folder(path: Path) -> StateDict:
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return read_checkpoint(path / name)
+    raise WeightsError(f"{path} is a folder without model.safetensors or pytorch_model.bin")
+
+
+def _read_sharded(index: Path) -> StateDict:
+    """A sharded safetensors checkpoint: the index's ``weight_map`` names the shard of every tensor."""
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise _Unreadable(f"cannot read {index} as a safetensors shard index ({err})") from err
+    state: StateDict = {}
+    for shard in shards:
+        state.update(read_checkpoint(index.parent / shard))
+    return state
+
+
+def _unwrap(loaded: object, path: Path) -> StateDict:
+    while isinstance(loaded, dict) and not _is_state_dict(loaded):
+        inner = next((loaded[k] for k in _WRAPPER_KEYS if isinstance(loaded.get(k), dict)), None)
+        if inner is None:
+            break
+        loaded = inner
+    if not isinstance(loaded, dict) or not _is_state_dict(loaded):
+        raise WeightsError(f"{path} does not contain a state dict of tensors; {EXPECTED_WEIGHTS}")
+    return dict(loaded)
+
+
+def _is_state_dict(obj: dict) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture checks and loading
+
+
+def _architecture(spec: ModelSpec) -> tuple:
+    """What a checkpoint can tell about a model (ViT-L LVD-1689M and SAT-493M share one)."""
+    return spec.family, spec.embed_dim, spec.depth, spec.num_registers, spec.ffn if spec.family == "dinov3" else None
+
+
+def describe_architecture(state: StateDict) -> tuple[str | None, str]:
+    """Guess which registry model a Meta-keyed state dict belongs to: (name or None, description)."""
+    dim = state["cls_token"].shape[-1] if "cls_token" in state else None
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    if "storage_tokens" in state or "rope_embed.periods" in state:  # DINOv3
+        regs = state["storage_tokens"].shape[1] if "storage_tokens" in state else 0
+        ffn = "swiglu" if any(".mlp.w1." in k for k in state) else "mlp"
+        shape = f"DINOv3, embed dim {dim}, {depth} blocks, {regs} storage tokens, {ffn.replace('swiglu', 'SwiGLU')}"
+        found = ("dinov3", dim, depth, regs, ffn)
+    else:
+        regs = state["register_tokens"].shape[1] if "register_tokens" in state else 0
+        shape = f"embed dim {dim}, {depth} blocks, {regs} registers"
+        found = ("dinov2", dim, depth, regs, None)
+    for spec in MODELS.values():
+        if _architecture(spec) == found:
+            return spec.name, f"{spec.name} ({shape})"
+    return None, f"an unknown architecture ({shape})"
+
+
+def _fill_fixed_buffers(model: Model, state: StateDict, expected: StateDict, source: str) -> StateDict:
+    """DINOv3: drop training-only keys, check the fixed buffers a checkpoint carries, add those it lacks."""
+    # Meta's ViT-L SAT-493M and ViT-7B carry `local_cls_norm`, a norm of the local crops' CLS token
+    # used in training only (never at inference): accepted and ignored.
+    if any(k.startswith("local_cls_norm.") for k in state) and model.spec.name == "dinov3_vitl16":
+        log.warning(
+            "these weights carry local_cls_norm, as Meta's SAT-493M ViT-L does: for satellite weights "
+            "use dinov3_vitl16_sat493m, whose input normalisation differs"
+        )
+    state = {k: v for k, v in state.items() if not k.startswith("local_cls_norm.")}
+    periods = state.get("rope_embed.periods")
+    reference = expected["rope_embed.periods"]
+    if periods is None:
+        state["rope_embed.periods"] = reference
+    elif periods.shape == reference.shape and not torch.allclose(periods.float(), reference, rtol=1e-2, atol=0):
+        raise WeightsError(
+            f"weights from {source} have RoPE periods other than base 100 ({periods[:3].tolist()}...), "
+            f"which {model.spec.name} does not use"
+        )
+    for key, mask in expected.items():
+        if not key.endswith(".bias_mask"):
+            continue
+        if key not in state:
+            state[key] = mask
+        elif state[key].shape == mask.shape and not torch.equal(state[key].float(), mask):
+            raise WeightsError(f"weights from {source} have a {key} that is not the key mask (1 for q and v, 0 for k)")
+    return state
+
+
+def load_state(model: Model, state: StateDict, source: str) -> None:
+    """Load Meta-keyed ``state`` into ``model`` strictly; any mismatch raises :class:`WeightsError`.
+
+    Training-only entries may be absent (``mask_token``) and, for DINOv3, fixed buffers too
+    (``rope_embed.periods``, ``bias_mask``); those present are checked.
+    """
+    expected = model.state_dict()
+    given, state = state, dict(state)
+    state.setdefault("mask_token", expected["mask_token"])  # training-only parameter
+    if model.spec.family == "dinov3":
+        state = _fill_fixed_buffers(model, state, expected, source)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong_shape:
+        problems = []
+        guess, description = describe_architecture(given)
+        other = guess is not None and _architecture(MODELS[guess]) != _architecture(model.spec)
+        if other or wrong_shape:
+            problems.append(f"it looks like {description}, not {model.spec.name}")
+        if wrong_shape:
+            problems.append(f"{len(wrong_shape)} tensors of the wrong shape (first: {wrong_shape[0]})")
+        if missing:
+            problems.append(f"{len(missing)} missing keys (first: {', '.join(missing[:3])})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
+        raise WeightsError(f"weights from {source} do not fit {model.spec.name}: " + "; ".join(problems))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def _from_torch_hub_cache(spec: ModelSpec) -> StateDict | None:
+    path = hub_checkpoint_path(spec)
+    return read_checkpoint(path) if path.is_file() else None
+
+
+def _from_hf_hub(spec: ModelSpec) -> StateDict:
+    cached = _hf_cached(spec)
+    if cached:  # no network round trip when the file is already cached
+        return read_checkpoint(cached)
+    hub_log = logging.getLogger("huggingface_hub")
+    quiet = not log.isEnabledFor(logging.DEBUG)
+    previous = hub_log.level
+    if quiet:  # its retry warnings would bury our one-line summary of what was tried
+        hub_log.setLevel(logging.ERROR)
+    try:
+        return read_checkpoint(_hf_download(spec))
+    except Exception as err:
+        if _access_refused(err):
+            raise _AccessRefused(_refusal_message(spec, err)) from err
+        raise
+    finally:
+        hub_log.setLevel(previous)
+
+
+def _hf_download(spec: ModelSpec) -> str:
+    """Download the weights of ``spec.hf_repo``: ``model.safetensors``, or the shards its index lists."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download(spec.hf_repo, _HF_FILES[0])
+    except EntryNotFoundError as err:
+        if isinstance(err, LocalEntryNotFoundError):  # offline and not cached, not "no such file"
+            raise
+        index = hf_hub_download(spec.hf_repo, _HF_FILES[1])
+    for shard in sorted(set(json.loads(Path(index).read_text())["weight_map"].values())):
+        hf_hub_download(spec.hf_repo, shard)  # lands beside the index, where _read_sharded looks
+    return index
+
+
+def _access_refused(err: BaseException) -> bool:
+    """A gated repo the user has no access to (no token: 401; licence not accepted: 403)."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+
+    if isinstance(err, GatedRepoError):
+        return True
+    response = getattr(err, "response", None) if isinstance(err, HfHubHTTPError) else None
+    return getattr(response, "status_code", None) in (401, 403)
+
+
+def _refusal_message(spec: ModelSpec, err: BaseException) -> str:
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    why = f"HTTP {status}" if status else type(err).__name__
+    return (
+        f"the Hugging Face hub refused access to {spec.hf_repo} ({why}): its weights are gated. Accept the "
+        f"licence at https://huggingface.co/{spec.hf_repo} and log in (`hf auth login`) or set HF_TOKEN, or "
+        f"download the checkpoint (links from {DINOV3_DOWNLOADS} for DINOv3) and pass --weights FILE"
+    )
+
+
+def _from_url(spec: ModelSpec) -> StateDict:
+    if offline_mode():
+        raise WeightsError("skipped: HF_HUB_OFFLINE is set")
+    return _unwrap(
+        torch.hub.load_state_dict_from_url(
+            spec.url, map_location="cpu", weights_only=True, file_name=spec.checkpoint_file
+        ),
+        Path(spec.url),
+    )
+
+
+def _first_sentence(err: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    text = text.split(". ")[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def find_weights(spec: ModelSpec) -> tuple[StateDict, str]:
+    """Try the torch hub cache, the Hugging Face hub and (DINOv2) the official URL, in that order."""
+    tried = []
+    cached = _from_torch_hub_cache(spec)
+    if cached is not None:
+        return cached, str(hub_checkpoint_path(spec))
+    hub_dir = hub_checkpoint_path(spec).parent
+    tried.append(f"torch hub cache ({hub_dir / spec.checkpoint_pattern}: not there)")
+    sources = [(f"Hugging Face hub {spec.hf_repo}", _from_hf_hub)]
+    if spec.url is not None:
+        sources.append((f"URL {spec.url}", _from_url))
+    for label, fetch in sources:
+        try:
+            return fetch(spec), label
+        except (_AccessRefused, _Unreadable):
+            raise
+        except WeightsError as err:
+            tried.append(f"{label} ({err})")
+        except Exception as err:  # noqa: BLE001 - network and cache failures of every kind
+            tried.append(f"{label} ({_first_sentence(err)})")
+    if spec.url is None:
+        advice = (
+            f". DINOv3 weights are gated: accept the licence at https://huggingface.co/{spec.hf_repo} and log "
+            f"in (`hf auth login`) or set HF_TOKEN, or request Meta's download links at {DINOV3_DOWNLOADS} "
+            f"and pass --weights FILE, or copy the {spec.checkpoint_pattern} file to {hub_dir}/"
+        )
+    else:
+        advice = f". Offline, download {spec.url} elsewhere and pass --weights FILE, or copy it to {hub_dir}/"
+    raise WeightsError(f"no weights found for {spec.name}. Tried: " + "; ".join(tried) + advice)
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    weights: str | os.PathLike | None = None,
+    *,
+    depth: int | None = None,
+) -> Model:
+    """Build ``name`` from the registry and load its weights (on the CPU, in eval mode).
+
+    ``weights`` is a checkpoint file or Hugging Face folder; without it the caches, the Hugging
+    Face hub and (DINOv2) the official URL are tried. ``depth`` builds a shallower model (for tests).
+
+    >>> load_model("dinov2_vitz14")
+    Traceback (most recent call last):
+    ...
+    dinofeat.errors.UnknownModelError: unknown model 'dinov2_vitz14'. Did you mean ...
+    """
+    spec = get_spec(name)
+    if weights is not None:
+        state, source = read_checkpoint(weights), str(weights)
+    else:
+        state, source = find_weights(spec)
+    model = build_model(spec, depth=depth)
+    load_state(model, to_meta_keys(state), source)
+    log.info("loaded %s weights from %s", spec.name, source)
+    return model.eval()

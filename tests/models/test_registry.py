@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from conftest import random_vit
+from dinofeat.errors import UnknownModelError
+from dinofeat.models.build import count_parameters
+from dinofeat.models.registry import MODELS, get_spec
+
+PUBLISHED_MILLIONS = {"s": 21, "b": 86, "l": 300, "g": 1100}
+DINOV2 = sorted(name for name, spec in MODELS.items() if spec.family == "dinov2")
+
+
+def test_registry_has_all_published_backbones():
+    names = {f"dinov2_vit{s}14{r}" for s in "sblg" for r in ("", "_reg")}
+    assert set(DINOV2) == names
+    for spec in map(get_spec, DINOV2):
+        assert spec.patch_size == 14
+        assert spec.num_registers == (4 if spec.name.endswith("_reg") else 0)
+        assert spec.hf_repo.startswith("facebook/dinov2-")
+
+
+@pytest.mark.parametrize("name", DINOV2)
+def test_parameter_counts_match_published_sizes(name):
+    millions = count_parameters(get_spec(name)) / 1e6
+    published = PUBLISHED_MILLIONS[name[len("dinov2_vit")]]
+    assert abs(millions - published) / published < 0.06
+
+
+@pytest.mark.parametrize("name", DINOV2)  # DINOv3 (patch 16): tests/test_dinov3.py
+def test_every_model_runs_at_reduced_depth(name):
+    spec = get_spec(name)
+    vit = random_vit(name, depth=1)
+    out = vit.forward_features(torch.randn(1, 3, 28, 42))
+    assert out.grid_hw == (2, 3)
+    assert out.patch_tokens[0].shape == (1, 6, spec.embed_dim)
+    assert out.register_tokens.shape == (1, spec.num_registers, spec.embed_dim)
+
+
+def test_official_file_names_and_urls():
+    spec = get_spec("dinov2_vitb14_reg")
+    assert spec.checkpoint_file == "dinov2_vitb14_reg4_pretrain.pth"
+    assert spec.url == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth"
+    assert get_spec("dinov2_vits14").interpolate_offset == 0.1
+    assert get_spec("dinov2_vits14_reg").interpolate_antialias
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(UnknownModelError, match="dinov2_vits14"):
+        get_spec("dinov2_vits16")
