@@ -78,15 +78,24 @@ class ExtractJob(Options):
 
     def check(self) -> None:
         """Every check that needs no model; for a file, the images are read here (once)."""
+        self._read()
+
+    def _read(self) -> tuple[np.ndarray, ...]:
+        """:meth:`check`, keeping the images it read for :meth:`run` (none for a dataset)."""
         self._check_destination()
-        if self.is_dataset:
-            object.__setattr__(self, "_images", ())  # frozen: the one record of the check
-            return
+        images: tuple[np.ndarray, ...] = ()
+        if not self.is_dataset:
+            images = self._read_images()
+        object.__setattr__(self, "_images", images)  # frozen: the one record of the check
+        return images
+
+    def _read_images(self) -> tuple[np.ndarray, ...]:
+        """The inputs as ``(H, W, 3) uint8`` RGB, once the output is known to be writable."""
         if not self.inputs:
             raise InputError("no input images")
         check_suffix(self.output, FEATURE_SUFFIXES, "output")
         check_outputs([self.output], inputs=[p for p in self.inputs if isinstance(p, (str, os.PathLike))])
-        object.__setattr__(self, "_images", tuple(load_image(image) for image in self.inputs))
+        return tuple(load_image(image) for image in self.inputs)
 
     def _check_destination(self) -> None:
         """One destination, and dataset options only with a dataset's."""
@@ -112,11 +121,10 @@ class ExtractJob(Options):
         """The inputs' feature maps from ``source``, written to ``output`` atomically (``.safetensors``
         or ``.npz`` by its suffix) with the source's settings as metadata. ``progress`` is not
         used (one batch of images); it is there for the :class:`~dinofeat.jobs.base.Job` shape."""
-        if self._images is None:
-            self.check()
-        if self.output is None or self._images is None or self.is_dataset:  # check() let a dataset through
+        images = self._images if self._images is not None else self._read()
+        if self.output is None or self.is_dataset:  # check() let a dataset through
             raise InputError(f"{field_named('out_dir', self.out_dir)} is a dataset: run it with run_dataset()")
-        maps = source.extract_arrays(list(self._images))
+        maps = source.extract_arrays(list(images))
         save_features(self.output, maps, **extractor_metadata(source))
         return ExtractResult(tuple(maps), Path(self.output))
 
@@ -126,7 +134,7 @@ class ExtractJob(Options):
         """The dataset route: :func:`~dinofeat.dataset.runs.extract_dataset` of ``inputs`` into
         ``out_dir`` (resumable; the model loads there, in this process or on Ray workers)."""
         if self._images is None:
-            self.check()
+            self._read()
         if self.out_dir is None:  # check() let a single file through
             raise InputError(f"{field_named('out_dir')} is not given: run a single file with run()")
         paths = [str(p) for p in self.inputs]
