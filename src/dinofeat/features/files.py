@@ -74,4 +74,3 @@ def extractor_metadata(source: ExtractorOptions | FeatureSource) -> dict[str, An
         "layers": list(options.layers),
         "facet": options.facet,
     }
-
