@@ -1,11 +1,17 @@
 """The ``dinofeat extract`` job: dense features of images written to one feature file, or of a
 whole dataset to a feature folder.
 
->>> job = ExtractJob(["a.jpg", "b.png"], output="feats.npz")   # doctest: +SKIP
->>> job.check()                              # outputs, suffix, images readable: no model needed
->>> result = job.run(Extractor("dinov2_vits14"))                # doctest: +SKIP
->>> result.maps[0].features.shape, result.output                # doctest: +SKIP
+>>> job = ExtractJob(["a.jpg", "b.png"], output="feats.npz")           # doctest: +SKIP
+>>> job.check()                   # destination, suffix, outputs, images read: no model needed  # doctest: +SKIP
+>>> result = job.run(Extractor("dinov2_vits14"))                        # doctest: +SKIP
+>>> result.maps[0].features.shape, result.output                        # doctest: +SKIP
 (torch.Size([32, 32, 384]), PosixPath('feats.npz'))
+
+A bad destination is refused by :meth:`ExtractJob.check`, before any model is loaded:
+
+>>> ExtractJob(["a.jpg"], output="feats.txt").check()
+Traceback (most recent call last):
+dinofeat.errors.InputError: output must end in .npz or .safetensors, got feats.txt
 """
 
 from __future__ import annotations

@@ -7,11 +7,16 @@ no model, once; :meth:`MatchJob.run` makes both feature maps with a
 (:func:`~dinofeat.matching.match_features`), writes the picture and the JSON document atomically
 and returns a :class:`MatchResult`. The command line and the web app both run it.
 
->>> job = MatchJob("a.jpg", "b.jpg", points_xy=[[120, 80]], output="m.png", json="m.json")  # doctest: +SKIP
->>> job.check()                         # outputs, suffixes, points, images: no model needed
->>> result = job.run(Extractor("dinov2_vits14"))                        # doctest: +SKIP
->>> result.matches.target_xy, result.written                            # doctest: +SKIP
-(tensor([[131.2500,  84.7500]]), (PosixPath('m.png'), PosixPath('m.json')))
+>>> from dinofeat.features.extractor import Extractor
+>>> from dinofeat.models.dinov2 import DinoVisionTransformer
+>>> from dinofeat.models.registry import get_spec
+>>> vit = DinoVisionTransformer(get_spec("dinov2_vits14"), depth=1).init_random()
+>>> image = np.random.default_rng(0).integers(0, 255, (56, 84, 3), dtype=np.uint8)
+>>> job = MatchJob(image, image, points_xy=[[30.0, 20.0]])   # and output="m.png", json="m.json"
+>>> job.check()                                 # points, outputs, images: no model needed
+>>> result = job.run(Extractor(vit, resolution=56, device="cpu"))
+>>> result.matches.target_xy.round().tolist(), result.summary()
+([[30.0, 20.0]], '1 matches, 1 kept -> standard output')
 
 Coordinates are pixels of the original images (x right, y down, centre of the top-left pixel at
 (0, 0)).
