@@ -153,7 +153,7 @@ def match_features(
     keep = torch.ones(len(source), dtype=torch.bool, device=mutual.device)
     if options.require_mutual:
         keep &= mutual
-    if with_ratio:
+    if options.max_ratio is not None:
         keep &= ratio < options.max_ratio
     matches = Matches(
         source_xy=source.float().cpu(),
@@ -163,8 +163,8 @@ def match_features(
         ratio=ratio.float().cpu(),
         inlier=torch.ones(len(source), dtype=torch.bool),
         keep=keep.cpu(),
-        image_size_a_wh=tuple(fa.image_size_wh),
-        image_size_b_wh=tuple(fb.image_size_wh),
+        image_size_a_wh=(fa.image_size_wh[0], fa.image_size_wh[1]),  # a tuple, whatever the map holds
+        image_size_b_wh=(fb.image_size_wh[0], fb.image_size_wh[1]),
     )
     if options.ransac is not None:
         matches = verify(matches, options.ransac, ransac_threshold_px(fb, options.ransac_threshold))

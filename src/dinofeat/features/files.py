@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def save_features(
     """Write ``maps`` (plus ``extra`` arrays) and string-able ``metadata`` atomically; the format
     follows the suffix (``.safetensors``, else ``.npz``)."""
     with staged_outputs([path]) as (tmp,):
-        write_features(tmp, maps, extra=extra, **metadata)
+        write_features(cast(Path, tmp), maps, extra=extra, **metadata)  # a temporary path for the path given
 
 
 def write_features(
@@ -61,7 +62,7 @@ def write_features(
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path), metadata=text)
     else:
         with open(path, "wb") as f:
-            np.savez(f, **arrays, **{k: np.asarray(v) for k, v in text.items()})
+            np.savez(f, **arrays, **{k: np.asarray(v) for k, v in text.items()})  # type: ignore[arg-type]  # numpy's stub lets **kwds reach allow_pickle
 
 
 def extractor_metadata(source: ExtractorOptions | FeatureSource) -> dict[str, Any]:
