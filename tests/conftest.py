@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from dinofeat.features.extractor import Extractor
 from dinofeat.models.build import build_model
 from dinofeat.models.registry import get_spec
 
@@ -92,3 +93,28 @@ def make_image_dataset(root: Path, count: int = 200, *, bad: bool = True, seed: 
     Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(root / "tiny.png")
     (root / "readme.txt").write_text("a dataset\n")
     return ["class1/corrupt.jpg", "class2/empty.png", "class3/truncated.jpg", "text.png", "tiny.png"]
+
+
+class UnusedSource:
+    """A :class:`~dinofeat.features.source.FeatureSource` that fails the test if asked for anything:
+    a job's ``check()`` (and ``run()`` on a job that does not pass it) must refuse before any model work."""
+
+    @property
+    def options(self):
+        return pytest.fail("the feature source was used")
+
+    spec = stride = batch_size = options
+
+    def extract_arrays(self, images):
+        return pytest.fail("features were made")
+
+
+@pytest.fixture
+def unused_source() -> UnusedSource:
+    return UnusedSource()
+
+
+@pytest.fixture
+def tiny_extractor() -> Extractor:
+    """A one-block ViT-S/14 with random weights, at resolution 56 on the CPU (fast)."""
+    return Extractor(random_vit("dinov2_vits14", depth=1), resolution=56, device="cpu", precision="fp32")

@@ -5,9 +5,10 @@
   verification, as :class:`Matches`;
 * :func:`verify` - the RANSAC check on its own;
 * :func:`match` - the same from two images (paths, PIL images or arrays);
-* :func:`match_images` - the ``dinofeat match`` job: images in, :class:`MatchResult` out (matches,
-  the JSON document, what the pictures need), with :func:`match_picture` and
-  :func:`write_match_files` for its outputs. The command line and the web app both call it.
+* :func:`similarity_image` - one query's similarity over every pixel of B (the heatmap).
+
+The ``dinofeat match`` job (query points, pictures, the JSON document, files written) is
+:class:`~dinofeat.jobs.match.MatchJob`.
 
 Query points are chosen by :mod:`dinofeat.points`; options and their defaults are
 :class:`~dinofeat.options.MatchOptions`. Coordinates are pixels of the original images.
@@ -16,18 +17,19 @@ Query points are chosen by :mod:`dinofeat.points`; options and their defaults ar
 from __future__ import annotations
 
 import logging
-import math
-import os
 from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dinofeat.errors import InputError
+from dinofeat.features.extractor import Extractor
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.io.images import ImageLike, load_image
-from dinofeat.options import DEFAULT_AUTO, RANSAC_THRESHOLD_PATCHES, MatchDrawingOptions, MatchOptions
+from dinofeat.options import DEFAULT_AUTO, RANSAC_THRESHOLD_PATCHES, MatchOptions
+from dinofeat.pca import fit_pca
 from dinofeat.points import auto_points, check_points, grid_points
 from dinofeat.search import locate, similarity
 
@@ -102,8 +104,6 @@ def joint_pca(fa: FeatureMap, fb: FeatureMap, dim: int) -> tuple[FeatureMap, Fea
     Features are L2-normalised first (cosine geometry), then one PCA (:func:`dinofeat.pca.fit_pca`)
     is fitted on both maps' patches jointly, so the two projections share one basis.
     """
-    from dinofeat.pca import fit_pca
-
     c = fa.dim
     if not 1 <= dim <= c:
         raise InputError(f"--pca-dim must be between 1 and the feature size {c}, got {dim}")
@@ -153,7 +153,7 @@ def match_features(
     keep = torch.ones(len(source), dtype=torch.bool, device=mutual.device)
     if options.require_mutual:
         keep &= mutual
-    if with_ratio:
+    if options.max_ratio is not None:
         keep &= ratio < options.max_ratio
     matches = Matches(
         source_xy=source.float().cpu(),
@@ -163,8 +163,8 @@ def match_features(
         ratio=ratio.float().cpu(),
         inlier=torch.ones(len(source), dtype=torch.bool),
         keep=keep.cpu(),
-        image_size_a_wh=tuple(fa.image_size_wh),
-        image_size_b_wh=tuple(fb.image_size_wh),
+        image_size_a_wh=(fa.image_size_wh[0], fa.image_size_wh[1]),  # a tuple, whatever the map holds
+        image_size_b_wh=(fb.image_size_wh[0], fb.image_size_wh[1]),
     )
     if options.ransac is not None:
         matches = verify(matches, options.ransac, ransac_threshold_px(fb, options.ransac_threshold))
@@ -189,8 +189,6 @@ def verify(matches: Matches, kind: str, threshold_px: float) -> Matches:
     """Fit a homography or fundamental matrix to the kept matches (OpenCV USAC MAGSAC); returns
     new matches with ``inlier``, ``keep`` and ``geometry`` set. With too few matches for the
     model, nothing is an inlier and ``geometry`` is None (logged as a warning)."""
-    import cv2
-
     candidates = torch.nonzero(matches.keep)[:, 0]
     inlier = torch.zeros(len(matches), dtype=torch.bool)
     need = _MIN_POINTS[kind]
@@ -243,141 +241,10 @@ def match(
     >>> m.target_xy.round().tolist(), bool(m.mutual[0])
     ([[30.0, 20.0]], True)
     """
-    from dinofeat.features.extractor import Extractor
-
     if extractor is None or isinstance(extractor, str):
         extractor = Extractor(extractor) if extractor else Extractor()
     fa, fb = extractor.extract_arrays([load_image(image_a), load_image(image_b)])
     return match_features(fa, fb, points_xy, options, **overrides)
-
-
-# ---------------------------------------------------------------------------------------------
-# The job: two images in, matches, JSON document and pictures out
-
-
-@dataclass(frozen=True)
-class MatchResult:
-    """What :func:`match_images` found and what its outputs need.
-
-    Attributes:
-        matches: the :class:`Matches`, in query order.
-        document: the ``dinofeat match --json`` document (see :func:`matches_json`).
-        image_a, image_b: ``(H, W, 3) uint8 RGB``.
-        features_a, features_b: their feature maps (for the heatmap).
-        pca_dim: the joint-PCA dimension matched in, or None.
-    """
-
-    matches: Matches
-    document: dict
-    image_a: np.ndarray
-    image_b: np.ndarray
-    features_a: FeatureMap
-    features_b: FeatureMap
-    pca_dim: int | None = None
-
-
-def match_images(
-    image_a: np.ndarray,
-    image_b: np.ndarray,
-    points_xy=None,
-    *,
-    extractor,
-    options: MatchOptions | None = None,
-    names: tuple[str, str] = ("A", "B"),
-) -> MatchResult:
-    """The ``dinofeat match`` job: match query points of ``image_a`` into ``image_b``.
-
-    Args:
-        image_a, image_b: ``(H, W, 3) uint8 RGB`` (see :func:`~dinofeat.io.images.load_image`).
-        points_xy: ``(N, 2)`` query points in A's pixels, or None for ``options.grid`` /
-            ``options.auto``.
-        extractor: anything with ``extract_arrays(images) -> [FeatureMap]`` and ``options``
-            (an :class:`~dinofeat.features.extractor.Extractor`, or the app's
-            :class:`~dinofeat.features.cache.FeatureCache`).
-        options: :class:`~dinofeat.options.MatchOptions`.
-        names: the images' paths or names, for the JSON document.
-    """
-    options = options or MatchOptions()
-    options.check_points_given(points_xy is not None)  # before any features are made
-    if points_xy is not None:
-        check_points(points_xy, (image_a.shape[1], image_a.shape[0]), label=f"image A ({names[0]})")
-    fa, fb = extractor.extract_arrays([image_a, image_b])
-    matches = match_features(fa, fb, points_xy, options)
-    if len(matches) and not bool(matches.keep.any()):
-        log.warning("no match passed the checks asked for; the picture shows none")
-    queries = "points" if points_xy is not None else options.query_mode
-    document = matches_json(
-        matches,
-        model=extractor.options.model,
-        path_a=names[0],
-        path_b=names[1],
-        settings=match_settings(queries, options, extractor.options),
-        verified=options.ransac is not None,
-    )
-    return MatchResult(matches, document, image_a, image_b, fa, fb, options.pca_dim)
-
-
-def match_settings(queries: str, options: MatchOptions, extractor_options) -> dict:
-    """The ``settings`` entry of the JSON document: how queries were chosen, the feature and
-    matching options."""
-    chosen: dict = {"queries": queries}
-    if queries == "grid":
-        chosen["grid"] = options.grid
-    elif queries == "auto":
-        chosen["auto"] = options.auto or DEFAULT_AUTO
-    ex = extractor_options
-    return {
-        **chosen,
-        "resolution": ex.resolution,
-        "max_size": ex.max_size,
-        "stride": ex.stride,
-        "layers": list(ex.layers),
-        "facet": ex.facet,
-        "pca_dim": options.pca_dim,
-        "mutual": options.require_mutual,
-        "ratio": options.max_ratio,
-        "ransac": options.ransac,
-        "ransac_threshold": options.ransac_threshold,
-    }
-
-
-def matches_json(
-    matches: Matches, *, model: str, path_a: str, path_b: str, settings: dict | None = None, verified: bool = False
-) -> dict:
-    """The JSON document of the CLI contract: model, image_a, image_b, matches (query order), then
-    geometry and settings. Coordinates are original-image pixels rounded to 0.01; ``inlier`` is
-    null unless geometric verification was asked for (``verified``)."""
-    rows = []
-    data = matches.numpy()
-    for i in range(len(matches)):
-        ratio = float(data["ratio"][i])
-        rows.append(
-            {
-                "source": [round(float(v), 2) for v in data["source_xy"][i]],
-                "target": [round(float(v), 2) for v in data["target_xy"][i]],
-                "score": round(float(data["scores"][i]), 4),
-                "mutual": bool(data["mutual"][i]),
-                "ratio": round(ratio, 4) if math.isfinite(ratio) else None,
-                "inlier": bool(data["inlier"][i]) if verified else None,
-                "kept": bool(data["keep"][i]),
-            }
-        )
-    geometry = None
-    if matches.geometry is not None:
-        geometry = {
-            "type": matches.geometry.kind,
-            "matrix": [[float(v) for v in row] for row in matches.geometry.matrix],
-            "threshold_px": round(matches.geometry.threshold_px, 3),
-            "inliers": int(matches.inlier.sum()),
-        }
-    return {
-        "model": model,
-        "image_a": {"path": str(path_a), "size": list(matches.image_size_a_wh)},
-        "image_b": {"path": str(path_b), "size": list(matches.image_size_b_wh)},
-        "matches": rows,
-        "geometry": geometry,
-        "settings": settings or {},
-    }
 
 
 def similarity_image(fa: FeatureMap, fb: FeatureMap, point_xy, pca_dim: int | None = None) -> np.ndarray:
@@ -388,65 +255,3 @@ def similarity_image(fa: FeatureMap, fb: FeatureMap, point_xy, pca_dim: int | No
     fa, fb = fa.normalized(), fb.normalized()
     sim = similarity(fa.sample(point_xy, normalize=True), fb)[0]
     return replace(fb, features=sim[..., None]).upsample()[..., 0].cpu().numpy()
-
-
-def heatmap_picture(result: MatchResult, index: int) -> np.ndarray:
-    """Image B with the similarity of query ``index`` over it and its match marked: ``(H, W, 3) uint8``."""
-    from dinofeat.drawing import draw_heatmap
-
-    m = result.matches
-    heat = similarity_image(result.features_a, result.features_b, m.source_xy[index : index + 1], result.pca_dim)
-    return draw_heatmap(result.image_b, heat, point_xy=m.target_xy[index].tolist())
-
-
-def match_picture(result: MatchResult, drawing: MatchDrawingOptions | None = None) -> np.ndarray:
-    """A and B with the kept matches as lines (:func:`~dinofeat.drawing.draw_matches`); with
-    ``drawing.heatmap`` B shows the first query's similarity. ``(H, W, 3) uint8 RGB``."""
-    from dinofeat.drawing import draw_matches
-
-    drawing = drawing or MatchDrawingOptions()
-    shown_b = heatmap_picture(result, 0) if drawing.heatmap else result.image_b
-    return draw_matches(
-        result.image_a,
-        shown_b,
-        result.matches,
-        color_by=drawing.color_by,
-        height=drawing.height,
-        mask=result.matches.keep.numpy(),
-        layout=drawing.layout,
-    )
-
-
-def write_match_files(
-    result: MatchResult,
-    *,
-    picture: str | os.PathLike | None = None,
-    json_path: str | os.PathLike | None = None,
-    drawing: MatchDrawingOptions | None = None,
-) -> None:
-    """Write the picture (``.png/.jpg/.webp``) and/or the JSON document, atomically (all or none)."""
-    from dinofeat.io.outputs import format_json, save_image, staged_outputs
-
-    image = match_picture(result, drawing) if picture is not None else None
-    with staged_outputs([picture, json_path]) as (picture_tmp, json_tmp):
-        if picture_tmp is not None:
-            save_image(picture_tmp, image)
-        if json_tmp is not None:
-            json_tmp.write_text(format_json(result.document))
-
-
-def match_summary(result: MatchResult, options: MatchOptions, outputs) -> str:
-    """One line: how many matches, how many kept and by which checks, where they went."""
-    checks = [
-        name
-        for name, on in (
-            ("mutual", options.require_mutual),
-            ("ratio", options.max_ratio is not None),
-            (f"RANSAC {options.ransac}", options.ransac is not None),
-        )
-        if on
-    ]
-    kept = int(result.matches.keep.sum())
-    where = ", ".join(str(p) for p in outputs if p) or "standard output"
-    by = f" ({', '.join(checks)})" if checks else ""
-    return f"{len(result.matches)} matches, {kept} kept{by} -> {where}"

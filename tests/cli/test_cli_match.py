@@ -167,21 +167,6 @@ def test_query_points_in_one_way_only_before_the_model_loads(tmp_path, images, c
     assert capsys.readouterr().err == f"dinofeat match: error: give query points in one way only, got {ways}\n"
 
 
-def test_match_images_refuses_points_in_two_ways_before_making_features():
-    from types import SimpleNamespace
-
-    from dinofeat.errors import InputError
-    from dinofeat.matching import match_images
-    from dinofeat.options import ExtractorOptions, MatchOptions
-
-    extractor = SimpleNamespace(
-        extract_arrays=lambda images: pytest.fail("features were made"), options=ExtractorOptions()
-    )
-    image = np.zeros((28, 28, 3), np.uint8)
-    with pytest.raises(InputError, match=r"^give query points in one way only, got points and --grid$"):
-        match_images(image, image, [[1.0, 2.0]], extractor=extractor, options=MatchOptions(grid=3))
-
-
 def test_unreadable_image_and_bad_pca_dim(tmp_path, images, model_args, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")

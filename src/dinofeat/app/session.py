@@ -2,7 +2,7 @@
 
 :class:`AppSession` knows nothing about Gradio: its methods take and return numpy arrays, lists
 and paths, raise :class:`~dinofeat.errors.InputError` with a message a user can act on, and call
-the same library workflows as the command line (:func:`~dinofeat.matching.match_images`,
+the same library workflows as the command line (:class:`~dinofeat.jobs.match.MatchJob`,
 :func:`~dinofeat.colorize.pca_images`, :func:`~dinofeat.tracking.track_to_files`), so the page
 shows exactly what the commands write.
 """
@@ -21,6 +21,7 @@ import numpy as np
 from dinofeat.drawing import draw_points
 from dinofeat.errors import InputError
 from dinofeat.features.cache import DEFAULT_CACHE_SIZE, FeatureCache
+from dinofeat.jobs.match import MatchJob, heatmap_picture, match_picture
 from dinofeat.options import (
     COLOR_COMPONENTS,
     DEFAULT_MAX_IMAGE_MEGAPIXELS,
@@ -235,7 +236,7 @@ class AppSession:
         name_a: str = "A",
         name_b: str = "B",
     ) -> MatchView:
-        """Match query points of A into B, as ``dinofeat match`` does (:func:`~dinofeat.matching.match_images`).
+        """Match query points of A into B with the job ``dinofeat match`` runs (:class:`~dinofeat.jobs.match.MatchJob`).
 
         Args:
             image_a, image_b: ``(H, W, 3) uint8 RGB``; B may be None (then only A is drawn).
@@ -249,9 +250,6 @@ class AppSession:
 
         The heatmap is the last clicked point's similarity (the best point's, for ``auto``).
         """
-        from dinofeat.io.outputs import format_json
-        from dinofeat.matching import heatmap_picture, match_images, match_picture
-
         if image_a is None:
             raise InputError("upload image A first")
         points = [list(map(float, p)) for p in points_xy]
@@ -261,18 +259,19 @@ class AppSession:
             raise InputError(f"at most {MAX_POINTS} points")
         options = MatchOptions(auto=None if auto is None else int(auto), require_mutual=mutual, ransac=ransac)
         drawing = MatchDrawingOptions(color_by=color_by)
-        result = match_images(
+        json_path = self.new_folder("match") / f"{Path(name_a).stem}_{Path(name_b).stem}_matches.json"
+        job = MatchJob(
             image_a,
             image_b,
-            None if auto is not None else points,
-            extractor=self.features_at(resolution),
+            points_xy=None if auto is not None else points,
+            json=json_path,
             options=options,
+            drawing=drawing,
             names=(name_a, name_b),
         )
+        result = job.run(self.features_at(resolution))
         if len(result.matches) == 0:
             raise InputError("no distinctive points found: the images share no mutual nearest patches")
-        json_path = self.new_folder("match") / f"{Path(name_a).stem}_{Path(name_b).stem}_matches.json"
-        json_path.write_text(format_json(result.document))
         last = 0 if auto is not None else len(points) - 1
         chosen = result.matches.source_xy.tolist()
         return MatchView(

@@ -41,37 +41,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dinofeat.cli.common import extractor_options, make_extractor, options_from, summary
-    from dinofeat.errors import InputError
-    from dinofeat.features.files import FEATURE_SUFFIXES, extract_to_file
-    from dinofeat.io.images import load_image
-    from dinofeat.io.outputs import check_outputs, check_suffix
+    from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
+    from dinofeat.jobs.extract import ExtractJob
 
     options = extractor_options(args)
     dataset = options_from(args, DatasetOptions)
-    if args.out_dir:
-        if args.output:
-            raise InputError("give -o OUT (one file) or --out-dir DIR (a dataset), not both")
-        return _run_dataset(args, options, dataset)
-    if not args.output:
-        raise InputError("nothing to write: give -o OUT.npz|.safetensors, or --out-dir DIR for a dataset")
-    if dataset != DatasetOptions():
-        raise InputError("the dataset options (--engine, --dtype, --pca, ...) need --out-dir DIR")
-    check_suffix(args.output, FEATURE_SUFFIXES, "output")
-    check_outputs([args.output], inputs=args.images)
-    images = [load_image(path) for path in args.images]
-    extractor = make_extractor(options, args)
-    maps = extract_to_file(images, args.output, extractor)
-    grids = sorted({f"{m.grid_hw[1]}x{m.grid_hw[0]}" for m in maps})
-    summary(args, f"{len(maps)} image(s), {', '.join(grids)} patches x {maps[0].dim} -> {args.output}")
+    job = ExtractJob(args.images, output=args.output, out_dir=args.out_dir, dataset=dataset)
+    job.check()
+    if job.is_dataset:
+        with progress_bar(args, "extracting", "image") as bar:
+            report = job.run_dataset(options, progress=bar)
+        summary(args, f"{report.summary()} -> {args.out_dir}")
+        return 0 if report.ok else 1
+    result = job.run(make_extractor(options, args))
+    summary(args, result.summary())
     return 0
-
-
-def _run_dataset(args: argparse.Namespace, options, dataset: DatasetOptions) -> int:
-    from dinofeat.cli.common import progress_bar, summary
-    from dinofeat.dataset.runs import extract_dataset
-
-    with progress_bar(args, "extracting", "image") as bar:
-        result = extract_dataset(args.images, args.out_dir, options, dataset, progress=bar)
-    summary(args, f"{result.summary()} -> {args.out_dir}")
-    return 0 if result.ok else 1

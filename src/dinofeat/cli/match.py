@@ -7,8 +7,6 @@ import argparse
 from dinofeat.cli.common import add_extractor_options, add_features_option, add_options, open_feature_folder
 from dinofeat.options import DEFAULT_AUTO, MatchDrawingOptions, MatchOptions
 
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
@@ -60,41 +58,29 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from dinofeat.cli.common import extractor_options, make_extractor, options_from, parse_each, point_xy, summary
-    from dinofeat.errors import InputError
-    from dinofeat.io.images import load_image
-    from dinofeat.io.outputs import check_outputs, check_suffix, format_json
-    from dinofeat.matching import match_images, write_match_files
-    from dinofeat.points import read_points_file
+    from dinofeat.jobs.match import MatchJob
 
     model = extractor_options(args)
-    options = options_from(args, MatchOptions)
-    drawing = options_from(args, MatchDrawingOptions)
-    check_suffix(args.output, PICTURE_SUFFIXES, "the picture (-o)")
-    check_suffix(args.json, (".json",), "--json")
-    check_outputs([args.output, args.json], inputs=[args.image_a, args.image_b])
+    options, drawing = options_from(args, MatchOptions), options_from(args, MatchDrawingOptions)
     points = parse_each(args.point, point_xy, "--point")
-    if args.points_file:
-        points += read_points_file(args.points_file)
-    options.check_points_given(bool(points), "--point/--points-file")  # before the model loads
-    if drawing.heatmap:
-        if len(points) != 1:
-            raise InputError("--heatmap needs exactly one query point (--point X,Y)")
-        if not args.output:
-            raise InputError("--heatmap draws into the picture: give -o OUT.png")
-
-    if args.features:
-        _, extractor, (file_a, file_b) = open_feature_folder(args, [args.image_a, args.image_b])
-        image_a, image_b = load_image(file_a), load_image(file_b)
-    else:
-        image_a, image_b = load_image(args.image_a), load_image(args.image_b)
-        extractor = make_extractor(model, args)
-    result = match_images(
-        image_a, image_b, points or None, extractor=extractor, options=options, names=(args.image_a, args.image_b)
+    images, source = (args.image_a, args.image_b), None
+    if args.features:  # A's and B's maps come from the folder; its image files are read only for drawing
+        _, source, images = open_feature_folder(args, [args.image_a, args.image_b])
+    job = MatchJob(
+        *images,
+        points_xy=points or None,
+        points_file=args.points_file,
+        output=args.output,
+        json=args.json,
+        options=options,
+        drawing=drawing,
+        names=(args.image_a, args.image_b),
     )
-    write_match_files(result, picture=args.output, json_path=args.json, drawing=drawing)
-    if not args.output and not args.json:
-        sys.stdout.write(format_json(result.document))
-    from dinofeat.matching import match_summary
-
-    summary(args, match_summary(result, options, [args.output, args.json]))
+    job.check()
+    if source is None:
+        source = make_extractor(model, args)
+    result = job.run(source)
+    if not result.written:
+        sys.stdout.write(result.json_text())
+    summary(args, result.summary())
     return 0

@@ -1,4 +1,5 @@
-"""Feature files (``.npz`` or ``.safetensors``): the one writer of feature maps, and the ``extract`` job.
+"""Feature files (``.npz`` or ``.safetensors``): the one writer of feature maps (the ``extract``
+job, :class:`~dinofeat.jobs.extract.ExtractJob`, and a dataset's shards write with it).
 
 For input i a file holds ``features_{i}`` ``(h, w, C)`` float32, ``image_size_{i}`` and
 ``processed_size_{i}`` ``(width, height)`` int64, plus string metadata (model, resolution,
@@ -11,11 +12,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.io.outputs import staged_outputs
+from dinofeat.options import ExtractorOptions
+
+if TYPE_CHECKING:  # types only
+    from dinofeat.features.source import FeatureSource
 
 #: Suffixes of the feature file formats.
 FEATURE_SUFFIXES = (".npz", ".safetensors")
@@ -38,7 +45,7 @@ def save_features(
     """Write ``maps`` (plus ``extra`` arrays) and string-able ``metadata`` atomically; the format
     follows the suffix (``.safetensors``, else ``.npz``)."""
     with staged_outputs([path]) as (tmp,):
-        write_features(tmp, maps, extra=extra, **metadata)
+        write_features(cast(Path, tmp), maps, extra=extra, **metadata)  # a temporary path for the path given
 
 
 def write_features(
@@ -55,14 +62,12 @@ def write_features(
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path), metadata=text)
     else:
         with open(path, "wb") as f:
-            np.savez(f, **arrays, **{k: np.asarray(v) for k, v in text.items()})
+            np.savez(f, **arrays, **{k: np.asarray(v) for k, v in text.items()})  # type: ignore[arg-type]  # numpy's stub lets **kwds reach allow_pickle
 
 
-def extractor_metadata(source) -> dict:
+def extractor_metadata(source: ExtractorOptions | FeatureSource) -> dict[str, Any]:
     """What a feature file (or a dataset's shard) records about the features: model, resolution,
     layers, facet; ``source`` is an extractor or its :class:`~dinofeat.options.ExtractorOptions`."""
-    from dinofeat.options import ExtractorOptions
-
     options = source if isinstance(source, ExtractorOptions) else source.options
     return {
         "model": options.model,
@@ -70,10 +75,3 @@ def extractor_metadata(source) -> dict:
         "layers": list(options.layers),
         "facet": options.facet,
     }
-
-
-def extract_to_file(images: Sequence[np.ndarray], path: str | os.PathLike, extractor) -> list[FeatureMap]:
-    """The ``dinofeat extract`` job: feature maps of ``(H, W, 3) uint8`` images, written to ``path``."""
-    maps = extractor.extract_arrays(list(images))
-    save_features(path, maps, **extractor_metadata(extractor))
-    return maps
