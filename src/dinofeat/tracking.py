@@ -137,13 +137,18 @@ class PointTracker:
     @property
     def templates(self) -> torch.Tensor:
         """``(N, C)`` L2-normalised templates in use (rows of unstarted queries are zero)."""
-        if self._anchor is None:
-            raise RuntimeError("no query has started yet")
+        anchor, running = self._anchor_and_running()
         if self.options.template == "fixed":
-            return self._anchor
+            return anchor
         weight = self.options.anchor_weight
-        mixed = weight * self._anchor + (1 - weight) * self._running
+        mixed = weight * anchor + (1 - weight) * running
         return F.normalize(mixed, dim=-1)
+
+    def _anchor_and_running(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(N, C)`` query features and running templates (made when the first query starts)."""
+        if self._anchor is None or self._running is None:
+            raise RuntimeError("no query has started yet")
+        return self._anchor, self._running
 
     def step(self, frame_index: int, fmap: FeatureMap) -> TrackStep:
         """Track into frame ``frame_index`` given its feature map. Frames come in strictly increasing
@@ -199,9 +204,10 @@ class PointTracker:
         if self._anchor is None:
             self._anchor = torch.zeros(len(self.queries_txy), feats.shape[1])
             self._running = torch.zeros_like(self._anchor)
+        anchor, running = self._anchor_and_running()
         rows = torch.from_numpy(which)
-        self._anchor[rows] = feats
-        self._running[rows] = feats
+        anchor[rows] = feats
+        running[rows] = feats
         self._started[which] = True
         self._anchor_maps[frame_index] = fmap
 
@@ -249,7 +255,7 @@ class PointTracker:
             query_xy = torch.from_numpy(self.queries_txy[idx.numpy()[rows.numpy()], 1:]).float()
             tolerance = given or DEFAULT_CYCLE_TOLERANCE_PATCHES * self._patch_pixels(anchor_map)
             near = (torch.cdist(query_xy, anchor_map.patch_centers().reshape(-1, 2)) <= tolerance).to(back.device)
-            at_query = (found * self._anchor[idx[rows]].to(found.device)).sum(-1)
+            at_query = (found * self._anchor_and_running()[0][idx[rows]].to(found.device)).sum(-1)
             best_near = torch.maximum(at_query, back.masked_fill(~near, -math.inf).max(dim=1).values)
             best_far = back.masked_fill(near, -math.inf).max(dim=1).values
             ok[rows] = (best_near >= best_far).cpu()
@@ -259,8 +265,9 @@ class PointTracker:
         if self.options.template == "fixed" or len(idx) == 0:
             return
         rate = self.options.update_rate
-        mixed = (1 - rate) * self._running[idx] + rate * feats.to(self._running.dtype)
-        self._running[idx] = F.normalize(mixed, dim=-1)
+        running = self._anchor_and_running()[1]
+        mixed = (1 - rate) * running[idx] + rate * feats.to(running.dtype)
+        running[idx] = F.normalize(mixed, dim=-1)
 
 
 def check_queries(queries_txy, frame_indices: range, size_wh: tuple[int, int]) -> np.ndarray:

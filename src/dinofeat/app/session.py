@@ -324,7 +324,7 @@ class AppSession:
             images=images, output=figure_path, save_pca=pca_path, options=options, drawing=drawing, names=names
         )
         job.check()
-        result = job.run(self.features_at(resolution))
+        result = job.run_images(self.features_at(resolution))
         panels = [pca_panel(image, colors, drawing) for image, colors in zip(result.images, result.colors)]
         masks = [colors.mask.astype(np.uint8) * 255 for colors in result.colors]
         label = ", ".join(names) if names else f"{len(images)} image(s)"
@@ -389,7 +389,7 @@ class AppSession:
             raise InputError(f"at most {MAX_POINTS} points, got {len(queries_txy)}")
         view = self.open_video(path)
         name = Path(path).name
-        tracker = TrackerOptions(
+        tracker = TrackerOptions().replace(
             **{key: float(value) for key, value in (("window", window), ("min_score", min_score)) if value is not None}
         )
         trail_options = TrailOptions() if trail is None else TrailOptions(trail=int(trail))

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from dinofeat.cli.common import add_extractor_options, add_features_option, add_options, open_feature_folder
 from dinofeat.dataset.listing import (
     VIDEO_SUFFIXES,  # inputs with these suffixes are read as videos (the rest as images)
 )
 from dinofeat.options import FrameOptions, PCADrawingOptions, PCAOptions
+
+if TYPE_CHECKING:  # types only
+    from dinofeat.colorize import PCAResult
+    from dinofeat.jobs.pca import StorePCAResult, VideoPCAResult
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -89,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         frames=options_from(args, FrameOptions),
     )
     job.check()
+    result: PCAResult | VideoPCAResult | StorePCAResult
     if job.fits_stored_features:
         store, _, _ = open_feature_folder(args, [])
         result = job.run_store(store)

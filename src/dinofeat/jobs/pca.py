@@ -253,28 +253,34 @@ class PCAJob:
         (a feature folder's paths, :func:`~dinofeat.cli.common.open_feature_folder`).
         ``progress(done, total)`` counts a video's frames. Runs :meth:`check` first if it has not run.
         """
+        route = self._checked_now().route
+        if route == "store":
+            raise ValueError("a PCA of a feature folder's stored maps is fitted by run_store(store)")
+        if route == "video":
+            return self.run_video(source, progress)
+        return self.run_images(source, image_files=image_files)
+
+    def _checked_now(self, route: str | None = None) -> _Checked:
+        """What :meth:`check` found (it runs now if it has not run), for a job of ``route``."""
         if self._checked is None:
             self._checked = self._check()
-        checked = self._checked
-        if checked.route == "store":
-            raise ValueError("a PCA of a feature folder's stored maps is fitted by run_store(store)")
-        if checked.route == "video":
-            return self._run_video(source, checked, progress)
-        return self._run_images(source, checked, image_files)
+        if route is not None and self._checked.route != route:
+            raise ValueError(f"this job colours {self._checked.route}, not {route}")
+        return self._checked
 
     def run_store(self, store: FeatureStore) -> StorePCAResult:
         """Fit one PCA on ``options.fit_images`` stored maps spread over ``store`` and write ``save_pca``
         (no model runs)."""
-        if self._checked is None:
-            self._checked = self._check()
+        self._checked_now("store")
         pca = fit_store_pca(store, self.options)
         with staged_outputs([self.save_pca]) as (tmp,):
-            pca.save(tmp)
+            if tmp is not None:  # always: check() wants save_pca
+                pca.save(tmp)
         return StorePCAResult(pca, min(self.options.fit_images, len(store)), len(store))
 
-    def _run_images(
-        self, source: FeatureSource, checked: _Checked, image_files: Sequence[PathLike] | None
-    ) -> PCAResult:
+    def run_images(self, source: FeatureSource, *, image_files: Sequence[PathLike] | None = None) -> PCAResult:
+        """:meth:`run` for images: fit one PCA jointly (or use ``load_pca``), colour each, write."""
+        checked = self._checked_now("images")
         images = list(self.images) or [load_image(path) for path in (image_files or self.inputs)]
         result = pca_images(images, source, self.options, pca=checked.loaded, nearest=self.drawing.nearest)
         self._write_images(result, checked.panels)
@@ -288,15 +294,17 @@ class PCAJob:
             if figure_tmp is not None:
                 save_image(figure_tmp, pca_figure(result, drawing, self._labels()))
             for tmp, image, colors in zip(panel_tmps, result.images, result.colors):
-                save_image(tmp, pca_panel(image, colors, drawing))
+                if tmp is not None:  # always: the panels are paths
+                    save_image(tmp, pca_panel(image, colors, drawing))
             if pca_tmp is not None:
                 result.pca.save(pca_tmp)
             if features_tmp is not None:
                 write_reduced_features(features_tmp, result, components)
 
-    def _run_video(self, source: FeatureSource, checked: _Checked, progress: Progress | None) -> VideoPCAResult:
-        """Colour every processed frame with one PCA; H.264 of the input's size (twice the width side
-        by side), at ``fps / every`` so it plays at the input's speed."""
+    def run_video(self, source: FeatureSource, progress: Progress | None = None) -> VideoPCAResult:
+        """:meth:`run` for a video: colour every processed frame with one PCA; H.264 of the input's
+        size (twice the width side by side), at ``fps / every`` so it plays at the input's speed."""
+        checked = self._checked_now("video")
         path, drawing, frames = self.inputs[0], self.drawing, self.frames
         info = checked.info or video_io.probe_video(path)  # probed by check()
         total = len(frames_to_process(info, frames, video=path))
