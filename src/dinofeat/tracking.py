@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from dinofeat.errors import InputError, field
 from dinofeat.features.featuremap import FeatureMap, check_inside
+from dinofeat.io import video as video_io  # called through the module: the tests count probes
 from dinofeat.io.frames import frames_to_process
 from dinofeat.options import (
     DEFAULT_ANCHOR_WEIGHT,
@@ -401,11 +402,9 @@ def track_steps(
     the model stream, so memory holds one batch of frames, unless ``options.backward``
     (:func:`track_both_ways`) holds the processed frames. ``progress(done, total)`` counts frames: of
     ``frame_count`` (the number of processed frames) forward only, of both passes' with ``backward``."""
-    from dinofeat.io.video import read_frames  # lazy: PyAV loads only when a video is read
-
     frames = frames or FrameOptions()
     options = options or TrackerOptions()
-    decoded = read_frames(path, start=frames.start, max_frames=frames.max_frames, every=frames.every)
+    decoded = video_io.read_frames(path, start=frames.start, max_frames=frames.max_frames, every=frames.every)
     if options.backward:
         yield from track_both_ways(decoded, queries_txy, source, options, progress=progress)
         return
@@ -443,8 +442,6 @@ def track_video(
     Returns:
         :class:`~dinofeat.tracks.Tracks` over the processed frames.
     """
-    from dinofeat.io import video as video_io  # lazy: PyAV loads only when a video is read
-
     options = options or TrackerOptions()
     if overrides:
         options = options.replace(**overrides)
