@@ -274,23 +274,3 @@ def test_static_video_gets_identical_colours_in_every_frame(scene, tmp_path):
         np.testing.assert_array_equal(colors.rgb, frames[0][2].rgb)
         assert frame.shape == (H, W, 3)
     assert frames[0][2].mask.any() and not frames[0][2].mask.all()
-
-
-def test_saved_features_are_projected_once(tmp_path, monkeypatch):
-    """--save-features: each map is projected onto the components once, its first K kept."""
-    import dinofeat.pca
-    from dinofeat.colorize import pca_images, write_pca_files
-    from dinofeat.options import PCAOptions
-
-    extractor = Extractor(random_vit("dinov2_vits14", depth=1), device="cpu", precision="fp32", resolution=56)
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (56, 70, 3), dtype=np.uint8) for _ in range(2)]
-    result = pca_images(images, extractor, PCAOptions(components=5, foreground=None))
-    calls, transform = [], dinofeat.pca.PCABasis.transform
-    monkeypatch.setattr(dinofeat.pca.PCABasis, "transform", lambda self, x: calls.append(1) or transform(self, x))
-    write_pca_files(result, features_path=tmp_path / "f.npz", components=4)
-    assert len(calls) == len(images)
-    stored = np.load(tmp_path / "f.npz")
-    for i, fmap in enumerate(result.maps):
-        expected = transform(result.pca.basis, fmap.features)[..., :4]
-        assert torch.allclose(torch.from_numpy(stored[f"features_{i}"]), expected, atol=1e-6)

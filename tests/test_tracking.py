@@ -28,12 +28,13 @@ import torch
 from dinofeat.errors import InputError
 from dinofeat.features.extractor import Extractor
 from dinofeat.features.featuremap import FeatureMap
+from dinofeat.io.frames import processed_frame_indices
 from dinofeat.io.video import VideoWriter
 from dinofeat.models.dinov2 import DinoVisionTransformer
 from dinofeat.models.registry import get_spec
 from dinofeat.options import FrameOptions
 from dinofeat.points import grid_points
-from dinofeat.tracking import PointTracker, Tracks, check_queries, processed_frame_indices, track_frames, track_video
+from dinofeat.tracking import PointTracker, Tracks, check_queries, track_frames, track_video
 
 SIZE_WH = (168, 126)  # 12 x 9 patches at resolution 126: the model sees the frame 1:1
 

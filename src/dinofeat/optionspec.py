@@ -123,16 +123,21 @@ def check_field(name: str, value: Any, meta: dict) -> None:
         raise InputError(f"{field_named(name)} must be {describe_allowed(meta)}, got {_show(item)}")
 
 
-def flag_of(name: str, meta: dict | None = None) -> str:
-    """The command-line flag of the option field ``name``: its declared ``flag``, else ``--name``
-    with dashes; ``meta`` is the field's metadata, else every :class:`Options` class is searched.
+#: Flags of the jobs' path fields that are not ``--name`` with dashes (no option dataclass declares paths).
+PATH_FLAGS = {"output": "-o"}
 
-    >>> flag_of("min_score"), flag_of("start")
-    ('--min-score', '--start')
+
+def flag_of(name: str, meta: dict | None = None) -> str:
+    """The command-line flag of the option field ``name``: its declared ``flag``, else its
+    :data:`PATH_FLAGS` entry, else ``--name`` with dashes; ``meta`` is the field's metadata, else
+    every :class:`Options` class is searched.
+
+    >>> flag_of("min_score"), flag_of("start"), flag_of("output"), flag_of("save_pca")
+    ('--min-score', '--start', '-o', '--save-pca')
     """
     if meta is None:
         meta = _declared_flags().get(name, {})
-    return meta.get("flag") or "--" + name.replace("_", "-")
+    return meta.get("flag") or PATH_FLAGS.get(name) or "--" + name.replace("_", "-")
 
 
 def _declared_flags() -> dict[str, dict]:

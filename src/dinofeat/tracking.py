@@ -41,7 +41,6 @@ Coordinates are float ``(x, y)`` pixels of the original frame (centre of the top
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -53,8 +52,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dinofeat.errors import InputError
+from dinofeat.errors import InputError, field
 from dinofeat.features.featuremap import FeatureMap, check_inside
+from dinofeat.io import video as video_io  # called through the module: the tests count probes
+from dinofeat.io.frames import frames_to_process
 from dinofeat.options import (
     DEFAULT_ANCHOR_WEIGHT,
     DEFAULT_CYCLE_TOLERANCE_PATCHES,
@@ -63,13 +64,13 @@ from dinofeat.options import (
     DEFAULT_WINDOW_PATCHES,
     FrameOptions,
     TrackerOptions,
-    TrailOptions,
 )
 from dinofeat.runtime.progress import Progress, report
 from dinofeat.search import NormTable, locate, refine_peaks
 from dinofeat.tracks import Tracks, TrackStep
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only
+    from dinofeat.features.source import FeatureSource
     from dinofeat.io.video import VideoInfo
 
 __all__ = [
@@ -82,10 +83,9 @@ __all__ = [
     "TrackStep",
     "Tracks",
     "check_queries",
-    "processed_frame_indices",
     "track_both_ways",
     "track_frames",
-    "track_to_files",
+    "track_steps",
     "track_video",
 ]
 
@@ -138,13 +138,18 @@ class PointTracker:
     @property
     def templates(self) -> torch.Tensor:
         """``(N, C)`` L2-normalised templates in use (rows of unstarted queries are zero)."""
-        if self._anchor is None:
-            raise RuntimeError("no query has started yet")
+        anchor, running = self._anchor_and_running()
         if self.options.template == "fixed":
-            return self._anchor
+            return anchor
         weight = self.options.anchor_weight
-        mixed = weight * self._anchor + (1 - weight) * self._running
+        mixed = weight * anchor + (1 - weight) * running
         return F.normalize(mixed, dim=-1)
+
+    def _anchor_and_running(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(N, C)`` query features and running templates (made when the first query starts)."""
+        if self._anchor is None or self._running is None:
+            raise RuntimeError("no query has started yet")
+        return self._anchor, self._running
 
     def step(self, frame_index: int, fmap: FeatureMap) -> TrackStep:
         """Track into frame ``frame_index`` given its feature map. Frames come in strictly increasing
@@ -200,9 +205,10 @@ class PointTracker:
         if self._anchor is None:
             self._anchor = torch.zeros(len(self.queries_txy), feats.shape[1])
             self._running = torch.zeros_like(self._anchor)
+        anchor, running = self._anchor_and_running()
         rows = torch.from_numpy(which)
-        self._anchor[rows] = feats
-        self._running[rows] = feats
+        anchor[rows] = feats
+        running[rows] = feats
         self._started[which] = True
         self._anchor_maps[frame_index] = fmap
 
@@ -250,7 +256,7 @@ class PointTracker:
             query_xy = torch.from_numpy(self.queries_txy[idx.numpy()[rows.numpy()], 1:]).float()
             tolerance = given or DEFAULT_CYCLE_TOLERANCE_PATCHES * self._patch_pixels(anchor_map)
             near = (torch.cdist(query_xy, anchor_map.patch_centers().reshape(-1, 2)) <= tolerance).to(back.device)
-            at_query = (found * self._anchor[idx[rows]].to(found.device)).sum(-1)
+            at_query = (found * self._anchor_and_running()[0][idx[rows]].to(found.device)).sum(-1)
             best_near = torch.maximum(at_query, back.masked_fill(~near, -math.inf).max(dim=1).values)
             best_far = back.masked_fill(near, -math.inf).max(dim=1).values
             ok[rows] = (best_near >= best_far).cpu()
@@ -260,19 +266,9 @@ class PointTracker:
         if self.options.template == "fixed" or len(idx) == 0:
             return
         rate = self.options.update_rate
-        mixed = (1 - rate) * self._running[idx] + rate * feats.to(self._running.dtype)
-        self._running[idx] = F.normalize(mixed, dim=-1)
-
-
-def processed_frame_indices(total_frames: int, frames: FrameOptions | None = None) -> range:
-    """Indices of the frames :func:`~dinofeat.io.video.read_frames` yields with these frame options.
-
-    >>> list(processed_frame_indices(10, FrameOptions(start=1, every=4)))
-    [1, 5, 9]
-    """
-    frames = frames or FrameOptions()
-    indices = range(frames.start, total_frames, frames.every)
-    return indices if frames.max_frames is None else indices[: frames.max_frames]
+        running = self._anchor_and_running()[1]
+        mixed = (1 - rate) * running[idx] + rate * feats.to(running.dtype)
+        running[idx] = F.normalize(mixed, dim=-1)
 
 
 def check_queries(queries_txy, frame_indices: range, size_wh: tuple[int, int]) -> np.ndarray:
@@ -287,7 +283,9 @@ def check_queries(queries_txy, frame_indices: range, size_wh: tuple[int, int]) -
     if len(queries) == 0:
         raise InputError("no points to track")
     if len(frame_indices) == 0:
-        raise InputError("no frames to process (check --start / --max-frames against the video length)")
+        raise InputError(
+            f"no frames to process (check {field('start')} / {field('max_frames')} against the video length)"
+        )
     for t in queries[:, 0]:
         if t not in frame_indices:
             first, last = frame_indices[0], frame_indices[-1]
@@ -388,114 +386,67 @@ def _steps(
             yield replace(tracker.step(index, fmap), image=image)
 
 
+def track_steps(
+    path: str | os.PathLike,
+    queries_txy: np.ndarray,
+    source: FeatureSource,
+    options: TrackerOptions | None = None,
+    *,
+    frames: FrameOptions | None = None,
+    frame_count: int,
+    progress: Progress | None = None,
+) -> Iterator[TrackStep]:
+    """The steps of tracking checked queries (:func:`check_queries`) through the processed frames of a
+    video file, streamed: one :class:`~dinofeat.tracks.TrackStep` per processed frame, in order, each
+    with its frame as ``image`` (``(H, W, 3) uint8`` RGB, for drawing); writes nothing. Decoding and
+    the model stream, so memory holds one batch of frames, unless ``options.backward``
+    (:func:`track_both_ways`) holds the processed frames. ``progress(done, total)`` counts frames: of
+    ``frame_count`` (the number of processed frames) forward only, of both passes' with ``backward``."""
+    frames = frames or FrameOptions()
+    options = options or TrackerOptions()
+    decoded = video_io.read_frames(path, start=frames.start, max_frames=frames.max_frames, every=frames.every)
+    if options.backward:
+        yield from track_both_ways(decoded, queries_txy, source, options, progress=progress)
+        return
+    for done, step in enumerate(track_frames(decoded, queries_txy, source, options), start=1):
+        report(progress, done, frame_count)
+        yield step
+
+
 def track_video(
     path: str | os.PathLike,
     queries_txy,
-    extractor,
+    source: FeatureSource,
     options: TrackerOptions | None = None,
     *,
     frames: FrameOptions | None = None,
-    progress: Progress | None = None,
-    **overrides,
-) -> Tracks:
-    """Track query points ``(t, x, y)`` through a video file; see the module docstring.
-
-    Args:
-        path: the video.
-        queries_txy: ``(N, 3)`` query frame index (in the video) and original-pixel position.
-        extractor: an :class:`~dinofeat.features.extractor.Extractor` (its ``batch_size`` frames per forward pass).
-        options: :class:`~dinofeat.options.TrackerOptions` (or its fields as keywords: ``window``,
-            ``min_score``, ...).
-        frames: which frames to process (:class:`~dinofeat.options.FrameOptions`).
-        progress: called as ``progress(frames_done, frames_total)`` after each frame.
-    """
-    return track_to_files(path, queries_txy, extractor, options, frames=frames, progress=progress, **overrides)
-
-
-def track_to_files(
-    path: str | os.PathLike,
-    queries_txy,
-    extractor,
-    options: TrackerOptions | None = None,
-    *,
-    frames: FrameOptions | None = None,
-    trail: TrailOptions | None = None,
-    video_out: str | os.PathLike | None = None,
-    json_out: str | os.PathLike | None = None,
-    csv_out: str | os.PathLike | None = None,
-    video_name: str | None = None,
     progress: Progress | None = None,
     info: VideoInfo | None = None,
     **overrides,
 ) -> Tracks:
-    """The ``dinofeat track`` job: track ``(t, x, y)`` queries through a video and write its outputs.
+    """Track query points ``(t, x, y)`` through a video file; see the module docstring. Writes nothing
+    (:class:`~dinofeat.jobs.track.TrackJob` writes the ``dinofeat track`` files).
 
-    Outputs (each optional, all written atomically: all appear, or none if anything fails):
-    ``video_out`` (H.264 with each point's fading trail, :class:`~dinofeat.drawing.TrailAnnotator`;
-    same size as the input, at ``fps / every`` so it plays at the input's speed), ``json_out``
-    (:meth:`~dinofeat.tracks.Tracks.to_json`, with ``video_name`` or ``path`` as the video's path)
-    and ``csv_out`` (:meth:`~dinofeat.tracks.Tracks.write_csv`). Decoding, the model and encoding
-    stream, so memory does not grow with the video's length; with ``options.backward`` (each point
-    also tracked back from its query frame, :func:`track_both_ways`) the processed frames are held
-    in memory.
+    Args:
+        path: the video.
+        queries_txy: ``(N, 3)`` query frame index (in the video) and original-pixel position.
+        source: the :class:`~dinofeat.features.source.FeatureSource` (an
+            :class:`~dinofeat.features.extractor.Extractor`: its ``batch_size`` frames per forward pass).
+        options: :class:`~dinofeat.options.TrackerOptions` (or its fields as keywords: ``window``,
+            ``min_score``, ...).
+        frames: which frames to process (:class:`~dinofeat.options.FrameOptions`).
+        progress: called as ``progress(frames_done, frames_total)`` after each frame.
+        info: the video's :func:`~dinofeat.io.video.probe_video`, where the caller has it (probing may
+            decode the whole file when the container lacks a frame count).
 
-    ``info`` is the video's :func:`~dinofeat.io.video.probe_video` where the caller has it already
-    (probing may decode the whole file when the container lacks a frame count); the queries are
-    checked against it (:func:`frames_to_process`, :func:`check_queries`).
+    Returns:
+        :class:`~dinofeat.tracks.Tracks` over the processed frames.
     """
-    from dinofeat.drawing import TrailAnnotator
-    from dinofeat.io.outputs import staged_outputs
-    from dinofeat.io.video import VideoWriter, probe_video, read_frames
-
-    frames = frames or FrameOptions()
-    trail = trail or TrailOptions()
     options = options or TrackerOptions()
     if overrides:
         options = options.replace(**overrides)
-    backward = options.backward
-    info = info or probe_video(path)
+    info = info or video_io.probe_video(path)
     indices = frames_to_process(info, frames)
     queries = check_queries(queries_txy, indices, info.size_wh)
-    decoded = read_frames(path, start=frames.start, max_frames=frames.max_frames, every=frames.every)
-    if backward:
-        tracked = track_both_ways(decoded, queries, extractor, options, progress=progress)
-    else:
-        tracked = track_frames(decoded, queries, extractor, options)
-    steps = []
-    with staged_outputs([video_out, json_out, csv_out]) as (video_tmp, json_tmp, csv_tmp):
-        writer = VideoWriter(video_tmp, info.fps / frames.every, info.size_wh) if video_tmp else None
-        annotator = TrailAnnotator(len(queries), trail.trail)
-        with writer or contextlib.nullcontext():
-            for step in tracked:
-                if writer is not None:
-                    writer.write(annotator.annotate(step.image, step.points_xy, step.visible))
-                steps.append(replace(step, image=None))
-                if not backward:
-                    report(progress, len(steps), len(indices))
-        tracks = Tracks.from_steps(queries, steps)
-        if json_tmp is not None:
-            import json
-
-            document = tracks.to_json(
-                model=extractor.options.model, video_path=video_name or str(path), fps=info.fps, size_wh=info.size_wh
-            )
-            json_tmp.write_text(json.dumps(document) + "\n")
-        if csv_tmp is not None:
-            tracks.write_csv(csv_tmp)
-    return tracks
-
-
-def frames_to_process(info: VideoInfo, frames: FrameOptions | None = None) -> range:
-    """The :func:`processed_frame_indices` of a video of :class:`~dinofeat.io.video.VideoInfo` ``info``;
-    none (a ``--start`` past its end) is an :class:`InputError`. Callers check with it before
-    loading a model, and :func:`track_to_files` checks with it too.
-
-    >>> from dinofeat.io.video import VideoInfo
-    >>> frames_to_process(VideoInfo(fps=25.0, frames=10, size_wh=(64, 48)), FrameOptions(start=4, every=3))
-    range(4, 10, 3)
-    """
-    frames = frames or FrameOptions()
-    indices = processed_frame_indices(info.frames, frames)
-    if len(indices) == 0:
-        raise InputError(f"--start {frames.start} is past the end of the video ({info.frames} frames)")
-    return indices
+    steps = track_steps(path, queries, source, options, frames=frames, frame_count=len(indices), progress=progress)
+    return Tracks.from_steps(queries, [replace(step, image=None) for step in steps])

@@ -121,7 +121,7 @@ def _count_probes(monkeypatch) -> list:
 
 
 def test_a_video_is_probed_once(tmp_path, model_args, monkeypatch):
-    """pca_video_to_file probes, and fit_video takes what it found instead of probing again."""
+    """PCAJob.check() probes, and fit_video takes what it found instead of probing again."""
     from dinofeat.io.video import VideoWriter
 
     source = tmp_path / "static.mp4"

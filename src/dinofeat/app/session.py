@@ -2,8 +2,8 @@
 
 :class:`AppSession` knows nothing about Gradio: its methods take and return numpy arrays, lists
 and paths, raise :class:`~dinofeat.errors.InputError` with a message a user can act on, and call
-the same library workflows as the command line (:class:`~dinofeat.jobs.match.MatchJob`,
-:func:`~dinofeat.colorize.pca_images`, :func:`~dinofeat.tracking.track_to_files`), so the page
+the same jobs as the command line (:class:`~dinofeat.jobs.match.MatchJob`,
+:class:`~dinofeat.jobs.pca.PCAJob`, :class:`~dinofeat.jobs.track.TrackJob`), so the page
 shows exactly what the commands write.
 """
 
@@ -18,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dinofeat.colorize import pca_panel
 from dinofeat.drawing import draw_points
 from dinofeat.errors import InputError
 from dinofeat.features.cache import DEFAULT_CACHE_SIZE, FeatureCache
 from dinofeat.jobs.match import MatchJob, heatmap_picture, match_picture
+from dinofeat.jobs.pca import PCAJob
+from dinofeat.jobs.track import TrackJob
 from dinofeat.options import (
     COLOR_COMPONENTS,
     DEFAULT_MAX_IMAGE_MEGAPIXELS,
@@ -296,7 +299,7 @@ class AppSession:
         names: Sequence[str] | None = None,
     ) -> PCAView:
         """Fit one PCA jointly on ``images`` and colour each, as ``dinofeat pca`` does
-        (:func:`~dinofeat.colorize.pca_images`).
+        (:class:`~dinofeat.jobs.pca.PCAJob`).
 
         Args:
             images: ``(H, W, 3) uint8 RGB`` images.
@@ -308,18 +311,19 @@ class AppSession:
             resolution: model resolution for this call (default: the session's).
             names: file names for the summary and the figure's labels.
         """
-        from dinofeat.colorize import pca_images, pca_panel, write_pca_files
-
         if not images:
             raise InputError("no images: upload one or more, or pick an example")
         if components < COLOR_COMPONENTS:  # the slider's minimum (the library would fit 3 and keep fewer)
             raise InputError(f"need at least {COLOR_COMPONENTS} components for the colours, got {components}")
         options = PCAOptions(components=int(components), foreground=foreground)
         drawing = PCADrawingOptions(overlay=overlay, nearest=nearest)
-        result = pca_images(images, self.features_at(resolution), options, nearest=nearest)
         folder = self.new_folder("pca")
         figure_path, pca_path = folder / "pca.png", folder / "pca.npz"
-        write_pca_files(result, figure=figure_path, pca_path=pca_path, drawing=drawing, names=names)
+        job = PCAJob(
+            images=images, output=figure_path, save_pca=pca_path, options=options, drawing=drawing, names=names
+        )
+        job.check()
+        result = job.run_images(self.features_at(resolution))
         panels = [pca_panel(image, colors, drawing) for image, colors in zip(result.images, result.colors)]
         masks = [colors.mask.astype(np.uint8) * 255 for colors in result.colors]
         label = ", ".join(names) if names else f"{len(images)} image(s)"
@@ -369,7 +373,7 @@ class AppSession:
         progress: Progress | None = None,
     ) -> TrackView:
         """Track ``(t, x, y)`` query points through a video and write MP4, JSON and CSV, as
-        ``dinofeat track -o --json --csv`` does (:func:`~dinofeat.tracking.track_to_files`).
+        ``dinofeat track -o --json --csv`` does (:class:`~dinofeat.jobs.track.TrackJob`).
 
         Args:
             path: the video (checked as :meth:`open_video` does; cut at the session's frame limit).
@@ -380,37 +384,34 @@ class AppSession:
             resolution: model resolution for this call (default: the session's).
             progress: called as ``progress(frames_done, frames_total)`` after each frame.
         """
-        from dinofeat.tracking import track_to_files
-
         if len(queries_txy) > MAX_POINTS:
             raise InputError(f"at most {MAX_POINTS} points, got {len(queries_txy)}")
         view = self.open_video(path)
         name = Path(path).name
-        tracker = TrackerOptions(
+        tracker = TrackerOptions().replace(
             **{key: float(value) for key, value in (("window", window), ("min_score", min_score)) if value is not None}
         )
         trail_options = TrailOptions() if trail is None else TrailOptions(trail=int(trail))
         stem = Path(name).stem or "video"
         folder = self.new_folder("track")
         video_path, json_path, csv_path = (folder / f"{stem}_tracks{s}" for s in (".mp4", ".json", ".csv"))
+        job = TrackJob(
+            path,
+            output=video_path,
+            json=json_path,
+            csv=csv_path,
+            queries_txy=queries_txy,
+            tracker=tracker,
+            frames=FrameOptions(max_frames=view.usable_frames),
+            trail=trail_options,
+            video_name=name,
+            info=view.info,
+        )
+        job.check()
+        extractor = self.extractor_at(resolution)
         with self.cache.model_lock:
-            tracks = track_to_files(
-                path,
-                queries_txy,
-                self.extractor_at(resolution),
-                tracker,
-                frames=FrameOptions(max_frames=view.usable_frames),
-                trail=trail_options,
-                video_out=video_path,
-                json_out=json_path,
-                csv_out=csv_path,
-                video_name=name,
-                progress=progress,
-                info=view.info,
-            )
-        import json
-
-        data = json.loads(json_path.read_text())
+            tracks = job.run(extractor, progress)
+        data = job.document(tracks, extractor.options.model)
         visible = float(tracks.visible.float().mean()) if tracks.visible.numel() else 0.0
         summary = (
             f"Tracked {len(tracks.queries_txy)} point(s) through {len(tracks)} frames of {name}; "

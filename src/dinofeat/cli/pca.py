@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
+from typing import TYPE_CHECKING
 
 from dinofeat.cli.common import add_extractor_options, add_features_option, add_options, open_feature_folder
 from dinofeat.dataset.listing import (
@@ -11,9 +12,9 @@ from dinofeat.dataset.listing import (
 )
 from dinofeat.options import FrameOptions, PCADrawingOptions, PCAOptions
 
-#: Video outputs the writer can produce (H.264).
-VIDEO_OUTPUTS = (".mp4", ".m4v", ".mov", ".mkv")
-IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+if TYPE_CHECKING:  # types only
+    from dinofeat.colorize import PCAResult
+    from dinofeat.jobs.pca import StorePCAResult, VideoPCAResult
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -76,144 +77,32 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dinofeat.cli.common import extractor_options, options_from
-    from dinofeat.errors import InputError
-    from dinofeat.io.outputs import check_suffix
+    from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
+    from dinofeat.jobs.pca import PCAJob  # lazy: --help stays fast (torch)
 
     model = extractor_options(args)
-    options = options_from(args, PCAOptions)
-    drawing = options_from(args, PCADrawingOptions)
-    frames = options_from(args, FrameOptions)
-    if not args.inputs and not args.features:
-        raise InputError("no input: give images or a video (or --features DIR)")
-    is_video = [Path(p).suffix.lower() in VIDEO_SUFFIXES for p in args.inputs]
-    if args.features and any(is_video):
-        raise InputError("--features holds image features; videos are coloured from the model")
-    if any(is_video) and len(args.inputs) > 1:
-        raise InputError("give one video, or only images (videos are coloured one at a time)")
-    if not (args.output or args.out_dir or args.save_pca or args.save_features):
-        raise InputError("nothing to write: give -o OUT, --out-dir DIR, --save-pca or --save-features")
-    check_suffix(args.save_pca, (".npz",), "--save-pca")
-    check_suffix(args.save_features, (".npz",), "--save-features")
-    if not args.inputs:
-        return _run_store_fit(args, options)
-    if is_video[0]:
-        return _run_video(args, model, options, drawing, frames)
-    return _run_images(args, model, options, drawing)
-
-
-def _run_store_fit(args: argparse.Namespace, options: PCAOptions) -> int:
-    """--features DIR --save-pca F.npz without INPUT: one PCA over a sample of the folder."""
-    from dinofeat.cli.common import summary
-    from dinofeat.colorize import fit_store_pca
-    from dinofeat.errors import InputError
-    from dinofeat.io.outputs import check_outputs, staged_outputs
-
-    if args.output or args.out_dir or args.save_features or not args.save_pca:
-        raise InputError("--features DIR without INPUT fits a PCA: give --save-pca F.npz only (name images to draw)")
-    check_outputs([args.save_pca])
-    store, _, _ = open_feature_folder(args, [])
-    pca = fit_store_pca(store, options)
-    with staged_outputs([args.save_pca]) as (tmp,):
-        pca.save(tmp)
-    fitted = min(options.fit_images, len(store))
-    summary(args, f"a PCA of {fitted} stored image(s) of {len(store)} -> {args.save_pca}", stream=_stdout())
-    return 0
-
-
-def _run_images(args: argparse.Namespace, model, options: PCAOptions, drawing: PCADrawingOptions) -> int:
-    from dinofeat.cli.common import make_extractor, summary
-    from dinofeat.colorize import pca_images, write_pca_files
-    from dinofeat.errors import InputError
-    from dinofeat.io.images import load_image
-    from dinofeat.io.outputs import check_outputs, check_suffix
-
-    check_suffix(args.output, IMAGE_OUTPUTS, "-o for images")
-    if drawing.transparent and args.output and not args.output.lower().endswith(".png"):
-        raise InputError("--transparent needs a .png output")
-    targets = _out_dir_targets(args, ".png") if args.out_dir else []
-    outputs = [args.output, *targets, args.save_pca, args.save_features]
-    check_outputs(outputs, inputs=args.inputs)
-    loaded = _load_pca(args)
-    if args.features:
-        _, extractor, files = open_feature_folder(args, args.inputs)
-        images = [load_image(path) for path in files]
-    else:
-        images = [load_image(path) for path in args.inputs]
-        extractor = make_extractor(model, args)
-    result = pca_images(images, extractor, options, pca=loaded, nearest=drawing.nearest)
-    write_pca_files(
-        result,
-        figure=args.output,
-        panels=targets,
-        pca_path=args.save_pca,
-        features_path=args.save_features,
-        components=options.components,
-        drawing=drawing,
-        names=[Path(p).name for p in args.inputs],
+    job = PCAJob(
+        args.inputs,
+        output=args.output,
+        out_dir=args.out_dir,
+        save_pca=args.save_pca,
+        load_pca=args.load_pca,
+        save_features=args.save_features,
+        features=args.features,
+        options=options_from(args, PCAOptions),
+        drawing=options_from(args, PCADrawingOptions),
+        frames=options_from(args, FrameOptions),
     )
-    written = ", ".join(str(p) for p in outputs if p)
-    summary(args, f"{len(images)} image(s), {result.summary()} -> {written}", stream=_stdout())
+    job.check()
+    result: PCAResult | VideoPCAResult | StorePCAResult
+    if job.fits_stored_features:
+        store, _, _ = open_feature_folder(args, [])
+        result = job.run_store(store)
+    elif args.features:
+        _, source, files = open_feature_folder(args, args.inputs)
+        result = job.run(source, image_files=files)
+    else:
+        with progress_bar(args, "colouring", "frame") as bar:
+            result = job.run(make_extractor(model, args), bar)
+    summary(args, job.summary(result), stream=sys.stdout)  # pca's summary has always gone to standard output
     return 0
-
-
-def _run_video(
-    args: argparse.Namespace, model, options: PCAOptions, drawing: PCADrawingOptions, frames: FrameOptions
-) -> int:
-    from dinofeat.cli.common import make_extractor, progress_bar, summary
-    from dinofeat.colorize import pca_video_to_file
-    from dinofeat.errors import InputError
-    from dinofeat.io.outputs import check_outputs, check_suffix
-
-    if args.save_features:
-        raise InputError("--save-features is for images; extract frames first to save reduced video features")
-    if drawing.transparent:
-        raise InputError("--transparent is for PNG images; videos have no alpha channel")
-    if args.output and args.out_dir:
-        raise InputError("a video gives one output: use -o OUT.mp4 or --out-dir DIR, not both")
-    check_suffix(args.output, VIDEO_OUTPUTS, "-o for a video")
-    target = args.output or (_out_dir_targets(args, ".mp4")[0] if args.out_dir else None)
-    check_outputs([target, args.save_pca], inputs=args.inputs)
-    loaded = _load_pca(args)
-    extractor = make_extractor(model, args)
-    with progress_bar(args, "colouring", "frame") as bar:
-        done = pca_video_to_file(
-            args.inputs[0],
-            target,
-            extractor,
-            options,
-            drawing,
-            frames=frames,
-            pca=loaded,
-            pca_path=args.save_pca,
-            progress=bar,
-        )
-    written = ", ".join(str(p) for p in (target, args.save_pca) if p)
-    summary(args, f"{done.frames} frames at {done.fps:g} fps -> {written}", stream=_stdout())
-    return 0
-
-
-def _stdout():
-    import sys
-
-    return sys.stdout  # pca's summary has always gone to standard output (it writes no data there)
-
-
-def _out_dir_targets(args: argparse.Namespace, suffix: str) -> list[str]:
-    from dinofeat.io.outputs import ensure_folder
-
-    folder = ensure_folder(args.out_dir)
-    stems = [Path(p).stem for p in args.inputs]
-    unique = len(set(stems)) == len(stems)
-    return [
-        str(folder / (f"{stem}_pca{suffix}" if unique else f"{i:03d}_{stem}_pca{suffix}"))
-        for i, stem in enumerate(stems)
-    ]
-
-
-def _load_pca(args: argparse.Namespace):
-    if not args.load_pca:
-        return None
-    from dinofeat.pca import FeaturePCA
-
-    return FeaturePCA.load(args.load_pca)

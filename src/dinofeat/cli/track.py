@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dinofeat.cli.common import FRAMES_BATCH_HELP, add_extractor_options, add_options
+from dinofeat.io.suffixes import VIDEO_OUTPUTS
 from dinofeat.options import (
     DEFAULT_MIN_SCORE,
     DEFAULT_TRAIL,
@@ -15,7 +16,7 @@ from dinofeat.options import (
     TrailOptions,
 )
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
+VIDEO_SUFFIXES = VIDEO_OUTPUTS  # the videos -o writes
 __all__ = ["DEFAULT_MIN_SCORE", "DEFAULT_TRAIL", "VIDEO_SUFFIXES", "add_parser", "run"]
 #: DatasetOptions fields that are about feature folders only.
 _IMAGES_ONLY = ("dtype", "pca", "pca_sample", "shard_size", "decode_threads")
@@ -94,19 +95,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
     from dinofeat.errors import InputError
-    from dinofeat.io.outputs import check_outputs, check_suffix
-    from dinofeat.io.video import probe_video
-    from dinofeat.tracking import check_queries, frames_to_process, track_to_files
+    from dinofeat.jobs.track import TrackJob  # lazy: --help stays fast (torch)
 
     model = extractor_options(args)
     tracker = options_from(args, TrackerOptions)
     frames = options_from(args, FrameOptions)
     trail = options_from(args, TrailOptions)
-    options_from(args, TrackGridOptions)  # checks --grid
+    grid = options_from(args, TrackGridOptions).grid
     dataset = options_from(args, DatasetOptions)
     if args.out_dir:
         return _run_dataset(args, model, tracker, frames, trail, dataset)
@@ -114,36 +111,25 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("the dataset options (--engine, --outputs, ...) need --out-dir DIR")
     if len(args.video) > 1:
         raise InputError(f"give one VIDEO, or --out-dir DIR to track {len(args.video)} videos as a dataset")
-    args.video = args.video[0]
-    outputs = [path for path in (args.output, args.json, args.csv) if path]
-    if not outputs:
-        raise InputError("nothing to write: give -o OUT.mp4, --json OUT.json and/or --csv OUT.csv")
-    if len({str(Path(p).resolve()) for p in outputs}) < len(outputs):
-        raise InputError("-o, --json and --csv must name different files")
-    check_suffix(args.output, VIDEO_SUFFIXES, "output video")
-    check_suffix(args.json, (".json",), "--json")
-    check_suffix(args.csv, (".csv",), "--csv")
-    check_outputs(outputs, inputs=[args.video])
-
-    info = probe_video(args.video)  # once: track_to_files is given it
-    indices = frames_to_process(info, frames)  # checked before the model loads
-    queries = check_queries(_collect_queries(args, indices[0], info.size_wh), indices, info.size_wh)
+    points, queries = _parse_points(args)
+    job = TrackJob(
+        args.video[0],
+        output=args.output,
+        json=args.json,
+        csv=args.csv,
+        points_xy=points,
+        queries_txy=queries,
+        points_file=args.points_file,
+        grid=grid,
+        tracker=tracker,
+        frames=frames,
+        trail=trail,
+    )
+    job.check()
     extractor = make_extractor(model, args)
     with progress_bar(args, "tracking", "frame") as bar:
-        tracks = track_to_files(
-            args.video,
-            queries,
-            extractor,
-            tracker,
-            frames=frames,
-            trail=trail,
-            video_out=args.output,
-            json_out=args.json,
-            csv_out=args.csv,
-            progress=bar,
-            info=info,
-        )
-    summary(args, f"{tracks.summary()} -> {', '.join(outputs)}")
+        tracks = job.run(extractor, bar)
+    summary(args, job.summary(tracks))
     return 0
 
 
@@ -163,16 +149,6 @@ def _run_dataset(args, model, tracker, frames, trail, dataset: DatasetOptions) -
         )
     summary(args, f"{result.summary()} -> {args.out_dir}")
     return 0 if result.ok else 1
-
-
-def _collect_queries(args, first_frame: int, size_wh: tuple[int, int]) -> list[tuple[float, float, float]]:
-    """All query points as ``(t, x, y)``: --point and --grid at ``first_frame``, --query, --points-file."""
-    from dinofeat.points import collect_queries
-
-    points, queries = _parse_points(args)
-    return collect_queries(
-        first_frame, size_wh, points_xy=points, queries_txy=queries, points_file=args.points_file, grid=args.grid
-    )
 
 
 def _parse_points(args) -> tuple[list[tuple[float, float]], list[tuple[int, float, float]]]:

@@ -259,27 +259,26 @@ def track_item(item: Item, extractor, job: TrackJob) -> ItemOutcome:
     track`` would, with the video's dataset path in the JSON); a bad video is an outcome, not raised:
     any error of this video (a decoder's, whatever its type) is its one-line reason, as in
     :func:`decode_image` (an interrupt is raised)."""
-    from dinofeat.io.video import probe_video
-    from dinofeat.tracking import check_queries, frames_to_process, track_to_files
+    from dinofeat.jobs import track  # lazy: workers import torch only when they track
 
     outputs = track_outputs(job.folder, item.path, job.dataset.outputs)
     try:
-        info = probe_video(item.file)
-        indices = frames_to_process(info, job.frames)
-        queries = check_queries(job.queries.for_item(item, indices[0], info.size_wh), indices, info.size_wh)
-        track_to_files(
+        video_job = track.TrackJob(
             item.file,
-            queries,
-            extractor,
-            job.tracker,
+            output=outputs.get("mp4"),
+            json=outputs.get("json"),
+            csv=outputs.get("csv"),
+            points_xy=job.queries.points_xy,
+            queries_txy=job.queries.queries_txy,
+            points_file=job.queries.points_file_for(item),
+            grid=job.queries.grid,
+            tracker=job.tracker,
             frames=job.frames,
             trail=job.trail,
-            video_out=outputs.get("mp4"),
-            json_out=outputs.get("json"),
-            csv_out=outputs.get("csv"),
             video_name=item.path,
-            info=info,
         )
+        video_job.check()
+        video_job.run(extractor)
     except Exception as err:  # noqa: BLE001 - PyAV and the codecs raise many types; each is this video's error
         return ItemOutcome(item.index, item.path, one_line(err))
     return ItemOutcome(item.index, item.path)
