@@ -123,16 +123,22 @@ def check_field(name: str, value: Any, meta: dict) -> None:
         raise InputError(f"{field_named(name)} must be {describe_allowed(meta)}, got {_show(item)}")
 
 
-def flag_of(name: str, meta: dict | None = None) -> str:
-    """The command-line flag of the option field ``name``: its declared ``flag``, else ``--name``
-    with dashes; ``meta`` is the field's metadata, else every :class:`Options` class is searched.
+#: Flags of the command-line arguments that are no :class:`Options` field, by the name the library
+#: gives the value (the query points of ``match`` and ``track``).
+ARGUMENT_FLAGS = {"points_xy": "--point", "queries_txy": "--query"}
 
-    >>> flag_of("min_score"), flag_of("start")
-    ('--min-score', '--start')
+
+def flag_of(name: str, meta: dict | None = None) -> str:
+    """The command-line flag of the option field ``name``: its declared ``flag``, else its
+    :data:`ARGUMENT_FLAGS` entry, else ``--name`` with dashes; ``meta`` is the field's metadata,
+    else every :class:`Options` class is searched.
+
+    >>> flag_of("min_score"), flag_of("layers"), flag_of("points_xy"), flag_of("out_dir")
+    ('--min-score', '--layer', '--point', '--out-dir')
     """
     if meta is None:
         meta = _declared_flags().get(name, {})
-    return meta.get("flag") or "--" + name.replace("_", "-")
+    return meta.get("flag") or ARGUMENT_FLAGS.get(name) or "--" + name.replace("_", "-")
 
 
 def _declared_flags() -> dict[str, dict]:
