@@ -131,8 +131,9 @@ ARGUMENT_FLAGS = {"points_xy": "--point", "queries_txy": "--query"}
 def flag_of(name: str, meta: dict | None = None) -> str:
     """The command-line flag of the option field ``name``: its declared ``flag``, else its
     :data:`ARGUMENT_FLAGS` entry, else ``--name`` with dashes; ``meta`` is the field's metadata,
-    else every :class:`Options` class is searched.
+    else every :class:`Options` class defined so far is searched (:mod:`dinofeat.options` declares them).
 
+    >>> import dinofeat.options
     >>> flag_of("min_score"), flag_of("layers"), flag_of("points_xy"), flag_of("out_dir")
     ('--min-score', '--layer', '--point', '--out-dir')
     """

@@ -178,7 +178,7 @@ def test_match_images_refuses_points_in_two_ways_before_making_features():
         extract_arrays=lambda images: pytest.fail("features were made"), options=ExtractorOptions()
     )
     image = np.zeros((28, 28, 3), np.uint8)
-    with pytest.raises(InputError, match=r"^give query points in one way only, got points and --grid$"):
+    with pytest.raises(InputError, match=r"^give query points in one way only, got points and grid$"):
         match_images(image, image, [[1.0, 2.0]], extractor=extractor, options=MatchOptions(grid=3))
 
 
