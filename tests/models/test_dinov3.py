@@ -443,7 +443,7 @@ def test_every_model_builds_at_reduced_depth_and_runs(name):
 def test_bad_layer_facet_and_stride():
     vit = random_vit("dinov3_vits16", depth=2)
     x = torch.zeros(1, 3, 32, 32)
-    with pytest.raises(InputError, match="layer 5"):
+    with pytest.raises(InputError, match="layers=5 does not exist"):
         vit.forward_features(x, layers=(5,))
     with pytest.raises(InputError, match="facet"):
         vit.forward_features(x, facet="attn")
