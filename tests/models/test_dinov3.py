@@ -530,7 +530,7 @@ def test_gated_refusal_is_one_actionable_line(tmp_path, monkeypatch, capsys, err
     for part in (
         "https://huggingface.co/facebook/dinov3-vits16-pretrain-lvd1689m",
         "HF_TOKEN",
-        "--weights",
+        "weights=FILE",  # Python sees the field; the command line says --weights FILE
         "ai.meta.com",
     ):
         assert part in message
@@ -539,7 +539,7 @@ def test_gated_refusal_is_one_actionable_line(tmp_path, monkeypatch, capsys, err
     image = save_png(tmp_path / "a.png", np.zeros((32, 32, 3), np.uint8))
     assert main(["extract", str(image), "-o", str(tmp_path / "f.npz"), "--model", "dinov3_vits16"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "accept the licence" in err.lower()
+    assert err.count("\n") == 1 and "accept the licence" in err.lower() and "pass --weights FILE" in err
 
 
 def test_nothing_found_explains_every_source(tmp_path, monkeypatch):
@@ -554,7 +554,7 @@ def test_nothing_found_explains_every_source(tmp_path, monkeypatch):
         "https://huggingface.co/facebook/dinov3-vitl16-pretrain-sat493m",
         "HF_TOKEN",
         "ai.meta.com/resources/models-and-libraries/dinov3-downloads",
-        "--weights",
+        "weights=FILE",
     ):
         assert part in message
     assert "\n" not in message and "dl.fbaipublicfiles.com" not in message
