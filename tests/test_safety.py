@@ -521,7 +521,7 @@ def test_the_cap_is_said_once_per_setting_by_the_library(caplog, files):
         extractor.with_options(batch_size=2).extract_arrays([image])  # a copy with the same cap
         extractor.with_options(max_size=84).extract_arrays([image])  # another cap: said again
     notes = [r.getMessage() for r in caplog.records]
-    assert len(notes) == 2 and "--max-size 98" in notes[0] and "--max-size 84" in notes[1]
+    assert len(notes) == 2 and "max_size=98" in notes[0] and "max_size=84" in notes[1]  # Python sees fields
 
 
 # -- 9. a forward pass that would not fit in memory is refused, with the estimate ----------------

@@ -14,6 +14,9 @@ writes the marks one way or the other.
 '--start 500 is past the end of the video (500 frames)'
 >>> err.fields
 ('start',)
+
+Log lines that name options are :class:`FieldMessage` objects: ``str()`` names the fields, the
+CLI's handler renders them with flags.
 """
 
 from __future__ import annotations
@@ -35,6 +38,42 @@ def field(name: str, value: Any = _NO_VALUE) -> str:
     return f"{_MARK}{name}{_VALUE}{value}{_MARK}"
 
 
+def render(template: str, flag: Callable[[str], str] | None = None) -> str:
+    """``template`` with its :func:`field` marks named by field (default) or by ``flag(field)``.
+
+    >>> render(f"lower {field('max_size')}"), render(f"lower {field('max_size')}", lambda n: "--max-size")
+    ('lower max_size', 'lower --max-size')
+    """
+
+    def name(match: re.Match) -> str:
+        option, value = match.group(1), match.group(2)
+        if flag is None:
+            return option if value is None else f"{option}={value}"
+        return flag(option) if value is None else f"{flag(option)} {value}"
+
+    return _MARKED.sub(name, template)
+
+
+def one_line(template: str) -> str:
+    """``template`` on one line (runs of whitespace made one space), its :func:`field` marks kept
+    (``str.split`` would take them for whitespace)."""
+    return re.sub(r"[ \t\n\r\f\v]+", " ", template).strip(" ")
+
+
+class FieldMessage:
+    """A log message whose options are marked with :func:`field`: ``str()`` (what ``logging``
+    prints) names the fields; a handler that knows the flags (the CLI's) calls :meth:`render`."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+
+    def render(self, flag: Callable[[str], str] | None = None) -> str:
+        return render(self.template, flag)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
 class DinofeatError(Exception):
     """Base class: a problem with the user's input, files or environment."""
 
@@ -49,14 +88,7 @@ class DinofeatError(Exception):
 
     def render(self, flag: Callable[[str], str] | None = None) -> str:
         """The message with its options named by field (default) or by ``flag(field)``."""
-
-        def name(match: re.Match) -> str:
-            option, value = match.group(1), match.group(2)
-            if flag is None:
-                return option if value is None else f"{option}={value}"
-            return flag(option) if value is None else f"{flag(option)} {value}"
-
-        return _MARKED.sub(name, self.template)
+        return render(self.template, flag)
 
     def __reduce__(self):  # pickled (to and from Ray workers) as its message, marks and all
         return type(self), (self.template,)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dinofeat.errors import InputError
+from dinofeat.errors import InputError, field
 from dinofeat.models.registry import DEFAULT_MODEL, get_spec
 from dinofeat.optionspec import (
     COSINE,
@@ -171,24 +171,24 @@ class ExtractorOptions(Options):
 
     def _check_together(self) -> None:
         if not self.layers:
-            raise InputError("--layer needs at least one block index")
+            raise InputError(f"{field('layers')} needs at least one block index")
         spec = get_spec(self.model)  # unknown names: a clear error with suggestions
         kind, _, index = str(self.device).partition(":")
         if kind not in DEVICES or (index and not (kind == "cuda" and index.isdigit())):
-            raise InputError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+            raise InputError(f"{field('device')} must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
         # checked against the model's shape before any weights load (or download)
         patch = spec.patch_size
         if not 1 <= (self.stride or patch) <= patch:
-            raise InputError(f"--stride must be between 1 and the patch size {patch}, got {self.stride}")
-        for flag, value in (("--resolution", self.resolution), ("--max-size", self.max_size)):
+            raise InputError(f"{field('stride')} must be between 1 and the patch size {patch}, got {self.stride}")
+        for name, value in (("resolution", self.resolution), ("max_size", self.max_size)):
             if value is not None and value < patch:
-                raise InputError(f"{flag} must be at least the patch size ({patch}), got {value}")
+                raise InputError(f"{field(name)} must be at least the patch size ({patch}), got {value}")
         resolve_layers(self.layers, spec.depth)
 
 
 def resolve_layers(layers: Sequence[int], depth: int) -> list[int]:
     """Layer indices (negative counts from the end, -1 = last block) of a model of ``depth`` blocks
-    as 0-based ones; one that does not exist is an :class:`~dinofeat.errors.InputError` naming ``--layer``.
+    as 0-based ones; one that does not exist is an :class:`~dinofeat.errors.InputError` naming ``layers``.
 
     >>> resolve_layers((0, -1), 12)
     [0, 11]
@@ -198,7 +198,8 @@ def resolve_layers(layers: Sequence[int], depth: int) -> list[int]:
         index = layer + depth if layer < 0 else layer
         if not 0 <= index < depth:
             raise InputError(
-                f"--layer {layer} does not exist: the model has {depth} blocks (0..{depth - 1} or -1..-{depth})"
+                f"{field('layers', layer)} does not exist: the model has {depth} blocks "
+                f"(0..{depth - 1} or -1..-{depth})"
             )
         resolved.append(index)
     return resolved
@@ -282,13 +283,13 @@ class MatchOptions(Options):
 
     def _check_together(self) -> None:
         if self.grid is not None and self.auto is not None:
-            raise InputError("give query points in one way only, got --grid and --auto")
+            raise InputError(f"give query points in one way only, got {field('grid')} and {field('auto')}")
 
     def check_points_given(self, given: bool, name: str = "points") -> None:
         """Refuse query points given (``name`` says how, e.g. ``--point/--points-file``) together
         with ``grid`` or ``auto``: checked by the matching workflows before any features are made."""
         if given and (self.grid is not None or self.auto is not None):
-            raise InputError(f"give query points in one way only, got {name} and --{self.query_mode}")
+            raise InputError(f"give query points in one way only, got {name} and {field(self.query_mode)}")
 
     @property
     def query_mode(self) -> str:
@@ -392,10 +393,10 @@ class PCAOptions(Options):
 
     def _check_together(self) -> None:
         if len(self.percentiles) != 2:
-            raise InputError(f"--percentiles needs two numbers LOW HIGH, got {len(self.percentiles)}")
+            raise InputError(f"{field('percentiles')} needs two numbers LOW HIGH, got {len(self.percentiles)}")
         low, high = self.percentiles
         if low >= high:
-            raise InputError(f"--percentiles LOW HIGH needs LOW < HIGH, got {low:g} {high:g}")
+            raise InputError(f"{field('percentiles')} LOW HIGH needs LOW < HIGH, got {low:g} {high:g}")
 
 
 @dataclass(frozen=True)
@@ -426,9 +427,11 @@ class PCADrawingOptions(Options):
 
     def _check_together(self) -> None:
         if self.overlay is not None and self.pca_only:
-            raise InputError("--overlay and --pca-only exclude each other")
+            raise InputError(f"{field('overlay')} and {field('pca_only')} exclude each other")
         if self.transparent and self.overlay is not None:
-            raise InputError("--transparent does not apply to --overlay (the image shows through the background)")
+            raise InputError(
+                f"{field('transparent')} does not apply to {field('overlay')} (the image shows through the background)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -662,12 +665,11 @@ class DatasetOptions(Options):
 
     def _check_together(self) -> None:
         if not self.outputs:
-            raise InputError("--outputs needs at least one of json, csv, mp4")
+            raise InputError(f"{field('outputs')} needs at least one of json, csv, mp4")
         if self.engine != "ray":
             given = [f for f in ("workers", "gpus_per_worker", "cpus_per_worker", "ray_address") if getattr(self, f)]
             if given:
-                flag = "--" + given[0].replace("_", "-")
-                raise InputError(f"{flag} is for --engine ray")
+                raise InputError(f"{field(given[0])} is for {field('engine', 'ray')}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -773,4 +775,4 @@ class SPairOptions(Options):
 
     def _check_together(self) -> None:
         if not self.alphas:
-            raise InputError("--alpha needs at least one threshold")
+            raise InputError(f"{field('alphas')} needs at least one threshold")

@@ -123,21 +123,23 @@ def check_field(name: str, value: Any, meta: dict) -> None:
         raise InputError(f"{field_named(name)} must be {describe_allowed(meta)}, got {_show(item)}")
 
 
-#: Flags of the jobs' path fields that are not ``--name`` with dashes (no option dataclass declares paths).
-PATH_FLAGS = {"output": "-o"}
+#: Flags of the command-line arguments that are no :class:`Options` field (or are spelt otherwise),
+#: by the name the library gives the value: outputs, the query points of ``match`` and ``track``.
+ARGUMENT_FLAGS = {"output": "-o", "points_xy": "--point", "queries_txy": "--query"}
 
 
 def flag_of(name: str, meta: dict | None = None) -> str:
     """The command-line flag of the option field ``name``: its declared ``flag``, else its
-    :data:`PATH_FLAGS` entry, else ``--name`` with dashes; ``meta`` is the field's metadata, else
-    every :class:`Options` class is searched.
+    :data:`ARGUMENT_FLAGS` entry, else ``--name`` with dashes; ``meta`` is the field's metadata,
+    else every :class:`Options` class defined so far is searched (:mod:`dinofeat.options` declares them).
 
-    >>> flag_of("min_score"), flag_of("start"), flag_of("output"), flag_of("save_pca")
-    ('--min-score', '--start', '-o', '--save-pca')
+    >>> import dinofeat.options
+    >>> flag_of("min_score"), flag_of("layers"), flag_of("points_xy"), flag_of("out_dir"), flag_of("output")
+    ('--min-score', '--layer', '--point', '--out-dir', '-o')
     """
     if meta is None:
         meta = _declared_flags().get(name, {})
-    return meta.get("flag") or PATH_FLAGS.get(name) or "--" + name.replace("_", "-")
+    return meta.get("flag") or ARGUMENT_FLAGS.get(name) or "--" + name.replace("_", "-")
 
 
 def _declared_flags() -> dict[str, dict]:

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinofeat.errors import InputError
+from dinofeat.errors import InputError, field
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.options import COLOR_COMPONENTS, DEFAULT_PERCENTILES, PCAOptions
 
@@ -127,7 +127,7 @@ def fit_pca(
         raise InputError(f"cannot fit {n_components} components to {rows} samples of dimension {c}")
     x = samples.detach().to("cpu", torch.float64)
     if not torch.isfinite(x).all():
-        raise InputError("features contain NaN or infinite values; try --precision fp32")
+        raise InputError(f"features contain NaN or infinite values; try {field('precision', 'fp32')}")
     fit_rows = x
     if max_samples is not None and n > max_samples:
         gen = torch.Generator().manual_seed(seed)
@@ -409,7 +409,8 @@ class FeaturePCA:
                 fit_on = samples
         if fit_on.shape[0] <= k:
             raise InputError(
-                f"{fit_on.shape[0]} patches are too few for {k} components; use larger images or a higher --resolution"
+                f"{fit_on.shape[0]} patches are too few for {k} components; "
+                f"use larger images or a higher {field('resolution')}"
             )
         basis = fit_pca(fit_on, k, max_samples=max_samples, seed=seed)
         low, high = robust_range(basis.transform(fit_on), lo_hi)
@@ -553,5 +554,5 @@ def _check_percentiles(percentiles) -> tuple[float, float]:
     try:
         lo, hi = (float(p) for p in percentiles)
     except (TypeError, ValueError):
-        raise InputError(f"--percentiles must be two numbers LOW HIGH, got {percentiles!r}") from None
+        raise InputError(f"{field('percentiles')} must be two numbers LOW HIGH, got {percentiles!r}") from None
     return PCAOptions(percentiles=(lo, hi)).percentiles

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dinofeat.errors import InputError
+from dinofeat.errors import InputError, field
 from dinofeat.features.featuremap import FeatureMap, check_inside
 
 
@@ -140,7 +140,10 @@ def collect_queries(
     if grid is not None:
         queries += [(first_frame, x, y) for x, y in grid_points(size_wh, grid).tolist()]
     if not queries:
-        raise InputError("no points to track: give --point X,Y, --query T,X,Y, --points-file FILE or --grid N")
+        raise InputError(
+            f"no points to track: give {field('points_xy', 'X,Y')}, {field('queries_txy', 'T,X,Y')}, "
+            f"{field('points_file', 'FILE')} or {field('grid', 'N')}"
+        )
     return queries
 
 

@@ -191,7 +191,7 @@ def test_any_error_of_one_video_is_recorded_and_the_run_goes_on(tmp_path, videos
     assert [e["error"] for e in errors if e["path"] in ("a.mp4", "sub/b.mp4")] == [
         "ValueError: decoder exploded at frame 3"
     ] * 2
-    with pytest.raises(InputError, match=r"a.mp4: ValueError: decoder exploded at frame 3 \(--on-error fail\)"):
+    with pytest.raises(InputError, match=r"a.mp4: ValueError: decoder exploded at frame 3 \(on_error=fail\)"):
         track_dataset(
             [videos], tmp_path / "out", QuerySpec(grid=2), options, DatasetOptions(on_error="fail"), model=model
         )

@@ -81,7 +81,7 @@ def test_init_and_from_options_are_one_path():
     built = Extractor.from_options(ExtractorOptions(**fields), vit)  # the options name the default model
     assert built.options == direct.options and built.options.model == "dinov3_vits16"
     assert (built.device, built.dtype, built.stride, built.model) == (direct.device, direct.dtype, 16, vit)
-    with pytest.raises(InputError, match="--layer 3 does not exist: the model has 1 blocks"):
+    with pytest.raises(InputError, match="layers=3 does not exist: the model has 1 blocks"):
         Extractor.from_options(ExtractorOptions(layers=(3,), device="cpu"), vit)  # a shallow model: checked too
 
 

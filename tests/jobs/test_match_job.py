@@ -37,7 +37,7 @@ def _files(folder) -> set[str]:
         ({"output": "nowhere/m.png"}, r"^output folder does not exist"),
         (
             {"points_xy": [[1.0, 2.0]], "options": MatchOptions(grid=3)},
-            r"^give query points in one way only, got points_xy/points_file and --grid$",
+            r"^give query points in one way only, got points_xy/points_file and grid$",
         ),
         ({"points_file": "missing.json"}, r"^points file not found"),
         (

@@ -443,7 +443,7 @@ def test_every_model_builds_at_reduced_depth_and_runs(name):
 def test_bad_layer_facet_and_stride():
     vit = random_vit("dinov3_vits16", depth=2)
     x = torch.zeros(1, 3, 32, 32)
-    with pytest.raises(InputError, match="layer 5"):
+    with pytest.raises(InputError, match="layers=5 does not exist"):
         vit.forward_features(x, layers=(5,))
     with pytest.raises(InputError, match="facet"):
         vit.forward_features(x, facet="attn")
@@ -530,7 +530,7 @@ def test_gated_refusal_is_one_actionable_line(tmp_path, monkeypatch, capsys, err
     for part in (
         "https://huggingface.co/facebook/dinov3-vits16-pretrain-lvd1689m",
         "HF_TOKEN",
-        "--weights",
+        "weights=FILE",  # Python sees the field; the command line says --weights FILE
         "ai.meta.com",
     ):
         assert part in message
@@ -539,7 +539,7 @@ def test_gated_refusal_is_one_actionable_line(tmp_path, monkeypatch, capsys, err
     image = save_png(tmp_path / "a.png", np.zeros((32, 32, 3), np.uint8))
     assert main(["extract", str(image), "-o", str(tmp_path / "f.npz"), "--model", "dinov3_vits16"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "accept the licence" in err.lower()
+    assert err.count("\n") == 1 and "accept the licence" in err.lower() and "pass --weights FILE" in err
 
 
 def test_nothing_found_explains_every_source(tmp_path, monkeypatch):
@@ -554,7 +554,7 @@ def test_nothing_found_explains_every_source(tmp_path, monkeypatch):
         "https://huggingface.co/facebook/dinov3-vitl16-pretrain-sat493m",
         "HF_TOKEN",
         "ai.meta.com/resources/models-and-libraries/dinov3-downloads",
-        "--weights",
+        "weights=FILE",
     ):
         assert part in message
     assert "\n" not in message and "dl.fbaipublicfiles.com" not in message

@@ -167,7 +167,7 @@ def test_bad_layer_and_facet():
     from dinofeat.errors import InputError
 
     vit = random_vit("dinov2_vits14", depth=2)
-    with pytest.raises(InputError, match="layer 5"):
+    with pytest.raises(InputError, match="layers=5 does not exist"):
         vit.forward_features(torch.zeros(1, 3, 28, 28), layers=(5,))
     with pytest.raises(InputError, match="facet"):
         vit.forward_features(torch.zeros(1, 3, 28, 28), facet="attn")

@@ -121,7 +121,7 @@ def test_nothing_found_explains_every_source(tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as info:
         load_model("dinov2_vits14")
     message = str(info.value)
-    for part in ("torch hub cache", "Hugging Face hub facebook/dinov2-small", "dl.fbaipublicfiles.com", "--weights"):
+    for part in ("torch hub cache", "Hugging Face hub facebook/dinov2-small", "dl.fbaipublicfiles.com", "weights=FILE"):
         assert part in message
     assert "\n" not in message
 

@@ -72,10 +72,10 @@ def test_a_gpu_index_beyond_the_gpus_there_are_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert devices.resolve_device("cuda:1") == torch.device("cuda:1")
     assert devices.resolve_device("cuda") == torch.device("cuda")
-    with pytest.raises(InputError, match=r"^--device cuda:5: this machine has 2 CUDA GPUs \(cuda:0 to cuda:1\)$"):
+    with pytest.raises(InputError, match=r"^device=cuda:5: this machine has 2 CUDA GPUs \(cuda:0 to cuda:1\)$"):
         devices.resolve_device("cuda:5")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(InputError, match=r"^--device cuda:1: this machine has 1 CUDA GPU \(cuda:0 to cuda:0\)$"):
+    with pytest.raises(InputError, match=r"^device=cuda:1: this machine has 1 CUDA GPU \(cuda:0 to cuda:0\)$"):
         devices.resolve_device("cuda:1")
 
 

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from dinofeat import __version__
-from dinofeat.errors import InputError
+from dinofeat.errors import DinofeatError, FieldMessage, InputError
+from dinofeat.optionspec import flag_of
 
 # Each command is a module of this package with `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = ("models", "extract", "match", "pca", "track", "app", "eval")
@@ -77,7 +78,7 @@ def _configure_logging(*, debug: bool) -> None:
     logger = logging.getLogger("dinofeat")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("dinofeat: %(message)s"))
+        handler.setFormatter(_FlagFormatter("dinofeat: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.WARNING)
     if debug:
@@ -97,16 +98,21 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _is_user_error(err: BaseException) -> bool:
-    from dinofeat.errors import DinofeatError
+class _FlagFormatter(logging.Formatter):
+    """Names the options of a :class:`~dinofeat.errors.FieldMessage` by their flags, as the command
+    line's errors do (the library's log lines name the fields)."""
 
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.msg, FieldMessage):
+            record = logging.makeLogRecord({**record.__dict__, "msg": record.msg.render(flag_of)})
+        return super().format(record)
+
+
+def _is_user_error(err: BaseException) -> bool:
     return isinstance(err, (DinofeatError, OSError))
 
 
 def _one_line(err: BaseException) -> str:
-    from dinofeat.errors import DinofeatError
-    from dinofeat.optionspec import flag_of
-
     message = err.render(flag_of) if isinstance(err, DinofeatError) else str(err)
     text = " ".join(message.split()) or type(err).__name__
     if isinstance(err, (DinofeatError, OSError)):

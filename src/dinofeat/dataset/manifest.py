@@ -23,7 +23,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dinofeat.dataset.store import ERRORS, MANIFEST, SHARDS
-from dinofeat.errors import DinofeatError, InputError
+from dinofeat.errors import DinofeatError, InputError, field, render
+from dinofeat.errors import one_line as squashed
 from dinofeat.options import ExtractorOptions
 
 __all__ = ["ERRORS", "MANIFEST"]
@@ -78,7 +79,7 @@ def claim_folder(folder: Path, manifest: dict, *, check_only: bool = False) -> N
         try:
             old = json.loads(path.read_text())
         except ValueError:
-            raise InputError(f"{path} is damaged (not JSON); use another --out-dir") from None
+            raise InputError(f"{path} is damaged (not JSON); use another {field('out_dir')}") from None
         for key in COMPARED:
             if check_only and _lookup(manifest, key) is None:
                 continue
@@ -89,12 +90,12 @@ def claim_folder(folder: Path, manifest: dict, *, check_only: bool = False) -> N
             if then != now:
                 raise InputError(
                     f"{folder} was made with other settings ({key}: {_show(then)} there, {_show(now)} now); "
-                    "rerun with the same settings to resume, or use another --out-dir"
+                    f"rerun with the same settings to resume, or use another {field('out_dir')}"
                 )
         return
     others = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
     if others:
-        raise InputError(f"{folder} is not empty and holds no {MANIFEST}; give a new or empty --out-dir")
+        raise InputError(f"{folder} is not empty and holds no {MANIFEST}; give a new or empty {field('out_dir')}")
     if not check_only:
         _write_json(path, manifest)
 
@@ -154,7 +155,8 @@ class ErrorLog:
     def record(self, error: dict) -> None:
         if self._handle is None:
             self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run; close()
-        self._handle.write(json.dumps({"path": error["path"], "error": error["error"], "item": error["item"]}) + "\n")
+        record = {"path": error["path"], "error": render(error["error"]), "item": error["item"]}
+        self._handle.write(json.dumps(record) + "\n")
         self._handle.flush()
 
     def rewrite(self, errors: Iterable[dict]) -> int:
@@ -168,7 +170,8 @@ class ErrorLog:
             self.path.unlink(missing_ok=True)
             return 0
         with staged_outputs([self.path]) as (tmp,):
-            tmp.write_text("".join(json.dumps({k: e[k] for k in ("path", "error", "item")}) + "\n" for e in rows))
+            records = ({"path": e["path"], "error": render(e["error"]), "item": e["item"]} for e in rows)
+            tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
         return len(rows)
 
     def close(self) -> None:
@@ -196,8 +199,12 @@ def read_errors(path: str | os.PathLike) -> list[dict]:
 
 
 def one_line(err: BaseException) -> str:
-    """An exception as the one-line reason ``errors.jsonl`` records."""
+    """An exception as the one-line reason ``errors.jsonl`` records. A dinofeat error keeps the
+    :func:`~dinofeat.errors.field` marks of its template (an ``on_error="fail"`` error quoting it
+    names flags on the command line); :class:`ErrorLog` writes them as field names."""
+    if isinstance(err, DinofeatError) and err.template.strip(" "):
+        return squashed(err.template)
     text = " ".join(str(err).split())
-    if isinstance(err, (DinofeatError, OSError)) and text:
+    if isinstance(err, OSError) and text:
         return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -45,7 +45,7 @@ from dinofeat.dataset.manifest import (
 )
 from dinofeat.dataset.store import ERRORS, INDEX, PCA_FILE, SHARDS, shard_name, write_index
 from dinofeat.dataset.workunits import FeatureJob, QuerySpec, Shard, TrackJob, track_output_stem, track_outputs
-from dinofeat.errors import InputError
+from dinofeat.errors import InputError, field
 from dinofeat.features.files import extractor_metadata
 from dinofeat.options import (
     FEATURE_SETTINGS,
@@ -104,7 +104,7 @@ def make_engine(options: DatasetOptions, model=None):
     """The engine ``options.engine`` names (``model`` is for the local engine only)."""
     if options.engine == "ray":
         if model is not None:
-            raise InputError("a model object cannot be sent to Ray workers; give its name and --weights")
+            raise InputError(f"a model object cannot be sent to Ray workers; give its name and {field('weights')}")
         from dinofeat.dataset.rayengine import RayEngine
 
         return RayEngine(options)
@@ -151,7 +151,7 @@ def extract_dataset(
     spec = get_spec(extractor_options.model)
     channels = spec.embed_dim * len(extractor_options.layers)
     if options.pca is not None and options.pca > channels:
-        raise InputError(f"--pca {options.pca} is more than the {channels} feature channels")
+        raise InputError(f"{field('pca', options.pca)} is more than the {channels} feature channels")
     total, digest = listing.fingerprint()
     if total == 0:
         raise InputError(f"no images found in {', '.join(listing.sources)}")
@@ -215,7 +215,7 @@ def _storage_pca(folder: Path, engine, job: FeatureJob, listing: Listing, total:
     if path.is_file():
         return load_pca(path)
     if shard_files(folder):
-        raise InputError(f"{folder} has shards but no {PCA_FILE}: their PCA is lost; use another --out-dir")
+        raise InputError(f"{folder} has shards but no {PCA_FILE}: their PCA is lost; use another {field('out_dir')}")
     wanted = set(spread_indices(total, job.dataset.pca_sample))
     sample = [item for item in listing if item.index in wanted]
     basis = engine.fit_pca(job, sample)
@@ -262,7 +262,7 @@ def _run_shards(folder, listing, engine, job: FeatureJob, total, started, progre
             if result.stopped:
                 unwritten = result.errors
                 first = result.errors[-1]
-                raise InputError(f"{first['path']}: {first['error']} (--on-error fail)")
+                raise InputError(f"{first['path']}: {first['error']} ({field('on_error', 'fail')})")
             finished += len(result.items)
     finally:
         with contextlib.suppress(AttributeError):
@@ -344,7 +344,7 @@ def track_dataset(
                 known[outcome.path] = record
                 errors.record(record)
                 if options.on_error == "fail":
-                    raise InputError(f"{outcome.path}: {outcome.error} (--on-error fail)")
+                    raise InputError(f"{outcome.path}: {outcome.error} ({field('on_error', 'fail')})")
         finally:
             with contextlib.suppress(AttributeError):
                 outcomes.close()

@@ -50,7 +50,7 @@ import numpy as np
 
 from dinofeat.dataset.listing import normal_path as _key
 from dinofeat.dataset.listing import spread_indices
-from dinofeat.errors import InputError
+from dinofeat.errors import InputError, render
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.io.outputs import staged_outputs
 from dinofeat.options import FEATURE_SETTINGS, GPU_BATCH_SIZE
@@ -138,7 +138,7 @@ def write_shard(
         "dtype": dtype,
         "shard": number,
         "items": described,
-        "errors": list(errors),
+        "errors": [{**error, "error": render(error["error"])} for error in errors],  # field names, not marks
     }
     arrays = feature_arrays(maps, dtype)
     with staged_outputs([path]) as (tmp,):

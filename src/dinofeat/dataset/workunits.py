@@ -22,6 +22,7 @@ from dinofeat.dataset.listing import Item
 from dinofeat.dataset.manifest import TRACKS, one_line
 from dinofeat.dataset.store import shard_name
 from dinofeat.errors import InputError
+from dinofeat.errors import field as field_named
 from dinofeat.options import DatasetOptions, ExtractorOptions, FrameOptions, TrackerOptions, TrailOptions
 from dinofeat.runtime.modelthread import block_interrupts
 
@@ -162,7 +163,7 @@ def fit_storage_pca(items: Sequence[Item], extractor, job: FeatureJob):
         decoded = list(pool.map(lambda item: decode_image(item, extractor), items))
     result = compute_shard(-1, decoded, extractor)
     if not result.maps:
-        raise InputError("--pca: none of the sample images could be read")
+        raise InputError(f"{field_named('pca')}: none of the sample images could be read")
     samples = torch.cat([m.features.reshape(-1, m.dim).cpu() for m in result.maps])
     return fit_pca(samples, job.dataset.pca, seed=0)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from dinofeat.errors import InputError
+from dinofeat.errors import FieldMessage, InputError
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.io.images import ImageLike, load_image, processed_size, resize, size_cap_note
 from dinofeat.models.registry import DEFAULT_MODEL, ModelSpec
@@ -249,7 +249,7 @@ class Extractor:
             )
             if note is not None:
                 self._announced.add(key)
-                log.warning("%s; said once, other images are capped alike", note)
+                log.warning(FieldMessage(f"{note}; said once, other images are capped alike"))
 
     def extract_resized(
         self, images: Sequence[np.ndarray], image_sizes_wh: Sequence[tuple[int, int]]

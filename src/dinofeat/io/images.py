@@ -10,7 +10,7 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dinofeat.errors import InputError
+from dinofeat.errors import InputError, field
 from dinofeat.io.inputs import check_input_file
 from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION
 
@@ -119,12 +119,15 @@ def size_cap_note(
 ) -> str | None:
     """What :func:`processed_size` does to ``resolution`` when ``max_size`` caps the longer side,
     in one line (what was asked, what is used, how to change it); None when nothing is capped.
+    The options are marked with :func:`~dinofeat.errors.field` (:func:`~dinofeat.errors.render`
+    names them by field, the CLI by flag).
 
-    >>> asked, used = size_cap_note((3024, 4032), 4000).split(": ")
+    >>> from dinofeat.errors import render
+    >>> asked, used = render(size_cap_note((3024, 4032), 4000)).split(": ")
     >>> asked
-    '--resolution 4000 asked for, but the longer side is capped at --max-size 1792'
+    'resolution=4000 asked for, but the longer side is capped at max_size=1792'
     >>> used
-    'using 1344x1792 for this 3024x4032 image (raise --max-size to go higher)'
+    'using 1344x1792 for this 3024x4032 image (raise max_size to go higher)'
     >>> size_cap_note((640, 480), 448) is None
     True
     """
@@ -133,8 +136,9 @@ def size_cap_note(
         return None
     used_w, used_h = processed_size(size_wh, resolution, patch_size=patch_size, stride=stride, max_size=max_size)
     return (
-        f"--resolution {resolution} asked for, but the longer side is capped at --max-size {max_size}: using "
-        f"{used_w}x{used_h} for this {width}x{height} image (raise --max-size to go higher)"
+        f"{field('resolution', resolution)} asked for, but the longer side is capped at "
+        f"{field('max_size', max_size)}: using {used_w}x{used_h} for this {width}x{height} image "
+        f"(raise {field('max_size')} to go higher)"
     )
 
 

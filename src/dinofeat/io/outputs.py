@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dinofeat.errors import InputError
+from dinofeat.errors import InputError, field
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -66,21 +66,23 @@ def _identity(path: Path) -> object:
 
 
 def check_suffix(path: str | os.PathLike | None, allowed: Sequence[str], option: str) -> None:
-    """Refuse an output whose suffix is not one of ``allowed`` (``--json t.csv``), naming the option."""
+    """Refuse an output whose suffix is not one of ``allowed`` (``json_out=t.csv``), naming the
+    option as ``option`` says (words, or a :func:`~dinofeat.errors.field`)."""
     if path is not None and Path(path).suffix.lower() not in allowed:
         choices = ", ".join(allowed[:-1]) + f" or {allowed[-1]}" if len(allowed) > 1 else allowed[0]
         raise InputError(f"{option} must end in {choices}, got {path}")
 
 
-def ensure_folder(path: str | os.PathLike, option: str = "--out-dir") -> Path:
-    """Make the output folder ``path`` (and its parents) if needed; refuse an existing non-folder."""
+def ensure_folder(path: str | os.PathLike, option: str = "out_dir") -> Path:
+    """Make the output folder ``path`` (and its parents) if needed; refuse an existing non-folder,
+    naming the option field ``option`` (see :func:`~dinofeat.errors.field`)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise InputError(f"{option} {path} exists and is not a folder")
+        raise InputError(f"{field(option, path)} exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise InputError(f"cannot create {option} {path}: {err.strerror or err}") from None
+        raise InputError(f"cannot create {field(option, path)}: {err.strerror or err}") from None
     return path
 
 

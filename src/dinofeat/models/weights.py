@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from dinofeat.errors import WeightsError
+from dinofeat.errors import WeightsError, field
 from dinofeat.models.build import build_model
 from dinofeat.models.registry import DEFAULT_MODEL, DINOV3_DOWNLOADS, MODELS, ModelSpec, get_spec
 from dinofeat.models.statekeys import to_meta_keys
@@ -393,7 +393,7 @@ def _refusal_message(spec: ModelSpec, err: BaseException) -> str:
     return (
         f"the Hugging Face hub refused access to {spec.hf_repo} ({why}): its weights are gated. Accept the "
         f"licence at https://huggingface.co/{spec.hf_repo} and log in (`hf auth login`) or set HF_TOKEN, or "
-        f"download the checkpoint (links from {DINOV3_DOWNLOADS} for DINOv3) and pass --weights FILE"
+        f"download the checkpoint (links from {DINOV3_DOWNLOADS} for DINOv3) and pass {field('weights', 'FILE')}"
     )
 
 
@@ -431,17 +431,19 @@ def find_weights(spec: ModelSpec) -> tuple[StateDict, str]:
         except (_AccessRefused, _Unreadable):
             raise
         except WeightsError as err:
-            tried.append(f"{label} ({err})")
+            tried.append(f"{label} ({err.template})")
         except Exception as err:  # noqa: BLE001 - network and cache failures of every kind
             tried.append(f"{label} ({_first_sentence(err)})")
     if spec.url is None:
         advice = (
             f". DINOv3 weights are gated: accept the licence at https://huggingface.co/{spec.hf_repo} and log "
             f"in (`hf auth login`) or set HF_TOKEN, or request Meta's download links at {DINOV3_DOWNLOADS} "
-            f"and pass --weights FILE, or copy the {spec.checkpoint_pattern} file to {hub_dir}/"
+            f"and pass {field('weights', 'FILE')}, or copy the {spec.checkpoint_pattern} file to {hub_dir}/"
         )
     else:
-        advice = f". Offline, download {spec.url} elsewhere and pass --weights FILE, or copy it to {hub_dir}/"
+        advice = (
+            f". Offline, download {spec.url} elsewhere and pass {field('weights', 'FILE')}, or copy it to {hub_dir}/"
+        )
     raise WeightsError(f"no weights found for {spec.name}. Tried: " + "; ".join(tried) + advice)
 
 

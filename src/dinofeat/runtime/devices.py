@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from dinofeat.errors import InputError
+from dinofeat.errors import InputError, field
 from dinofeat.options import CPU_BATCH_SIZE, DEVICES, GPU_BATCH_SIZE, PRECISIONS
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -33,7 +33,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         index, count = name.partition(":")[2], torch.cuda.device_count()
         if not index.isdigit() or int(index) >= count:
             gpus = f"{count} CUDA GPU{'s' if count != 1 else ''}"
-            raise InputError(f"--device {name}: this machine has {gpus} (cuda:0 to cuda:{count - 1})")
+            raise InputError(f"{field('device', name)}: this machine has {gpus} (cuda:0 to cuda:{count - 1})")
     if kind == "mps" and not torch.backends.mps.is_available():
         raise InputError("device 'mps' was asked for, but Apple MPS is not available here")
     return torch.device(name)

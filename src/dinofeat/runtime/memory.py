@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dinofeat.errors import InputError
+from dinofeat.errors import InputError, field
 
 GB = 1024**3
 
@@ -207,9 +207,9 @@ def check_forward_memory(need: ForwardMemory, device: torch.device, *, one_image
         one_image = need.one_image()
     w, h = need.size_wh
     parts = f"{_gb(need.attention_bytes)} of it the attention matrices, " if need.materialised else ""
-    advice = "lower --max-size or --resolution"
+    advice = f"lower {field('max_size')} or {field('resolution')}"
     if need.batch > 1 and one_image is not None:
-        advice += f", or --batch-size (one image at a time needs about {_gb(one_image.total)})"
+        advice += f", or {field('batch_size')} (one image at a time needs about {_gb(one_image.total)})"
     raise InputError(
         f"a forward pass of {need.batch} image(s) at {w}x{h} ({need.tokens} tokens each) would need about "
         f"{_gb(need.total)} of memory ({parts}besides the {_gb(need.weight_bytes)} of loaded weights; "
