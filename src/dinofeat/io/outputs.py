@@ -112,14 +112,14 @@ def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> Iterator[list[P
             temps.append(Path(tmp))
         yield temps
         mode = _plain_file_mode()
-        for tmp, path in zip(temps, paths):
-            if tmp is not None:
-                os.chmod(tmp, mode)
-                os.replace(tmp, path)
+        for staged, path in zip(temps, paths):
+            if staged is not None and path is not None:
+                os.chmod(staged, mode)
+                os.replace(staged, path)
     finally:
-        for tmp in temps:
-            if tmp is not None and tmp.exists():
-                tmp.unlink()
+        for staged in temps:
+            if staged is not None and staged.exists():
+                staged.unlink()
 
 
 def format_json(document: dict) -> str:

@@ -254,7 +254,11 @@ def _is_state_dict(obj: dict) -> bool:
 # Architecture checks and loading
 
 
-def _architecture(spec: ModelSpec) -> tuple:
+#: What a checkpoint tells of its model: family, embed dim (None if unknown), blocks, registers, FFN (DINOv3).
+Architecture = tuple[str, int | None, int, int, str | None]
+
+
+def _architecture(spec: ModelSpec) -> Architecture:
     """What a checkpoint can tell about a model (ViT-L LVD-1689M and SAT-493M share one)."""
     return spec.family, spec.embed_dim, spec.depth, spec.num_registers, spec.ffn if spec.family == "dinov3" else None
 
@@ -262,6 +266,7 @@ def _architecture(spec: ModelSpec) -> tuple:
 def describe_architecture(state: StateDict) -> tuple[str | None, str]:
     """Guess which registry model a Meta-keyed state dict belongs to: (name or None, description)."""
     dim = state["cls_token"].shape[-1] if "cls_token" in state else None
+    found: Architecture
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     if "storage_tokens" in state or "rope_embed.periods" in state:  # DINOv3
         regs = state["storage_tokens"].shape[1] if "storage_tokens" in state else 0
@@ -398,6 +403,8 @@ def _refusal_message(spec: ModelSpec, err: BaseException) -> str:
 
 
 def _from_url(spec: ModelSpec) -> StateDict:
+    if spec.url is None:
+        raise WeightsError(f"no download URL for {spec.name}")
     if offline_mode():
         raise WeightsError("skipped: HF_HUB_OFFLINE is set")
     return _unwrap(
