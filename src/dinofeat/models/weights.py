@@ -20,9 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import warnings
+import zipfile
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 from dinofeat.errors import WeightsError
@@ -70,7 +73,7 @@ def hub_checkpoint_path(spec: ModelSpec) -> Path:
 
 def _hf_cached(spec: ModelSpec) -> str | None:
     """Path of the weights file (or shard index) of ``spec.hf_repo`` in the Hugging Face cache, or None."""
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # lazy: huggingface_hub takes ~0.1 s to import
 
     for filename in _HF_FILES:
         found = try_to_load_from_cache(spec.hf_repo, filename)
@@ -144,9 +147,6 @@ def _not_a_checkpoint(path: Path, what: str) -> WeightsError:
 
 def _what_file_is(path: Path, err: BaseException) -> str:
     """What a file torch could not load is, in a few words, from its first bytes (and torch's error)."""
-    import pickle
-    import zipfile
-
     with open(path, "rb") as f:
         head = f.read(512)
     known = _known_format(head)
@@ -205,10 +205,8 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _read_safetensors(path: Path) -> StateDict:
-    from safetensors.torch import load_file
-
     try:
-        return load_file(str(path))
+        return safetensors.torch.load_file(str(path))
     except Exception as err:  # noqa: BLE001 - safetensors raises SafetensorError / OSError for bad files
         with open(path, "rb") as f:
             known = _known_format(f.read(16))
@@ -368,6 +366,7 @@ def _from_hf_hub(spec: ModelSpec) -> StateDict:
 
 def _hf_download(spec: ModelSpec) -> str:
     """Download the weights of ``spec.hf_repo``: ``model.safetensors``, or the shards its index lists."""
+    # lazy: huggingface_hub takes ~0.1 s to import, and only a download needs it
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -384,7 +383,7 @@ def _hf_download(spec: ModelSpec) -> str:
 
 def _access_refused(err: BaseException) -> bool:
     """A gated repo the user has no access to (no token: 401; licence not accepted: 403)."""
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError  # lazy: as in _hf_download
 
     if isinstance(err, GatedRepoError):
         return True
