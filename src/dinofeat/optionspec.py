@@ -14,7 +14,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from dinofeat.errors import InputError
 from dinofeat.errors import field as field_named
@@ -179,8 +179,10 @@ _O = TypeVar("_O", bound="Options")
 class Options:
     """Base of the option dataclasses: every field is checked when the object is made."""
 
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # every subclass is a dataclass
+
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             if "help" in f.metadata:
                 check_field(f.name, getattr(self, f.name), f.metadata)
         self._check_together()
@@ -190,10 +192,10 @@ class Options:
 
     def replace(self: _O, **changes: Any) -> _O:
         """A copy with ``changes``, checked again."""
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -529,9 +529,9 @@ class FeaturePCA:
                 raise ValueError("foreground arrays of inconsistent shapes")
             low, high, threshold = (float(v) for v in a["fg_low_high_threshold"])
             fg = Foreground(fg_basis, low, high, threshold, str(a["fg_method"]))
-        percentiles = tuple(float(v) for v in a["percentiles"])
+        low_pct, high_pct = (float(v) for v in a["percentiles"])
         metadata = {key[5:]: str(value) for key, value in a.items() if key.startswith("meta_")}
-        return cls(basis, t("low"), t("high"), percentiles, fg, metadata)  # type: ignore[arg-type]
+        return cls(basis, t("low"), t("high"), (low_pct, high_pct), fg, metadata)
 
 
 # ---------------------------------------------------------------------------------------------

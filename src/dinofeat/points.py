@@ -138,7 +138,7 @@ def collect_queries(
     queries += [tuple(q) for q in queries_txy]  # type: ignore[misc]  # each row is (t, x, y)
     if points_file is not None:
         rows = read_points_file(points_file, with_frames=True)
-        queries += [(first_frame, *row) if len(row) == 2 else row for row in rows]  # type: ignore[misc]
+        queries += [(first_frame, *row) if len(row) == 2 else row for row in rows]  # type: ignore[misc]  # rows of 2 or 3
     if grid is not None:
         queries += [(first_frame, x, y) for x, y in grid_points(size_wh, grid).tolist()]
     if not queries:

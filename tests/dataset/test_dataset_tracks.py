@@ -174,7 +174,7 @@ def test_workers_get_absolute_weights_and_points_paths(tmp_path, videos, monkeyp
 
 
 def test_any_error_of_one_video_is_recorded_and_the_run_goes_on(tmp_path, videos, monkeypatch):
-    import dinofeat.tracking as tracking
+    import dinofeat.dataset.workunits as workunits
     from conftest import random_vit
     from dinofeat.dataset.runs import QuerySpec, track_dataset
     from dinofeat.errors import InputError
@@ -183,7 +183,7 @@ def test_any_error_of_one_video_is_recorded_and_the_run_goes_on(tmp_path, videos
     def broken(*args, **kwargs):
         raise ValueError("decoder exploded\n  at frame 3")  # as PyAV's own error types reach us
 
-    monkeypatch.setattr(tracking, "track_to_files", broken)
+    monkeypatch.setattr(workunits, "track_to_files", broken)
     options, model = ExtractorOptions(resolution=56, device="cpu"), random_vit(depth=1)
     report = track_dataset([videos], tmp_path / "out", QuerySpec(grid=2), options, model=model)
     assert (report.total, report.done, report.failed) == (4, 0, 4)
@@ -199,7 +199,7 @@ def test_any_error_of_one_video_is_recorded_and_the_run_goes_on(tmp_path, videos
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tracking, "track_to_files", interrupted)
+    monkeypatch.setattr(workunits, "track_to_files", interrupted)
     with pytest.raises(KeyboardInterrupt):
         track_dataset([videos], tmp_path / "out", QuerySpec(grid=2), options, model=model)
 
@@ -209,7 +209,7 @@ def test_a_tracking_run_looks_at_each_video_twice_at_most(tmp_path, videos, monk
     video's outputs are looked for twice (counting, streaming), not once more per report line."""
     import dinofeat.dataset.listing as listing
     import dinofeat.dataset.runs as dataset
-    import dinofeat.tracking as tracking
+    import dinofeat.dataset.workunits as workunits
     from conftest import random_vit
     from dinofeat.dataset.runs import QuerySpec, track_dataset
     from dinofeat.options import ExtractorOptions
@@ -222,7 +222,7 @@ def test_a_tracking_run_looks_at_each_video_twice_at_most(tmp_path, videos, monk
     def broken(*args, **kwargs):
         raise ValueError("no decoder")
 
-    monkeypatch.setattr(tracking, "track_to_files", broken)
+    monkeypatch.setattr(workunits, "track_to_files", broken)
     options, model = ExtractorOptions(resolution=56, device="cpu"), random_vit(depth=1)
     for _ in range(2):  # a first run, and a rerun that knows the earlier failures
         walks.clear(), looks.clear()

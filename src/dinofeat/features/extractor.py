@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -217,7 +218,7 @@ class Extractor:
                 batch = [images[i] for i in chunk]
                 for i, fmap in zip(chunk, self._forward(batch, size_wh)):
                     results[i] = fmap
-        return results  # type: ignore[return-value]
+        return results  # type: ignore[return-value]  # every index is in one group, so none is left None
 
     def memory_needed(self, batch: int, size_wh: tuple[int, int]) -> ForwardMemory:
         """Estimated memory of one forward pass of ``batch`` images of ``size_wh`` processed pixels
@@ -308,7 +309,9 @@ class Extractor:
         return batch * (12 * tokens * dim * dim + 2 * tokens * tokens * dim)
 
     @torch.inference_mode()
-    def _model_pass(self, batch: list[np.ndarray], progress: Progress | None, cancel) -> tuple:
+    def _model_pass(
+        self, batch: list[np.ndarray], progress: Progress | None, cancel: threading.Event | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         def on_block(done: int, total: int) -> None:
             if cancel is not None and cancel.is_set():
                 raise KeyboardInterrupt  # the caller was interrupted: stop between blocks
