@@ -20,7 +20,6 @@ LAZY_COMMENTS_PENDING = {
     "dinofeat/features/files.py",
     "dinofeat/matching.py",
     "dinofeat/tracking.py",
-    "dinofeat/tracks.py",
 }
 
 
