@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import colorsys
 import math
+from collections import deque
 
+import cv2
 import numpy as np
+
+from dinofeat.io.images import load_image
 
 
 def as_image(image) -> np.ndarray:
@@ -23,8 +27,6 @@ def as_image(image) -> np.ndarray:
     """
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] in (3, 4):
         return image
-    from dinofeat.io.images import load_image
-
     return load_image(image)
 
 
@@ -52,8 +54,6 @@ _SUBPIXEL_BITS = 4  # OpenCV draws at 1/16-pixel precision with shift=4
 def _draw_dot(canvas: np.ndarray, centre_fixed, radius: int, color) -> None:
     """In place on a canvas the caller owns: a filled dot with a 1-pixel dark rim at a fixed-point
     centre (pixel coordinates times 16, integer = pixel centre, as dinofeat's convention)."""
-    import cv2
-
     centre = tuple(int(v) for v in centre_fixed)
     cv2.circle(canvas, centre, (radius + 1) << _SUBPIXEL_BITS, (0, 0, 0), -1, cv2.LINE_AA, _SUBPIXEL_BITS)
     cv2.circle(canvas, centre, radius << _SUBPIXEL_BITS, tuple(int(c) for c in color), -1, cv2.LINE_AA, _SUBPIXEL_BITS)
@@ -66,8 +66,6 @@ def draw_points(image, points_xy) -> np.ndarray:
     >>> bool(draw_points(np.zeros((20, 30, 3), np.uint8), [[10.0, 10.0]])[10, 10].any())
     True
     """
-    import cv2
-
     out = np.ascontiguousarray(as_image(image)[..., :3]).copy()
     points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
     if len(points) == 0:
@@ -144,8 +142,6 @@ def draw_pca_grid(
     >>> draw_pca_grid([np.zeros((10, 20, 3), np.uint8)] * 3, columns=2, gap=2).shape
     (22, 42, 3)
     """
-    import cv2
-
     panels = _same_channels(list(panels))
     if not panels:
         raise ValueError("no panels to draw")
@@ -181,8 +177,6 @@ def draw_label(image: np.ndarray, text: str) -> np.ndarray:
     >>> bool(draw_label(np.zeros((40, 120, 3), np.uint8), "cat.jpg")[2:20, 2:60].max() > 0)
     True
     """
-    import cv2
-
     out = image.copy()
     h, w = out.shape[:2]
     scale = max(0.3, min(h, w) / 500)
@@ -239,8 +233,6 @@ def match_canvas_layout(
 
 def score_colors(scores, low: float = 0.0, high: float = 1.0) -> np.ndarray:
     """``(N, 3) uint8`` RGB colours of scores on OpenCV's TURBO map, ``low`` blue to ``high`` red."""
-    import cv2
-
     values = np.clip((np.asarray(scores, dtype=np.float64).reshape(-1) - low) / max(high - low, 1e-12), 0, 1)
     levels = np.round(values * 255).astype(np.uint8).reshape(-1, 1)
     return cv2.applyColorMap(levels, cv2.COLORMAP_TURBO).reshape(-1, 3)[:, ::-1].copy()
@@ -253,8 +245,6 @@ def draw_color_bar(height: int, *, low: float = 0.0, high: float = 1.0, label: s
     >>> draw_color_bar(360).shape[0]
     360
     """
-    import cv2
-
     scale = max(0.35, height / 1000)
     text_w = cv2.getTextSize(f"{max(abs(low), abs(high)):.1f}-", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
     bar_w, margin = max(10, height // 30), max(6, height // 60)
@@ -314,8 +304,6 @@ def draw_matches(
     >>> draw_matches(np.zeros((10, 20, 3), np.uint8), np.zeros((10, 10, 3), np.uint8), m).shape
     (360, 1084, 3)
     """
-    import cv2
-
     if color_by not in ("index", "score"):
         raise ValueError(f"color_by must be 'index' or 'score', got {color_by!r}")
     if layout not in ("horizontal", "vertical"):
@@ -374,8 +362,6 @@ def draw_heatmap(image, heat: np.ndarray, *, alpha: float = 0.55, point_xy=None)
     >>> draw_heatmap(np.zeros((4, 6, 3), np.uint8), np.arange(24.0).reshape(4, 6)).shape
     (4, 6, 3)
     """
-    import cv2
-
     image, heat = as_image(image), np.asarray(heat)
     if heat.shape[:2] != image.shape[:2]:
         raise ValueError(f"heat map {heat.shape[:2]} and image {image.shape[:2]} differ in size")
@@ -391,8 +377,6 @@ def draw_heatmap(image, heat: np.ndarray, *, alpha: float = 0.55, point_xy=None)
 
 
 def _resize_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    import cv2
-
     if image.shape[:2] == (height, width):
         return image
     shrink = width < image.shape[1]
@@ -430,8 +414,6 @@ def draw_tracks(
     >>> out.shape, bool(out[10, 15].any()), bool(out[0, 29].any())
     ((20, 30, 3), True, False)
     """
-    import cv2
-
     image = np.ascontiguousarray(as_image(image)[..., :3])
     trail_xy = np.asarray(trail_xy, dtype=np.float64).reshape(len(trail_visible), -1, 2)
     trail_visible = np.asarray(trail_visible, dtype=bool) & np.isfinite(trail_xy).all(axis=-1)
@@ -480,8 +462,6 @@ class TrailAnnotator:
     """
 
     def __init__(self, n_points: int, length: int, colors: np.ndarray | None = None) -> None:
-        from collections import deque
-
         if length < 0:
             raise ValueError(f"trail length must be 0 or more frames, got {length}")
         self.colors = palette(n_points) if colors is None else np.asarray(colors, dtype=np.uint8).reshape(n_points, 3)

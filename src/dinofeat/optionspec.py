@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from dinofeat.errors import InputError
 from dinofeat.errors import field as field_named
@@ -104,7 +104,7 @@ def option(
     return field(default=default, metadata=meta)
 
 
-def check_field(name: str, value: Any, meta: dict) -> None:
+def check_field(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     """Raise :class:`InputError` naming the option (:func:`~dinofeat.errors.field`) if ``value`` is
     not allowed for it."""
     if value is None:
@@ -128,7 +128,7 @@ def check_field(name: str, value: Any, meta: dict) -> None:
 ARGUMENT_FLAGS = {"output": "-o", "points_xy": "--point", "queries_txy": "--query"}
 
 
-def flag_of(name: str, meta: dict | None = None) -> str:
+def flag_of(name: str, meta: Mapping[str, Any] | None = None) -> str:
     """The command-line flag of the option field ``name``: its declared ``flag``, else its
     :data:`ARGUMENT_FLAGS` entry, else ``--name`` with dashes; ``meta`` is the field's metadata,
     else every :class:`Options` class defined so far is searched (:mod:`dinofeat.options` declares them).
@@ -142,14 +142,15 @@ def flag_of(name: str, meta: dict | None = None) -> str:
     return meta.get("flag") or ARGUMENT_FLAGS.get(name) or "--" + name.replace("_", "-")
 
 
-def _declared_flags() -> dict[str, dict]:
+def _declared_flags() -> dict[str, dict[str, Any]]:
     """Field name -> metadata, over every :class:`Options` subclass defined so far."""
-    found: dict[str, dict] = {}
+    found: dict[str, dict[str, Any]] = {}
     pending = list(Options.__subclasses__())
     while pending:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
-        for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ():
+        fields: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ()
+        for f in fields:
             if f.metadata.get("flag"):
                 found.setdefault(f.name, dict(f.metadata))
     return found
@@ -163,7 +164,7 @@ def _allowed(item: Any, choices: tuple[str, ...] | None, allowed: Range | None) 
     return allowed is not None and allowed.contains(item)
 
 
-def describe_allowed(meta: dict) -> str:
+def describe_allowed(meta: Mapping[str, Any]) -> str:
     """How an option's allowed values are described in errors ("a positive integer")."""
     if meta.get("what"):
         return meta["what"]
@@ -179,11 +180,16 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+_O = TypeVar("_O", bound="Options")
+
+
 class Options:
     """Base of the option dataclasses: every field is checked when the object is made."""
 
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # every subclass is a dataclass
+
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             if "help" in f.metadata:
                 check_field(f.name, getattr(self, f.name), f.metadata)
         self._check_together()
@@ -191,12 +197,12 @@ class Options:
     def _check_together(self) -> None:
         """Checks involving several fields (subclasses override)."""
 
-    def replace(self, **changes: Any):
+    def replace(self: _O, **changes: Any) -> _O:
         """A copy with ``changes``, checked again."""
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -297,7 +298,7 @@ def fit_foreground(
     """
     PCAOptions(foreground=threshold)  # "otsu" or a number in [0, 1]
     samples = torch.cat([g.reshape(-1, g.shape[-1]) for g in grids])
-    border = torch.cat([border_mask(tuple(g.shape[:2])).reshape(-1) for g in grids])
+    border = torch.cat([border_mask((g.shape[0], g.shape[1])).reshape(-1) for g in grids])
     basis = fit_pca(samples, 1, max_samples=max_samples, seed=seed)
     raw = basis.transform(samples)[:, 0].cpu()
     split = otsu_threshold(raw.numpy())
@@ -463,7 +464,7 @@ class FeaturePCA:
     # -- files --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``.npz`` (float32 arrays + metadata; loading reproduces colours exactly)."""
-        arrays = {
+        arrays: dict[str, Any] = {  # Any: numpy's savez stub lets a **dict of arrays reach allow_pickle
             "format": np.asarray(PCA_FILE_FORMAT),
             "version": np.asarray(PCA_FILE_VERSION),
             "mean": self.basis.mean.numpy(),
@@ -529,9 +530,9 @@ class FeaturePCA:
                 raise ValueError("foreground arrays of inconsistent shapes")
             low, high, threshold = (float(v) for v in a["fg_low_high_threshold"])
             fg = Foreground(fg_basis, low, high, threshold, str(a["fg_method"]))
-        percentiles = tuple(float(v) for v in a["percentiles"])
+        low_pct, high_pct = (float(v) for v in a["percentiles"])
         metadata = {key[5:]: str(value) for key, value in a.items() if key.startswith("meta_")}
-        return cls(basis, t("low"), t("high"), percentiles, fg, metadata)  # type: ignore[arg-type]
+        return cls(basis, t("low"), t("high"), (low_pct, high_pct), fg, metadata)
 
 
 # ---------------------------------------------------------------------------------------------

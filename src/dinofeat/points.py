@@ -11,11 +11,13 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 
 from dinofeat.errors import InputError, field
 from dinofeat.features.featuremap import FeatureMap, check_inside
@@ -36,7 +38,7 @@ def grid_points(size_wh: tuple[int, int], n: int) -> torch.Tensor:
     return torch.stack((xx, yy), dim=-1).reshape(-1, 2).float()
 
 
-def check_points(points_xy, size_wh: tuple[int, int], label: str = "image A") -> torch.Tensor:
+def check_points(points_xy: ArrayLike, size_wh: tuple[int, int], label: str = "image A") -> torch.Tensor:
     """Validate user query points: ``(N, 2)`` finite, inside the image; returns float32 ``(N, 2)``.
 
     Raises :class:`InputError` naming the first bad point.
@@ -120,8 +122,8 @@ def collect_queries(
     first_frame: int,
     size_wh: tuple[int, int],
     *,
-    points_xy=(),
-    queries_txy=(),
+    points_xy: Iterable[Sequence[float]] = (),
+    queries_txy: Iterable[Sequence[float]] = (),
     points_file: str | os.PathLike | None = None,
     grid: int | None = None,
 ) -> list[tuple[float, float, float]]:
@@ -133,10 +135,10 @@ def collect_queries(
     [(0, 1, 2), (0, 19.5, 9.5)]
     """
     queries: list[tuple[float, float, float]] = [(first_frame, x, y) for x, y in points_xy]
-    queries += [tuple(q) for q in queries_txy]  # type: ignore[misc]
+    queries += [tuple(q) for q in queries_txy]  # type: ignore[misc]  # each row is (t, x, y)
     if points_file is not None:
         rows = read_points_file(points_file, with_frames=True)
-        queries += [(first_frame, *row) if len(row) == 2 else row for row in rows]  # type: ignore[misc]
+        queries += [(first_frame, *row) if len(row) == 2 else row for row in rows]  # type: ignore[misc]  # rows of 2 or 3
     if grid is not None:
         queries += [(first_frame, x, y) for x, y in grid_points(size_wh, grid).tolist()]
     if not queries:
@@ -166,6 +168,7 @@ def read_points_file(path: str | os.PathLike, *, with_frames: bool = False) -> l
         raise InputError(f"points file is empty: {path}")
     form = "x, y pair or t,x,y triple" if with_frames else "x, y pair"
     if text.lstrip()[0] in "[{":
+        rows: Sequence[tuple[int, object]]
         rows, where = _json_rows(text, path, with_frames), "item"
     else:
         rows, where = _csv_rows(text), "line"
@@ -185,7 +188,7 @@ def read_points_file(path: str | os.PathLike, *, with_frames: bool = False) -> l
     return points
 
 
-def _json_rows(text: str, path, with_frames: bool) -> list[tuple[int, object]]:
+def _json_rows(text: str, path: str | os.PathLike, with_frames: bool) -> list[tuple[int, object]]:
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as err:
@@ -207,7 +210,7 @@ def _csv_rows(text: str) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _numbers(row, *, strings: bool) -> list[float] | None:
+def _numbers(row: object, *, strings: bool) -> list[float] | None:
     """The row as floats: CSV cells (strings) or JSON numbers (not booleans, not strings); else None."""
     allowed = (str,) if strings else (int, float)
     if not isinstance(row, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, allowed) for v in row):

@@ -21,6 +21,7 @@ from dinofeat.cli import main
 from dinofeat.dataset.runs import extract_dataset
 from dinofeat.errors import InputError
 from dinofeat.features.extractor import Extractor
+from dinofeat.io.images import load_image
 from dinofeat.options import DatasetOptions, ExtractorOptions
 
 FAST = ExtractorOptions(resolution=28, device="cpu", precision="fp32", batch_size=8)
@@ -440,3 +441,22 @@ def test_the_end_of_a_run_reads_each_shard_header_once(tmp_path, vit, monkeypatc
         "4.png",
     ]
     assert sorted(reads) == [p.name for p in _shards(tmp_path / "out")]  # the index and the errors: one pass
+
+
+def test_the_extractor_a_cache_and_stored_features_are_feature_sources(tmp_path, vit):
+    from dinofeat.features.cache import FeatureCache
+    from dinofeat.features.source import FeatureSource
+
+    root = _tiny_dataset(tmp_path / "imgs", 2, bad=())
+    extract_dataset([root], tmp_path / "out", FAST, model=vit)
+    store = open_features(tmp_path / "out")
+    extractor = Extractor.from_options(FAST, model=vit)
+    sources = [extractor, FeatureCache(extractor), store.extractor_for(store.paths())]
+    assert all(isinstance(source, FeatureSource) for source in sources)
+    assert [(s.spec.name, s.stride, s.batch_size, s.options.resolution) for s in sources] == [
+        ("dinov2_vits14", 14, 8, 28)
+    ] * 3
+    images = [load_image(root / f"{i}.png") for i in range(2)]
+    stored, computed = sources[2].extract_arrays(images), sources[1].extract_arrays(images)
+    for a, b in zip(stored, computed):
+        torch.testing.assert_close(a.features, b.features, atol=1e-5, rtol=0)

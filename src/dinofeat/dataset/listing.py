@@ -328,7 +328,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, str, str | None]]:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, str, str | None]]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # lazy: dinofeat --help imports this module
 
     try:
         table = pq.ParquetFile(path)

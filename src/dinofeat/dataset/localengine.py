@@ -9,13 +9,14 @@ previous shard while the next is computed.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from queue import Queue
 
 from dinofeat.dataset.listing import Item
 from dinofeat.dataset.manifest import weights_digest
 from dinofeat.dataset.workunits import (
+    Decoded,
     FeatureJob,
     ItemOutcome,
     Shard,
@@ -27,8 +28,14 @@ from dinofeat.dataset.workunits import (
     track_item,
     write_shard_result,
 )
+from dinofeat.features.extractor import Extractor
+from dinofeat.models.vit import DenseViT
 from dinofeat.options import ExtractorOptions
+from dinofeat.pca import PCABasis
 from dinofeat.runtime.modelthread import block_interrupts, start_thread
+
+#: What the listing thread hands the model: a shard and its images being decoded; an error; None at the end.
+_Handed = tuple[Shard, list[Future[Decoded]]] | BaseException | None
 
 
 class LocalEngine:
@@ -37,32 +44,30 @@ class LocalEngine:
     ``model``: an already built model to use instead of loading ``extractor_options.model``.
     """
 
-    def __init__(self, model=None) -> None:
+    def __init__(self, model: DenseViT | None = None) -> None:
         self._model = model
-        self._extractor = None
+        self._extractor: Extractor | None = None
 
     def __enter__(self) -> LocalEngine:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._extractor = None
 
-    def extractor(self, options: ExtractorOptions):
+    def extractor(self, options: ExtractorOptions) -> Extractor:
         if self._extractor is None:
-            from dinofeat.features.extractor import Extractor
-
             self._extractor = Extractor.from_options(options, model=self._model)
         return self._extractor
 
     def weights_digest(self, options: ExtractorOptions) -> str:
         return weights_digest(self.extractor(options).model)
 
-    def fit_pca(self, job: FeatureJob, items: Sequence[Item]):
+    def fit_pca(self, job: FeatureJob, items: Sequence[Item]) -> PCABasis:
         return fit_storage_pca(items, self.extractor(job.extractor), job)
 
     def shards(
         self, shards: Iterable[Shard], job: FeatureJob, on_items: Callable[[int], None]
-    ) -> Iterator[ShardResult]:
+    ) -> Generator[ShardResult, None, None]:
         """Compute and write ``shards``; yields each one's result once it is written.
 
         Threads decode and resize the images of at most two shards ahead (a semaphore bounds
@@ -73,7 +78,7 @@ class LocalEngine:
             job.dataset.decode_threads, thread_name_prefix="dinofeat-decode", initializer=block_interrupts
         )
         writer = ThreadPoolExecutor(1, thread_name_prefix="dinofeat-write", initializer=block_interrupts)
-        ahead, stop, queue = threading.Semaphore(2), threading.Event(), Queue()
+        ahead, stop, queue = threading.Semaphore(2), threading.Event(), Queue[_Handed]()
 
         def produce() -> None:
             try:
@@ -90,7 +95,7 @@ class LocalEngine:
             queue.put(None)
 
         start_thread(produce, name="dinofeat-list")
-        written = None
+        written: tuple[ShardResult, Future[None]] | None = None
         try:
             while (got := queue.get()) is not None:
                 if isinstance(got, BaseException):
@@ -120,14 +125,14 @@ class LocalEngine:
             decoders.shutdown(wait=False, cancel_futures=True)
             writer.shutdown(wait=True)  # a write under way finishes: it is atomic, and then counts as done
 
-    def tracks(self, items: Iterable[Item], job: TrackJob) -> Iterator[ItemOutcome]:
+    def tracks(self, items: Iterable[Item], job: TrackJob) -> Generator[ItemOutcome, None, None]:
         """Track ``items`` one video after another (each streams its frames)."""
         extractor = self.extractor(job.extractor)
         for item in items:
             yield track_item(item, extractor, job)
 
 
-def _finished(result: ShardResult, future) -> ShardResult:
+def _finished(result: ShardResult, future: Future[None]) -> ShardResult:
     future.result()  # raises the writer's error (disk full, say)
     result.maps = []
     return result

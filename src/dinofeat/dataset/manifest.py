@@ -19,29 +19,32 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
-from dinofeat.dataset.store import ERRORS, MANIFEST, SHARDS
+import torch
+
+from dinofeat import __version__
+from dinofeat.dataset.layout import MANIFEST, SHARDS, TRACKS
 from dinofeat.errors import DinofeatError, InputError, field, render
 from dinofeat.errors import one_line as squashed
+from dinofeat.io.outputs import format_json, staged_outputs
 from dinofeat.options import ExtractorOptions
 
-__all__ = ["ERRORS", "MANIFEST"]
+if sys.platform != "win32":  # Windows has no advisory locks: one run at a time is then the user's care
+    import fcntl
 
 MANIFEST_FORMAT = "dinofeat-dataset"
 MANIFEST_VERSION = 1
-#: Per-video outputs of a tracking dataset.
-TRACKS = "tracks"
 #: Manifest entries that must agree for a rerun into the same folder.
 COMPARED = ("kind", "dinofeat_version", "model", "weights_sha256", "settings", "inputs.items", "inputs.sha256")
 
 
-def weights_digest(model) -> str:
+def weights_digest(model: torch.nn.Module) -> str:
     """sha256 of a model's state dict (names, dtypes, shapes, bytes): the same weights give the
     same hash whatever file they came from."""
-    import torch
-
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().cpu().contiguous().reshape(-1)
@@ -50,10 +53,11 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
-def make_manifest(kind: str, model: ExtractorOptions, weights_sha256: str, settings: dict, **extra) -> dict:
-    """The ``manifest.json`` document of a dataset folder."""
-    from dinofeat import __version__
-
+def make_manifest(
+    kind: str, model: ExtractorOptions, weights_sha256: str | None, settings: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """The ``manifest.json`` document of a dataset folder; ``weights_sha256`` is None in the first
+    check of a run, before the model is loaded (see :func:`claim_folder`)."""
     return {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
@@ -100,21 +104,20 @@ def claim_folder(folder: Path, manifest: dict, *, check_only: bool = False) -> N
         _write_json(path, manifest)
 
 
-def _lookup(document: dict, key: str):
+def _lookup(document: dict[str, Any], key: str) -> Any:
+    found: Any = document
     for part in key.split("."):
-        document = document.get(part) if isinstance(document, dict) else None
-    return document
+        found = found.get(part) if isinstance(found, dict) else None
+    return found
 
 
-def _show(value) -> str:
+def _show(value: object) -> str:
     if isinstance(value, str) and len(value) == 64:
         return value[:12] + "…"  # a hash
     return json.dumps(value)
 
 
-def _write_json(path: Path, document: dict) -> None:
-    from dinofeat.io.outputs import format_json, staged_outputs
-
+def _write_json(path: Path, document: dict[str, Any]) -> None:
     with staged_outputs([path]) as (tmp,):
         tmp.write_text(format_json(document))
 
@@ -122,9 +125,7 @@ def _write_json(path: Path, document: dict) -> None:
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
     """Hold ``folder/.lock`` for the run: a second run into the same folder is refused."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; one run at a time is then the user's care
+    if sys.platform == "win32":  # no advisory locks; one run at a time is then the user's care
         yield
         return
     with open(folder / ".lock", "a") as handle:
@@ -150,9 +151,9 @@ class ErrorLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._handle = None
+        self._handle: IO[str] | None = None
 
-    def record(self, error: dict) -> None:
+    def record(self, error: dict[str, Any]) -> None:
         if self._handle is None:
             self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run; close()
         record = {"path": error["path"], "error": render(error["error"]), "item": error["item"]}
@@ -162,8 +163,6 @@ class ErrorLog:
     def rewrite(self, errors: Iterable[dict]) -> int:
         """Replace the log by ``errors`` (atomically; no file when there are none); returns the
         number of records written (one per item)."""
-        from dinofeat.io.outputs import staged_outputs
-
         self.close()
         rows = sorted({e["item"]: e for e in errors}.values(), key=lambda e: e["item"])
         if not rows:

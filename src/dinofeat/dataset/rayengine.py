@@ -28,14 +28,33 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dinofeat.dataset.listing import Item
-from dinofeat.dataset.workunits import FeatureJob, ItemOutcome, Shard, ShardResult, TrackJob
+from dinofeat.dataset.manifest import weights_digest
+from dinofeat.dataset.workunits import (
+    FeatureJob,
+    ItemOutcome,
+    Shard,
+    ShardResult,
+    TrackJob,
+    compute_shard,
+    decode_image,
+    fit_storage_pca,
+    track_item,
+    write_shard_result,
+)
 from dinofeat.errors import DinofeatError, InputError
+from dinofeat.features.extractor import Extractor
+from dinofeat.models.weights import load_model
 from dinofeat.options import DatasetOptions, ExtractorOptions
+from dinofeat.pca import PCABasis
 from dinofeat.runtime.modelthread import block_interrupts
 
 log = logging.getLogger(__name__)
@@ -45,10 +64,10 @@ PLAN_CHUNK = 256
 RAY_HINT = 'the ray engine needs Ray: pip install "dinofeat[ray]"'
 
 
-def _import_ray():
+def _import_ray() -> Any:
     try:
-        import ray
-        import ray.data  # the data library is a separate extra of ray
+        import ray  # lazy: Ray is an optional extra (dinofeat[ray]), imported only by this engine
+        import ray.data  # lazy: the data library is a separate extra of ray
     except ImportError:
         raise InputError(RAY_HINT) from None
     return ray
@@ -59,7 +78,7 @@ class RayEngine:
 
     def __init__(self, options: DatasetOptions) -> None:
         self.options = options
-        self._ray = None
+        self._ray: Any = None  # the ray module, while the engine is entered
         self._started = False
 
     def __enter__(self) -> RayEngine:
@@ -79,7 +98,7 @@ class RayEngine:
         self._ray = ray
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._started and self._ray is not None:
             self._ray.shutdown()
         if self._ray is not None:
@@ -102,13 +121,13 @@ class RayEngine:
         )
         return workers, gpus, cpus, threads
 
-    def _remote(self, function, *, model: bool):
+    def _remote(self, function: Callable[..., Any], *, model: bool) -> Any:
         _, gpus, cpus, threads = self.resources()
         if not model:
             return self._ray.remote(num_gpus=0, num_cpus=1)(function)
         return self._ray.remote(num_gpus=gpus, num_cpus=cpus, runtime_env=_threads_env(threads))(function)
 
-    def _get(self, ref):
+    def _get(self, ref: Any) -> Any:
         try:
             return self._ray.get(ref)
         except Exception as err:  # noqa: BLE001 - Ray wraps the worker's exception; ours is the message
@@ -119,13 +138,13 @@ class RayEngine:
         """sha256 of the weights, computed on a worker (the driver needs neither the model nor a GPU)."""
         return self._get(self._remote(_weights_digest, model=False).remote(options))
 
-    def fit_pca(self, job: FeatureJob, items: Sequence[Item]):
+    def fit_pca(self, job: FeatureJob, items: Sequence[Item]) -> PCABasis:
         """The ``--pca`` basis, fitted on one worker with :func:`~dinofeat.dataset.workunits.fit_storage_pca`."""
         return self._get(self._remote(_fit_pca, model=True).remote(job, list(items)))
 
     def shards(
         self, shards: Iterable[Shard], job: FeatureJob, on_items: Callable[[int], None]
-    ) -> Iterator[ShardResult]:
+    ) -> Generator[ShardResult, None, None]:
         rows = ({"number": s.number, "items": _items_json(s.items)} for s in shards)
         for row in self._run(rows, _ShardWorker, job):
             result = ShardResult(
@@ -137,12 +156,14 @@ class RayEngine:
             on_items(len(result.items) + len(result.errors))
             yield result
 
-    def tracks(self, items: Iterable[Item], job: TrackJob) -> Iterator[ItemOutcome]:
+    def tracks(self, items: Iterable[Item], job: TrackJob) -> Generator[ItemOutcome, None, None]:
         rows = ({"number": item.index, "items": _items_json([item])} for item in items)
         for row in self._run(rows, _TrackWorker, job):
             yield ItemOutcome(int(row["number"]), row["path"], row["error"] or None)
 
-    def _run(self, rows: Iterable[dict], worker, job) -> Iterator[dict]:
+    def _run(
+        self, rows: Iterable[dict[str, Any]], worker: type, job: FeatureJob | TrackJob
+    ) -> Iterator[dict[str, Any]]:
         ray = self._ray
         plan = Path(job.folder) / f".plan-{os.getpid()}.parquet"
         count = _write_plan(plan, rows)
@@ -178,11 +199,8 @@ def _items(text: str) -> list[Item]:
     return [Item(index, path, file, points) for index, path, file, points in json.loads(text)]
 
 
-def _write_plan(path: Path, rows: Iterable[dict]) -> int:
+def _write_plan(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     """Stream ``rows`` (``number``: int, ``items``: JSON text) to a Parquet file; returns their count."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     schema = pa.schema([("number", pa.int64()), ("items", pa.string())])
     count, chunk = 0, []
     with pq.ParquetWriter(str(path), schema) as writer:
@@ -199,7 +217,7 @@ def _write_plan(path: Path, rows: Iterable[dict]) -> int:
 
 def _unwrap(err: BaseException) -> BaseException:
     """The dinofeat error inside Ray's wrappers (RayTaskError, UserCodeException), or a one-line one."""
-    seen = err
+    seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, DinofeatError):
             return seen
@@ -214,20 +232,14 @@ def _unwrap(err: BaseException) -> BaseException:
 
 
 def _weights_digest(options: ExtractorOptions) -> str:
-    from dinofeat.dataset.manifest import weights_digest
-    from dinofeat.models.weights import load_model
-
     return weights_digest(load_model(options.model, options.weights))
 
 
-def _fit_pca(job: FeatureJob, items: list[Item]):
-    from dinofeat.dataset.workunits import fit_storage_pca
-    from dinofeat.features.extractor import Extractor
-
+def _fit_pca(job: FeatureJob, items: list[Item]) -> PCABasis:
     return fit_storage_pca(items, Extractor.from_options(job.extractor), job)
 
 
-def _threads_env(threads: int | None) -> dict | None:
+def _threads_env(threads: int | None) -> dict[str, dict[str, str]] | None:
     """The runtime environment giving a CPU worker ``threads`` torch threads: Ray sets
     OMP_NUM_THREADS to the reserved CPUs (one), and raising it later with ``torch.set_num_threads``
     runs slower than one thread; set before the worker starts, it runs as fast as a plain process."""
@@ -240,18 +252,15 @@ class _ShardWorker:
     """A Ray actor: the model, loaded once; each call computes and writes one shard."""
 
     def __init__(self, job: FeatureJob) -> None:
-        from dinofeat.features.extractor import Extractor
-
         self.job = job
         self.extractor = Extractor.from_options(job.extractor)
         self.decoders = ThreadPoolExecutor(
             job.dataset.decode_threads, thread_name_prefix="dinofeat-decode", initializer=block_interrupts
         )
 
-    def __call__(self, batch):
-        import pandas as pd
-
-        from dinofeat.dataset.workunits import compute_shard, decode_image, write_shard_result
+    def __call__(self, batch: Any) -> Any:
+        """``batch``: a pandas DataFrame of plan rows (``number``, ``items``) -> one of result rows."""
+        import pandas as pd  # lazy: pandas comes with Ray (an optional extra)
 
         out = []
         for number, text in zip(batch["number"], batch["items"]):
@@ -280,15 +289,12 @@ class _TrackWorker:
     """A Ray actor: the model, loaded once; each call tracks one video and writes its files."""
 
     def __init__(self, job: TrackJob) -> None:
-        from dinofeat.features.extractor import Extractor
-
         self.job = job
         self.extractor = Extractor.from_options(job.extractor)
 
-    def __call__(self, batch):
-        import pandas as pd
-
-        from dinofeat.dataset.workunits import track_item
+    def __call__(self, batch: Any) -> Any:
+        """``batch``: a pandas DataFrame of plan rows (``items``) -> one of result rows."""
+        import pandas as pd  # lazy: pandas comes with Ray (an optional extra)
 
         out = []
         for text in batch["items"]:

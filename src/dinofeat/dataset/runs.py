@@ -32,10 +32,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from dinofeat.dataset.layout import ERRORS, INDEX, PCA_FILE, SHARDS, TRACKS
 from dinofeat.dataset.listing import Item, Listing, list_inputs, spread_indices
+from dinofeat.dataset.localengine import LocalEngine
 from dinofeat.dataset.manifest import (
-    TRACKS,
     ErrorLog,
     claim_folder,
     locked,
@@ -43,10 +45,14 @@ from dinofeat.dataset.manifest import (
     read_errors,
     remove_temporary_files,
 )
-from dinofeat.dataset.store import ERRORS, INDEX, PCA_FILE, SHARDS, shard_name, write_index
+from dinofeat.dataset.rayengine import RayEngine
+from dinofeat.dataset.store import load_pca, save_pca, shard_files, shard_name, write_index
 from dinofeat.dataset.workunits import FeatureJob, QuerySpec, Shard, TrackJob, track_output_stem, track_outputs
 from dinofeat.errors import InputError, field
 from dinofeat.features.files import extractor_metadata
+from dinofeat.io.outputs import ensure_folder
+from dinofeat.models.registry import get_spec
+from dinofeat.models.vit import DenseViT
 from dinofeat.options import (
     FEATURE_SETTINGS,
     DatasetOptions,
@@ -55,9 +61,13 @@ from dinofeat.options import (
     TrackerOptions,
     TrailOptions,
 )
+from dinofeat.pca import PCABasis
 from dinofeat.runtime.progress import Progress, report
 
 log = logging.getLogger(__name__)
+
+#: What runs a dataset's work: in this process, or on Ray.
+Engine = LocalEngine | RayEngine
 
 __all__ = ["DatasetReport", "QuerySpec", "extract_dataset", "track_dataset", "track_output_stem"]
 
@@ -100,16 +110,12 @@ class DatasetReport:
         return text + (f", {missing} not done" if missing > 0 else "")
 
 
-def make_engine(options: DatasetOptions, model=None):
+def make_engine(options: DatasetOptions, model: DenseViT | None = None) -> Engine:
     """The engine ``options.engine`` names (``model`` is for the local engine only)."""
     if options.engine == "ray":
         if model is not None:
             raise InputError(f"a model object cannot be sent to Ray workers; give its name and {field('weights')}")
-        from dinofeat.dataset.rayengine import RayEngine
-
         return RayEngine(options)
-    from dinofeat.dataset.localengine import LocalEngine
-
     return LocalEngine(model)
 
 
@@ -123,7 +129,7 @@ def extract_dataset(
     extractor_options: ExtractorOptions | None = None,
     options: DatasetOptions | None = None,
     *,
-    model=None,
+    model: DenseViT | None = None,
     progress: Progress | None = None,
 ) -> DatasetReport:
     """The ``dinofeat extract --out-dir`` job: features of every image of ``inputs`` into a feature folder.
@@ -140,9 +146,6 @@ def extract_dataset(
     (``on_error="fail"``) the first image that cannot be read. Read the result with
     :func:`~dinofeat.dataset.store.open_features`.
     """
-    from dinofeat.io.outputs import ensure_folder
-    from dinofeat.models.registry import get_spec
-
     started = time.monotonic()
     extractor_options = _for_workers(extractor_options or ExtractorOptions())
     options = options or DatasetOptions()
@@ -194,7 +197,13 @@ def _for_workers(options: ExtractorOptions) -> ExtractorOptions:
 
 
 @contextlib.contextmanager
-def _claimed(folder: Path, manifest: dict, extractor_options: ExtractorOptions, options: DatasetOptions, model):
+def _claimed(
+    folder: Path,
+    manifest: dict[str, Any],
+    extractor_options: ExtractorOptions,
+    options: DatasetOptions,
+    model: DenseViT | None,
+) -> Iterator[Engine]:
     """Check the folder's manifest (before the model loads), start the engine, add the weights hash
     and write or check the manifest again; yields the engine."""
     claim_folder(folder, manifest, check_only=True)
@@ -205,10 +214,8 @@ def _claimed(folder: Path, manifest: dict, extractor_options: ExtractorOptions, 
         yield engine
 
 
-def _storage_pca(folder: Path, engine, job: FeatureJob, listing: Listing, total: int):
+def _storage_pca(folder: Path, engine: Engine, job: FeatureJob, listing: Listing, total: int) -> PCABasis | None:
     """The ``--pca`` basis: read from ``pca.safetensors``, or fitted on a sample and saved there."""
-    from dinofeat.dataset.store import load_pca, save_pca, shard_files
-
     if job.dataset.pca is None:
         return None
     path = folder / PCA_FILE
@@ -237,7 +244,15 @@ def _plan(listing: Listing, size: int, folder: Path) -> Iterator[Shard]:
         yield Shard(batch[0].index // size, tuple(batch))
 
 
-def _run_shards(folder, listing, engine, job: FeatureJob, total, started, progress) -> DatasetReport:
+def _run_shards(
+    folder: Path,
+    listing: Listing,
+    engine: Engine,
+    job: FeatureJob,
+    total: int,
+    started: float,
+    progress: Progress | None,
+) -> DatasetReport:
     size = job.dataset.shard_size
     missing = [s for s in range(-(-total // size)) if not (folder / shard_name(s)).is_file()]
     todo = sum(min(size, total - s * size) for s in missing)
@@ -283,7 +298,7 @@ def track_dataset(
     tracker: TrackerOptions | None = None,
     frames: FrameOptions | None = None,
     trail: TrailOptions | None = None,
-    model=None,
+    model: DenseViT | None = None,
     progress: Progress | None = None,
 ) -> DatasetReport:
     """The ``dinofeat track --out-dir`` job: track ``queries`` through every video of ``inputs``.
@@ -293,8 +308,6 @@ def track_dataset(
     for it (the JSON's ``video.path`` is the dataset path). Videos whose files all exist are
     skipped; videos that failed before are tried again. ``progress(done, total)`` counts videos.
     """
-    from dinofeat.io.outputs import ensure_folder
-
     started = time.monotonic()
     extractor_options = _for_workers(extractor_options or ExtractorOptions())
     options = options or DatasetOptions()

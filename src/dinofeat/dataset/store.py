@@ -37,6 +37,7 @@ was fitted on); stored features are ``(x - mean) @ components.T``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -45,23 +46,29 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import safetensors
+import safetensors.numpy
+import safetensors.torch
 
+from dinofeat.dataset.layout import ERRORS, INDEX, MANIFEST, PCA_FILE, SHARDS
 from dinofeat.dataset.listing import normal_path as _key
 from dinofeat.dataset.listing import spread_indices
+from dinofeat.dataset.manifest import read_errors
 from dinofeat.errors import InputError, render
 from dinofeat.features.featuremap import FeatureMap
+from dinofeat.features.files import feature_arrays
 from dinofeat.io.outputs import staged_outputs
-from dinofeat.options import FEATURE_SETTINGS, GPU_BATCH_SIZE
+from dinofeat.models.registry import ModelSpec, get_spec
+from dinofeat.options import FEATURE_SETTINGS, GPU_BATCH_SIZE, ExtractorOptions
+from dinofeat.pca import PCABasis
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-ERRORS = "errors.jsonl"
-INDEX = "index.parquet"
-PCA_FILE = "pca.safetensors"
-SHARDS = "shards"
 SHARD_FORMAT = "dinofeat-shard"
 #: The shard header's one metadata key.
 SHARD_KEY = "dinofeat"
@@ -118,10 +125,6 @@ def write_shard(
     shard is the same bytes in every run and engine (safetensors writes several metadata keys in
     an order that changes from process to process).
     """
-    from safetensors.numpy import save_file
-
-    from dinofeat.features.files import feature_arrays
-
     described = [
         {
             **item,
@@ -142,7 +145,7 @@ def write_shard(
     }
     arrays = feature_arrays(maps, dtype)
     with staged_outputs([path]) as (tmp,):
-        save_file(arrays, str(tmp), metadata={SHARD_KEY: json.dumps(header, sort_keys=True)})
+        safetensors.numpy.save_file(arrays, str(tmp), metadata={SHARD_KEY: json.dumps(header, sort_keys=True)})
 
 
 def read_shard_header(path: str | os.PathLike) -> dict:
@@ -174,8 +177,6 @@ def _header_bytes(path: str | os.PathLike) -> tuple[bytes, bytes, int]:
 
 
 def _digest(prefix: bytes, raw: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(prefix + raw).hexdigest()
 
 
@@ -230,9 +231,6 @@ def write_index(folder: str | os.PathLike, errors: list | None = None) -> int:
     """Rebuild ``index.parquet`` from the shard headers (atomically, one row group per shard, so
     memory does not grow with the dataset); returns its number of rows. Each header is read once:
     the failed items it records are appended to ``errors`` when given (see :func:`shard_errors`)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     types = {"path": pa.string(), "shard": pa.string(), "key": pa.string(), "item": pa.int64()}
     schema = pa.schema([(name, types.get(name, pa.int32())) for name in INDEX_COLUMNS])
     count, shards = 0, {}
@@ -253,8 +251,6 @@ def write_index(folder: str | os.PathLike, errors: list | None = None) -> int:
 def _index_shards(index: Path) -> dict[str, str] | None:
     """The shards an ``index.parquet`` was built from, ``{name: fingerprint}`` (its metadata; see
     :func:`shard_fingerprint`), or None (not recorded, damaged)."""
-    import pyarrow.parquet as pq
-
     try:
         text = (pq.ParquetFile(index).metadata.metadata or {}).get(INDEX_KEY.encode())
         recorded = json.loads(text) if text else {}
@@ -268,10 +264,8 @@ def _index_shards(index: Path) -> dict[str, str] | None:
 # The storage PCA
 
 
-def save_pca(path: str | os.PathLike, basis, *, fitted_on: int) -> None:
+def save_pca(path: str | os.PathLike, basis: PCABasis, *, fitted_on: int) -> None:
     """Write a :class:`~dinofeat.pca.PCABasis` as ``pca.safetensors`` (atomically)."""
-    from safetensors.numpy import save_file
-
     arrays = {
         "mean": basis.mean.numpy().astype(np.float32),
         "components": basis.components.numpy().astype(np.float32),
@@ -279,17 +273,13 @@ def save_pca(path: str | os.PathLike, basis, *, fitted_on: int) -> None:
     }
     meta = json.dumps({"format": "dinofeat-storage-pca", "images": fitted_on}, sort_keys=True)
     with staged_outputs([path]) as (tmp,):
-        save_file(arrays, str(tmp), metadata={SHARD_KEY: meta})  # one key: the same bytes every time
+        safetensors.numpy.save_file(arrays, str(tmp), metadata={SHARD_KEY: meta})  # one key: the same bytes every time
 
 
-def load_pca(path: str | os.PathLike):
+def load_pca(path: str | os.PathLike) -> PCABasis:
     """Read ``pca.safetensors`` back as a :class:`~dinofeat.pca.PCABasis`."""
-    from safetensors.torch import load_file
-
-    from dinofeat.pca import PCABasis
-
     try:
-        arrays = load_file(str(path))
+        arrays = safetensors.torch.load_file(str(path))
         return PCABasis(arrays["mean"], arrays["components"], arrays["explained_variance"])
     except (OSError, KeyError) as err:
         raise InputError(f"cannot read the dataset's PCA {path} ({err})") from None
@@ -308,7 +298,7 @@ class _Entry:
     processed_size_wh: tuple[int, int]
 
 
-class FeatureStore(Mapping):
+class FeatureStore(Mapping[str, FeatureMap]):
     """The features of a dataset folder, read lazily: ``store[path]`` is a :class:`FeatureMap`.
 
     Paths are the items' paths as the dataset lists them (:meth:`paths`): relative to the input
@@ -327,8 +317,6 @@ class FeatureStore(Mapping):
     """
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        from dinofeat.options import ExtractorOptions
-
         self.folder = Path(folder)
         manifest_path = self.folder / MANIFEST
         if not manifest_path.is_file():
@@ -340,11 +328,13 @@ class FeatureStore(Mapping):
         if self.manifest.get("kind") != "features":
             raise InputError(f"{self.folder} holds {self.manifest.get('kind', 'unknown')}, not features")
         settings = self.manifest["settings"]
+        features: dict[str, Any] = {name: settings[name] for name in FEATURE_SETTINGS}
+        features["layers"] = tuple(features["layers"])
         self.options = ExtractorOptions(
             model=self.manifest["model"],
             weights=self.manifest.get("weights"),
             batch_size=self.manifest.get("batch_size"),
-            **{name: tuple(settings[name]) if name == "layers" else settings[name] for name in FEATURE_SETTINGS},
+            **features,
         )
         self.dtype: str = settings["dtype"]
         self.root = Path(self.manifest["inputs"]["root"])
@@ -364,8 +354,6 @@ class FeatureStore(Mapping):
             # the index is used only if it was built from these very shards (a shard rewritten since,
             # by a run killed before it rewrote the index, has other items under the same keys)
             if recorded is not None and recorded == {f"{SHARDS}/{p.name}": shard_fingerprint(p) for p in files}:
-                import pyarrow.parquet as pq
-
                 table = pq.read_table(index).to_pydict()
                 rows = [dict(zip(table, values)) for values in zip(*table.values())]
         if rows is None:
@@ -412,12 +400,12 @@ class FeatureStore(Mapping):
             stride=self.stride,
         )
 
-    def _handle(self, shard: str):
-        from safetensors import safe_open
-
+    def _handle(self, shard: str) -> Any:
+        """The open (memory-mapped) safetensors file of ``shard``, the least recently used closed
+        beyond :data:`OPEN_SHARDS`."""
         handle = self._handles.pop(shard, None)
         if handle is None:
-            handle = safe_open(str(self.folder / shard), framework="pt")
+            handle = safetensors.safe_open(str(self.folder / shard), framework="pt")
         self._handles[shard] = handle
         while len(self._handles) > OPEN_SHARDS:
             self._handles.popitem(last=False)
@@ -425,10 +413,8 @@ class FeatureStore(Mapping):
 
     # -- helpers -------------------------------------------------------------------------------
     @property
-    def spec(self):
+    def spec(self) -> ModelSpec:
         """The model's :class:`~dinofeat.models.registry.ModelSpec`."""
-        from dinofeat.models.registry import get_spec
-
         return get_spec(self.options.model)
 
     @property
@@ -438,8 +424,6 @@ class FeatureStore(Mapping):
 
     def errors(self) -> list[dict]:
         """The ``{"path", "error"}`` records of the files that failed (``errors.jsonl``)."""
-        from dinofeat.dataset.manifest import read_errors
-
         return read_errors(self.folder / ERRORS)
 
     def sample(self, count: int) -> list[str]:
@@ -477,29 +461,17 @@ class FeatureStore(Mapping):
 
 
 class StoredFeatures:
-    """Offers the extractor interface (``extract_arrays``, ``options``, ``spec``, ``stride``,
-    ``batch_size``) over stored maps, so that the match and PCA workflows read features from a
-    :class:`FeatureStore` instead of running the model: ``extract_arrays(images)`` returns the maps
-    of ``paths``, in order, after checking that each image has the stored image's size."""
+    """A :class:`~dinofeat.features.source.FeatureSource` over stored maps, so that the match and PCA
+    workflows read features from a :class:`FeatureStore` instead of running the model:
+    ``extract_arrays(images)`` returns the maps of ``paths``, in order, after checking that each
+    image has the stored image's size. The settings are the store's."""
 
     def __init__(self, store: FeatureStore, paths: Sequence[str]) -> None:
         self.store, self.paths = store, list(paths)
-
-    @property
-    def options(self):
-        return self.store.options
-
-    @property
-    def spec(self):
-        return self.store.spec
-
-    @property
-    def stride(self) -> int:
-        return self.store.stride
-
-    @property
-    def batch_size(self) -> int:
-        return self.store.options.batch_size or GPU_BATCH_SIZE  # no model runs: only how maps are grouped
+        self.options: ExtractorOptions = store.options
+        self.spec: ModelSpec = store.spec
+        self.stride: int = store.stride
+        self.batch_size: int = store.options.batch_size or GPU_BATCH_SIZE  # no model runs: how maps are grouped
 
     def extract_arrays(self, images: Sequence[np.ndarray]) -> list[FeatureMap]:
         if len(images) != len(self.paths):

@@ -15,15 +15,25 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
+from dinofeat.dataset.layout import TRACKS
 from dinofeat.dataset.listing import Item
-from dinofeat.dataset.manifest import TRACKS, one_line
-from dinofeat.dataset.store import shard_name
+from dinofeat.dataset.manifest import one_line
+from dinofeat.dataset.store import shard_name, write_shard
 from dinofeat.errors import InputError
 from dinofeat.errors import field as field_named
+from dinofeat.features.extractor import Extractor
+from dinofeat.features.featuremap import FeatureMap
+from dinofeat.features.source import FeatureSource
+from dinofeat.io.images import load_image, resize
+from dinofeat.jobs import track
 from dinofeat.options import DatasetOptions, ExtractorOptions, FrameOptions, TrackerOptions, TrailOptions
+from dinofeat.pca import PCABasis, fit_pca
+from dinofeat.points import collect_queries
 from dinofeat.runtime.modelthread import block_interrupts
 
 
@@ -42,8 +52,8 @@ class FeatureJob:
     folder: str
     extractor: ExtractorOptions
     dataset: DatasetOptions
-    metadata: dict
-    pca: object = None
+    metadata: dict[str, Any]
+    pca: PCABasis | None = None
 
 
 @dataclass(frozen=True)
@@ -70,17 +80,15 @@ class ShardResult:
     the items that failed; ``stopped`` says the work stopped at an error (``on_error="fail"``)."""
 
     number: int
-    items: list[dict] = field(default_factory=list)
-    maps: list = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    maps: list[FeatureMap] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
     stopped: bool = False
 
 
-def decode_image(item: Item, extractor) -> Decoded:
+def decode_image(item: Item, extractor: Extractor) -> Decoded:
     """Read ``item``'s image and resize it to its processed size (any failure is recorded, not raised:
     one bad file among thousands must not stop the others)."""
-    from dinofeat.io.images import load_image, resize
-
     try:
         image = load_image(item.file)
         size_wh = (image.shape[1], image.shape[0])
@@ -92,9 +100,9 @@ def decode_image(item: Item, extractor) -> Decoded:
 def compute_shard(
     number: int,
     decoded: Iterable[Decoded],
-    extractor,
+    extractor: Extractor,
     *,
-    pca=None,
+    pca: PCABasis | None = None,
     stop_on_error: bool = False,
     on_items: Callable[[int], None] | None = None,
 ) -> ShardResult:
@@ -108,21 +116,22 @@ def compute_shard(
     """
     result = ShardResult(number)
     order: list[Decoded] = []
+    # position in order -> (processed image, original size), until its batch runs
+    pending: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
     groups: dict[tuple[int, int], list[int]] = {}
-    maps: dict[int, object] = {}
+    maps: dict[int, FeatureMap] = {}
 
     def run(positions: list[int]) -> None:
-        batch = [order[p] for p in positions]
-        out = extractor.extract_resized([d.image for d in batch], [d.size_wh for d in batch])
+        batch = [pending.pop(p) for p in positions]
+        out = extractor.extract_resized([image for image, _ in batch], [size for _, size in batch])
         for p, fmap in zip(positions, out):
             features = fmap.features if pca is None else pca.transform(fmap.features)
             maps[p] = replace(fmap, features=features, cls_token=None, register_tokens=None)
-            order[p].image = None
         if on_items is not None:
             on_items(len(positions))
 
     for item in decoded:
-        if item.error is not None:
+        if item.image is None or item.size_wh is None:  # not decoded: item.error says why
             result.errors.append({"item": item.item.index, "path": item.item.path, "error": item.error})
             if on_items is not None:
                 on_items(1)
@@ -131,7 +140,9 @@ def compute_shard(
                 return result
             continue
         order.append(item)
+        pending[len(order) - 1] = (item.image, item.size_wh)
         size = (item.image.shape[1], item.image.shape[0])
+        item.image = None  # held in pending until its batch runs, then dropped
         groups.setdefault(size, []).append(len(order) - 1)
         if len(groups[size]) == extractor.batch_size:
             run(groups.pop(size))
@@ -144,21 +155,17 @@ def compute_shard(
 
 def write_shard_result(job: FeatureJob, result: ShardResult) -> None:
     """Write a computed shard to ``job.folder/shards/`` (atomically)."""
-    from dinofeat.dataset.store import write_shard
-
     path = Path(job.folder) / shard_name(result.number)
     write_shard(
         path, result.number, result.items, result.maps, result.errors, dtype=job.dataset.dtype, metadata=job.metadata
     )
 
 
-def fit_storage_pca(items: Sequence[Item], extractor, job: FeatureJob):
+def fit_storage_pca(items: Sequence[Item], extractor: Extractor, job: FeatureJob) -> PCABasis:
     """The ``--pca K`` basis: :func:`~dinofeat.pca.fit_pca` (seeded) on the patches of ``items``
     (images that cannot be read are left out)."""
-    import torch
-
-    from dinofeat.pca import fit_pca
-
+    if job.dataset.pca is None:
+        raise ValueError("fit_storage_pca needs a job whose dataset options ask for a PCA")
     with ThreadPoolExecutor(job.dataset.decode_threads, initializer=block_interrupts) as pool:
         decoded = list(pool.map(lambda item: decode_image(item, extractor), items))
     result = compute_shard(-1, decoded, extractor)
@@ -194,8 +201,6 @@ class QuerySpec:
         raise InputError(f"no points file for {item.path} (looked for {candidates[0]} and {candidates[1].name})")
 
     def for_item(self, item: Item, first_frame: int, size_wh: tuple[int, int]) -> list[tuple[float, float, float]]:
-        from dinofeat.points import collect_queries
-
         points_file = self.points_file_for(item)
         return collect_queries(
             first_frame,
@@ -206,7 +211,7 @@ class QuerySpec:
             grid=self.grid,
         )
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "points": [list(p) for p in self.points_xy],
             "queries": [list(q) for q in self.queries_txy],
@@ -255,13 +260,11 @@ def track_outputs(folder: str | os.PathLike, path: str, formats: Sequence[str]) 
     return {fmt: Path(folder) / TRACKS / f"{stem}.{fmt}" for fmt in formats}
 
 
-def track_item(item: Item, extractor, job: TrackJob) -> ItemOutcome:
+def track_item(item: Item, extractor: FeatureSource, job: TrackJob) -> ItemOutcome:
     """Track one video of the dataset and write its files atomically (as single-file ``dinofeat
     track`` would, with the video's dataset path in the JSON); a bad video is an outcome, not raised:
     any error of this video (a decoder's, whatever its type) is its one-line reason, as in
     :func:`decode_image` (an interrupt is raised)."""
-    from dinofeat.jobs import track  # lazy: workers import torch only when they track
-
     outputs = track_outputs(job.folder, item.path, job.dataset.outputs)
     try:
         video_job = track.TrackJob(

@@ -18,31 +18,34 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from dinofeat.errors import InputError
-from dinofeat.eval.spair import SPairReport, evaluate_spair, read_spair
+from dinofeat.eval.spair import MatchFn, SPairReport, evaluate_spair, read_spair
 from dinofeat.eval.sweeps import Sweep, SweepRun
 from dinofeat.eval.tapvid import (
     DEFAULT_RESOLUTION,
     TABLE_COLUMNS,
     TapVidReport,
     TapVidVideo,
+    TrackFn,
     evaluate_tapvid,
     evaluate_video,
     read_tapvid,
 )
 from dinofeat.eval.tapvid_metrics import mean_metrics
 from dinofeat.features.cache import FeatureCache
+from dinofeat.features.extractor import Extractor
+from dinofeat.features.source import FeatureSource
+from dinofeat.matching import match_features
 from dinofeat.options import MatchOptions, SPairOptions, TapVidOptions, TrackerOptions
 from dinofeat.runtime.progress import Progress, report
+from dinofeat.tracking import track_both_ways
+from dinofeat.tracks import Tracks
 
 
-def tracker_fn(extractor, options: TrackerOptions | None = None):
+def tracker_fn(extractor: FeatureSource, options: TrackerOptions | None = None) -> TrackFn:
     """A TAP-Vid ``track_fn(frames, queries_txy) -> (tracks_xy, visible)`` running dinofeat's
     tracker both ways from each query's frame: ``frames`` ``(T, H, W, 3) uint8``, queries
     ``(N, 3)`` ``(t, x, y)`` dinofeat pixels; returns ``(N, T, 2)`` pixels and ``(N, T)`` bool.
     Queries are tracked independently (the benchmark's rule)."""
-    from dinofeat.tracking import track_both_ways
-    from dinofeat.tracks import Tracks
-
     options = options or TrackerOptions()
 
     def track(frames: np.ndarray, queries_txy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +64,7 @@ def _protocol(options: TapVidOptions) -> dict:
 
 def evaluate_tapvid_file(
     path: str | os.PathLike,
-    extractor,
+    extractor: FeatureSource,
     options: TapVidOptions | None = None,
     tracker: TrackerOptions | None = None,
     *,
@@ -83,7 +86,7 @@ def evaluate_tapvid_file(
 
 def sweep_tapvid(
     videos: Sequence[TapVidVideo],
-    extractor,
+    extractor: Extractor,
     grid: Mapping[str, Sequence[float]],
     options: TapVidOptions | None = None,
     tracker: TrackerOptions | None = None,
@@ -137,12 +140,10 @@ def _sweep_settings(grid: Mapping[str, Sequence[float]]) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[name] for name in names))]
 
 
-def matcher_fn(extractor, options: MatchOptions | None = None):
+def matcher_fn(extractor: FeatureSource, options: MatchOptions | None = None) -> MatchFn:
     """An SPair ``match_fn(image_a, image_b, points_xy) -> target_xy`` using the exact matcher;
     keypoints are clamped into image A (a few sit on the image's outer edge); matches that fail a
     check asked for (``require_mutual``, ``max_ratio``, ``ransac``) come back NaN, i.e. a miss."""
-    from dinofeat.matching import match_features
-
     options = options or MatchOptions()
 
     def transfer(image_a: np.ndarray, image_b: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
@@ -159,7 +160,7 @@ def matcher_fn(extractor, options: MatchOptions | None = None):
 
 def evaluate_spair_folder(
     root: str | os.PathLike,
-    extractor,
+    extractor: FeatureSource,
     options: SPairOptions | None = None,
     matching: MatchOptions | None = None,
     *,
@@ -174,11 +175,11 @@ def evaluate_spair_folder(
     )
 
 
-def _model_name(extractor) -> str:
+def _model_name(extractor: FeatureSource) -> str:
     return extractor.options.model
 
 
-def tapvid_sweep_json(sweep: Sweep, extractor, options: TapVidOptions | None = None) -> dict:
+def tapvid_sweep_json(sweep: Sweep, extractor: FeatureSource, options: TapVidOptions | None = None) -> dict:
     """The ``dinofeat eval tapvid --sweep --json`` document: the protocol and the frames' raster
     the sweep ran with (as :meth:`~dinofeat.eval.tapvid.TapVidReport.to_json` writes them: ``[H, W]`` or
     ``"full"``), the model, and :meth:`~dinofeat.eval.sweeps.Sweep.to_json`."""

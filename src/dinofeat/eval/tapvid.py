@@ -215,8 +215,9 @@ def _check_video(video: Any, label: str) -> tuple[np.ndarray | tuple[bytes, ...]
     )
 
 
-def _decode_frames(encoded: Sequence[bytes], label: str) -> np.ndarray:
-    """Decode JPEG (any Pillow-readable) frames, as the reference's Kinetics reader does."""
+def _decode_frames(encoded: np.ndarray | Sequence[bytes], label: str) -> np.ndarray:
+    """Decode JPEG (any Pillow-readable) frames (a sequence or an object array of bytes), as the
+    reference's Kinetics reader does."""
     frames = []
     for index, data in enumerate(encoded):
         try:

@@ -224,11 +224,11 @@ def mean_metrics(per_video: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return out
 
 
-def _ratio(numerator: int, denominator: int) -> float:
+def _ratio(numerator: int | np.integer, denominator: int | np.integer) -> float:
     return numerator / denominator if denominator else math.nan
 
 
-def describe_array(value) -> str:
+def describe_array(value: object) -> str:
     """``float64 array of shape (3, 4)`` (or the type's name), for error messages."""
     if isinstance(value, np.ndarray):
         return f"{value.dtype} array of shape {value.shape}"

@@ -9,7 +9,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dinofeat.features.extractor import Extractor
 from dinofeat.features.featuremap import FeatureMap
+from dinofeat.models.registry import ModelSpec
+from dinofeat.options import ExtractorOptions
 
 #: Feature maps kept by default.
 DEFAULT_CACHE_SIZE = 8
@@ -18,8 +21,8 @@ DEFAULT_CACHE_SIZE = 8
 class FeatureCache:
     """A least-recently-used cache of feature maps in front of an :class:`~dinofeat.features.extractor.Extractor`.
 
-    It offers the extractor's extraction interface (``extract_arrays``, ``options``, ``spec``,
-    ``stride``, ``batch_size``), so every workflow takes either. Keys are the image's content and
+    It is a :class:`~dinofeat.features.source.FeatureSource` like the extractor, so every workflow
+    takes either. Keys are the image's content and
     the extractor's options, so :meth:`with_options` (another resolution, say) gives a view that
     shares the same store without mixing up maps. Thread-safe; model calls run one at a time.
 
@@ -28,14 +31,14 @@ class FeatureCache:
         size: maps kept at most (the least recently used are dropped first).
     """
 
-    def __init__(self, extractor, size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(self, extractor: Extractor, size: int = DEFAULT_CACHE_SIZE) -> None:
         self.extractor = extractor
         self.size = int(size)
-        self._store: OrderedDict = OrderedDict()
+        self._store: OrderedDict[tuple[str, ExtractorOptions], FeatureMap] = OrderedDict()
         self._store_lock = threading.Lock()
         self.model_lock = threading.Lock()
 
-    def with_options(self, **changes) -> FeatureCache:
+    def with_options(self, **changes: object) -> FeatureCache:
         """A view through ``extractor.with_options(**changes)`` sharing this cache's store and locks
         (itself when nothing changes)."""
         if all(getattr(self.extractor.options, key) == value for key, value in changes.items()):
@@ -45,12 +48,13 @@ class FeatureCache:
         view.extractor = self.extractor.with_options(**changes)
         return view
 
+    # -- the extractor's settings (FeatureSource) --------------------------------------------------
     @property
-    def options(self):
+    def options(self) -> ExtractorOptions:
         return self.extractor.options
 
     @property
-    def spec(self):
+    def spec(self) -> ModelSpec:
         return self.extractor.spec
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -14,6 +15,7 @@ from dinofeat.errors import FieldMessage, InputError
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.io.images import ImageLike, load_image, processed_size, resize, size_cap_note
 from dinofeat.models.registry import DEFAULT_MODEL, ModelSpec
+from dinofeat.models.vit import DenseViT
 from dinofeat.models.weights import load_model
 from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION, ExtractorOptions
 from dinofeat.runtime.devices import autocast, default_batch_size, resolve_device, resolve_precision
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 RESPONSIVE_BLOCK_FLOPS = 2e10
 #: ``block_progress(description)`` gives a context manager yielding the forward pass's
 #: :class:`~dinofeat.runtime.progress.Progress` (called as ``progress(blocks_done, blocks_total)``).
-BlockProgress = Callable[[str], contextlib.AbstractContextManager]
+BlockProgress = Callable[[str], contextlib.AbstractContextManager[Progress | None]]
 
 
 class Extractor:
@@ -73,7 +75,7 @@ class Extractor:
 
     def __init__(
         self,
-        model: str | torch.nn.Module = DEFAULT_MODEL,
+        model: str | DenseViT = DEFAULT_MODEL,
         *,
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "auto",
@@ -106,7 +108,7 @@ class Extractor:
     def from_options(
         cls,
         options: ExtractorOptions,
-        model: torch.nn.Module | None = None,
+        model: DenseViT | None = None,
         *,
         block_progress: BlockProgress | None = None,
     ) -> Extractor:
@@ -119,7 +121,7 @@ class Extractor:
     def _load(
         self,
         options: ExtractorOptions,
-        model: torch.nn.Module | None,
+        model: DenseViT | None,
         block_progress: BlockProgress | None,
         device: torch.device | None = None,
     ) -> None:
@@ -132,7 +134,7 @@ class Extractor:
         self._setup(vit.eval().to(device), device, options)
         self.block_progress = block_progress
 
-    def _setup(self, vit: torch.nn.Module, device: torch.device, options: ExtractorOptions) -> None:
+    def _setup(self, vit: DenseViT, device: torch.device, options: ExtractorOptions) -> None:
         # options are checked against the model's spec (ExtractorOptions); a model built with fewer
         # blocks (a ``depth`` override) may still lack a layer
         vit.resolve_layers(options.layers)
@@ -144,9 +146,10 @@ class Extractor:
         mean, std = torch.tensor(vit.spec.mean), torch.tensor(vit.spec.std)
         self._mean = (mean * 255).view(1, 3, 1, 1).to(device)
         self._std = (std * 255).view(1, 3, 1, 1).to(device)
-        self._announced: set = set()  # size caps already announced (shared with with_options copies)
+        # size caps already announced, as (resolution, max_size, stride) (shared with with_options copies)
+        self._announced: set[tuple[int, int | None, int]] = set()
 
-    def with_options(self, **changes) -> Extractor:
+    def with_options(self, **changes: object) -> Extractor:
         """A copy with other feature options (resolution, max_size, stride, layers, facet, batch_size,
         precision), checked again, sharing this one's loaded model."""
         fixed = {"model", "weights", "device"} & set(changes)
@@ -215,7 +218,7 @@ class Extractor:
                 batch = [images[i] for i in chunk]
                 for i, fmap in zip(chunk, self._forward(batch, size_wh)):
                     results[i] = fmap
-        return results  # type: ignore[return-value]
+        return results  # type: ignore[return-value]  # every index is in one group, so none is left None
 
     def memory_needed(self, batch: int, size_wh: tuple[int, int]) -> ForwardMemory:
         """Estimated memory of one forward pass of ``batch`` images of ``size_wh`` processed pixels
@@ -306,7 +309,9 @@ class Extractor:
         return batch * (12 * tokens * dim * dim + 2 * tokens * tokens * dim)
 
     @torch.inference_mode()
-    def _model_pass(self, batch: list[np.ndarray], progress: Progress | None, cancel) -> tuple:
+    def _model_pass(
+        self, batch: list[np.ndarray], progress: Progress | None, cancel: threading.Event | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         def on_block(done: int, total: int) -> None:
             if cancel is not None and cancel.is_set():
                 raise KeyboardInterrupt  # the caller was interrupted: stop between blocks

@@ -144,6 +144,7 @@ def size_cap_note(
 
 def resize(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     """Resize ``(H, W, 3) uint8`` to ``size_wh`` with antialiased bicubic (Pillow); no-op if equal."""
-    if (image.shape[1], image.shape[0]) == tuple(size_wh):
+    width, height = size_wh
+    if (image.shape[1], image.shape[0]) == (width, height):
         return image
-    return np.asarray(Image.fromarray(image).resize(tuple(size_wh), Image.Resampling.BICUBIC))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))

@@ -16,9 +16,12 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any, overload
 
 import numpy as np
+from PIL import Image
 
 from dinofeat.errors import InputError, field
 
@@ -93,8 +96,14 @@ def _plain_file_mode() -> int:
     return 0o666 & ~umask
 
 
-@contextlib.contextmanager
-def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> Iterator[list[Path | None]]:
+@overload
+def staged_outputs(paths: Sequence[str | os.PathLike]) -> AbstractContextManager[Sequence[Path]]: ...
+@overload
+def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> AbstractContextManager[Sequence[Path | None]]: ...
+
+
+@contextlib.contextmanager  # yields Sequence[Any]: a Path for each path given, None for each None
+def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> Iterator[Sequence[Any]]:
     """Give temporary paths to write to; rename them onto ``paths`` only if the block succeeds.
 
     ``None`` entries stay ``None`` (an output the user did not ask for). Temporary files live next to
@@ -114,14 +123,14 @@ def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> Iterator[list[P
             temps.append(Path(tmp))
         yield temps
         mode = _plain_file_mode()
-        for tmp, path in zip(temps, paths):
-            if tmp is not None:
-                os.chmod(tmp, mode)
-                os.replace(tmp, path)
+        for staged, path in zip(temps, paths):
+            if staged is not None and path is not None:
+                os.chmod(staged, mode)
+                os.replace(staged, path)
     finally:
-        for tmp in temps:
-            if tmp is not None and tmp.exists():
-                tmp.unlink()
+        for staged in temps:
+            if staged is not None and staged.exists():
+                staged.unlink()
 
 
 def format_json(document: dict) -> str:
@@ -139,6 +148,4 @@ def format_json(document: dict) -> str:
 
 def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write an ``(H, W, 3|4) uint8`` RGB(A) image; the format follows the suffix (Pillow)."""
-    from PIL import Image
-
     Image.fromarray(np.ascontiguousarray(image)).save(path)

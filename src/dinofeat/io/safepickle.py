@@ -15,6 +15,11 @@ from typing import Any
 
 import numpy as np
 
+try:  # numpy >= 2 (numpy 1.26 also has these, for reading numpy 2 pickles)
+    from numpy._core import multiarray, numeric
+except ImportError:  # pragma: no cover - older numpy
+    from numpy.core import multiarray, numeric  # type: ignore[no-redef]  # the same modules, older name
+
 from dinofeat.errors import InputError
 from dinofeat.io.inputs import check_input_file
 
@@ -28,10 +33,6 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
 
 def _array_globals() -> dict[tuple[str, str], Any]:
     """The only names a numpy-array pickle needs: array/dtype/scalar reconstruction, a few builtins."""
-    try:  # numpy >= 2 (numpy 1.26 also has these, for reading numpy 2 pickles)
-        from numpy._core import multiarray, numeric
-    except ImportError:  # pragma: no cover - older numpy
-        from numpy.core import multiarray, numeric
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -41,7 +42,7 @@ def _array_globals() -> dict[tuple[str, str], Any]:
     for package in ("numpy.core", "numpy._core"):
         allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
         allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
-        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]  # private
     for module in ("builtins", "__builtin__"):
         for name, value in (("bytearray", bytearray), ("set", set), ("frozenset", frozenset), ("complex", complex)):
             allowed[(module, name)] = value

@@ -158,6 +158,7 @@ class VideoWriter:
         rate = Fraction(fps).limit_denominator(1001)
         container_format = CONTAINERS.get(self.path.suffix.lower(), "mp4")
         options = {"movflags": "+faststart"} if container_format in ("mp4", "mov") else {}
+        self._container: av.container.OutputContainer | None = None
         try:
             self._container = av.open(str(self.path), mode="w", format=container_format, options=options)
         except (av.FFmpegError, OSError) as err:
@@ -180,9 +181,15 @@ class VideoWriter:
             frame_rgb = np.pad(frame_rgb, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_rgb), format="rgb24")
         frame.pts = self.frames_written
+        container = self._open_container()
         for packet in self._stream.encode(frame.reformat(format="yuv420p")):
-            self._container.mux(packet)
+            container.mux(packet)
         self.frames_written += 1
+
+    def _open_container(self) -> av.container.OutputContainer:
+        if self._container is None:
+            raise ValueError(f"the writer of {self.path} is closed")
+        return self._container
 
     def close(self) -> None:
         """Flush the encoder and finalise the file (called by the context manager)."""

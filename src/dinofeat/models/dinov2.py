@@ -70,16 +70,13 @@ class DinoVisionTransformer(DenseViT):
         cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
         dim = pos.shape[-1]
         offset = self.spec.interpolate_offset
+        grid = patch_pos.reshape(1, m, m, dim).permute(0, 3, 1, 2)
+        antialias = self.spec.interpolate_antialias
         if offset:
-            resize = {"scale_factor": ((gh + offset) / m, (gw + offset) / m)}
+            scale = ((gh + offset) / m, (gw + offset) / m)
+            patch_pos = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=antialias)
         else:
-            resize = {"size": (gh, gw)}
-        patch_pos = F.interpolate(
-            patch_pos.reshape(1, m, m, dim).permute(0, 3, 1, 2),
-            mode="bicubic",
-            antialias=self.spec.interpolate_antialias,
-            **resize,
-        )
+            patch_pos = F.interpolate(grid, size=(gh, gw), mode="bicubic", antialias=antialias)
         if tuple(patch_pos.shape[-2:]) != (gh, gw):  # pragma: no cover - guards the float kludge
             raise RuntimeError(f"positional embedding resized to {tuple(patch_pos.shape[-2:])}, not {(gh, gw)}")
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, gh * gw, dim)

@@ -88,6 +88,8 @@ class RopeEmbedding(nn.Module):
     ``periods`` is a buffer only because Meta's checkpoints store it (``rope_embed.periods``).
     """
 
+    periods: torch.Tensor
+
     def __init__(self, head_dim: int, base: float = ROPE_BASE) -> None:
         super().__init__()
         self.head_dim = head_dim
@@ -119,6 +121,8 @@ def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, prefix: in
 
 class KeyMaskedLinear(nn.Linear):
     """The fused qkv projection: its bias is multiplied by ``bias_mask`` (1 for q and v, 0 for k)."""
+
+    bias_mask: torch.Tensor
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim, 3 * dim, bias=True)

@@ -34,6 +34,10 @@ _META_URL = "https://dl.fbaipublicfiles.com/dinov2"
 DINOV3_DOWNLOADS = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
 
 
+#: The feed-forward network of a block: a two-layer MLP, or SwiGLU.
+Ffn = Literal["mlp", "swiglu"]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One DINOv2 or DINOv3 backbone.
@@ -48,7 +52,7 @@ class ModelSpec:
     embed_dim: int
     depth: int
     num_heads: int
-    ffn: Literal["mlp", "swiglu"]
+    ffn: Ffn
     num_registers: int  # DINOv3 calls them storage tokens
     hf_repo: str
     patch_size: int = 14
@@ -110,7 +114,7 @@ class ModelSpec:
         return bool(self.num_registers)
 
 
-def _family(size: str, arch: str, dim: int, depth: int, heads: int, ffn: str, hf: str) -> list[ModelSpec]:
+def _family(size: str, arch: str, dim: int, depth: int, heads: int, ffn: Ffn, hf: str) -> list[ModelSpec]:
     plain = ModelSpec(f"dinov2_vit{size}14", arch, dim, depth, heads, ffn, 0, f"facebook/dinov2-{hf}")
     reg = ModelSpec(f"dinov2_vit{size}14_reg", arch, dim, depth, heads, ffn, 4, f"facebook/dinov2-with-registers-{hf}")
     return [plain, reg]
@@ -121,7 +125,7 @@ def _dinov3(
     dim: int,
     depth: int,
     heads: int,
-    ffn: str,
+    ffn: Ffn,
     ratio: float,
     hashes: dict[str, str],
     *,

@@ -20,9 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import warnings
+import zipfile
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 from dinofeat.errors import WeightsError, field
@@ -70,7 +73,7 @@ def hub_checkpoint_path(spec: ModelSpec) -> Path:
 
 def _hf_cached(spec: ModelSpec) -> str | None:
     """Path of the weights file (or shard index) of ``spec.hf_repo`` in the Hugging Face cache, or None."""
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # lazy: huggingface_hub takes ~0.1 s to import
 
     for filename in _HF_FILES:
         found = try_to_load_from_cache(spec.hf_repo, filename)
@@ -144,9 +147,6 @@ def _not_a_checkpoint(path: Path, what: str) -> WeightsError:
 
 def _what_file_is(path: Path, err: BaseException) -> str:
     """What a file torch could not load is, in a few words, from its first bytes (and torch's error)."""
-    import pickle
-    import zipfile
-
     with open(path, "rb") as f:
         head = f.read(512)
     known = _known_format(head)
@@ -205,10 +205,8 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _read_safetensors(path: Path) -> StateDict:
-    from safetensors.torch import load_file
-
     try:
-        return load_file(str(path))
+        return safetensors.torch.load_file(str(path))
     except Exception as err:  # noqa: BLE001 - safetensors raises SafetensorError / OSError for bad files
         with open(path, "rb") as f:
             known = _known_format(f.read(16))
@@ -254,7 +252,11 @@ def _is_state_dict(obj: dict) -> bool:
 # Architecture checks and loading
 
 
-def _architecture(spec: ModelSpec) -> tuple:
+#: What a checkpoint tells of its model: family, embed dim (None if unknown), blocks, registers, FFN (DINOv3).
+Architecture = tuple[str, int | None, int, int, str | None]
+
+
+def _architecture(spec: ModelSpec) -> Architecture:
     """What a checkpoint can tell about a model (ViT-L LVD-1689M and SAT-493M share one)."""
     return spec.family, spec.embed_dim, spec.depth, spec.num_registers, spec.ffn if spec.family == "dinov3" else None
 
@@ -262,6 +264,7 @@ def _architecture(spec: ModelSpec) -> tuple:
 def describe_architecture(state: StateDict) -> tuple[str | None, str]:
     """Guess which registry model a Meta-keyed state dict belongs to: (name or None, description)."""
     dim = state["cls_token"].shape[-1] if "cls_token" in state else None
+    found: Architecture
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     if "storage_tokens" in state or "rope_embed.periods" in state:  # DINOv3
         regs = state["storage_tokens"].shape[1] if "storage_tokens" in state else 0
@@ -363,6 +366,7 @@ def _from_hf_hub(spec: ModelSpec) -> StateDict:
 
 def _hf_download(spec: ModelSpec) -> str:
     """Download the weights of ``spec.hf_repo``: ``model.safetensors``, or the shards its index lists."""
+    # lazy: huggingface_hub takes ~0.1 s to import, and only a download needs it
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -379,7 +383,7 @@ def _hf_download(spec: ModelSpec) -> str:
 
 def _access_refused(err: BaseException) -> bool:
     """A gated repo the user has no access to (no token: 401; licence not accepted: 403)."""
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError  # lazy: as in _hf_download
 
     if isinstance(err, GatedRepoError):
         return True
@@ -398,6 +402,8 @@ def _refusal_message(spec: ModelSpec, err: BaseException) -> str:
 
 
 def _from_url(spec: ModelSpec) -> StateDict:
+    if spec.url is None:
+        raise WeightsError(f"no download URL for {spec.name}")
     if offline_mode():
         raise WeightsError("skipped: HF_HUB_OFFLINE is set")
     return _unwrap(

@@ -41,11 +41,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from dinofeat.errors import InputError, field
+
+if TYPE_CHECKING:  # types only: the runtime layer does not import the models at run time
+    from dinofeat.models.vit import DenseViT
 
 GB = 1024**3
 
@@ -92,7 +96,7 @@ def model_bytes(model: nn.Module) -> int:
 
 
 def forward_memory(
-    model: nn.Module,
+    model: DenseViT,
     batch: int,
     size_wh: tuple[int, int],
     *,
@@ -113,7 +117,7 @@ def forward_memory(
     low = dtype in (torch.bfloat16, torch.float16)
     wide, narrow = 4, (2 if low else 4)  # residual stream and norms stay float32 under autocast
     first = model.blocks[0]
-    hidden = 2 * sum(m.out_features for m in first.mlp.children() if isinstance(m, nn.Linear))
+    hidden = 2 * sum(m.out_features for m in first.get_submodule("mlp").children() if isinstance(m, nn.Linear))
     hidden -= 2 * dim  # the last projection back to dim is counted with the stream
     rope = 4 * dim * 4 if model.spec.family == "dinov3" else 0  # float32 copies of q, k and the rotated ones
     per_token = 4 * dim * wide + 9 * dim * narrow + hidden * narrow + rope
@@ -122,7 +126,7 @@ def forward_memory(
     materialised = attention_materialised(device, dtype, dim // heads)
     attention = 2 * batch * heads * tokens * tokens * (4 if not low else 2) if materialised else 0
     weights = model_bytes(model) if weight_bytes is None else weight_bytes
-    return ForwardMemory(batch, tuple(size_wh), tokens, activations, attention, weights, materialised)
+    return ForwardMemory(batch, (size_wh[0], size_wh[1]), tokens, activations, attention, weights, materialised)
 
 
 @functools.cache
@@ -156,10 +160,9 @@ def available_memory(device: torch.device) -> int | None:
         free, _total = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     if device.type == "mps":
-        mps = getattr(torch, "mps", None)
         try:
-            return int(mps.recommended_max_memory() - mps.driver_allocated_memory())
-        except Exception:  # noqa: BLE001 - older torch has neither function
+            return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+        except Exception:  # noqa: BLE001 - older torch has neither function (or no torch.mps)
             return None
     return None
 

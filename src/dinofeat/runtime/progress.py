@@ -13,7 +13,7 @@ Nothing in the library draws a bar itself.
 from __future__ import annotations
 
 import sys
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Progress(Protocol):
@@ -42,13 +42,13 @@ class TqdmProgress:
     def __init__(self, desc: str, unit: str, *, enabled: bool = True, delay: float = 0.0, leave: bool = True) -> None:
         self.desc, self.unit, self.enabled = desc, unit, enabled
         self.delay, self.leave = delay, leave
-        self._bar = None
+        self._bar: Any = None  # a tqdm bar, made on the first call
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
             return
         if self._bar is None:
-            from tqdm import tqdm
+            from tqdm import tqdm  # lazy: tqdm takes ~0.07 s to import, and only a drawn bar needs it
 
             self._bar = tqdm(
                 total=total or None,
@@ -65,6 +65,6 @@ class TqdmProgress:
     def __enter__(self) -> TqdmProgress:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.close()
