@@ -210,7 +210,8 @@ def match_auto(session, a, b, count, names, *options) -> tuple:
     """*Find automatic points*: ``count`` distinctive, well-spread points of A, matched."""
     if a is None or b is None:
         raise InputError("upload both images first")
-    return match_show(session, a, b, [], names, *options, auto_count=int(count))
+    resolution, mutual, ransac, color_by = options
+    return match_show(session, a, b, [], names, resolution, mutual, ransac, color_by, auto_count=int(count))
 
 
 def match_clear_points(a, b, names) -> tuple:

@@ -79,7 +79,7 @@ def checked_image(gr, **kwargs):
 def bound(handler, session: AppSession):
     """``handler`` with the session as its first argument (Gradio sees the remaining signature)."""
     call = functools.partial(handler, session)
-    call.__name__ = handler.__name__
+    setattr(call, "__name__", handler.__name__)  # noqa: B010 - a partial takes it; its type does not declare it
     return call
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dinofeat.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE
@@ -21,13 +21,13 @@ def add_options(parser, options_class, *names: str, exclude: tuple[str, ...] = (
     """Add the command-line flags of ``options_class``'s fields (all with a flag, or only ``names``).
 
     ``help_texts`` replace a field's help where the command says it differently ("frames per
-    forward pass" for a video).
+    forward pass" for a video); an empty one keeps the field's own.
     """
     for f in dataclasses.fields(options_class):
         meta = f.metadata
         if not meta.get("flag") or (names and f.name not in names) or f.name in exclude:
             continue
-        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": help_texts.get(f.name, meta["help"])}
+        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": help_texts.get(f.name) or meta["help"]}
         if isinstance(f.default, bool):
             kwargs["action"] = "store_true"
         elif meta.get("repeat"):
@@ -54,7 +54,7 @@ def options_from(args: argparse.Namespace, options_class, **overrides: Any):
     return options_class(**{**values, **overrides})
 
 
-def _argparse_type(meta: dict) -> Callable[[str], Any]:
+def _argparse_type(meta: Mapping[str, Any]) -> Callable[[str], Any]:
     parse = meta["parse"]
     if parse is None:
         allowed = meta["range"]
@@ -86,8 +86,7 @@ def add_extractor_options(
     from dinofeat.options import ExtractorOptions
 
     features = parser.add_argument_group("features")
-    helps = {"batch_size": batch_help} if batch_help else {}
-    add_options(features, ExtractorOptions, "layers", "facet", "stride", "batch_size", **helps)
+    add_options(features, ExtractorOptions, "layers", "facet", "stride", "batch_size", batch_size=batch_help or "")
     model = parser.add_argument_group("model")
     add_options(model, ExtractorOptions, "model", "weights", "device", "precision", "resolution", "max_size")
     if resolution is not None:
