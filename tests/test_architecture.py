@@ -13,14 +13,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "dinofeat"
 #: The layers that may import anything (they sit on top); nothing else may import them.
 TOP_LAYERS = ("dinofeat.cli", "dinofeat.app")
-#: TODO(issue 18): files whose function-level imports do not all carry a ``# lazy: ...`` comment
-#: yet (their modules are being restructured); remove each once it is done.
-LAZY_COMMENTS_PENDING = {
-    "dinofeat/colorize.py",
-    "dinofeat/features/files.py",
-    "dinofeat/matching.py",
-    "dinofeat/tracking.py",
-}
 
 
 @dataclass(frozen=True)
@@ -183,16 +175,14 @@ def test_only_the_cli_and_the_app_import_the_cli_and_the_app():
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in source_files() if not module_name(p).startswith(TOP_LAYERS)],
+    source_files(),
     ids=lambda p: str(p.relative_to(SRC)),
 )
 def test_function_level_imports_say_why(path):
-    """Outside the CLI and the app, an import inside a function is there only to keep ``import
-    dinofeat`` and ``dinofeat --help`` fast (or an optional dependency out of the way), and says so:
-    ``# lazy: ...`` on its line or in the comment above it."""
+    """An import inside a function is there only to keep ``import dinofeat`` and ``dinofeat --help``
+    fast (or an optional dependency out of the way), and says so: ``# lazy: ...`` on its line or in
+    the comment above it. The CLI and the app too: their modules are imported for ``--help``."""
     relative = path.relative_to(SRC).as_posix()
-    if relative in LAZY_COMMENTS_PENDING:
-        pytest.skip("TODO(issue 18): being restructured")
     lines = path.read_text(encoding="utf-8").splitlines()
     unexplained = [
         f"{relative}:{line}: {text.strip()}"

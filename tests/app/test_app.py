@@ -308,11 +308,16 @@ def test_track_writes_video_json_and_csv(session, video):
 
 
 def _count_probes(monkeypatch) -> list:
-    """Record every probe_video call (the workflows import it from dinofeat.io.video when they run)."""
+    """Record every probe_video call, in every dinofeat module that imported the function."""
+    import sys
+
     import dinofeat.io.video
 
     calls, probe = [], dinofeat.io.video.probe_video
-    monkeypatch.setattr(dinofeat.io.video, "probe_video", lambda path: calls.append(str(path)) or probe(path))
+    counted = lambda path: calls.append(str(path)) or probe(path)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("dinofeat") and getattr(module, "probe_video", None) is probe:
+            monkeypatch.setattr(module, "probe_video", counted)
     return calls
 
 

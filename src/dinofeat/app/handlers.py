@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dinofeat.app.session import MAX_POINTS
 from dinofeat.drawing import draw_points
 from dinofeat.errors import DinofeatError, InputError
 from dinofeat.optionspec import flag_of
@@ -38,6 +39,7 @@ GRADIO_MISSING = 'the web app needs Gradio, an optional extra: pip install "dino
 def require_gradio():
     """Import Gradio, or raise :class:`~dinofeat.errors.DinofeatError` saying how to install it."""
     try:
+        # lazy: Gradio is an optional extra (dinofeat[app])
         import gradio
     except ImportError:
         raise DinofeatError(GRADIO_MISSING) from None
@@ -193,7 +195,6 @@ def match_clear_b(a, points, names) -> tuple:
 @messages
 def match_click(session, a, b, points, names, resolution, mutual, ransac, color_by, index) -> tuple:
     """A click on image A at Gradio's ``index``: one more query point."""
-    from dinofeat.app.session import MAX_POINTS
 
     if a is None:
         raise InputError("upload image A first")
@@ -297,7 +298,6 @@ def track_show_frame(session, view, t, queries) -> tuple:
 @messages
 def track_click(view, frame, t, queries, index) -> tuple:
     """A click on frame ``t`` at Gradio's ``index``: one more query ``[t, x, y]``."""
-    from dinofeat.app.session import MAX_POINTS
 
     if view is None or frame is None:
         raise InputError("upload a video first")

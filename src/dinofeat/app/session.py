@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from dinofeat.colorize import pca_panel
 from dinofeat.drawing import draw_points
 from dinofeat.errors import InputError
 from dinofeat.features.cache import DEFAULT_CACHE_SIZE, FeatureCache
+from dinofeat.io.images import load_image
+from dinofeat.io.video import VideoInfo, probe_video, read_frames
 from dinofeat.jobs.match import MatchJob, heatmap_picture, match_picture
 from dinofeat.jobs.pca import PCAJob
 from dinofeat.jobs.track import TrackJob
@@ -107,7 +110,6 @@ class VideoView:
     @property
     def info(self):
         """The :class:`~dinofeat.io.video.VideoInfo` probed (the workflows take it instead of probing again)."""
-        from dinofeat.io.video import VideoInfo
 
         return VideoInfo(fps=self.fps, frames=self.frames, size_wh=self.size_wh)
 
@@ -197,9 +199,6 @@ class AppSession:
     # -- images -------------------------------------------------------------------------------
     def load_image(self, path: str | Path | None) -> np.ndarray:
         """Read an uploaded image as ``(H, W, 3) uint8 RGB``, refusing non-images and huge ones."""
-        from PIL import Image, UnidentifiedImageError
-
-        from dinofeat.io.images import load_image
 
         if path is None or str(path) == "":
             raise InputError("no image: upload one or pick an example")
@@ -332,7 +331,6 @@ class AppSession:
     # -- video --------------------------------------------------------------------------------
     def open_video(self, path: str | Path | None) -> VideoView:
         """Check an uploaded video (decodable, has frames) and say how much of it will be tracked."""
-        from dinofeat.io.video import probe_video
 
         if path is None or str(path) == "":
             raise InputError("no video: upload one or pick the example")
@@ -352,7 +350,6 @@ class AppSession:
 
     def video_frame(self, path: str | Path, index: int) -> np.ndarray:
         """Frame ``index`` of a video, ``(H, W, 3) uint8 RGB``."""
-        from dinofeat.io.video import read_frames
 
         index = int(index)
         if index < 0:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import socket
+import time
+from pathlib import Path
 
-from dinofeat.cli.common import add_extractor_options, add_options
+from dinofeat.cli.common import add_extractor_options, add_options, extractor_options, make_extractor, options_from
+from dinofeat.errors import InputError
 from dinofeat.options import AppOptions
 
 
@@ -30,11 +34,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
+    # lazy: --help stays fast (torch)
     from dinofeat import app
-    from dinofeat.cli.common import extractor_options, make_extractor, options_from
-    from dinofeat.errors import InputError
 
     model = extractor_options(args)
     options = options_from(args, AppOptions)
@@ -67,8 +69,8 @@ def _serve_until_interrupted(demo) -> None:
     model pass among them). The server's threads end with the process; a pass still inside its
     block then is left at once (:mod:`dinofeat.runtime.modelthread`'s exit, status 130).
     """
-    import time
 
+    # lazy: --help stays fast (torch)
     from dinofeat.runtime.modelthread import stop_passes
 
     try:
@@ -83,9 +85,6 @@ def _serve_until_interrupted(demo) -> None:
 def _check_port_free(host: str, port: int) -> None:
     """A busy --port is the user's to change: say so before the model loads (Gradio's own message
     names an environment variable)."""
-    import socket
-
-    from dinofeat.errors import InputError
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

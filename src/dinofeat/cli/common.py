@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-from dinofeat.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE
+from dinofeat.errors import InputError
+from dinofeat.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE, ExtractorOptions
 from dinofeat.optionspec import parse_float, parse_int
+from dinofeat.runtime.progress import TqdmProgress
 
 
 def add_options(parser, options_class, *names: str, exclude: tuple[str, ...] = (), **help_texts: str) -> None:
@@ -83,7 +87,6 @@ def add_extractor_options(
     """The model group (--model, --weights, --device, --precision, --resolution, --max-size), the
     features group (--layer, --facet, --stride, --batch-size) and --debug; ``resolution`` is the
     command's own default resolution where it differs from the library's."""
-    from dinofeat.options import ExtractorOptions
 
     features = parser.add_argument_group("features")
     add_options(features, ExtractorOptions, "layers", "facet", "stride", "batch_size", batch_size=batch_help or "")
@@ -106,7 +109,6 @@ def add_debug_option(parser: argparse.ArgumentParser) -> None:
 
 def summary(args: argparse.Namespace, text: str, *, stream=None) -> None:
     """The command's one summary line (``dinofeat match: 20 matches, ...``) on stderr, unless --quiet."""
-    import sys
 
     if not getattr(args, "quiet", False):
         print(f"dinofeat {args.command}: {text}", file=stream or sys.stderr, flush=True)
@@ -114,14 +116,12 @@ def summary(args: argparse.Namespace, text: str, *, stream=None) -> None:
 
 def progress_bar(args: argparse.Namespace, desc: str, unit: str):
     """A :class:`~dinofeat.runtime.progress.TqdmProgress` for the command (none with --quiet)."""
-    from dinofeat.runtime.progress import TqdmProgress
 
     return TqdmProgress(desc, unit, enabled=not getattr(args, "quiet", False))
 
 
 def extractor_options(args: argparse.Namespace):
     """The parsed model/feature options, checked (call it before any work)."""
-    from dinofeat.options import ExtractorOptions
 
     return options_from(args, ExtractorOptions)
 
@@ -135,6 +135,7 @@ def make_extractor(options, args: argparse.Namespace | None = None):
 
     With the command's ``args``, a forward pass that takes more than :data:`BLOCK_BAR_DELAY`
     seconds shows a bar of its blocks ("running the model on 1344x1792"), unless ``--quiet``."""
+    # lazy: --help stays fast (torch)
     from dinofeat.features.extractor import Extractor
 
     if args is None:
@@ -142,7 +143,6 @@ def make_extractor(options, args: argparse.Namespace | None = None):
     quiet = getattr(args, "quiet", False)
 
     def block_bar(what: str):
-        from dinofeat.runtime.progress import TqdmProgress
 
         return TqdmProgress(f"running {what}", "block", enabled=not quiet, delay=BLOCK_BAR_DELAY, leave=False)
 
@@ -160,11 +160,9 @@ def open_feature_folder(args: argparse.Namespace, inputs):
 
     The model and feature options are the folder's: giving one of them is an error.
     """
-    from pathlib import Path
 
+    # lazy: --help stays fast (torch)
     from dinofeat.dataset.store import open_features
-    from dinofeat.errors import InputError
-    from dinofeat.options import ExtractorOptions
 
     for f in dataclasses.fields(ExtractorOptions):
         value = getattr(args, f.name, f.default)
@@ -180,7 +178,6 @@ def open_feature_folder(args: argparse.Namespace, inputs):
 def parse_each(texts, parse, flag: str) -> list:
     """The texts of a repeatable option (``None``: not given) parsed by ``parse``; a bad one is a
     one-line :class:`~dinofeat.errors.InputError` naming ``flag``."""
-    from dinofeat.errors import InputError
 
     parsed = []
     for text in texts or []:

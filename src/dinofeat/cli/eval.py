@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from dinofeat.cli.common import FRAMES_BATCH_HELP, add_extractor_options, add_options
+from dinofeat.cli.common import (
+    FRAMES_BATCH_HELP,
+    add_extractor_options,
+    add_options,
+    extractor_options,
+    make_extractor,
+    options_from,
+    progress_bar,
+    summary,
+)
+from dinofeat.eval.sweeps import parse_sweeps
 from dinofeat.options import (
     SPAIR_RESOLUTION,
     TAPVID_RESOLUTION,
@@ -80,10 +91,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_tapvid(args: argparse.Namespace) -> int:
-    from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
+    # lazy: --help stays fast (torch)
     from dinofeat.eval.evaluation import evaluate_tapvid_file, sweep_tapvid, sweep_trackers, tapvid_sweep_json
-    from dinofeat.eval.sweeps import parse_sweeps
+
+    # lazy: --help stays fast (numpy, PIL)
     from dinofeat.eval.tapvid import read_tapvid
+
+    # lazy: --help stays fast (numpy, PIL)
     from dinofeat.io.outputs import check_outputs, check_suffix
 
     model = extractor_options(args)
@@ -117,8 +131,10 @@ def _run_tapvid(args: argparse.Namespace) -> int:
 
 
 def _run_spair(args: argparse.Namespace) -> int:
-    from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
+    # lazy: --help stays fast (torch)
     from dinofeat.eval.evaluation import evaluate_spair_folder
+
+    # lazy: --help stays fast (numpy, PIL)
     from dinofeat.io.outputs import check_outputs, check_suffix
 
     model = extractor_options(args)
@@ -140,8 +156,8 @@ def _run_spair(args: argparse.Namespace) -> int:
 
 
 def _write(args: argparse.Namespace, document: dict, table: str) -> None:
-    import sys
 
+    # lazy: --help stays fast (numpy, PIL)
     from dinofeat.io.outputs import format_json, staged_outputs
 
     if args.json:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from dinofeat.cli.common import add_extractor_options, add_options
+from dinofeat.cli.common import (
+    add_extractor_options,
+    add_options,
+    extractor_options,
+    make_extractor,
+    options_from,
+    progress_bar,
+    summary,
+)
 from dinofeat.options import DatasetOptions
 
 #: DatasetOptions fields that are about tracking only.
@@ -41,7 +49,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
+    # lazy: --help stays fast (torch)
     from dinofeat.jobs.extract import ExtractJob
 
     options = extractor_options(args)

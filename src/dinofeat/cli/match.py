@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from dinofeat.cli.common import add_extractor_options, add_features_option, add_options, open_feature_folder
+from dinofeat.cli.common import (
+    add_extractor_options,
+    add_features_option,
+    add_options,
+    extractor_options,
+    make_extractor,
+    open_feature_folder,
+    options_from,
+    parse_each,
+    point_xy,
+    summary,
+)
 from dinofeat.options import DEFAULT_AUTO, MatchDrawingOptions, MatchOptions
 
 
@@ -55,9 +67,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
 
-    from dinofeat.cli.common import extractor_options, make_extractor, options_from, parse_each, point_xy, summary
+    # lazy: --help stays fast (torch)
     from dinofeat.jobs.match import MatchJob
 
     model = extractor_options(args)

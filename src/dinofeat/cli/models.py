@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dinofeat.cli.common import add_debug_option
+from dinofeat.models.registry import DEFAULT_MODEL, MODELS
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -20,8 +21,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: --help stays fast (torch)
     from dinofeat.models.build import count_parameters
-    from dinofeat.models.registry import DEFAULT_MODEL, MODELS
+
+    # lazy: --help stays fast (torch)
     from dinofeat.models.weights import cached_locally
 
     rows = [("name", "params", "patch", "registers", "dim", "cached", "gated", "hugging face repo")]

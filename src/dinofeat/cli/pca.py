@@ -6,7 +6,17 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from dinofeat.cli.common import add_extractor_options, add_features_option, add_options, open_feature_folder
+from dinofeat.cli.common import (
+    add_extractor_options,
+    add_features_option,
+    add_options,
+    extractor_options,
+    make_extractor,
+    open_feature_folder,
+    options_from,
+    progress_bar,
+    summary,
+)
 from dinofeat.dataset.listing import (
     VIDEO_SUFFIXES,  # inputs with these suffixes are read as videos (the rest as images)
 )
@@ -77,7 +87,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
     from dinofeat.jobs.pca import PCAJob  # lazy: --help stays fast (torch)
 
     model = extractor_options(args)

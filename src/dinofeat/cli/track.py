@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from dinofeat.cli.common import FRAMES_BATCH_HELP, add_extractor_options, add_options
+from dinofeat.cli.common import (
+    FRAMES_BATCH_HELP,
+    add_extractor_options,
+    add_options,
+    extractor_options,
+    make_extractor,
+    options_from,
+    parse_each,
+    point_xy,
+    progress_bar,
+    query_txy,
+    summary,
+)
+from dinofeat.errors import InputError
 from dinofeat.io.suffixes import VIDEO_OUTPUTS
 from dinofeat.options import (
     DEFAULT_MIN_SCORE,
@@ -95,8 +108,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dinofeat.cli.common import extractor_options, make_extractor, options_from, progress_bar, summary
-    from dinofeat.errors import InputError
     from dinofeat.jobs.track import TrackJob  # lazy: --help stays fast (torch)
 
     model = extractor_options(args)
@@ -134,9 +145,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_dataset(args, model, tracker, frames, trail, dataset: DatasetOptions) -> int:
-    from dinofeat.cli.common import progress_bar, summary
+    # lazy: --help stays fast (torch)
     from dinofeat.dataset.runs import QuerySpec, track_dataset
-    from dinofeat.errors import InputError
 
     given = [flag for flag, value in (("-o", args.output), ("--json", args.json), ("--csv", args.csv)) if value]
     if given:
@@ -153,6 +163,5 @@ def _run_dataset(args, model, tracker, frames, trail, dataset: DatasetOptions) -
 
 def _parse_points(args) -> tuple[list[tuple[float, float]], list[tuple[int, float, float]]]:
     """--point X,Y and --query T,X,Y texts as numbers (one-line errors)."""
-    from dinofeat.cli.common import parse_each, point_xy, query_txy
 
     return parse_each(args.point, point_xy, "--point"), parse_each(args.query, query_txy, "--query")

@@ -57,6 +57,7 @@ def write_features(
         metadata = {"patch_size": maps[0].patch_size, "stride": maps[0].stride, **metadata}
     text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     if str(path).endswith(".safetensors"):
+        # lazy: only .safetensors outputs need it
         from safetensors.numpy import save_file
 
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path), metadata=text)

@@ -368,6 +368,8 @@ def _hf_download(spec: ModelSpec) -> str:
     """Download the weights of ``spec.hf_repo``: ``model.safetensors``, or the shards its index lists."""
     # lazy: huggingface_hub takes ~0.1 s to import, and only a download needs it
     from huggingface_hub import hf_hub_download
+
+    # lazy: huggingface_hub takes ~0.1 s to import
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
