@@ -139,3 +139,26 @@ def test_the_flags_of_arguments_that_are_no_option_field_are_command_line_flags(
     commands = next(a for a in parser._actions if a.dest == "command").choices
     known = {flag for sub in commands.values() for action in sub._actions for flag in action.option_strings}
     assert set(ARGUMENT_FLAGS.values()) <= known
+
+
+def test_no_library_error_names_a_flag():
+    """Outside the command line, raised messages name fields (errors.field), not flags; citing a
+    command (``dinofeat pca --save-pca`` wrote this file) is fine."""
+    import ast
+    import re
+    from pathlib import Path
+
+    package = Path(main.__code__.co_filename).parents[1]  # src/dinofeat
+    flagged = []
+    for path in sorted(package.rglob("*.py")):
+        if path.relative_to(package).parts[0] == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                texts = [
+                    c.value for c in ast.walk(node.exc) if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                ]
+                for text in texts:
+                    if re.search(r"(?<![\w-])--[a-z]", re.sub(r"dinofeat [a-z]+ --[a-z-]+", "", text)):
+                        flagged.append(f"{path.relative_to(package)}:{node.lineno}: {text}")
+    assert not flagged, "\n".join(flagged)

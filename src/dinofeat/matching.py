@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dinofeat.errors import InputError
+from dinofeat.errors import InputError, field
 from dinofeat.features.extractor import Extractor
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.io.images import ImageLike, load_image
@@ -106,7 +106,7 @@ def joint_pca(fa: FeatureMap, fb: FeatureMap, dim: int) -> tuple[FeatureMap, Fea
     """
     c = fa.dim
     if not 1 <= dim <= c:
-        raise InputError(f"--pca-dim must be between 1 and the feature size {c}, got {dim}")
+        raise InputError(f"{field('pca_dim')} must be between 1 and the feature size {c}, got {dim}")
     a = F.normalize(fa.features.float(), dim=-1).reshape(-1, c)
     b = F.normalize(fb.features.float(), dim=-1).reshape(-1, c).to(a.device)
     basis = fit_pca(torch.cat((a, b)), dim)
