@@ -14,48 +14,67 @@ from typing import Any
 __version__ = "0.1.0"
 
 # Public name -> module that defines it; resolved lazily so `dinofeat --help` never imports torch.
+# This is the API a user needs (tests/test_api.py fixes it); the rest lives one level down
+# (dinofeat.models.dinov2.DinoVisionTransformer, dinofeat.search.NormTable, ...).
 _LAZY = {
+    # models: the table of backbones and their weights
     "MODELS": "models.registry",
     "ModelSpec": "models.registry",
     "get_spec": "models.registry",
-    "DinoVisionTransformer": "models.dinov2",
-    "DinoV3VisionTransformer": "models.dinov3",
-    "build_model": "models.build",
     "load_model": "models.weights",
-    "load_image": "io.images",
-    "FeatureMap": "features.featuremap",
+    # features: images -> feature maps with their geometry
     "Extractor": "features.extractor",
+    "FeatureMap": "features.featuremap",
+    "FeatureSource": "features.source",
+    "FeatureCache": "features.cache",
+    "load_image": "io.images",
+    # jobs: each command's work, for Python callers as for the CLI and the app
+    "ExtractJob": "jobs.extract",
+    "MatchJob": "jobs.match",
+    "PCAJob": "jobs.pca",
+    "TrackJob": "jobs.track",
+    # matching and the exact search
     "match": "matching",
     "match_features": "matching",
     "Matches": "matching",
-    "MatchJob": "jobs.match",
-    "ExtractJob": "jobs.extract",
     "similarity": "search",
     "locate": "search",
     "refine_peaks": "search",
+    # PCA
     "FeaturePCA": "pca",
     "fit_pca": "pca",
     "pca_images": "colorize",
-    "PCAJob": "jobs.pca",
+    # tracking
     "PointTracker": "tracking",
     "track_video": "tracking",
     "track_frames": "tracking",
-    "TrackJob": "jobs.track",
     "Tracks": "tracks",
-    "FeatureCache": "features.cache",
-    "open_features": "dataset.store",
-    "FeatureStore": "dataset.store",
-    "extract_dataset": "dataset.runs",
-    "track_dataset": "dataset.runs",
-    "ExtractorOptions": "options",
-    "MatchOptions": "options",
-    "PCAOptions": "options",
-    "TrackerOptions": "options",
-    "FrameOptions": "options",
-    "DatasetOptions": "options",
+    # drawing (pure functions: images in, image out)
+    "draw_points": "drawing",
+    "draw_matches": "drawing",
+    "draw_heatmap": "drawing",
+    "draw_tracks": "drawing",
+    "TrailAnnotator": "drawing",
+    # video
     "probe_video": "io.video",
     "read_frames": "io.video",
     "VideoWriter": "io.video",
+    # datasets
+    "extract_dataset": "dataset.runs",
+    "track_dataset": "dataset.runs",
+    "open_features": "dataset.store",
+    "FeatureStore": "dataset.store",
+    # options (every default, range and check)
+    "ExtractorOptions": "options",
+    "MatchOptions": "options",
+    "MatchDrawingOptions": "options",
+    "PCAOptions": "options",
+    "PCADrawingOptions": "options",
+    "TrackerOptions": "options",
+    "FrameOptions": "options",
+    "TrailOptions": "options",
+    "DatasetOptions": "options",
+    # errors
     "DinofeatError": "errors",
     "InputError": "errors",
     "UnknownModelError": "errors",
