@@ -110,7 +110,6 @@ class VideoView:
     @property
     def info(self):
         """The :class:`~dinofeat.io.video.VideoInfo` probed (the workflows take it instead of probing again)."""
-
         return VideoInfo(fps=self.fps, frames=self.frames, size_wh=self.size_wh)
 
 

@@ -34,7 +34,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-
     # lazy: --help stays fast (torch)
     from dinofeat import app
 

@@ -116,13 +116,11 @@ def summary(args: argparse.Namespace, text: str, *, stream=None) -> None:
 
 def progress_bar(args: argparse.Namespace, desc: str, unit: str):
     """A :class:`~dinofeat.runtime.progress.TqdmProgress` for the command (none with --quiet)."""
-
     return TqdmProgress(desc, unit, enabled=not getattr(args, "quiet", False))
 
 
 def extractor_options(args: argparse.Namespace):
     """The parsed model/feature options, checked (call it before any work)."""
-
     return options_from(args, ExtractorOptions)
 
 
@@ -143,7 +141,6 @@ def make_extractor(options, args: argparse.Namespace | None = None):
     quiet = getattr(args, "quiet", False)
 
     def block_bar(what: str):
-
         return TqdmProgress(f"running {what}", "block", enabled=not quiet, delay=BLOCK_BAR_DELAY, leave=False)
 
     return Extractor.from_options(options, block_progress=block_bar)

@@ -156,7 +156,6 @@ def _run_spair(args: argparse.Namespace) -> int:
 
 
 def _write(args: argparse.Namespace, document: dict, table: str) -> None:
-
     # lazy: --help stays fast (numpy, PIL)
     from dinofeat.io.outputs import format_json, staged_outputs
 

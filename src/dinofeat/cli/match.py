@@ -67,7 +67,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-
     # lazy: --help stays fast (torch)
     from dinofeat.jobs.match import MatchJob
 

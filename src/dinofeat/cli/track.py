@@ -163,5 +163,4 @@ def _run_dataset(args, model, tracker, frames, trail, dataset: DatasetOptions) -
 
 def _parse_points(args) -> tuple[list[tuple[float, float]], list[tuple[int, float, float]]]:
     """--point X,Y and --query T,X,Y texts as numbers (one-line errors)."""
-
     return parse_each(args.point, point_xy, "--point"), parse_each(args.query, query_txy, "--query")
