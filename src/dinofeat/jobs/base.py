@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:  # types only
@@ -9,6 +10,8 @@ if TYPE_CHECKING:  # types only
     from dinofeat.runtime.progress import Progress
 
 Result = TypeVar("Result", covariant=True)
+#: A file path as the jobs take it.
+PathLike = str | os.PathLike
 
 
 class Job(Protocol[Result]):

@@ -19,7 +19,6 @@ dinofeat.errors.InputError: output for images must end in .png, .jpg, .jpeg, .we
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +44,7 @@ from dinofeat.io.frames import frames_to_process
 from dinofeat.io.images import load_image
 from dinofeat.io.outputs import check_outputs, check_suffix, ensure_folder, save_image, staged_outputs
 from dinofeat.io.suffixes import IMAGE_OUTPUTS, VIDEO_OUTPUTS
+from dinofeat.jobs.base import PathLike
 from dinofeat.options import FrameOptions, PCADrawingOptions, PCAOptions
 from dinofeat.pca import FeaturePCA
 from dinofeat.runtime.progress import report
@@ -54,8 +54,6 @@ if TYPE_CHECKING:  # types only
     from dinofeat.features.source import FeatureSource
     from dinofeat.io.video import VideoInfo
     from dinofeat.runtime.progress import Progress
-
-PathLike = str | os.PathLike
 
 
 @dataclass(frozen=True)

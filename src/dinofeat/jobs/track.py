@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json as json_text
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from dinofeat.io import video as video_io  # called through the module: the test
 from dinofeat.io.frames import frames_to_process
 from dinofeat.io.outputs import check_outputs, check_suffix, staged_outputs
 from dinofeat.io.suffixes import VIDEO_OUTPUTS
+from dinofeat.jobs.base import PathLike
 from dinofeat.options import FrameOptions, TrackerOptions, TrailOptions
 from dinofeat.points import collect_queries
 from dinofeat.tracking import check_queries, track_steps
@@ -38,8 +38,6 @@ if TYPE_CHECKING:  # types only
     from dinofeat.features.source import FeatureSource
     from dinofeat.io.video import VideoInfo
     from dinofeat.runtime.progress import Progress
-
-PathLike = str | os.PathLike
 
 
 @dataclass(frozen=True)
