@@ -443,9 +443,9 @@ def test_launch_serves_the_page_with_the_upload_limit(session):
 
 def test_errors_become_in_page_messages():
     gr = pytest.importorskip("gradio")
-    from dinofeat.app import _messages
+    from dinofeat.app.handlers import messages
 
-    @_messages
+    @messages
     def handler(x):
         raise InputError(f"bad   input\n{x}")
 
@@ -458,11 +458,11 @@ def test_undecodable_image_upload_is_a_clear_message(tmp_path):
     gr = pytest.importorskip("gradio")
     from gradio.data_classes import ImageData
 
-    from dinofeat.app import _checked_image
+    from dinofeat.app.page import checked_image
 
     bad = tmp_path / "x.png"
     bad.write_bytes(b"not an image")
-    component = _checked_image(gr, type="filepath", image_mode=None, render=False)
+    component = checked_image(gr, type="filepath", image_mode=None, render=False)
     with pytest.raises(gr.Error) as info:
         component.preprocess(ImageData(path=str(bad), orig_name="photo.png"))
     assert info.value.message.startswith("photo.png is not an image")

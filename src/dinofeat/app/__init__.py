@@ -10,9 +10,7 @@ built or a handler runs, so importing this package never needs it.
 """
 
 from dinofeat.app.handlers import GRADIO_MISSING, click_to_pixel, require_gradio
-from dinofeat.app.handlers import messages as _messages
 from dinofeat.app.page import EXAMPLES_DIR, RESOLUTION_CHOICES, build_app, example_files, launch
-from dinofeat.app.page import checked_image as _checked_image
 from dinofeat.app.session import MAX_POINTS, AppSession, MatchView, PCAView, TrackView, VideoView
 from dinofeat.options import DEFAULT_MAX_IMAGE_MEGAPIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_MAX_VIDEO_FRAMES
 
@@ -29,8 +27,6 @@ __all__ = [
     "PCAView",
     "TrackView",
     "VideoView",
-    "_checked_image",
-    "_messages",
     "build_app",
     "click_to_pixel",
     "example_files",
