@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -118,3 +121,47 @@ def unused_source() -> UnusedSource:
 def tiny_extractor() -> Extractor:
     """A one-block ViT-S/14 with random weights, at resolution 56 on the CPU (fast)."""
     return Extractor(random_vit("dinov2_vits14", depth=1), resolution=56, device="cpu", precision="fp32")
+
+
+def write_h264(
+    path: Path,
+    frames: Sequence[np.ndarray],
+    *,
+    fps: float = 25.0,
+    container: str | None = None,
+    sar: Fraction | None = None,
+    times_s: Sequence[float] | None = None,
+) -> Path:
+    """Encode ``(H, W, 3) uint8`` frames with PyAV as FFmpeg would (no dinofeat code): ``container``
+    (``"mpegts"``, ...; default from the suffix), a sample aspect ratio ``sar`` stored in the stream,
+    and each frame's presentation time ``times_s`` (variable frame rate; default ``k / fps``)."""
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), mode="w", format=container) as output:
+        stream = output.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001), options={"crf": "10"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        time_base = Fraction(1, 1000) if times_s is not None else 1 / Fraction(fps).limit_denominator(1001)
+        stream.codec_context.time_base = time_base
+        if sar is not None:
+            stream.codec_context.sample_aspect_ratio = sar
+            stream.sample_aspect_ratio = sar
+        for k, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts = round(Fraction(times_s[k]).limit_denominator(10**6) / time_base) if times_s is not None else k
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                output.mux(packet)
+        for packet in stream.encode(None):
+            output.mux(packet)
+    return path
+
+
+def write_resolution_change(path: Path, first: Sequence[np.ndarray], then: Sequence[np.ndarray]) -> Path:
+    """A video whose resolution changes part-way, as stream recorders write it: the frames ``first``
+    and ``then`` (another size) as two MPEG-TS segments, concatenated byte for byte."""
+    parts = [
+        write_h264(path.with_suffix(f".part{k}.ts"), frames, container="mpegts")
+        for k, frames in enumerate((first, then))
+    ]
+    path.write_bytes(b"".join(part.read_bytes() for part in parts))
+    for part in parts:
+        part.unlink()
+    return path

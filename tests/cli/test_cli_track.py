@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import save_png
+from conftest import save_png, write_resolution_change
 from dinofeat.cli import main
 from dinofeat.io.video import VideoWriter, probe_video
 from dinofeat.models.dinov2 import DinoVisionTransformer
@@ -315,3 +315,26 @@ def test_cli_defaults_are_the_trackers():
 
     assert track.DEFAULT_MIN_SCORE == tracking.DEFAULT_MIN_SCORE
     assert tracking.DEFAULT_WINDOW_PATCHES == 4 and tracking.DEFAULT_CYCLE_TOLERANCE_PATCHES == 1.5  # as --help says
+
+
+def test_resolution_change_keeps_one_raster_and_says_so_once(tmp_path, model_args, capsys):
+    """Four frames at W x H, then four at 2W x 2H (MPEG-TS segments): one raster, the first's."""
+    from skimage import data
+
+    photo = data.astronaut()
+    crops = [np.ascontiguousarray(photo[60 : 60 + H, 100 + 14 * k : 100 + 14 * k + W]) for k in range(FRAMES)]
+    doubled = [np.repeat(np.repeat(crop, 2, axis=0), 2, axis=1) for crop in crops[4:]]
+    video = write_resolution_change(tmp_path / "segments.ts", crops[:4], doubled)
+    js, out = tmp_path / "r.json", tmp_path / "r.mp4"
+    argv = ["track", str(video), "--point", "130.5,48.3", "--window", "40", "--json", str(js), "-o", str(out)]
+    assert main([*argv, *model_args]) == 0
+
+    err = capsys.readouterr().err
+    assert err.count("changes resolution") == 1 and "scaled to the first frame's size" in err
+    doc = json.loads(js.read_text())
+    assert doc["video"]["size"] == [W, H] and doc["frame_indices"] == list(range(FRAMES))
+    (entry,) = doc["tracks"]
+    expected = np.array([[130.5 - 14 * k, 48.3] for k in range(FRAMES)])
+    assert all(entry["visible"]) and np.abs(np.array(entry["points"]) - expected).max() <= 2.0
+    info = probe_video(out)
+    assert info.size_wh == (W, H) and info.frames == FRAMES

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import save_png
+from conftest import save_png, write_resolution_change
 from dinofeat.errors import InputError
 from dinofeat.io.video import VideoInfo, VideoWriter, probe_video, read_frames
 
@@ -141,3 +141,19 @@ def test_bad_files(tmp_path, photo):
         list(read_frames(tmp_path / "text.mp4"))
     with pytest.raises(InputError, match="folder"):
         probe_video(tmp_path)
+
+
+def test_resolution_change_is_scaled_to_the_first_frames_size_with_one_warning(tmp_path, photo, caplog):
+    small = pan_frames(photo, 4, size_wh=(64, 48))
+    large = [np.repeat(np.repeat(frame, 2, axis=0), 2, axis=1) for frame in pan_frames(photo, 4, size_wh=(64, 48))]
+    path = write_resolution_change(tmp_path / "segments.ts", small, large)
+    with caplog.at_level("WARNING", logger="dinofeat"):
+        info = probe_video(path)
+        frames = [frame for _, frame in read_frames(path)]
+    assert info.size_wh == (64, 48) and info.frames == 8
+    assert [frame.shape for frame in frames] == [(48, 64, 3)] * 8
+    # the scaled frames show the same picture as the small ones, in the same place
+    for small_frame, scaled in zip(small, frames[4:], strict=True):
+        assert np.abs(scaled.astype(int) - small_frame.astype(int)).mean() < 6
+    warnings = [r.getMessage() for r in caplog.records if "changes resolution" in r.getMessage()]
+    assert len(warnings) == 1 and "frame 4 (128x96 stored, the first frame 64x48)" in warnings[0]

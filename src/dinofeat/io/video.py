@@ -5,6 +5,11 @@ decoded frames from 0 in decoding-presentation order, so ``(t, x, y)`` always na
 whatever the container's timestamps. Display rotation stored by phones (the display matrix) is
 applied, so frames come out the way players show them.
 
+Every frame of a video comes out in one raster: the first frame's size. A video whose resolution
+changes part-way (concatenated MPEG-TS segments, stream recorders) has its later frames scaled to
+the first frame's size, as players do, so coordinates always mean the same place in the picture; a
+warning says so once.
+
 Long videos stream: :func:`read_frames` holds one decoded frame at a time and
 :class:`VideoWriter` encodes each frame as it is written.
 
@@ -78,7 +83,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         first = next(frames, None)
         if first is None:
             raise InputError(f"video has no frames: {path}")
-        height, width = _rgb(first).shape[:2]
+        width, height = _Raster.of(first, path).size_wh
         fps = _frame_rate(stream, path)
         count = int(stream.frames or 0)
         if count > 0:
@@ -99,8 +104,9 @@ def read_frames(
         max_frames: yield at most this many frames (``None``: to the end).
         every: yield every ``every``-th frame from ``start`` (indices ``start, start + every, ...``).
 
-    Memory is constant: one decoded frame is held at a time. A decoding error part way through
-    raises :class:`InputError` naming the frame.
+    Every frame has the first frame's size (later frames of another size are scaled to it; a
+    warning says so once). Memory is constant: one decoded frame is held at a time. A decoding
+    error part way through raises :class:`InputError` naming the frame.
     """
     if start < 0 or every < 1 or (max_frames is not None and max_frames < 1):
         raise InputError(
@@ -114,10 +120,12 @@ def _read_frames(path: Path, start: int, max_frames: int | None, every: int) -> 
     with _open(path) as container:
         stream = _video_stream(container, path)
         yielded = 0
+        raster: _Raster | None = None
         for index, frame in enumerate(_decode(container, stream, path)):
+            raster = raster or _Raster.of(frame, path)
             if index < start or (index - start) % every:
                 continue  # still decoded (later frames depend on it) but never converted
-            yield index, _rgb(frame)
+            yield index, raster.rgb(frame, index)
             yielded += 1
             if max_frames is not None and yielded >= max_frames:
                 return
@@ -258,11 +266,56 @@ def _decode(container, stream, path: Path) -> Iterator[av.VideoFrame]:
         ) from None
 
 
-def _rgb(frame: av.VideoFrame) -> np.ndarray:
-    """Decoded frame -> ``(H, W, 3) uint8 RGB`` with the display rotation applied."""
-    rgb = frame.to_ndarray(format="rgb24")
-    turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns, as np.rot90
-    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+class _Raster:
+    """The one raster every frame of a video is given: the first frame's size as displayed.
+
+    Frames of another stored size (a resolution change part-way) are scaled to it; the first such
+    frame logs a warning, once per video.
+    """
+
+    def __init__(self, stored_wh: tuple[int, int], turns: int, path: Path) -> None:
+        self.stored_wh = stored_wh  # (width, height) frames are scaled to before the rotation
+        self.turns = turns  # counter-clockwise quarter turns, as np.rot90
+        self.path = path
+        self._warned = False
+
+    @classmethod
+    def of(cls, first: av.VideoFrame, path: Path) -> _Raster:
+        """The raster of the video whose first decoded frame is ``first``."""
+        return cls((first.width, first.height), _quarter_turns(first), path)
+
+    @property
+    def size_wh(self) -> tuple[int, int]:
+        """``(width, height)`` of every frame as it comes out (rotation applied)."""
+        width, height = self.stored_wh
+        return (height, width) if self.turns % 2 else (width, height)
+
+    def rgb(self, frame: av.VideoFrame, index: int) -> np.ndarray:
+        """Decoded frame ``index`` -> ``(H, W, 3) uint8 RGB`` in this raster, rotation applied."""
+        width, height = self.stored_wh
+        if (frame.width, frame.height) != self.stored_wh:
+            self._warn_resized(frame, index)
+        rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+        return np.ascontiguousarray(np.rot90(rgb, self.turns)) if self.turns else rgb
+
+    def _warn_resized(self, frame: av.VideoFrame, index: int) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        log.warning(
+            "%s changes resolution at frame %d (%dx%d stored, the first frame %dx%d): frames are scaled "
+            "to the first frame's size, so coordinates stay in one raster",
+            self.path,
+            index,
+            frame.width,
+            frame.height,
+            *self.stored_wh,
+        )
+
+
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    """The display rotation as counter-clockwise quarter turns (as ``np.rot90``)."""
+    return round((frame.rotation or 0) / 90) % 4
 
 
 def _frame_rate(stream, path: Path) -> float:
