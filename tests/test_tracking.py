@@ -301,7 +301,7 @@ def test_track_video_from_a_file(tmp_path):
     assert entry["query"] == [1, 130.5, 48.3] and len(entry["points"]) == 3 and entry["visible"] == [True] * 3
     tracks.write_csv(tmp_path / "t.csv")
     lines = (tmp_path / "t.csv").read_text().splitlines()
-    assert lines[0] == "track,frame,x,y,score,visible" and lines[1].startswith("0,1,130.500,48.300,1.0000,1")
+    assert lines[0] == "track,frame,x,y,score,visible,time_s" and lines[1].startswith("0,1,130.500,48.300,1.0000,1")
 
 
 @pytest.mark.parametrize("min_score", [0.5, 0.995])

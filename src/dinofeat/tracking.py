@@ -71,7 +71,7 @@ from dinofeat.tracks import Tracks, TrackStep
 
 if TYPE_CHECKING:  # types only
     from dinofeat.features.source import FeatureSource
-    from dinofeat.io.video import VideoInfo
+    from dinofeat.io.video import TimedFrame, VideoInfo
 
 __all__ = [
     "DEFAULT_ANCHOR_WEIGHT",
@@ -401,16 +401,27 @@ def track_steps(
     with its frame as ``image`` (``(H, W, 3) uint8`` RGB, for drawing); writes nothing. Decoding and
     the model stream, so memory holds one batch of frames, unless ``options.backward``
     (:func:`track_both_ways`) holds the processed frames. ``progress(done, total)`` counts frames: of
-    ``frame_count`` (the number of processed frames) forward only, of both passes' with ``backward``."""
+    ``frame_count`` (the number of processed frames) forward only, of both passes' with ``backward``.
+    Each step carries its frame's presentation time (``time_s``, seconds from the video's first frame)."""
     frames = frames or FrameOptions()
     options = options or TrackerOptions()
-    decoded = video_io.read_frames(path, start=frames.start, max_frames=frames.max_frames, every=frames.every)
+    timed = video_io.read_timed_frames(path, start=frames.start, max_frames=frames.max_frames, every=frames.every)
+    times_s: dict[int, float] = {}
+    decoded = _remembering_times(timed, times_s)
     if options.backward:
-        yield from track_both_ways(decoded, queries_txy, source, options, progress=progress)
+        for step in track_both_ways(decoded, queries_txy, source, options, progress=progress):
+            yield replace(step, time_s=times_s[step.frame_index])
         return
     for done, step in enumerate(track_frames(decoded, queries_txy, source, options), start=1):
         report(progress, done, frame_count)
-        yield step
+        yield replace(step, time_s=times_s.pop(step.frame_index))
+
+
+def _remembering_times(timed: Iterable[TimedFrame], times_s: dict[int, float]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(index, image)`` of each timed frame, putting its time in ``times_s[index]``."""
+    for index, time_s, image in timed:
+        times_s[index] = time_s
+        yield index, image
 
 
 def track_video(

@@ -28,6 +28,8 @@ class TrackStep:
         visible: ``(N,)`` bool.
         image: the ``(H, W, 3) uint8 RGB`` frame, when the step comes from
             :func:`~dinofeat.tracking.track_frames`.
+        time_s: the frame's presentation time in seconds from the video's first frame, when known
+            (:func:`~dinofeat.tracking.track_steps` knows it).
     """
 
     frame_index: int
@@ -35,6 +37,7 @@ class TrackStep:
     scores: torch.Tensor
     visible: torch.Tensor
     image: np.ndarray | None = None
+    time_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class Tracks:
             where not visible; the query position before the query frame).
         scores: ``(T, N)`` float32 cosine similarity of the match.
         visible: ``(T, N)`` bool.
+        times_s: ``(T,)`` float64 presentation time of each processed frame in seconds from the
+            video's first frame (variable frame rates keep their timing), or ``None`` when unknown.
     """
 
     queries_txy: torch.Tensor
@@ -55,12 +60,14 @@ class Tracks:
     points_xy: torch.Tensor
     scores: torch.Tensor
     visible: torch.Tensor
+    times_s: torch.Tensor | None = None
 
     _FIELDS = ("queries_txy", "frame_indices", "points_xy", "scores", "visible")
 
     @classmethod
     def from_steps(cls, queries_txy, steps: Sequence[TrackStep]) -> Tracks:
-        """Stack per-frame steps (in frame order) into tracks."""
+        """Stack per-frame steps (in frame order) into tracks (with ``times_s`` when every step has
+        its ``time_s``)."""
         queries = torch.as_tensor(np.asarray(queries_txy, dtype=np.float64)).reshape(-1, 3)
         n, t = len(queries), len(steps)
         stack = lambda name, dtype, shape: (
@@ -74,18 +81,23 @@ class Tracks:
             points_xy=stack("points_xy", torch.float32, (t, n, 2)),
             scores=stack("scores", torch.float32, (t, n)),
             visible=stack("visible", torch.bool, (t, n)),
+            times_s=_times([s.time_s for s in steps]),
         )
 
     def __len__(self) -> int:
         return len(self.frame_indices)
 
     def numpy(self) -> dict[str, np.ndarray]:
-        """The fields as numpy arrays, keyed by field name."""
-        return {name: getattr(self, name).numpy() for name in self._FIELDS}
+        """The fields as numpy arrays, keyed by field name (``times_s`` where known)."""
+        arrays = {name: getattr(self, name).numpy() for name in self._FIELDS}
+        if self.times_s is not None:
+            arrays["times_s"] = self.times_s.numpy()
+        return arrays
 
     def to_dict(self) -> dict:
-        """``{"tracks": [{"query", "points", "scores", "visible"}, ...], "frame_indices": [...]}``
-        (coordinates rounded to 1/1000 pixel, scores to 1e-4), ready for ``json.dump``."""
+        """``{"tracks": [{"query", "points", "scores", "visible"}, ...], "frame_indices": [...],
+        "times_s": [...]}`` (coordinates rounded to 1/1000 pixel, scores to 1e-4, times to 1e-6 s;
+        ``times_s`` only where known), ready for ``json.dump``."""
         data = self.numpy()
         tracks = []
         for n, (t, x, y) in enumerate(data["queries_txy"]):
@@ -97,7 +109,10 @@ class Tracks:
                     "visible": data["visible"][:, n].tolist(),
                 }
             )
-        return {"tracks": tracks, "frame_indices": data["frame_indices"].tolist()}
+        document = {"tracks": tracks, "frame_indices": data["frame_indices"].tolist()}
+        if "times_s" in data:
+            document["times_s"] = np.round(data["times_s"], 6).tolist()
+        return document
 
     def to_json(self, *, model: str, video_path: str | os.PathLike, fps: float, size_wh: tuple[int, int]) -> dict:
         """The ``dinofeat track --json`` document: model, video (path, fps, processed frame count,
@@ -109,11 +124,13 @@ class Tracks:
         }
 
     def write_csv(self, path: str | os.PathLike) -> None:
-        """One row per point and processed frame: ``track,frame,x,y,score,visible`` (visible 0/1)."""
+        """One row per point and processed frame: ``track,frame,x,y,score,visible,time_s`` (visible
+        0/1; ``time_s`` the frame's presentation time in seconds, empty where unknown)."""
         data = self.numpy()
+        times = [f"{t:.6f}" for t in data["times_s"]] if "times_s" in data else [""] * len(self)
         with open(path, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["track", "frame", "x", "y", "score", "visible"])
+            writer.writerow(["track", "frame", "x", "y", "score", "visible", "time_s"])
             for n in range(data["queries_txy"].shape[0]):
                 for k, frame in enumerate(data["frame_indices"]):
                     x, y = data["points_xy"][k, n]
@@ -125,6 +142,7 @@ class Tracks:
                             f"{y:.3f}",
                             f"{data['scores'][k, n]:.4f}",
                             int(data["visible"][k, n]),
+                            times[k],
                         ]
                     )
 
@@ -132,3 +150,10 @@ class Tracks:
         """``3 points x 250 frames, visible 92 %``."""
         share = float(self.visible.float().mean()) if self.visible.numel() else 0.0
         return f"{self.points_xy.shape[1]} points x {len(self)} frames, visible {share:.0%}"
+
+
+def _times(times_s: Sequence[float | None]) -> torch.Tensor | None:
+    """``(T,)`` float64 times, or ``None`` unless every frame's time is known."""
+    if any(t is None for t in times_s):
+        return None
+    return torch.tensor(times_s, dtype=torch.float64)

@@ -303,7 +303,7 @@ def test_track_writes_video_json_and_csv(session, video):
         assert len(track["points"]) == len(track["scores"]) == len(track["visible"]) == 6
     assert data["tracks"][0]["points"][0] == [40.0, 30.0]
     rows = view.csv_path.read_text().splitlines()
-    assert rows[0] == "track,frame,x,y,score,visible" and len(rows) == 1 + 2 * 6
+    assert rows[0] == "track,frame,x,y,score,visible,time_s" and len(rows) == 1 + 2 * 6
     assert "Tracked 2 point(s) through 6 frames of pan.mp4" in view.summary
 
 

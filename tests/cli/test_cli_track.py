@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import save_png, write_resolution_change
+from conftest import save_png, write_h264, write_resolution_change
 from dinofeat.cli import main
-from dinofeat.io.video import VideoWriter, probe_video
+from dinofeat.io.video import VideoWriter, probe_video, read_timed_frames
 from dinofeat.models.dinov2 import DinoVisionTransformer
 from dinofeat.models.registry import get_spec
 
@@ -80,7 +80,7 @@ def test_video_json_and_csv(tmp_path, video, model_args):
     assert main(argv) == 0
 
     doc = json.loads(js.read_text())
-    assert list(doc) == ["model", "video", "tracks", "frame_indices"]
+    assert list(doc) == ["model", "video", "tracks", "frame_indices", "times_s"]
     assert doc["model"] == "dinov2_vits14"
     assert doc["video"] == {"path": video, "fps": pytest.approx(FPS), "frames": FRAMES, "size": [W, H]}
     assert doc["frame_indices"] == list(range(FRAMES))
@@ -97,7 +97,7 @@ def test_video_json_and_csv(tmp_path, video, model_args):
     assert late["scores"][:2] == [0.0, 0.0] and late["visible"][2]
 
     rows = table.read_text().splitlines()
-    assert rows[0] == "track,frame,x,y,score,visible" and len(rows) == 1 + len(queries) * FRAMES
+    assert rows[0] == "track,frame,x,y,score,visible,time_s" and len(rows) == 1 + len(queries) * FRAMES
     assert rows[1].startswith("0,0,130.500,48.300,1.0000,1")
 
     info = probe_video(out)
@@ -338,3 +338,28 @@ def test_resolution_change_keeps_one_raster_and_says_so_once(tmp_path, model_arg
     assert all(entry["visible"]) and np.abs(np.array(entry["points"]) - expected).max() <= 2.0
     info = probe_video(out)
     assert info.size_wh == (W, H) and info.frames == FRAMES
+
+
+def test_variable_frame_rate_keeps_each_frames_time(tmp_path, model_args):
+    """Frames at irregular times: JSON ``times_s``, the CSV's ``time_s`` and the output video keep them."""
+    from skimage import data
+
+    photo = data.astronaut()
+    crops = [np.ascontiguousarray(photo[60 : 60 + H, 100 + 14 * k : 100 + 14 * k + W]) for k in range(FRAMES)]
+    times = [0.0, 0.04, 0.08, 0.3, 0.34, 0.8, 0.84, 1.5]
+    video = write_h264(tmp_path / "vfr.mp4", crops, times_s=times)
+    js, table, out = tmp_path / "v.json", tmp_path / "v.csv", tmp_path / "v.mp4"
+    argv = ["track", str(video), "--point", "130.5,48.3", "--json", str(js), "--csv", str(table), "-o", str(out)]
+    assert main([*argv, *model_args]) == 0
+
+    doc = json.loads(js.read_text())
+    assert doc["frame_indices"] == list(range(FRAMES)) and doc["times_s"] == pytest.approx(times, abs=1e-6)
+    rows = [row.split(",") for row in table.read_text().splitlines()]
+    assert rows[0][-1] == "time_s" and [float(row[-1]) for row in rows[1:]] == pytest.approx(times, abs=1e-6)
+    assert [frame.time_s for frame in read_timed_frames(out)] == pytest.approx(times, abs=1e-6)
+
+    every, every_out = tmp_path / "e.json", tmp_path / "e.mp4"
+    argv = ["track", str(video), "--point", "130.5,48.3", "--every", "3", "--json", str(every), "-o", str(every_out)]
+    assert main([*argv, *model_args]) == 0
+    assert json.loads(every.read_text())["times_s"] == pytest.approx(times[::3], abs=1e-6)
+    assert [frame.time_s for frame in read_timed_frames(every_out)] == pytest.approx(times[::3], abs=1e-6)

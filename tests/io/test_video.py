@@ -8,9 +8,9 @@ import av
 import numpy as np
 import pytest
 
-from conftest import save_png, write_resolution_change
+from conftest import save_png, write_h264, write_resolution_change
 from dinofeat.errors import InputError
-from dinofeat.io.video import VideoInfo, VideoWriter, probe_video, read_frames
+from dinofeat.io.video import VideoInfo, VideoWriter, probe_video, read_frames, read_timed_frames
 
 
 def pan_frames(photo: np.ndarray, count: int, size_wh=(96, 64), step=3) -> list[np.ndarray]:
@@ -157,3 +157,29 @@ def test_resolution_change_is_scaled_to_the_first_frames_size_with_one_warning(t
         assert np.abs(scaled.astype(int) - small_frame.astype(int)).mean() < 6
     warnings = [r.getMessage() for r in caplog.records if "changes resolution" in r.getMessage()]
     assert len(warnings) == 1 and "frame 4 (128x96 stored, the first frame 64x48)" in warnings[0]
+
+
+VFR_TIMES_S = [0.0, 0.04, 0.08, 0.2, 0.24, 0.5, 0.54, 0.58, 1.0, 1.1]
+
+
+def test_variable_frame_rate_times_are_read_and_written_back(tmp_path, photo):
+    frames = pan_frames(photo, len(VFR_TIMES_S))
+    source = write_h264(tmp_path / "vfr.mp4", frames, times_s=VFR_TIMES_S)
+    timed = list(read_timed_frames(source))
+    assert [t.frame_index for t in timed] == list(range(len(VFR_TIMES_S)))
+    assert [t.time_s for t in timed] == pytest.approx(VFR_TIMES_S, abs=1e-6)
+    assert [t.time_s for t in read_timed_frames(source, start=1, every=3)] == pytest.approx([0.04, 0.24, 0.58])
+
+    copy = tmp_path / "copy.mp4"
+    with VideoWriter(copy, fps=probe_video(source).fps, size_wh=(96, 64), crf=12) as sink:
+        for frame in timed:
+            sink.write(frame.image, frame.time_s)
+    assert [t.time_s for t in read_timed_frames(copy)] == pytest.approx(VFR_TIMES_S, abs=1e-6)
+
+
+def test_times_never_go_back_and_untimed_frames_follow_the_frame_rate(tmp_path, photo):
+    frames = pan_frames(photo, 4, size_wh=(64, 48))
+    path = write_resolution_change(tmp_path / "segments.ts", frames[:2], frames[2:])  # both segments start at 0
+    assert [t.time_s for t in read_timed_frames(path)] == pytest.approx([0.0, 0.04, 0.08, 0.12])
+    out = write_video(tmp_path / "cfr.mp4", frames, fps=30000 / 1001)
+    assert [t.time_s for t in read_timed_frames(out)] == pytest.approx([k * 1001 / 30000 for k in range(4)], abs=1e-6)

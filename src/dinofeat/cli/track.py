@@ -84,7 +84,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         f"same size as the input, at fps / --every ({', '.join(VIDEO_SUFFIXES)})",
     )
     outputs.add_argument("--json", metavar="OUT.json", help="tracks as JSON: one entry per processed frame")
-    outputs.add_argument("--csv", metavar="OUT.csv", help="tracks as CSV rows: track,frame,x,y,score,visible")
+    outputs.add_argument("--csv", metavar="OUT.csv", help="tracks as CSV rows: track,frame,x,y,score,visible,time_s")
     outputs.add_argument(
         "--out-dir",
         metavar="DIR",

@@ -10,6 +10,10 @@ changes part-way (concatenated MPEG-TS segments, stream recorders) has its later
 the first frame's size, as players do, so coordinates always mean the same place in the picture; a
 warning says so once.
 
+Each frame keeps its presentation time (:func:`read_timed_frames`): seconds from the first frame,
+so a variable-frame-rate video (phones, screen recordings) keeps its timing; :class:`VideoWriter`
+writes frames at the times it is given.
+
 Long videos stream: :func:`read_frames` holds one decoded frame at a time and
 :class:`VideoWriter` encodes each frame as it is written.
 
@@ -34,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 FALLBACK_FPS = 25.0
 #: Output containers by file suffix; all of them hold H.264.
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+#: Clock of the written videos' timestamps, in ticks per second (MPEG's 90 kHz; every common rate fits).
+_CLOCK_HZ = 90_000
 # FFmpeg opens a PNG or JPEG as a one-frame "video" through these demuxers; we refuse images.
 _IMAGE_DEMUXER_PREFIX, _IMAGE_DEMUXER_SUFFIX = "image2", "_pipe"
 
@@ -93,10 +100,25 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(fps=fps, frames=count, size_wh=(width, height))
 
 
+class TimedFrame(NamedTuple):
+    """A decoded frame with its place in the video.
+
+    Attributes:
+        frame_index: frame index (decoded frames from 0).
+        time_s: presentation time in seconds from the first frame (which is at 0).
+        image: ``(H, W, 3) uint8 RGB``.
+    """
+
+    frame_index: int
+    time_s: float
+    image: np.ndarray
+
+
 def read_frames(
     path: str | os.PathLike, *, start: int = 0, max_frames: int | None = None, every: int = 1
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Decode frames one at a time: ``(frame index, (H, W, 3) uint8 RGB)``.
+    """Decode frames one at a time: ``(frame index, (H, W, 3) uint8 RGB)``
+    (:func:`read_timed_frames` adds each frame's presentation time).
 
     Args:
         path: any container/codec FFmpeg reads.
@@ -108,6 +130,17 @@ def read_frames(
     warning says so once). Memory is constant: one decoded frame is held at a time. A decoding
     error part way through raises :class:`InputError` naming the frame.
     """
+    timed = read_timed_frames(path, start=start, max_frames=max_frames, every=every)  # checks now
+    return ((index, image) for index, _, image in timed)
+
+
+def read_timed_frames(
+    path: str | os.PathLike, *, start: int = 0, max_frames: int | None = None, every: int = 1
+) -> Iterator[TimedFrame]:
+    """:func:`read_frames` with each frame's presentation time: :class:`TimedFrame` ``(frame_index,
+    time_s, image)``, ``time_s`` in seconds from the first frame, so variable frame rates keep their
+    timing. Times never go back: a frame without a timestamp, or whose timestamp is not after the
+    previous frame's (concatenated segments), comes one nominal frame (``1 / fps``) after it."""
     if start < 0 or every < 1 or (max_frames is not None and max_frames < 1):
         raise InputError(
             f"need start >= 0, every >= 1 and max_frames >= 1 (got start={start}, "
@@ -116,16 +149,18 @@ def read_frames(
     return _read_frames(check_input_file(path, "video"), start, max_frames, every)
 
 
-def _read_frames(path: Path, start: int, max_frames: int | None, every: int) -> Iterator[tuple[int, np.ndarray]]:
+def _read_frames(path: Path, start: int, max_frames: int | None, every: int) -> Iterator[TimedFrame]:
     with _open(path) as container:
         stream = _video_stream(container, path)
+        clock = _Clock(1 / _frame_rate(stream, path))
         yielded = 0
         raster: _Raster | None = None
         for index, frame in enumerate(_decode(container, stream, path)):
             raster = raster or _Raster.of(frame, path)
+            time_s = clock.time_s(frame)
             if index < start or (index - start) % every:
                 continue  # still decoded (later frames depend on it) but never converted
-            yield index, raster.rgb(frame, index)
+            yield TimedFrame(index, time_s, raster.rgb(frame, index))
             yielded += 1
             if max_frames is not None and yielded >= max_frames:
                 return
@@ -138,6 +173,9 @@ class VideoWriter:
     raises, so a failure never leaves a half-written video. The container follows the suffix
     (``.mp4`` / ``.m4v`` / ``.mov`` / ``.mkv``; anything else gets MP4); MP4 files are written
     with the index first (``faststart``) so browsers can play them while loading.
+
+    Frames are written at the times given to :meth:`write` (kept to 1/90000 s, so a variable frame
+    rate survives), else one ``1 / fps`` after another.
 
     ``yuv420p`` needs even sides: odd widths/heights are padded by one replicated column/row in the
     file, so every pixel keeps its coordinates; callers always pass frames of ``size_wh``.
@@ -164,6 +202,10 @@ class VideoWriter:
         self.frames_written = 0
         self._pad = (height % 2, width % 2)
         rate = Fraction(fps).limit_denominator(1001)
+        # ticks of 1/lcm(rate numerator, 90 kHz) s: a whole number per nominal frame, and fine times
+        self._time_base = Fraction(1, math.lcm(rate.numerator, _CLOCK_HZ))
+        self._frame_ticks = int(1 / rate / self._time_base)
+        self._last_pts: int | None = None
         container_format = CONTAINERS.get(self.path.suffix.lower(), "mp4")
         options = {"movflags": "+faststart"} if container_format in ("mp4", "mov") else {}
         self._container: av.container.OutputContainer | None = None
@@ -175,24 +217,37 @@ class VideoWriter:
             self._stream = self._container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
             self._stream.width, self._stream.height = width + self._pad[1], height + self._pad[0]
             self._stream.pix_fmt = "yuv420p"
-            self._stream.codec_context.time_base = 1 / rate
+            self._stream.codec_context.time_base = self._time_base
         except Exception:
             self._abort()
             raise
 
-    def write(self, frame_rgb: np.ndarray) -> None:
-        """Append one ``(H, W, 3) uint8 RGB`` frame of the writer's ``size_wh``."""
+    def write(self, frame_rgb: np.ndarray, time_s: float | None = None) -> None:
+        """Append one ``(H, W, 3) uint8 RGB`` frame of the writer's ``size_wh``, shown at ``time_s``
+        seconds (``None``: one ``1 / fps`` after the previous frame; a time not after the previous
+        frame's is moved just after it)."""
         width, height = self.size_wh
         if frame_rgb.shape != (height, width, 3) or frame_rgb.dtype != np.uint8:
             raise InputError(f"expected a ({height}, {width}, 3) uint8 frame, got {frame_rgb.shape} {frame_rgb.dtype}")
         if any(self._pad):
             frame_rgb = np.pad(frame_rgb, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_rgb), format="rgb24")
-        frame.pts = self.frames_written
+        frame.pts = self._next_pts(time_s)
         container = self._open_container()
         for packet in self._stream.encode(frame.reformat(format="yuv420p")):
             container.mux(packet)
         self.frames_written += 1
+
+    def _next_pts(self, time_s: float | None) -> int:
+        """The timestamp (in the stream's ticks) of the next frame, shown at ``time_s``."""
+        if time_s is None:
+            pts = 0 if self._last_pts is None else self._last_pts + self._frame_ticks
+        else:
+            pts = round(Fraction(time_s).limit_denominator(10**9) / self._time_base)
+            if self._last_pts is not None:
+                pts = max(pts, self._last_pts + 1)
+        self._last_pts = pts
+        return pts
 
     def _open_container(self) -> av.container.OutputContainer:
         if self._container is None:
@@ -311,6 +366,28 @@ class _Raster:
             frame.height,
             *self.stored_wh,
         )
+
+
+class _Clock:
+    """Frames' presentation times in seconds from the first frame, never going back."""
+
+    def __init__(self, frame_s: float) -> None:
+        self.frame_s = frame_s  # nominal frame duration, for frames without a usable timestamp
+        self._origin: float | None = None
+        self._last: float | None = None
+
+    def time_s(self, frame: av.VideoFrame) -> float:
+        """The time of the next decoded frame, ``frame``."""
+        stamp = frame.time
+        if self._last is None:
+            self._origin = stamp if stamp is not None else 0.0
+            self._last = 0.0
+            return 0.0
+        time_s = None if stamp is None or self._origin is None else stamp - self._origin
+        if time_s is None or time_s <= self._last:
+            time_s = self._last + self.frame_s
+        self._last = time_s
+        return time_s
 
 
 def _quarter_turns(frame: av.VideoFrame) -> int:

@@ -57,7 +57,8 @@ class TrackJob:
     Attributes:
         video: the video file.
         output: H.264 video (:data:`~dinofeat.io.suffixes.VIDEO_OUTPUTS`) with trails, the input's
-            size, at ``fps / every`` so it plays at the input's speed.
+            size, each frame at its time in the input (so it plays at the input's speed, variable
+            frame rates included; nominally ``fps / every``).
         json: :meth:`~dinofeat.tracks.Tracks.to_json` document (the video's path: ``video_name`` or
             ``video``).
         csv: :meth:`~dinofeat.tracks.Tracks.write_csv` rows.
@@ -150,7 +151,7 @@ class TrackJob:
             with writer or contextlib.nullcontext():
                 for step in steps:
                     if writer is not None:
-                        writer.write(annotator.annotate(step.image, step.points_xy, step.visible))
+                        writer.write(annotator.annotate(step.image, step.points_xy, step.visible), step.time_s)
                     kept.append(replace(step, image=None))
             tracks = Tracks.from_steps(queries, kept)
             if json_tmp is not None:
