@@ -363,3 +363,33 @@ def test_variable_frame_rate_keeps_each_frames_time(tmp_path, model_args):
     assert main([*argv, *model_args]) == 0
     assert json.loads(every.read_text())["times_s"] == pytest.approx(times[::3], abs=1e-6)
     assert [frame.time_s for frame in read_timed_frames(every_out)] == pytest.approx(times[::3], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("sar", "squeeze", "height"),
+    [
+        (Fraction(2, 1), (slice(None), slice(None, None, 2)), H),
+        (Fraction(1, 2), (slice(None, None, 2), slice(None)), H + 2),  # stored 64 rows: yuv420p needs even sides
+    ],
+    ids=["wide-pixels", "tall-pixels"],
+)
+def test_non_square_pixels_are_tracked_in_display_pixels(tmp_path, model_args, sar, squeeze, height):
+    """A W x height pan stored squeezed with SAR 2:1 (or 1:2): points, JSON and -o in display pixels."""
+    from skimage import data
+
+    photo = data.astronaut()
+    crops = [np.ascontiguousarray(photo[60 : 60 + height, 100 + 14 * k : 100 + 14 * k + W]) for k in range(FRAMES)]
+    video = write_h264(tmp_path / "sar.mp4", [np.ascontiguousarray(crop[squeeze]) for crop in crops], sar=sar)
+    js, out = tmp_path / "s.json", tmp_path / "s.mp4"
+    argv = ["track", str(video), "--point", "130.5,48.3", "--window", "40", "--json", str(js), "-o", str(out)]
+    assert main([*argv, *model_args]) == 0
+
+    doc = json.loads(js.read_text())
+    assert doc["video"]["size"] == [W, height]
+    (entry,) = doc["tracks"]
+    expected = np.array([[130.5 - 14 * k, 48.3] for k in range(FRAMES)])
+    assert all(entry["visible"]) and np.abs(np.array(entry["points"]) - expected).max() <= 2.0
+    assert probe_video(out).size_wh == (W, height)
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (W, height) and stream.sample_aspect_ratio in (None, 0, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -183,3 +184,27 @@ def test_times_never_go_back_and_untimed_frames_follow_the_frame_rate(tmp_path, 
     assert [t.time_s for t in read_timed_frames(path)] == pytest.approx([0.0, 0.04, 0.08, 0.12])
     out = write_video(tmp_path / "cfr.mp4", frames, fps=30000 / 1001)
     assert [t.time_s for t in read_timed_frames(out)] == pytest.approx([k * 1001 / 30000 for k in range(4)], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("sar", "squeeze"),
+    [(Fraction(2, 1), (slice(None), slice(None, None, 2))), (Fraction(1, 2), (slice(None, None, 2), slice(None)))],
+    ids=["wide-pixels", "tall-pixels"],
+)
+def test_non_square_pixels_come_out_at_the_display_size(tmp_path, photo, sar, squeeze):
+    """Frames stored squeezed (every other column for 2:1 pixels, row for 1:2) come out as shown."""
+    shown = pan_frames(photo, 3, size_wh=(96, 64))
+    stored = [np.ascontiguousarray(frame[squeeze]) for frame in shown]
+    path = write_h264(tmp_path / "sar.mp4", stored, sar=sar)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].sample_aspect_ratio == sar
+    assert probe_video(path).size_wh == (96, 64)
+    frames = [frame for _, frame in read_frames(path)]
+    assert [frame.shape for frame in frames] == [(64, 96, 3)] * 3
+    for original, frame in zip(shown, frames, strict=True):
+        assert np.abs(frame.astype(int) - original.astype(int)).mean() < 12
+
+    copy = write_video(tmp_path / "copy.mp4", frames)
+    with av.open(str(copy)) as container:
+        assert container.streams.video[0].sample_aspect_ratio in (None, Fraction(1), Fraction(0))
+    assert probe_video(copy).size_wh == (96, 64)

@@ -3,7 +3,10 @@
 Frames are ``(H, W, 3) uint8 RGB`` numpy arrays everywhere inside dinofeat. Frame indices count
 decoded frames from 0 in decoding-presentation order, so ``(t, x, y)`` always names the same frame
 whatever the container's timestamps. Display rotation stored by phones (the display matrix) is
-applied, so frames come out the way players show them.
+applied, and frames with non-square pixels (a sample aspect ratio, SAR, other than 1:1) are
+resampled to their display size, as players show them (wider pixels widen the frame, taller ones
+heighten it; nothing is shrunk): every size and coordinate is in display pixels, and written videos
+have square pixels.
 
 Every frame of a video comes out in one raster: the first frame's size. A video whose resolution
 changes part-way (concatenated MPEG-TS segments, stream recorders) has its later frames scaled to
@@ -65,7 +68,8 @@ class VideoInfo:
     Attributes:
         fps: frames per second (average rate for variable-rate videos).
         frames: number of decodable frames.
-        size_wh: frame size in pixels as displayed (rotation applied), ``(width, height)``.
+        size_wh: frame size in pixels as displayed (rotation and sample aspect ratio applied),
+            ``(width, height)``.
     """
 
     fps: float
@@ -90,7 +94,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         first = next(frames, None)
         if first is None:
             raise InputError(f"video has no frames: {path}")
-        width, height = _Raster.of(first, path).size_wh
+        width, height = _Raster.of(first, stream, path).size_wh
         fps = _frame_rate(stream, path)
         count = int(stream.frames or 0)
         if count > 0:
@@ -156,7 +160,7 @@ def _read_frames(path: Path, start: int, max_frames: int | None, every: int) -> 
         yielded = 0
         raster: _Raster | None = None
         for index, frame in enumerate(_decode(container, stream, path)):
-            raster = raster or _Raster.of(frame, path)
+            raster = raster or _Raster.of(frame, stream, path)
             time_s = clock.time_s(frame)
             if index < start or (index - start) % every:
                 continue  # still decoded (later frames depend on it) but never converted
@@ -322,22 +326,25 @@ def _decode(container, stream, path: Path) -> Iterator[av.VideoFrame]:
 
 
 class _Raster:
-    """The one raster every frame of a video is given: the first frame's size as displayed.
+    """The one raster every frame of a video is given: the first frame's size as displayed (sample
+    aspect ratio and rotation applied).
 
     Frames of another stored size (a resolution change part-way) are scaled to it; the first such
     frame logs a warning, once per video.
     """
 
-    def __init__(self, stored_wh: tuple[int, int], turns: int, path: Path) -> None:
+    def __init__(self, first_wh: tuple[int, int], stored_wh: tuple[int, int], turns: int, path: Path) -> None:
+        self._first_wh = first_wh  # (width, height) of the first frame as stored
         self.stored_wh = stored_wh  # (width, height) frames are scaled to before the rotation
         self.turns = turns  # counter-clockwise quarter turns, as np.rot90
         self.path = path
         self._warned = False
 
     @classmethod
-    def of(cls, first: av.VideoFrame, path: Path) -> _Raster:
-        """The raster of the video whose first decoded frame is ``first``."""
-        return cls((first.width, first.height), _quarter_turns(first), path)
+    def of(cls, first: av.VideoFrame, stream: av.video.stream.VideoStream, path: Path) -> _Raster:
+        """The raster of the video whose first decoded frame (of ``stream``) is ``first``."""
+        first_wh = (first.width, first.height)
+        return cls(first_wh, _display_wh(first_wh, _sample_aspect(stream)), _quarter_turns(first), path)
 
     @property
     def size_wh(self) -> tuple[int, int]:
@@ -348,7 +355,7 @@ class _Raster:
     def rgb(self, frame: av.VideoFrame, index: int) -> np.ndarray:
         """Decoded frame ``index`` -> ``(H, W, 3) uint8 RGB`` in this raster, rotation applied."""
         width, height = self.stored_wh
-        if (frame.width, frame.height) != self.stored_wh:
+        if (frame.width, frame.height) != self._first_wh:
             self._warn_resized(frame, index)
         rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
         return np.ascontiguousarray(np.rot90(rgb, self.turns)) if self.turns else rgb
@@ -364,7 +371,7 @@ class _Raster:
             index,
             frame.width,
             frame.height,
-            *self.stored_wh,
+            *self._first_wh,
         )
 
 
@@ -388,6 +395,25 @@ class _Clock:
             time_s = self._last + self.frame_s
         self._last = time_s
         return time_s
+
+
+def _sample_aspect(stream: av.video.stream.VideoStream) -> Fraction:
+    """The stream's sample (pixel) aspect ratio, width : height of one pixel; 1 when unstated."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar and sar > 0:
+            return Fraction(sar)
+    return Fraction(1)
+
+
+def _display_wh(stored_wh: tuple[int, int], sar: Fraction) -> tuple[int, int]:
+    """``(width, height)`` of a frame stored at ``stored_wh`` as players show it: wide pixels
+    (``sar > 1``) widen it, tall ones (``sar < 1``) heighten it."""
+    width, height = stored_wh
+    if sar > 1:
+        return max(1, round(width * sar)), height
+    if sar < 1:
+        return width, max(1, round(height / sar))
+    return width, height
 
 
 def _quarter_turns(frame: av.VideoFrame) -> int:
