@@ -124,6 +124,14 @@ def test_backward_tracks_a_late_query_into_earlier_frames(tmp_path, video, model
     assert np.abs(np.array(entry["points"]) - expected)[inside].max() <= 1.0
 
 
+def test_points_with_a_leading_minus_are_values(tmp_path, video, model_args):
+    """``--point -0.4,60`` and ``--query 1,-0.5,60`` are positions from the left edge, not options."""
+    js = tmp_path / "m.json"
+    argv = ["track", video, "--point", "-0.4,60", "--query", "1,-0.5,60", "--max-frames", "2", "--json", str(js)]
+    assert main([*argv, *model_args]) == 0
+    assert [t["query"] for t in json.loads(js.read_text())["tracks"]] == [[0, -0.4, 60.0], [1, -0.5, 60.0]]
+
+
 def test_frame_selection_and_points_file(tmp_path, video, model_args):
     points = tmp_path / "points.csv"
     points.write_text("t,x,y\n2,130.5,48.3\n4,100,60\n")
