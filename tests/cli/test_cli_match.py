@@ -57,6 +57,13 @@ def test_json_contract_order_and_picture(tmp_path, images, model_args):
         assert picture.size == (offset_b + round(W * scale_b), height)
 
 
+def test_a_point_with_a_leading_minus_is_a_value(tmp_path, images, model_args):
+    """``--point -0.5,60`` (the left edge of the first pixel column) is a position, not an option."""
+    js = tmp_path / "m.json"
+    assert main(["match", *images, "--point", "-0.5,60", "--json", str(js), *model_args]) == 0
+    assert [m["source"] for m in json.loads(js.read_text())["matches"]] == [[-0.5, 60.0]]
+
+
 def test_points_file_json_and_csv_and_stdout(tmp_path, images, model_args, capsys):
     as_json = tmp_path / "p.json"
     as_json.write_text("[[10, 20], [30.5, 40]]")
@@ -114,6 +121,7 @@ def test_grid_auto_checks_and_heatmap(tmp_path, images, model_args):
     "extra,message",
     [
         (["--point", "500,10"], "outside image A"),
+        (["--point", "-1,60"], "outside image A"),  # a value with a leading minus, not an option
         (["--point", "nan,3"], "not a finite position"),
         (["--point", "1;2"], "X,Y"),
         (["--point", "1,2,3"], "X,Y"),

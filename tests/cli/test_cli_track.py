@@ -124,6 +124,47 @@ def test_backward_tracks_a_late_query_into_earlier_frames(tmp_path, video, model
     assert np.abs(np.array(entry["points"]) - expected)[inside].max() <= 1.0
 
 
+def test_points_with_a_leading_minus_are_values(tmp_path, video, model_args):
+    """``--point -0.4,60`` and ``--query 1,-0.5,60`` are positions from the left edge, not options."""
+    js = tmp_path / "m.json"
+    argv = ["track", video, "--point", "-0.4,60", "--query", "1,-0.5,60", "--max-frames", "2", "--json", str(js)]
+    assert main([*argv, *model_args]) == 0
+    assert [t["query"] for t in json.loads(js.read_text())["tracks"]] == [[0, -0.4, 60.0], [1, -0.5, 60.0]]
+
+
+def _odd_video(path: Path, size_wh: tuple[int, int], frames: int) -> str:
+    """An odd-sized H.264 clip written by PyAV itself (yuv444p: 4:2:0 cannot hold odd sides)."""
+    from skimage import data
+
+    w, h = size_wh
+    photo = data.astronaut()
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"crf": "10"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv444p"
+        for k in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(photo[50 : 50 + h, 40 + 7 * k : 40 + 7 * k + w]))
+            for packet in stream.encode(frame.reformat(format="yuv444p")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", ["track", "pca"])
+def test_an_odd_sized_video_gives_an_output_of_the_same_size(tmp_path, model_args, command):
+    """321 x 241 in, 321 x 241 out (H.264 4:4:4), frames and pixels where they were."""
+    source = _odd_video(tmp_path / "odd.mp4", (321, 241), 3)
+    out = tmp_path / "out.mp4"
+    extra = ["--point", "160,120"] if command == "track" else ["--pca-only"]
+    assert main([command, source, *extra, "-o", str(out), *model_args]) == 0
+    info = probe_video(out)
+    assert info.size_wh == (321, 241) and info.frames == 3
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv444p"
+        first = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    assert first.shape == (241, 321, 3)
+
+
 def test_frame_selection_and_points_file(tmp_path, video, model_args):
     points = tmp_path / "points.csv"
     points.write_text("t,x,y\n2,130.5,48.3\n4,100,60\n")

@@ -218,6 +218,22 @@ def test_interrupt_keeps_finished_shards(tmp_path, small, vit, monkeypatch):
     assert (report.done, report.failed, report.done + report.failed) == (40, 5, 45)
 
 
+def test_a_broken_link_and_a_fifo_are_failed_files(tmp_path, vits14_checkpoint, capsys):
+    """``dinofeat extract DIR --out-dir``: a broken symbolic link and a FIFO named like images are
+    counted as failed and recorded in errors.jsonl; the FIFO is never opened (nothing blocks)."""
+    root = tmp_path / "images"
+    make_image_dataset(root, 6, bad=False)
+    (root / "broken.jpg").symlink_to(root / "gone.jpg")
+    os.mkfifo(root / "pipe.jpg")
+    argv = ["extract", str(root), "--out-dir", str(tmp_path / "out"), "--weights", str(vits14_checkpoint), *CLI_MODEL]
+    assert main(argv) == 1
+    assert "6 done (6 now" in capsys.readouterr().err
+    errors = {e["path"]: e["error"] for e in _errors(tmp_path / "out")}
+    assert list(errors) == ["broken.jpg", "pipe.jpg"]
+    assert "broken symbolic link" in errors["broken.jpg"] and "FIFO" in errors["pipe.jpg"]
+    assert len(open_features(tmp_path / "out")) == 6
+
+
 def test_on_error_fail_stops_at_the_first_bad_file(tmp_path, small, vits14_checkpoint, capsys):
     root, _ = small
     argv = ["extract", str(root), "--out-dir", str(tmp_path / "out"), "--weights", str(vits14_checkpoint)]

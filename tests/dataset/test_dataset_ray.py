@@ -5,6 +5,7 @@ for feature shards (also with --pca, fitted on a worker), the same tracks. Skipp
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -37,15 +38,19 @@ def _same_folders(a, b, pattern):
 def test_ray_features_are_the_same_bytes_as_local(tmp_path, local_ray, vits14_checkpoint, capsys):
     root = tmp_path / "images"
     make_image_dataset(root, 60)
+    (root / "broken.jpg").symlink_to(root / "gone.jpg")  # failed files too, read by neither engine
+    os.mkfifo(root / "pipe.jpg")
     model = ["--weights", str(vits14_checkpoint), *MODEL, "--shard-size", "16", "--pca", "24", "--pca-sample", "20"]
     for engine in ("local", "ray"):
         argv = ["extract", str(root), "--out-dir", str(tmp_path / engine), "--engine", engine, *model]
-        assert main([*argv, "--dtype", "float16"]) == 1  # the five bad files
+        assert main([*argv, "--dtype", "float16"]) == 1  # the five bad files, the broken link, the FIFO
         assert "60 done (60 now" in capsys.readouterr().err
     _same_folders(tmp_path / "local", tmp_path / "ray", "shards/*.safetensors")
     _same_folders(tmp_path / "local", tmp_path / "ray", "pca.safetensors")
     for name in ("index.parquet", "errors.jsonl"):
         _same_folders(tmp_path / "local", tmp_path / "ray", name)
+    failed = [json.loads(line)["path"] for line in (tmp_path / "ray" / "errors.jsonl").read_text().splitlines()]
+    assert {"broken.jpg", "pipe.jpg"} <= set(failed) and len(failed) == 7
     # the ray run resumes like the local one
     assert main(["extract", str(root), "--out-dir", str(tmp_path / "ray"), "--engine", "ray", *model, "-q"]) == 2
     assert "settings.dtype" in capsys.readouterr().err

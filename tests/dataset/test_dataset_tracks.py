@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -75,6 +76,23 @@ def test_tracks_equal_single_file_and_bad_videos_are_recorded(tmp_path, videos, 
     assert main([*argv[: -len(model)], "--grid", "3", *model]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "settings.queries" in err
+
+
+def test_a_broken_link_and_a_fifo_named_mp4_are_failed_videos(tmp_path, videos, model, capsys):
+    """``dinofeat track DIR --out-dir``: both are counted and recorded in errors.jsonl; the FIFO is
+    never opened (nothing blocks); a link to a real video is tracked."""
+    root = tmp_path / "clips"
+    root.mkdir()
+    (root / "a.mp4").symlink_to(videos / "a.mp4")
+    (root / "broken.mp4").symlink_to(root / "gone.mp4")
+    os.mkfifo(root / "pipe.mp4")
+    out = tmp_path / "out"
+    assert main(["track", str(root), "--out-dir", str(out), "--grid", "2", "--outputs", "json", *model]) == 1
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert summary.startswith("dinofeat track: 3 videos: 1 done (1 now") and "2 failed" in summary
+    errors = {e["path"]: e["error"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    assert list(errors) == ["broken.mp4", "pipe.mp4"]
+    assert "broken symbolic link" in errors["broken.mp4"] and "FIFO" in errors["pipe.mp4"]
 
 
 def test_points_files_per_video(tmp_path, videos, model):

@@ -76,6 +76,18 @@ def test_bad_listings_are_one_line_errors(tmp_path, problem, expected):
         list_inputs(sources).fingerprint()
 
 
+def test_a_broken_link_and_a_fifo_with_an_image_name_are_listed(tmp_path):
+    """They fail when read (and are recorded); a folder walk and a glob both list them."""
+    _touch(tmp_path, "a.png")
+    (tmp_path / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    os.mkfifo(tmp_path / "pipe.txt")  # not an image name: not listed
+    expected = ["a.png", "broken.jpg", "pipe.jpg"]
+    assert [i.path for i in list_inputs([tmp_path])] == expected
+    assert [i.path for i in list_inputs([str(tmp_path / "*.*g")])] == expected
+    assert [i.path for i in list_inputs([str(tmp_path / "pipe.*")])] == ["pipe.jpg", "pipe.txt"]
+
+
 def test_normal_path():
     assert normal_path("./a//b/./c.png") == "a/b/c.png"
     assert normal_path("/abs/x.png") == "/abs/x.png"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -57,12 +58,22 @@ def test_frame_selection(tmp_path, photo):
         read_frames(path, every=0)
 
 
-def test_odd_size_is_padded_in_the_file_only(tmp_path, photo):
+def test_odd_size_is_kept_in_4_4_4(tmp_path, photo):
     frames = pan_frames(photo, 3, size_wh=(45, 31))
     path = write_video(tmp_path / "odd.mp4", frames)
-    assert stream_info(path)[2:] == (46, 32)
+    assert stream_info(path) == ("h264", "yuv444p", 45, 31)
     first = next(read_frames(path))[1]
-    assert np.abs(first[:31, :45].astype(int) - frames[0]).mean() < 8
+    assert first.shape == (31, 45, 3) and np.abs(first.astype(int) - frames[0]).mean() < 8
+
+
+def test_a_fifo_and_a_broken_link_fail_without_being_opened(tmp_path):
+    """A FIFO is refused from its file type (opening it would wait for a writer)."""
+    os.mkfifo(tmp_path / "pipe.mp4")
+    (tmp_path / "broken.mp4").symlink_to(tmp_path / "gone.mp4")
+    with pytest.raises(InputError, match=r"expected a video file, got a FIFO \(named pipe\)"):
+        probe_video(tmp_path / "pipe.mp4")
+    with pytest.raises(InputError, match="video is a broken symbolic link"):
+        read_frames(tmp_path / "broken.mp4")
 
 
 def test_rotation_metadata_is_applied(tmp_path, photo):

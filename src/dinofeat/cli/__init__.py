@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from dinofeat import __version__
 from dinofeat.errors import DinofeatError, FieldMessage, InputError
@@ -28,7 +30,15 @@ class UsageError(InputError):
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """Usage errors are one line (``dinofeat match: error: ... (see --help)``), raised, not exited,
-    so that :func:`main` reports them like every other error; --help and --version still exit."""
+    so that :func:`main` reports them like every other error; --help and --version still exit.
+
+    A value that starts with a minus and a digit (``--point -1,60``, ``--query 3,-0.4,60``: positions
+    from -0.5 are in the image) is a value, not an option; argparse alone takes only a lone number
+    (``-3``) for a value."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str):
         raise UsageError(f"{self.prog}: error: {message} (see --help)")

@@ -80,7 +80,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "-o",
         "--output",
         metavar="OUT.mp4",
-        help="video with each point in its own colour and a fading trail; H.264 yuv420p, "
+        help="video with each point in its own colour and a fading trail; H.264 yuv420p (4:4:4 for an odd "
+        "width or height), "
         f"same size as the input, at fps / --every ({', '.join(VIDEO_SUFFIXES)})",
     )
     outputs.add_argument("--json", metavar="OUT.json", help="tracks as JSON: one entry per processed frame")

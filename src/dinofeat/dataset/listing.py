@@ -3,8 +3,11 @@
 * a **folder**: every file below it whose suffix is an image's (or a video's) suffix, walked
   depth-first with each folder's entries sorted by name; hidden files and folders (``.name``) and
   the dataset's own output folder (by whatever path, links too) are skipped. Item paths are
-  relative to the folder, with ``/``.
-* a **glob** (``"photos/**/*.jpg"``, quoted so the shell leaves it alone): the matching files,
+  relative to the folder, with ``/``. A name with such a suffix that is not a regular file (a
+  broken symbolic link, a FIFO) is listed too: reading it fails without opening it, and the run
+  records it in ``errors.jsonl`` like any other bad file.
+* a **glob** (``"photos/**/*.jpg"``, quoted so the shell leaves it alone): the matching files
+  (anything but folders, as in a folder listing),
   sorted, except those in the dataset's output folder; item paths relative to the glob's folder
   (``photos``).
 * a **list file**: ``.txt`` / ``.lst`` (one path per line; blank lines and ``#`` comments skipped),
@@ -142,7 +145,7 @@ class Listing:
                 yield source, os.path.abspath(source)
             else:  # a glob (checked by list_inputs)
                 for match in sorted(glob.glob(source, recursive=True)):
-                    if Path(match).is_file() and outside(match):
+                    if not Path(match).is_dir() and outside(match):
                         yield (os.path.relpath(match, base) if base else match), os.path.abspath(match)
 
 
@@ -169,7 +172,7 @@ def list_inputs(sources: Sequence[str | os.PathLike], kind: str = "image", *, ex
         if path.is_file():
             continue
         if _GLOB_CHARS & set(source):
-            if not any(Path(m).is_file() for m in glob.iglob(source, recursive=True)):
+            if all(Path(m).is_dir() for m in glob.iglob(source, recursive=True)):
                 raise InputError(f"no file matches {source!r}")
             continue
         raise InputError(f"input not found: {source}")
@@ -277,8 +280,8 @@ def _walk(folder: Path, suffixes: tuple[str, ...], exclude: tuple[int, int] | No
                 continue
             if entry.is_dir():
                 yield from visit(entry.path)
-            elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in suffixes:
-                yield entry.path
+            elif os.path.splitext(entry.name)[1].lower() in suffixes:
+                yield entry.path  # a broken link or a FIFO too: it fails when read, and is recorded
 
     yield from visit(str(folder))
 

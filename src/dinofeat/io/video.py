@@ -171,7 +171,7 @@ def _read_frames(path: Path, start: int, max_frames: int | None, every: int) -> 
 
 
 class VideoWriter:
-    """Write RGB frames to an H.264 (libx264) video, ``yuv420p``, playable in browsers.
+    """Write RGB frames to an H.264 (libx264) video of exactly ``size_wh``.
 
     Use as a context manager: the file is finalised on a clean exit and removed if the block
     raises, so a failure never leaves a half-written video. The container follows the suffix
@@ -181,8 +181,9 @@ class VideoWriter:
     Frames are written at the times given to :meth:`write` (kept to 1/90000 s, so a variable frame
     rate survives), else one ``1 / fps`` after another.
 
-    ``yuv420p`` needs even sides: odd widths/heights are padded by one replicated column/row in the
-    file, so every pixel keeps its coordinates; callers always pass frames of ``size_wh``.
+    Even sides are encoded ``yuv420p`` (plays in browsers). ``yuv420p`` cannot hold an odd width or
+    height, so an odd size is encoded ``yuv444p`` (H.264 High 4:4:4): the file is the input's size,
+    pixel for pixel, and plays in ffmpeg-based players (VLC, mpv) though not in every browser.
 
     Args:
         path: output file.
@@ -204,7 +205,7 @@ class VideoWriter:
         self.size_wh = (width, height)
         self.fps = float(fps)
         self.frames_written = 0
-        self._pad = (height % 2, width % 2)
+        self.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
         rate = Fraction(fps).limit_denominator(1001)
         # ticks of 1/lcm(rate numerator, 90 kHz) s: a whole number per nominal frame, and fine times
         self._time_base = Fraction(1, math.lcm(rate.numerator, _CLOCK_HZ))
@@ -219,8 +220,8 @@ class VideoWriter:
             raise InputError(f"cannot create video {self.path}: {err}") from None
         try:
             self._stream = self._container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
-            self._stream.width, self._stream.height = width + self._pad[1], height + self._pad[0]
-            self._stream.pix_fmt = "yuv420p"
+            self._stream.width, self._stream.height = width, height
+            self._stream.pix_fmt = self.pix_fmt
             self._stream.codec_context.time_base = self._time_base
         except Exception:
             self._abort()
@@ -233,12 +234,10 @@ class VideoWriter:
         width, height = self.size_wh
         if frame_rgb.shape != (height, width, 3) or frame_rgb.dtype != np.uint8:
             raise InputError(f"expected a ({height}, {width}, 3) uint8 frame, got {frame_rgb.shape} {frame_rgb.dtype}")
-        if any(self._pad):
-            frame_rgb = np.pad(frame_rgb, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_rgb), format="rgb24")
         frame.pts = self._next_pts(time_s)
         container = self._open_container()
-        for packet in self._stream.encode(frame.reformat(format="yuv420p")):
+        for packet in self._stream.encode(frame.reformat(format=self.pix_fmt)):
             container.mux(packet)
         self.frames_written += 1
 
