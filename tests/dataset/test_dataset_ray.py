@@ -5,6 +5,11 @@ for feature shards (also with --pca, fitted on a worker), the same tracks. Skipp
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -93,3 +98,26 @@ def test_ray_on_a_full_disk_is_one_line_and_resumes(tmp_path, local_ray, small_d
     assert main(argv) == 0
     shards = {p.name: p.read_bytes() for p in (out / "shards").glob("*.safetensors")}
     assert len(shards) == 10 and all(shards[name] == data for name, data in kept.items())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+def test_killing_the_driver_stops_the_workers_writing(tmp_path, vits14_checkpoint):
+    """SIGKILL the driver of a run on a local Ray it started: its raylet dies with it (Ray's fate
+    sharing) and the workers with the raylet, so no shard appears after the kill."""
+    root = tmp_path / "images"
+    make_image_dataset(root, 200, bad=False)
+    out = tmp_path / "out"
+    cli = "import sys; from dinofeat.cli import main; sys.exit(main())"
+    argv = ["extract", str(root), "--out-dir", str(out), "--engine", "ray", "--shard-size", "4", "--workers", "1"]
+    argv += ["--weights", str(vits14_checkpoint), "--resolution", "112", "--device", "cpu", "-q"]
+    child = subprocess.Popen([sys.executable, "-c", cli, *argv], stderr=subprocess.DEVNULL, start_new_session=True)
+    shards = out / "shards"
+    deadline = time.monotonic() + 120
+    while child.poll() is None and len(list(shards.glob("*.safetensors"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    time.sleep(0.5)  # the raylet and the workers follow within milliseconds
+    written = sorted(shards.glob("*.safetensors"))
+    time.sleep(3)  # without the fate sharing, a worker went on writing for 1-2 s
+    assert 2 <= len(written) < 50 and sorted(shards.glob("*.safetensors")) == written

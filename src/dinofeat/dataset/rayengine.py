@@ -25,10 +25,13 @@ for the run and stopped after it (one that is already running in this process is
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import re
+import signal
+import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -176,7 +179,7 @@ class RayEngine:
         workers, gpus, cpus, threads = self.resources()
         dataset = ray.data.read_parquet(str(plan), override_num_blocks=count, num_cpus=0).map_batches(
             worker,
-            fn_constructor_kwargs={"job": job},
+            fn_constructor_kwargs={"job": job, "fate_share": self._started},
             batch_size=1,
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=workers),
@@ -269,10 +272,25 @@ def _threads_env(threads: int | None) -> dict[str, dict[str, str]] | None:
     return {"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
 
 
+def _die_with_raylet() -> None:
+    """Make this worker die the moment its raylet does (Linux ``PR_SET_PDEATHSIG``; elsewhere
+    nothing). A local Ray's raylet dies with the driver (Ray's own kernel fate sharing), but its
+    workers notice only a second or two later and meanwhile write shards of a run that is over."""
+    if not sys.platform.startswith("linux"):
+        return
+    raylet = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != raylet or raylet == 1:  # it died before the call: the signal will not come
+        os._exit(1)
+
+
 class _ShardWorker:
     """A Ray actor: the model, loaded once; each call computes and writes one shard."""
 
-    def __init__(self, job: FeatureJob) -> None:
+    def __init__(self, job: FeatureJob, fate_share: bool = False) -> None:
+        if fate_share:
+            _die_with_raylet()
         self.job = job
         self.extractor = Extractor.from_options(job.extractor)
         self.decoders = ThreadPoolExecutor(
@@ -321,7 +339,9 @@ class _ShardWorker:
 class _TrackWorker:
     """A Ray actor: the model, loaded once; each call tracks one video and writes its files."""
 
-    def __init__(self, job: TrackJob) -> None:
+    def __init__(self, job: TrackJob, fate_share: bool = False) -> None:
+        if fate_share:
+            _die_with_raylet()
         self.job = job
         self.extractor = Extractor.from_options(job.extractor)
 
