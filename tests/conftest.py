@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -165,3 +169,35 @@ def write_resolution_change(path: Path, first: Sequence[np.ndarray], then: Seque
     for part in parts:
         part.unlink()
     return path
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+def fill_disk(folder: Path, leave: int = 0) -> Path:
+    """Fill the device of ``folder`` up to ``leave`` bytes; returns the filler file (delete it to free space)."""
+    filler = folder / "filler"
+    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize - leave
+    with open(filler, "wb") as handle:
+        try:
+            handle.write(b"\0" * max(free, 0))
+            handle.flush()
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+    return filler
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs at ``tmp_path / "disk"`` (skipped where none can be mounted)."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root on Linux); the ENOSPC unit tests still run")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)

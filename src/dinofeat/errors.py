@@ -21,6 +21,7 @@ CLI's handler renders them with flags.
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Callable
 from typing import Any
@@ -74,6 +75,23 @@ class FieldMessage:
         return self.render()
 
 
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or an exception it was raised from) says the device is full: an OSError
+    with ``errno.ENOSPC``, or a library's wrapper whose message says so (safetensors' Rust I/O error
+    "No space left on device (os error 28)", Arrow's "[errno 28] ...")."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        text = str(current).lower()
+        if "no space left on device" in text or "os error 28" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class DinofeatError(Exception):
     """Base class: a problem with the user's input, files or environment."""
 
@@ -96,6 +114,10 @@ class DinofeatError(Exception):
 
 class InputError(DinofeatError):
     """A bad image, video, point or option value."""
+
+
+class DiskFullError(DinofeatError):
+    """An output could not be written because its device is full (``ENOSPC``); nothing partial was left."""
 
 
 class UnknownModelError(DinofeatError):

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import make_image_dataset
+from conftest import fill_disk, make_image_dataset
 from dinofeat.cli import main
 from dinofeat.io.video import VideoWriter
 
@@ -77,3 +77,24 @@ def test_ray_tracks_equal_local(tmp_path, local_ray, vits14_checkpoint):
     _same_folders(tmp_path / "local", tmp_path / "ray", "tracks/*")
     errors = [json.loads(line) for line in (tmp_path / "ray" / "errors.jsonl").read_text().splitlines()]
     assert [e["path"] for e in errors] == ["broken.mp4"]
+
+
+def test_ray_on_a_full_disk_is_one_line_and_resumes(tmp_path, local_ray, small_disk, vits14_checkpoint, capsys):
+    """A worker's ENOSPC reaches the driver as the one line the local engine prints (no worker
+    traceback, no colour codes); the shards written stay and a rerun after freeing space finishes."""
+    root = tmp_path / "images"
+    make_image_dataset(root, 40, bad=False)
+    out = small_disk / "features"
+    argv = ["extract", str(root), "--out-dir", str(out), "--engine", "ray", "--shard-size", "4"]
+    argv += ["--weights", str(vits14_checkpoint), *MODEL, "-q"]
+    filler = fill_disk(small_disk, leave=120 * 1024)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"dinofeat extract: error: no space left on device writing {out}/")
+    assert "\x1b" not in err[0]
+    kept = {p.name: p.read_bytes() for p in (out / "shards").glob("*.safetensors")}
+    assert len(kept) < 10
+    filler.unlink()
+    assert main(argv) == 0
+    shards = {p.name: p.read_bytes() for p in (out / "shards").glob("*.safetensors")}
+    assert len(shards) == 10 and all(shards[name] == data for name, data in kept.items())

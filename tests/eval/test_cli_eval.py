@@ -14,7 +14,7 @@ from PIL import Image
 from test_spair import make_spair
 from test_tapvid import PanVideo, loop_metrics
 
-from conftest import smooth_vit
+from conftest import fill_disk, smooth_vit
 from dinofeat.cli import main
 from dinofeat.features.extractor import Extractor
 
@@ -190,3 +190,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, model_args, capsys, argv, me
     assert main([*argv, *model_args] if len(argv) > 1 else argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+def test_eval_on_a_full_disk_is_one_line_and_leaves_nothing(small_disk, davis, vits14_checkpoint, capsys):
+    model = ["--weights", str(vits14_checkpoint), "--device", "cpu", "--precision", "fp32", "--resolution", "56"]
+    fill_disk(small_disk)
+    out = small_disk / "eval.json"
+    assert main(["eval", "tapvid", str(davis), "--json", str(out), "-q", *model]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"dinofeat eval: error: no space left on device writing {out}"]
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]

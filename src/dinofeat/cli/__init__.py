@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dinofeat import __version__
-from dinofeat.errors import DinofeatError, FieldMessage, InputError
+from dinofeat.errors import DinofeatError, FieldMessage, InputError, is_disk_full
 from dinofeat.optionspec import flag_of
 
 # Each command is a module of this package with `add_parser(subparsers)` and `run(args) -> int`.
@@ -119,10 +119,18 @@ class _FlagFormatter(logging.Formatter):
 
 
 def _is_user_error(err: BaseException) -> bool:
-    return isinstance(err, (DinofeatError, OSError))
+    return isinstance(err, (DinofeatError, OSError)) or is_disk_full(err)
+
+
+def _disk_full(err: BaseException) -> str:
+    """A full device met outside the staged writes: "no space left on device", with the file if known."""
+    named = getattr(err, "filename", None)
+    return "no space left on device" + (f" writing {named}" if named else "")
 
 
 def _one_line(err: BaseException) -> str:
+    if not isinstance(err, DinofeatError) and is_disk_full(err):
+        return _disk_full(err)
     message = err.render(flag_of) if isinstance(err, DinofeatError) else str(err)
     text = " ".join(message.split()) or type(err).__name__
     if isinstance(err, (DinofeatError, OSError)):

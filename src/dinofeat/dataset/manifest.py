@@ -28,7 +28,7 @@ import torch
 
 from dinofeat import __version__
 from dinofeat.dataset.layout import MANIFEST, SHARDS, TRACKS
-from dinofeat.errors import DinofeatError, InputError, field, render
+from dinofeat.errors import DinofeatError, DiskFullError, InputError, field, is_disk_full, render
 from dinofeat.errors import one_line as squashed
 from dinofeat.io.outputs import format_json, staged_outputs
 from dinofeat.options import ExtractorOptions
@@ -157,8 +157,13 @@ class ErrorLog:
         if self._handle is None:
             self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run; close()
         record = {"path": error["path"], "error": render(error["error"]), "item": error["item"]}
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+        try:
+            self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()
+        except OSError as err:
+            if is_disk_full(err):
+                raise DiskFullError(f"no space left on device writing {self.path}") from None
+            raise
 
     def rewrite(self, errors: Iterable[dict]) -> int:
         """Replace the log by ``errors`` (atomically; no file when there are none); returns the

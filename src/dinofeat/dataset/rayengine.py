@@ -25,9 +25,13 @@ for the run and stopped after it (one that is already running in this process is
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import re
+import signal
+import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +40,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dinofeat import errors
 from dinofeat.dataset.listing import Item
 from dinofeat.dataset.manifest import weights_digest
 from dinofeat.dataset.workunits import (
@@ -59,6 +64,7 @@ from dinofeat.runtime.modelthread import block_interrupts
 
 log = logging.getLogger(__name__)
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes in Ray's error texts
 #: Rows of the plan written per Parquet row group.
 PLAN_CHUNK = 256
 RAY_HINT = 'the ray engine needs Ray: pip install "dinofeat[ray]"'
@@ -173,7 +179,7 @@ class RayEngine:
         workers, gpus, cpus, threads = self.resources()
         dataset = ray.data.read_parquet(str(plan), override_num_blocks=count, num_cpus=0).map_batches(
             worker,
-            fn_constructor_kwargs={"job": job},
+            fn_constructor_kwargs={"job": job, "fate_share": self._started},
             batch_size=1,
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=workers),
@@ -182,7 +188,10 @@ class RayEngine:
             runtime_env=_threads_env(threads),
         )
         try:
-            yield from dataset.iter_rows()
+            for row in dataset.iter_rows():
+                if row["fatal"]:
+                    raise _revived(row["fatal"])
+                yield row
         except DinofeatError:
             raise
         except Exception as err:  # noqa: BLE001 - Ray wraps the worker's exception; ours is the message
@@ -215,6 +224,21 @@ def _write_plan(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return count
 
 
+def _fatal(err: DinofeatError) -> str:
+    """A worker's error that stops the run (a full disk), as a result row carries it to the driver:
+    Ray Data does not carry an exception's cause across, only its traceback as text."""
+    return json.dumps([type(err).__name__, err.template])
+
+
+def _revived(text: str) -> DinofeatError:
+    """The error :func:`_fatal` sent, of its own class (a dinofeat error class), marks and all."""
+    name, template = json.loads(text)
+    kind = getattr(errors, name, None)
+    if not (isinstance(kind, type) and issubclass(kind, DinofeatError)):
+        kind = DinofeatError
+    return kind(template)
+
+
 def _unwrap(err: BaseException) -> BaseException:
     """The dinofeat error inside Ray's wrappers (RayTaskError, UserCodeException), or a one-line one."""
     seen: BaseException | None = err
@@ -223,7 +247,7 @@ def _unwrap(err: BaseException) -> BaseException:
             return seen
         cause = getattr(seen, "cause", None)
         seen = cause if isinstance(cause, BaseException) else seen.__cause__
-    text = " ".join(str(err).split())
+    text = " ".join(_ANSI.sub("", str(err)).split())
     return RuntimeError(f"a Ray worker failed: {text[:300]}")
 
 
@@ -248,10 +272,25 @@ def _threads_env(threads: int | None) -> dict[str, dict[str, str]] | None:
     return {"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
 
 
+def _die_with_raylet() -> None:
+    """Make this worker die the moment its raylet does (Linux ``PR_SET_PDEATHSIG``; elsewhere
+    nothing). A local Ray's raylet dies with the driver (Ray's own kernel fate sharing), but its
+    workers notice only a second or two later and meanwhile write shards of a run that is over."""
+    if not sys.platform.startswith("linux"):
+        return
+    raylet = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != raylet or raylet == 1:  # it died before the call: the signal will not come
+        os._exit(1)
+
+
 class _ShardWorker:
     """A Ray actor: the model, loaded once; each call computes and writes one shard."""
 
-    def __init__(self, job: FeatureJob) -> None:
+    def __init__(self, job: FeatureJob, fate_share: bool = False) -> None:
+        if fate_share:
+            _die_with_raylet()
         self.job = job
         self.extractor = Extractor.from_options(job.extractor)
         self.decoders = ThreadPoolExecutor(
@@ -264,31 +303,45 @@ class _ShardWorker:
 
         out = []
         for number, text in zip(batch["number"], batch["items"]):
-            futures = [self.decoders.submit(decode_image, item, self.extractor) for item in _items(text)]
-            result = compute_shard(
-                int(number),
-                (f.result() for f in futures),
-                self.extractor,
-                pca=self.job.pca,
-                stop_on_error=self.job.dataset.on_error == "fail",
-            )
-            if not result.stopped:
-                write_shard_result(self.job, result)
+            try:
+                result = self._shard(int(number), text)
+            except DinofeatError as err:  # a full disk: the driver raises it (see _fatal)
+                out.append(
+                    {"number": int(number), "items": "[]", "errors": "[]", "stopped": True, "fatal": _fatal(err)}
+                )
+                break
             out.append(
                 {
                     "number": int(number),
                     "items": json.dumps(result.items),
                     "errors": json.dumps(result.errors),
                     "stopped": result.stopped,
+                    "fatal": "",
                 }
             )
-        return pd.DataFrame(out, columns=["number", "items", "errors", "stopped"])
+        return pd.DataFrame(out, columns=["number", "items", "errors", "stopped", "fatal"])
+
+    def _shard(self, number: int, text: str) -> ShardResult:
+        """Compute shard ``number`` (its items as the plan's JSON ``text``) and write it, unless stopped."""
+        futures = [self.decoders.submit(decode_image, item, self.extractor) for item in _items(text)]
+        result = compute_shard(
+            number,
+            (f.result() for f in futures),
+            self.extractor,
+            pca=self.job.pca,
+            stop_on_error=self.job.dataset.on_error == "fail",
+        )
+        if not result.stopped:
+            write_shard_result(self.job, result)
+        return result
 
 
 class _TrackWorker:
     """A Ray actor: the model, loaded once; each call tracks one video and writes its files."""
 
-    def __init__(self, job: TrackJob) -> None:
+    def __init__(self, job: TrackJob, fate_share: bool = False) -> None:
+        if fate_share:
+            _die_with_raylet()
         self.job = job
         self.extractor = Extractor.from_options(job.extractor)
 
@@ -299,6 +352,10 @@ class _TrackWorker:
         out = []
         for text in batch["items"]:
             for item in _items(text):
-                outcome = track_item(item, self.extractor, self.job)
-                out.append({"number": outcome.item, "path": outcome.path, "error": outcome.error or ""})
-        return pd.DataFrame(out, columns=["number", "path", "error"])
+                try:
+                    outcome = track_item(item, self.extractor, self.job)
+                except DinofeatError as err:  # a full disk: the driver raises it (see _fatal)
+                    out.append({"number": item.index, "path": item.path, "error": "", "fatal": _fatal(err)})
+                    return pd.DataFrame(out, columns=["number", "path", "error", "fatal"])
+                out.append({"number": outcome.item, "path": outcome.path, "error": outcome.error or "", "fatal": ""})
+        return pd.DataFrame(out, columns=["number", "path", "error", "fatal"])

@@ -24,7 +24,7 @@ from dinofeat.dataset.layout import TRACKS
 from dinofeat.dataset.listing import Item
 from dinofeat.dataset.manifest import one_line
 from dinofeat.dataset.store import shard_name, write_shard
-from dinofeat.errors import InputError
+from dinofeat.errors import DiskFullError, InputError
 from dinofeat.errors import field as field_named
 from dinofeat.features.extractor import Extractor
 from dinofeat.features.featuremap import FeatureMap
@@ -283,6 +283,8 @@ def track_item(item: Item, extractor: FeatureSource, job: TrackJob) -> ItemOutco
         )
         video_job.check()
         video_job.run(extractor)
+    except DiskFullError:
+        raise  # the device is full, not this video bad: the run stops (a rerun resumes)
     except Exception as err:  # noqa: BLE001 - PyAV and the codecs raise many types; each is this video's error
         return ItemOutcome(item.index, item.path, one_line(err))
     return ItemOutcome(item.index, item.path)

@@ -5,7 +5,9 @@
 * :func:`staged_outputs` writes to temporary files beside the targets and renames them into place
   only if every write succeeded, so a failure never leaves a half-written file (or replaces an
   existing one); the files get the mode a plain ``open()`` would give (``0666 & ~umask``);
-* :func:`ensure_folder` makes an output folder (parents too).
+* :func:`ensure_folder` makes an output folder (parents too);
+* a full device while writing (``ENOSPC``, whichever library raised it) becomes one
+  :class:`~dinofeat.errors.DiskFullError` naming the output (:func:`~dinofeat.errors.is_disk_full`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, overload
 import numpy as np
 from PIL import Image
 
-from dinofeat.errors import InputError, field
+from dinofeat.errors import DiskFullError, InputError, field, is_disk_full
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -85,6 +87,8 @@ def ensure_folder(path: str | os.PathLike, option: str = "out_dir") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        if is_disk_full(err):
+            raise DiskFullError(f"no space left on device creating {field(option, path)}") from None
         raise InputError(f"cannot create {field(option, path)}: {err.strerror or err}") from None
     return path
 
@@ -127,10 +131,24 @@ def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> Iterator[Sequen
             if staged is not None and path is not None:
                 os.chmod(staged, mode)
                 os.replace(staged, path)
+    except Exception as err:
+        if is_disk_full(err):
+            raise DiskFullError(f"no space left on device writing {_full_output(err, paths, temps)}") from None
+        raise
     finally:
         for staged in temps:
             if staged is not None and staged.exists():
                 staged.unlink()
+
+
+def _full_output(err: BaseException, paths: Sequence[str | os.PathLike | None], temps: Sequence[Path | None]) -> str:
+    """The output a full-disk error was about: the one whose temporary file the error names, else
+    every output of the write (``a.mp4, a.json``)."""
+    named = getattr(err, "filename", None)
+    for staged, path in zip(temps, paths):
+        if staged is not None and path is not None and named is not None and os.fspath(named) == str(staged):
+            return str(path)
+    return ", ".join(str(p) for p in paths if p is not None)
 
 
 def format_json(document: dict) -> str:
