@@ -524,6 +524,14 @@ def test_the_cap_is_said_once_per_setting_by_the_library(caplog, files):
     assert len(notes) == 2 and "max_size=98" in notes[0] and "max_size=84" in notes[1]  # Python sees fields
 
 
+def test_a_small_video_enlarged_for_the_model_is_said_once(tmp_path, files, model_args, capsys):
+    video = ["track", str(files["video"]), "--point", "9,9", "--json", str(tmp_path / "t.json"), "--quiet"]
+    assert main([*video, *model_args, "--resolution", "112", "--batch-size", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "enlarging 70x56 to 140x112 for the model" in err, err
+    assert "(--resolution 112; --resolution 56 keeps the input's size, 4x fewer pixels); said once" in err
+
+
 # -- 9. a forward pass that would not fit in memory is refused, with the estimate ----------------
 def test_a_forward_pass_too_big_for_memory_is_refused(tmp_path, files, model_args, capsys, monkeypatch):
     import dinofeat.runtime.memory

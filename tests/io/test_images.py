@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinofeat.errors import InputError
-from dinofeat.io.images import load_image, processed_size
+from dinofeat.errors import InputError, render
+from dinofeat.io.images import enlargement_note, load_image, processed_size, size_cap_note
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -86,3 +86,24 @@ def test_long_side_cap_and_strides(patch):
 def test_too_small_images_are_rejected():
     with pytest.raises(InputError, match="smaller than one 14-pixel patch"):
         processed_size((13, 100), 448)
+
+
+def test_a_panorama_capped_to_one_row_of_patches_says_y_will_be_coarse():
+    note = render(size_cap_note((20000, 200), 448))
+    assert "using 1792x14 for this 20000x200 image" in note
+    assert note.endswith("only 1 row of patches: y will be coarse (a patch spans 200 of the image's 200 pixels)")
+    tall = render(size_cap_note((200, 20000), 448))
+    assert "only 1 column of patches: x will be coarse" in tall
+    assert "coarse" not in render(size_cap_note((3000, 200), 448))  # 9 rows: fine
+
+
+@pytest.mark.parametrize(
+    "size_wh, enlarged", [((176, 144), True), ((320, 180), True), ((640, 480), False), ((600, 400), False)]
+)
+def test_small_inputs_enlarged_for_the_model_are_named(size_wh, enlarged):
+    note = enlargement_note(size_wh, 448)
+    assert (note is not None) == enlarged
+    if enlarged:
+        used = processed_size(size_wh, 448)
+        assert render(note).startswith(f"enlarging {size_wh[0]}x{size_wh[1]} to {used[0]}x{used[1]} for the model")
+        assert f"resolution={min(size_wh)} keeps the input's size" in render(note)

@@ -13,7 +13,7 @@ import torch
 
 from dinofeat.errors import FieldMessage, InputError
 from dinofeat.features.featuremap import FeatureMap
-from dinofeat.io.images import ImageLike, load_image, processed_size, resize, size_cap_note
+from dinofeat.io.images import ImageLike, enlargement_note, load_image, processed_size, resize, size_cap_note
 from dinofeat.models.registry import DEFAULT_MODEL, ModelSpec
 from dinofeat.models.vit import DenseViT
 from dinofeat.models.weights import load_model
@@ -24,6 +24,9 @@ from dinofeat.runtime.modelthread import run_responsively
 from dinofeat.runtime.progress import Progress
 
 log = logging.getLogger(__name__)
+
+#: The key of the announcement that small inputs are enlarged (said once per extractor).
+_ENLARGED = "enlarged"
 
 #: A forward pass whose blocks are estimated at more multiply-adds than this (a fraction of a second
 #: each on a laptop CPU) runs in a helper thread, so that Ctrl-C is answered at once (see
@@ -147,7 +150,7 @@ class Extractor:
         self._mean = (mean * 255).view(1, 3, 1, 1).to(device)
         self._std = (std * 255).view(1, 3, 1, 1).to(device)
         # size caps already announced, as (resolution, max_size, stride) (shared with with_options copies)
-        self._announced: set[tuple[int, int | None, int]] = set()
+        self._announced: set[tuple[int, int | None, int] | str] = set()
 
     def with_options(self, **changes: object) -> Extractor:
         """A copy with other feature options (resolution, max_size, stride, layers, facet, batch_size,
@@ -242,17 +245,20 @@ class Extractor:
 
     def _announce_cap(self, sizes_wh: Sequence[tuple[int, int]]) -> None:
         """Log, once per resolution and cap (not per image or frame), that ``max_size`` caps the
-        resolution asked for; the first image capped is the example given."""
+        resolution asked for, and once per extractor that small inputs are enlarged for the model;
+        the first image concerned is the example given."""
         key = (self.resolution, self.max_size, self.stride)
+        geometry = {"patch_size": self.model.patch_size, "stride": self.stride, "max_size": self.max_size}
         for size_wh in sizes_wh:
-            if key in self._announced:
-                return
-            note = size_cap_note(
-                size_wh, self.resolution, patch_size=self.model.patch_size, stride=self.stride, max_size=self.max_size
-            )
-            if note is not None:
+            capped = size_cap_note(size_wh, self.resolution, **geometry)  # type: ignore[arg-type]
+            if capped is not None and key not in self._announced:
                 self._announced.add(key)
-                log.warning(FieldMessage(f"{note}; said once, other images are capped alike"))
+                log.warning(FieldMessage(f"{capped}; said once, other images are capped alike"))
+            if capped is None and _ENLARGED not in self._announced:  # a capped size is said already
+                note = enlargement_note(size_wh, self.resolution, **geometry)  # type: ignore[arg-type]
+                if note is not None:
+                    self._announced.add(_ENLARGED)
+                    log.warning(FieldMessage(f"{note}; said once"))
 
     def extract_resized(
         self, images: Sequence[np.ndarray], image_sizes_wh: Sequence[tuple[int, int]]

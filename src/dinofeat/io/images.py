@@ -135,10 +135,61 @@ def size_cap_note(
     if max_size is None or max(width, height) * resolution / min(width, height) <= max_size:
         return None
     used_w, used_h = processed_size(size_wh, resolution, patch_size=patch_size, stride=stride, max_size=max_size)
-    return (
+    note = (
         f"{field('resolution', resolution)} asked for, but the longer side is capped at "
         f"{field('max_size', max_size)}: using {used_w}x{used_h} for this {width}x{height} image "
         f"(raise {field('max_size')} to go higher)"
+    )
+    return note + _coarse_axis_note(size_wh, (used_w, used_h), patch_size, stride or patch_size)
+
+
+#: Fewer patches than this across the shorter side and positions along it are coarse.
+FEW_PATCHES = 4
+
+
+def _coarse_axis_note(size_wh: tuple[int, int], used_wh: tuple[int, int], patch_size: int, stride: int) -> str:
+    """``"; only 1 row of patches: y will be coarse (...)"`` when the capped shorter side holds
+    fewer than :data:`FEW_PATCHES` patches, else ``""``."""
+    short = 1 if size_wh[1] <= size_wh[0] else 0  # 1: height is the shorter side (rows), 0: width
+    cells = (used_wh[short] - patch_size) // stride + 1
+    if cells >= FEW_PATCHES:
+        return ""
+    what, axis = ("row", "y") if short else ("column", "x")
+    span = size_wh[short] * patch_size / used_wh[short]
+    return (
+        f"; only {cells} {what}{'s' if cells > 1 else ''} of patches: {axis} will be coarse "
+        f"(a patch spans {span:.0f} of the image's {size_wh[short]} pixels)"
+    )
+
+
+def enlargement_note(
+    size_wh: tuple[int, int],
+    resolution: int = DEFAULT_RESOLUTION,
+    *,
+    patch_size: int = 14,
+    stride: int | None = None,
+    max_size: int | None = DEFAULT_MAX_SIZE,
+) -> str | None:
+    """One line when :func:`processed_size` enlarges a small image more than 1.5 times per side (a
+    176x144 video becomes 546x448 at the default resolution: ten times the pixels, and the time),
+    saying how to keep its own size; None otherwise. Options marked with :func:`~dinofeat.errors.field`.
+
+    >>> from dinofeat.errors import render
+    >>> print(render(enlargement_note((176, 144), 448)))
+    enlarging 176x144 to 546x448 for the model (resolution=448; resolution=144 keeps the input's size, 10x fewer pixels)
+    >>> enlargement_note((640, 480), 448) is None
+    True
+    """
+    used_w, used_h = processed_size(size_wh, resolution, patch_size=patch_size, stride=stride, max_size=max_size)
+    width, height = size_wh
+    if used_w * used_h <= 2.25 * width * height:
+        return None
+    own = min(width, height)
+    pixels = used_w * used_h / (width * height)
+    return (
+        f"enlarging {width}x{height} to {used_w}x{used_h} for the model "
+        f"({field('resolution', resolution)}; {field('resolution', own)} keeps the input's size, "
+        f"{pixels:.0f}x fewer pixels)"
     )
 
 
