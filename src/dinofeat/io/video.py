@@ -48,6 +48,7 @@ import numpy as np
 
 from dinofeat.errors import InputError
 from dinofeat.io.inputs import check_input_file
+from dinofeat.runtime.allocator import releasing
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,8 @@ def read_timed_frames(
             f"need start >= 0, every >= 1 and max_frames >= 1 (got start={start}, "
             f"every={every}, max_frames={max_frames})"
         )
-    return _read_frames(check_input_file(path, "video"), start, max_frames, every)
+    # freed frame buffers go back to the system as the video streams: resident memory stays flat
+    return releasing(_read_frames(check_input_file(path, "video"), start, max_frames, every))
 
 
 def _read_frames(path: Path, start: int, max_frames: int | None, every: int) -> Iterator[TimedFrame]:
