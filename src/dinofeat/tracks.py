@@ -12,6 +12,7 @@ import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,13 +115,23 @@ class Tracks:
             document["times_s"] = np.round(data["times_s"], 6).tolist()
         return document
 
-    def to_json(self, *, model: str, video_path: str | os.PathLike, fps: float, size_wh: tuple[int, int]) -> dict:
+    def to_json(
+        self,
+        *,
+        model: str,
+        video_path: str | os.PathLike,
+        fps: float,
+        size_wh: tuple[int, int],
+        weights: dict[str, Any] | None = None,
+    ) -> dict:
         """The ``dinofeat track --json`` document: model, video (path, fps, processed frame count,
-        size), then :meth:`to_dict`'s tracks and frame indices."""
+        size), then :meth:`to_dict`'s tracks and frame indices, and (where given) the weights
+        (``{"path", "sha256"}``, see :func:`~dinofeat.features.source.provenance`)."""
         return {
             "model": model,
             "video": {"path": str(video_path), "fps": fps, "frames": len(self), "size": list(size_wh)},
             **self.to_dict(),
+            **({"weights": weights} if weights is not None else {}),
         }
 
     def write_csv(self, path: str | os.PathLike) -> None:

@@ -76,7 +76,7 @@ def test_run_writes_picture_and_json_and_returns_what_it_wrote(tmp_path, images,
     assert result.matches.source_xy.tolist() == [list(p) for p in points]
     assert json.loads(js.read_text()) == result.document and js.read_text() == result.json_text()
     assert result.document["image_a"] == {"path": images[0], "size": [W, H]}
-    assert list(result.document) == ["model", "image_a", "image_b", "matches", "geometry", "settings"]
+    assert list(result.document) == ["model", "image_a", "image_b", "matches", "geometry", "settings", "weights"]
     with Image.open(out) as picture:
         assert picture.size[1] == 360  # the common height, within 360..1440
     kept = int(result.matches.keep.sum())

@@ -23,6 +23,7 @@ from dinofeat.colorize import pca_panel
 from dinofeat.drawing import draw_points
 from dinofeat.errors import InputError
 from dinofeat.features.cache import DEFAULT_CACHE_SIZE, FeatureCache
+from dinofeat.features.source import provenance
 from dinofeat.io.images import load_image
 from dinofeat.io.video import VideoInfo, probe_video, read_frames
 from dinofeat.jobs.match import MatchJob, heatmap_picture, match_picture
@@ -407,7 +408,7 @@ class AppSession:
         extractor = self.extractor_at(resolution)
         with self.cache.model_lock:
             tracks = job.run(extractor, progress)
-        data = job.document(tracks, extractor.options.model)
+        data = job.document(tracks, extractor.options.model, weights=provenance(extractor)["weights"])
         visible = float(tracks.visible.float().mean()) if tracks.visible.numel() else 0.0
         summary = (
             f"Tracked {len(tracks.queries_txy)} point(s) through {len(tracks)} frames of {name}; "

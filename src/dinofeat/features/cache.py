@@ -6,6 +6,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,10 @@ class FeatureCache:
     @property
     def batch_size(self) -> int:
         return self.extractor.batch_size
+
+    def provenance(self) -> dict[str, Any]:
+        """The extractor's :meth:`~dinofeat.features.extractor.Extractor.provenance`."""
+        return self.extractor.provenance()
 
     def __len__(self) -> int:
         return len(self._store)

@@ -29,6 +29,7 @@ from dinofeat.errors import InputError
 from dinofeat.errors import field as field_named
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.features.files import FEATURE_SUFFIXES, extractor_metadata, save_features
+from dinofeat.features.source import provenance
 from dinofeat.io.images import ImageLike, load_image
 from dinofeat.io.outputs import check_outputs, check_suffix
 from dinofeat.options import DatasetOptions, ExtractorOptions
@@ -131,7 +132,8 @@ class ExtractJob(Options):
         if self.output is None or self.is_dataset:  # check() let a dataset through
             raise InputError(f"{field_named('out_dir', self.out_dir)} is a dataset: run it with run_dataset()")
         maps = source.extract_arrays(list(images))
-        save_features(self.output, maps, **extractor_metadata(source))
+        names = [str(p) if isinstance(p, (str, os.PathLike)) else None for p in self.inputs]
+        save_features(self.output, maps, inputs=names, **extractor_metadata(source), **provenance(source))
         return ExtractResult(tuple(maps), Path(self.output))
 
     def run_dataset(

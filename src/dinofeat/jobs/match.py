@@ -38,6 +38,7 @@ from dinofeat.drawing import draw_heatmap, draw_matches
 from dinofeat.errors import InputError
 from dinofeat.errors import field as field_named
 from dinofeat.features.featuremap import FeatureMap
+from dinofeat.features.source import provenance
 from dinofeat.io.images import ImageLike, load_image
 from dinofeat.io.outputs import check_outputs, check_suffix, format_json, save_image, staged_outputs
 from dinofeat.matching import Matches, match_features, similarity_image
@@ -205,6 +206,7 @@ class MatchJob(Options):
             path_b=name_b,
             settings=match_settings(queries, self.options, source.options),
             verified=self.options.ransac is not None,
+            weights=provenance(source)["weights"],
         )
         result = MatchResult(matches, document, checked.image_a, checked.image_b, fa, fb, self.options)
         written = write_match_files(result, picture=self.output, json_path=self.json, drawing=self.drawing)
@@ -247,10 +249,12 @@ def matches_json(
     path_b: str,
     settings: dict[str, Any] | None = None,
     verified: bool = False,
+    weights: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON document of the CLI contract: model, image_a, image_b, matches (query order), then
-    geometry and settings. Coordinates are original-image pixels rounded to 0.01; ``inlier`` is
-    null unless geometric verification was asked for (``verified``)."""
+    geometry, settings and (where known) weights (``{"path", "sha256"}``, see
+    :func:`~dinofeat.features.source.provenance`). Coordinates are original-image pixels rounded
+    to 0.01; ``inlier`` is null unless geometric verification was asked for (``verified``)."""
     rows = []
     data = matches.numpy()
     for i in range(len(matches)):
@@ -281,6 +285,7 @@ def matches_json(
         "matches": rows,
         "geometry": geometry,
         "settings": settings or {},
+        **({"weights": weights} if weights is not None else {}),
     }
 
 

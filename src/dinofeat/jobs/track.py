@@ -18,12 +18,13 @@ import json as json_text
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dinofeat.drawing import TrailAnnotator
 from dinofeat.errors import InputError, field
+from dinofeat.features.source import provenance
 from dinofeat.io import video as video_io  # called through the module: the tests count probes
 from dinofeat.io.frames import frames_to_process
 from dinofeat.io.outputs import check_outputs, check_suffix, staged_outputs
@@ -155,16 +156,21 @@ class TrackJob:
                     kept.append(replace(step, image=None))
             tracks = Tracks.from_steps(queries, kept)
             if json_tmp is not None:
-                json_tmp.write_text(json_text.dumps(self.document(tracks, source.options.model)) + "\n")
+                document = self.document(tracks, source.options.model, weights=provenance(source)["weights"])
+                json_tmp.write_text(json_text.dumps(document) + "\n")
             if csv_tmp is not None:
                 tracks.write_csv(csv_tmp)
         return tracks
 
-    def document(self, tracks: Tracks, model: str) -> dict:
+    def document(self, tracks: Tracks, model: str, weights: dict[str, Any] | None = None) -> dict:
         """The ``--json`` document of ``tracks`` (:meth:`~dinofeat.tracks.Tracks.to_json`) for this video."""
         info = self._checked.info if self._checked is not None else self.info or video_io.probe_video(self.video)
         return tracks.to_json(
-            model=model, video_path=self.video_name or str(self.video), fps=info.fps, size_wh=info.size_wh
+            model=model,
+            video_path=self.video_name or str(self.video),
+            fps=info.fps,
+            size_wh=info.size_wh,
+            weights=weights,
         )
 
     def summary(self, tracks: Tracks) -> str:
