@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import save_png
+from dinofeat.drawing import draw_matches
 from dinofeat.errors import InputError
 from dinofeat.jobs.match import MatchJob, MatchResult
 from dinofeat.options import MatchDrawingOptions, MatchOptions
@@ -120,3 +121,13 @@ def test_a_failed_write_leaves_no_output(tmp_path, images, tiny_extractor, monke
         job.run(tiny_extractor)
     assert (tmp_path / "m.json").read_text() == "previous"
     assert _files(tmp_path) == {"a.png", "b.png", "m.json"}
+
+
+def test_the_match_picture_labels_a_and_b_with_their_file_names(tmp_path, images, tiny_extractor):
+    out = tmp_path / "m.png"
+    result = MatchJob(*images, points_xy=[(100.0, 80.0)], output=out).run(tiny_extractor)
+    written = np.asarray(Image.open(out).convert("RGB"))
+    plain = draw_matches(result.image_a, result.image_b, result.matches, mask=result.matches.keep.numpy())
+    assert written.shape == plain.shape
+    assert not np.array_equal(written[2:25, 2:80], plain[2:25, 2:80])  # "A: a.png" in A's corner
+    assert np.array_equal(written[-40:, :80], plain[-40:, :80])  # the rest as before

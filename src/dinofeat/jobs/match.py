@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dinofeat.drawing import draw_heatmap, draw_matches
+from dinofeat.drawing import draw_heatmap, draw_matches, match_labels
 from dinofeat.errors import InputError
 from dinofeat.errors import field as field_named
 from dinofeat.features.featuremap import FeatureMap
@@ -297,8 +297,9 @@ def heatmap_picture(result: MatchResult, index: int) -> np.ndarray:
 
 
 def match_picture(result: MatchResult, drawing: MatchDrawingOptions | None = None) -> np.ndarray:
-    """A and B with the kept matches as lines (:func:`~dinofeat.drawing.draw_matches`); with
-    ``drawing.heatmap`` B shows the first query's similarity. ``(H, W, 3) uint8 RGB``."""
+    """A and B with the kept matches as lines (:func:`~dinofeat.drawing.draw_matches`), each
+    labelled with its letter and file name (``A: cat.jpg``); with ``drawing.heatmap`` B shows the
+    first query's similarity. ``(H, W, 3) uint8 RGB``."""
     drawing = drawing or MatchDrawingOptions()
     shown_b = heatmap_picture(result, 0) if drawing.heatmap else result.image_b
     return draw_matches(
@@ -309,6 +310,7 @@ def match_picture(result: MatchResult, drawing: MatchDrawingOptions | None = Non
         height=drawing.height,
         mask=result.matches.keep.numpy(),
         layout=drawing.layout,
+        labels=match_labels(result.document["image_a"]["path"], result.document["image_b"]["path"]),
     )
 
 
