@@ -63,6 +63,7 @@ def _draw_dot(canvas: np.ndarray, centre_fixed, radius: int, color) -> None:
 def draw_points(image, points_xy) -> np.ndarray:
     """``image`` (a path, PIL image or array) with numbered dots (colours of :func:`palette`) at
     ``points_xy`` ``(N, 2)`` pixels: a new ``(H, W, 3) uint8 RGB`` image; the input is untouched.
+    A point with a NaN coordinate is not drawn (the others keep their numbers and colours).
 
     >>> bool(draw_points(np.zeros((20, 30, 3), np.uint8), [[10.0, 10.0]])[10, 10].any())
     True
@@ -77,6 +78,8 @@ def draw_points(image, points_xy) -> np.ndarray:
     thickness = max(1, radius // 3)
     font_scale = max(0.4, size / 1400)
     for i, (x, y) in enumerate(points):
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
         _draw_dot(out, np.round(np.array([x, y]) * (1 << _SUBPIXEL_BITS)), radius, colors[i])
         org = (round(x + radius + 2), round(y - radius - 2))
         color = tuple(int(c) for c in colors[i])
