@@ -73,6 +73,10 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self._store)
 
+    def __repr__(self) -> str:
+        """``FeatureCache(3 of 8 maps, Extractor(...))``."""
+        return f"FeatureCache({len(self)} of {self.size} maps, {self.extractor!r})"
+
     def extract_arrays(self, images: Sequence[np.ndarray]) -> list[FeatureMap]:
         """Feature maps of ``(H, W, 3) uint8`` images, computing (in one batch) only those not cached."""
         keys = [(image_digest(image), self.extractor.options) for image in images]

@@ -169,6 +169,14 @@ class Extractor:
         other.block_progress = self.block_progress
         return other
 
+    def __repr__(self) -> str:
+        """``Extractor(dinov2_vits14 on cpu, bf16, resolution 448, max_size 1344, stride 14, layers [-1], token)``."""
+        o = self.options
+        return (
+            f"Extractor({self.spec.name} on {self.device}, {precision_name(self.dtype)}, resolution {o.resolution}, "
+            f"max_size {o.max_size}, stride {self.stride}, layers {list(o.layers)}, {o.facet})"
+        )
+
     # -- settings -------------------------------------------------------------------------------
     @property
     def spec(self) -> ModelSpec:

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,29 @@ class ExtractResult:
 
     maps: tuple[FeatureMap, ...]
     output: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"output": "feats.npz", "maps": [{"grid": [w, h], "dim", "image_size": [w, h],
+        "processed_size": [w, h], "patch_size", "stride"}, ...]}``: what was written, without the
+        features."""
+        return {
+            "output": str(self.output),
+            "maps": [
+                {
+                    "grid": [m.grid_hw[1], m.grid_hw[0]],
+                    "dim": m.dim,
+                    "image_size": list(m.image_size_wh),
+                    "processed_size": list(m.processed_size_wh),
+                    "patch_size": m.patch_size,
+                    "stride": m.stride,
+                }
+                for m in self.maps
+            ],
+        }
+
+    def __repr__(self) -> str:
+        """``ExtractResult(2 image(s), 5x4 patches x 384 -> feats.npz)``."""
+        return f"ExtractResult({self.summary()})"
 
     def summary(self) -> str:
         """One line: ``2 image(s), 5x4 patches x 384 -> feats.npz``."""

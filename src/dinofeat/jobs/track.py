@@ -33,7 +33,7 @@ from dinofeat.jobs.base import PathLike
 from dinofeat.options import FrameOptions, TrackerOptions, TrailOptions
 from dinofeat.points import collect_queries
 from dinofeat.tracking import check_queries, track_steps
-from dinofeat.tracks import Tracks
+from dinofeat.tracks import Tracks, TrackStep
 
 if TYPE_CHECKING:  # types only
     from dinofeat.features.source import FeatureSource
@@ -145,7 +145,8 @@ class TrackJob:
             frame_count=len(checked.indices),
             progress=progress,
         )
-        kept = []
+        kept: list[TrackStep] = []
+        first_frame: np.ndarray | None = None
         with staged_outputs([self.output, self.json, self.csv]) as (video_tmp, json_tmp, csv_tmp):
             writer = video_io.VideoWriter(video_tmp, info.fps / self.frames.every, info.size_wh) if video_tmp else None
             annotator = TrailAnnotator(len(queries), self.trail.trail)
@@ -153,8 +154,9 @@ class TrackJob:
                 for step in steps:
                     if writer is not None:
                         writer.write(annotator.annotate(step.image, step.points_xy, step.visible), step.time_s)
+                    first_frame = step.image if not kept else first_frame
                     kept.append(replace(step, image=None))
-            tracks = Tracks.from_steps(queries, kept)
+            tracks = Tracks.from_steps(queries, kept, first_frame=first_frame)
             if json_tmp is not None:
                 document = self.document(tracks, source.options.model, weights=provenance(source)["weights"])
                 json_tmp.write_text(json_text.dumps(document) + "\n")
