@@ -18,9 +18,10 @@ from dinofeat.features.extractor import Extractor
 from dinofeat.features.files import FEATURES_FORMAT, FEATURES_VERSION, read_features
 from dinofeat.jobs.extract import ExtractJob
 from dinofeat.jobs.match import MatchJob
+from dinofeat.jobs.pca import PCAJob
 from dinofeat.models.digest import weights_digest
 from dinofeat.models.weights import load_model
-from dinofeat.options import DatasetOptions, ExtractorOptions
+from dinofeat.options import DatasetOptions, ExtractorOptions, PCAOptions
 from dinofeat.runtime.devices import precision_name, resolve_precision
 
 
@@ -138,3 +139,12 @@ def test_dataset_manifest_records_the_precision_used_not_auto(tmp_path):
     used = precision_name(resolve_precision("auto", torch.device("cpu")))
     assert manifest["precision_used"] == used != "auto"
     assert manifest["settings"]["precision"] == "auto"  # the option, compared on a rerun
+
+
+def test_pca_save_features_records_what_an_extract_file_does(tmp_path, image_files, bf16_extractor):
+    out = tmp_path / "reduced.npz"
+    PCAJob(image_files, save_features=out, options=PCAOptions(components=4, foreground=None)).run(bf16_extractor)
+    maps, meta = read_features(out)
+    assert [m.dim for m in maps] == [4, 4]
+    assert meta["input_0"] == image_files[0] and meta["layers"] == [-1] and meta["components"] == 4
+    assert meta["precision"] == "bf16" and meta["weights"]["sha256"] == weights_digest(bf16_extractor.model)[:16]
