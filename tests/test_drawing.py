@@ -14,6 +14,7 @@ from dinofeat.drawing import (
     draw_points,
     draw_tracks,
     match_canvas_layout,
+    match_labels,
     palette,
     score_colors,
 )
@@ -98,3 +99,46 @@ def test_trail_annotator_keeps_the_last_positions_only():
     assert out[20, 70].any() and not out[20, 30].any()  # the 50 -> 90 segment, not the 10 -> 50 one
     with pytest.raises(ValueError):
         TrailAnnotator(1, length=-1)
+
+
+# -- pictures say what they show (issue 22 item 5) -------------------------------------------------
+
+
+def test_heatmap_gets_a_colour_scale_in_its_bottom_right_corner_and_keeps_its_size():
+    image = _image(240, 320)
+    heat = np.linspace(0, 1, 240 * 320).reshape(240, 320)
+    scaled, plain = draw_heatmap(image, heat), draw_heatmap(image, heat, scale_label=None)
+    assert scaled.shape == plain.shape == image.shape
+    changed = np.argwhere((scaled != plain).any(axis=2))
+    assert len(changed) > 0
+    assert changed[:, 0].min() >= 240 * 2 // 3 - 1 and changed[:, 1].min() >= 320 // 2  # the corner only
+    corner = scaled[-80:, -60:].reshape(-1, 3)
+    assert (corner >= 220).all(axis=1).sum() > 100  # the scale's white background, blended over the picture
+
+
+def test_a_heatmap_too_small_for_its_scale_is_drawn_without_one():
+    image, heat = _image(60, 80), np.linspace(0, 1, 60 * 80).reshape(60, 80)
+    assert np.array_equal(draw_heatmap(image, heat), draw_heatmap(image, heat, scale_label=None))
+
+
+def test_match_labels_name_each_image_by_its_file_name():
+    assert match_labels("photos/cat.jpg", "/data/dog.png") == ("A: cat.jpg", "B: dog.png")
+    assert match_labels("A", "B") == ("A", "B")  # images given as arrays
+
+
+@pytest.mark.parametrize("layout", ["horizontal", "vertical"])
+def test_labelled_match_pictures_differ_only_in_the_label_corners(layout):
+    a, b = _image(400, 500), _image(400, 300, 200)
+    m = SimpleNamespace(source_xy=np.array([[400.0, 300.0]]), target_xy=np.array([[250.0, 350.0]]), scores=np.ones(1))
+    plain = draw_matches(a, b, m, layout=layout)
+    labelled = draw_matches(a, b, m, layout=layout, labels=("A: cat.jpg", "B: dog.jpg"))
+    assert labelled.shape == plain.shape
+    height, gap, _, _, offset_b = match_canvas_layout((500, 400), (300, 400))
+    corner_b = (0, offset_b) if layout == "horizontal" else (height + gap, 0)
+    band = lambda picture, y, x: picture[y + 2 : y + 30, x + 2 : x + 60]
+    assert not np.array_equal(band(labelled, 0, 0), band(plain, 0, 0))
+    assert not np.array_equal(band(labelled, *corner_b), band(plain, *corner_b))
+    changed = (labelled != plain).any(axis=2)
+    changed[:60, :200] = False
+    changed[corner_b[0] : corner_b[0] + 60, corner_b[1] : corner_b[1] + 200] = False
+    assert not changed.any()  # nothing else moved

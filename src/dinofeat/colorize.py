@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dinofeat.display import data_frame, png_bytes
 from dinofeat.drawing import draw_pca_grid, draw_pca_overlay, draw_pca_side_by_side
 from dinofeat.errors import InputError, field
 from dinofeat.io import video as video_io  # called through the module: the tests count probes
@@ -94,6 +95,45 @@ class PCAResult:
             return "no foreground split"
         share = sum(int(c.mask.sum()) for c in self.colors) / sum(c.mask.size for c in self.colors)
         return f"foreground {share:.0%} of pixels ({fg.method} threshold {fg.threshold:.3g})"
+
+    def __repr__(self) -> str:
+        """``PCAResult(2 images, 3 components of 384, foreground 42% of pixels (otsu threshold 0.513))``."""
+        pca = self.pca
+        return f"PCAResult({len(self.images)} images, {pca.n_components} components of {pca.dim}, {self.summary()})"
+
+    def _repr_png_(self) -> bytes:
+        """The figure ``dinofeat pca`` writes (image | colours, one row per image), for notebooks."""
+        return png_bytes(pca_figure(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"components", "dim", "explained_variance": [...], "foreground": {"method",
+        "threshold"} | None, "metadata", "images": [{"size": [w, h], "foreground_share"}, ...]}``."""
+        fg = self.pca.foreground
+        return {
+            "components": self.pca.n_components,
+            "dim": self.pca.dim,
+            "explained_variance": [round(float(v), 6) for v in self.pca.basis.explained_variance],
+            "foreground": None if fg is None else {"method": fg.method, "threshold": round(fg.threshold, 6)},
+            "metadata": dict(self.pca.metadata or {}),
+            "images": [
+                {
+                    "size": [int(c.mask.shape[1]), int(c.mask.shape[0])],
+                    "foreground_share": round(float(c.mask.mean()), 6),
+                }
+                for c in self.colors
+            ],
+        }
+
+    def to_pandas(self) -> Any:
+        """One row per image: ``width, height, foreground_share``. Needs pandas."""
+        rows = self.to_dict()["images"]
+        return data_frame(
+            {
+                "width": [r["size"][0] for r in rows],
+                "height": [r["size"][1] for r in rows],
+                "foreground_share": [r["foreground_share"] for r in rows],
+            }
+        )
 
 
 def pca_images(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import math
+import os
 from collections import deque
 
 import cv2
@@ -62,6 +63,7 @@ def _draw_dot(canvas: np.ndarray, centre_fixed, radius: int, color) -> None:
 def draw_points(image, points_xy) -> np.ndarray:
     """``image`` (a path, PIL image or array) with numbered dots (colours of :func:`palette`) at
     ``points_xy`` ``(N, 2)`` pixels: a new ``(H, W, 3) uint8 RGB`` image; the input is untouched.
+    A point with a NaN coordinate is not drawn (the others keep their numbers and colours).
 
     >>> bool(draw_points(np.zeros((20, 30, 3), np.uint8), [[10.0, 10.0]])[10, 10].any())
     True
@@ -76,6 +78,8 @@ def draw_points(image, points_xy) -> np.ndarray:
     thickness = max(1, radius // 3)
     font_scale = max(0.4, size / 1400)
     for i, (x, y) in enumerate(points):
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
         _draw_dot(out, np.round(np.array([x, y]) * (1 << _SUBPIXEL_BITS)), radius, colors[i])
         org = (round(x + radius + 2), round(y - radius - 2))
         color = tuple(int(c) for c in colors[i])
@@ -238,15 +242,17 @@ def score_colors(scores, low: float = 0.0, high: float = 1.0) -> np.ndarray:
     return cv2.applyColorMap(levels, cv2.COLORMAP_TURBO).reshape(-1, 3)[:, ::-1].copy()
 
 
-def draw_color_bar(height: int, *, low: float = 0.0, high: float = 1.0, label: str = "cosine") -> np.ndarray:
-    """A vertical TURBO colour bar with its end values and a label: ``(height, W, 3) uint8`` RGB
-    (white background), the legend of :func:`score_colors`.
+def draw_color_bar(
+    height: int, *, low: float = 0.0, high: float = 1.0, label: str = "cosine", decimals: int = 1
+) -> np.ndarray:
+    """A vertical TURBO colour bar with its end values (``decimals`` digits after the point) and a
+    label: ``(height, W, 3) uint8`` RGB (white background), the legend of :func:`score_colors`.
 
     >>> draw_color_bar(360).shape[0]
     360
     """
     scale = max(0.35, height / 1000)
-    text_w = cv2.getTextSize(f"{max(abs(low), abs(high)):.1f}-", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+    text_w = cv2.getTextSize(f"{max(abs(low), abs(high)):.{decimals}f}-", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
     bar_w, margin = max(10, height // 30), max(6, height // 60)
     width = margin + bar_w + margin + text_w + margin
     out = np.full((height, width, 3), 255, np.uint8)
@@ -257,7 +263,7 @@ def draw_color_bar(height: int, *, low: float = 0.0, high: float = 1.0, label: s
     for value, y in ((high, top), (low, bottom)):
         cv2.putText(
             out,
-            f"{value:.1f}",
+            f"{value:.{decimals}f}",
             (margin * 2 + bar_w, y + round(4 * scale)),
             cv2.FONT_HERSHEY_SIMPLEX,
             scale,
@@ -278,6 +284,7 @@ def draw_matches(
     height: int | None = None,
     mask=None,
     layout: str = "horizontal",
+    labels: tuple[str, str] | None = None,
 ) -> np.ndarray:
     """A and B side by side (or A above B) with each match as a coloured line between two dots.
 
@@ -291,6 +298,8 @@ def draw_matches(
         mask: ``(N,)`` bool, draw only these matches (default: all).
         layout: ``horizontal`` (B right of A) or ``vertical`` (B below A; clearer for stereo pairs,
             whose lines are otherwise near-horizontal).
+        labels: texts for A's and B's top-left corners (e.g. ``("A: cat.jpg", "B: dog.jpg")``,
+            see :func:`match_labels`), drawn as :func:`draw_label` draws them; None: no labels.
 
     Line width and dot size grow with the picture, and dots have a dark outline, so matches stay
     readable on small and large images; with more than :data:`MANY_MATCHES` lines they are thin
@@ -321,6 +330,8 @@ def draw_matches(
     )
     panel_a = _resize_to(image_a, max(1, round(image_a.shape[1] * scale_a)), h)
     panel_b = _resize_to(image_b, max(1, round(image_b.shape[1] * scale_b)), h)
+    if labels is not None:  # under the lines and dots: a match in a corner stays visible
+        panel_a, panel_b = draw_label(panel_a, labels[0]), draw_label(panel_b, labels[1])
     b_xy = (offset_b, 0) if layout == "horizontal" else (0, h + gap)
     canvas_hw = (
         (h, offset_b + panel_b.shape[1])
@@ -346,18 +357,47 @@ def draw_matches(
         for point in ((xa, ya), (xb, yb)):
             _draw_dot(canvas, point, radius, color)
     if color_by == "score":  # the legend, in B's top-right corner (the picture keeps its size)
-        bar = draw_color_bar(max(48, h // 3))
-        bar_h, bar_w = min(bar.shape[0], h), min(bar.shape[1], panel_b.shape[1])
-        right = b_xy[0] + panel_b.shape[1]
-        region = canvas[b_xy[1] : b_xy[1] + bar_h, right - bar_w : right]
-        region[:] = (0.15 * region + 0.85 * bar[:bar_h, -bar_w:] + 0.5).astype(np.uint8)
+        panel = canvas[b_xy[1] : b_xy[1] + h, b_xy[0] : b_xy[0] + panel_b.shape[1]]
+        _inset_color_bar(panel, draw_color_bar(max(48, h // 3)))
     return canvas
 
 
-def draw_heatmap(image, heat: np.ndarray, *, alpha: float = 0.55, point_xy=None) -> np.ndarray:
+def match_labels(name_a: str, name_b: str) -> tuple[str, str]:
+    """The corner labels of a match picture: ``("A: cat.jpg", "B: dog.jpg")`` (file names without
+    their folders; a bare ``"A"``/``"B"`` for an image without a name).
+
+    >>> match_labels("photos/cat.jpg", "B")
+    ('A: cat.jpg', 'B')
+    """
+
+    def label(letter: str, name: str) -> str:
+        base = os.path.basename(str(name).rstrip("/\\"))
+        return letter if base in ("", letter) else f"{letter}: {base}"
+
+    return label("A", name_a), label("B", name_b)
+
+
+def _inset_color_bar(panel: np.ndarray, bar: np.ndarray, *, bottom: bool = False) -> None:
+    """Blend ``bar`` into the top-right (``bottom``: bottom-right) corner of ``panel`` (in place), cut to fit."""
+    bar_h, bar_w = min(bar.shape[0], panel.shape[0]), min(bar.shape[1], panel.shape[1])
+    rows = slice(panel.shape[0] - bar_h, None) if bottom else slice(0, bar_h)
+    region = panel[rows, panel.shape[1] - bar_w :]
+    region[...] = (0.15 * region + 0.85 * bar[:bar_h, -bar_w:] + 0.5).astype(np.uint8)
+
+
+#: A heat map's colour scale is drawn only on pictures at least this many pixels high (and wide
+#: enough to hold it): on smaller ones it would cover most of the picture.
+HEATMAP_SCALE_MIN_HEIGHT = 96
+
+
+def draw_heatmap(
+    image, heat: np.ndarray, *, alpha: float = 0.55, point_xy=None, scale_label: str | None = "cosine"
+) -> np.ndarray:
     """``heat`` ``(H, W)`` float (any range; min-max scaled, TURBO colours) blended over ``image``
     (``(H, W, 3) uint8`` RGB, a path or a PIL image); ``point_xy`` (x, y) marks a position with a
-    white cross.
+    white cross. With ``scale_label`` (the values' name), the colour scale with the heat's lowest
+    and highest values is drawn in the bottom-right corner (on pictures at least
+    :data:`HEATMAP_SCALE_MIN_HEIGHT` pixels high); None: no scale. The picture keeps its size.
 
     >>> draw_heatmap(np.zeros((4, 6, 3), np.uint8), np.arange(24.0).reshape(4, 6)).shape
     (4, 6, 3)
@@ -368,6 +408,10 @@ def draw_heatmap(image, heat: np.ndarray, *, alpha: float = 0.55, point_xy=None)
     low, high = float(np.nanmin(heat)), float(np.nanmax(heat))
     colors = score_colors(np.nan_to_num(heat, nan=low).reshape(-1), low, high).reshape(*heat.shape[:2], 3)
     out = draw_pca_overlay(image[..., :3], colors, alpha)
+    if scale_label is not None and out.shape[0] >= HEATMAP_SCALE_MIN_HEIGHT:
+        bar = draw_color_bar(max(48, out.shape[0] // 3), low=low, high=high, label=scale_label, decimals=2)
+        if bar.shape[1] * 2 <= out.shape[1]:
+            _inset_color_bar(out, bar, bottom=True)
     if point_xy is not None:
         size = max(4, round(max(image.shape[:2]) / 60))
         x, y = (round(v) for v in point_xy)

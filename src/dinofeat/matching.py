@@ -17,13 +17,16 @@ Query points are chosen by :mod:`dinofeat.points`; options and their defaults ar
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dinofeat.display import data_frame, size_text
 from dinofeat.errors import InputError, field
 from dinofeat.features.extractor import Extractor
 from dinofeat.features.featuremap import FeatureMap
@@ -96,6 +99,69 @@ class Matches:
         """The matches where ``mask`` ``(N,)`` bool is True (e.g. ``matches.select(matches.keep)``)."""
         mask = torch.as_tensor(mask, dtype=torch.bool, device=self.source_xy.device)
         return replace(self, **{name: getattr(self, name)[mask] for name in self._FIELDS})
+
+    def __repr__(self) -> str:
+        """``Matches(12 matches, 9 kept, A 640x480 -> B 500x400, homography: 7 inliers)``."""
+        geometry = "" if self.geometry is None else f", {self.geometry.kind}: {int(self.inlier.sum())} inliers"
+        return (
+            f"Matches({len(self)} matches, {int(self.keep.sum())} kept, A {size_text(self.image_size_a_wh)} -> "
+            f"B {size_text(self.image_size_b_wh)}{geometry})"
+        )
+
+    def to_dict(self, verified: bool | None = None) -> dict[str, Any]:
+        """The matches as ``dinofeat match --json`` writes them, without what the matches do not
+        know (model, file names, settings): ``{"image_a": {"size"}, "image_b": {"size"}, "matches":
+        [{"source", "target", "score", "mutual", "ratio", "inlier", "kept"}, ...], "geometry"}``.
+        Coordinates are pixels rounded to 0.01, scores and ratios to 1e-4; ``ratio`` is None where
+        not computed, ``inlier`` None unless ``verified`` (default: a geometry was found)."""
+        verified = self.geometry is not None if verified is None else verified
+        data = self.numpy()
+        rows = []
+        for i in range(len(self)):
+            ratio = float(data["ratio"][i])
+            rows.append(
+                {
+                    "source": [round(float(v), 2) for v in data["source_xy"][i]],
+                    "target": [round(float(v), 2) for v in data["target_xy"][i]],
+                    "score": round(float(data["scores"][i]), 4),
+                    "mutual": bool(data["mutual"][i]),
+                    "ratio": round(ratio, 4) if math.isfinite(ratio) else None,
+                    "inlier": bool(data["inlier"][i]) if verified else None,
+                    "kept": bool(data["keep"][i]),
+                }
+            )
+        geometry = None
+        if self.geometry is not None:
+            geometry = {
+                "type": self.geometry.kind,
+                "matrix": [[float(v) for v in row] for row in self.geometry.matrix],
+                "threshold_px": round(self.geometry.threshold_px, 3),
+                "inliers": int(self.inlier.sum()),
+            }
+        return {
+            "image_a": {"size": list(self.image_size_a_wh)},
+            "image_b": {"size": list(self.image_size_b_wh)},
+            "matches": rows,
+            "geometry": geometry,
+        }
+
+    def to_pandas(self) -> Any:
+        """One row per match, in query order: ``source_x, source_y, target_x, target_y`` (pixels),
+        ``score, mutual, ratio, inlier, kept`` (full precision). Needs pandas."""
+        data = self.numpy()
+        return data_frame(
+            {
+                "source_x": data["source_xy"][:, 0],
+                "source_y": data["source_xy"][:, 1],
+                "target_x": data["target_xy"][:, 0],
+                "target_y": data["target_xy"][:, 1],
+                "score": data["scores"],
+                "mutual": data["mutual"],
+                "ratio": data["ratio"],
+                "inlier": data["inlier"],
+                "kept": data["keep"],
+            }
+        )
 
 
 def joint_pca(fa: FeatureMap, fb: FeatureMap, dim: int) -> tuple[FeatureMap, FeatureMap]:

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dinofeat.display import png_bytes
 from dinofeat.errors import InputError, field
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.options import COLOR_COMPONENTS, DEFAULT_PERCENTILES, PCAOptions
@@ -86,6 +87,10 @@ class PCABasis:
     @property
     def n_components(self) -> int:
         return int(self.components.shape[0])
+
+    def __repr__(self) -> str:
+        """``PCABasis(3 components of 384)``."""
+        return f"PCABasis({self.n_components} components of {self.dim})"
 
     def transform(self, features: torch.Tensor) -> torch.Tensor:
         """Project ``(..., C)`` features onto the components: ``(..., K)`` float32, same device."""
@@ -329,6 +334,15 @@ class PCAColors:
     rgb: np.ndarray
     mask: np.ndarray
 
+    def __repr__(self) -> str:
+        """``PCAColors(451x300, foreground 52%)``."""
+        h, w = self.mask.shape[:2]
+        return f"PCAColors({w}x{h}, foreground {float(self.mask.mean()) if self.mask.size else 0.0:.0%})"
+
+    def _repr_png_(self) -> bytes:
+        """The colours (background black), for notebooks."""
+        return png_bytes(self.rgb)
+
     def rgba(self) -> np.ndarray:
         """``(H, W, 4) uint8`` with a transparent background (for PNG)."""
         return np.dstack([self.rgb, self.mask.astype(np.uint8) * 255])
@@ -418,6 +432,13 @@ class FeaturePCA:
         return cls(basis, low, high, lo_hi, fg, dict(metadata or {}))
 
     # -- applying -----------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        """``FeaturePCA(3 components of 384, foreground otsu threshold 0.513, model dinov2_vits14)``."""
+        fg = self.foreground
+        split = "no foreground split" if fg is None else f"foreground {fg.method} threshold {fg.threshold:.3g}"
+        model = (self.metadata or {}).get("model")
+        return f"FeaturePCA({self.n_components} components of {self.dim}, {split}{f', model {model}' if model else ''})"
+
     @property
     def n_components(self) -> int:
         return self.basis.n_components

@@ -460,4 +460,4 @@ def track_video(
     indices = frames_to_process(info, frames)
     queries = check_queries(queries_txy, indices, info.size_wh)
     steps = track_steps(path, queries, source, options, frames=frames, frame_count=len(indices), progress=progress)
-    return Tracks.from_steps(queries, [replace(step, image=None) for step in steps])
+    return Tracks.collect(queries, steps)

@@ -75,8 +75,8 @@ def test_small_images_are_shown_enlarged_and_clicks_mapped_back(session, video, 
     queries, _, marked = handlers.track_click(view, session.video_frame(video, 0), 0, [], [52, 101])
     assert queries == [[0, 9.9, 19.7]] and marked.shape == shown.shape  # 52 / 5 - 0.5, 101 / 5 - 0.5
     a = images[0]  # 160 x 120: 4 times
-    out = handlers.match_click(session, a, None, [], ["a.png", "B"], None, False, "none", "index", [42, 18])
-    assert out[1] == [[10.0, 4.0]] and out[0].shape == (480, 640, 3)
+    out = handlers.match_click(session, a, None, [], "a.png", "B", None, False, "none", "index", [42, 18])
+    assert out[2] == [[10.0, 4.0]] and out[0].shape == (480, 640, 3) and out[1] is None  # no B yet
     big = np.zeros((600, 800, 3), np.uint8)
     np.testing.assert_array_equal(handlers.click_panel(big), big)  # large enough: as it is
 
@@ -540,3 +540,106 @@ def test_cli_examples_folder_must_exist(monkeypatch, tmp_path, capsys):
 
     assert main(["app", "--examples", str(tmp_path / "missing")]) == 2
     assert "--examples must be a folder" in capsys.readouterr().err
+
+
+# -- uploads keep their own state; bad uploads change nothing; B shows where points land ------------
+OPTIONS = (None, False, "none", "index")  # resolution, mutual, ransac, colours: the page's defaults
+
+
+def test_a_and_b_uploaded_at_once_keep_their_names(session, tmp_path, images):
+    """Both uploads start before either finishes (as two quick drops in the page): each writes only
+    its own image and name, and the refresh that follows sees both."""
+    pytest.importorskip("gradio")
+    import threading
+
+    from dinofeat.app import handlers
+
+    paths = save_png(tmp_path / "left.png", images[0]), save_png(tmp_path / "right.png", images[1])
+    both_started = threading.Barrier(2)
+    done: dict[str, tuple] = {}
+
+    def upload(which, handler, path):
+        both_started.wait()
+        done[which] = handler(session, path)
+
+    threads = [
+        threading.Thread(target=upload, args=("a", handlers.match_upload_a, paths[0])),
+        threading.Thread(target=upload, args=("b", handlers.match_upload_b, paths[1])),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (a, name_a, points), (b, name_b) = done["a"], done["b"]
+    assert (name_a, name_b, points) == ("left.png", "right.png", [])
+    clicked = handlers.match_click(session, a, b, points, name_a, name_b, *OPTIONS, [40, 30])
+    status, data, download = clicked[-1], clicked[5], clicked[6]
+    assert "A: left.png (160x120)" in status and "B: right.png (150x112)" in status
+    assert data["image_a"]["path"] == "left.png" and data["image_b"]["path"] == "right.png"
+    assert Path(download).name == "left_right_matches.json"
+
+
+def test_a_bad_upload_is_one_message_and_the_panels_stay_as_they_were(session, tmp_path, images):
+    gr = pytest.importorskip("gradio")
+    from dinofeat.app import handlers
+
+    a, b = images
+    before = handlers.match_refresh(session, a, b, [[40.0, 30.0]], "a.png", "b.png", *OPTIONS)
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(gr.Error, match="notes.png is not an image"):
+        handlers.match_upload_b(session, bad)  # raises before it sets any state: the state is unchanged
+    after = handlers.match_refresh(session, a, b, [[40.0, 30.0]], "a.png", "b.png", *OPTIONS)
+    for shown, again in zip(before, after):
+        if isinstance(shown, np.ndarray):
+            np.testing.assert_array_equal(shown, again)
+    assert after[-1] == before[-1] and "B: b.png" in after[-1]  # the status names what is on show
+    assert after[5]["matches"] == before[5]["matches"]
+
+
+def test_image_b_is_marked_where_each_kept_point_landed(session, images):
+    pytest.importorskip("gradio")
+    from dinofeat.app import handlers
+
+    a, b = images
+    points = [[40.0, 30.0], [100.0, 80.0]]
+    out = handlers.match_refresh(session, a, b, points, "a.png", "b.png", *OPTIONS)
+    shown_b, data = out[1], out[5]
+    plain = handlers.click_panel(b)
+    assert shown_b.shape == plain.shape and not np.array_equal(shown_b, plain)
+    k = handlers.panel_scale((b.shape[1], b.shape[0]))
+    for row in data["matches"]:
+        x, y = (np.array(row["target"]) + 0.5) * k - 0.5
+        assert not np.array_equal(shown_b[round(y), round(x)], plain[round(y), round(x)])  # a dot there
+    view = session.match(a, b, points, mutual=True)
+    dropped = [i for i, m in enumerate(view.data["matches"]) if not m["kept"]]
+    assert all(np.isnan(view.targets_xy[i]).all() for i in dropped)  # not kept: not marked
+
+
+def test_automatic_points_clear_the_heatmap(session, images):
+    pytest.importorskip("gradio")
+    from dinofeat.app import handlers
+
+    a, b = images
+    clicked = handlers.match_refresh(session, a, b, [[40.0, 30.0]], "a.png", "b.png", *OPTIONS)
+    assert clicked[4] is not None  # the clicked point's similarity
+    auto = handlers.match_auto(session, a, b, 5, "a.png", "b.png", *OPTIONS)
+    assert auto[4] is None and len(auto[2]) >= 1
+
+
+def test_the_page_lets_an_upload_write_only_its_own_state_then_redraws(session):
+    """The page's wiring: an upload event's outputs are its image's state only (no panel shows an
+    error badge when it fails), and a refresh follows it whether it failed or not."""
+    pytest.importorskip("gradio")
+    from dinofeat.app import build_app
+
+    config = build_app(session).get_config_file()
+    components = {c["id"]: c for c in config["components"]}
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    deps = config["dependencies"]
+    for drop in ("match_a", "match_b"):
+        (index, upload), *_ = [(i, d) for i, d in enumerate(deps) if [ids[drop], "upload"] in map(list, d["targets"])]
+        assert {components[o]["type"] for o in upload["outputs"]} == {"state"}
+        (refresh,) = [d for d in deps if d.get("trigger_after") == index]
+        assert not refresh["trigger_only_on_success"]
+        assert {ids["match_a"], ids["match_b"], ids["match_picture"], ids["match_status"]} <= set(refresh["outputs"])

@@ -216,6 +216,28 @@ def test_match_tab_bad_upload_says_so(page, inputs):
     assert "broken.png" in toast.first.inner_text()
 
 
+def test_match_tab_quick_uploads_keep_both_names_and_a_bad_one_changes_nothing(page, inputs, server):
+    page.goto(server[0])
+    page.wait_for_selector("#match_a")
+    page.locator("#match_a input[type=file]").set_input_files(str(inputs["a"]))
+    page.locator("#match_b input[type=file]").set_input_files(str(inputs["b"]))  # before A's upload is done
+    wait_text(page, "#match_status", "A: a.png (240x160) · B: b.png (240x160)")
+    click_image(page, "#match_a", 0.5, 0.5)
+    wait_text(page, "#match_status", "1 match(es) kept")
+    page.wait_for_selector("#match_download a, #match_download .file-name, #match_download td")
+    assert "a_b_matches.json" in page.locator("#match_download").inner_text().replace("\n", "")
+
+    page.locator("#match_a input[type=file]").set_input_files(str(inputs["bad"]))
+    toast = page.locator(".toast-body", has_text=re.compile("broken.png is not an image"))
+    toast.first.wait_for(state="visible")
+    wait_image(page, "#match_a")  # the refresh puts A's panel back
+    wait_image(page, "#match_picture")
+    assert toast.count() == 1
+    assert "A: a.png (240x160)" in page.locator("#match_status").inner_text().replace("\n", "")
+    for panel in ("#match_a", "#match_b", "#match_picture", "#match_heatmap"):
+        assert "Error" not in page.locator(panel).inner_text()
+
+
 def test_track_tab_click_and_track(page, inputs):
     page.get_by_role("tab", name="Track").click()
     page.locator("#track_video input[type=file]").set_input_files(str(inputs["video"]))

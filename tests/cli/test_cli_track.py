@@ -80,7 +80,7 @@ def test_video_json_and_csv(tmp_path, video, model_args):
     assert main(argv) == 0
 
     doc = json.loads(js.read_text())
-    assert list(doc) == ["model", "video", "tracks", "frame_indices", "times_s"]
+    assert list(doc) == ["model", "video", "tracks", "frame_indices", "times_s", "weights"]
     assert doc["model"] == "dinov2_vits14"
     assert doc["video"] == {"path": video, "fps": pytest.approx(FPS), "frames": FRAMES, "size": [W, H]}
     assert doc["frame_indices"] == list(range(FRAMES))

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import save_png
+from dinofeat.drawing import draw_matches
 from dinofeat.errors import InputError
 from dinofeat.jobs.match import MatchJob, MatchResult
 from dinofeat.options import MatchDrawingOptions, MatchOptions
@@ -76,7 +77,7 @@ def test_run_writes_picture_and_json_and_returns_what_it_wrote(tmp_path, images,
     assert result.matches.source_xy.tolist() == [list(p) for p in points]
     assert json.loads(js.read_text()) == result.document and js.read_text() == result.json_text()
     assert result.document["image_a"] == {"path": images[0], "size": [W, H]}
-    assert list(result.document) == ["model", "image_a", "image_b", "matches", "geometry", "settings"]
+    assert list(result.document) == ["model", "image_a", "image_b", "matches", "geometry", "settings", "weights"]
     with Image.open(out) as picture:
         assert picture.size[1] == 360  # the common height, within 360..1440
     kept = int(result.matches.keep.sum())
@@ -120,3 +121,13 @@ def test_a_failed_write_leaves_no_output(tmp_path, images, tiny_extractor, monke
         job.run(tiny_extractor)
     assert (tmp_path / "m.json").read_text() == "previous"
     assert _files(tmp_path) == {"a.png", "b.png", "m.json"}
+
+
+def test_the_match_picture_labels_a_and_b_with_their_file_names(tmp_path, images, tiny_extractor):
+    out = tmp_path / "m.png"
+    result = MatchJob(*images, points_xy=[(100.0, 80.0)], output=out).run(tiny_extractor)
+    written = np.asarray(Image.open(out).convert("RGB"))
+    plain = draw_matches(result.image_a, result.image_b, result.matches, mask=result.matches.keep.numpy())
+    assert written.shape == plain.shape
+    assert not np.array_equal(written[2:25, 2:80], plain[2:25, 2:80])  # "A: a.png" in A's corner
+    assert np.array_equal(written[-40:, :80], plain[-40:, :80])  # the rest as before

@@ -94,12 +94,13 @@ def test_run_writes_the_files_and_returns_the_tracks(tmp_path, video):
     job = TrackJob(video, **out, points_xy=[(30.0, 20.0)], queries_txy=[(1, 50.0, 30.0)], video_name="clip.mp4")
     job.check()
     seen = []
-    tracks = job.run(extractor(), lambda done, total: seen.append((done, total)))
+    source = extractor()
+    tracks = job.run(source, lambda done, total: seen.append((done, total)))
     assert isinstance(tracks, Tracks)
     assert seen == [(k, 4) for k in range(1, 5)]
     assert all(path.is_file() for path in out.values())
     document = json.loads(out["json"].read_text())
-    assert document == job.document(tracks, "dinov2_vits14")
+    assert document == job.document(tracks, "dinov2_vits14", weights=source.provenance()["weights"])
     assert document["video"]["path"] == "clip.mp4"
     assert [t["query"] for t in document["tracks"]] == [[0, 30.0, 20.0], [1, 50.0, 30.0]]
     assert job.summary(tracks).endswith(f"-> {out['output']}, {out['json']}, {out['csv']}")

@@ -116,23 +116,33 @@ def _click(index, image: np.ndarray) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Match tab. Outputs, in order: image A with its points, points, picture, heatmap, JSON, download, status.
+# Match tab. State: image A, image B, their names, the query points. Outputs (``MATCH_OUTPUTS``),
+# in order: image A with its points, image B with their matches, points, picture, heatmap, JSON,
+# download, status.
+#
+# An upload only reads its file and sets its own image and name (match_upload_a / _b): two uploads
+# in quick succession run with the state as it was when each was triggered, so a handler that also
+# wrote the other image's state would undo the other upload. The page then calls match_refresh,
+# which draws every panel from the state as it is by then. A bad upload is one message (its
+# handler raises before setting anything), and the refresh that follows redraws the panels as
+# they were.
 
 
-def describe_pair(a, b, names, n_points: int, kept: int | None = None) -> str:
+def describe_pair(a, b, name_a: str, name_b: str, n_points: int, kept: int | None = None) -> str:
     """The status line: both images' names and sizes, the points and the kept matches."""
 
     def one(label, name, image):
         return f"{label}: {name} ({image.shape[1]}x{image.shape[0]})" if image is not None else f"no image {label}"
 
     count = f"{n_points} point(s)" + (f", {kept} match(es) kept" if kept is not None else "")
-    return " · ".join([one("A", names[0], a), one("B", names[1], b), count])
+    return " · ".join([one("A", name_a, a), one("B", name_b, b), count])
 
 
-def match_show(session, a, b, points, names, resolution, mutual, ransac, color_by, auto_count=None) -> tuple:
+def match_show(session, a, b, points, name_a, name_b, resolution, mutual, ransac, color_by, auto_count=None) -> tuple:
     """The Match tab's outputs for images ``a``, ``b`` and clicked ``points`` (or ``auto_count`` points)."""
+    shown_b = None if b is None else click_panel(b)
     if a is None:
-        return None, [], None, None, None, None, describe_pair(a, b, names, 0)
+        return None, shown_b, [], None, None, None, None, describe_pair(a, b, name_a, name_b, 0)
     view = session.match(
         a,
         b,
@@ -142,18 +152,19 @@ def match_show(session, a, b, points, names, resolution, mutual, ransac, color_b
         mutual=bool(mutual),
         ransac=None if ransac in (None, "none") else ransac,
         color_by=color_by,
-        name_a=names[0],
-        name_b=names[1],
+        name_a=name_a,
+        name_b=name_b,
     )
     kept = None if view.data is None else sum(m["kept"] for m in view.data["matches"])
     return (
         click_panel(a, view.points_xy),
+        shown_b if view.targets_xy is None else click_panel(b, view.targets_xy),
         view.points_xy,
         view.picture,
         view.heatmap,
         view.data,
         str(view.json_path) if view.json_path else None,
-        describe_pair(a, b, names, len(view.points_xy), kept),
+        describe_pair(a, b, name_a, name_b, len(view.points_xy), kept),
     )
 
 
@@ -162,38 +173,43 @@ def match_load_pair(session, path_a, path_b) -> tuple:
     """An example pair: both images, their names, and the outputs (no points yet)."""
     a = session.load_image(path_a) if path_a else None
     b = session.load_image(path_b) if path_b else None
-    names = [Path(path_a).name if path_a else "A", Path(path_b).name if path_b else "B"]
-    shown = None if a is None else click_panel(a)
-    return (a, b, names, shown, [], None, None, None, None, describe_pair(a, b, names, 0))
+    name_a, name_b = Path(path_a).name if path_a else "A", Path(path_b).name if path_b else "B"
+    shown_a = None if a is None else click_panel(a)
+    shown_b = None if b is None else click_panel(b)
+    return (a, b, name_a, name_b, shown_a, shown_b, [], None, None, None, None, describe_pair(a, b, name_a, name_b, 0))
 
 
 @messages
-def match_upload_a(session, path_a, b, names) -> tuple:
-    """A new image A: its points start again."""
-    a = session.load_image(path_a)
-    names = [Path(path_a).name, names[1]]
-    return a, names, click_panel(a), [], None, None, None, None, describe_pair(a, b, names, 0)
+def match_upload_a(session, path_a) -> tuple:
+    """A new image A: the image, its name and no points (its points start again). Reads and
+    writes nothing of B's, so an upload of B at the same time keeps its own name."""
+    return session.load_image(path_a), Path(path_a).name, []
 
 
 @messages
-def match_upload_b(session, path_b, a, points, names, *options) -> tuple:
-    """A new image B: the same points, matched again."""
-    b = session.load_image(path_b)
-    names = [names[0], Path(path_b).name]
-    return (b, names, *match_show(session, a, b, points, names, *options))
+def match_upload_b(session, path_b) -> tuple:
+    """A new image B: the image and its name (A's points stay, matched again by the refresh)."""
+    return session.load_image(path_b), Path(path_b).name
 
 
-def match_clear_a(b, names) -> tuple:
-    return (None, None, [], None, None, None, None, describe_pair(None, b, names, 0))
+@messages
+def match_refresh(session, a, b, points, name_a, name_b, *options) -> tuple:
+    """Every panel drawn from the state as it is now (after an upload, good or bad)."""
+    return match_show(session, a, b, points, name_a, name_b, *options)
 
 
-def match_clear_b(a, points, names) -> tuple:
+def match_clear_a(b, name_b) -> tuple:
+    shown_b = None if b is None else click_panel(b)
+    return (None, "A", None, shown_b, [], None, None, None, None, describe_pair(None, b, "A", name_b, 0))
+
+
+def match_clear_b(a, points, name_a) -> tuple:
     marked = a if a is None else click_panel(a, points)
-    return (None, marked, points, None, None, None, None, describe_pair(a, None, names, len(points)))
+    return (None, "B", marked, None, points, None, None, None, None, describe_pair(a, None, name_a, "B", len(points)))
 
 
 @messages
-def match_click(session, a, b, points, names, resolution, mutual, ransac, color_by, index) -> tuple:
+def match_click(session, a, b, points, name_a, name_b, resolution, mutual, ransac, color_by, index) -> tuple:
     """A click on image A at Gradio's ``index``: one more query point."""
 
     if a is None:
@@ -203,26 +219,28 @@ def match_click(session, a, b, points, names, resolution, mutual, ransac, color_
     points = [*points, list(_click(index, a))]
     if b is None:
         require_gradio().Info("point added; upload image B to see its match")
-    return match_show(session, a, b, points, names, resolution, mutual, ransac, color_by)
+    return match_show(session, a, b, points, name_a, name_b, resolution, mutual, ransac, color_by)
 
 
 @messages
-def match_auto(session, a, b, count, names, *options) -> tuple:
-    """*Find automatic points*: ``count`` distinctive, well-spread points of A, matched."""
+def match_auto(session, a, b, count, name_a, name_b, *options) -> tuple:
+    """*Find automatic points*: ``count`` distinctive, well-spread points of A, matched (no
+    heatmap: no point was clicked)."""
     if a is None or b is None:
         raise InputError("upload both images first")
     resolution, mutual, ransac, color_by = options
-    return match_show(session, a, b, [], names, resolution, mutual, ransac, color_by, auto_count=int(count))
+    return match_show(session, a, b, [], name_a, name_b, resolution, mutual, ransac, color_by, auto_count=int(count))
 
 
-def match_clear_points(a, b, names) -> tuple:
-    return None if a is None else click_panel(a), [], None, None, None, None, describe_pair(a, b, names, 0)
+def match_clear_points(a, b, name_a, name_b) -> tuple:
+    shown_a, shown_b = (None if image is None else click_panel(image) for image in (a, b))
+    return shown_a, shown_b, [], None, None, None, None, describe_pair(a, b, name_a, name_b, 0)
 
 
 @messages
-def match_rematch(session, a, b, points, names, *options) -> tuple:
+def match_rematch(session, a, b, points, name_a, name_b, *options) -> tuple:
     """An option changed: the same points again."""
-    return match_show(session, a, b, points, names, *options)
+    return match_show(session, a, b, points, name_a, name_b, *options)
 
 
 # ---------------------------------------------------------------------------------------------

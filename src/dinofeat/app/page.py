@@ -176,11 +176,11 @@ def _match_tab(gr, session: AppSession, resolution, pairs: list) -> None:
         checked_image, gr, type="filepath", image_mode=None, sources=["upload", "clipboard"], format="png"
     )
     state_a, state_b, points = gr.State(None), gr.State(None), gr.State([])
-    names = gr.State(["A", "B"])
+    name_a, name_b = gr.State("A"), gr.State("B")  # one state each: an upload writes only its own
     with gr.Row():
         image_a = image(label="Image A: click to add points", elem_id="match_a")
-        image_b = image(label="Image B", elem_id="match_b")
-    picture = gr.Image(label="Matches", interactive=False, format="png", elem_id="match_picture", scale=2, render=False)
+        image_b = image(label="Image B: where the points land", elem_id="match_b")
+    picture = gr.Image(label="Matches", interactive=False, format="png", elem_id="match_picture", render=False)
     heatmap = gr.Image(
         label="Similarity of the last point over B",
         interactive=False,
@@ -225,29 +225,36 @@ def _match_tab(gr, session: AppSession, resolution, pairs: list) -> None:
             label="Line colours",
             info="one colour per point, or by cosine score (blue low, red high)",
         )
-    with gr.Row():
+    with gr.Row():  # the matches get the page's width: their lines are easier to follow
         picture.render()
-        heatmap.render()
     with gr.Row():
-        data.render()
-        download.render()
-    outputs = [image_a, points, picture, heatmap, data, download, status]
+        heatmap.render()
+        with gr.Column():
+            data.render()
+            download.render()
+    outputs = [image_a, image_b, points, picture, heatmap, data, download, status]
     options = [resolution, mutual, ransac, color_by]
+    state = [state_a, state_b, points, name_a, name_b]
+    refresh = on(handlers.match_refresh, session)
 
-    def click_a(a, b, points_, names_, res, mutual_, ransac_, color, evt: gr.SelectData):
-        return handlers.match_click(session, a, b, points_, names_, res, mutual_, ransac_, color, evt.index)
+    def click_a(a, b, points_, name_a_, name_b_, res, mutual_, ransac_, color, evt: gr.SelectData):
+        return handlers.match_click(session, a, b, points_, name_a_, name_b_, res, mutual_, ransac_, color, evt.index)
 
-    image_a.upload(on(handlers.match_upload_a, session), [image_a, state_b, names], [state_a, names, *outputs])
-    image_b.upload(
-        on(handlers.match_upload_b, session), [image_b, state_a, points, names, *options], [state_b, names, *outputs]
+    # an upload sets its own image and name only; the refresh then draws from the state as it is by
+    # then (it runs after a failed upload too, putting the panels back as they were)
+    image_a.upload(on(handlers.match_upload_a, session), [image_a], [state_a, name_a, points]).then(
+        refresh, [*state, *options], outputs
     )
-    image_a.clear(handlers.match_clear_a, [state_b, names], [state_a, *outputs])
-    image_b.clear(handlers.match_clear_b, [state_a, points, names], [state_b, *outputs])
-    image_a.select(click_a, [state_a, state_b, points, names, *options], outputs)
-    auto_button.click(on(handlers.match_auto, session), [state_a, state_b, auto, names, *options], outputs)
-    clear_button.click(handlers.match_clear_points, [state_a, state_b, names], outputs)
+    image_b.upload(on(handlers.match_upload_b, session), [image_b], [state_b, name_b]).then(
+        refresh, [*state, *options], outputs
+    )
+    image_a.clear(handlers.match_clear_a, [state_b, name_b], [state_a, name_a, *outputs])
+    image_b.clear(handlers.match_clear_b, [state_a, points, name_a], [state_b, name_b, *outputs])
+    image_a.select(click_a, [*state, *options], outputs)
+    auto_button.click(on(handlers.match_auto, session), [state_a, state_b, auto, name_a, name_b, *options], outputs)
+    clear_button.click(handlers.match_clear_points, [state_a, state_b, name_a, name_b], outputs)
     for option in options:
-        option.change(on(handlers.match_rematch, session), [state_a, state_b, points, names, *options], outputs)
+        option.change(on(handlers.match_rematch, session), [*state, *options], outputs)
     if pairs:
         with examples_here:
             gr.Examples(
@@ -256,7 +263,7 @@ def _match_tab(gr, session: AppSession, resolution, pairs: list) -> None:
                 fn=on(handlers.match_load_pair, session),
                 run_on_click=True,
                 cache_examples=False,
-                outputs=[state_a, state_b, names, *outputs],
+                outputs=[state_a, state_b, name_a, name_b, *outputs],
                 label="Example pairs (click one)",
                 elem_id="match_examples",
             )

@@ -23,6 +23,7 @@ from dinofeat.colorize import pca_panel
 from dinofeat.drawing import draw_points
 from dinofeat.errors import InputError
 from dinofeat.features.cache import DEFAULT_CACHE_SIZE, FeatureCache
+from dinofeat.features.source import provenance
 from dinofeat.io.images import load_image
 from dinofeat.io.video import VideoInfo, probe_video, read_frames
 from dinofeat.jobs.match import MatchJob, heatmap_picture, match_picture
@@ -60,6 +61,8 @@ class MatchView:
         data: the matches in the JSON schema of ``dinofeat match --json``; None while B is missing.
         json_path: ``data`` written to a file for download.
         points_xy: the query points, ``(N, 2)`` float pixels of A.
+        targets_xy: where each query landed in B, ``(N, 2)`` float pixels of B, NaN for a match
+            the checks did not keep (so a point keeps its number and colour); None while B is missing.
     """
 
     image_a: np.ndarray
@@ -68,6 +71,7 @@ class MatchView:
     data: dict | None = None
     json_path: Path | None = None
     points_xy: list = field(default_factory=list)
+    targets_xy: list | None = None
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,8 @@ class AppSession:
             color_by: line colours, ``index`` or ``score``.
             name_a, name_b: file names for the JSON.
 
-        The heatmap is the last clicked point's similarity (the best point's, for ``auto``).
+        The heatmap is the last clicked point's similarity; with ``auto`` there is none (no point
+        was clicked: a heatmap of one of them would look like the last click's).
         """
         if image_a is None:
             raise InputError("upload image A first")
@@ -273,15 +278,17 @@ class AppSession:
         result = job.run(self.features_at(resolution))
         if len(result.matches) == 0:
             raise InputError("no distinctive points found: the images share no mutual nearest patches")
-        last = 0 if auto is not None else len(points) - 1
         chosen = result.matches.source_xy.tolist()
+        targets = result.matches.target_xy.numpy().astype(np.float64)
+        targets[~result.matches.keep.numpy()] = np.nan
         return MatchView(
             draw_points(image_a, chosen),
             match_picture(result, drawing),
-            heatmap_picture(result, last),
+            None if auto is not None else heatmap_picture(result, len(points) - 1),
             result.document,
             json_path,
             chosen,
+            targets.tolist(),
         )
 
     # -- PCA ----------------------------------------------------------------------------------
@@ -407,7 +414,7 @@ class AppSession:
         extractor = self.extractor_at(resolution)
         with self.cache.model_lock:
             tracks = job.run(extractor, progress)
-        data = job.document(tracks, extractor.options.model)
+        data = job.document(tracks, extractor.options.model, weights=provenance(extractor)["weights"])
         visible = float(tracks.visible.float().mean()) if tracks.visible.numel() else 0.0
         summary = (
             f"Tracked {len(tracks.queries_txy)} point(s) through {len(tracks)} frames of {name}; "

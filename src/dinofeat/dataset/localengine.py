@@ -14,7 +14,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from queue import Queue
 
 from dinofeat.dataset.listing import Item
-from dinofeat.dataset.manifest import weights_digest
 from dinofeat.dataset.workunits import (
     Decoded,
     FeatureJob,
@@ -29,9 +28,11 @@ from dinofeat.dataset.workunits import (
     write_shard_result,
 )
 from dinofeat.features.extractor import Extractor
+from dinofeat.models.digest import weights_digest
 from dinofeat.models.vit import DenseViT
 from dinofeat.options import ExtractorOptions
 from dinofeat.pca import PCABasis
+from dinofeat.runtime.devices import precision_name
 from dinofeat.runtime.modelthread import block_interrupts, start_thread
 
 #: What the listing thread hands the model: a shard and its images being decoded; an error; None at the end.
@@ -61,6 +62,10 @@ class LocalEngine:
 
     def weights_digest(self, options: ExtractorOptions) -> str:
         return weights_digest(self.extractor(options).model)
+
+    def precision_used(self, options: ExtractorOptions) -> str:
+        """The precision the model runs in (``"auto"`` resolved: ``"bf16"``, ``"fp32"``...)."""
+        return precision_name(self.extractor(options).dtype)
 
     def fit_pca(self, job: FeatureJob, items: Sequence[Item]) -> PCABasis:
         return fit_storage_pca(items, self.extractor(job.extractor), job)

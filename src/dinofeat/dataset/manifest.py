@@ -1,7 +1,8 @@
 """A dataset folder's bookkeeping: its manifest, its lock, its error log, and what killed runs left.
 
 * ``manifest.json`` records the settings, the model, the weights hash (sha256 of the loaded state
-  dict, so the same weights give the same hash whatever file they came from), the dinofeat
+  dict, so the same weights give the same hash whatever file they came from), the precision the
+  model ran in (``precision_used``: ``auto`` resolved; recorded, not compared), the dinofeat
   version and the inputs. :func:`claim_folder` writes it into a new folder, or refuses a run whose
   settings differ (one line naming the first difference). The device, engine, batch size and
   worker counts are not compared: they change the floats by rounding only, or nothing.
@@ -16,15 +17,12 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
-
-import torch
 
 from dinofeat import __version__
 from dinofeat.dataset.layout import MANIFEST, SHARDS, TRACKS
@@ -40,17 +38,6 @@ MANIFEST_FORMAT = "dinofeat-dataset"
 MANIFEST_VERSION = 1
 #: Manifest entries that must agree for a rerun into the same folder.
 COMPARED = ("kind", "dinofeat_version", "model", "weights_sha256", "settings", "inputs.items", "inputs.sha256")
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of a model's state dict (names, dtypes, shapes, bytes): the same weights give the
-    same hash whatever file they came from."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(memoryview(flat.view(torch.uint8).numpy()))
-    return digest.hexdigest()
 
 
 def make_manifest(

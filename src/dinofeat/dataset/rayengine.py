@@ -42,7 +42,6 @@ import pyarrow.parquet as pq
 
 from dinofeat import errors
 from dinofeat.dataset.listing import Item
-from dinofeat.dataset.manifest import weights_digest
 from dinofeat.dataset.workunits import (
     FeatureJob,
     ItemOutcome,
@@ -57,9 +56,11 @@ from dinofeat.dataset.workunits import (
 )
 from dinofeat.errors import DinofeatError, InputError
 from dinofeat.features.extractor import Extractor
+from dinofeat.models.digest import weights_digest
 from dinofeat.models.weights import load_model
 from dinofeat.options import DatasetOptions, ExtractorOptions
 from dinofeat.pca import PCABasis
+from dinofeat.runtime.devices import precision_name, resolve_device, resolve_precision
 from dinofeat.runtime.modelthread import block_interrupts
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,11 @@ class RayEngine:
     def weights_digest(self, options: ExtractorOptions) -> str:
         """sha256 of the weights, computed on a worker (the driver needs neither the model nor a GPU)."""
         return self._get(self._remote(_weights_digest, model=False).remote(options))
+
+    def precision_used(self, options: ExtractorOptions) -> str:
+        """The precision the model runs in (``"auto"`` resolved), asked of a worker with the
+        resources the model gets (a GPU's precision is not the driver's)."""
+        return self._get(self._remote(_precision_used, model=True).remote(options))
 
     def fit_pca(self, job: FeatureJob, items: Sequence[Item]) -> PCABasis:
         """The ``--pca`` basis, fitted on one worker with :func:`~dinofeat.dataset.workunits.fit_storage_pca`."""
@@ -257,6 +263,10 @@ def _unwrap(err: BaseException) -> BaseException:
 
 def _weights_digest(options: ExtractorOptions) -> str:
     return weights_digest(load_model(options.model, options.weights))
+
+
+def _precision_used(options: ExtractorOptions) -> str:
+    return precision_name(resolve_precision(options.precision, resolve_device(options.device)))
 
 
 def _fit_pca(job: FeatureJob, items: list[Item]) -> PCABasis:

@@ -209,6 +209,7 @@ def _claimed(
     claim_folder(folder, manifest, check_only=True)
     with make_engine(options, model) as engine:
         manifest["weights_sha256"] = engine.weights_digest(extractor_options)
+        manifest["precision_used"] = engine.precision_used(extractor_options)  # recorded, not compared
         claim_folder(folder, manifest)
         remove_temporary_files(folder)
         yield engine

@@ -63,6 +63,7 @@ from dinofeat.errors import InputError, render
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.features.files import feature_arrays
 from dinofeat.io.outputs import staged_outputs
+from dinofeat.models.digest import DIGEST_PREFIX
 from dinofeat.models.registry import ModelSpec, get_spec
 from dinofeat.options import FEATURE_SETTINGS, GPU_BATCH_SIZE, ExtractorOptions
 from dinofeat.pca import PCABasis
@@ -472,6 +473,17 @@ class StoredFeatures:
         self.spec: ModelSpec = store.spec
         self.stride: int = store.stride
         self.batch_size: int = store.options.batch_size or GPU_BATCH_SIZE  # no model runs: how maps are grouped
+
+    def provenance(self) -> dict[str, Any]:
+        """The weights and precision the store's manifest records (see
+        :meth:`~dinofeat.features.extractor.Extractor.provenance`; ``precision`` is the option
+        given in folders written before the precision used was recorded)."""
+        manifest = self.store.manifest
+        digest = manifest.get("weights_sha256")
+        return {
+            "weights": {"path": manifest.get("weights"), "sha256": digest[:DIGEST_PREFIX] if digest else None},
+            "precision": manifest.get("precision_used", self.options.precision),
+        }
 
     def extract_arrays(self, images: Sequence[np.ndarray]) -> list[FeatureMap]:
         if len(images) != len(self.paths):

@@ -6,6 +6,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,8 +66,16 @@ class FeatureCache:
     def batch_size(self) -> int:
         return self.extractor.batch_size
 
+    def provenance(self) -> dict[str, Any]:
+        """The extractor's :meth:`~dinofeat.features.extractor.Extractor.provenance`."""
+        return self.extractor.provenance()
+
     def __len__(self) -> int:
         return len(self._store)
+
+    def __repr__(self) -> str:
+        """``FeatureCache(3 of 8 maps, Extractor(...))``."""
+        return f"FeatureCache({len(self)} of {self.size} maps, {self.extractor!r})"
 
     def extract_arrays(self, images: Sequence[np.ndarray]) -> list[FeatureMap]:
         """Feature maps of ``(H, W, 3) uint8`` images, computing (in one batch) only those not cached."""

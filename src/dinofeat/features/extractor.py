@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,11 +15,18 @@ import torch
 from dinofeat.errors import FieldMessage, InputError
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.io.images import ImageLike, enlargement_note, load_image, processed_size, resize, size_cap_note
+from dinofeat.models.digest import DIGEST_PREFIX, weights_digest
 from dinofeat.models.registry import DEFAULT_MODEL, ModelSpec
 from dinofeat.models.vit import DenseViT
 from dinofeat.models.weights import load_model
 from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION, ExtractorOptions
-from dinofeat.runtime.devices import autocast, default_batch_size, resolve_device, resolve_precision
+from dinofeat.runtime.devices import (
+    autocast,
+    default_batch_size,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+)
 from dinofeat.runtime.memory import ForwardMemory, check_forward_memory, forward_memory, model_bytes
 from dinofeat.runtime.modelthread import run_responsively
 from dinofeat.runtime.progress import Progress
@@ -164,6 +172,14 @@ class Extractor:
         other.block_progress = self.block_progress
         return other
 
+    def __repr__(self) -> str:
+        """``Extractor(dinov2_vits14 on cpu, bf16, resolution 448, max_size 1344, stride 14, layers [-1], token)``."""
+        o = self.options
+        return (
+            f"Extractor({self.spec.name} on {self.device}, {precision_name(self.dtype)}, resolution {o.resolution}, "
+            f"max_size {o.max_size}, stride {self.stride}, layers {list(o.layers)}, {o.facet})"
+        )
+
     # -- settings -------------------------------------------------------------------------------
     @property
     def spec(self) -> ModelSpec:
@@ -193,6 +209,18 @@ class Extractor:
     def batch_size(self) -> int:
         """Images per forward pass: the option, or the device's default."""
         return self.options.batch_size or default_batch_size(self.device)
+
+    def provenance(self) -> dict[str, Any]:
+        """What a file written from these features records about how they were made:
+        ``{"weights": {"path", "sha256"}, "precision"}``. ``path`` is where the weights were read
+        (a file, or the hub that gave them; None for weights made in code), ``sha256`` the first
+        16 hex digits of :func:`~dinofeat.models.digest.weights_digest`, ``precision`` the one the
+        model ran in (``"bf16"``, never ``"auto"``)."""
+        path = self.model.weights_source or (str(self.options.weights) if self.options.weights else None)
+        return {
+            "weights": {"path": path, "sha256": weights_digest(self.model)[:DIGEST_PREFIX]},
+            "precision": precision_name(self.dtype),
+        }
 
     def processed_size(self, size_wh: tuple[int, int]) -> tuple[int, int]:
         """The (width, height) an image of ``size_wh`` is resized to (:func:`~dinofeat.io.images.processed_size`)."""

@@ -106,6 +106,16 @@ class FeatureMap:
     cls_token: torch.Tensor | None = None
     register_tokens: torch.Tensor | None = None
 
+    def __repr__(self) -> str:
+        """``FeatureMap(32x24 patches x 384 float32, image 640x480, processed 448x336, patch 14, stride 14)``
+        (grid and sizes as width x height; never the tensors)."""
+        (h, w), dtype = self.grid_hw, str(self.features.dtype).replace("torch.", "")
+        (iw, ih), (pw, ph) = self.image_size_wh, self.processed_size_wh
+        return (
+            f"FeatureMap({w}x{h} patches x {self.dim} {dtype}, image {iw}x{ih}, processed {pw}x{ph}, "
+            f"patch {self.patch_size}, stride {self.stride})"
+        )
+
     # -- shape ------------------------------------------------------------------------------
     @property
     def grid_hw(self) -> tuple[int, int]:

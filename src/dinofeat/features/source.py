@@ -8,7 +8,7 @@ features (:meth:`~dinofeat.dataset.store.FeatureStore.extractor_for`) all satisf
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # types only: this module imports nothing heavy
     import numpy as np
@@ -45,3 +45,16 @@ class FeatureSource(Protocol):
     def extract_arrays(self, images: Sequence[np.ndarray]) -> list[FeatureMap]:
         """One :class:`FeatureMap` per image, in order (coordinates in each image's own pixels)."""
         ...
+
+
+def provenance(source: FeatureSource) -> dict[str, Any]:
+    """What files written from ``source``'s features record about how they were made:
+    ``{"weights": {"path", "sha256"}, "precision"}`` (see
+    :meth:`~dinofeat.features.extractor.Extractor.provenance`). A source without a
+    ``provenance()`` method gives its options' weights path, no hash and its precision option."""
+    described = getattr(source, "provenance", None)
+    if callable(described):
+        return dict(described())
+    options = source.options
+    weights = str(options.weights) if options.weights else None
+    return {"weights": {"path": weights, "sha256": None}, "precision": options.precision}

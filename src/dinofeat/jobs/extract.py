@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from dinofeat.errors import InputError
 from dinofeat.errors import field as field_named
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.features.files import FEATURE_SUFFIXES, extractor_metadata, save_features
+from dinofeat.features.source import provenance
 from dinofeat.io.images import ImageLike, load_image
 from dinofeat.io.outputs import check_outputs, check_suffix
 from dinofeat.options import DatasetOptions, ExtractorOptions
@@ -51,6 +52,29 @@ class ExtractResult:
 
     maps: tuple[FeatureMap, ...]
     output: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"output": "feats.npz", "maps": [{"grid": [w, h], "dim", "image_size": [w, h],
+        "processed_size": [w, h], "patch_size", "stride"}, ...]}``: what was written, without the
+        features."""
+        return {
+            "output": str(self.output),
+            "maps": [
+                {
+                    "grid": [m.grid_hw[1], m.grid_hw[0]],
+                    "dim": m.dim,
+                    "image_size": list(m.image_size_wh),
+                    "processed_size": list(m.processed_size_wh),
+                    "patch_size": m.patch_size,
+                    "stride": m.stride,
+                }
+                for m in self.maps
+            ],
+        }
+
+    def __repr__(self) -> str:
+        """``ExtractResult(2 image(s), 5x4 patches x 384 -> feats.npz)``."""
+        return f"ExtractResult({self.summary()})"
 
     def summary(self) -> str:
         """One line: ``2 image(s), 5x4 patches x 384 -> feats.npz``."""
@@ -131,7 +155,8 @@ class ExtractJob(Options):
         if self.output is None or self.is_dataset:  # check() let a dataset through
             raise InputError(f"{field_named('out_dir', self.out_dir)} is a dataset: run it with run_dataset()")
         maps = source.extract_arrays(list(images))
-        save_features(self.output, maps, **extractor_metadata(source))
+        names = [str(p) if isinstance(p, (str, os.PathLike)) else None for p in self.inputs]
+        save_features(self.output, maps, inputs=names, **extractor_metadata(source), **provenance(source))
         return ExtractResult(tuple(maps), Path(self.output))
 
     def run_dataset(

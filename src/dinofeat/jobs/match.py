@@ -24,8 +24,8 @@ Coordinates are pixels of the original images (x right, y down, centre of the to
 
 from __future__ import annotations
 
+import copy
 import logging
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -34,10 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dinofeat.drawing import draw_heatmap, draw_matches
+from dinofeat.display import png_bytes, size_text
+from dinofeat.drawing import draw_heatmap, draw_matches, match_labels
 from dinofeat.errors import InputError
 from dinofeat.errors import field as field_named
 from dinofeat.features.featuremap import FeatureMap
+from dinofeat.features.source import provenance
 from dinofeat.io.images import ImageLike, load_image
 from dinofeat.io.outputs import check_outputs, check_suffix, format_json, save_image, staged_outputs
 from dinofeat.matching import Matches, match_features, similarity_image
@@ -85,6 +87,26 @@ class MatchResult:
     def json_text(self) -> str:
         """The JSON document as ``dinofeat match`` writes it (indented, short lists on one line)."""
         return format_json(self.document)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``dinofeat match --json`` document (a copy): model, images, matches, geometry,
+        settings, weights."""
+        return copy.deepcopy(self.document)
+
+    def to_pandas(self) -> Any:
+        """One row per match (:meth:`~dinofeat.matching.Matches.to_pandas`). Needs pandas."""
+        return self.matches.to_pandas()
+
+    def __repr__(self) -> str:
+        """``MatchResult(12 matches, 9 kept, a.jpg 640x480 -> b.jpg 500x400, dinov2_vits14, wrote m.png)``."""
+        doc, m = self.document, self.matches
+        a, b = (f"{doc[key]['path']} {size_text(doc[key]['size'])}" for key in ("image_a", "image_b"))
+        wrote = f", wrote {', '.join(str(p) for p in self.written)}" if self.written else ""
+        return f"MatchResult({len(m)} matches, {int(m.keep.sum())} kept, {a} -> {b}, {doc['model']}{wrote})"
+
+    def _repr_png_(self) -> bytes:
+        """The match picture (as ``-o`` writes it), for notebooks."""
+        return png_bytes(match_picture(self))
 
     def summary(self) -> str:
         """One line: how many matches, how many kept and by which checks, where they went."""
@@ -205,6 +227,7 @@ class MatchJob(Options):
             path_b=name_b,
             settings=match_settings(queries, self.options, source.options),
             verified=self.options.ransac is not None,
+            weights=provenance(source)["weights"],
         )
         result = MatchResult(matches, document, checked.image_a, checked.image_b, fa, fb, self.options)
         written = write_match_files(result, picture=self.output, json_path=self.json, drawing=self.drawing)
@@ -247,40 +270,21 @@ def matches_json(
     path_b: str,
     settings: dict[str, Any] | None = None,
     verified: bool = False,
+    weights: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON document of the CLI contract: model, image_a, image_b, matches (query order), then
-    geometry and settings. Coordinates are original-image pixels rounded to 0.01; ``inlier`` is
-    null unless geometric verification was asked for (``verified``)."""
-    rows = []
-    data = matches.numpy()
-    for i in range(len(matches)):
-        ratio = float(data["ratio"][i])
-        rows.append(
-            {
-                "source": [round(float(v), 2) for v in data["source_xy"][i]],
-                "target": [round(float(v), 2) for v in data["target_xy"][i]],
-                "score": round(float(data["scores"][i]), 4),
-                "mutual": bool(data["mutual"][i]),
-                "ratio": round(ratio, 4) if math.isfinite(ratio) else None,
-                "inlier": bool(data["inlier"][i]) if verified else None,
-                "kept": bool(data["keep"][i]),
-            }
-        )
-    geometry = None
-    if matches.geometry is not None:
-        geometry = {
-            "type": matches.geometry.kind,
-            "matrix": [[float(v) for v in row] for row in matches.geometry.matrix],
-            "threshold_px": round(matches.geometry.threshold_px, 3),
-            "inliers": int(matches.inlier.sum()),
-        }
+    geometry, settings and (where known) weights (``{"path", "sha256"}``, see
+    :func:`~dinofeat.features.source.provenance`). Coordinates are original-image pixels rounded
+    to 0.01; ``inlier`` is null unless geometric verification was asked for (``verified``)."""
+    described = matches.to_dict(verified)
     return {
         "model": model,
-        "image_a": {"path": str(path_a), "size": list(matches.image_size_a_wh)},
-        "image_b": {"path": str(path_b), "size": list(matches.image_size_b_wh)},
-        "matches": rows,
-        "geometry": geometry,
+        "image_a": {"path": str(path_a), **described["image_a"]},
+        "image_b": {"path": str(path_b), **described["image_b"]},
+        "matches": described["matches"],
+        "geometry": described["geometry"],
         "settings": settings or {},
+        **({"weights": weights} if weights is not None else {}),
     }
 
 
@@ -292,8 +296,9 @@ def heatmap_picture(result: MatchResult, index: int) -> np.ndarray:
 
 
 def match_picture(result: MatchResult, drawing: MatchDrawingOptions | None = None) -> np.ndarray:
-    """A and B with the kept matches as lines (:func:`~dinofeat.drawing.draw_matches`); with
-    ``drawing.heatmap`` B shows the first query's similarity. ``(H, W, 3) uint8 RGB``."""
+    """A and B with the kept matches as lines (:func:`~dinofeat.drawing.draw_matches`), each
+    labelled with its letter and file name (``A: cat.jpg``); with ``drawing.heatmap`` B shows the
+    first query's similarity. ``(H, W, 3) uint8 RGB``."""
     drawing = drawing or MatchDrawingOptions()
     shown_b = heatmap_picture(result, 0) if drawing.heatmap else result.image_b
     return draw_matches(
@@ -304,6 +309,7 @@ def match_picture(result: MatchResult, drawing: MatchDrawingOptions | None = Non
         height=drawing.height,
         mask=result.matches.keep.numpy(),
         layout=drawing.layout,
+        labels=match_labels(result.document["image_a"]["path"], result.document["image_b"]["path"]),
     )
 
 

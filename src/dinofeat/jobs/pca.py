@@ -38,7 +38,8 @@ from dinofeat.colorize import (
 )
 from dinofeat.dataset.listing import VIDEO_SUFFIXES
 from dinofeat.errors import InputError, field
-from dinofeat.features.files import write_features
+from dinofeat.features.files import extractor_metadata, write_features
+from dinofeat.features.source import provenance
 from dinofeat.io import video as video_io  # called through the module: the tests count probes
 from dinofeat.io.frames import frames_to_process
 from dinofeat.io.images import load_image
@@ -102,17 +103,25 @@ def out_dir_targets(folder: PathLike, inputs: Sequence[PathLike], suffix: str) -
     ]
 
 
-def write_reduced_features(path: PathLike, result: PCAResult, components: int) -> None:
+def write_reduced_features(
+    path: PathLike,
+    result: PCAResult,
+    components: int,
+    source: FeatureSource | None = None,
+    inputs: Sequence[str | None] = (),
+) -> None:
     """Write (unstaged) the first ``components`` components of each map of ``result`` as
     ``dinofeat extract`` writes features: ``features_{i}`` ``(h, w, K)`` float32 and the geometry,
-    plus ``foreground_{i}`` ``(h, w)`` bool and ``explained_variance`` ``(K,)``. Each map is
-    projected once."""
+    plus ``foreground_{i}`` ``(h, w)`` bool and ``explained_variance`` ``(K,)``, and the metadata
+    an extract file has (``input_{i}``, typed settings, weights and precision: from ``source``;
+    without it, the PCA's own metadata). Each map is projected once."""
     pca = result.pca
     reduced = [pca.reduce(fmap) for fmap in result.maps]
     reduced = [replace(fmap, features=fmap.features[..., :components]) for fmap in reduced]
     extra = {f"foreground_{i}": pca.foreground_mask(fmap.features).cpu().numpy() for i, fmap in enumerate(result.maps)}
     extra["explained_variance"] = pca.basis.explained_variance[:components].numpy()
-    write_features(path, reduced, extra=extra, **(pca.metadata or {}))
+    described = {**extractor_metadata(source), **provenance(source)} if source is not None else pca.metadata or {}
+    write_features(path, reduced, extra=extra, inputs=inputs, components=components, **described)
 
 
 @dataclass
@@ -281,10 +290,10 @@ class PCAJob:
         checked = self._checked_now("images")
         images = list(self.images) or [load_image(path) for path in (image_files or self.inputs)]
         result = pca_images(images, source, self.options, pca=checked.loaded, nearest=self.drawing.nearest)
-        self._write_images(result, checked.panels)
+        self._write_images(result, checked.panels, source)
         return result
 
-    def _write_images(self, result: PCAResult, panels: Sequence[PathLike]) -> None:
+    def _write_images(self, result: PCAResult, panels: Sequence[PathLike], source: FeatureSource) -> None:
         """The figure, the panels, the PCA and the reduced features, staged and renamed together."""
         drawing, components = self.drawing, self.options.components
         with staged_outputs([self.output, *panels, self.save_pca, self.save_features]) as temps:
@@ -297,7 +306,8 @@ class PCAJob:
             if pca_tmp is not None:
                 result.pca.save(pca_tmp)
             if features_tmp is not None:
-                write_reduced_features(features_tmp, result, components)
+                names = [str(p) for p in self.inputs]  # paths; none for images given as arrays
+                write_reduced_features(features_tmp, result, components, source, names)
 
     def run_video(self, source: FeatureSource, progress: Progress | None = None) -> VideoPCAResult:
         """:meth:`run` for a video: colour every processed frame with one PCA; H.264 of the input's

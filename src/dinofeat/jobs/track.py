@@ -18,12 +18,13 @@ import json as json_text
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dinofeat.drawing import TrailAnnotator
 from dinofeat.errors import InputError, field
+from dinofeat.features.source import provenance
 from dinofeat.io import video as video_io  # called through the module: the tests count probes
 from dinofeat.io.frames import frames_to_process
 from dinofeat.io.outputs import check_outputs, check_suffix, staged_outputs
@@ -32,7 +33,7 @@ from dinofeat.jobs.base import PathLike
 from dinofeat.options import FrameOptions, TrackerOptions, TrailOptions
 from dinofeat.points import collect_queries
 from dinofeat.tracking import check_queries, track_steps
-from dinofeat.tracks import Tracks
+from dinofeat.tracks import Tracks, TrackStep
 
 if TYPE_CHECKING:  # types only
     from dinofeat.features.source import FeatureSource
@@ -144,7 +145,8 @@ class TrackJob:
             frame_count=len(checked.indices),
             progress=progress,
         )
-        kept = []
+        kept: list[TrackStep] = []
+        first_frame: np.ndarray | None = None
         with staged_outputs([self.output, self.json, self.csv]) as (video_tmp, json_tmp, csv_tmp):
             writer = video_io.VideoWriter(video_tmp, info.fps / self.frames.every, info.size_wh) if video_tmp else None
             annotator = TrailAnnotator(len(queries), self.trail.trail)
@@ -152,19 +154,25 @@ class TrackJob:
                 for step in steps:
                     if writer is not None:
                         writer.write(annotator.annotate(step.image, step.points_xy, step.visible), step.time_s)
+                    first_frame = step.image if not kept else first_frame
                     kept.append(replace(step, image=None))
-            tracks = Tracks.from_steps(queries, kept)
+            tracks = Tracks.from_steps(queries, kept, first_frame=first_frame)
             if json_tmp is not None:
-                json_tmp.write_text(json_text.dumps(self.document(tracks, source.options.model)) + "\n")
+                document = self.document(tracks, source.options.model, weights=provenance(source)["weights"])
+                json_tmp.write_text(json_text.dumps(document) + "\n")
             if csv_tmp is not None:
                 tracks.write_csv(csv_tmp)
         return tracks
 
-    def document(self, tracks: Tracks, model: str) -> dict:
+    def document(self, tracks: Tracks, model: str, weights: dict[str, Any] | None = None) -> dict:
         """The ``--json`` document of ``tracks`` (:meth:`~dinofeat.tracks.Tracks.to_json`) for this video."""
         info = self._checked.info if self._checked is not None else self.info or video_io.probe_video(self.video)
         return tracks.to_json(
-            model=model, video_path=self.video_name or str(self.video), fps=info.fps, size_wh=info.size_wh
+            model=model,
+            video_path=self.video_name or str(self.video),
+            fps=info.fps,
+            size_wh=info.size_wh,
+            weights=weights,
         )
 
     def summary(self, tracks: Tracks) -> str:

@@ -45,6 +45,9 @@ class DenseViT(nn.Module):
     patch_size: int
     blocks: nn.ModuleList
     norm: nn.LayerNorm
+    #: Where the weights were read from (a file, or the hub that gave them); None for weights made
+    #: here (random, or a model built in code). Set by :func:`~dinofeat.models.weights.load_model`.
+    weights_source: str | None = None
 
     @property
     def num_registers(self) -> int:

@@ -478,5 +478,6 @@ def load_model(
         state, source = find_weights(spec)
     model = build_model(spec, depth=depth)
     load_state(model, to_meta_keys(state), source)
+    model.weights_source = source  # recorded in the files written with this model
     log.info("loaded %s weights from %s", spec.name, source)
     return model.eval()

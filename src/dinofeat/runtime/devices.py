@@ -14,6 +14,13 @@ from dinofeat.options import CPU_BATCH_SIZE, DEVICES, GPU_BATCH_SIZE, PRECISIONS
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def precision_name(dtype: torch.dtype) -> str:
+    """The ``precision`` option's name of ``dtype`` (``torch.bfloat16`` -> ``"bf16"``): what a run
+    used once ``"auto"`` was resolved."""
+    names = {value: name for name, value in _DTYPES.items()}
+    return names.get(dtype, str(dtype).replace("torch.", ""))
+
+
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU; an unavailable device is an error."""
     if isinstance(name, torch.device):
