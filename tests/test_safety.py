@@ -679,19 +679,23 @@ def forward_thread(request, monkeypatch):
 
 
 def _interrupt_at_block(monkeypatch, block: int, then=None):
-    """Make the CLI's block bar raise KeyboardInterrupt (or call ``then``) at ``block``."""
+    """Make the CLI's block progress (a bar, or a note in the frame bar) raise KeyboardInterrupt
+    (or call ``then``) at ``block``."""
+    from dinofeat.cli.common import _BlockNote
     from dinofeat.runtime.progress import TqdmProgress
 
-    plain = TqdmProgress.__call__
+    def interrupting(plain, blocks=lambda self: True):
+        def call(self, done, total):
+            if blocks(self) and done == block:
+                if then is None:
+                    raise KeyboardInterrupt
+                then()
+            plain(self, done, total)
 
-    def call(self, done, total):
-        if self.unit == "block" and done == block:
-            if then is None:
-                raise KeyboardInterrupt
-            then()
-        plain(self, done, total)
+        return call
 
-    monkeypatch.setattr(TqdmProgress, "__call__", call)
+    monkeypatch.setattr(TqdmProgress, "__call__", interrupting(TqdmProgress.__call__, lambda bar: bar.unit == "block"))
+    monkeypatch.setattr(_BlockNote, "__call__", interrupting(_BlockNote.__call__))
 
 
 @pytest.mark.parametrize("command", ["extract", "match", "pca", "track"])
@@ -764,6 +768,48 @@ def test_a_quiet_command_draws_no_block_bar(tmp_path, files, model_args, monkeyp
         assert [(bar.desc, bar.enabled, bar.leave, bar.delay > 0) for bar in bars] == [
             ("running the model on 70x56", not quiet, False, True)
         ]
+
+
+@pytest.mark.parametrize("command", ["track", "pca"])
+def test_a_video_command_shows_the_blocks_in_its_frame_bar(tmp_path, files, model_args, monkeypatch, command):
+    import dinofeat.cli.common
+    from dinofeat.runtime.progress import TqdmProgress
+
+    monkeypatch.setattr(dinofeat.cli.common, "BLOCK_BAR_DELAY", 0.0)  # every pass counts as slow
+    made, notes = [], []
+    plain = TqdmProgress.__init__
+
+    def init(self, *args, **kwargs):
+        plain(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(TqdmProgress, "__init__", init)
+    monkeypatch.setattr(TqdmProgress, "note", lambda self, text: notes.append((self.unit, text)))
+    extra = (
+        ["--point", "9,9", "--json", str(tmp_path / "t.json")]
+        if command == "track"
+        else ["-o", str(tmp_path / "p.mp4")]
+    )
+    assert main([command, str(files["video"]), *extra, *model_args]) == 0
+    assert [bar.unit for bar in made] == ["frame"]  # one bar: no block bar under it
+    assert ("frame", "running the model on 70x56: block 1/12") in notes
+    assert notes[-1] == ("frame", "")  # cleared when the pass ends
+
+
+def test_a_note_before_the_first_frame_makes_the_bar_and_the_total_follows(monkeypatch):
+    import sys
+
+    from dinofeat.runtime.progress import TqdmProgress
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with TqdmProgress("tracking", "frame") as bar:
+        bar.note("running the model on 546x448: block 3/12")
+        bar(1, 4)
+        bar.note("")
+        bar(4, 4)
+    drawn = terminal.text.getvalue()
+    assert "block 3/12" in drawn and drawn.split("\r")[-1].startswith("tracking: 100%")
 
 
 # -- 11. one summary line per command, none with --quiet; bars end at 100 % ---------------------

@@ -1,6 +1,7 @@
 """`dinofeat models`, `dinofeat extract`, and the CLI's error handling."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -31,6 +32,17 @@ def test_models_lists_the_registry(capsys, monkeypatch, tmp_path):
     out = capsys.readouterr().out
     for name in ("dinov2_vits14 (default)", "dinov2_vitg14_reg", "facebook/dinov2-base"):
         assert name in out
+
+
+def test_models_does_not_import_torch(tmp_path):
+    code = (
+        "import sys; from dinofeat.cli import main; code = main(['models']); "
+        "print(code, 'torch' in sys.modules, file=sys.stderr)"
+    )
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "HF_HUB_CACHE": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert "dinov2_vits14 (default)" in out.stdout
+    assert out.stderr.strip().splitlines()[-1] == "0 False"
 
 
 @pytest.fixture

@@ -47,3 +47,8 @@ def test_official_file_names_and_urls():
 def test_unknown_model_suggests_close_names():
     with pytest.raises(UnknownModelError, match="dinov2_vits14"):
         get_spec("dinov2_vits16")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_parameter_count_arithmetic_equals_the_built_model(name):
+    assert get_spec(name).parameter_count == count_parameters(get_spec(name))

@@ -1,4 +1,4 @@
-"""``dinofeat models``: the registry, with parameter counts and what is cached locally."""
+"""``dinofeat models``: the registry, with parameter counts and what is cached locally (torch is not imported)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    # lazy: --help stays fast (torch)
-    from dinofeat.models.build import count_parameters
-
-    # lazy: --help stays fast (torch)
-    from dinofeat.models.weights import cached_locally
+    # lazy: huggingface_hub (the cache lookup) takes ~0.1 s to import; the table needs no torch
+    from dinofeat.models.locations import cached_locally
 
     rows = [("name", "params", "patch", "registers", "dim", "cached", "gated", "hugging face repo")]
     for spec in MODELS.values():
@@ -33,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(
             (
                 name,
-                f"{count_parameters(spec) / 1e6:.1f}M",
+                f"{spec.parameter_count / 1e6:.1f}M",
                 str(spec.patch_size),
                 str(spec.num_registers),
                 str(spec.embed_dim),

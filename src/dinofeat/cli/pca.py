@@ -112,6 +112,6 @@ def run(args: argparse.Namespace) -> int:
         result = job.run(source, image_files=files)
     else:
         with progress_bar(args, "colouring", "frame") as bar:
-            result = job.run(make_extractor(model, args), bar)
+            result = job.run(make_extractor(model, args, within=bar), bar)
     summary(args, job.summary(result), stream=sys.stdout)  # pca's summary has always gone to standard output
     return 0

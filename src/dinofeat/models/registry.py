@@ -104,6 +104,18 @@ class ModelSpec:
         return hidden + (-hidden % self.ffn_align)
 
     @property
+    def parameter_count(self) -> int:
+        """Number of learned parameters of the full model, by arithmetic (no torch, no allocation)."""
+        dim, hidden = self.embed_dim, self.ffn_hidden
+        ffn_in = 2 * hidden if self.ffn == "swiglu" else hidden  # SwiGLU: gate and up projections
+        attention = 3 * dim * dim + (3 * dim if self.qkv_bias else 0) + dim * dim + dim
+        block = 4 * dim + 2 * dim + attention + dim * ffn_in + ffn_in + hidden * dim + dim  # norms, scales
+        tokens = dim * (2 + self.num_registers)  # CLS, mask token, registers
+        positions = (1 + self.pos_grid**2) * dim if self.pos_grid else 0
+        patch_embed = 3 * self.patch_size**2 * dim + dim
+        return patch_embed + tokens + positions + self.depth * block + 2 * dim
+
+    @property
     def interpolate_offset(self) -> float:
         """Offset added to the positional-embedding scale factor (0.1 plain, 0 with registers)."""
         return 0.0 if self.num_registers else 0.1

@@ -30,6 +30,8 @@ import torch
 
 from dinofeat.errors import WeightsError, field
 from dinofeat.models.build import build_model
+from dinofeat.models.locations import HF_FILES, hf_cached, hub_checkpoint_path
+from dinofeat.models.locations import cached_locally as cached_locally  # re-exported: its home was here
 from dinofeat.models.registry import DEFAULT_MODEL, DINOV3_DOWNLOADS, MODELS, ModelSpec, get_spec
 from dinofeat.models.statekeys import to_meta_keys
 from dinofeat.models.vit import DenseViT
@@ -39,7 +41,6 @@ log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
 _WRAPPER_KEYS = ("model", "state_dict", "teacher", "student")
 _TRUE = {"1", "true", "yes", "on"}
-_HF_FILES = ("model.safetensors", "model.safetensors.index.json")  # single file, or sharded (the 7B)
 Model = DenseViT
 
 
@@ -55,42 +56,6 @@ class _Unreadable(WeightsError):
 def offline_mode() -> bool:
     """True when ``HF_HUB_OFFLINE`` asks us not to touch the network."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
-
-
-def hub_checkpoint_path(spec: ModelSpec) -> Path:
-    """Where ``torch.hub`` keeps (or would keep) the official checkpoint of ``spec``.
-
-    DINOv3: the first file matching ``spec.checkpoint_pattern`` (the official hash preferred), or
-    the official file name when there is none.
-    """
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    official = folder / spec.checkpoint_file
-    if spec.checkpoint_pattern == spec.checkpoint_file or official.is_file():
-        return official
-    found = sorted(path for path in folder.glob(spec.checkpoint_pattern) if path.is_file())
-    return found[0] if found else official
-
-
-def _hf_cached(spec: ModelSpec) -> str | None:
-    """Path of the weights file (or shard index) of ``spec.hf_repo`` in the Hugging Face cache, or None."""
-    from huggingface_hub import try_to_load_from_cache  # lazy: huggingface_hub takes ~0.1 s to import
-
-    for filename in _HF_FILES:
-        found = try_to_load_from_cache(spec.hf_repo, filename)
-        if isinstance(found, str):
-            return found
-    return None
-
-
-def cached_locally(spec: ModelSpec) -> str | None:
-    """Which local cache already holds weights for ``spec`` ("torch hub", "hugging face"), or None."""
-    if hub_checkpoint_path(spec).is_file():
-        return "torch hub"
-    try:
-        found = _hf_cached(spec)
-    except Exception:  # noqa: BLE001 - a broken cache must not break `dinofeat models`
-        return None
-    return "hugging face" if found else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +311,7 @@ def _from_torch_hub_cache(spec: ModelSpec) -> StateDict | None:
 
 
 def _from_hf_hub(spec: ModelSpec) -> StateDict:
-    cached = _hf_cached(spec)
+    cached = hf_cached(spec)
     if cached:  # no network round trip when the file is already cached
         return read_checkpoint(cached)
     hub_log = logging.getLogger("huggingface_hub")
@@ -373,11 +338,11 @@ def _hf_download(spec: ModelSpec) -> str:
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
-        return hf_hub_download(spec.hf_repo, _HF_FILES[0])
+        return hf_hub_download(spec.hf_repo, HF_FILES[0])
     except EntryNotFoundError as err:
         if isinstance(err, LocalEntryNotFoundError):  # offline and not cached, not "no such file"
             raise
-        index = hf_hub_download(spec.hf_repo, _HF_FILES[1])
+        index = hf_hub_download(spec.hf_repo, HF_FILES[1])
     for shard in sorted(set(json.loads(Path(index).read_text())["weight_map"].values())):
         hf_hub_download(spec.hf_repo, shard)  # lands beside the index, where _read_sharded looks
     return index
