@@ -156,3 +156,34 @@ def test_models_shows_cached_weights(capsys, monkeypatch, tmp_path, vits14_check
     assert main(["models"]) == 0
     line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("dinov2_vits14 "))
     assert "torch hub" in line
+
+
+def test_the_first_run_offline_says_what_it_tries_then_fails_in_one_line(tmp_path, monkeypatch, capsys, images):
+    import socket
+
+    import huggingface_hub
+    import huggingface_hub.constants as hf_constants
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+    def unreachable(*args, **kwargs):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("the hub client was called"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a download was started"))
+    assert main(["extract", str(images[0]), "-o", str(tmp_path / "f.npz"), "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    first, error = captured.err.splitlines()
+    assert first.startswith("dinofeat: looking for dinov2_vits14 weights: torch hub cache")
+    assert "Hugging Face hub (facebook/dinov2-small), then Meta's URL" in first
+    assert "no weights found for dinov2_vits14" in error and "no network" in error
+    assert "--weights FILE" in error and "HF_HUB_OFFLINE=1" in error
+    assert "Downloading" not in captured.out + captured.err and captured.out == ""
+    assert not (tmp_path / "f.npz").exists()

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import dinofeat.models.weights
 from conftest import random_vit, save_png
 from dinofeat.errors import InputError, WeightsError
 from dinofeat.features.extractor import Extractor
@@ -473,6 +474,7 @@ def _empty_caches(tmp_path, monkeypatch, *, offline=True):
         monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     else:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(dinofeat.models.weights, "reachable", lambda url, timeout=0: True)  # no real probe
     return tmp_path / "torch" / "hub" / "checkpoints", tmp_path / "hf"
 
 
@@ -539,7 +541,9 @@ def test_gated_refusal_is_one_actionable_line(tmp_path, monkeypatch, capsys, err
     image = save_png(tmp_path / "a.png", np.zeros((32, 32, 3), np.uint8))
     assert main(["extract", str(image), "-o", str(tmp_path / "f.npz"), "--model", "dinov3_vits16"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "accept the licence" in err.lower() and "pass --weights FILE" in err
+    said, error = err.splitlines()[-2:]  # what is tried, then the error
+    assert said.startswith("dinofeat: looking for dinov3_vits16 weights")
+    assert "accept the licence" in error.lower() and "pass --weights FILE" in error
 
 
 def test_nothing_found_explains_every_source(tmp_path, monkeypatch):

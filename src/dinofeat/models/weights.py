@@ -12,6 +12,10 @@ Sources are tried in this order (see :func:`load_model`):
 4. DINOv2 only: the official download URL (skipped when ``HF_HUB_OFFLINE`` is set). Meta sends
    DINOv3 download links by e-mail on request, so there is no default URL for DINOv3.
 
+When the local caches miss, the sources still to try are logged before any of them is (a warning,
+which the command line prints), and a network source whose host does not answer within
+:data:`PROBE_SECONDS` is skipped: an offline machine gets the error in seconds.
+
 Pickled checkpoints are read with ``torch.load(weights_only=True)``: no pickled code runs.
 """
 
@@ -21,6 +25,9 @@ import json
 import logging
 import os
 import pickle
+import socket
+import threading
+import urllib.parse
 import warnings
 import zipfile
 from pathlib import Path
@@ -369,16 +376,61 @@ def _refusal_message(spec: ModelSpec, err: BaseException) -> str:
 
 
 def _from_url(spec: ModelSpec) -> StateDict:
+    """Meta's checkpoint downloaded into the torch hub cache (as ``torch.hub`` names it), then read.
+
+    Downloaded with ``torch.hub.download_url_to_file`` (a bar on stderr, a temporary file moved into
+    place when complete) rather than ``load_state_dict_from_url``, which prints ``Downloading: ...``
+    on standard output, where ``dinofeat match`` writes its JSON."""
     if spec.url is None:
         raise WeightsError(f"no download URL for {spec.name}")
     if offline_mode():
         raise WeightsError("skipped: HF_HUB_OFFLINE is set")
-    return _unwrap(
-        torch.hub.load_state_dict_from_url(
-            spec.url, map_location="cpu", weights_only=True, file_name=spec.checkpoint_file
-        ),
-        Path(spec.url),
-    )
+    target = hub_checkpoint_path(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(spec.url, str(target), progress=True)
+    return read_checkpoint(target)
+
+
+# ---------------------------------------------------------------------------------------------
+# The network: is a host there at all (answered in seconds, not after a client's retries)?
+
+#: Seconds a weights host has to accept a connection before the network counts as unreachable.
+PROBE_SECONDS = 3.0
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def reachable(url: str, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether the host of ``url`` accepts a TCP connection within ``timeout`` seconds.
+
+    Name resolution is included in the time (it runs in a helper thread, since ``getaddrinfo``
+    has no timeout of its own). Behind a proxy (``HTTPS_PROXY``, ``ALL_PROXY``) the host cannot be
+    probed directly, so it counts as reachable and the download itself finds out.
+    """
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return True
+    parts = urllib.parse.urlsplit(url)
+    address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    answered = threading.Event()
+
+    def connect() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+        except OSError:
+            return
+        answered.set()
+
+    threading.Thread(target=connect, name="dinofeat-probe", daemon=True).start()
+    return answered.wait(timeout)
+
+
+def _hf_endpoint() -> str:
+    from huggingface_hub import constants  # lazy: huggingface_hub takes ~0.1 s to import
+
+    return str(constants.ENDPOINT)
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).hostname or url
 
 
 def _first_sentence(err: BaseException, limit: int = 200) -> str:
@@ -388,17 +440,32 @@ def _first_sentence(err: BaseException, limit: int = 200) -> str:
 
 
 def find_weights(spec: ModelSpec) -> tuple[StateDict, str]:
-    """Try the torch hub cache, the Hugging Face hub and (DINOv2) the official URL, in that order."""
+    """Try the torch hub cache, the Hugging Face hub and (DINOv2) the official URL, in that order.
+
+    The local caches are read first; when neither holds the weights, what will be tried is logged
+    at once (a warning: the command line shows it), and each network source is tried only if its
+    host answers within :data:`PROBE_SECONDS` (so an offline machine fails in seconds, not after a
+    client's retries). With ``HF_HUB_OFFLINE`` set the Hugging Face client looks in its cache only
+    and the URL is skipped.
+    """
     tried = []
     cached = _from_torch_hub_cache(spec)
     if cached is not None:
         return cached, str(hub_checkpoint_path(spec))
     hub_dir = hub_checkpoint_path(spec).parent
     tried.append(f"torch hub cache ({hub_dir / spec.checkpoint_pattern}: not there)")
-    sources = [(f"Hugging Face hub {spec.hf_repo}", _from_hf_hub)]
+    sources = [(f"Hugging Face hub {spec.hf_repo}", _hf_endpoint(), _from_hf_hub)]
     if spec.url is not None:
-        sources.append((f"URL {spec.url}", _from_url))
-    for label, fetch in sources:
+        sources.append((f"URL {spec.url}", spec.url, _from_url))
+    offline = offline_mode()
+    in_hf_cache = _in_hf_cache(spec)
+    if not offline and not in_hf_cache:
+        log.warning(_search_plan(spec))
+    for label, address, fetch in sources:
+        needs_network = not offline and not (fetch is _from_hf_hub and in_hf_cache)
+        if needs_network and not reachable(address):
+            tried.append(f"{label} (no network: {_host(address)} did not answer within {PROBE_SECONDS:g} s)")
+            continue
         try:
             return fetch(spec), label
         except (_AccessRefused, _Unreadable):
@@ -407,17 +474,38 @@ def find_weights(spec: ModelSpec) -> tuple[StateDict, str]:
             tried.append(f"{label} ({err.template})")
         except Exception as err:  # noqa: BLE001 - network and cache failures of every kind
             tried.append(f"{label} ({_first_sentence(err)})")
+    raise WeightsError(f"no weights found for {spec.name}. Tried: " + "; ".join(tried) + _advice(spec, hub_dir))
+
+
+def _in_hf_cache(spec: ModelSpec) -> bool:
+    try:
+        return hf_cached(spec) is not None
+    except Exception:  # noqa: BLE001 - a broken cache is one more source that fails when read
+        return False
+
+
+def _search_plan(spec: ModelSpec) -> str:
+    """``looking for dinov2_vits14 weights: ...``: the sources still to try, said before the slow ones."""
+    then = f", then Meta's URL {spec.url}" if spec.url else ""
+    return (
+        f"looking for {spec.name} weights: torch hub cache and Hugging Face cache: not there; "
+        f"trying the Hugging Face hub ({spec.hf_repo}){then}"
+    )
+
+
+def _advice(spec: ModelSpec, hub_dir: Path) -> str:
+    """What to do when no source had the weights: offline, pass a file or set HF_HUB_OFFLINE=1."""
+    offline = " Set HF_HUB_OFFLINE=1 on machines without network, so that no download is tried."
     if spec.url is None:
-        advice = (
+        return (
             f". DINOv3 weights are gated: accept the licence at https://huggingface.co/{spec.hf_repo} and log "
             f"in (`hf auth login`) or set HF_TOKEN, or request Meta's download links at {DINOV3_DOWNLOADS} "
-            f"and pass {field('weights', 'FILE')}, or copy the {spec.checkpoint_pattern} file to {hub_dir}/"
+            f"and pass {field('weights', 'FILE')}, or copy the {spec.checkpoint_pattern} file to {hub_dir}/." + offline
         )
-    else:
-        advice = (
-            f". Offline, download {spec.url} elsewhere and pass {field('weights', 'FILE')}, or copy it to {hub_dir}/"
-        )
-    raise WeightsError(f"no weights found for {spec.name}. Tried: " + "; ".join(tried) + advice)
+    return (
+        f". Offline, download {spec.url} elsewhere and pass {field('weights', 'FILE')}, or copy it to {hub_dir}/."
+        + offline
+    )
 
 
 def load_model(
