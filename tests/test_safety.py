@@ -163,6 +163,42 @@ def test_out_dir_is_created_with_its_parents(tmp_path, files, model_args, capsys
     assert [p.name for p in video_folder.iterdir()] == ["clip_pca.mp4"]
 
 
+def test_every_output_option_makes_its_folder_too(tmp_path, files, model_args):
+    a, b, video, new = str(files["a"]), str(files["b"]), str(files["video"]), tmp_path / "new" / "sub"
+    runs = [
+        ["extract", a, "-o", f"{new}/e/f.npz"],
+        ["match", a, b, "-o", f"{new}/m/m.png", "--json", f"{new}/mj/m.json"],
+        ["pca", a, b, "-o", f"{new}/p/p.png", "--save-pca", f"{new}/pp/p.npz"],
+        ["pca", video, "-o", f"{new}/v/v.mp4"],
+        [
+            "track",
+            video,
+            "--point",
+            "9,9",
+            "-o",
+            f"{new}/t/t.mp4",
+            "--json",
+            f"{new}/tj/t.json",
+            "--csv",
+            f"{new}/tc/t.csv",
+        ],
+    ]
+    for argv in runs:
+        assert main([*argv, *model_args, "--quiet"]) == 0, argv
+    made = {str(p.relative_to(new)) for p in new.rglob("*") if p.is_file()}
+    assert made == {
+        "e/f.npz",
+        "m/m.png",
+        "mj/m.json",
+        "p/p.png",
+        "pp/p.npz",
+        "v/v.mp4",
+        "t/t.mp4",
+        "tj/t.json",
+        "tc/t.csv",
+    }
+
+
 def test_out_dir_that_is_a_file_is_refused(tmp_path, files, model_args, capsys):
     (tmp_path / "taken").write_text("a file, not a folder\n")
     before = _listing(tmp_path)

@@ -46,7 +46,7 @@ def _files(folder) -> set[str]:
             r"^the dataset options \(engine, dtype, pca, \.\.\.\) need out_dir=DIR$",
         ),
         ({"output": "f.txt"}, r"^output must end in \.npz or \.safetensors, got .*f\.txt$"),
-        ({"output": "nowhere/f.npz"}, r"^output folder does not exist: .*nowhere$"),
+        ({"output": "0.png/f.npz"}, r"^output folder .*0\.png cannot be made: .*0\.png is not a folder$"),
         (
             {"output": "f.npz", "inputs": ["f.npz"]},
             r"^output .*f\.npz is the input .*f\.npz: refusing to overwrite it$",
