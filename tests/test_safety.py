@@ -569,7 +569,7 @@ def test_a_forward_pass_too_big_for_memory_is_refused(tmp_path, files, model_arg
     before = _listing(tmp_path)
     extract = ["extract", a, b, "-o", str(tmp_path / "f.npz"), "--batch-size", "2", *model_args]
     err = _refused(capsys, extract, "would need about")
-    assert "a forward pass of 2 image(s) at 70x56 (21 tokens each)" in err
+    assert "a forward pass of 2 images at 70x56 (21 tokens each)" in err
     assert "but only 0.1 MB is available on cpu; lower --max-size or --resolution" in err
     assert "or --batch-size (one image at a time needs about" in err
     assert "of loaded weights; an estimate" in err
@@ -857,7 +857,7 @@ def test_each_command_says_what_it_did_in_one_line(tmp_path, files, model_args, 
         (
             ["extract", a, b, "-o", f"{tmp_path}/f.npz"],
             "err",
-            rf"^dinofeat extract: 2 image\(s\), 5x4 patches x 384 -> {tmp_path}/f.npz$",
+            rf"^dinofeat extract: 2 images, 5x4 patches x 384 -> {tmp_path}/f.npz$",
         ),
         (
             ["match", a, b, "--grid", "3", "--mutual", "-o", f"{tmp_path}/m.png", "--json", f"{tmp_path}/m.json"],
@@ -865,7 +865,7 @@ def test_each_command_says_what_it_did_in_one_line(tmp_path, files, model_args, 
             rf"^dinofeat match: 9 matches, \d kept \(mutual\) -> {tmp_path}/m.png, {tmp_path}/m.json$",
         ),
         (["match", a, b, "--auto", "3"], "err", r"^dinofeat match: \d matches, \d kept -> standard output$"),
-        (["pca", a, b, "-o", f"{tmp_path}/p.png"], "out", rf"^dinofeat pca: 2 image\(s\), .* -> {tmp_path}/p.png$"),
+        (["pca", a, b, "-o", f"{tmp_path}/p.png"], "out", rf"^dinofeat pca: 2 images, .* -> {tmp_path}/p.png$"),
         (["pca", video, "-o", f"{tmp_path}/v.mp4"], "out", rf"^dinofeat pca: 4 frames at 8 fps -> {tmp_path}/v.mp4$"),
         (
             ["track", video, "--point", "9,9", "--point", "30,30", "--json", f"{tmp_path}/t.json"],
@@ -884,6 +884,20 @@ def test_each_command_says_what_it_did_in_one_line(tmp_path, files, model_args, 
         assert main([*argv, *model_args, "--quiet"]) == 0
         quiet = capsys.readouterr()
         assert quiet.err == "" and (quiet.out == "" or quiet.out.startswith("{")), (argv, quiet)
+
+
+def test_counts_of_one_are_singular(tmp_path, files, model_args, capsys):
+    a, b, video = str(files["a"]), str(files["b"]), str(files["video"])
+    runs = [
+        (["extract", a, "-o", f"{tmp_path}/f.npz"], "extract: 1 image, "),
+        (["match", a, b, "--point", "9,9", "--json", f"{tmp_path}/m.json"], "match: 1 match, "),
+        (["pca", a, "-o", f"{tmp_path}/p.png"], "pca: 1 image, "),
+        (["track", video, "--point", "9,9", "--json", f"{tmp_path}/t.json"], "track: 1 point x 4 frames, "),
+    ]
+    for argv, said in runs:
+        assert main([*argv, *model_args]) == 0
+        captured = capsys.readouterr()
+        assert f"dinofeat {said}" in captured.out + captured.err, argv
 
 
 class _Terminal:

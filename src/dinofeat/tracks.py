@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dinofeat.wording import plural
+
 
 @dataclass(frozen=True)
 class TrackStep:
@@ -149,7 +151,7 @@ class Tracks:
     def summary(self) -> str:
         """``3 points x 250 frames, visible 92 %``."""
         share = float(self.visible.float().mean()) if self.visible.numel() else 0.0
-        return f"{self.points_xy.shape[1]} points x {len(self)} frames, visible {share:.0%}"
+        return f"{plural(self.points_xy.shape[1], 'point')} x {plural(len(self), 'frame')}, visible {share:.0%}"
 
 
 def _times(times_s: Sequence[float | None]) -> torch.Tensor | None:

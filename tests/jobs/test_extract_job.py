@@ -80,7 +80,7 @@ def test_run_returns_the_maps_and_writes_them(tmp_path, image_files, tiny_extrac
     for i, fmap in enumerate(result.maps):
         np.testing.assert_array_equal(stored[f"features_{i}"], fmap.numpy())
         assert tuple(stored[f"image_size_{i}"]) == fmap.image_size_wh
-    assert result.summary() == f"2 image(s), 4x6, 5x4 patches x 384 -> {out}"
+    assert result.summary() == f"2 images, 4x6, 5x4 patches x 384 -> {out}"
     assert _files(tmp_path) == {"0.png", "1.png", out.name}  # no temporary file left
 
 

@@ -42,7 +42,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "inputs",
         nargs="*",
         metavar="INPUT",
-        help=f"images, or one video ({' '.join(VIDEO_SUFFIXES[:5])} ...); with --features, paths of the folder",
+        help=f"images or folders of images (every image below them), or one video "
+        f"({' '.join(VIDEO_SUFFIXES[:5])} ...); with --features, paths of the folder",
     )
     out = parser.add_argument_group("output")
     out.add_argument(

@@ -44,6 +44,7 @@ from dinofeat.matching import Matches, match_features, similarity_image
 from dinofeat.options import DEFAULT_AUTO, ExtractorOptions, MatchDrawingOptions, MatchOptions
 from dinofeat.optionspec import Options, option
 from dinofeat.points import check_points, read_points_file
+from dinofeat.wording import plural
 
 if TYPE_CHECKING:  # types only
     from dinofeat.features.source import FeatureSource
@@ -101,7 +102,7 @@ class MatchResult:
         kept = int(self.matches.keep.sum())
         where = ", ".join(str(p) for p in self.written) or "standard output"
         by = f" ({', '.join(checks)})" if checks else ""
-        return f"{len(self.matches)} matches, {kept} kept{by} -> {where}"
+        return f"{plural(len(self.matches), 'match')}, {kept} kept{by} -> {where}"
 
 
 @dataclass(frozen=True)
