@@ -522,7 +522,7 @@ def test_busy_port_names_the_option(tmp_path, monkeypatch, capsys):
 
 
 # -- 8. a resolution capped by --max-size is announced, once -----------------------------------
-CAP = "dinofeat: --resolution 4000 asked for, but the longer side is capped at --max-size 112: using 112x84"
+CAP = "--resolution 4000 asked for, but the longer side is capped at --max-size 112: using 112x84"
 
 
 def test_a_capped_resolution_is_announced_once(tmp_path, files, model_args, capsys):
@@ -530,7 +530,7 @@ def test_a_capped_resolution_is_announced_once(tmp_path, files, model_args, caps
     a, b = str(files["a"]), str(files["b"])
     assert main(["extract", a, b, a, "-o", str(tmp_path / "f.npz"), *capped, "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(CAP), err
+    assert err.count("\n") == 1 and err.startswith(f"dinofeat extract: {CAP}"), err
     assert "for this 70x56 image (raise --max-size to go higher); said once" in err
     with np.load(tmp_path / "f.npz") as f:
         assert tuple(f["processed_size_0"]) == (112, 84)  # what the line says is what was used
@@ -538,7 +538,7 @@ def test_a_capped_resolution_is_announced_once(tmp_path, files, model_args, caps
     video = ["track", str(files["video"]), "--point", "9,9", "--json", str(tmp_path / "t.json"), "--quiet"]
     assert main([*video, *capped, "--batch-size", "2"]) == 0  # two forward passes, four frames
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(CAP), err
+    assert err.count("\n") == 1 and err.startswith(f"dinofeat track: {CAP}"), err
 
     assert main(["extract", a, "-o", str(tmp_path / "g.npz"), *model_args, "--quiet"]) == 0
     assert capsys.readouterr().err == ""  # nothing capped, nothing said

@@ -181,9 +181,46 @@ def test_the_first_run_offline_says_what_it_tries_then_fails_in_one_line(tmp_pat
     assert main(["extract", str(images[0]), "-o", str(tmp_path / "f.npz"), "--device", "cpu"]) == 2
     captured = capsys.readouterr()
     first, error = captured.err.splitlines()
-    assert first.startswith("dinofeat: looking for dinov2_vits14 weights: torch hub cache")
+    assert first.startswith("dinofeat extract: looking for dinov2_vits14 weights: torch hub cache")
     assert "Hugging Face hub (facebook/dinov2-small), then Meta's URL" in first
     assert "no weights found for dinov2_vits14" in error and "no network" in error
     assert "--weights FILE" in error and "HF_HUB_OFFLINE=1" in error
     assert "Downloading" not in captured.out + captured.err and captured.out == ""
     assert not (tmp_path / "f.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (
+            ["match", "a.png", "b.png", "--pint", "3,4"],
+            "dinofeat match: error: unrecognized argument --pint (did you mean --point?)",
+        ),
+        (
+            ["match", "a.png", "b.png", "--jsn=m.json"],
+            "dinofeat match: error: unrecognized argument --jsn (did you mean --json?)",
+        ),
+        (
+            ["track", "v.mp4", "--qury", "1,2,3"],
+            "dinofeat track: error: unrecognized argument --qury (did you mean --query?)",
+        ),
+        (["pca", "a.png", "--point", "1,2"], "dinofeat pca: error: unrecognized argument --point (see --help)"),
+        (["match", "a.png", "b.png", "c.png"], "dinofeat match: error: unrecognized arguments: c.png"),
+        (["matc", "a.png", "b.png"], "invalid choice: 'matc' (choose from 'models', "),
+        (["matc", "a.png", "b.png"], "'eval'), did you mean 'match'? (see --help)"),
+        (
+            ["extract", "a.png", "--precision", "fp31"],
+            "(choose from 'auto', 'fp32', 'bf16', 'fp16'), did you mean 'fp32'?",
+        ),
+    ],
+)
+def test_a_typo_gets_a_suggestion_from_the_command(capsys, argv, line):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and line in err, err
+
+
+def test_warnings_start_with_the_command(tmp_path, capsys, images, vits14_checkpoint):
+    argv = ["extract", str(images[0]), "-o", str(tmp_path / "f.npz"), "--weights", str(vits14_checkpoint)]
+    assert main([*argv, "--resolution", "4000", "--max-size", "112", "--quiet"]) == 0
+    assert capsys.readouterr().err.startswith("dinofeat extract: --resolution 4000 asked for")

@@ -542,7 +542,7 @@ def test_gated_refusal_is_one_actionable_line(tmp_path, monkeypatch, capsys, err
     assert main(["extract", str(image), "-o", str(tmp_path / "f.npz"), "--model", "dinov3_vits16"]) == 2
     err = capsys.readouterr().err
     said, error = err.splitlines()[-2:]  # what is tried, then the error
-    assert said.startswith("dinofeat: looking for dinov3_vits16 weights")
+    assert said.startswith("dinofeat extract: looking for dinov3_vits16 weights")
     assert "accept the licence" in error.lower() and "pass --weights FILE" in error
 
 
