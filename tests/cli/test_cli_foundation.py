@@ -30,8 +30,22 @@ def test_models_lists_the_registry(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    for name in ("dinov2_vits14 (default)", "dinov2_vitg14_reg", "facebook/dinov2-base"):
+    for name in (
+        "dinov2_vits14 (default)",
+        "dinov2_vitg14_reg",
+        "facebook/dinov2-base",
+        "vit_small_patch14_dinov2.lvd142m",
+    ):
         assert name in out
+    assert out.splitlines()[-1].startswith("--model also takes the hugging face repo or the timm name")
+
+
+def test_a_hugging_face_id_names_the_model(tmp_path, images, vits14_checkpoint, capsys):
+    out = tmp_path / "f.npz"
+    argv = ["extract", str(images[0]), "-o", str(out), "--weights", str(vits14_checkpoint), "--resolution", "56"]
+    assert main([*argv, "--model", "facebook/dinov2-small"]) == 0
+    with np.load(out) as f:
+        assert str(f["model"]) == "dinov2_vits14"
 
 
 def test_models_does_not_import_torch(tmp_path):
