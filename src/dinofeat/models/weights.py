@@ -263,6 +263,8 @@ def _fill_fixed_buffers(model: Model, state: StateDict, expected: StateDict, sou
             "use dinov3_vitl16_sat493m, whose input normalisation differs"
         )
     state = {k: v for k, v in state.items() if not k.startswith("local_cls_norm.")}
+    if not model.spec.qkv_bias:  # the 7B: a zero fused bias (timm's layout gives one) is no bias
+        state = _without_zero_qkv_bias(state)
     periods = state.get("rope_embed.periods")
     reference = expected["rope_embed.periods"]
     if periods is None:
@@ -280,6 +282,12 @@ def _fill_fixed_buffers(model: Model, state: StateDict, expected: StateDict, sou
         elif state[key].shape == mask.shape and not torch.equal(state[key].float(), mask):
             raise WeightsError(f"weights from {source} have a {key} that is not the key mask (1 for q and v, 0 for k)")
     return state
+
+
+def _without_zero_qkv_bias(state: StateDict) -> StateDict:
+    """``state`` without the ``attn.qkv.bias`` (and its mask) of blocks where that bias is all zeros."""
+    zero = {k for k, v in state.items() if k.endswith(".attn.qkv.bias") and not v.any()}
+    return {k: v for k, v in state.items() if k not in zero and k.removesuffix("_mask") not in zero}
 
 
 def load_state(model: Model, state: StateDict, source: str) -> None:
