@@ -47,7 +47,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self._negative_number_matcher = _NEGATIVE
 
     def error(self, message: str):
-        raise UsageError(f"{self.prog}: error: {_with_suggestion(message, self)} (see --help)")
+        raise UsageError(f"{self.prog}: error: {_with_suggestion(message)} (see --help)")
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
         """As argparse's, but an option the command does not know is reported by the command
@@ -90,7 +90,7 @@ def _unrecognized(extras: Sequence[str], options: Sequence[str]) -> str:
     return f"unrecognized argument {flag}" + (f" (did you mean {guess}?)" if guess else "")
 
 
-def _with_suggestion(message: str, parser: argparse.ArgumentParser) -> str:
+def _with_suggestion(message: str) -> str:
     """argparse's message, with ``did you mean 'match'?`` added to an invalid choice that is close
     to a valid one (Python 3.14's ``suggest_on_error``, for every Python we support)."""
     found = _INVALID_CHOICE.search(message)
