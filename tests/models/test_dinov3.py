@@ -636,7 +636,17 @@ def test_cli_models_lists_dinov3(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:8] == ["name", "params", "patch", "registers", "dim", "cached", "gated", "hugging"]
     row = next(line.split() for line in lines if line.startswith("dinov3_vits16 "))
-    assert row == ["dinov3_vits16", "21.6M", "16", "4", "384", "no", "yes", "facebook/dinov3-vits16-pretrain-lvd1689m"]
+    assert row == [
+        "dinov3_vits16",
+        "21.6M",
+        "16",
+        "4",
+        "384",
+        "no",
+        "yes",
+        "facebook/dinov3-vits16-pretrain-lvd1689m",
+        "vit_small_patch16_dinov3.lvd1689m",
+    ]
     assert any(line.startswith("dinov3_vit7b16_sat493m ") for line in lines)
     assert next(line for line in lines if line.startswith("dinov2_vits14 ")).split()[-2] == "no"
 
