@@ -648,7 +648,7 @@ def test_cli_models_lists_dinov3(tmp_path, monkeypatch, capsys):
         "vit_small_patch16_dinov3.lvd1689m",
     ]
     assert any(line.startswith("dinov3_vit7b16_sat493m ") for line in lines)
-    assert next(line for line in lines if line.startswith("dinov2_vits14 ")).split()[-2] == "no"
+    assert next(line for line in lines if line.startswith("dinov2_vits14 ")).split()[-3] == "no"  # gated
 
 
 def test_every_command_runs_with_a_dinov3_model(tmp_path, photo, vits16_checkpoint):

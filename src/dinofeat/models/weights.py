@@ -21,6 +21,7 @@ Pickled checkpoints are read with ``torch.load(weights_only=True)``: no pickled 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -431,6 +432,14 @@ def reachable(url: str, timeout: float = PROBE_SECONDS) -> bool:
     return answered.wait(timeout)
 
 
+def _probe(urls: list[str]) -> dict[str, bool]:
+    """:func:`reachable` of each URL, asked at the same time (offline, one timeout passes, not one per host)."""
+    if not urls:
+        return {}
+    with concurrent.futures.ThreadPoolExecutor(len(urls), thread_name_prefix="dinofeat-probe") as pool:
+        return dict(zip(urls, pool.map(reachable, urls)))
+
+
 def _hf_endpoint() -> str:
     from huggingface_hub import constants  # lazy: huggingface_hub takes ~0.1 s to import
 
@@ -469,9 +478,10 @@ def find_weights(spec: ModelSpec) -> tuple[StateDict, str]:
     in_hf_cache = _in_hf_cache(spec)
     if not offline and not in_hf_cache:
         log.warning(_search_plan(spec))
+    online = [address for _, address, fetch in sources if not offline and not (fetch is _from_hf_hub and in_hf_cache)]
+    answered = _probe(online)
     for label, address, fetch in sources:
-        needs_network = not offline and not (fetch is _from_hf_hub and in_hf_cache)
-        if needs_network and not reachable(address):
+        if address in answered and not answered[address]:
             tried.append(f"{label} (no network: {_host(address)} did not answer within {PROBE_SECONDS:g} s)")
             continue
         try:
