@@ -16,7 +16,7 @@ and returns a :class:`MatchResult`. The command line and the web app both run it
 >>> job.check()                                 # points, outputs, images: no model needed
 >>> result = job.run(Extractor(vit, resolution=56, device="cpu"))
 >>> result.matches.target_xy.round().tolist(), result.summary()
-([[30.0, 20.0]], '1 matches, 1 kept -> standard output')
+([[30.0, 20.0]], '1 match, 1 kept -> standard output')
 
 Coordinates are pixels of the original images (x right, y down, centre of the top-left pixel at
 (0, 0)).
