@@ -163,6 +163,42 @@ def test_out_dir_is_created_with_its_parents(tmp_path, files, model_args, capsys
     assert [p.name for p in video_folder.iterdir()] == ["clip_pca.mp4"]
 
 
+def test_every_output_option_makes_its_folder_too(tmp_path, files, model_args):
+    a, b, video, new = str(files["a"]), str(files["b"]), str(files["video"]), tmp_path / "new" / "sub"
+    runs = [
+        ["extract", a, "-o", f"{new}/e/f.npz"],
+        ["match", a, b, "-o", f"{new}/m/m.png", "--json", f"{new}/mj/m.json"],
+        ["pca", a, b, "-o", f"{new}/p/p.png", "--save-pca", f"{new}/pp/p.npz"],
+        ["pca", video, "-o", f"{new}/v/v.mp4"],
+        [
+            "track",
+            video,
+            "--point",
+            "9,9",
+            "-o",
+            f"{new}/t/t.mp4",
+            "--json",
+            f"{new}/tj/t.json",
+            "--csv",
+            f"{new}/tc/t.csv",
+        ],
+    ]
+    for argv in runs:
+        assert main([*argv, *model_args, "--quiet"]) == 0, argv
+    made = {str(p.relative_to(new)) for p in new.rglob("*") if p.is_file()}
+    assert made == {
+        "e/f.npz",
+        "m/m.png",
+        "mj/m.json",
+        "p/p.png",
+        "pp/p.npz",
+        "v/v.mp4",
+        "t/t.mp4",
+        "tj/t.json",
+        "tc/t.csv",
+    }
+
+
 def test_out_dir_that_is_a_file_is_refused(tmp_path, files, model_args, capsys):
     (tmp_path / "taken").write_text("a file, not a folder\n")
     before = _listing(tmp_path)
@@ -486,7 +522,7 @@ def test_busy_port_names_the_option(tmp_path, monkeypatch, capsys):
 
 
 # -- 8. a resolution capped by --max-size is announced, once -----------------------------------
-CAP = "dinofeat: --resolution 4000 asked for, but the longer side is capped at --max-size 112: using 112x84"
+CAP = "--resolution 4000 asked for, but the longer side is capped at --max-size 112: using 112x84"
 
 
 def test_a_capped_resolution_is_announced_once(tmp_path, files, model_args, capsys):
@@ -494,7 +530,7 @@ def test_a_capped_resolution_is_announced_once(tmp_path, files, model_args, caps
     a, b = str(files["a"]), str(files["b"])
     assert main(["extract", a, b, a, "-o", str(tmp_path / "f.npz"), *capped, "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(CAP), err
+    assert err.count("\n") == 1 and err.startswith(f"dinofeat extract: {CAP}"), err
     assert "for this 70x56 image (raise --max-size to go higher); said once" in err
     with np.load(tmp_path / "f.npz") as f:
         assert tuple(f["processed_size_0"]) == (112, 84)  # what the line says is what was used
@@ -502,7 +538,7 @@ def test_a_capped_resolution_is_announced_once(tmp_path, files, model_args, caps
     video = ["track", str(files["video"]), "--point", "9,9", "--json", str(tmp_path / "t.json"), "--quiet"]
     assert main([*video, *capped, "--batch-size", "2"]) == 0  # two forward passes, four frames
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(CAP), err
+    assert err.count("\n") == 1 and err.startswith(f"dinofeat track: {CAP}"), err
 
     assert main(["extract", a, "-o", str(tmp_path / "g.npz"), *model_args, "--quiet"]) == 0
     assert capsys.readouterr().err == ""  # nothing capped, nothing said
@@ -541,7 +577,7 @@ def test_a_forward_pass_too_big_for_memory_is_refused(tmp_path, files, model_arg
     before = _listing(tmp_path)
     extract = ["extract", a, b, "-o", str(tmp_path / "f.npz"), "--batch-size", "2", *model_args]
     err = _refused(capsys, extract, "would need about")
-    assert "a forward pass of 2 image(s) at 70x56 (21 tokens each)" in err
+    assert "a forward pass of 2 images at 70x56 (21 tokens each)" in err
     assert "but only 0.1 MB is available on cpu; lower --max-size or --resolution" in err
     assert "or --batch-size (one image at a time needs about" in err
     assert "of loaded weights; an estimate" in err
@@ -687,19 +723,23 @@ def forward_thread(request, monkeypatch):
 
 
 def _interrupt_at_block(monkeypatch, block: int, then=None):
-    """Make the CLI's block bar raise KeyboardInterrupt (or call ``then``) at ``block``."""
+    """Make the CLI's block progress (a bar, or a note in the frame bar) raise KeyboardInterrupt
+    (or call ``then``) at ``block``."""
+    from dinofeat.cli.common import _BlockNote
     from dinofeat.runtime.progress import TqdmProgress
 
-    plain = TqdmProgress.__call__
+    def interrupting(plain, blocks=lambda self: True):
+        def call(self, done, total):
+            if blocks(self) and done == block:
+                if then is None:
+                    raise KeyboardInterrupt
+                then()
+            plain(self, done, total)
 
-    def call(self, done, total):
-        if self.unit == "block" and done == block:
-            if then is None:
-                raise KeyboardInterrupt
-            then()
-        plain(self, done, total)
+        return call
 
-    monkeypatch.setattr(TqdmProgress, "__call__", call)
+    monkeypatch.setattr(TqdmProgress, "__call__", interrupting(TqdmProgress.__call__, lambda bar: bar.unit == "block"))
+    monkeypatch.setattr(_BlockNote, "__call__", interrupting(_BlockNote.__call__))
 
 
 @pytest.mark.parametrize("command", ["extract", "match", "pca", "track"])
@@ -774,6 +814,48 @@ def test_a_quiet_command_draws_no_block_bar(tmp_path, files, model_args, monkeyp
         ]
 
 
+@pytest.mark.parametrize("command", ["track", "pca"])
+def test_a_video_command_shows_the_blocks_in_its_frame_bar(tmp_path, files, model_args, monkeypatch, command):
+    import dinofeat.cli.common
+    from dinofeat.runtime.progress import TqdmProgress
+
+    monkeypatch.setattr(dinofeat.cli.common, "BLOCK_BAR_DELAY", 0.0)  # every pass counts as slow
+    made, notes = [], []
+    plain = TqdmProgress.__init__
+
+    def init(self, *args, **kwargs):
+        plain(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(TqdmProgress, "__init__", init)
+    monkeypatch.setattr(TqdmProgress, "note", lambda self, text: notes.append((self.unit, text)))
+    extra = (
+        ["--point", "9,9", "--json", str(tmp_path / "t.json")]
+        if command == "track"
+        else ["-o", str(tmp_path / "p.mp4")]
+    )
+    assert main([command, str(files["video"]), *extra, *model_args]) == 0
+    assert [bar.unit for bar in made] == ["frame"]  # one bar: no block bar under it
+    assert ("frame", "running the model on 70x56: block 1/12") in notes
+    assert notes[-1] == ("frame", "")  # cleared when the pass ends
+
+
+def test_a_note_before_the_first_frame_makes_the_bar_and_the_total_follows(monkeypatch):
+    import sys
+
+    from dinofeat.runtime.progress import TqdmProgress
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with TqdmProgress("tracking", "frame") as bar:
+        bar.note("running the model on 546x448: block 3/12")
+        bar(1, 4)
+        bar.note("")
+        bar(4, 4)
+    drawn = terminal.text.getvalue()
+    assert "block 3/12" in drawn and drawn.split("\r")[-1].startswith("tracking: 100%")
+
+
 # -- 11. one summary line per command, none with --quiet; bars end at 100 % ---------------------
 def test_each_command_says_what_it_did_in_one_line(tmp_path, files, model_args, capsys):
     import re
@@ -783,7 +865,7 @@ def test_each_command_says_what_it_did_in_one_line(tmp_path, files, model_args, 
         (
             ["extract", a, b, "-o", f"{tmp_path}/f.npz"],
             "err",
-            rf"^dinofeat extract: 2 image\(s\), 5x4 patches x 384 -> {tmp_path}/f.npz$",
+            rf"^dinofeat extract: 2 images, 5x4 patches x 384 -> {tmp_path}/f.npz$",
         ),
         (
             ["match", a, b, "--grid", "3", "--mutual", "-o", f"{tmp_path}/m.png", "--json", f"{tmp_path}/m.json"],
@@ -791,7 +873,7 @@ def test_each_command_says_what_it_did_in_one_line(tmp_path, files, model_args, 
             rf"^dinofeat match: 9 matches, \d kept \(mutual\) -> {tmp_path}/m.png, {tmp_path}/m.json$",
         ),
         (["match", a, b, "--auto", "3"], "err", r"^dinofeat match: \d matches, \d kept -> standard output$"),
-        (["pca", a, b, "-o", f"{tmp_path}/p.png"], "out", rf"^dinofeat pca: 2 image\(s\), .* -> {tmp_path}/p.png$"),
+        (["pca", a, b, "-o", f"{tmp_path}/p.png"], "out", rf"^dinofeat pca: 2 images, .* -> {tmp_path}/p.png$"),
         (["pca", video, "-o", f"{tmp_path}/v.mp4"], "out", rf"^dinofeat pca: 4 frames at 8 fps -> {tmp_path}/v.mp4$"),
         (
             ["track", video, "--point", "9,9", "--point", "30,30", "--json", f"{tmp_path}/t.json"],
@@ -810,6 +892,20 @@ def test_each_command_says_what_it_did_in_one_line(tmp_path, files, model_args, 
         assert main([*argv, *model_args, "--quiet"]) == 0
         quiet = capsys.readouterr()
         assert quiet.err == "" and (quiet.out == "" or quiet.out.startswith("{")), (argv, quiet)
+
+
+def test_counts_of_one_are_singular(tmp_path, files, model_args, capsys):
+    a, b, video = str(files["a"]), str(files["b"]), str(files["video"])
+    runs = [
+        (["extract", a, "-o", f"{tmp_path}/f.npz"], "extract: 1 image, "),
+        (["match", a, b, "--point", "9,9", "--json", f"{tmp_path}/m.json"], "match: 1 match, "),
+        (["pca", a, "-o", f"{tmp_path}/p.png"], "pca: 1 image, "),
+        (["track", video, "--point", "9,9", "--json", f"{tmp_path}/t.json"], "track: 1 point x 4 frames, "),
+    ]
+    for argv, said in runs:
+        assert main([*argv, *model_args]) == 0
+        captured = capsys.readouterr()
+        assert f"dinofeat {said}" in captured.out + captured.err, argv
 
 
 class _Terminal:

@@ -25,6 +25,7 @@ from dinofeat.io import video as video_io  # called through the module: the test
 from dinofeat.io.frames import frames_to_process
 from dinofeat.options import FrameOptions, PCADrawingOptions, PCAOptions
 from dinofeat.pca import FeaturePCA, PCAColors
+from dinofeat.wording import plural
 
 if TYPE_CHECKING:  # types only
     from dinofeat.dataset.store import FeatureStore
@@ -55,7 +56,7 @@ def check_pca_fits(pca: FeaturePCA, extractor: FeatureSource) -> None:
     if pca.dim != dim:
         raise InputError(
             f"the loaded PCA was fitted on {pca.dim}-dimensional features ({fitted}); "
-            f"{extractor.spec.name} with {len(extractor.options.layers)} layer(s) gives {dim}"
+            f"{extractor.spec.name} with {plural(len(extractor.options.layers), 'layer')} gives {dim}"
         )
     if fitted != extractor.spec.name:
         log.warning("the loaded PCA was fitted on %s features, these are %s", fitted, extractor.spec.name)

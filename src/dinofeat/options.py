@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dinofeat.errors import InputError, field
-from dinofeat.models.registry import DEFAULT_MODEL, get_spec
+from dinofeat.models.registry import DEFAULT_MODEL, canonical_name, get_spec
 from dinofeat.optionspec import (
     COSINE,
     NON_NEGATIVE,
@@ -90,7 +90,10 @@ class ExtractorOptions(Options):
     """How images become feature maps (see :class:`~dinofeat.features.extractor.Extractor`)."""
 
     model: str = option(
-        DEFAULT_MODEL, flag="--model", metavar="NAME", help="model name (see `dinofeat models`; default: %(default)s)"
+        DEFAULT_MODEL,
+        flag="--model",
+        metavar="NAME",
+        help="model name, or its Hugging Face repo or timm name (see `dinofeat models`; default: %(default)s)",
     )
     weights: str | None = option(
         None,
@@ -163,6 +166,7 @@ class ExtractorOptions(Options):
     )
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model", canonical_name(self.model))  # an alias becomes our name
         if isinstance(self.layers, int):
             object.__setattr__(self, "layers", (self.layers,))
         elif isinstance(self.layers, list):

@@ -19,6 +19,7 @@ import torch
 
 from dinofeat.display import data_frame, png_bytes
 from dinofeat.drawing import draw_points
+from dinofeat.wording import plural
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ class Tracks:
     def summary(self) -> str:
         """``3 points x 250 frames, visible 92 %``."""
         share = float(self.visible.float().mean()) if self.visible.numel() else 0.0
-        return f"{self.points_xy.shape[1]} points x {len(self)} frames, visible {share:.0%}"
+        return f"{plural(self.points_xy.shape[1], 'point')} x {plural(len(self), 'frame')}, visible {share:.0%}"
 
     def __repr__(self) -> str:
         """``Tracks(3 points x 250 frames, visible 92%, frames 0..249)``."""

@@ -304,7 +304,7 @@ def test_track_writes_video_json_and_csv(session, video):
     assert data["tracks"][0]["points"][0] == [40.0, 30.0]
     rows = view.csv_path.read_text().splitlines()
     assert rows[0] == "track,frame,x,y,score,visible,time_s" and len(rows) == 1 + 2 * 6
-    assert "Tracked 2 point(s) through 6 frames of pan.mp4" in view.summary
+    assert "Tracked 2 points through 6 frames of pan.mp4" in view.summary
 
 
 def _count_probes(monkeypatch) -> list:
@@ -643,3 +643,9 @@ def test_the_page_lets_an_upload_write_only_its_own_state_then_redraws(session):
         (refresh,) = [d for d in deps if d.get("trigger_after") == index]
         assert not refresh["trigger_only_on_success"]
         assert {ids["match_a"], ids["match_b"], ids["match_picture"], ids["match_status"]} <= set(refresh["outputs"])
+def test_the_status_line_says_1_point_and_1_match():
+    from dinofeat.app.handlers import describe_pair
+
+    image = np.zeros((4, 6, 3), np.uint8)
+    assert describe_pair(image, image, ["a.png", "b.png"], 1, 1).endswith("1 point, 1 match kept")
+    assert describe_pair(image, None, ["a.png", ""], 2).endswith("no image B · 2 points")

@@ -189,7 +189,7 @@ def test_match_tab_upload_click_shows_matches_and_json(page, inputs, server):
     assert k == 3  # 240x160 is shown 3 times larger, to click on
     wait_image(page, "#match_picture")
     wait_image(page, "#match_heatmap")
-    wait_text(page, "#match_status", "1 point(s), 1 match(es) kept")
+    wait_text(page, "#match_status", "1 point, 1 match kept")
     wait_text(page, "#match_json", "target")
     text = json_text(page, "#match_json")
     assert "matches" in text and "score" in text
@@ -205,7 +205,7 @@ def test_match_tab_upload_click_shows_matches_and_json(page, inputs, server):
 
     # a second click adds a second match
     click_image(page, "#match_a", 0.25, 0.3)
-    wait_text(page, "#match_status", "2 point(s)")
+    wait_text(page, "#match_status", "2 points")
     page.wait_for_function("(document.querySelector('#match_json').innerText.match(/target/g) || []).length >= 2")
 
 

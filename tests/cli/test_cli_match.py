@@ -135,7 +135,7 @@ def test_grid_auto_checks_and_heatmap(tmp_path, images, model_args):
         (["--heatmap", "--point", "1,2", "--no-picture"], "give -o"),
         (["--ratio", "-1"], "--ratio"),
         (["-o", "{dir}/x.gif"], ".png"),
-        (["-o", "{dir}/nowhere/x.png"], "does not exist"),
+        (["-o", "/dev/null/x.png"], "is not a folder"),
     ],
 )
 def test_bad_inputs_one_line_error_no_outputs(tmp_path, images, model_args, capsys, extra, message):

@@ -54,7 +54,7 @@ def test_images_to_grid_pca_file_and_features(tmp_path, images, model_args, caps
         ]
     )
     assert rc == 0
-    assert "2 image(s)" in capsys.readouterr().out
+    assert "2 images," in capsys.readouterr().out
     figure = _read(fig)
     assert figure.shape == (H, 2 * W + 8 + 2 * 84, 3)  # two side-by-side panels in one row, 8 px apart
     loaded = FeaturePCA.load(pca_file)
@@ -168,7 +168,7 @@ def test_bad_inputs_give_one_line_error_and_no_output(tmp_path, images, model_ar
             "--save-features",
             str(tmp_path / "f.npz"),
         ],
-        "no_folder": [images[0], "-o", str(tmp_path / "nowhere" / "out.png")],
+        "no_folder": [images[0], "-o", str(tmp_path / "a.png" / "out.png")],  # a file where a folder should be
         "bad_suffix": [images[0], "-o", str(tmp_path / "out.txt")],
         "transparent_jpg": [images[0], "-o", str(tmp_path / "out.jpg"), "--transparent"],
         "nothing": [images[0]],
@@ -183,3 +183,26 @@ def test_bad_inputs_give_one_line_error_and_no_output(tmp_path, images, model_ar
     err = capsys.readouterr().err
     assert err.startswith("dinofeat pca: error: ") and err.count("\n") == 1, err
     assert set(tmp_path.iterdir()) == before  # nothing written, not even a temporary file
+
+
+def test_a_folder_is_all_the_images_below_it(tmp_path, model_args, capsys):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    save_png(folder / "b.png", _scene(1))
+    save_png(folder / "sub" / "a.png", _scene(0))
+    (folder / "notes.txt").write_text("not an image\n")
+    out = folder / "out"  # an --out-dir inside the folder is not looked into, on a rerun either
+    for _ in range(2):
+        assert main(["pca", str(folder), "--out-dir", str(out), *model_args]) == 0
+        assert "2 images" in capsys.readouterr().out
+        assert sorted(p.name for p in out.iterdir()) == ["a_pca.png", "b_pca.png"]
+    assert main(["pca", str(folder / "sub"), str(folder / "b.png"), "-o", str(tmp_path / "g.png"), *model_args]) == 0
+    assert _read(tmp_path / "g.png").shape == (H, 4 * W + 8, 3)  # two panels: the folder's image and the file
+
+
+def test_a_folder_without_images_is_one_line(tmp_path, model_args, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["pca", str(tmp_path / "empty"), "-o", str(tmp_path / "g.png"), *model_args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no images in the folder {tmp_path / 'empty'}" in err
+    assert not (tmp_path / "g.png").exists()

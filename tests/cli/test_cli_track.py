@@ -253,7 +253,7 @@ def test_the_video_is_probed_once(tmp_path, video, model_args, monkeypatch):
         (["--point", "10,10", "VIDEO={text}"], "not a video"),
         (["--point", "10,10", "-o", "{dir}/t.avi"], ".mp4"),
         (["--point", "10,10", "-o", "{dir}/t.mp4", "--json", "{dir}/t.mp4"], "different files"),
-        (["--point", "10,10", "-o", "{dir}/nowhere/t.mp4"], "does not exist"),
+        (["--point", "10,10", "-o", "/dev/null/t.mp4"], "is not a folder"),
         (["--point", "10,10", "NO_OUTPUTS"], "nothing to write"),
     ],
 )

@@ -292,7 +292,7 @@ def test_match_and_pca_read_a_feature_folder(tmp_path, small, vits14_checkpoint,
     assert main(["match", a, b, "--features", str(out), "--resolution", "42"]) == 2
     assert "--resolution does not apply with --features" in capsys.readouterr().err
     assert main(["pca", "--features", str(out), "--save-pca", str(tmp_path / "p.npz"), "--fit-images", "8"]) == 0
-    assert "a PCA of 8 stored image(s) of 10" in capsys.readouterr().out
+    assert "a PCA of 8 stored images of 10" in capsys.readouterr().out
     argv = ["pca", a, b, "--features", str(out), "--load-pca", str(tmp_path / "p.npz")]
     assert main([*argv, "-o", str(tmp_path / "f.png")]) == 0
     assert (tmp_path / "f.png").is_file()

@@ -161,7 +161,7 @@ def test_the_output_folder_inside_the_inputs_is_not_tracked_and_a_changed_listin
     assert main(argv) == 0
     assert (tmp_path / "clips" / "out" / "tracks" / f"{track_output_stem('a.mp4')}.mp4").is_file()
     assert main(argv) == 0  # the rerun lists a.mp4 only, not the MP4 it wrote into clips/out/tracks
-    assert "1 videos: 1 done (0 now)" in capsys.readouterr().err
+    assert "1 video: 1 done (0 now)" in capsys.readouterr().err
     assert _json(tmp_path / "clips" / "out" / "manifest.json")["inputs"]["items"] == 1
     shutil.copy(videos / "a.mp4", tmp_path / "clips" / "b.mp4")
     assert main(argv) == 2  # other inputs: refused like features

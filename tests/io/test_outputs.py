@@ -77,10 +77,27 @@ def test_check_outputs_refuses_inputs_duplicates_and_bad_places(tmp_path):
         check_outputs([tmp_path / "x.png", tmp_path / "." / "x.png"])
     with pytest.raises(InputError, match="is a folder"):
         check_outputs([tmp_path / "sub"])
-    with pytest.raises(InputError, match="does not exist"):
-        check_outputs([tmp_path / "nowhere" / "x.png"])
+    with pytest.raises(InputError, match="photo.png/deeper cannot be made: .*photo.png is not a folder"):
+        check_outputs([photo / "deeper" / "x.png"])
+    check_outputs([tmp_path / "nowhere" / "x.png"])  # a missing folder is made when written
     check_outputs([None, tmp_path / "fine.png"], inputs=[photo])  # no error
     assert photo.read_bytes() == b"pixels"
+
+
+def test_missing_output_folders_are_made_and_removed_again_if_the_write_fails(tmp_path):
+    target = tmp_path / "new" / "deeper" / "o.txt"
+
+    def write_then_fail():
+        with staged_outputs([target]) as (tmp,):
+            tmp.write_text("half")
+            raise RuntimeError("the writer failed")
+
+    with pytest.raises(RuntimeError):
+        write_then_fail()
+    assert list(tmp_path.iterdir()) == []  # no half file, no empty folders
+    with staged_outputs([target]) as (tmp,):
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and [p.name for p in target.parent.iterdir()] == ["o.txt"]
 
 
 def test_check_suffix_names_the_option():

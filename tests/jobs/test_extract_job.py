@@ -46,7 +46,7 @@ def _files(folder) -> set[str]:
             r"^the dataset options \(engine, dtype, pca, \.\.\.\) need out_dir=DIR$",
         ),
         ({"output": "f.txt"}, r"^output must end in \.npz or \.safetensors, got .*f\.txt$"),
-        ({"output": "nowhere/f.npz"}, r"^output folder does not exist: .*nowhere$"),
+        ({"output": "0.png/f.npz"}, r"^output folder .*0\.png cannot be made: .*0\.png is not a folder$"),
         (
             {"output": "f.npz", "inputs": ["f.npz"]},
             r"^output .*f\.npz is the input .*f\.npz: refusing to overwrite it$",
@@ -80,7 +80,7 @@ def test_run_returns_the_maps_and_writes_them(tmp_path, image_files, tiny_extrac
     for i, fmap in enumerate(result.maps):
         np.testing.assert_array_equal(stored[f"features_{i}"], fmap.numpy())
         assert tuple(stored[f"image_size_{i}"]) == fmap.image_size_wh
-    assert result.summary() == f"2 image(s), 4x6, 5x4 patches x 384 -> {out}"
+    assert result.summary() == f"2 images, 4x6, 5x4 patches x 384 -> {out}"
     assert _files(tmp_path) == {"0.png", "1.png", out.name}  # no temporary file left
 
 

@@ -35,7 +35,7 @@ def _files(folder) -> set[str]:
         ({"output": "m.gif"}, r"^the picture \(output\) must end in \.png, \.jpg, \.jpeg or \.webp, got .*m\.gif$"),
         ({"json": "m.csv"}, r"^json must end in \.json, got .*m\.csv$"),
         ({"output": "a.png"}, r"^output .*a\.png is the input .*a\.png: refusing to overwrite it$"),
-        ({"output": "nowhere/m.png"}, r"^output folder does not exist"),
+        ({"output": "a.png/m.png"}, r"^output folder .*a\.png cannot be made: .*a\.png is not a folder$"),
         (
             {"points_xy": [[1.0, 2.0]], "options": MatchOptions(grid=3)},
             r"^give query points in one way only, got points_xy/points_file and grid$",

@@ -109,7 +109,7 @@ def test_images_run_writes_every_output_and_returns_the_result(tmp_path, inputs)
     assert isinstance(result, PCAResult) and len(result.colors) == 2
     assert sorted(p.name for p in out.iterdir()) == ["a_pca.png", "b_pca.png"]
     assert np.load(tmp_path / "f.npz")["features_0"].shape[-1] == 4
-    assert job.summary(result).startswith("2 image(s), ")
+    assert job.summary(result).startswith("2 images, ")
 
 
 def test_images_in_memory_as_the_app_gives_them(tmp_path):

@@ -50,7 +50,7 @@ def extractor() -> Extractor:
         ({"json": "{dir}/t.csv"}, "json must end in .json, got"),
         ({"output": "{dir}/t.avi"}, "output video must end in"),
         ({"output": "{dir}/t.mp4", "csv": "{dir}/t.mp4"}, "output, json and csv must name different files"),
-        ({"json": "{dir}/nowhere/t.json"}, "output folder does not exist"),
+        ({"json": "/dev/null/t.json"}, "output folder /dev/null cannot be made: /dev/null is not a folder"),
         ({"json": "{dir}/t.json", "frames": FrameOptions(start=40)}, "start=40 is past the end of the video"),
         ({"json": "{dir}/t.json", "points_xy": [(500.0, 10.0)]}, "outside"),
         ({"json": "{dir}/t.json", "points_xy": [], "queries_txy": [(9, 5.0, 5.0)]}, "query frame 9 is not processed"),

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import dinofeat.models.weights
 from conftest import random_vit, save_png
 from dinofeat.errors import InputError, WeightsError
 from dinofeat.features.extractor import Extractor
@@ -473,6 +474,7 @@ def _empty_caches(tmp_path, monkeypatch, *, offline=True):
         monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     else:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(dinofeat.models.weights, "reachable", lambda url, timeout=0: True)  # no real probe
     return tmp_path / "torch" / "hub" / "checkpoints", tmp_path / "hf"
 
 
@@ -539,7 +541,9 @@ def test_gated_refusal_is_one_actionable_line(tmp_path, monkeypatch, capsys, err
     image = save_png(tmp_path / "a.png", np.zeros((32, 32, 3), np.uint8))
     assert main(["extract", str(image), "-o", str(tmp_path / "f.npz"), "--model", "dinov3_vits16"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "accept the licence" in err.lower() and "pass --weights FILE" in err
+    said, error = err.splitlines()[-2:]  # what is tried, then the error
+    assert said.startswith("dinofeat extract: looking for dinov3_vits16 weights")
+    assert "accept the licence" in error.lower() and "pass --weights FILE" in error
 
 
 def test_nothing_found_explains_every_source(tmp_path, monkeypatch):
@@ -632,9 +636,19 @@ def test_cli_models_lists_dinov3(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:8] == ["name", "params", "patch", "registers", "dim", "cached", "gated", "hugging"]
     row = next(line.split() for line in lines if line.startswith("dinov3_vits16 "))
-    assert row == ["dinov3_vits16", "21.6M", "16", "4", "384", "no", "yes", "facebook/dinov3-vits16-pretrain-lvd1689m"]
+    assert row == [
+        "dinov3_vits16",
+        "21.6M",
+        "16",
+        "4",
+        "384",
+        "no",
+        "yes",
+        "facebook/dinov3-vits16-pretrain-lvd1689m",
+        "vit_small_patch16_dinov3.lvd1689m",
+    ]
     assert any(line.startswith("dinov3_vit7b16_sat493m ") for line in lines)
-    assert next(line for line in lines if line.startswith("dinov2_vits14 ")).split()[-2] == "no"
+    assert next(line for line in lines if line.startswith("dinov2_vits14 ")).split()[-3] == "no"  # gated
 
 
 def test_every_command_runs_with_a_dinov3_model(tmp_path, photo, vits16_checkpoint):

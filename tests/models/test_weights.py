@@ -217,3 +217,110 @@ def test_random_vit_roundtrip_at_reduced_depth(tmp_path):
     x = torch.randn(1, 3, 42, 28)
     assert torch.equal(loaded(x), vit(x))
     assert get_spec("dinov2_vitg14_reg").ffn == "swiglu"
+
+
+# -- the first run on a machine without network (issue 22 item 1) -------------------------------
+
+
+def _unreachable_network(tmp_path, monkeypatch, *, hub_client: bool = False) -> list:
+    """Empty caches, no HF_HUB_OFFLINE, and a network where every connection fails; returns the
+    addresses dialled. The download clients must not be reached (the hub's, unless ``hub_client``)."""
+    import socket
+
+    import huggingface_hub
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    dialled = []
+
+    def refuse(address, *args, **kwargs):
+        dialled.append(address)
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    if not hub_client:
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("the hub was called"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a download was started"))
+    return dialled
+
+
+def test_an_unreachable_network_fails_at_once_naming_what_to_do(tmp_path, monkeypatch, caplog):
+    dialled = _unreachable_network(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING", logger="dinofeat"), pytest.raises(WeightsError) as info:
+        load_model("dinov2_vits14")
+    assert sorted(dialled) == [("dl.fbaipublicfiles.com", 443), ("huggingface.co", 443)]  # at the same time
+    message = str(info.value)
+    assert "Hugging Face hub facebook/dinov2-small (no network: huggingface.co did not answer within 3 s)" in message
+    assert "no network: dl.fbaipublicfiles.com" in message
+    assert "HF_HUB_OFFLINE=1" in message and "weights=FILE" in message and "\n" not in message
+    said = [record.getMessage() for record in caplog.records]
+    assert said == [
+        "looking for dinov2_vits14 weights: torch hub cache and Hugging Face cache: not there; trying the "
+        "Hugging Face hub (facebook/dinov2-small), then Meta's URL "
+        "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth"
+    ]
+
+
+def test_hf_hub_offline_dials_nothing_and_says_nothing_before_the_error(tmp_path, monkeypatch, caplog):
+    import huggingface_hub.constants as hf_constants
+
+    dialled = _unreachable_network(tmp_path, monkeypatch, hub_client=True)  # offline, it reads its cache only
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with caplog.at_level("WARNING", logger="dinofeat"), pytest.raises(WeightsError, match="HF_HUB_OFFLINE"):
+        load_model("dinov2_vits14")
+    assert dialled == [] and caplog.records == []
+
+
+def test_a_probe_that_hangs_counts_as_unreachable(monkeypatch):
+    import socket
+    import threading
+
+    import dinofeat.models.weights
+
+    release = threading.Event()
+
+    def hang(*args, **kwargs):
+        release.wait()
+        raise OSError("gave up")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    try:
+        assert not dinofeat.models.weights.reachable("https://huggingface.co", timeout=0.05)
+    finally:
+        release.set()
+
+
+def test_a_proxy_is_not_probed(monkeypatch):
+    import socket
+
+    import dinofeat.models.weights
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("dialled"))
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert dinofeat.models.weights.reachable("https://huggingface.co")
+
+
+def test_meta_url_is_downloaded_into_the_hub_cache_without_printing(tmp_path, monkeypatch, capsys, vits14_checkpoint):
+    import shutil
+
+    import dinofeat.models.weights
+
+    _unreachable_network(tmp_path, monkeypatch)
+    monkeypatch.setattr(dinofeat.models.weights, "reachable", lambda url, timeout=0: "fbaipublicfiles" in url)
+    fetched = []
+
+    def download(url, dst, progress=True):
+        fetched.append(url)
+        shutil.copy(vits14_checkpoint, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    load_model("dinov2_vits14")
+    assert fetched == [get_spec("dinov2_vits14").url]
+    assert (tmp_path / "torch" / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth").is_file()
+    assert capsys.readouterr().out == ""  # torch.hub's "Downloading: ..." line is not printed

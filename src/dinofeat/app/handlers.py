@@ -32,6 +32,7 @@ from dinofeat.app.session import MAX_POINTS
 from dinofeat.drawing import draw_points
 from dinofeat.errors import DinofeatError, InputError
 from dinofeat.optionspec import flag_of
+from dinofeat.wording import plural
 
 GRADIO_MISSING = 'the web app needs Gradio, an optional extra: pip install "dinofeat[app]"'
 
@@ -134,7 +135,7 @@ def describe_pair(a, b, name_a: str, name_b: str, n_points: int, kept: int | Non
     def one(label, name, image):
         return f"{label}: {name} ({image.shape[1]}x{image.shape[0]})" if image is not None else f"no image {label}"
 
-    count = f"{n_points} point(s)" + (f", {kept} match(es) kept" if kept is not None else "")
+    count = plural(n_points, "point") + (f", {plural(kept, 'match')} kept" if kept is not None else "")
     return " · ".join([one("A", name_a, a), one("B", name_b, b), count])
 
 

@@ -43,6 +43,7 @@ from dinofeat.options import (
     TrailOptions,
 )
 from dinofeat.runtime.progress import Progress
+from dinofeat.wording import plural
 
 #: Query points per image pair or video at most (each point is one line in the pictures).
 MAX_POINTS = 200
@@ -331,7 +332,7 @@ class AppSession:
         result = job.run_images(self.features_at(resolution))
         panels = [pca_panel(image, colors, drawing) for image, colors in zip(result.images, result.colors)]
         masks = [colors.mask.astype(np.uint8) * 255 for colors in result.colors]
-        label = ", ".join(names) if names else f"{len(images)} image(s)"
+        label = ", ".join(names) if names else plural(len(images), "image")
         return PCAView(panels, masks, figure_path, pca_path, f"Joint PCA of {label}: {result.summary()}.")
 
     # -- video --------------------------------------------------------------------------------
@@ -417,7 +418,7 @@ class AppSession:
         data = job.document(tracks, extractor.options.model, weights=provenance(extractor)["weights"])
         visible = float(tracks.visible.float().mean()) if tracks.visible.numel() else 0.0
         summary = (
-            f"Tracked {len(tracks.queries_txy)} point(s) through {len(tracks)} frames of {name}; "
+            f"Tracked {plural(len(tracks.queries_txy), 'point')} through {plural(len(tracks), 'frame')} of {name}; "
             f"visible {visible:.0%} of the time."
         )
         return TrackView(video_path, json_path, csv_path, data, summary)

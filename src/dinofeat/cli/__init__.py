@@ -9,6 +9,7 @@ stderr and exit status 2; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import re
@@ -22,6 +23,11 @@ from dinofeat.optionspec import flag_of
 
 # Each command is a module of this package with `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = ("models", "extract", "match", "pca", "track", "app", "eval")
+
+
+#: A value that starts with a minus and a digit (``-1,60``, ``-.5``): a value, not an option.
+_NEGATIVE = re.compile(r"^-\.?\d")
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<word>[^']*)' \(choose from (?P<choices>.*)\)$")
 
 
 class UsageError(InputError):
@@ -38,10 +44,61 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._negative_number_matcher = re.compile(r"^-\.?\d")
+        self._negative_number_matcher = _NEGATIVE
 
     def error(self, message: str):
-        raise UsageError(f"{self.prog}: error: {message} (see --help)")
+        raise UsageError(f"{self.prog}: error: {_with_suggestion(message)} (see --help)")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """As argparse's, but an option the command does not know is reported by the command
+        (``dinofeat match: error: unrecognized argument --pint (did you mean --point?)``), not by
+        ``dinofeat``, which knows only the command names."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self._command_parsers().get(getattr(parsed, "command", None) or "", self)
+            command.error(_unrecognized(extras, _option_strings(command)))
+        return parsed
+
+    def _command_parsers(self) -> dict[str, argparse.ArgumentParser]:
+        """The parser of each command (none for a command's own parser)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [flag for action in parser._actions for flag in action.option_strings]
+
+
+def _closest(word: str, candidates: Sequence[str]) -> str | None:
+    """The candidate ``word`` most likely mistypes (``--pint`` -> ``--point``, ``matc`` ->
+    ``match``), or None; leading dashes are not compared (every flag shares them)."""
+    bare = {candidate.lstrip("-"): candidate for candidate in candidates}
+    close = difflib.get_close_matches(word.lstrip("-"), list(bare), n=1, cutoff=0.6)
+    return bare[close[0]] if close else None
+
+
+def _unrecognized(extras: Sequence[str], options: Sequence[str]) -> str:
+    """``unrecognized argument --pint (did you mean --point?)``: the first unknown option, with the
+    closest known one; extra values (``a b c``) as argparse lists them."""
+    unknown = next((word for word in extras if word.startswith("-") and not _NEGATIVE.match(word)), None)
+    if unknown is None:
+        return f"unrecognized arguments: {' '.join(extras)}"
+    flag = unknown.split("=", 1)[0]
+    guess = _closest(flag, [o for o in options if o.startswith("--")] if flag.startswith("--") else options)
+    return f"unrecognized argument {flag}" + (f" (did you mean {guess}?)" if guess else "")
+
+
+def _with_suggestion(message: str) -> str:
+    """argparse's message, with ``did you mean 'match'?`` added to an invalid choice that is close
+    to a valid one (Python 3.14's ``suggest_on_error``, for every Python we support)."""
+    found = _INVALID_CHOICE.search(message)
+    if not found:
+        return message
+    choices = re.findall(r"'([^']*)'", found["choices"])
+    guess = _closest(found["word"], choices)
+    return f"{message}, did you mean '{guess}'?" if guess else message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(str(err), file=sys.stderr)
         return 2
-    _configure_logging(debug=args.debug)
+    _configure_logging(args.command, debug=args.debug)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
@@ -80,16 +137,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if _is_user_error(err) else 1
 
 
-def _configure_logging(*, debug: bool) -> None:
-    """dinofeat's own messages on stderr (warnings; everything with --debug), others' left alone.
+def _configure_logging(command: str, *, debug: bool) -> None:
+    """dinofeat's own messages on stderr (warnings; everything with --debug), others' left alone,
+    each line starting ``dinofeat <command>:`` as the command's errors and summary do.
 
     Warnings are what the user should know (a size capped, a check that could not run); each
     command prints its own summary line unless ``--quiet``."""
     logger = logging.getLogger("dinofeat")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+    handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
         handler = _StderrHandler()
-        handler.setFormatter(_FlagFormatter("dinofeat: %(message)s"))
         logger.addHandler(handler)
+    handler.setFormatter(_FlagFormatter(f"dinofeat {command}: %(message)s"))
     logger.setLevel(logging.DEBUG if debug else logging.WARNING)
     if debug:
         logging.basicConfig(level=logging.DEBUG)

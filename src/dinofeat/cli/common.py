@@ -8,9 +8,11 @@ into numbers (``expected an integer, got 'x'``), and constructing the dataclass 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 from dinofeat.errors import InputError
 from dinofeat.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE, ExtractorOptions
 from dinofeat.optionspec import parse_float, parse_int
-from dinofeat.runtime.progress import TqdmProgress
+from dinofeat.runtime.progress import Progress, TqdmProgress
 
 
 def add_options(parser, options_class, *names: str, exclude: tuple[str, ...] = (), **help_texts: str) -> None:
@@ -124,15 +126,17 @@ def extractor_options(args: argparse.Namespace):
     return options_from(args, ExtractorOptions)
 
 
-#: Seconds a forward pass runs before its block-by-block bar appears.
+#: Seconds a forward pass runs before its block-by-block progress appears.
 BLOCK_BAR_DELAY = 3.0
 
 
-def make_extractor(options, args: argparse.Namespace | None = None):
+def make_extractor(options, args: argparse.Namespace | None = None, *, within: TqdmProgress | None = None):
     """The :class:`~dinofeat.features.extractor.Extractor` for checked :func:`extractor_options` (loads the model).
 
     With the command's ``args``, a forward pass that takes more than :data:`BLOCK_BAR_DELAY`
-    seconds shows a bar of its blocks ("running the model on 1344x1792"), unless ``--quiet``."""
+    seconds shows its blocks (``running the model on 1344x1792``), unless ``--quiet``: after the
+    counts of ``within``, the command's bar of frames or images (one bar, nothing flashing under
+    it), or as a bar of its own where the command has none."""
     # lazy: --help stays fast (torch)
     from dinofeat.features.extractor import Extractor
 
@@ -140,10 +144,34 @@ def make_extractor(options, args: argparse.Namespace | None = None):
         return Extractor.from_options(options)
     quiet = getattr(args, "quiet", False)
 
-    def block_bar(what: str):
+    def block_bar(what: str) -> contextlib.AbstractContextManager[Progress]:
+        if within is not None:
+            return _BlockNote(within, f"running {what}", BLOCK_BAR_DELAY)
         return TqdmProgress(f"running {what}", "block", enabled=not quiet, delay=BLOCK_BAR_DELAY, leave=False)
 
     return Extractor.from_options(options, block_progress=block_bar)
+
+
+class _BlockNote:
+    """A forward pass's blocks as a note in the command's bar (``running the model on 546x448:
+    block 5/12``), shown once the pass has run ``delay`` seconds and cleared when it ends."""
+
+    def __init__(self, bar: TqdmProgress, what: str, delay: float) -> None:
+        self.bar, self.what, self.delay = bar, what, delay
+        self.started = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.shown or time.monotonic() - self.started >= self.delay:
+            self.bar.note(f"{self.what}: block {done}/{total}")
+            self.shown = True
+
+    def __enter__(self) -> _BlockNote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.shown:
+            self.bar.note("")
 
 
 def add_features_option(parser, help_text: str) -> None:

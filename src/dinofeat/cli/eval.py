@@ -24,6 +24,7 @@ from dinofeat.options import (
     TapVidOptions,
     TrackerOptions,
 )
+from dinofeat.wording import plural
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -114,7 +115,7 @@ def _run_tapvid(args: argparse.Namespace) -> int:
             report = evaluate_tapvid_file(args.file, extractor, options, tracker, progress=bar)
         document, table = report.to_json(), report.format_table()
         line = (
-            f"{len(report.videos)} videos, AJ {100 * report.mean['average_jaccard']:.1f}, "
+            f"{plural(len(report.videos), 'video')}, AJ {100 * report.mean['average_jaccard']:.1f}, "
             f"delta_avg {100 * report.mean['average_pts_within_thresh']:.1f}"
         )
     else:
@@ -150,7 +151,8 @@ def _run_spair(args: argparse.Namespace) -> int:
     per_point = report.overall["per_point"].get(key, float("nan"))
     summary(
         args,
-        f"{len(report.pairs)} pairs, {key} per point {100 * per_point:.1f}" + (f" -> {args.json}" if args.json else ""),
+        f"{plural(len(report.pairs), 'pair')}, {key} per point {100 * per_point:.1f}"
+        + (f" -> {args.json}" if args.json else ""),
     )
     return 0
 

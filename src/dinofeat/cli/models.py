@@ -1,11 +1,11 @@
-"""``dinofeat models``: the registry, with parameter counts and what is cached locally."""
+"""``dinofeat models``: the registry, with parameter counts and what is cached locally (torch is not imported)."""
 
 from __future__ import annotations
 
 import argparse
 
 from dinofeat.cli.common import add_debug_option
-from dinofeat.models.registry import DEFAULT_MODEL, MODELS
+from dinofeat.models.registry import DEFAULT_MODEL, MODELS, timm_names
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -21,28 +21,34 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    # lazy: --help stays fast (torch)
-    from dinofeat.models.build import count_parameters
+    # lazy: huggingface_hub (the cache lookup) takes ~0.1 s to import; the table needs no torch
+    from dinofeat.models.locations import cached_locally
 
-    # lazy: --help stays fast (torch)
-    from dinofeat.models.weights import cached_locally
-
-    rows = [("name", "params", "patch", "registers", "dim", "cached", "gated", "hugging face repo")]
+    rows = [("name", "params", "patch", "registers", "dim", "cached", "gated", "hugging face repo", "timm name")]
     for spec in MODELS.values():
         name = spec.name + (" (default)" if spec.name == DEFAULT_MODEL else "")
         rows.append(
             (
                 name,
-                f"{count_parameters(spec) / 1e6:.1f}M",
+                f"{spec.parameter_count / 1e6:.1f}M",
                 str(spec.patch_size),
                 str(spec.num_registers),
                 str(spec.embed_dim),
                 cached_locally(spec) or "no",
                 "yes" if spec.gated else "no",
                 spec.hf_repo,
+                timm_names(spec)[0],
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(ALIAS_NOTE)
     return 0
+
+
+#: The line under the table: which other names --model takes.
+ALIAS_NOTE = (
+    "--model also takes the hugging face repo or the timm name of a model (with or without timm's .tag; "
+    "DINOv3 also timm's _qkvb names)"
+)

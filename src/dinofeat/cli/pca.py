@@ -42,7 +42,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "inputs",
         nargs="*",
         metavar="INPUT",
-        help=f"images, or one video ({' '.join(VIDEO_SUFFIXES[:5])} ...); with --features, paths of the folder",
+        help=f"images or folders of images (every image below them), or one video "
+        f"({' '.join(VIDEO_SUFFIXES[:5])} ...); with --features, paths of the folder",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -112,6 +113,6 @@ def run(args: argparse.Namespace) -> int:
         result = job.run(source, image_files=files)
     else:
         with progress_bar(args, "colouring", "frame") as bar:
-            result = job.run(make_extractor(model, args), bar)
+            result = job.run(make_extractor(model, args, within=bar), bar)
     summary(args, job.summary(result), stream=sys.stdout)  # pca's summary has always gone to standard output
     return 0

@@ -138,9 +138,8 @@ def run(args: argparse.Namespace) -> int:
         trail=trail,
     )
     job.check()
-    extractor = make_extractor(model, args)
     with progress_bar(args, "tracking", "frame") as bar:
-        tracks = job.run(extractor, bar)
+        tracks = job.run(make_extractor(model, args, within=bar), bar)
     summary(args, job.summary(tracks))
     return 0
 

@@ -180,6 +180,23 @@ def list_inputs(sources: Sequence[str | os.PathLike], kind: str = "image", *, ex
     return Listing(given, kind, os.path.abspath(base or "."), _absolute(exclude))
 
 
+def folder_files(folder: str | os.PathLike, kind: str = "image", *, exclude=None) -> list[str]:
+    """The files a folder listing takes, as paths below ``folder`` (``folder/b/1.png``): images (or
+    videos) walked depth-first, each folder sorted by name, hidden ones skipped, the folder
+    ``exclude`` (an output folder inside it) not walked.
+
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("b/2.png", "a.jpg", "notes.txt"):
+    ...     (root / name).parent.mkdir(exist_ok=True); _ = (root / name).write_bytes(b"x")
+    >>> [pathlib.Path(f).relative_to(root).as_posix() for f in folder_files(root)]
+    ['a.jpg', 'b/2.png']
+    """
+    suffixes = IMAGE_SUFFIXES if kind == "image" else VIDEO_SUFFIXES
+    excluded = _identity(exclude) if exclude is not None else None
+    return list(_walk(Path(folder), suffixes, excluded))
+
+
 def spread_indices(total: int, count: int) -> list[int]:
     """``min(count, total)`` positions spread evenly over ``range(total)``: the middle of each of
     that many equal parts (how a sample of a dataset is picked: the storage PCA's, ``pca --features``).

@@ -63,6 +63,7 @@ from dinofeat.options import (
 )
 from dinofeat.pca import PCABasis
 from dinofeat.runtime.progress import Progress, report
+from dinofeat.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,9 @@ class DatasetReport:
 
     def summary(self) -> str:
         """``300 images: 290 done (250 now, 14.2/s), 10 failed (see DIR/errors.jsonl)``."""
-        noun = "images" if self.kind == "features" else "videos"
+        noun = "image" if self.kind == "features" else "video"
         rate = f", {self.done_now / self.seconds:.3g}/s" if self.done_now and self.seconds > 0 else ""
-        text = f"{self.total} {noun}: {self.done} done ({self.done_now} now{rate})"
+        text = f"{plural(self.total, noun)}: {self.done} done ({self.done_now} now{rate})"
         if self.failed:
             text += f", {self.failed} failed (see {self.folder / ERRORS})"
         missing = self.total - self.done - self.failed

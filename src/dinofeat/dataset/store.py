@@ -67,6 +67,7 @@ from dinofeat.models.digest import DIGEST_PREFIX
 from dinofeat.models.registry import ModelSpec, get_spec
 from dinofeat.options import FEATURE_SETTINGS, GPU_BATCH_SIZE, ExtractorOptions
 from dinofeat.pca import PCABasis
+from dinofeat.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -487,7 +488,7 @@ class StoredFeatures:
 
     def extract_arrays(self, images: Sequence[np.ndarray]) -> list[FeatureMap]:
         if len(images) != len(self.paths):
-            raise InputError(f"expected {len(self.paths)} image(s) for the stored features, got {len(images)}")
+            raise InputError(f"expected {plural(len(self.paths), 'image')} for the stored features, got {len(images)}")
         maps = [self.store[path] for path in self.paths]
         for path, image, fmap in zip(self.paths, images, maps):
             size = (image.shape[1], image.shape[0])

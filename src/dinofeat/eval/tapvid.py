@@ -71,6 +71,7 @@ from dinofeat.eval.tapvid_metrics import (
 )
 from dinofeat.io.safepickle import load_array_pickle
 from dinofeat.runtime.progress import Progress
+from dinofeat.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,7 @@ class TapVidReport:
 
     def format_table(self) -> str:
         """Plain-text table, one row per video and the mean: queries, frames, AJ, δ_avg, OA (in %)."""
-        mean_label = f"mean ({len(self.videos)} videos)"
+        mean_label = f"mean ({plural(len(self.videos), 'video')})"
         width = max(len("video"), len(mean_label), *(len(video.name) for video in self.videos))
         header = f"{'video':<{width}}  {'queries':>7}  {'frames':>6}  {'AJ':>6}  {'δ_avg':>6}  {'OA':>6}"
         lines = [header, "-" * len(header)]

@@ -1,7 +1,7 @@
 """Writing output files safely: checked before any work, staged, renamed into place only on success.
 
 * :func:`check_outputs` refuses, before any work, an output that is a folder, lies in a folder that
-  cannot be written, is one of the inputs, or is named twice;
+  cannot be written or made, is one of the inputs, or is named twice;
 * :func:`staged_outputs` writes to temporary files beside the targets and renames them into place
   only if every write succeeded, so a failure never leaves a half-written file (or replaces an
   existing one); the files get the mode a plain ``open()`` would give (``0666 & ~umask``);
@@ -29,16 +29,38 @@ from dinofeat.errors import DiskFullError, InputError, field, is_disk_full
 
 
 def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early (before any model work) if ``path`` cannot be created."""
+    """Fail early (before any model work) if ``path`` cannot be created.
+
+    A folder of the path that does not exist yet is fine (:func:`staged_outputs` makes it, parents
+    too, as ``--out-dir`` is made) if the deepest one that exists is a writable folder."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise InputError(f"output path is a folder: {path}")
-    if not parent.is_dir():
-        raise InputError(f"output folder does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"output folder is not writable: {parent}")
+    existing = _deepest_existing(parent)
+    if not existing.is_dir():
+        raise InputError(f"output folder {parent} cannot be made: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"output folder is not writable: {existing}")
     return path
+
+
+def _deepest_existing(folder: Path) -> Path:
+    """``folder`` or the deepest of its parents that exists (a file too)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents; returns the folders made, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)
+    return missing[::-1]
 
 
 def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[str | os.PathLike] = ()) -> None:
@@ -110,18 +132,21 @@ def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> AbstractContext
 def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> Iterator[Sequence[Any]]:
     """Give temporary paths to write to; rename them onto ``paths`` only if the block succeeds.
 
-    ``None`` entries stay ``None`` (an output the user did not ask for). Temporary files live next to
+    ``None`` entries stay ``None`` (an output the user did not ask for). Missing output folders are
+    made, parents too (and removed again if the write fails). Temporary files live next to
     their targets (same suffix, so writers that look at the extension still work) and are removed
     on failure, so either all outputs appear or none do. Renamed files get the mode a plain
     ``open()`` would give under the current umask (not the temporary file's private 0600).
     """
     temps: list[Path | None] = []
+    made: list[Path] = []  # output folders this write made, removed again if it fails
     try:
         for path in paths:
             if path is None:
                 temps.append(None)
                 continue
             target = check_writable(path)
+            made += _make_folders(target.parent if str(target.parent) else Path("."))
             fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent or ".")
             os.close(fd)
             temps.append(Path(tmp))
@@ -131,14 +156,22 @@ def staged_outputs(paths: Sequence[str | os.PathLike | None]) -> Iterator[Sequen
             if staged is not None and path is not None:
                 os.chmod(staged, mode)
                 os.replace(staged, path)
-    except Exception as err:
+    except BaseException as err:
+        _remove_staged(temps)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
+                folder.rmdir()
         if is_disk_full(err):
             raise DiskFullError(f"no space left on device writing {_full_output(err, paths, temps)}") from None
         raise
     finally:
-        for staged in temps:
-            if staged is not None and staged.exists():
-                staged.unlink()
+        _remove_staged(temps)
+
+
+def _remove_staged(temps: Sequence[Path | None]) -> None:
+    for staged in temps:
+        if staged is not None and staged.exists():
+            staged.unlink()
 
 
 def _full_output(err: BaseException, paths: Sequence[str | os.PathLike | None], temps: Sequence[Path | None]) -> str:

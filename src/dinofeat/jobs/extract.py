@@ -34,6 +34,7 @@ from dinofeat.io.images import ImageLike, load_image
 from dinofeat.io.outputs import check_outputs, check_suffix
 from dinofeat.options import DatasetOptions, ExtractorOptions
 from dinofeat.optionspec import Options, option
+from dinofeat.wording import plural
 
 if TYPE_CHECKING:  # types only
     from dinofeat.features.source import FeatureSource
@@ -77,9 +78,9 @@ class ExtractResult:
         return f"ExtractResult({self.summary()})"
 
     def summary(self) -> str:
-        """One line: ``2 image(s), 5x4 patches x 384 -> feats.npz``."""
+        """One line: ``2 images, 5x4 patches x 384 -> feats.npz``."""
         grids = sorted({f"{m.grid_hw[1]}x{m.grid_hw[0]}" for m in self.maps})
-        return f"{len(self.maps)} image(s), {', '.join(grids)} patches x {self.maps[0].dim} -> {self.output}"
+        return f"{plural(len(self.maps), 'image')}, {', '.join(grids)} patches x {self.maps[0].dim} -> {self.output}"
 
 
 @dataclass(frozen=True)

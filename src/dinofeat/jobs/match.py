@@ -16,7 +16,7 @@ and returns a :class:`MatchResult`. The command line and the web app both run it
 >>> job.check()                                 # points, outputs, images: no model needed
 >>> result = job.run(Extractor(vit, resolution=56, device="cpu"))
 >>> result.matches.target_xy.round().tolist(), result.summary()
-([[30.0, 20.0]], '1 matches, 1 kept -> standard output')
+([[30.0, 20.0]], '1 match, 1 kept -> standard output')
 
 Coordinates are pixels of the original images (x right, y down, centre of the top-left pixel at
 (0, 0)).
@@ -46,6 +46,7 @@ from dinofeat.matching import Matches, match_features, similarity_image
 from dinofeat.options import DEFAULT_AUTO, ExtractorOptions, MatchDrawingOptions, MatchOptions
 from dinofeat.optionspec import Options, option
 from dinofeat.points import check_points, read_points_file
+from dinofeat.wording import plural
 
 if TYPE_CHECKING:  # types only
     from dinofeat.features.source import FeatureSource
@@ -123,7 +124,7 @@ class MatchResult:
         kept = int(self.matches.keep.sum())
         where = ", ".join(str(p) for p in self.written) or "standard output"
         by = f" ({', '.join(checks)})" if checks else ""
-        return f"{len(self.matches)} matches, {kept} kept{by} -> {where}"
+        return f"{plural(len(self.matches), 'match')}, {kept} kept{by} -> {where}"
 
 
 @dataclass(frozen=True)

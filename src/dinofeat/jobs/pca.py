@@ -36,7 +36,7 @@ from dinofeat.colorize import (
     pca_images,
     pca_panel,
 )
-from dinofeat.dataset.listing import VIDEO_SUFFIXES
+from dinofeat.dataset.listing import IMAGE_SUFFIXES, VIDEO_SUFFIXES, folder_files
 from dinofeat.errors import InputError, field
 from dinofeat.features.files import extractor_metadata, write_features
 from dinofeat.features.source import provenance
@@ -49,6 +49,7 @@ from dinofeat.jobs.base import PathLike
 from dinofeat.options import FrameOptions, PCADrawingOptions, PCAOptions
 from dinofeat.pca import FeaturePCA
 from dinofeat.runtime.progress import report
+from dinofeat.wording import plural
 
 if TYPE_CHECKING:  # types only
     from dinofeat.dataset.store import FeatureStore
@@ -129,8 +130,10 @@ class PCAJob:
     """Colour images or a video by their features' principal components and write the results.
 
     Attributes:
-        inputs: image files, or one video file (:data:`~dinofeat.dataset.listing.VIDEO_SUFFIXES`);
-            with ``features``, paths of the feature folder.
+        inputs: image files or folders of them, or one video file
+            (:data:`~dinofeat.dataset.listing.VIDEO_SUFFIXES`); with ``features``, paths of the
+            feature folder. :meth:`check` replaces a folder by the images in it (below it too,
+            sorted by name, as a dataset folder is listed).
         images: ``(H, W, 3) uint8`` RGB images given in memory instead of ``inputs`` (the app).
         output: the figure (one panel, or a labelled grid of panels; ``.png``, ``.jpg``...) or, for a
             video, an H.264 video (:data:`~dinofeat.io.suffixes.VIDEO_OUTPUTS`).
@@ -171,6 +174,8 @@ class PCAJob:
         self._checked = self._check()
 
     def _check(self) -> _Checked:
+        if self.features is None:
+            self.inputs = self._without_folders(self.inputs)
         if not self.inputs and not len(self.images) and self.features is None:
             raise InputError(f"no input: give images or a video (or {field('features', 'DIR')})")
         is_video = [Path(p).suffix.lower() in VIDEO_SUFFIXES for p in self.inputs]
@@ -190,6 +195,22 @@ class PCAJob:
         if is_video and is_video[0]:
             return self._check_video()
         return self._check_images()
+
+    def _without_folders(self, inputs: Sequence[PathLike]) -> list[PathLike]:
+        """``inputs`` with each folder replaced by the images in it (below it too, sorted by name;
+        ``out_dir`` is not looked into); a folder without images is an error."""
+        expanded: list[PathLike] = []
+        for path in inputs:
+            if not Path(path).is_dir():
+                expanded.append(path)
+                continue
+            files = folder_files(path, exclude=self.out_dir if self.out_dir and Path(self.out_dir).is_dir() else None)
+            if not files:
+                raise InputError(
+                    f"no images in the folder {path} ({', '.join(IMAGE_SUFFIXES[:4])} ...; give a video by its name)"
+                )
+            expanded.extend(files)
+        return expanded
 
     def _check_store_fit(self) -> _Checked:
         if self.output or self.out_dir or self.save_features or not self.save_pca:
@@ -343,7 +364,7 @@ class PCAJob:
         """The command's summary line: what was coloured (or fitted) and the files written."""
         written = ", ".join(str(p) for p in (self._checked.written if self._checked else []))
         if isinstance(result, StorePCAResult):
-            return f"a PCA of {result.fitted} stored image(s) of {result.stored} -> {written}"
+            return f"a PCA of {plural(result.fitted, 'stored image')} of {result.stored} -> {written}"
         if isinstance(result, VideoPCAResult):
-            return f"{result.frames} frames at {result.fps:g} fps -> {written}"
-        return f"{len(result.images)} image(s), {result.summary()} -> {written}"
+            return f"{plural(result.frames, 'frame')} at {result.fps:g} fps -> {written}"
+        return f"{plural(len(result.images), 'image')}, {result.summary()} -> {written}"

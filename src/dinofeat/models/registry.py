@@ -104,6 +104,18 @@ class ModelSpec:
         return hidden + (-hidden % self.ffn_align)
 
     @property
+    def parameter_count(self) -> int:
+        """Number of learned parameters of the full model, by arithmetic (no torch, no allocation)."""
+        dim, hidden = self.embed_dim, self.ffn_hidden
+        ffn_in = 2 * hidden if self.ffn == "swiglu" else hidden  # SwiGLU: gate and up projections
+        attention = 3 * dim * dim + (3 * dim if self.qkv_bias else 0) + dim * dim + dim
+        block = 4 * dim + 2 * dim + attention + dim * ffn_in + ffn_in + hidden * dim + dim  # norms, scales
+        tokens = dim * (2 + self.num_registers)  # CLS, mask token, registers
+        positions = (1 + self.pos_grid**2) * dim if self.pos_grid else 0
+        patch_embed = 3 * self.patch_size**2 * dim + dim
+        return patch_embed + tokens + positions + self.depth * block + 2 * dim
+
+    @property
     def interpolate_offset(self) -> float:
         """Offset added to the positional-embedding scale factor (0.1 plain, 0 with registers)."""
         return 0.0 if self.num_registers else 0.1
@@ -194,11 +206,64 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+#: timm's word for each architecture (``vit_small_patch14_dinov2``, ``vit_huge_plus_patch16_dinov3``).
+_TIMM_SIZES = {
+    "vit_small": "small",
+    "vit_base": "base",
+    "vit_large": "large",
+    "vit_giant2": "giant",
+    "vits16": "small",
+    "vits16plus": "small_plus",
+    "vitb16": "base",
+    "vitl16": "large",
+    "vith16plus": "huge_plus",
+    "vit7b16": "7b",
+}
+
+
+def timm_names(spec: ModelSpec) -> list[str]:
+    """The names timm gives ``spec``'s weights, its pretrained tag first
+    (``vit_small_patch14_reg4_dinov2.lvd142m``); DINOv3 also with timm's ``_qkvb`` (q/v bias) variant.
+
+    >>> timm_names(get_spec("dinov2_vits14_reg"))
+    ['vit_small_patch14_reg4_dinov2.lvd142m', 'vit_small_patch14_reg4_dinov2']
+    >>> timm_names(get_spec("dinov3_vitl16_sat493m"))[:2]
+    ['vit_large_patch16_dinov3.sat493m', 'vit_large_patch16_dinov3_qkvb.sat493m']
+    """
+    size = _TIMM_SIZES[spec.arch]
+    tag = spec.weight_set.replace("-", "").lower()
+    if spec.family == "dinov2":
+        base = f"vit_{size}_patch14{'_reg4' if spec.num_registers else ''}_dinov2"
+        return [f"{base}.{tag}", base]
+    bases = [f"vit_{size}_patch16_dinov3", f"vit_{size}_patch16_dinov3_qkvb"]
+    tagged = [f"{base}.{tag}" for base in bases]
+    return tagged if spec.weight_set != "LVD-1689M" else [*tagged, *bases]  # an untagged name is timm's default
+
+
+#: Names users copy from elsewhere, each standing for one of ours: the Hugging Face repo ids
+#: (``facebook/dinov2-small``) and timm's model names (``vit_small_patch14_dinov2.lvd142m``).
+ALIASES: dict[str, str] = {alias: spec.name for spec in MODELS.values() for alias in (spec.hf_repo, *timm_names(spec))}
+
+
+def canonical_name(name: str) -> str:
+    """Our name for ``name`` (itself, or what an alias in :data:`ALIASES` stands for); an unknown
+    name is returned as it is (:func:`get_spec` says what is wrong with it).
+
+    >>> canonical_name("facebook/dinov2-with-registers-base"), canonical_name("vit_small_patch16_dinov3.lvd1689m")
+    ('dinov2_vitb14_reg', 'dinov3_vits16')
+    """
+    return ALIASES.get(name, name)
+
+
 def get_spec(name: str) -> ModelSpec:
-    """Look a model up by name; unknown names raise :class:`UnknownModelError` with suggestions."""
+    """Look a model up by name or alias (:data:`ALIASES`); unknown names raise
+    :class:`UnknownModelError` with suggestions."""
     try:
-        return MODELS[name]
+        return MODELS[canonical_name(name)]
     except KeyError:
-        close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, [*MODELS, *ALIASES], n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownModelError(f"unknown model {name!r}.{hint} Known models: {', '.join(MODELS)}.") from None
+        raise UnknownModelError(
+            f"unknown model {name!r}.{hint} Known models: {', '.join(MODELS)} (or their Hugging Face ids and timm "
+            "names: see `dinofeat models`)."
+        ) from None

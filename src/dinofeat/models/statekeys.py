@@ -1,5 +1,17 @@
-"""State-dict key layouts: Hugging Face transformers' DINOv2 and DINOv3 names (v4 and v5) converted
-to Meta's, the names :mod:`dinofeat.vit` and :mod:`dinofeat.models.dinov3` use.
+"""State-dict key layouts: Hugging Face transformers' DINOv2 and DINOv3 names (v4 and v5) and timm's
+converted to Meta's, the names :mod:`dinofeat.vit` and :mod:`dinofeat.models.dinov3` use.
+
+timm's layouts (``vit_*_patch14_dinov2``: ``VisionTransformer``; ``vit_*_patch16_dinov3``: ``Eva``):
+
+* DINOv2: Meta's names, except ``reg_token`` for the registers, the giant's packed SwiGLU as
+  ``mlp.fc1`` / ``mlp.fc2`` (Meta's ``w12`` / ``w3``), and, with registers, a positional embedding
+  without the CLS position (timm adds that position's vector to ``cls_token`` instead: an entry
+  of zeros in its place gives the same sum);
+* DINOv3: ``reg_token`` (Meta's ``storage_tokens``), LayerScale ``gamma_1`` / ``gamma_2``, the
+  q and v biases as ``attn.q_bias`` / ``attn.v_bias`` (timm's ``_qkvb`` models) or none at all
+  (timm's others: Meta's biases are zero there), SwiGLU ``fc1_g`` / ``fc1_x`` / ``fc2`` (Meta's
+  ``w1`` / ``w2`` / ``w3``); no RoPE periods and no key bias mask (fixed values, filled in when the
+  state is loaded).
 
 Wrappers' prefixes (``module.``, ``backbone.``, ...) are stripped; q/k/v and SwiGLU parts split by
 transformers are joined as Meta packs them; unknown keys are kept, so that the strict load of
@@ -8,6 +20,7 @@ transformers are joined as Meta packs them; unknown keys are kept, so that the s
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -27,10 +40,12 @@ def to_meta_keys(state: StateDict) -> StateDict:
     ones (``encoder.layer.N.``) by their keys.
     """
     state = {_strip_prefix(k): v for k, v in state.items()}
+    if _is_dinov3_timm(state):
+        return _dinov3_timm_to_meta(state)
     if _is_dinov3_hf(state):
         return _dinov3_hf_to_meta(state)
     if not any(k.startswith(("embeddings.", "encoder.layer.")) for k in state):
-        return state
+        return _dinov2_timm_to_meta(state)
     out: StateDict = {}
     pending: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
@@ -174,3 +189,84 @@ def _dinov3_hf_to_meta(state: StateDict) -> StateDict:
             out[target] = torch.cat((q, torch.zeros_like(q), v))
             out[target.removesuffix("bias") + "bias_mask"] = KeyMaskedLinear.key_mask(q.shape[0])
     return out
+
+
+# timm: Meta's names with a few of its own (see the module docstring).
+_TIMM_BLOCK = re.compile(r"blocks\.(\d+)\.(.+)$")
+_TIMM3_PARTS = {
+    "gamma_1": "ls1.gamma",
+    "gamma_2": "ls2.gamma",
+    "mlp.fc1_g.weight": "mlp.w1.weight",
+    "mlp.fc1_g.bias": "mlp.w1.bias",
+    "mlp.fc1_x.weight": "mlp.w2.weight",
+    "mlp.fc1_x.bias": "mlp.w2.bias",
+}
+
+
+def _is_dinov3_timm(state: StateDict) -> bool:
+    """timm's ``Eva`` DINOv3: registers named ``reg_token``, LayerScale ``gamma_1``, no positional embedding."""
+    return "reg_token" in state and "pos_embed" not in state and any(k.endswith(".gamma_1") for k in state)
+
+
+def _dinov3_timm_to_meta(state: StateDict) -> StateDict:
+    """timm's DINOv3 names -> Meta's. Without q/v biases (timm's non-``_qkvb`` models) the fused
+    bias is zero: Meta's is zero there too, and a model without q/k/v bias (the 7B) drops it."""
+    swiglu = any(".mlp.fc1_g." in k for k in state)
+    out: StateDict = {}
+    biases: dict[str, dict[str, torch.Tensor]] = {}
+    blocks: set[str] = set()
+    for key, value in state.items():
+        if key == "reg_token":
+            out["storage_tokens"] = value
+            continue
+        match = _TIMM_BLOCK.match(key)
+        if match is None:
+            out[key] = value
+            continue
+        index, part = match.groups()
+        blocks.add(index)
+        if part in ("attn.q_bias", "attn.v_bias"):
+            biases.setdefault(index, {})[part[len("attn.")]] = value
+        elif part in _TIMM3_PARTS:
+            out[f"blocks.{index}.{_TIMM3_PARTS[part]}"] = value
+        elif swiglu and part in ("mlp.fc2.weight", "mlp.fc2.bias"):
+            out[f"blocks.{index}.mlp.w3.{part.rsplit('.', 1)[1]}"] = value
+        else:
+            out[key] = value
+    for index in blocks:
+        weight = out.get(f"blocks.{index}.attn.qkv.weight")
+        if weight is None:
+            continue  # named by the strict load
+        dim = weight.shape[1]
+        parts = biases.get(index, {})
+        if parts and set(parts) != {"q", "v"}:
+            raise WeightsError(f"checkpoint has only the {'/'.join(parts)} bias of blocks.{index}.attn")
+        q = parts.get("q", weight.new_zeros(dim))
+        v = parts.get("v", weight.new_zeros(dim))
+        out[f"blocks.{index}.attn.qkv.bias"] = torch.cat((q, torch.zeros_like(q), v))
+        out[f"blocks.{index}.attn.qkv.bias_mask"] = KeyMaskedLinear.key_mask(dim)
+    return out
+
+
+def _dinov2_timm_to_meta(state: StateDict) -> StateDict:
+    """timm's DINOv2 names -> Meta's (Meta's own keys pass unchanged): ``reg_token``, the giant's
+    packed SwiGLU ``mlp.fc1`` / ``mlp.fc2``, and a positional embedding without the CLS position."""
+    out: StateDict = {}
+    for key, value in state.items():
+        match = _TIMM_BLOCK.match(key)
+        if key == "reg_token":
+            out["register_tokens"] = value
+        elif match and match.group(2).startswith("mlp.fc") and _packed_swiglu(state, match.group(1)):
+            out[key.replace(".mlp.fc1.", ".mlp.w12.").replace(".mlp.fc2.", ".mlp.w3.")] = value
+        else:
+            out[key] = value
+    pos = out.get("pos_embed")
+    if pos is not None and pos.ndim == 3 and math.isqrt(pos.shape[1]) ** 2 == pos.shape[1]:
+        out["pos_embed"] = torch.cat((pos.new_zeros(pos.shape[0], 1, pos.shape[2]), pos), dim=1)
+    return out
+
+
+def _packed_swiglu(state: StateDict, index: str) -> bool:
+    """Block ``index``'s ``mlp.fc1`` packs gate and up (twice as wide as ``mlp.fc2``'s input)."""
+    fc1, fc2 = state.get(f"blocks.{index}.mlp.fc1.weight"), state.get(f"blocks.{index}.mlp.fc2.weight")
+    return fc1 is not None and fc2 is not None and fc1.shape[0] == 2 * fc2.shape[1]

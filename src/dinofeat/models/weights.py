@@ -12,15 +12,23 @@ Sources are tried in this order (see :func:`load_model`):
 4. DINOv2 only: the official download URL (skipped when ``HF_HUB_OFFLINE`` is set). Meta sends
    DINOv3 download links by e-mail on request, so there is no default URL for DINOv3.
 
+When the local caches miss, the sources still to try are logged before any of them is (a warning,
+which the command line prints), and a network source whose host does not answer within
+:data:`PROBE_SECONDS` is skipped: an offline machine gets the error in seconds.
+
 Pickled checkpoints are read with ``torch.load(weights_only=True)``: no pickled code runs.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
 import pickle
+import socket
+import threading
+import urllib.parse
 import warnings
 import zipfile
 from pathlib import Path
@@ -30,6 +38,8 @@ import torch
 
 from dinofeat.errors import WeightsError, field
 from dinofeat.models.build import build_model
+from dinofeat.models.locations import HF_FILES, hf_cached, hub_checkpoint_path
+from dinofeat.models.locations import cached_locally as cached_locally  # re-exported: its home was here
 from dinofeat.models.registry import DEFAULT_MODEL, DINOV3_DOWNLOADS, MODELS, ModelSpec, get_spec
 from dinofeat.models.statekeys import to_meta_keys
 from dinofeat.models.vit import DenseViT
@@ -39,7 +49,6 @@ log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
 _WRAPPER_KEYS = ("model", "state_dict", "teacher", "student")
 _TRUE = {"1", "true", "yes", "on"}
-_HF_FILES = ("model.safetensors", "model.safetensors.index.json")  # single file, or sharded (the 7B)
 Model = DenseViT
 
 
@@ -55,42 +64,6 @@ class _Unreadable(WeightsError):
 def offline_mode() -> bool:
     """True when ``HF_HUB_OFFLINE`` asks us not to touch the network."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
-
-
-def hub_checkpoint_path(spec: ModelSpec) -> Path:
-    """Where ``torch.hub`` keeps (or would keep) the official checkpoint of ``spec``.
-
-    DINOv3: the first file matching ``spec.checkpoint_pattern`` (the official hash preferred), or
-    the official file name when there is none.
-    """
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    official = folder / spec.checkpoint_file
-    if spec.checkpoint_pattern == spec.checkpoint_file or official.is_file():
-        return official
-    found = sorted(path for path in folder.glob(spec.checkpoint_pattern) if path.is_file())
-    return found[0] if found else official
-
-
-def _hf_cached(spec: ModelSpec) -> str | None:
-    """Path of the weights file (or shard index) of ``spec.hf_repo`` in the Hugging Face cache, or None."""
-    from huggingface_hub import try_to_load_from_cache  # lazy: huggingface_hub takes ~0.1 s to import
-
-    for filename in _HF_FILES:
-        found = try_to_load_from_cache(spec.hf_repo, filename)
-        if isinstance(found, str):
-            return found
-    return None
-
-
-def cached_locally(spec: ModelSpec) -> str | None:
-    """Which local cache already holds weights for ``spec`` ("torch hub", "hugging face"), or None."""
-    if hub_checkpoint_path(spec).is_file():
-        return "torch hub"
-    try:
-        found = _hf_cached(spec)
-    except Exception:  # noqa: BLE001 - a broken cache must not break `dinofeat models`
-        return None
-    return "hugging face" if found else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +264,8 @@ def _fill_fixed_buffers(model: Model, state: StateDict, expected: StateDict, sou
             "use dinov3_vitl16_sat493m, whose input normalisation differs"
         )
     state = {k: v for k, v in state.items() if not k.startswith("local_cls_norm.")}
+    if not model.spec.qkv_bias:  # the 7B: a zero fused bias (timm's layout gives one) is no bias
+        state = _without_zero_qkv_bias(state)
     periods = state.get("rope_embed.periods")
     reference = expected["rope_embed.periods"]
     if periods is None:
@@ -308,6 +283,12 @@ def _fill_fixed_buffers(model: Model, state: StateDict, expected: StateDict, sou
         elif state[key].shape == mask.shape and not torch.equal(state[key].float(), mask):
             raise WeightsError(f"weights from {source} have a {key} that is not the key mask (1 for q and v, 0 for k)")
     return state
+
+
+def _without_zero_qkv_bias(state: StateDict) -> StateDict:
+    """``state`` without the ``attn.qkv.bias`` (and its mask) of blocks where that bias is all zeros."""
+    zero = {k for k, v in state.items() if k.endswith(".attn.qkv.bias") and not v.any()}
+    return {k: v for k, v in state.items() if k not in zero and k.removesuffix("_mask") not in zero}
 
 
 def load_state(model: Model, state: StateDict, source: str) -> None:
@@ -346,7 +327,7 @@ def _from_torch_hub_cache(spec: ModelSpec) -> StateDict | None:
 
 
 def _from_hf_hub(spec: ModelSpec) -> StateDict:
-    cached = _hf_cached(spec)
+    cached = hf_cached(spec)
     if cached:  # no network round trip when the file is already cached
         return read_checkpoint(cached)
     hub_log = logging.getLogger("huggingface_hub")
@@ -373,11 +354,11 @@ def _hf_download(spec: ModelSpec) -> str:
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
-        return hf_hub_download(spec.hf_repo, _HF_FILES[0])
+        return hf_hub_download(spec.hf_repo, HF_FILES[0])
     except EntryNotFoundError as err:
         if isinstance(err, LocalEntryNotFoundError):  # offline and not cached, not "no such file"
             raise
-        index = hf_hub_download(spec.hf_repo, _HF_FILES[1])
+        index = hf_hub_download(spec.hf_repo, HF_FILES[1])
     for shard in sorted(set(json.loads(Path(index).read_text())["weight_map"].values())):
         hf_hub_download(spec.hf_repo, shard)  # lands beside the index, where _read_sharded looks
     return index
@@ -404,16 +385,69 @@ def _refusal_message(spec: ModelSpec, err: BaseException) -> str:
 
 
 def _from_url(spec: ModelSpec) -> StateDict:
+    """Meta's checkpoint downloaded into the torch hub cache (as ``torch.hub`` names it), then read.
+
+    Downloaded with ``torch.hub.download_url_to_file`` (a bar on stderr, a temporary file moved into
+    place when complete) rather than ``load_state_dict_from_url``, which prints ``Downloading: ...``
+    on standard output, where ``dinofeat match`` writes its JSON."""
     if spec.url is None:
         raise WeightsError(f"no download URL for {spec.name}")
     if offline_mode():
         raise WeightsError("skipped: HF_HUB_OFFLINE is set")
-    return _unwrap(
-        torch.hub.load_state_dict_from_url(
-            spec.url, map_location="cpu", weights_only=True, file_name=spec.checkpoint_file
-        ),
-        Path(spec.url),
-    )
+    target = hub_checkpoint_path(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(spec.url, str(target), progress=True)
+    return read_checkpoint(target)
+
+
+# ---------------------------------------------------------------------------------------------
+# The network: is a host there at all (answered in seconds, not after a client's retries)?
+
+#: Seconds a weights host has to accept a connection before the network counts as unreachable.
+PROBE_SECONDS = 3.0
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def reachable(url: str, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether the host of ``url`` accepts a TCP connection within ``timeout`` seconds.
+
+    Name resolution is included in the time (it runs in a helper thread, since ``getaddrinfo``
+    has no timeout of its own). Behind a proxy (``HTTPS_PROXY``, ``ALL_PROXY``) the host cannot be
+    probed directly, so it counts as reachable and the download itself finds out.
+    """
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return True
+    parts = urllib.parse.urlsplit(url)
+    address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    answered = threading.Event()
+
+    def connect() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+        except OSError:
+            return
+        answered.set()
+
+    threading.Thread(target=connect, name="dinofeat-probe", daemon=True).start()
+    return answered.wait(timeout)
+
+
+def _probe(urls: list[str]) -> dict[str, bool]:
+    """:func:`reachable` of each URL, asked at the same time (offline, one timeout passes, not one per host)."""
+    if not urls:
+        return {}
+    with concurrent.futures.ThreadPoolExecutor(len(urls), thread_name_prefix="dinofeat-probe") as pool:
+        return dict(zip(urls, pool.map(reachable, urls)))
+
+
+def _hf_endpoint() -> str:
+    from huggingface_hub import constants  # lazy: huggingface_hub takes ~0.1 s to import
+
+    return str(constants.ENDPOINT)
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).hostname or url
 
 
 def _first_sentence(err: BaseException, limit: int = 200) -> str:
@@ -423,17 +457,33 @@ def _first_sentence(err: BaseException, limit: int = 200) -> str:
 
 
 def find_weights(spec: ModelSpec) -> tuple[StateDict, str]:
-    """Try the torch hub cache, the Hugging Face hub and (DINOv2) the official URL, in that order."""
+    """Try the torch hub cache, the Hugging Face hub and (DINOv2) the official URL, in that order.
+
+    The local caches are read first; when neither holds the weights, what will be tried is logged
+    at once (a warning: the command line shows it), and each network source is tried only if its
+    host answers within :data:`PROBE_SECONDS` (so an offline machine fails in seconds, not after a
+    client's retries). With ``HF_HUB_OFFLINE`` set the Hugging Face client looks in its cache only
+    and the URL is skipped.
+    """
     tried = []
     cached = _from_torch_hub_cache(spec)
     if cached is not None:
         return cached, str(hub_checkpoint_path(spec))
     hub_dir = hub_checkpoint_path(spec).parent
     tried.append(f"torch hub cache ({hub_dir / spec.checkpoint_pattern}: not there)")
-    sources = [(f"Hugging Face hub {spec.hf_repo}", _from_hf_hub)]
+    sources = [(f"Hugging Face hub {spec.hf_repo}", _hf_endpoint(), _from_hf_hub)]
     if spec.url is not None:
-        sources.append((f"URL {spec.url}", _from_url))
-    for label, fetch in sources:
+        sources.append((f"URL {spec.url}", spec.url, _from_url))
+    offline = offline_mode()
+    in_hf_cache = _in_hf_cache(spec)
+    if not offline and not in_hf_cache:
+        log.warning(_search_plan(spec))
+    online = [address for _, address, fetch in sources if not offline and not (fetch is _from_hf_hub and in_hf_cache)]
+    answered = _probe(online)
+    for label, address, fetch in sources:
+        if address in answered and not answered[address]:
+            tried.append(f"{label} (no network: {_host(address)} did not answer within {PROBE_SECONDS:g} s)")
+            continue
         try:
             return fetch(spec), label
         except (_AccessRefused, _Unreadable):
@@ -442,17 +492,38 @@ def find_weights(spec: ModelSpec) -> tuple[StateDict, str]:
             tried.append(f"{label} ({err.template})")
         except Exception as err:  # noqa: BLE001 - network and cache failures of every kind
             tried.append(f"{label} ({_first_sentence(err)})")
+    raise WeightsError(f"no weights found for {spec.name}. Tried: " + "; ".join(tried) + _advice(spec, hub_dir))
+
+
+def _in_hf_cache(spec: ModelSpec) -> bool:
+    try:
+        return hf_cached(spec) is not None
+    except Exception:  # noqa: BLE001 - a broken cache is one more source that fails when read
+        return False
+
+
+def _search_plan(spec: ModelSpec) -> str:
+    """``looking for dinov2_vits14 weights: ...``: the sources still to try, said before the slow ones."""
+    then = f", then Meta's URL {spec.url}" if spec.url else ""
+    return (
+        f"looking for {spec.name} weights: torch hub cache and Hugging Face cache: not there; "
+        f"trying the Hugging Face hub ({spec.hf_repo}){then}"
+    )
+
+
+def _advice(spec: ModelSpec, hub_dir: Path) -> str:
+    """What to do when no source had the weights: offline, pass a file or set HF_HUB_OFFLINE=1."""
+    offline = " Set HF_HUB_OFFLINE=1 on machines without network, so that no download is tried."
     if spec.url is None:
-        advice = (
+        return (
             f". DINOv3 weights are gated: accept the licence at https://huggingface.co/{spec.hf_repo} and log "
             f"in (`hf auth login`) or set HF_TOKEN, or request Meta's download links at {DINOV3_DOWNLOADS} "
-            f"and pass {field('weights', 'FILE')}, or copy the {spec.checkpoint_pattern} file to {hub_dir}/"
+            f"and pass {field('weights', 'FILE')}, or copy the {spec.checkpoint_pattern} file to {hub_dir}/." + offline
         )
-    else:
-        advice = (
-            f". Offline, download {spec.url} elsewhere and pass {field('weights', 'FILE')}, or copy it to {hub_dir}/"
-        )
-    raise WeightsError(f"no weights found for {spec.name}. Tried: " + "; ".join(tried) + advice)
+    return (
+        f". Offline, download {spec.url} elsewhere and pass {field('weights', 'FILE')}, or copy it to {hub_dir}/."
+        + offline
+    )
 
 
 def load_model(

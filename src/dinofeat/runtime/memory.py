@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from dinofeat.errors import InputError, field
+from dinofeat.wording import plural
 
 if TYPE_CHECKING:  # types only: the runtime layer does not import the models at run time
     from dinofeat.models.vit import DenseViT
@@ -214,7 +215,7 @@ def check_forward_memory(need: ForwardMemory, device: torch.device, *, one_image
     if need.batch > 1 and one_image is not None:
         advice += f", or {field('batch_size')} (one image at a time needs about {_gb(one_image.total)})"
     raise InputError(
-        f"a forward pass of {need.batch} image(s) at {w}x{h} ({need.tokens} tokens each) would need about "
+        f"a forward pass of {plural(need.batch, 'image')} at {w}x{h} ({need.tokens} tokens each) would need about "
         f"{_gb(need.total)} of memory ({parts}besides the {_gb(need.weight_bytes)} of loaded weights; "
         f"an estimate), but only {_gb(available)} is available on {device.type}; {advice}"
     )

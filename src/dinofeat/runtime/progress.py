@@ -47,6 +47,19 @@ class TqdmProgress:
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
             return
+        bar = self._drawn(total)
+        if bar.total is None and total:  # made by note() before the total was known
+            bar.total = total
+        bar.update(done - bar.n)
+
+    def note(self, text: str) -> None:
+        """Show ``text`` after the bar's counts (``""`` clears it): what the current unit is doing,
+        such as the blocks of a slow forward pass, in the same bar rather than in a second one."""
+        if self.enabled and (text or self._bar is not None):
+            self._drawn(0).set_postfix_str(text)
+
+    def _drawn(self, total: int) -> Any:
+        """The tqdm bar, made on first use."""
         if self._bar is None:
             from tqdm import tqdm  # lazy: tqdm takes ~0.07 s to import, and only a drawn bar needs it
 
@@ -60,7 +73,7 @@ class TqdmProgress:
                 delay=self.delay,
                 dynamic_ncols=True,
             )
-        self._bar.update(done - self._bar.n)
+        return self._bar
 
     def __enter__(self) -> TqdmProgress:
         return self
