@@ -643,6 +643,8 @@ def test_the_page_lets_an_upload_write_only_its_own_state_then_redraws(session):
         (refresh,) = [d for d in deps if d.get("trigger_after") == index]
         assert not refresh["trigger_only_on_success"]
         assert {ids["match_a"], ids["match_b"], ids["match_picture"], ids["match_status"]} <= set(refresh["outputs"])
+
+
 def test_the_status_line_says_1_point_and_1_match():
     from dinofeat.app.handlers import describe_pair
 
