@@ -238,7 +238,7 @@ def window_bounds(out_len: int, grid_len: int, ratio: float = WINDOW_RATIO) -> t
     reference, so that the windows are the same patches. Never empty for ``ratio > 0``.
 
     >>> window_bounds(4, 10, 0.1).tolist()
-    [[0, 3], [1, 5], [5, 9], [7, 10]]
+    [[0, 3], [2, 5], [5, 8], [7, 10]]
     """
     centre = (torch.arange(out_len, dtype=torch.float32) + 0.5) / out_len
     start = ((centre - ratio).clamp(0.0, 1.0) * grid_len).floor().long()
@@ -251,7 +251,7 @@ def window_runs(out_len: int, grid_len: int, ratio: float = WINDOW_RATIO) -> lis
     so each window is one run).
 
     >>> [(r.start, r.stop, r.window_start, r.window_stop) for r in window_runs(6, 2, 0.1)]
-    [(0, 3, 0, 1), (3, 6, 1, 2)]
+    [(0, 2, 0, 1), (2, 4, 0, 2), (4, 6, 1, 2)]
     """
     bounds = window_bounds(out_len, grid_len, ratio).tolist()
     runs: list[WindowRun] = []
