@@ -184,7 +184,7 @@ class WindowCrossAttention(nn.Module):
         _, channels, h, w = values.shape
         heads = attn.heads
         head_dim = dim // heads
-        k = attn.attention.project(attn.norm_k(keys.permute(0, 2, 3, 1)), 1)  # (B, h, w, D)
+        k = attn.attention.project(attn.norm_k(keys.permute(0, 2, 3, 1).float()), 1)  # (B, h, w, D)
         k = k.view(b, h, w, heads, head_dim).permute(0, 3, 1, 2, 4)  # (B, heads, h, w, d)
         v = values.permute(0, 2, 3, 1)  # (B, h, w, C)
         row_runs = window_runs(out_h, h, self.window_ratio)
@@ -207,7 +207,7 @@ class WindowCrossAttention(nn.Module):
                 bottom = min(run.stop, top + step)
                 rows = bottom - top
                 q = queries[:, :, top:bottom].permute(0, 2, 3, 1)  # (B, rows, W_out, D)
-                q = attn.attention.project(attn.norm_q(q), 0).view(b, rows, out_w, heads, head_dim)
+                q = attn.attention.project(attn.norm_q(q.float()), 0).view(b, rows, out_w, heads, head_dim)
                 q = tiles.gather(q, dim=2, pixels=True)  # (B, rows, G, L, heads, d)
                 q = q.permute(0, 4, 2, 1, 3, 5).reshape(b, heads, tiles.count, rows * tiles.length, head_dim)
                 logits = torch.matmul(q * scale, k_run.transpose(-1, -2))  # (B, heads, G, rows * L, window)
