@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinofeat.models.anyup import AnyUp, WindowCrossAttention, window_bounds, window_runs
+from dinofeat.errors import WeightsError
+from dinofeat.models.anyup import AnyUp, window_bounds, window_runs
+from dinofeat.models.weights import load_anyup
 
 State = dict[str, torch.Tensor]
 
@@ -87,7 +89,9 @@ def dense_reference(
     q = F.adaptive_avg_pool2d(q, out_hw)
     k = _encode(F.conv2d(enc, state["key_encoder.0.weight"]), state, "key_encoder")
     k = F.adaptive_avg_pool2d(k, feats.shape[-2:])
-    lfu = _encode(_unify(F.normalize(feats, dim=1), state["key_features_encoder.0.basis"]), state, "key_features_encoder")
+    lfu = _encode(
+        _unify(F.normalize(feats, dim=1), state["key_features_encoder.0.basis"]), state, "key_features_encoder"
+    )
     merged = F.conv2d(F.pad(torch.cat([k, lfu], 1), [1] * 4, mode="reflect"), state["aggregation.0.weight"])
     k = _encode(merged, state, "aggregation")
     q = F.conv2d(q, state["cross_decode.conv2d.weight"], padding=1)
@@ -95,7 +99,10 @@ def dense_reference(
     _, c, h, w = feats.shape
     q = F.rms_norm(q.flatten(2).transpose(1, 2), (d,), state["cross_decode.cross_attn.norm_q.weight"])
     k = F.rms_norm(k.flatten(2).transpose(1, 2), (d,), state["cross_decode.cross_attn.norm_k.weight"])
-    w_in, b_in = state["cross_decode.cross_attn.attention.in_proj_weight"], state["cross_decode.cross_attn.attention.in_proj_bias"]
+    w_in, b_in = (
+        state["cross_decode.cross_attn.attention.in_proj_weight"],
+        state["cross_decode.cross_attn.attention.in_proj_bias"],
+    )
     q = F.linear(q, w_in[:d], b_in[:d]).view(b, -1, heads, d // heads).transpose(1, 2)
     k = F.linear(k, w_in[d : 2 * d], b_in[d : 2 * d]).view(b, -1, heads, d // heads).transpose(1, 2)
     logits = (q / math.sqrt(d // heads)) @ k.transpose(-1, -2)  # (B, heads, pixels, patches)
@@ -231,3 +238,107 @@ def test_attention_memory_grows_with_pixels_times_window_not_pixels_times_patche
         unavoidable = pixels * (channels + 16) * 4
         assert peak < unavoidable + 2 * budget + 64 * 2**20
         assert peak < dense / 8
+
+
+# -- weights ---------------------------------------------------------------------------------------
+
+
+def official_shapes(dim: int = 128) -> dict[str, tuple[int, ...]]:
+    """Key names and shapes of the released ``anyup_multi_backbone.pth`` / ``anyup_paper.pth``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    first = {
+        "image_encoder": (dim, 3, 1, 1),
+        "key_encoder": (dim, dim, 1, 1),
+        "query_encoder": (dim, dim, 1, 1),
+        "key_features_encoder": (dim, 1, 5, 5),
+        "aggregation": (dim, 2 * dim, 3, 3),
+    }
+    for encoder, shape in first.items():
+        shapes[f"{encoder}.0.{'basis' if encoder == 'key_features_encoder' else 'weight'}"] = shape
+        for block in (1, 2):
+            for norm in (0, 3):
+                shapes[f"{encoder}.{block}.block.{norm}.weight"] = (dim,)
+                shapes[f"{encoder}.{block}.block.{norm}.bias"] = (dim,)
+            for conv in (2, 5):
+                shapes[f"{encoder}.{block}.block.{conv}.weight"] = (dim, dim, 1, 1)
+    attention = "cross_decode.cross_attn."
+    shapes |= {
+        attention + "norm_q.weight": (dim,),
+        attention + "norm_k.weight": (dim,),
+        attention + "attention.in_proj_weight": (3 * dim, dim),
+        attention + "attention.in_proj_bias": (3 * dim,),
+        attention + "attention.out_proj.weight": (dim, dim),
+        attention + "attention.out_proj.bias": (dim,),
+        "cross_decode.conv2d.weight": (dim, dim, 3, 3),
+        "rope.freqs": (2, dim),
+    }
+    return shapes
+
+
+def official_random_state(seed: int = 3) -> State:
+    gen = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(shape, generator=gen) for name, shape in official_shapes().items()}
+
+
+def test_state_dict_keys_and_shapes_are_the_released_ones():
+    ours = {k: tuple(v.shape) for k, v in AnyUp().state_dict().items()}
+    assert ours == official_shapes()
+
+
+def test_a_released_format_checkpoint_loads_strictly(tmp_path):
+    state = official_random_state()
+    path = tmp_path / "anyup_multi_backbone.pth"
+    torch.save(state, path)
+    model = load_anyup(path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
+def test_the_released_name_is_found_in_the_torch_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    state = official_random_state(4)
+    torch.save(state, checkpoints / "anyup_paper.pth")
+    model = load_anyup("anyup_paper")
+    assert torch.equal(model.rope.freqs, state["rope.freqs"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="anyup_multi_backbone"):  # the default is another file
+        load_anyup()
+
+
+def test_nothing_found_offline_is_one_line_naming_what_was_tried(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError) as info:
+        load_anyup()
+    message = str(info.value)
+    assert "\n" not in message
+    for part in ("torch hub cache", "checkpoint_v2/anyup_multi_backbone.pth", "upsample_weights=FILE"):
+        assert part in message
+
+
+def test_missing_unexpected_and_misshapen_keys_are_named(tmp_path):
+    state = official_random_state()
+    del state["rope.freqs"]
+    state["cross_decode.extra.weight"] = torch.zeros(3)
+    state["cross_decode.conv2d.weight"] = torch.zeros(128, 128, 1, 1)
+    path = tmp_path / "odd.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError) as info:
+        load_anyup(path)
+    message = str(info.value)
+    assert "1 missing keys (first: rope.freqs)" in message
+    assert "1 unexpected keys (first: cross_decode.extra.weight)" in message
+    assert "cross_decode.conv2d.weight (128, 128, 1, 1), expected (128, 128, 3, 3)" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n" + b"\0" * 64, b"plain text, not weights\n"])
+def test_a_wrong_file_is_one_line(tmp_path, content):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError) as info:
+        load_anyup(path)
+    message = str(info.value)
+    assert "\n" not in message and "expected an AnyUp state dict" in message and str(path) in message
