@@ -55,6 +55,8 @@ def write_features(
     arrays = {**feature_arrays(maps), **(extra or {})}
     if maps:
         metadata = {"patch_size": maps[0].patch_size, "stride": maps[0].stride, **metadata}
+        if maps[0].cell_size is not None:  # an upsampled map: its cells, in processed pixels
+            metadata["cell_size"] = maps[0].cell_size
     text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     if str(path).endswith(".safetensors"):
         # lazy: only .safetensors outputs need it
