@@ -10,16 +10,20 @@ from dinofeat.cli.common import (
     add_extractor_options,
     add_features_option,
     add_options,
+    add_upsample_options,
     extractor_options,
     make_extractor,
+    make_upsampler,
     open_feature_folder,
     options_from,
     progress_bar,
     summary,
+    upsample_options,
 )
 from dinofeat.dataset.listing import (
     VIDEO_SUFFIXES,  # inputs with these suffixes are read as videos (the rest as images)
 )
+from dinofeat.errors import InputError
 from dinofeat.options import FrameOptions, PCADrawingOptions, PCAOptions
 
 if TYPE_CHECKING:  # types only
@@ -76,6 +80,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     frames = parser.add_argument_group("video frames")
     add_options(frames, FrameOptions, every="colour every K-th frame; the video is written at fps / K (default: 1)")
     add_extractor_options(parser)
+    add_upsample_options(parser)
     add_features_option(
         parser.add_argument_group("stored features"),
         "read the features from a feature folder (dinofeat extract --out-dir DIR) instead of running the "
@@ -90,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     from dinofeat.jobs.pca import PCAJob  # lazy: --help stays fast (torch)
 
     model = extractor_options(args)
+    upsample = upsample_options(args, model)
+    if upsample.enabled and args.features:
+        raise InputError("--upsample does not apply with --features: the stored features are patch features")
     job = PCAJob(
         args.inputs,
         output=args.output,
@@ -111,7 +119,11 @@ def run(args: argparse.Namespace) -> int:
         _, source, files = open_feature_folder(args, args.inputs)
         result = job.run(source, image_files=files)
     else:
+        upsampler = make_upsampler(upsample, model)  # before the model: a missing file is found at once
+        source = make_extractor(model, args)
+        if upsampler is not None:
+            source = upsampler.wrap(source, scale=upsample.upsample_scale)
         with progress_bar(args, "colouring", "frame") as bar:
-            result = job.run(make_extractor(model, args), bar)
+            result = job.run(source, bar)
     summary(args, job.summary(result), stream=sys.stdout)  # pca's summary has always gone to standard output
     return 0
