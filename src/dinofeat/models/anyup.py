@@ -378,7 +378,7 @@ class AnyUp(nn.Module):
         out_hw = output_size_hw if output_size_hw is not None else (int(image.shape[-2]), int(image.shape[-1]))
         encoded = self.rope(self.image_encoder(image))
         queries = F.adaptive_avg_pool2d(self.query_encoder(encoded), out_hw)
-        keys = F.adaptive_avg_pool2d(self.key_encoder(encoded), tuple(features.shape[-2:]))
+        keys = F.adaptive_avg_pool2d(self.key_encoder(encoded), (int(features.shape[-2]), int(features.shape[-1])))
         del encoded
         unified = self.key_features_encoder[0](F.normalize(features, dim=1).to(keys.dtype), memory_budget)
         unified = self.key_features_encoder[2](self.key_features_encoder[1](unified))
