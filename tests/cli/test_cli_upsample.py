@@ -90,3 +90,13 @@ def test_bad_upsample_options_are_one_line_and_write_nothing(tmp_path, image, mo
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
     assert set(tmp_path.iterdir()) == before
+
+
+def test_pca_upsamples_stored_patch_features_with_their_images(tmp_path, image, model_args, anyup_checkpoint):
+    folder, feats = tmp_path / "feats", tmp_path / "pca.npz"
+    assert main(["extract", image, "--out-dir", str(folder), "-q", *model_args]) == 0
+    upsample = ["--upsample", "anyup", "--upsample-weights", str(anyup_checkpoint)]
+    argv = ["pca", image, "--features", str(folder), "-o", str(tmp_path / "fig.png"), "--save-features", str(feats)]
+    assert main([*argv, *upsample]) == 0
+    with np.load(feats) as f:
+        assert f["features_0"].shape == (H, W, 3)

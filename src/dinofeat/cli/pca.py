@@ -96,8 +96,6 @@ def run(args: argparse.Namespace) -> int:
 
     model = extractor_options(args)
     upsample = upsample_options(args, model)
-    if upsample.enabled and args.features:
-        raise InputError("--upsample does not apply with --features: the stored features are patch features")
     job = PCAJob(
         args.inputs,
         output=args.output,
@@ -112,14 +110,18 @@ def run(args: argparse.Namespace) -> int:
     )
     job.check()
     result: PCAResult | VideoPCAResult | StorePCAResult
+    if job.fits_stored_features and upsample.enabled:
+        raise InputError("--upsample needs INPUT images to upsample with: a PCA fitted on a folder alone is of patches")
+    upsampler = make_upsampler(upsample, model)  # before the model: a missing file is found at once
     if job.fits_stored_features:
         store, _, _ = open_feature_folder(args, [])
         result = job.run_store(store)
-    elif args.features:
+    elif args.features:  # stored patch features, upsampled (if asked) with the images
         _, source, files = open_feature_folder(args, args.inputs)
+        if upsampler is not None:
+            source = upsampler.wrap(source, scale=upsample.upsample_scale)
         result = job.run(source, image_files=files)
     else:
-        upsampler = make_upsampler(upsample, model)  # before the model: a missing file is found at once
         source = make_extractor(model, args)
         if upsampler is not None:
             source = upsampler.wrap(source, scale=upsample.upsample_scale)
