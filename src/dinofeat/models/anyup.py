@@ -26,7 +26,6 @@ have weight exactly 0, so the two agree to rounding.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -178,45 +177,73 @@ class WindowCrossAttention(nn.Module):
     ) -> torch.Tensor:
         """Queries ``(B, D, H_out, W_out)``, keys ``(B, D, h, w)``, values ``(B, C, h, w)`` ->
         ``(B, H_out, W_out, C)`` (channels last), in the values' dtype."""
-        attn = self.cross_attn
         queries = self.conv2d(queries)
-        b, dim, out_h, out_w = queries.shape
+        b, _, out_h, out_w = queries.shape
         _, channels, h, w = values.shape
-        heads = attn.heads
-        head_dim = dim // heads
-        k = attn.attention.project(attn.norm_k(keys.permute(0, 2, 3, 1).float()), 1)  # (B, h, w, D)
-        k = k.view(b, h, w, heads, head_dim).permute(0, 3, 1, 2, 4)  # (B, heads, h, w, d)
-        v = values.permute(0, 2, 3, 1)  # (B, h, w, C)
-        row_runs = window_runs(out_h, h, self.window_ratio)
+        keys = self._project(keys, 1)  # (B, heads, h, w, d)
+        values = values.permute(0, 2, 3, 1)  # (B, h, w, C)
         tiles = _ColumnTiles.build(out_w, w, self.window_ratio, queries.device)
         out = values.new_empty(b, out_h, out_w, channels)
-        scale = 1 / math.sqrt(head_dim)
-        for run in row_runs:
-            key_rows = run.window_stop - run.window_start
-            window = key_rows * tiles.width
-            k_run = tiles.gather(k[:, :, run.window_start : run.window_stop], dim=3)  # (B, heads, rows, G, Wc, d)
-            k_run = k_run.permute(0, 1, 3, 2, 4, 5).reshape(b, heads, tiles.count, window, head_dim)
-            v_run = tiles.gather(v[:, run.window_start : run.window_stop], dim=2)  # (B, rows, G, Wc, C)
-            v_run = v_run.permute(0, 2, 1, 3, 4).reshape(b, tiles.count, window, channels)
-            invalid = ~tiles.key_valid[:, None, :].expand(-1, key_rows, -1).reshape(tiles.count, 1, window)
-            row_bytes = (
-                b * tiles.count * tiles.length * (window * (2 * heads + 1) * 4 + (heads * head_dim + channels) * 4)
-            )
-            step = max(1, memory_budget // max(1, row_bytes))
-            for top in range(run.start, run.stop, step):
-                bottom = min(run.stop, top + step)
-                rows = bottom - top
-                q = queries[:, :, top:bottom].permute(0, 2, 3, 1)  # (B, rows, W_out, D)
-                q = attn.attention.project(attn.norm_q(q.float()), 0).view(b, rows, out_w, heads, head_dim)
-                q = tiles.gather(q, dim=2, pixels=True)  # (B, rows, G, L, heads, d)
-                q = q.permute(0, 4, 2, 1, 3, 5).reshape(b, heads, tiles.count, rows * tiles.length, head_dim)
-                logits = torch.matmul(q * scale, k_run.transpose(-1, -2))  # (B, heads, G, rows * L, window)
-                logits = logits.float().masked_fill(invalid, float("-inf"))
-                weights = logits.softmax(dim=-1).mean(dim=1).to(v_run.dtype)  # (B, G, rows * L, window)
-                mixed = torch.matmul(weights, v_run).view(b, tiles.count, rows, tiles.length, channels)
-                mixed = mixed.permute(0, 2, 1, 3, 4).reshape(b, rows, tiles.count * tiles.length, channels)
-                out[:, top:bottom] = mixed.index_select(2, tiles.pixel_order).to(out.dtype)
+        for run in window_runs(out_h, h, self.window_ratio):
+            self._attend_run(queries, keys, values, run, tiles, out, memory_budget)
         return out
+
+    def _project(self, x: torch.Tensor, which: int) -> torch.Tensor:
+        """``(B, D, H, W)`` -> RMS-normalised (in float32), projected and split into heads:
+        ``(B, heads, H, W, d)``; ``which`` 0 for queries, 1 for keys."""
+        attn = self.cross_attn
+        b, dim, h, w = x.shape
+        norm = attn.norm_q if which == 0 else attn.norm_k
+        projected = attn.attention.project(norm(x.permute(0, 2, 3, 1).float()), which)
+        return projected.view(b, h, w, attn.heads, dim // attn.heads).permute(0, 3, 1, 2, 4)
+
+    def _attend_run(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        run: WindowRun,
+        tiles: _ColumnTiles,
+        out: torch.Tensor,
+        memory_budget: int,
+    ) -> None:
+        """Output rows ``run.start:run.stop`` (one row window) into ``out``, in row chunks under ``memory_budget``.
+
+        The run's window keys ``(B, heads, h_run, w, d)`` and values are gathered once per column
+        tile: ``(B, heads, G, window, d)`` and ``(B, G, window, C)``, ``window = h_run * Wc``."""
+        b, heads, _, _, head_dim = keys.shape
+        channels = values.shape[-1]
+        key_rows = run.window_stop - run.window_start
+        window = key_rows * tiles.width
+        k = tiles.gather(keys[:, :, run.window_start : run.window_stop], dim=3)  # (B, heads, rows, G, Wc, d)
+        k = k.permute(0, 1, 3, 2, 4, 5).reshape(b, heads, tiles.count, window, head_dim)
+        v = tiles.gather(values[:, run.window_start : run.window_stop], dim=2)  # (B, rows, G, Wc, C)
+        v = v.permute(0, 2, 1, 3, 4).reshape(b, tiles.count, window, channels)
+        padding = ~tiles.key_valid[:, None, :].expand(-1, key_rows, -1).reshape(tiles.count, 1, window)
+        # float32 logits and their softmax per head, the head mean, the queries and the output
+        row_bytes = b * tiles.count * tiles.length * 4 * (window * (2 * heads + 1) + heads * head_dim + channels)
+        step = max(1, memory_budget // max(1, row_bytes))
+        for top in range(run.start, run.stop, step):
+            bottom = min(run.stop, top + step)
+            q = self._project(queries[:, :, top:bottom], 0)  # (B, heads, rows, W_out, d)
+            out[:, top:bottom] = self._attend_rows(q, k, v, padding, tiles).to(out.dtype)
+
+    @staticmethod
+    def _attend_rows(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding: torch.Tensor, tiles: _ColumnTiles
+    ) -> torch.Tensor:
+        """Queries ``(B, heads, rows, W_out, d)`` of one row window against its gathered keys and
+        values (:meth:`_attend_run`) -> ``(B, rows, W_out, C)``: heads' softmax weights averaged,
+        the unprojected values mixed. ``padding`` ``(G, 1, window)`` marks padded key slots."""
+        b, heads, rows, _, head_dim = q.shape
+        q = tiles.gather(q, dim=3, pixels=True)  # (B, heads, rows, G, L, d)
+        q = q.permute(0, 1, 3, 2, 4, 5).reshape(b, heads, tiles.count, rows * tiles.length, head_dim)
+        logits = torch.matmul(q * (1 / math.sqrt(head_dim)), k.transpose(-1, -2))  # (B, heads, G, rows * L, window)
+        logits = logits.float().masked_fill(padding, float("-inf"))
+        weights = logits.softmax(dim=-1).mean(dim=1).to(v.dtype)  # (B, G, rows * L, window)
+        mixed = torch.matmul(weights, v).view(b, tiles.count, rows, tiles.length, v.shape[-1])
+        mixed = mixed.permute(0, 2, 1, 3, 4).reshape(b, rows, tiles.count * tiles.length, v.shape[-1])
+        return mixed.index_select(2, tiles.pixel_order)
 
 
 @dataclass(frozen=True)
@@ -384,9 +411,3 @@ class AnyUp(nn.Module):
         unified = self.key_features_encoder[2](self.key_features_encoder[1](unified))
         keys = self.aggregation(torch.cat([keys, unified], dim=1))
         return self.cross_decode(queries, keys, features, memory_budget)
-
-
-def iter_state_shapes(dim: int = QK_DIM) -> Iterator[tuple[str, tuple[int, ...]]]:
-    """Key names and shapes of an AnyUp state dict (the released checkpoints' for the default dim)."""
-    for name, tensor in AnyUp(dim=dim).state_dict().items():
-        yield name, tuple(tensor.shape)
