@@ -19,7 +19,9 @@ State = dict[str, torch.Tensor]
 #: fp32: the windowed and the dense forms agree to this (absolute, features of unit scale).
 FP32_TOLERANCE = 1e-4
 #: bf16 autocast against the fp32 reference: largest error over the largest feature magnitude.
-BF16_RELATIVE_TOLERANCE = 0.05
+BF16_RELATIVE_TOLERANCE = 0.05  # measured 0.038 (bf16 keeps 8 bits of mantissa)
+#: The same for fp16 autocast (measured 0.010).
+FP16_RELATIVE_TOLERANCE = 0.02
 
 
 def random_state(model: AnyUp, seed: int = 0) -> State:
@@ -152,17 +154,20 @@ def test_small_memory_budgets_give_the_same_result(anyup):
     assert (roomy - tight).abs().max() < FP32_TOLERANCE
 
 
-def test_bf16_autocast_is_close_to_the_fp32_reference(anyup):
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"), [(torch.bfloat16, BF16_RELATIVE_TOLERANCE), (torch.float16, FP16_RELATIVE_TOLERANCE)]
+)
+def test_half_precision_autocast_is_close_to_the_fp32_reference(anyup, dtype, tolerance):
     model, state = anyup
     gen = torch.Generator().manual_seed(2)
     image, feats = torch.randn(1, 3, 56, 42, generator=gen), torch.randn(1, 384, 4, 3, generator=gen)
     with torch.no_grad():
         reference = dense_reference(state, image, feats, (31, 23))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
             ours = model(image, feats, (31, 23))
     assert ours.dtype == torch.float32  # the values' dtype
     error = (ours - reference).abs().max() / reference.abs().max()
-    assert error < BF16_RELATIVE_TOLERANCE
+    assert error < tolerance
 
 
 def test_output_is_a_convex_mix_of_the_input_features():
