@@ -42,7 +42,7 @@ def test_pixel_level_pca_colours_every_pixel(extractor, upsampler, image, tmp_pa
 
 
 def test_the_toggle_without_an_upsampler_says_how_to_get_one(extractor, image, tmp_path):
-    with pytest.raises(InputError, match="--upsample anyup"):
+    with pytest.raises(InputError, match="upsample=anyup"):
         AppSession(extractor, workdir=tmp_path).pca([image], upsample=True)
 
 

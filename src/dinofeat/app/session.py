@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from dinofeat.colorize import pca_panel
 from dinofeat.drawing import draw_points
 from dinofeat.errors import InputError
+from dinofeat.errors import field as field_named
 from dinofeat.features.cache import DEFAULT_CACHE_SIZE, FeatureCache
 from dinofeat.io.images import load_image
 from dinofeat.io.video import VideoInfo, probe_video, read_frames
@@ -323,7 +324,7 @@ class AppSession:
             upsample: colour pixel-level features (the session's ``upsampler``) instead of patches.
         """
         if upsample and self.upsampler is None:
-            raise InputError("pixel-level PCA needs AnyUp: start the app with --upsample anyup")
+            raise InputError(f"pixel-level PCA needs AnyUp: start the app with {field_named('upsample', 'anyup')}")
         if not images:
             raise InputError("no images: upload one or more, or pick an example")
         if components < COLOR_COMPONENTS:  # the slider's minimum (the library would fit 3 and keep fewer)
