@@ -33,6 +33,8 @@ PUBLIC = {
     "TrackerOptions", "FrameOptions", "TrailOptions", "DatasetOptions",
     # errors
     "DinofeatError", "InputError", "UnknownModelError", "WeightsError",
+    # pixel-level features
+    "Upsampler", "UpsampleOptions",
 }  # fmt: skip
 
 

@@ -45,6 +45,7 @@ def sandbox(tmp_path, monkeypatch):
     """A folder with ``examples/``, random-weight models for every name, no network, no server."""
     import dinofeat.app
     import dinofeat.models.weights
+    from dinofeat.models.anyup import AnyUp
     from dinofeat.models.build import build_model
 
     examples = tmp_path / "examples"
@@ -63,6 +64,9 @@ def sandbox(tmp_path, monkeypatch):
         lambda spec: (random_vit(spec.name, depth=2).state_dict(), "random weights"),
     )
     monkeypatch.setattr(dinofeat.models.weights, "build_model", lambda spec, depth=None: build_model(spec, depth=2))
+    monkeypatch.setattr(  # AnyUp: random weights of the released shapes
+        dinofeat.models.weights, "find_anyup_weights", lambda name: (AnyUp().state_dict(), "random weights")
+    )
     served = []
     monkeypatch.setattr(dinofeat.app, "launch", lambda *args, **kwargs: served.append((args, kwargs)))
     return tmp_path

@@ -79,6 +79,9 @@ _LAZY = {
     "InputError": "errors",
     "UnknownModelError": "errors",
     "WeightsError": "errors",
+    # pixel-level features (AnyUp)
+    "Upsampler": "features.upsample",
+    "UpsampleOptions": "options",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -215,6 +215,62 @@ FEATURE_SETTINGS = ("resolution", "max_size", "stride", "layers", "facet", "prec
 
 
 # ---------------------------------------------------------------------------------------------
+# Upsampling (pixel-level features)
+
+#: Ways to bring patch features to pixel level ("none": the patch grid).
+UPSAMPLERS = ("none", "anyup")
+#: ``--upsample-scale``: features per patch side (beyond the patch size, cells are below a pixel).
+UPSAMPLE_SCALE = Range("an integer between 1 and 16", 1, 16, integer=True)
+
+
+@dataclass(frozen=True)
+class UpsampleOptions(Options):
+    """Pixel-level features (see :class:`~dinofeat.features.upsample.Upsampler`)."""
+
+    upsample: str = option(
+        "none",
+        flag="--upsample",
+        choices=UPSAMPLERS,
+        noun="upsampler",
+        help="bring the patch features to pixel level: anyup (a learned, image-guided upsampler, AnyUp; "
+        "one feature per model pixel, or see --upsample-scale) or none (default: %(default)s)",
+    )
+    upsample_weights: str | None = option(
+        None,
+        flag="--upsample-weights",
+        metavar="FILE",
+        help="AnyUp weights: a .pth file, or a released name, anyup_multi_backbone or anyup_paper "
+        "(default: anyup_multi_backbone from the torch hub cache, else downloaded)",
+    )
+    upsample_scale: int | None = option(
+        None,
+        flag="--upsample-scale",
+        range=UPSAMPLE_SCALE,
+        metavar="S",
+        help="S features per patch side (S x the patch grid) instead of one per model pixel",
+    )
+
+    def _check_together(self) -> None:
+        if self.upsample == "none":
+            for name in ("upsample_weights", "upsample_scale"):
+                if getattr(self, name) is not None:
+                    raise InputError(f"{field(name)} needs {field('upsample', 'anyup')}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.upsample != "none"
+
+    def check_with(self, extractor: ExtractorOptions) -> None:
+        """Upsampling needs patches that tile the image (no ``stride`` below the patch size)."""
+        patch = get_spec(extractor.model).patch_size
+        if self.enabled and extractor.stride not in (None, patch):
+            raise InputError(
+                f"{field('upsample', self.upsample)} needs patches that tile the image: "
+                f"{field('stride', extractor.stride)} is below the patch size {patch}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
 # Matching
 
 #: Number of automatic query points when none are given.

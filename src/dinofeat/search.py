@@ -131,8 +131,8 @@ class NormTable:
             feats = F.pad(feats.permute(2, 0, 1)[None], (0, wp - w, 0, hp - h), mode="replicate")[0].permute(1, 2, 0)
         self.device = feats.device
         self.grid_hw, self.padded_hw = (h, w), (hp, wp)
-        self.stride = int(target.stride)
-        self.steps = SUBDIVISIONS * self.stride
+        self.stride = target.step  # an upsampled map's cells may be fractional (3.5 pixels)
+        self.steps = max(1, round(SUBDIVISIONS * self.stride))
         feats64 = feats.reshape(hp * wp, -1)
         self.feats = feats64.float()
         rows, cols = torch.meshgrid(torch.arange(hp - 1), torch.arange(wp - 1), indexing="ij")

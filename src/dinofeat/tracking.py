@@ -219,7 +219,7 @@ class PointTracker:
         window_px = self.options.window or DEFAULT_WINDOW_PATCHES * self._patch_pixels(fmap)
         # the best point of the 1/4-pixel lattice in the square window (exact: dinofeat.search)
         centres = fmap.pixel_to_grid(self._last_xy[idx].double()).to(device)
-        radius = window_px * 0.5 * sum(fmap.scale_xy) / fmap.stride  # original pixels -> grid cells
+        radius = window_px * 0.5 * sum(fmap.scale_xy) / fmap.step  # original pixels -> grid cells
         table = NormTable(fmap)  # shared by the window and the global search of this frame
         whole_frame = radius >= max(fmap.grid_hw) - 1
         if not whole_frame:

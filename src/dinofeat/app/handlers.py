@@ -249,7 +249,9 @@ def match_rematch(session, a, b, points, name_a, name_b, *options) -> tuple:
 
 
 @messages
-def pca_run(session, paths, foreground, threshold, components, layout, opacity, nearest, resolution) -> tuple:
+def pca_run(
+    session, paths, foreground, threshold, components, layout, opacity, nearest, resolution, upsample=False
+) -> tuple:
     """*Run PCA* on the uploaded images."""
     if not paths:
         raise InputError("no images: upload one or more, or pick an example")
@@ -265,6 +267,7 @@ def pca_run(session, paths, foreground, threshold, components, layout, opacity, 
         overlay=float(opacity) if layout == "overlay" else None,
         resolution=resolution,
         names=names,
+        upsample=bool(upsample),
     )
     return (
         list(zip(view.panels, names)),

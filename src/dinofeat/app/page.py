@@ -305,6 +305,12 @@ def _pca_tab(gr, session: AppSession, resolution, groups: list) -> None:
         layout = gr.Radio(["side by side", "overlay"], value="side by side", label="Layout")
         opacity = gr.Slider(0, 1, value=0.6, step=0.05, label="Overlay opacity")
         nearest = gr.Checkbox(False, label="Crisp patches (no interpolation)")
+        upsample = gr.Checkbox(
+            False,
+            label="Pixel-level features (AnyUp)",
+            visible=session.upsampler is not None,
+            elem_id="pca_upsample",
+        )
     run = gr.Button("Run PCA", variant="primary", elem_id="pca_run")
     summary = gr.Markdown(elem_id="pca_summary")
     gallery = gr.Gallery(label="PCA colours", columns=2, format="png", elem_id="pca_gallery", interactive=False)
@@ -317,7 +323,7 @@ def _pca_tab(gr, session: AppSession, resolution, groups: list) -> None:
         interactive=False,
         elem_id="pca_downloads",
     )
-    inputs = [files, foreground, threshold, components, layout, opacity, nearest, resolution]
+    inputs = [files, foreground, threshold, components, layout, opacity, nearest, resolution, upsample]
     outputs = [gallery, masks, summary, downloads]
     run_pca = bound(handlers.pca_run, session)
     run.click(run_pca, inputs, outputs)

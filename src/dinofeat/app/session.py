@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -22,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from dinofeat.colorize import pca_panel
 from dinofeat.drawing import draw_points
 from dinofeat.errors import InputError
+from dinofeat.errors import field as field_named
 from dinofeat.features.cache import DEFAULT_CACHE_SIZE, FeatureCache
 from dinofeat.features.source import provenance
 from dinofeat.io.images import load_image
@@ -44,6 +46,10 @@ from dinofeat.options import (
 )
 from dinofeat.runtime.progress import Progress
 from dinofeat.wording import plural
+
+if TYPE_CHECKING:  # types only
+    from dinofeat.features.source import FeatureSource
+    from dinofeat.features.upsample import Upsampler
 
 #: Query points per image pair or video at most (each point is one line in the pictures).
 MAX_POINTS = 200
@@ -145,6 +151,8 @@ class AppSession:
         max_video_frames: videos are tracked over their first this many frames at most.
         workdir: folder for the files offered for download (default: a new temporary folder,
             removed at exit).
+        upsampler: a :class:`~dinofeat.features.upsample.Upsampler` for pixel-level PCA (``pca(upsample=True)``),
+            at ``upsample_scale`` (None: one feature per model pixel).
 
     Feature maps are cached (:class:`~dinofeat.features.cache.FeatureCache`); methods are safe to call from
     several threads (model calls run one at a time).
@@ -157,9 +165,13 @@ class AppSession:
         max_image_megapixels: float = DEFAULT_MAX_IMAGE_MEGAPIXELS,
         max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES,
         workdir: str | Path | None = None,
+        upsampler: Upsampler | None = None,
+        upsample_scale: int | None = None,
     ) -> None:
         self.limits = AppOptions(max_image_mp=max_image_megapixels, max_frames=max_video_frames)
         self.extractor = extractor
+        self.upsampler = upsampler  # an Upsampler for the PCA tab's pixel-level toggle (None: no toggle)
+        self.upsample_scale = upsample_scale
         self.cache = FeatureCache(extractor, FEATURE_CACHE_SIZE)
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix="dinofeat-app-")
@@ -303,6 +315,7 @@ class AppSession:
         nearest: bool = False,
         resolution: int | None = None,
         names: Sequence[str] | None = None,
+        upsample: bool = False,
     ) -> PCAView:
         """Fit one PCA jointly on ``images`` and colour each, as ``dinofeat pca`` does
         (:class:`~dinofeat.jobs.pca.PCAJob`).
@@ -316,7 +329,10 @@ class AppSession:
             nearest: crisp patches instead of bilinear upsampling.
             resolution: model resolution for this call (default: the session's).
             names: file names for the summary and the figure's labels.
+            upsample: colour pixel-level features (the session's ``upsampler``) instead of patches.
         """
+        if upsample and self.upsampler is None:
+            raise InputError(f"pixel-level PCA needs AnyUp: start the app with {field_named('upsample', 'anyup')}")
         if not images:
             raise InputError("no images: upload one or more, or pick an example")
         if components < COLOR_COMPONENTS:  # the slider's minimum (the library would fit 3 and keep fewer)
@@ -329,7 +345,10 @@ class AppSession:
             images=images, output=figure_path, save_pca=pca_path, options=options, drawing=drawing, names=names
         )
         job.check()
-        result = job.run_images(self.features_at(resolution))
+        source: FeatureSource = self.features_at(resolution)
+        if upsample and self.upsampler is not None:
+            source = self.upsampler.wrap(source, scale=self.upsample_scale)
+        result = job.run_images(source)
         panels = [pca_panel(image, colors, drawing) for image, colors in zip(result.images, result.colors)]
         masks = [colors.mask.astype(np.uint8) * 255 for colors in result.colors]
         label = ", ".join(names) if names else plural(len(images), "image")

@@ -7,7 +7,16 @@ import socket
 import time
 from pathlib import Path
 
-from dinofeat.cli.common import add_extractor_options, add_options, extractor_options, make_extractor, options_from
+from dinofeat.cli.common import (
+    add_extractor_options,
+    add_options,
+    add_upsample_options,
+    extractor_options,
+    make_extractor,
+    make_upsampler,
+    options_from,
+    upsample_options,
+)
 from dinofeat.errors import InputError
 from dinofeat.options import AppOptions
 
@@ -30,6 +39,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--examples", metavar="DIR", help="folder of example files (default: the examples/ folder of a source checkout)"
     )
     add_extractor_options(parser)
+    add_upsample_options(parser)  # --upsample anyup: the PCA tab gets a pixel-level toggle
     return parser
 
 
@@ -38,14 +48,20 @@ def run(args: argparse.Namespace) -> int:
     from dinofeat import app
 
     model = extractor_options(args)
+    upsample = upsample_options(args, model)
     options = options_from(args, AppOptions)
     app.require_gradio()  # before the model loads: fail fast with the install command
     if args.examples is not None and not Path(args.examples).is_dir():
         raise InputError(f"--examples must be a folder: {args.examples}")
     if options.port is not None:
         _check_port_free(options.host, options.port)
+    upsampler = make_upsampler(upsample, model)  # before the model: a missing file is found at once
     session = app.AppSession(
-        make_extractor(model), max_image_megapixels=options.max_image_mp, max_video_frames=options.max_frames
+        make_extractor(model),
+        max_image_megapixels=options.max_image_mp,
+        max_video_frames=options.max_frames,
+        upsampler=upsampler,
+        upsample_scale=upsample.upsample_scale,
     )
     demo = app.launch(
         session,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dinofeat.errors import InputError
-from dinofeat.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE, ExtractorOptions
+from dinofeat.options import CPU_BATCH_SIZE, GPU_BATCH_SIZE, ExtractorOptions, UpsampleOptions
 from dinofeat.optionspec import parse_float, parse_int
 from dinofeat.runtime.progress import Progress, TqdmProgress
 
@@ -172,6 +172,29 @@ class _BlockNote:
     def __exit__(self, *exc: object) -> None:
         if self.shown:
             self.bar.note("")
+
+
+def add_upsample_options(parser: argparse.ArgumentParser) -> None:
+    """The pixel-level features group: --upsample, --upsample-weights, --upsample-scale."""
+    add_options(parser.add_argument_group("pixel-level features"), UpsampleOptions)
+
+
+def upsample_options(args: argparse.Namespace, extractor: ExtractorOptions) -> UpsampleOptions:
+    """The parsed upsampling options, checked, also against the feature options (call it before any work)."""
+    options = options_from(args, UpsampleOptions)
+    options.check_with(extractor)
+    return options
+
+
+def make_upsampler(options: UpsampleOptions, extractor: ExtractorOptions):
+    """The :class:`~dinofeat.features.upsample.Upsampler` the options ask for (loads its weights;
+    on the extractor's device, in its precision), or None for ``--upsample none``."""
+    if not options.enabled:
+        return None
+    # lazy: --help stays fast (torch)
+    from dinofeat.features.upsample import Upsampler
+
+    return Upsampler.from_weights(options.upsample_weights, device=extractor.device, precision=extractor.precision)
 
 
 def add_features_option(parser, help_text: str) -> None:

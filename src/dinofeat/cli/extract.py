@@ -7,12 +7,16 @@ import argparse
 from dinofeat.cli.common import (
     add_extractor_options,
     add_options,
+    add_upsample_options,
     extractor_options,
     make_extractor,
+    make_upsampler,
     options_from,
     progress_bar,
     summary,
+    upsample_options,
 )
+from dinofeat.errors import InputError
 from dinofeat.options import DatasetOptions
 
 #: DatasetOptions fields that are about tracking only.
@@ -45,6 +49,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     dataset = parser.add_argument_group("dataset (with --out-dir)")
     add_options(dataset, DatasetOptions, exclude=_TRACK_ONLY)
     add_extractor_options(parser)
+    add_upsample_options(parser)
     return parser
 
 
@@ -53,14 +58,19 @@ def run(args: argparse.Namespace) -> int:
     from dinofeat.jobs.extract import ExtractJob
 
     options = extractor_options(args)
+    upsample = upsample_options(args, options)
     dataset = options_from(args, DatasetOptions)
     job = ExtractJob(args.images, output=args.output, out_dir=args.out_dir, dataset=dataset)
     job.check()
+    if job.is_dataset and upsample.enabled:
+        raise InputError("--upsample does not apply with --out-dir yet: extract pixel-level features with -o OUT")
     if job.is_dataset:
         with progress_bar(args, "extracting", "image") as bar:
             report = job.run_dataset(options, progress=bar)
         summary(args, f"{report.summary()} -> {args.out_dir}")
         return 0 if report.ok else 1
-    result = job.run(make_extractor(options, args))
+    upsampler = make_upsampler(upsample, options)  # before the model: a missing file is found at once
+    source = make_extractor(options, args)
+    result = job.run(source if upsampler is None else upsampler.wrap(source, scale=upsample.upsample_scale))
     summary(args, result.summary())
     return 0

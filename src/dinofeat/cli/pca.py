@@ -10,16 +10,20 @@ from dinofeat.cli.common import (
     add_extractor_options,
     add_features_option,
     add_options,
+    add_upsample_options,
     extractor_options,
     make_extractor,
+    make_upsampler,
     open_feature_folder,
     options_from,
     progress_bar,
     summary,
+    upsample_options,
 )
 from dinofeat.dataset.listing import (
     VIDEO_SUFFIXES,  # inputs with these suffixes are read as videos (the rest as images)
 )
+from dinofeat.errors import InputError
 from dinofeat.options import FrameOptions, PCADrawingOptions, PCAOptions
 
 if TYPE_CHECKING:  # types only
@@ -77,6 +81,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     frames = parser.add_argument_group("video frames")
     add_options(frames, FrameOptions, every="colour every K-th frame; the video is written at fps / K (default: 1)")
     add_extractor_options(parser)
+    add_upsample_options(parser)
     add_features_option(
         parser.add_argument_group("stored features"),
         "read the features from a feature folder (dinofeat extract --out-dir DIR) instead of running the "
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from dinofeat.jobs.pca import PCAJob  # lazy: --help stays fast (torch)
 
     model = extractor_options(args)
+    upsample = upsample_options(args, model)
     job = PCAJob(
         args.inputs,
         output=args.output,
@@ -105,14 +111,22 @@ def run(args: argparse.Namespace) -> int:
     )
     job.check()
     result: PCAResult | VideoPCAResult | StorePCAResult
+    if job.fits_stored_features and upsample.enabled:
+        raise InputError("--upsample needs INPUT images to upsample with: a PCA fitted on a folder alone is of patches")
+    upsampler = make_upsampler(upsample, model)  # before the model: a missing file is found at once
     if job.fits_stored_features:
         store, _, _ = open_feature_folder(args, [])
         result = job.run_store(store)
-    elif args.features:
+    elif args.features:  # stored patch features, upsampled (if asked) with the images
         _, source, files = open_feature_folder(args, args.inputs)
+        if upsampler is not None:
+            source = upsampler.wrap(source, scale=upsample.upsample_scale)
         result = job.run(source, image_files=files)
     else:
         with progress_bar(args, "colouring", "frame") as bar:
-            result = job.run(make_extractor(model, args, within=bar), bar)
+            source = make_extractor(model, args, within=bar)
+            if upsampler is not None:
+                source = upsampler.wrap(source, scale=upsample.upsample_scale)
+            result = job.run(source, bar)
     summary(args, job.summary(result), stream=sys.stdout)  # pca's summary has always gone to standard output
     return 0

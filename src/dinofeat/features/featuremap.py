@@ -9,6 +9,9 @@ Coordinate conventions
 * Patch ``(row i, col j)`` covers processed pixels ``[j*s, j*s + p)`` horizontally (``p`` the patch
   size, ``s`` the stride), and its feature belongs to its centre ``x' = j*s + (p - 1) / 2``.
 * Grid coordinates ``(u, v)`` are float column/row indices: ``(j, i)`` is the centre of patch (i, j).
+* An upsampled map (:mod:`dinofeat.features.upsample`) has square cells of ``cell_size`` processed
+  pixels tiling the processed image: cell ``(i, j)`` covers ``[j*c, (j+1)*c)`` and its feature
+  belongs to its centre ``x' = j*c + (c - 1) / 2`` (``c = 1``: one feature per processed pixel).
 """
 
 from __future__ import annotations
@@ -91,6 +94,9 @@ class FeatureMap:
         stride: step between patches in processed pixels (``patch_size`` unless overlapping).
         cls_token: ``(C,)`` or None.
         register_tokens: ``(R, C)`` or None.
+        cell_size: for an upsampled map, the side of its cells in processed pixels (may be
+            fractional, e.g. 3.5 for 4x a 14-pixel patch grid); None for the patch grid.
+            ``patch_size`` and ``stride`` stay the backbone's either way.
 
     >>> fm = FeatureMap(torch.zeros(2, 3, 4), image_size_wh=(42, 28), processed_size_wh=(42, 28))
     >>> fm.grid_to_pixel(np.array([[0.0, 0.0], [2.0, 1.0]]))
@@ -105,6 +111,7 @@ class FeatureMap:
     stride: int = 14
     cls_token: torch.Tensor | None = None
     register_tokens: torch.Tensor | None = None
+    cell_size: float | None = None
 
     def __repr__(self) -> str:
         """``FeatureMap(32x24 patches x 384 float32, image 640x480, processed 448x336, patch 14, stride 14)``
@@ -131,21 +138,31 @@ class FeatureMap:
         (w, h), (pw, ph) = self.image_size_wh, self.processed_size_wh
         return pw / w, ph / h
 
+    @property
+    def step(self) -> float:
+        """Processed pixels between neighbouring feature centres: ``stride``, or ``cell_size`` if upsampled."""
+        return self.stride if self.cell_size is None else self.cell_size
+
+    @property
+    def first_centre(self) -> float:
+        """Processed-pixel coordinate of the first feature centre along either axis."""
+        return ((self.patch_size if self.cell_size is None else self.cell_size) - 1) / 2
+
     # -- geometry ---------------------------------------------------------------------------
     def pixel_to_grid(self, points_xy):
         """Original-image pixels ``(N, 2)`` -> grid coordinates ``(u, v)`` (same array type)."""
-        centre = (self.patch_size - 1) / 2
+        centre, step = self.first_centre, self.step
         out = _float_copy(points_xy)
         for axis, scale in enumerate(self.scale_xy):
-            out[..., axis] = ((out[..., axis] + 0.5) * scale - 0.5 - centre) / self.stride
+            out[..., axis] = ((out[..., axis] + 0.5) * scale - 0.5 - centre) / step
         return out
 
     def grid_to_pixel(self, grid_xy):
         """Grid coordinates ``(u, v)`` ``(N, 2)`` -> original-image pixels (same array type)."""
-        centre = (self.patch_size - 1) / 2
+        centre, step = self.first_centre, self.step
         out = _float_copy(grid_xy)
         for axis, scale in enumerate(self.scale_xy):
-            out[..., axis] = (out[..., axis] * self.stride + centre + 0.5) / scale - 0.5
+            out[..., axis] = (out[..., axis] * step + centre + 0.5) / scale - 0.5
         return out
 
     def patch_centers(self) -> torch.Tensor:

@@ -85,6 +85,8 @@ def write_features(
     described |= {f"input_{i}": str(name) for i, name in enumerate(inputs) if name is not None}
     if maps:
         described |= {"patch_size": maps[0].patch_size, "stride": maps[0].stride}
+        if maps[0].cell_size is not None:  # an upsampled map: its cells, in processed pixels
+            described["cell_size"] = maps[0].cell_size
     described |= metadata
     if str(path).endswith(".safetensors"):
         # lazy: only .safetensors outputs need it

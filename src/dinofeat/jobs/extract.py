@@ -80,7 +80,8 @@ class ExtractResult:
     def summary(self) -> str:
         """One line: ``2 images, 5x4 patches x 384 -> feats.npz``."""
         grids = sorted({f"{m.grid_hw[1]}x{m.grid_hw[0]}" for m in self.maps})
-        return f"{plural(len(self.maps), 'image')}, {', '.join(grids)} patches x {self.maps[0].dim} -> {self.output}"
+        cells = "patches" if self.maps[0].cell_size is None else "cells (upsampled)"
+        return f"{plural(len(self.maps), 'image')}, {', '.join(grids)} {cells} x {self.maps[0].dim} -> {self.output}"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ import safetensors.torch
 import torch
 
 from dinofeat.errors import WeightsError, field
+from dinofeat.models.anyup import AnyUp
 from dinofeat.models.build import build_model
 from dinofeat.models.locations import HF_FILES, hf_cached, hub_checkpoint_path
 from dinofeat.models.locations import cached_locally as cached_locally  # re-exported: its home was here
@@ -551,4 +552,95 @@ def load_model(
     load_state(model, to_meta_keys(state), source)
     model.weights_source = source  # recorded in the files written with this model
     log.info("loaded %s weights from %s", spec.name, source)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# AnyUp upsampler weights
+
+
+#: Released AnyUp checkpoints (plain state dicts, CC-BY 4.0): name -> download URL. The first is the
+#: default (trained on several backbones; the paper's was trained on DINOv2 ViT-S/14 only).
+ANYUP_CHECKPOINTS = {
+    "anyup_multi_backbone": "https://github.com/wimmerth/anyup/releases/download/checkpoint_v2/anyup_multi_backbone.pth",
+    "anyup_paper": "https://github.com/wimmerth/anyup/releases/download/checkpoint/anyup_paper.pth",
+}
+DEFAULT_ANYUP_CHECKPOINT = "anyup_multi_backbone"
+#: What an AnyUp weights file should be, said when it is something else.
+EXPECTED_ANYUP = f"expected an AnyUp state dict such as {DEFAULT_ANYUP_CHECKPOINT}.pth"
+
+
+def anyup_hub_path(name: str = DEFAULT_ANYUP_CHECKPOINT) -> Path:
+    """Where ``torch.hub`` keeps (or would keep) the released checkpoint ``name``: ``checkpoints/<name>.pth``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pth"
+
+
+def find_anyup_weights(name: str = DEFAULT_ANYUP_CHECKPOINT) -> tuple[StateDict, str]:
+    """The released checkpoint ``name``: from the torch hub cache, else downloaded from its release
+    URL into that cache (not with ``HF_HUB_OFFLINE`` set). One-line :class:`WeightsError` otherwise."""
+    url = ANYUP_CHECKPOINTS[name]
+    path = anyup_hub_path(name)
+    if path.is_file():
+        return _read_anyup_file(path), str(path)
+    tried = [f"torch hub cache ({path}: not there)"]
+    if offline_mode():
+        tried.append(f"URL {url} (skipped: HF_HUB_OFFLINE is set)")
+    else:
+        try:
+            loaded = torch.hub.load_state_dict_from_url(
+                url, map_location="cpu", weights_only=True, file_name=path.name, progress=False
+            )
+            return _unwrap(loaded, Path(url)), url
+        except Exception as err:  # noqa: BLE001 - network and cache failures of every kind
+            tried.append(f"URL {url} ({_first_sentence(err)})")
+    raise WeightsError(
+        f"no AnyUp weights found ({name}). Tried: " + "; ".join(tried) + f". Offline, download {url} elsewhere "
+        f"and pass {field('upsample_weights', 'FILE')}, or copy it to {path.parent}/"
+    )
+
+
+def _read_anyup_file(path: str | os.PathLike) -> StateDict:
+    try:
+        return read_checkpoint(path)
+    except WeightsError as err:
+        raise WeightsError(err.template.replace(EXPECTED_WEIGHTS, EXPECTED_ANYUP)) from None
+
+
+def load_anyup_state(model: torch.nn.Module, state: StateDict, source: str) -> None:
+    """Load ``state`` into an :class:`~dinofeat.models.anyup.AnyUp` strictly; missing, unexpected
+    and wrongly shaped keys are named in a one-line :class:`WeightsError`."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong_shape:
+        problems = []
+        if wrong_shape:
+            first = wrong_shape[0]
+            problems.append(
+                f"{len(wrong_shape)} tensors of the wrong shape (first: {first} "
+                f"{tuple(state[first].shape)}, expected {tuple(expected[first].shape)})"
+            )
+        if missing:
+            problems.append(f"{len(missing)} missing keys (first: {', '.join(missing[:3])})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
+        raise WeightsError(f"weights from {source} do not fit AnyUp: " + "; ".join(problems))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def load_anyup(weights: str | os.PathLike | None = None) -> AnyUp:
+    """The AnyUp upsampler with its weights (on the CPU, in eval mode).
+
+    ``weights``: a checkpoint file, or the name of a released checkpoint (``anyup_multi_backbone``,
+    the default, or ``anyup_paper``), found in the torch hub cache (``checkpoints/<name>.pth``) or
+    downloaded from its release URL. Pickles are read with ``torch.load(weights_only=True)``.
+    """
+    if weights is None or str(weights) in ANYUP_CHECKPOINTS:
+        state, source = find_anyup_weights(DEFAULT_ANYUP_CHECKPOINT if weights is None else str(weights))
+    else:
+        state, source = _read_anyup_file(weights), str(weights)
+    model = AnyUp()
+    load_anyup_state(model, state, source)
+    log.info("loaded AnyUp weights from %s", source)
     return model.eval()
