@@ -5,7 +5,8 @@ tables) before the next frame, but glibc's ``malloc`` keeps most freed blocks fo
 sizes that keep changing fragment its heaps, and the process's resident memory creeps up with the
 video's length even though nothing is leaked: 440 MB after 200 frames, 570 MB after 600 in one
 measurement (ViT-S, 224 px, ``track --grid 4``). :func:`release_freed_memory` asks glibc to return
-the free pages (``malloc_trim``); :func:`releasing` does so every few items of a stream. Elsewhere
+the free pages (``malloc_trim``); :func:`releasing` does so after each item of a stream (each frame
+of a video): the peak then stays within 2 % from 200 to 2,000 frames. Elsewhere
 (macOS, Windows, musl) both do nothing: those allocators return memory on their own terms.
 """
 
@@ -20,8 +21,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-#: Items of a stream between two releases: a release takes about a millisecond, a frame far longer.
-RELEASE_EVERY = 8
+#: Items of a stream between two releases. Every item: a release with nothing to return takes under
+#: a microsecond, and releasing every 8th frame still let the peak grow 9 % over 2,000 frames.
+RELEASE_EVERY = 1
 
 
 @functools.cache
