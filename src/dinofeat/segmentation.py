@@ -37,7 +37,7 @@ top-left pixel at ``(0, 0)``), as everywhere in dinofeat.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -160,12 +160,17 @@ def mask_to_patch_labels(mask: np.ndarray, fmap: FeatureMap, num_labels: int) ->
     return shares.float()
 
 
-def patch_labels_to_mask(soft: torch.Tensor, fmap: FeatureMap) -> tuple[np.ndarray, np.ndarray]:
+def patch_labels_to_mask(
+    soft: torch.Tensor, fmap: FeatureMap, *, rescale: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """A mask at the original pixels from soft patch labels.
 
     Args:
         soft: ``(h, w, L)`` soft labels on ``fmap``'s grid.
         fmap: the feature map whose geometry places the grid.
+        rescale: before the argmax, stretch each label's values over the image to [0, 1] (its
+            minimum to 0, its maximum to 1; the reference's ``norm_mask``, which favours small
+            objects); the confidence stays the unstretched value of the chosen label.
 
     Returns:
         ``(labels, confidence)``: ``(H, W)`` uint8 labels (the argmax over the ``L`` labels of the
@@ -192,12 +197,24 @@ def patch_labels_to_mask(soft: torch.Tensor, fmap: FeatureMap) -> tuple[np.ndarr
     labels = np.empty((height, width), dtype=np.uint8)
     confidence = np.empty((height, width), dtype=np.float32)
     band = max(1, _BAND_FLOATS // max(1, width * soft.shape[2]))
-    for top in range(0, height, band):
-        part = torch.einsum("Hh,hwl->Hwl", weights_y[top : top + band], soft)
-        full = torch.einsum("Hwl,Ww->HWl", part, weights_x)
-        best, which = full.max(dim=-1)
+
+    def bands() -> Iterator[tuple[int, torch.Tensor]]:
+        for top in range(0, height, band):
+            part = torch.einsum("Hh,hwl->Hwl", weights_y[top : top + band], soft)
+            yield top, torch.einsum("Hwl,Ww->HWl", part, weights_x)
+
+    low, span = torch.zeros(soft.shape[2]), torch.ones(soft.shape[2])
+    if rescale:  # a first pass for each label's range over the image
+        ranges = [(full.amin(dim=(0, 1)), full.amax(dim=(0, 1))) for _, full in bands()]
+        low = torch.stack([r[0] for r in ranges]).amin(0)
+        high = torch.stack([r[1] for r in ranges]).amax(0)
+        stretch = high > 0  # the reference leaves a label that is zero everywhere as it is
+        low = torch.where(stretch, low, 0.0)
+        span = torch.where(stretch & (high > low), high - low, 1.0)
+    for top, full in bands():
+        which = ((full - low) / span).argmax(dim=-1)
         labels[top : top + band] = which.numpy().astype(np.uint8)
-        confidence[top : top + band] = best.numpy()
+        confidence[top : top + band] = full.gather(-1, which[..., None])[..., 0].numpy()
     return labels, confidence
 
 
@@ -211,7 +228,7 @@ def propagate_labels(
     context_labels: Sequence[torch.Tensor],
     *,
     top_k: int = DEFAULT_TOP_K,
-    radius: int = DEFAULT_RADIUS_PATCHES,
+    radius: int | None = DEFAULT_RADIUS_PATCHES,
     temperature: float = DEFAULT_TEMPERATURE,
     tile: int = PROPAGATION_TILE,
 ) -> torch.Tensor:
@@ -219,12 +236,16 @@ def propagate_labels(
 
     Args:
         target: the feature map to label, grid ``(h, w)``.
-        context: feature maps with known labels, all on the target's grid.
-        context_labels: their soft labels, each ``(h, w, L)`` (one-hot rows for a plain mask).
+        context: feature maps with known labels, all on the target's grid (any grids with
+            ``radius=None``).
+        context_labels: their soft labels, each ``(h, w, L)`` on its map's grid (one-hot rows for a
+            plain mask).
         top_k: each target patch takes the labels of its ``top_k`` most similar context patches,
             chosen jointly over all context frames.
         radius: only context patches within ``radius`` patches in rows *and* columns of the target
-            patch are candidates (the reference's square neighbourhood).
+            patch are candidates (the reference's square neighbourhood; its ``0`` means "no
+            neighbourhood", here ``None`` does: every context patch is a candidate, as for photos
+            of the same object, which are not aligned).
         temperature: the chosen patches weigh ``exp(cos / temperature)``, normalised to sum to 1.
         tile: target patches are handled in tiles of ``tile x tile``, each against its context
             region (one matrix product): memory ~ ``tile^2 (tile + 2 radius)^2 len(context)``.
@@ -240,13 +261,15 @@ def propagate_labels(
     True
     """
     grid_h, grid_w = target.grid_hw
-    context_features, labels = _checked_context(target, context, context_labels)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise InputError(f"{field('top_k', top_k)} must be a positive integer")
-    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+    if radius is not None and (isinstance(radius, bool) or not isinstance(radius, int) or radius < 0):
         raise InputError(f"{field('radius', radius)} must be a non-negative integer")
     if not temperature > 0:
         raise InputError(f"{field('temperature', temperature)} must be a positive number")
+    if radius is None:
+        return _propagate_globally(target, context, context_labels, top_k, temperature, tile)
+    context_features, labels = _checked_context(target, context, context_labels)
     device = target.features.device
     queries = F.normalize(target.features.float(), dim=-1)
     keys = F.normalize(context_features.to(device), dim=-1)  # (n, h, w, C)
@@ -258,6 +281,38 @@ def propagate_labels(
             cols = slice(left, min(left + tile, grid_w))
             out[rows, cols] = _propagate_tile(queries, keys, labels, rows, cols, top_k, radius, temperature)
     return out
+
+
+def _propagate_globally(
+    target: FeatureMap,
+    context: Sequence[FeatureMap],
+    context_labels: Sequence[torch.Tensor],
+    top_k: int,
+    temperature: float,
+    tile: int,
+) -> torch.Tensor:
+    """:func:`propagate_labels` with every context patch a candidate (the context maps' grids may
+    differ): tiles of target patches against all context patches, memory ~ tile^2 x context patches."""
+    if len(context) == 0 or len(context) != len(context_labels):
+        raise InputError(
+            f"need one label map per context frame and at least one, got {len(context)} and {len(context_labels)}"
+        )
+    device = target.features.device
+    for fmap, labels in zip(context, context_labels, strict=True):
+        if fmap.dim != target.dim or labels.ndim != 3 or tuple(labels.shape[:2]) != fmap.grid_hw:
+            raise InputError(f"context labels of shape {tuple(labels.shape)} do not fit their grid {fmap.grid_hw}")
+        if labels.shape[2] != context_labels[0].shape[2]:
+            raise InputError("context label maps have different numbers of labels")
+    keys = torch.cat([F.normalize(f.features.float().reshape(-1, f.dim), dim=-1).to(device) for f in context])
+    labels = torch.cat([lab.float().reshape(-1, lab.shape[-1]).to(device) for lab in context_labels])  # (nP, L)
+    queries = F.normalize(target.features.float(), dim=-1).reshape(-1, target.dim)
+    out = torch.empty(queries.shape[0], labels.shape[-1], device=device)
+    for start in range(0, queries.shape[0], tile * tile):
+        cosine = queries[start : start + tile * tile] @ keys.T  # (T, nP)
+        best, index = cosine.topk(min(top_k, cosine.shape[1]), dim=1)
+        weights = torch.softmax(best / temperature, dim=1)
+        out[start : start + tile * tile] = torch.einsum("tk,tkl->tl", weights, labels[index])
+    return out.reshape(*target.grid_hw, -1)
 
 
 def _checked_context(
