@@ -242,12 +242,13 @@ class SegmentJob:
         return list(self.point_labels) if self.point_labels else [1] * len(self.points_xy)
 
     def _check_images(self) -> _Checked:
+        first = load_image(self.inputs[0])
+        size_wh = (first.shape[1], first.shape[0])
+        checked = self._checked_first(size_wh, "the first image", _Checked("images", size_wh, None, (), []))
         folder = ensure_folder(self.masks_dir, field("masks_dir")) if self.masks_dir else None
         mask_files = _image_mask_names(folder, self.inputs) if folder else []
         self._check_outputs(mask_files)
-        first = load_image(self.inputs[0])
-        size_wh = (first.shape[1], first.shape[0])
-        return self._checked_first(size_wh, "the first image", _Checked("images", size_wh, None, (), mask_files))
+        return dataclasses.replace(checked, mask_files=mask_files)
 
     def _check_video(self) -> _Checked:
         video = self.inputs[0]
@@ -260,11 +261,12 @@ class SegmentJob:
                 f"{field('every', self.frames.every)}, {len(indices)} frames)"
             )
         written = indices[indices.index(key) :]
+        checked = _Checked("video", info.size_wh, None, (), [], info, key, written)
+        checked = self._checked_first(info.size_wh, f"frame {key}", checked)
         folder = ensure_folder(self.masks_dir, field("masks_dir")) if self.masks_dir else None
         mask_files = [str(folder / f"{index:05d}.png") for index in written] if folder else []
         self._check_outputs(mask_files)
-        checked = _Checked("video", info.size_wh, None, (), mask_files, info, key, written)
-        return self._checked_first(info.size_wh, f"frame {key}", checked)
+        return dataclasses.replace(checked, mask_files=mask_files)
 
     def _check_outputs(self, mask_files: Sequence[str]) -> None:
         inputs = [*self.inputs, *([self.mask] if self.mask is not None else [])]
