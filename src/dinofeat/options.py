@@ -812,7 +812,8 @@ class SegmentOptions(Options):
         flag="--radius",
         range=NON_NEGATIVE_INT,
         metavar="R",
-        help="context patches are searched within R patches of the patch, in rows and columns (default: %(default)s)",
+        help="a video: context patches are searched within R patches of the patch, in rows and columns "
+        "(default: %(default)s; other images are searched whole: photos are not aligned)",
     )
     temperature: float = option(
         DEFAULT_TEMPERATURE,
