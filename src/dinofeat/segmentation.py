@@ -374,8 +374,8 @@ def _propagate_tile(
     The joint top-k over all context frames is the top-k of each frame's own top-k (a patch among
     the k best of all frames is among the k best of its frame), so no ``(T, n R)`` copy is made."""
     count, size = region.shape[0], region.shape[1]
-    cosine = torch.matmul(region, tile.T).transpose(1, 2)  # (n, T, R)
-    cosine = cosine.masked_fill(outside, float("-inf"))
+    cosine = torch.matmul(tile, region.transpose(1, 2))  # (n, T, R), made in this layout (no copy)
+    cosine.masked_fill_(outside, float("-inf"))
     each_best, each_index = cosine.topk(min(top_k, size), dim=2)  # (n, T, k): every frame's own best
     each_index = each_index + torch.arange(count, device=tile.device)[:, None, None] * size
     candidates = each_best.permute(1, 0, 2).reshape(tile.shape[0], -1)  # (T, n k)
