@@ -294,3 +294,36 @@ def test_a_small_video_is_shown_large_and_clicked_in_its_own_pixels(page, server
     assert f"[0,{x:g},{y:g}]" in shown, shown  # the query, [frame, x, y], in the video's pixels
     assert abs(x - 0.3 * 176) <= 1 and abs(y - 0.6 * 144) <= 1  # the pixel under the pointer
     page.close()
+
+
+def choose_file(page, selector: str, path) -> None:
+    """Upload ``path`` into a ``gr.File`` (its file input exists only once its upload area is clicked)."""
+    with page.expect_file_chooser() as chooser:
+        page.locator(f"{selector} button.upload-container").click()
+    chooser.value.set_files(str(path))
+
+
+def test_segment_tab_click_an_object_then_segment_an_image_and_a_video(page, inputs):
+    page.get_by_role("tab", name="Segment").click()
+    choose_file(page, "#segment_file", inputs["a"])
+    wait_text(page, "#segment_summary", "a.png: 240x160")
+    wait_image(page, "#segment_frame")
+    index = click_image(page, "#segment_frame", 0.5, 0.5)
+    k = shown_scale(page, "#segment_frame", inputs["size_a"])
+    wait_text(page, "#segment_clicks", f"{round(index[0] / k - 0.5, 3):g}")
+    page.locator("#segment_run").click()
+    wait_image(page, "#segment_result_image")
+    wait_text(page, "#segment_summary", "Segmented a.png: 1 image(s), 1 object(s)")
+    wait_text(page, "#segment_downloads", "a_segments.json")
+
+    page.locator("#segment_file button[aria-label='Clear']").click()
+    choose_file(page, "#segment_file", inputs["video"])
+    wait_text(page, "#segment_summary", "pan.mp4: 5 frames")
+    wait_image(page, "#segment_frame")
+    index = click_image(page, "#segment_frame", 0.4, 0.6)
+    k = shown_scale(page, "#segment_frame", (160, 112))
+    wait_text(page, "#segment_clicks", f"{round(index[1] / k - 0.5, 3):g}")
+    page.locator("#segment_run").click()
+    page.wait_for_selector("#segment_result video[src]", state="attached")
+    wait_text(page, "#segment_summary", "Segmented pan.mp4: 5 frames")
+    wait_text(page, "#segment_downloads", "pan_segments.mp4")

@@ -1,4 +1,4 @@
-"""The web app behind ``dinofeat app``: click points, see matches, PCA colours and tracks.
+"""The web app behind ``dinofeat app``: click points, see matches, PCA colours, tracks and masks.
 
 * :mod:`dinofeat.app.session` - :class:`AppSession`, the loaded model and one plain method per
   action, knowing nothing about Gradio;
@@ -11,7 +11,7 @@ built or a handler runs, so importing this package never needs it.
 
 from dinofeat.app.handlers import GRADIO_MISSING, click_to_pixel, require_gradio
 from dinofeat.app.page import EXAMPLES_DIR, RESOLUTION_CHOICES, build_app, example_files, launch
-from dinofeat.app.session import MAX_POINTS, AppSession, MatchView, PCAView, TrackView, VideoView
+from dinofeat.app.session import MAX_POINTS, AppSession, MatchView, PCAView, SegmentView, TrackView, VideoView
 from dinofeat.options import DEFAULT_MAX_IMAGE_MEGAPIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_MAX_VIDEO_FRAMES
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "AppSession",
     "MatchView",
     "PCAView",
+    "SegmentView",
     "TrackView",
     "VideoView",
     "build_app",
