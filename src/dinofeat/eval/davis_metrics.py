@@ -316,6 +316,14 @@ class MeanScores:
         jf = self.jf if math.isfinite(self.jf) else None
         return {"J&F": jf, "J": self.j.to_json(), "F": self.f.to_json()}
 
+    def flat(self) -> dict[str, float]:
+        """The official global table's columns: ``J&F-Mean``, ``J-Mean``, ``J-Recall``, ``J-Decay``,
+        ``F-Mean``, ``F-Recall``, ``F-Decay``."""
+        columns = {"J&F-Mean": self.jf}
+        for name, stats in (("J", self.j), ("F", self.f)):
+            columns |= {f"{name}-Mean": stats.mean, f"{name}-Recall": stats.recall, f"{name}-Decay": stats.decay}
+        return columns
+
 
 def mean_scores(objects: Iterable[ObjectScore]) -> MeanScores:
     """Average objects' statistics as ``evaluation_method.py`` does (every object weighs the same,
