@@ -779,6 +779,59 @@ class SPairOptions(Options):
 
 
 # ---------------------------------------------------------------------------------------------
+# Segmentation (dinofeat segment; see dinofeat.segmentation)
+
+#: Label propagation defaults: those of the reference (facebookresearch/dino ``eval_video_segmentation.py``).
+DEFAULT_CONTEXT_FRAMES = 7
+DEFAULT_TOP_K = 5
+DEFAULT_RADIUS_PATCHES = 12
+DEFAULT_TEMPERATURE = 0.1
+
+
+@dataclass(frozen=True)
+class SegmentOptions(Options):
+    """How labels are propagated and clicks become a first mask (see
+    :class:`~dinofeat.segmentation.VideoSegmenter` and :func:`~dinofeat.segmentation.mask_from_clicks`)."""
+
+    context_frames: int = option(
+        DEFAULT_CONTEXT_FRAMES,
+        flag="--context-frames",
+        range=NON_NEGATIVE_INT,
+        metavar="N",
+        help="a frame takes its labels from the first frame and the last N processed frames (default: %(default)s)",
+    )
+    top_k: int = option(
+        DEFAULT_TOP_K,
+        flag="--top-k",
+        range=POSITIVE_INT,
+        metavar="K",
+        help="each patch takes the labels of its K most similar context patches (default: %(default)s)",
+    )
+    radius: int = option(
+        DEFAULT_RADIUS_PATCHES,
+        flag="--radius",
+        range=NON_NEGATIVE_INT,
+        metavar="R",
+        help="context patches are searched within R patches of the patch, in rows and columns (default: %(default)s)",
+    )
+    temperature: float = option(
+        DEFAULT_TEMPERATURE,
+        flag="--temperature",
+        range=POSITIVE,
+        metavar="T",
+        help="the K patches weigh exp(cosine / T), normalised (default: %(default)s)",
+    )
+    click_threshold: float | None = option(
+        None,
+        flag="--click-threshold",
+        range=COSINE,
+        metavar="S",
+        help="clicks: a patch joins a clicked object when its cosine to the object's clicks is at least S "
+        "(default: chosen per image, Otsu's threshold of the cosines)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # DAVIS 2017 (``dinofeat eval davis``)
 
 #: The image sets of DAVIS 2017 semi-supervised with annotations for every frame.
