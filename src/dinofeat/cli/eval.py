@@ -207,7 +207,7 @@ def _run_davis(args: argparse.Namespace) -> int:
     from dinofeat.eval.evaluation import davis_sweep_json, segmenter_fn, sweep_davis, sweep_segmenters
 
     # lazy: --help stays fast (numpy, PIL)
-    from dinofeat.io.outputs import check_outputs, check_suffix, ensure_folder
+    from dinofeat.io.outputs import check_outputs, check_suffix
 
     model = extractor_options(args)
     options = options_from(args, DavisOptions)
@@ -224,9 +224,10 @@ def _run_davis(args: argparse.Namespace) -> int:
     sequences = read_davis(args.root, subset=options.subset, sequences=options.sequences)
     extractor = make_extractor(model, args)
     if grid is None:
-        results_dir = ensure_folder(args.results_dir, "results_dir") if args.results_dir else None
         with progress_bar(args, "evaluating", "frame") as bar:
-            report = evaluate_davis(sequences, segmenter_fn(extractor, segment), results_dir=results_dir, progress=bar)
+            report = evaluate_davis(
+                sequences, segmenter_fn(extractor, segment), results_dir=args.results_dir, progress=bar
+            )
         document, table = report.to_json(), report.format_table()
         mean = report.mean
         line = (

@@ -38,6 +38,7 @@ from PIL import Image
 from dinofeat.errors import DiskFullError, InputError, field, is_disk_full
 from dinofeat.eval.davis_metrics import VOID_LABEL, MeanScores, ObjectScore, mean_scores, score_sequence
 from dinofeat.eval.sweeps import percent
+from dinofeat.io.outputs import ensure_folder
 from dinofeat.runtime.progress import Progress, report
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 RESOLUTION_FOLDER = "480p"
 #: The year folder of the semi-supervised image sets.
 IMAGE_SETS_YEAR = "2017"
+#: Pillow modes of label images: indexed (palette) or grayscale.
+LABEL_MODES = ("P", "L")
 #: Frames a sequence needs: the first is given and neither it nor the last is scored.
 MIN_FRAMES = 3
 
@@ -154,20 +157,27 @@ def _read_sequence(name: str, images: Path, annotations: Path) -> DavisSequence:
     missing = [mask for mask in masks if not mask.is_file()]
     if missing:
         raise InputError(f"sequence {name}: {len(missing)} frames have no annotation, the first {missing[0]}")
-    size_wh = _image_size(frames[0])
+    size_wh, _ = _image_header(frames[0])
     for path in (*frames, *masks):
-        if _image_size(path) != size_wh:
-            w, h = _image_size(path)
+        (w, h), mode = _image_header(path)
+        if (w, h) != size_wh:
             raise InputError(f"sequence {name}: {path.name} is {w}x{h}, the first frame {size_wh[0]}x{size_wh[1]}")
+        if path.suffix == ".png" and mode not in LABEL_MODES:
+            raise InputError(_not_labels(path, mode))
     return DavisSequence(name=name, frames=frames, annotations=masks, size_wh=size_wh)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def _image_header(path: Path) -> tuple[tuple[int, int], str]:
+    """``((width, height), mode)`` of an image file, from its header."""
     try:
         with Image.open(path) as image:
-            return image.size
+            return image.size, image.mode
     except (OSError, SyntaxError, ValueError) as err:
         raise InputError(f"cannot read {path}: {err}") from None
+
+
+def _not_labels(path: str | os.PathLike, mode: str) -> str:
+    return f"{path} is a {mode} image: annotations are indexed or grayscale PNGs"
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -182,8 +192,8 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     """An indexed (palette) or grayscale PNG as ``(H, W) uint8`` labels (the palette indices)."""
     try:
         with Image.open(path) as image:
-            if image.mode not in ("P", "L"):
-                raise InputError(f"{path} is a {image.mode} image: annotations are indexed or grayscale PNGs")
+            if image.mode not in LABEL_MODES:
+                raise InputError(_not_labels(path, image.mode))
             return np.asarray(image, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as err:
         raise InputError(f"cannot read {path}: {err}") from None
@@ -213,12 +223,13 @@ def write_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
 
 
 def write_results(results_dir: str | os.PathLike, sequence: DavisSequence, masks: np.ndarray) -> Path:
-    """Write one sequence's masks ``(T, H, W) uint8`` as ``<results_dir>/<name>/<frame stem>.png``.
+    """Write one sequence's masks ``(T, H, W) uint8`` as ``<results_dir>/<name>/<frame stem>.png``
+    (``results_dir`` is made if needed).
 
     The folder is written beside its place and renamed into it when complete (replacing an older
     one), so it is never half written. Returns the folder.
     """
-    results_dir = Path(results_dir)
+    results_dir = ensure_folder(results_dir, "results_dir")
     target = results_dir / sequence.name
     staging = Path(tempfile.mkdtemp(prefix=f".{sequence.name}.", dir=results_dir))
     try:
@@ -251,7 +262,9 @@ def check_results_dir(results_dir: str | os.PathLike, root: str | os.PathLike) -
     resolved = path.resolve()
     for inputs in (Path(root) / "JPEGImages", Path(root) / "Annotations"):
         if resolved == inputs.resolve() or inputs.resolve() in resolved.parents:
-            raise InputError(f"{field('results_dir', path)} is inside the DAVIS inputs {inputs}: refusing to write there")
+            raise InputError(
+                f"{field('results_dir', path)} is inside the DAVIS inputs {inputs}: refusing to write there"
+            )
 
 
 def _umask() -> int:
@@ -357,7 +370,7 @@ def evaluate_davis(
     Args:
         sequences: e.g. :func:`read_davis`'s list.
         segment_fn: see :data:`SegmentFn`.
-        results_dir: an existing folder to write each sequence's masks into, in the official
+        results_dir: a folder (made when the first sequence is done) to write each sequence's masks into, in the official
             results layout (:func:`write_results`); None writes nothing.
         progress: called as ``progress(done, total)`` in frames, after each frame is segmented.
     """

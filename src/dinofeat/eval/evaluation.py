@@ -275,7 +275,7 @@ def evaluate_davis_folder(
 ) -> DavisReport:
     """The ``dinofeat eval davis`` job: read a DAVIS 2017 folder's set, segment every sequence from its
     first annotation by label propagation, score J and F as the official evaluator does; with
-    ``results_dir`` (an existing folder) the masks are written in the official results layout."""
+    ``results_dir`` the masks are written in the official results layout."""
     options = options or DavisOptions()
     sequences = read_davis(root, subset=options.subset, sequences=options.sequences)
     return evaluate_davis(sequences, segmenter_fn(extractor, segment), results_dir=results_dir, progress=progress)
@@ -310,7 +310,9 @@ def sweep_davis(
             objects.extend(score_sequence(truth, predicted))
             done += 1
             report(progress, done, total)
-    runs = [SweepRun(settings=setting, mean=mean_scores(objects).flat()) for setting, objects in zip(settings, per_setting)]
+    runs = [
+        SweepRun(settings=setting, mean=mean_scores(objects).flat()) for setting, objects in zip(settings, per_setting)
+    ]
     return Sweep(names=list(grid), runs=runs, metric="J&F-Mean", columns=DAVIS_COLUMNS)
 
 
