@@ -139,7 +139,7 @@ def test_eval_davis_segments_both_objects_of_a_pair(evaluated):
 
 
 def test_results_dir_holds_indexed_pngs_in_the_official_layout(evaluated, davis):
-    document, results, _ = evaluated
+    _, results, _ = evaluated
     assert sorted(p.name for p in results.iterdir()) == ["moving", "pair"]
     for name in ("moving", "pair"):
         files = sorted(p.name for p in (results / name).iterdir())
@@ -273,7 +273,7 @@ def test_an_empty_segmenter_scores_zero_and_reads_frames_lazily(davis):
     read = []
 
     def nothing(frames, first_mask):
-        for t, frame in enumerate(frames):
+        for t, _frame in enumerate(frames):
             read.append(t)
             if t:
                 yield np.zeros(first_mask.shape, np.uint8)

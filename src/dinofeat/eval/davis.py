@@ -370,8 +370,8 @@ def evaluate_davis(
     Args:
         sequences: e.g. :func:`read_davis`'s list.
         segment_fn: see :data:`SegmentFn`.
-        results_dir: a folder (made when the first sequence is done) to write each sequence's masks into, in the official
-            results layout (:func:`write_results`); None writes nothing.
+        results_dir: a folder (made when the first sequence is done) to write each sequence's
+            masks into, in the official results layout (:func:`write_results`); None writes nothing.
         progress: called as ``progress(done, total)`` in frames, after each frame is segmented.
     """
     sequences = list(sequences)
