@@ -23,6 +23,7 @@ predicted masks (``(T, H, W)`` uint8 each) are held while it is scored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -229,9 +230,16 @@ def write_results(results_dir: str | os.PathLike, sequence: DavisSequence, masks
     The folder is written beside its place and renamed into it when complete (replacing an older
     one), so it is never half written. Returns the folder.
     """
+    created = not Path(results_dir).exists()
     results_dir = ensure_folder(results_dir, "results_dir")
     target = results_dir / sequence.name
-    staging = Path(tempfile.mkdtemp(prefix=f".{sequence.name}.", dir=results_dir))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{sequence.name}.", dir=results_dir))
+    except OSError as err:
+        _discard(results_dir, created)
+        if is_disk_full(err):
+            raise DiskFullError(f"no space left on device writing {target}") from None
+        raise
     try:
         for frame, labels in zip(sequence.frames, masks):
             write_label_png(staging / f"{frame.stem}.png", labels)
@@ -243,14 +251,20 @@ def write_results(results_dir: str | os.PathLike, sequence: DavisSequence, masks
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, target)
-    except OSError as err:
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        _discard(results_dir, created)
         if is_disk_full(err):
             raise DiskFullError(f"no space left on device writing {target}") from None
         raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _discard(folder: Path, created: bool) -> None:
+    """Remove ``folder`` if this call created it and it is still empty (a failed first write)."""
+    if created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def check_results_dir(results_dir: str | os.PathLike, root: str | os.PathLike) -> None:
