@@ -27,7 +27,9 @@ from dinofeat.eval.davis import (
     write_label_png,
 )
 from dinofeat.eval.davis_metrics import score_sequence
-from dinofeat.eval.evaluation import stretch_labels
+from dinofeat.eval.evaluation import evaluate_davis_folder, stretch_labels, sweep_davis, sweep_segmenters
+from dinofeat.features.extractor import Extractor
+from dinofeat.options import DavisOptions
 
 FRAMES = 8
 SIZE_WH = (160, 112)
@@ -321,3 +323,14 @@ def test_results_on_a_full_disk_are_one_line_and_leave_nothing(small_disk, davis
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"no space left on device writing {results / 'moving'}" in err, err
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_the_library_job_scores_a_folder_and_sweeps_propagation_options(davis):
+    extractor = Extractor(smooth_vit(depth=2, layerscale=0.0), device="cpu", precision="fp32", resolution=56)
+    options = DavisOptions(sequences="moving")
+    report = evaluate_davis_folder(davis, extractor, options)
+    assert list(report.objects) == ["moving_1"]
+    sweep = sweep_davis(read_davis(davis, sequences=["moving"]), extractor, {"top_k": [5]})
+    assert sweep.runs[0].mean["J&F-Mean"] == pytest.approx(report.mean.jf)  # the same propagation
+    with pytest.raises(InputError, match="cannot sweep speed"):
+        sweep_segmenters({"speed": [1.0]})

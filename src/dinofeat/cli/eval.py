@@ -231,11 +231,11 @@ def _run_davis(args: argparse.Namespace) -> int:
         document, table = report.to_json(), report.format_table()
         mean = report.mean
         line = (
-            f"{len(report.sequences)} sequences, {len(report.objects)} objects, J&F {100 * mean.jf:.1f} "
-            f"(J {100 * mean.j.mean:.1f}, F {100 * mean.f.mean:.1f})"
+            f"{_count(len(report.sequences), 'sequence')}, {_count(len(report.objects), 'object')}, "
+            f"J&F {100 * mean.jf:.1f} (J {100 * mean.j.mean:.1f}, F {100 * mean.f.mean:.1f})"
         )
         if args.results_dir:
-            line += f", masks -> {args.results_dir}"
+            line += f", masks in {args.results_dir}"
     else:
         with progress_bar(args, "sweeping", "run") as bar:
             sweep = sweep_davis(sequences, extractor, grid, segment, progress=bar)
@@ -244,6 +244,10 @@ def _run_davis(args: argparse.Namespace) -> int:
     _write(args, document, table)
     summary(args, line + (f" -> {args.json}" if args.json else ""))
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _write(args: argparse.Namespace, document: dict, table: str) -> None:

@@ -349,7 +349,8 @@ class DavisReport:
         """One row per sequence (objects, frames, J&F, J and F means over its objects, in %), then
         the means over all objects with recall and decay."""
         mean = self.mean
-        label = f"mean ({len(self.sequences)} sequences, {len(self.objects)} objects)"
+        sequences, objects = len(self.sequences), len(self.objects)
+        label = f"mean ({sequences} sequence{'s' * (sequences != 1)}, {objects} object{'s' * (objects != 1)})"
         width = max(len("sequence"), len(label), *(len(result.name) for result in self.sequences))
         header = f"{'sequence':<{width}}  {'objects':>7}  {'frames':>6}  {'J&F':>6}  {'J':>6}  {'F':>6}"
         lines = [header, "-" * len(header)]
