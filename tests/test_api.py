@@ -15,13 +15,15 @@ PUBLIC = {
     # features
     "Extractor", "FeatureMap", "FeatureSource", "FeatureCache", "load_image",
     # jobs
-    "ExtractJob", "MatchJob", "PCAJob", "TrackJob",
+    "ExtractJob", "MatchJob", "PCAJob", "TrackJob", "SegmentJob",
     # matching and search
     "match", "match_features", "Matches", "similarity", "locate", "refine_peaks",
     # PCA
     "FeaturePCA", "fit_pca", "pca_images",
     # tracking
     "PointTracker", "track_video", "track_frames", "Tracks",
+    # segmentation
+    "VideoSegmenter", "propagate_labels", "mask_from_clicks", "SegmentOptions",
     # drawing
     "draw_points", "draw_matches", "draw_heatmap", "draw_tracks", "TrailAnnotator",
     # video

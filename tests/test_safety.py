@@ -299,6 +299,7 @@ BASE = {
     "pca": ["pca", "{a}", "-o", "{dir}/o.png", "--save-pca", "{dir}/o.npz"],
     "pca-video": ["pca", "{video}", "-o", "{dir}/o.mp4"],
     "track": ["track", "{video}", "--point", "9,9", "-o", "{dir}/o.mp4", "--json", "{dir}/o.json"],
+    "segment": ["segment", "{video}", "--point", "0,9,9", "-o", "{dir}/o.mp4", "--json", "{dir}/o.json"],
     "app": ["app"],
 }
 MODEL_OPTIONS = [
@@ -318,6 +319,12 @@ OUT_OF_RANGE = [
     *[("extract", flag, value) for flag, value in MODEL_OPTIONS],
     *[(command, "--resolution", ["0"]) for command in ("match", "pca", "pca-video", "track", "app")],
     *[(command, "--batch-size", ["-2"]) for command in ("match", "pca", "track", "app")],
+    ("segment", "--resolution", ["0"]),
+    ("segment", "--context-frames", ["-1"]),
+    ("segment", "--top-k", ["0"]),
+    ("segment", "--radius", ["-1"]),
+    ("segment", "--temperature", ["0"]),
+    ("segment", "--click-threshold", ["1.5"]),
     ("match", "--grid", ["0"]),
     ("match", "--grid", ["100000"]),  # 10^10 points: a crash, not a grid
     ("match", "--auto", ["0"]),
@@ -694,7 +701,7 @@ def _interrupt_at_block(monkeypatch, block: int, then=None):
     monkeypatch.setattr(TqdmProgress, "__call__", call)
 
 
-@pytest.mark.parametrize("command", ["extract", "match", "pca", "track"])
+@pytest.mark.parametrize("command", ["extract", "match", "pca", "track", "segment"])
 def test_an_interrupt_between_blocks_exits_130_and_writes_nothing(
     tmp_path, files, model_args, capsys, monkeypatch, forward_thread, command
 ):
@@ -705,6 +712,7 @@ def test_an_interrupt_between_blocks_exits_130_and_writes_nothing(
         "match": ["match", a, b, "-o", f"{tmp_path}/m.png", "--json", f"{tmp_path}/m.json"],
         "pca": ["pca", a, b, "-o", f"{tmp_path}/p.png", "--save-pca", f"{tmp_path}/p.npz"],
         "track": ["track", video, "--point", "9,9", "-o", f"{tmp_path}/t.mp4", "--csv", f"{tmp_path}/t.csv"],
+        "segment": ["segment", video, "--point", "0,9,9", "-o", f"{tmp_path}/s.mp4", "--json", f"{tmp_path}/s.json"],
     }[command]
     before = _listing(tmp_path)
     assert main([*argv, *model_args]) == 130
@@ -789,6 +797,11 @@ def test_each_command_says_what_it_did_in_one_line(tmp_path, files, model_args, 
             ["track", video, "--point", "9,9", "--point", "30,30", "--json", f"{tmp_path}/t.json"],
             "err",
             rf"^dinofeat track: 2 points x 4 frames, visible \d+% -> {tmp_path}/t.json$",
+        ),
+        (
+            ["segment", video, "--point", "0,9,9", "--json", f"{tmp_path}/s.json"],
+            "err",
+            rf"^dinofeat segment: 4 frames, 1 object\(s\) \(mean area \d+ px\) -> {tmp_path}/s.json$",
         ),
     ]
     for argv, stream, line in runs:

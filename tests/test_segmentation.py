@@ -90,6 +90,33 @@ def test_propagation_does_not_depend_on_the_tile(tile):
     torch.testing.assert_close(propagate_labels(target, context, labels, radius=4, tile=tile), expected)
 
 
+def test_propagation_without_neighbourhood_takes_every_context_patch():
+    target = random_map((7, 9), seed=3)
+    context = [random_map((7, 9), seed=s) for s in range(3)]
+    labels = [random_labels((7, 9), 4, seed=s) for s in range(3)]
+    reference = dense_propagation(target, context, labels, 5, 100, 0.1)
+    torch.testing.assert_close(propagate_labels(target, context, labels, radius=None), reference, atol=1e-5, rtol=1e-4)
+
+
+def test_propagation_without_neighbourhood_accepts_other_grids():
+    """Photos of other sizes: the first image's patches are candidates for every patch of another."""
+    first = random_map((4, 6), seed=0)
+    labels = random_labels((4, 6), 3, seed=1)
+    target = FeatureMap(first.features[1:3, 2:5], (42, 28), (42, 28))  # a crop of the first: its own labels
+    soft = propagate_labels(target, [first], [labels], radius=None, top_k=1)
+    torch.testing.assert_close(soft, labels[1:3, 2:5])
+
+
+def test_rescaled_reading_stretches_each_label_over_the_image():
+    """The reference's norm_mask: a label whose values are all small still wins where it peaks."""
+    fmap = random_map((1, 3))
+    soft = torch.tensor([[[0.9, 0.1], [0.8, 0.3], [0.9, 0.1]]])
+    plain, _ = patch_labels_to_mask(soft, fmap)
+    stretched, confidence = patch_labels_to_mask(soft, fmap, rescale=True)
+    assert (plain == 0).all()
+    assert stretched[0, 21] == 1 and stretched[0, 0] == 0 and confidence[0, 21] == pytest.approx(0.3, abs=0.01)
+
+
 def test_propagation_refuses_context_on_another_grid():
     target = random_map((4, 4))
     with pytest.raises(InputError, match="grid"):

@@ -33,6 +33,7 @@ _LAZY = {
     "MatchJob": "jobs.match",
     "PCAJob": "jobs.pca",
     "TrackJob": "jobs.track",
+    "SegmentJob": "jobs.segment",
     # matching and the exact search
     "match": "matching",
     "match_features": "matching",
@@ -49,6 +50,10 @@ _LAZY = {
     "track_video": "tracking",
     "track_frames": "tracking",
     "Tracks": "tracks",
+    # segmentation: masks from a mask or clicks, by label propagation
+    "VideoSegmenter": "segmentation",
+    "propagate_labels": "segmentation",
+    "mask_from_clicks": "segmentation",
     # drawing (pure functions: images in, image out)
     "draw_points": "drawing",
     "draw_matches": "drawing",
@@ -74,6 +79,7 @@ _LAZY = {
     "FrameOptions": "options",
     "TrailOptions": "options",
     "DatasetOptions": "options",
+    "SegmentOptions": "options",
     # errors
     "DinofeatError": "errors",
     "InputError": "errors",

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from dinofeat.io.images import load_image
+from dinofeat.io.masks import DAVIS_PALETTE
 
 
 def as_image(image) -> np.ndarray:
@@ -474,3 +475,78 @@ class TrailAnnotator:
         trail_xy = np.stack([xy for xy, _ in self._recent])
         trail_visible = np.stack([v for _, v in self._recent])
         return draw_tracks(frame, trail_xy, trail_visible, self.colors)
+
+
+# -- Segmentation --------------------------------------------------------------------------------
+
+#: Opacity of each label's colour over the image in :func:`draw_segmentation`.
+SEGMENT_ALPHA = 0.5
+
+
+def draw_segmentation(image, labels: np.ndarray, *, alpha: float = SEGMENT_ALPHA, legend: bool = True) -> np.ndarray:
+    """``image`` with each object label's colour blended in, its contour drawn, and a legend.
+
+    Args:
+        image: ``(H, W, 3) uint8`` RGB (or anything :func:`as_image` takes).
+        labels: ``(H, W)`` uint8 labels (0 background, drawn as it is; 255 void, not drawn).
+        alpha: opacity of the label colours (:data:`SEGMENT_ALPHA`).
+        legend: a swatch and the number of every label present, top-left.
+
+    Colours are the DAVIS palette's (:data:`~dinofeat.io.masks.DAVIS_PALETTE`), as in the mask PNGs.
+
+    >>> out = draw_segmentation(np.zeros((20, 20, 3), np.uint8), np.pad(np.ones((10, 10), np.uint8), 5), legend=False)
+    >>> out[10, 10].tolist(), out[0, 0].tolist()
+    ([64, 0, 0], [0, 0, 0])
+    """
+    rgb = np.ascontiguousarray(as_image(image)[..., :3])
+    if labels.shape != rgb.shape[:2]:
+        raise ValueError(f"labels {labels.shape} do not fit the image {rgb.shape[:2]}")
+    present = [int(v) for v in np.unique(labels) if 0 < v < 255]
+    out = rgb.astype(np.float32)
+    for label in present:
+        where = labels == label
+        out[where] = (1 - alpha) * out[where] + alpha * DAVIS_PALETTE[label]
+    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    thickness = max(1, round(min(rgb.shape[:2]) / 300))
+    for label in present:
+        contours, _ = cv2.findContours((labels == label).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        color = tuple(int(c) for c in _bright(DAVIS_PALETTE[label]))
+        cv2.drawContours(out, contours, -1, color, thickness, cv2.LINE_AA)
+    return _draw_legend(out, present) if legend and present else out
+
+
+def _bright(color: np.ndarray) -> np.ndarray:
+    """A colour scaled up so its brightest channel is 255 (contours stand out on dark palette colours)."""
+    peak = int(color.max())
+    return color if peak == 0 else np.minimum(255, color.astype(np.int32) * 255 // peak).astype(np.uint8)
+
+
+def _draw_legend(image: np.ndarray, labels: list[int]) -> np.ndarray:
+    """In place on a canvas the caller owns: one row per label (its colour and number) on a dark
+    band in the top-left corner."""
+    h, w = image.shape[:2]
+    scale = max(0.3, min(h, w) / 600)
+    thickness = max(1, round(scale * 1.5))
+    (_, text_h), base = cv2.getTextSize("0", cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    row = text_h + base + 6
+    rows = labels[: max(1, (h - 4) // row)]
+    band_w = min(
+        w, row + max(cv2.getTextSize(str(v), cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] for v in rows) + 10
+    )
+    band_h = min(h, row * len(rows) + 4)
+    image[:band_h, :band_w] = (image[:band_h, :band_w].astype(np.float32) * 0.35).astype(np.uint8)
+    for i, label in enumerate(rows):
+        top = 2 + i * row
+        swatch = tuple(int(c) for c in _bright(DAVIS_PALETTE[label]))
+        cv2.rectangle(image, (3, top + 2), (row - 3, top + row - 4), swatch, -1)
+        cv2.putText(
+            image,
+            str(label),
+            (row + 2, top + text_h + 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            thickness,
+            cv2.LINE_AA,
+        )
+    return image

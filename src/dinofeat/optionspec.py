@@ -125,7 +125,7 @@ def check_field(name: str, value: Any, meta: Mapping[str, Any]) -> None:
 
 #: Flags of the command-line arguments that are no :class:`Options` field (or are spelt otherwise),
 #: by the name the library gives the value: outputs, the query points of ``match`` and ``track``.
-ARGUMENT_FLAGS = {"output": "-o", "points_xy": "--point", "queries_txy": "--query"}
+ARGUMENT_FLAGS = {"output": "-o", "points_xy": "--point", "queries_txy": "--query", "negatives_xy": "--negative"}
 
 
 def flag_of(name: str, meta: Mapping[str, Any] | None = None) -> str:

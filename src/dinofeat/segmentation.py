@@ -36,8 +36,7 @@ top-left pixel at ``(0, 0)``), as everywhere in dinofeat.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -70,7 +69,7 @@ LABEL_VOID = 255
 MAX_LABEL = 254
 #: Target patches per side of a tile in :func:`propagate_labels`: each tile is compared with its
 #: context region at once (one matrix product), so memory is ~ tile^2 x (tile + 2 radius)^2 x frames.
-PROPAGATION_TILE = 8
+PROPAGATION_TILE = 16
 #: Bound on the floats of one band of rows in :func:`patch_labels_to_mask` (memory stays small at any size).
 _BAND_FLOATS = 1 << 24
 
@@ -160,12 +159,17 @@ def mask_to_patch_labels(mask: np.ndarray, fmap: FeatureMap, num_labels: int) ->
     return shares.float()
 
 
-def patch_labels_to_mask(soft: torch.Tensor, fmap: FeatureMap) -> tuple[np.ndarray, np.ndarray]:
+def patch_labels_to_mask(
+    soft: torch.Tensor, fmap: FeatureMap, *, rescale: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """A mask at the original pixels from soft patch labels.
 
     Args:
         soft: ``(h, w, L)`` soft labels on ``fmap``'s grid.
         fmap: the feature map whose geometry places the grid.
+        rescale: before the argmax, stretch each label's values over the image to [0, 1] (its
+            minimum to 0, its maximum to 1; the reference's ``norm_mask``, which favours small
+            objects); the confidence stays the unstretched value of the chosen label.
 
     Returns:
         ``(labels, confidence)``: ``(H, W)`` uint8 labels (the argmax over the ``L`` labels of the
@@ -192,12 +196,24 @@ def patch_labels_to_mask(soft: torch.Tensor, fmap: FeatureMap) -> tuple[np.ndarr
     labels = np.empty((height, width), dtype=np.uint8)
     confidence = np.empty((height, width), dtype=np.float32)
     band = max(1, _BAND_FLOATS // max(1, width * soft.shape[2]))
-    for top in range(0, height, band):
-        part = torch.einsum("Hh,hwl->Hwl", weights_y[top : top + band], soft)
-        full = torch.einsum("Hwl,Ww->HWl", part, weights_x)
-        best, which = full.max(dim=-1)
+
+    def bands() -> Iterator[tuple[int, torch.Tensor]]:
+        for top in range(0, height, band):
+            part = torch.einsum("Hh,hwl->Hwl", weights_y[top : top + band], soft)
+            yield top, torch.einsum("Hwl,Ww->HWl", part, weights_x)
+
+    low, span = torch.zeros(soft.shape[2]), torch.ones(soft.shape[2])
+    if rescale:  # a first pass for each label's range over the image
+        ranges = [(full.amin(dim=(0, 1)), full.amax(dim=(0, 1))) for _, full in bands()]
+        low = torch.stack([r[0] for r in ranges]).amin(0)
+        high = torch.stack([r[1] for r in ranges]).amax(0)
+        stretch = high > 0  # the reference leaves a label that is zero everywhere as it is
+        low = torch.where(stretch, low, 0.0)
+        span = torch.where(stretch & (high > low), high - low, 1.0)
+    for top, full in bands():
+        which = ((full - low) / span).argmax(dim=-1)
         labels[top : top + band] = which.numpy().astype(np.uint8)
-        confidence[top : top + band] = best.numpy()
+        confidence[top : top + band] = full.gather(-1, which[..., None])[..., 0].numpy()
     return labels, confidence
 
 
@@ -211,7 +227,7 @@ def propagate_labels(
     context_labels: Sequence[torch.Tensor],
     *,
     top_k: int = DEFAULT_TOP_K,
-    radius: int = DEFAULT_RADIUS_PATCHES,
+    radius: int | None = DEFAULT_RADIUS_PATCHES,
     temperature: float = DEFAULT_TEMPERATURE,
     tile: int = PROPAGATION_TILE,
 ) -> torch.Tensor:
@@ -219,12 +235,16 @@ def propagate_labels(
 
     Args:
         target: the feature map to label, grid ``(h, w)``.
-        context: feature maps with known labels, all on the target's grid.
-        context_labels: their soft labels, each ``(h, w, L)`` (one-hot rows for a plain mask).
+        context: feature maps with known labels, all on the target's grid (any grids with
+            ``radius=None``).
+        context_labels: their soft labels, each ``(h, w, L)`` on its map's grid (one-hot rows for a
+            plain mask).
         top_k: each target patch takes the labels of its ``top_k`` most similar context patches,
             chosen jointly over all context frames.
         radius: only context patches within ``radius`` patches in rows *and* columns of the target
-            patch are candidates (the reference's square neighbourhood).
+            patch are candidates (the reference's square neighbourhood; its ``0`` means "no
+            neighbourhood", here ``None`` does: every context patch is a candidate, as for photos
+            of the same object, which are not aligned).
         temperature: the chosen patches weigh ``exp(cos / temperature)``, normalised to sum to 1.
         tile: target patches are handled in tiles of ``tile x tile``, each against its context
             region (one matrix product): memory ~ ``tile^2 (tile + 2 radius)^2 len(context)``.
@@ -239,25 +259,71 @@ def propagate_labels(
     >>> torch.equal(propagate_labels(fmap, [fmap], [labels], top_k=1).argmax(-1), labels.argmax(-1))
     True
     """
-    grid_h, grid_w = target.grid_hw
-    context_features, labels = _checked_context(target, context, context_labels)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise InputError(f"{field('top_k', top_k)} must be a positive integer")
-    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+    if radius is not None and (isinstance(radius, bool) or not isinstance(radius, int) or radius < 0):
         raise InputError(f"{field('radius', radius)} must be a non-negative integer")
     if not temperature > 0:
         raise InputError(f"{field('temperature', temperature)} must be a positive number")
-    device = target.features.device
+    if radius is None:
+        return _propagate_globally(target, context, context_labels, top_k, temperature, tile)
+    context_features, labels = _checked_context(target, context, context_labels)
     queries = F.normalize(target.features.float(), dim=-1)
-    keys = F.normalize(context_features.to(device), dim=-1)  # (n, h, w, C)
-    labels = labels.to(device)  # (n, h, w, L)
-    out = torch.empty(grid_h, grid_w, labels.shape[-1], device=device)
+    keys = F.normalize(context_features, dim=-1)  # (n, h, w, C)
+    return _propagate_window(queries, keys, labels, top_k, radius, temperature, tile)
+
+
+def _propagate_window(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    labels: torch.Tensor,
+    top_k: int,
+    radius: int,
+    temperature: float,
+    tile: int = PROPAGATION_TILE,
+) -> torch.Tensor:
+    """:func:`propagate_labels` on checked tensors: ``queries`` ``(h, w, C)`` and ``keys``
+    ``(n, h, w, C)`` L2-normalised, ``labels`` ``(n, h, w, L)``, all on one device."""
+    grid_h, grid_w = queries.shape[:2]
+    out = torch.empty(grid_h, grid_w, labels.shape[-1], device=queries.device)
     for top in range(0, grid_h, tile):
         for left in range(0, grid_w, tile):
             rows = slice(top, min(top + tile, grid_h))
             cols = slice(left, min(left + tile, grid_w))
             out[rows, cols] = _propagate_tile(queries, keys, labels, rows, cols, top_k, radius, temperature)
     return out
+
+
+def _propagate_globally(
+    target: FeatureMap,
+    context: Sequence[FeatureMap],
+    context_labels: Sequence[torch.Tensor],
+    top_k: int,
+    temperature: float,
+    tile: int,
+) -> torch.Tensor:
+    """:func:`propagate_labels` with every context patch a candidate (the context maps' grids may
+    differ): tiles of target patches against all context patches, memory ~ tile^2 x context patches."""
+    if len(context) == 0 or len(context) != len(context_labels):
+        raise InputError(
+            f"need one label map per context frame and at least one, got {len(context)} and {len(context_labels)}"
+        )
+    device = target.features.device
+    for fmap, labels in zip(context, context_labels, strict=True):
+        if fmap.dim != target.dim or labels.ndim != 3 or tuple(labels.shape[:2]) != fmap.grid_hw:
+            raise InputError(f"context labels of shape {tuple(labels.shape)} do not fit their grid {fmap.grid_hw}")
+        if labels.shape[2] != context_labels[0].shape[2]:
+            raise InputError("context label maps have different numbers of labels")
+    keys = torch.cat([F.normalize(f.features.float().reshape(-1, f.dim), dim=-1).to(device) for f in context])
+    labels = torch.cat([lab.float().reshape(-1, lab.shape[-1]).to(device) for lab in context_labels])  # (nP, L)
+    queries = F.normalize(target.features.float(), dim=-1).reshape(-1, target.dim)
+    out = torch.empty(queries.shape[0], labels.shape[-1], device=device)
+    for start in range(0, queries.shape[0], tile * tile):
+        cosine = queries[start : start + tile * tile] @ keys.T  # (T, nP)
+        best, index = cosine.topk(min(top_k, cosine.shape[1]), dim=1)
+        weights = torch.softmax(best / temperature, dim=1)
+        out[start : start + tile * tile] = torch.einsum("tk,tkl->tl", weights, labels[index])
+    return out.reshape(*target.grid_hw, -1)
 
 
 def _checked_context(
@@ -290,35 +356,45 @@ def _propagate_tile(
     radius: int,
     temperature: float,
 ) -> torch.Tensor:
-    """Soft labels ``(rows, cols, L)`` of one tile of target patches from its context region."""
+    """Soft labels ``(rows, cols, L)`` of one tile of target patches from its context region.
+
+    The joint top-k over all context frames is the top-k of each frame's own top-k (a patch among
+    the k best of all frames is among the k best of its frame), so no ``(T, n R)`` copy is made."""
     grid_h, grid_w = queries.shape[:2]
     region_rows = slice(max(rows.start - radius, 0), min(rows.stop + radius, grid_h))
     region_cols = slice(max(cols.start - radius, 0), min(cols.stop + radius, grid_w))
     count, dim = keys.shape[0], keys.shape[-1]
     tile = queries[rows, cols].reshape(-1, dim)  # (T, C)
     region = keys[:, region_rows, region_cols].reshape(count, -1, dim)  # (n, R, C)
-    cosine = torch.matmul(region, tile.T).permute(2, 0, 1)  # (T, n, R)
-    near = _within(rows, cols, region_rows, region_cols, radius, queries.device)  # (T, R)
-    cosine = cosine.masked_fill(~near[:, None, :], float("-inf")).reshape(tile.shape[0], -1)
-    best, index = cosine.topk(min(top_k, cosine.shape[1]), dim=1)  # (T, k)
+    cosine = torch.matmul(region, tile.T).transpose(1, 2)  # (n, T, R)
+    outside = _outside(rows, cols, region_rows, region_cols, radius, queries.device)  # (T, R)
+    cosine = cosine.masked_fill(outside, float("-inf"))
+    k = min(top_k, cosine.shape[2])
+    each_best, each_index = cosine.topk(k, dim=2)  # (n, T, k): every frame's own best
+    each_index = each_index + torch.arange(count, device=queries.device)[:, None, None] * cosine.shape[2]
+    candidates = each_best.permute(1, 0, 2).reshape(tile.shape[0], -1)  # (T, n k)
+    best, which = candidates.topk(min(top_k, candidates.shape[1]), dim=1)  # (T, k)
+    index = each_index.permute(1, 0, 2).reshape(tile.shape[0], -1).gather(1, which)  # into (n R)
     weights = torch.softmax(best / temperature, dim=1)  # exp(cos / t) normalised; -inf weighs 0
     region_labels = labels[:, region_rows, region_cols].reshape(-1, labels.shape[-1])  # (n R, L)
     soft = torch.einsum("tk,tkl->tl", weights, region_labels[index])
     return soft.reshape(rows.stop - rows.start, cols.stop - cols.start, -1)
 
 
-def _within(
+def _outside(
     rows: slice, cols: slice, region_rows: slice, region_cols: slice, radius: int, device: torch.device
 ) -> torch.Tensor:
-    """``(T, R)`` bool: which region patches lie within ``radius`` rows and columns of each tile patch."""
+    """``(T, R)`` bool: which region patches lie more than ``radius`` rows or columns from each tile
+    patch (separable: one test per axis, then their outer combination)."""
 
-    def positions(r: slice, c: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        i, j = torch.meshgrid(torch.arange(r.start, r.stop), torch.arange(c.start, c.stop), indexing="ij")
-        return i.reshape(-1).to(device), j.reshape(-1).to(device)
+    def far(inner: slice, outer: slice) -> torch.Tensor:
+        a = torch.arange(inner.start, inner.stop, device=device)
+        b = torch.arange(outer.start, outer.stop, device=device)
+        return (a[:, None] - b[None]).abs() > radius  # (inner, outer)
 
-    ti, tj = positions(rows, cols)
-    ri, rj = positions(region_rows, region_cols)
-    return ((ti[:, None] - ri[None]).abs() <= radius) & ((tj[:, None] - rj[None]).abs() <= radius)
+    far_rows, far_cols = far(rows, region_rows), far(cols, region_cols)
+    outside = far_rows[:, None, :, None] | far_cols[None, :, None, :]  # (tr, tc, Rr, Rc)
+    return outside.reshape(far_rows.shape[0] * far_cols.shape[0], -1)
 
 
 class VideoSegmenter:
@@ -356,34 +432,46 @@ class VideoSegmenter:
             options = options.replace(**overrides)
         self.options = options
         _checked_context(first, [first], [first_labels])
-        self._first = (first.normalized(), first_labels.float())
-        self._recent: deque[tuple[FeatureMap, torch.Tensor]] = deque(maxlen=options.context_frames)
+        slots = 1 + options.context_frames  # the first frame, then a ring of the recent ones
+        device = first.features.device
+        self._keys = torch.empty(slots, *first.grid_hw, first.dim, device=device)  # L2-normalised features
+        self._labels = torch.empty(slots, *first_labels.shape, device=device)
+        self._keys[0] = F.normalize(first.features.float(), dim=-1)
+        self._labels[0] = first_labels.float().to(device)
+        self._held = 1  # frames in the buffers
+        self._steps = 0
 
     @property
     def grid_hw(self) -> tuple[int, int]:
         """The patch grid every frame must have (the first frame's)."""
-        return self._first[0].grid_hw
+        return int(self._keys.shape[1]), int(self._keys.shape[2])
 
     @property
     def context_length(self) -> int:
         """How many frames the next :meth:`step` reads: the first and the recent ones held."""
-        return 1 + len(self._recent)
+        return self._held
 
     def step(self, fmap: FeatureMap) -> torch.Tensor:
         """Soft labels ``(h, w, L)`` of the next frame, from its feature map (on the first frame's grid)."""
-        if fmap.grid_hw != self.grid_hw:
+        if fmap.grid_hw != self.grid_hw or fmap.dim != self._keys.shape[-1]:
             raise InputError(f"frame grid {fmap.grid_hw} differs from the first frame's {self.grid_hw}")
-        frames = [self._first, *self._recent]
         options = self.options
-        soft = propagate_labels(
-            fmap,
-            [frame for frame, _ in frames],
-            [labels for _, labels in frames],
-            top_k=options.top_k,
-            radius=options.radius,
-            temperature=options.temperature,
+        queries = F.normalize(fmap.features.float().to(self._keys.device), dim=-1)
+        soft = _propagate_window(
+            queries,
+            self._keys[: self._held],
+            self._labels[: self._held],
+            options.top_k,
+            options.radius,
+            options.temperature,
         )
-        self._recent.append((fmap.normalized(), soft))
+        recent = self._keys.shape[0] - 1
+        if recent:  # the oldest recent frame gives way (the order of the context does not matter)
+            slot = 1 + self._steps % recent
+            self._keys[slot] = queries
+            self._labels[slot] = soft
+            self._held = min(self._held + 1, recent + 1)
+        self._steps += 1
         return soft
 
 

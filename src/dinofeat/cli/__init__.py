@@ -21,7 +21,7 @@ from dinofeat.errors import DinofeatError, FieldMessage, InputError, is_disk_ful
 from dinofeat.optionspec import flag_of
 
 # Each command is a module of this package with `add_parser(subparsers)` and `run(args) -> int`.
-COMMANDS = ("models", "extract", "match", "pca", "track", "app", "eval")
+COMMANDS = ("models", "extract", "match", "pca", "track", "segment", "app", "eval")
 
 
 class UsageError(InputError):
