@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -19,16 +18,11 @@ from PIL import Image
 from conftest import fill_disk, smooth_vit
 from dinofeat.cli import main
 from dinofeat.errors import InputError
-from dinofeat.eval.davis import (
-    davis_palette,
-    evaluate_davis,
-    read_davis,
-    read_label_png,
-    write_label_png,
-)
+from dinofeat.eval.davis import evaluate_davis, read_davis
 from dinofeat.eval.davis_metrics import score_sequence
-from dinofeat.eval.evaluation import evaluate_davis_folder, stretch_labels, sweep_davis, sweep_segmenters
+from dinofeat.eval.evaluation import evaluate_davis_folder, sweep_davis, sweep_segmenters
 from dinofeat.features.extractor import Extractor
+from dinofeat.io.masks import davis_palette, read_mask, save_mask
 from dinofeat.options import DavisOptions
 
 FRAMES = 8
@@ -64,7 +58,7 @@ def _write_sequence(root: Path, name: str, objects: list[dict], seed: int) -> No
                 labels[max(y - 1, 0) : y + oh + 1, max(x - 1, 0) : x + ow + 1] = 255
             labels[y : y + oh, x : x + ow] = label
         Image.fromarray(frame.astype(np.uint8)).save(root / "JPEGImages/480p" / name / f"{t:05d}.jpg", quality=95)
-        write_label_png(root / "Annotations/480p" / name / f"{t:05d}.png", labels)
+        save_mask(root / "Annotations/480p" / name / f"{t:05d}.png", labels)
 
 
 def make_davis(root: Path) -> Path:
@@ -155,14 +149,14 @@ def test_results_dir_holds_indexed_pngs_in_the_official_layout(evaluated, davis)
         with Image.open(results / name / "00003.png") as image:
             assert image.mode == "P" and image.size == SIZE_WH
             assert np.array_equal(np.asarray(image.getpalette()).reshape(-1, 3)[:4], davis_palette()[:4])
-        first = read_label_png(results / name / "00000.png")
-        assert np.array_equal(first, read_label_png(davis / "Annotations/480p" / name / "00000.png"))
+        first = read_mask(results / name / "00000.png")
+        assert np.array_equal(first, read_mask(davis / "Annotations/480p" / name / "00000.png"))
 
 
 def test_results_dir_scored_again_gives_the_json(evaluated, davis):
     document, results, _ = evaluated
     for sequence in read_davis(davis):
-        predicted = np.stack([read_label_png(results / sequence.name / f"{f.stem}.png") for f in sequence.frames])
+        predicted = np.stack([read_mask(results / sequence.name / f"{f.stem}.png") for f in sequence.frames])
         for k, score in enumerate(score_sequence(sequence.read_annotations(), predicted), start=1):
             stats = document["objects"][f"{sequence.name}_{k}"]
             assert stats["J"]["mean"] == pytest.approx(score.j.mean)
@@ -296,23 +290,6 @@ def test_a_segmenter_giving_too_few_masks_is_refused(davis):
     (sequence,) = read_davis(davis, sequences=["moving"])
     with pytest.raises(ValueError, match="expected 7"):
         evaluate_davis([sequence], lambda frames, first: [np.zeros(first.shape, np.uint8)])
-
-
-def test_label_pngs_round_trip_in_the_davis_palette(tmp_path):
-    labels = np.array([[0, 1, 2], [3, 255, 0]], np.uint8)
-    write_label_png(tmp_path / "m.png", labels)
-    assert np.array_equal(read_label_png(tmp_path / "m.png"), labels)
-    palette = davis_palette()
-    assert palette[1].tolist() == [128, 0, 0] and palette[255].tolist() == [224, 224, 192]
-
-
-def test_stretch_labels_rescales_each_present_label_over_the_frame():
-    soft = torch.tensor([[[0.8, 0.2, 0.0], [0.6, 0.4, 0.0]], [[0.7, 0.3, 0.0], [0.9, 0.1, 0.0]]])
-    stretched = stretch_labels(soft)
-    assert torch.allclose(stretched[..., 0].amin(), torch.tensor(0.0))
-    assert torch.allclose(stretched[..., 1].amax(), torch.tensor(1.0))
-    assert torch.equal(stretched[..., 2], soft[..., 2])  # absent label: untouched
-    assert not math.isnan(float(stretched.sum()))
 
 
 def test_results_on_a_full_disk_are_one_line_and_leave_nothing(small_disk, davis, model_args, capsys):

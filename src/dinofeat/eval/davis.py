@@ -39,6 +39,7 @@ from PIL import Image
 from dinofeat.errors import DiskFullError, InputError, field, is_disk_full
 from dinofeat.eval.davis_metrics import VOID_LABEL, MeanScores, ObjectScore, mean_scores, score_sequence
 from dinofeat.eval.sweeps import percent
+from dinofeat.io.masks import read_mask, save_mask
 from dinofeat.io.outputs import ensure_folder
 from dinofeat.runtime.progress import Progress, report
 
@@ -88,7 +89,7 @@ class DavisSequence:
 
     def read_annotation(self, index: int) -> np.ndarray:
         """Frame ``index``'s annotation, ``(H, W) uint8`` labels (palette indices of the PNG)."""
-        return read_label_png(self.annotations[index])
+        return read_mask(self.annotations[index]).astype(np.uint8)  # 8-bit: read_davis checked the modes
 
     def read_annotations(self) -> np.ndarray:
         """Every annotation, ``(T, H, W) uint8``."""
@@ -189,40 +190,6 @@ def _read_rgb(path: Path) -> np.ndarray:
         raise InputError(f"cannot read {path}: {err}") from None
 
 
-def read_label_png(path: str | os.PathLike) -> np.ndarray:
-    """An indexed (palette) or grayscale PNG as ``(H, W) uint8`` labels (the palette indices)."""
-    try:
-        with Image.open(path) as image:
-            if image.mode not in LABEL_MODES:
-                raise InputError(_not_labels(path, image.mode))
-            return np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"cannot read {path}: {err}") from None
-
-
-# -- results in the official layout -------------------------------------------------------------
-def davis_palette() -> np.ndarray:
-    """The ``(256, 3) uint8`` palette of DAVIS annotations (PASCAL VOC's: label bits spread over
-    the high bits of R, G, B; 1 is dark red, 2 dark green, 255 near white).
-
-    >>> davis_palette()[:3].tolist()
-    [[0, 0, 0], [128, 0, 0], [0, 128, 0]]
-    """
-    labels = np.arange(256)
-    palette = np.zeros((256, 3), np.int64)
-    for bit in range(8):
-        for channel in range(3):
-            palette[:, channel] |= ((labels >> (3 * bit + channel)) & 1) << (7 - bit)
-    return palette.astype(np.uint8)
-
-
-def write_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
-    """Write ``(H, W) uint8`` labels as an indexed PNG in the DAVIS palette."""
-    image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="P")
-    image.putpalette(davis_palette().ravel().tolist())
-    image.save(path, format="PNG")
-
-
 def write_results(results_dir: str | os.PathLike, sequence: DavisSequence, masks: np.ndarray) -> Path:
     """Write one sequence's masks ``(T, H, W) uint8`` as ``<results_dir>/<name>/<frame stem>.png``
     (``results_dir`` is made if needed).
@@ -242,7 +209,7 @@ def write_results(results_dir: str | os.PathLike, sequence: DavisSequence, masks
         raise
     try:
         for frame, labels in zip(sequence.frames, masks):
-            write_label_png(staging / f"{frame.stem}.png", labels)
+            save_mask(staging / f"{frame.stem}.png", labels)
         staging.chmod(0o777 & ~_umask())
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{sequence.name}.old.", dir=results_dir))

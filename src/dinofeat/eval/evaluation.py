@@ -19,7 +19,6 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from dinofeat.errors import InputError
 from dinofeat.eval.davis import DavisReport, DavisSequence, SegmentFn, evaluate_davis, read_davis, segment_sequence
@@ -216,7 +215,7 @@ def segmenter_fn(extractor: FeatureSource, options: SegmentOptions | None = None
     :class:`~dinofeat.segmentation.VideoSegmenter` (the first frame and the last
     ``options.context_frames`` frames), and become a mask at the frame's pixels
     (:func:`~dinofeat.segmentation.patch_labels_to_mask`) after each label's soft map is rescaled to
-    ``[0, 1]`` over the frame, as the reference protocol does before its argmax (:func:`stretch_labels`;
+    ``[0, 1]`` over the frame, as the reference protocol does before its argmax (``rescale=True``;
     the segmenter keeps the soft labels as they are). Frames go through the model in batches of
     ``extractor.batch_size``.
     """
@@ -230,27 +229,10 @@ def segmenter_fn(extractor: FeatureSource, options: SegmentOptions | None = None
                 if segmenter is None:
                     segmenter = VideoSegmenter(fmap, mask_to_patch_labels(first_mask, fmap, num_labels), options)
                     continue
-                mask, _ = patch_labels_to_mask(stretch_labels(segmenter.step(fmap)), fmap)
+                mask, _ = patch_labels_to_mask(segmenter.step(fmap), fmap, rescale=True)
                 yield mask
 
     return segment
-
-
-def stretch_labels(soft: torch.Tensor) -> torch.Tensor:
-    """Each label's soft map ``(h, w, L)`` rescaled to ``[0, 1]`` over the frame (min to 0, max to 1),
-    for labels present somewhere (max above 0) and not constant; the others are left as they are.
-
-    The reference (``norm_mask`` in facebookresearch/dino's ``eval_video_segmentation.py``) does this
-    on the upsampled maps before the argmax; bilinear upsampling is a convex combination that
-    reaches every grid value, so doing it on the grid is the same.
-
-    >>> stretch_labels(torch.tensor([[[0.9, 0.1], [0.7, 0.3]]]))[0].tolist()
-    [[1.0, 0.0], [0.0, 1.0]]
-    """
-    low = soft.amin(dim=(0, 1), keepdim=True)
-    high = soft.amax(dim=(0, 1), keepdim=True)
-    stretch = (high > 0) & (high > low)
-    return torch.where(stretch, (soft - low) / torch.where(stretch, high - low, 1.0), soft)
 
 
 def _batches(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
