@@ -190,6 +190,7 @@ def _read_rgb(path: Path) -> np.ndarray:
         raise InputError(f"cannot read {path}: {err}") from None
 
 
+# -- results in the official layout -------------------------------------------------------------
 def write_results(results_dir: str | os.PathLike, sequence: DavisSequence, masks: np.ndarray) -> Path:
     """Write one sequence's masks ``(T, H, W) uint8`` as ``<results_dir>/<name>/<frame stem>.png``
     (``results_dir`` is made if needed).
