@@ -98,3 +98,21 @@ def test_trail_annotator_keeps_the_last_positions_only():
     assert out[20, 70].any() and not out[20, 30].any()  # the 50 -> 90 segment, not the 10 -> 50 one
     with pytest.raises(ValueError):
         TrailAnnotator(1, length=-1)
+
+
+def test_segmentation_overlay_blends_outlines_and_labels_each_object():
+    from dinofeat.drawing import draw_segmentation
+    from dinofeat.io.masks import DAVIS_PALETTE
+
+    image = np.full((120, 160, 3), 200, np.uint8)
+    labels = np.zeros((120, 160), np.uint8)
+    labels[40:100, 60:120] = 1
+    labels[10:30, 130:150] = 2
+    labels[100:110, 10:20] = 255  # void: not drawn
+    out = draw_segmentation(image, labels)
+    inside = out[70, 90].astype(int)
+    assert np.abs(inside - (0.5 * 200 + 0.5 * DAVIS_PALETTE[1])).max() <= 1  # blended
+    assert not np.array_equal(out[40, 90], out[70, 90])  # the contour differs from the fill
+    assert np.array_equal(out[105, 15], image[105, 15]) and np.array_equal(out[60, 30], image[60, 30])
+    assert out[:12, :12].mean() < 150  # the legend's dark band, top-left
+    assert np.array_equal(image, np.full((120, 160, 3), 200, np.uint8))  # the input is untouched

@@ -71,7 +71,7 @@ MAX_LABEL = 254
 #: context region at once (one matrix product), so memory is ~ tile^2 x (tile + 2 radius)^2 x frames.
 PROPAGATION_TILE = 16
 #: Bound on the floats of one band of rows in :func:`patch_labels_to_mask` (memory stays small at any size).
-_BAND_FLOATS = 1 << 24
+_BAND_FLOATS = 1 << 22
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,12 +285,25 @@ def _propagate_window(
     """:func:`propagate_labels` on checked tensors: ``queries`` ``(h, w, C)`` and ``keys``
     ``(n, h, w, C)`` L2-normalised, ``labels`` ``(n, h, w, L)``, all on one device."""
     grid_h, grid_w = queries.shape[:2]
+    count, dim = keys.shape[0], keys.shape[-1]
     out = torch.empty(grid_h, grid_w, labels.shape[-1], device=queries.device)
-    for top in range(0, grid_h, tile):
-        for left in range(0, grid_w, tile):
+    for left in range(0, grid_w, tile):
+        cols = slice(left, min(left + tile, grid_w))
+        region_cols = slice(max(left - radius, 0), min(cols.stop + radius, grid_w))
+        # one copy per column of tiles; each tile's region is then a view of whole rows of it
+        key_columns = keys[:, :, region_cols].contiguous()  # (n, h, c, C)
+        label_columns = labels[:, :, region_cols].contiguous()  # (n, h, c, L)
+        for top in range(0, grid_h, tile):
             rows = slice(top, min(top + tile, grid_h))
-            cols = slice(left, min(left + tile, grid_w))
-            out[rows, cols] = _propagate_tile(queries, keys, labels, rows, cols, top_k, radius, temperature)
+            region_rows = slice(max(top - radius, 0), min(rows.stop + radius, grid_h))
+            out[rows, cols] = _propagate_tile(
+                queries[rows, cols].reshape(-1, dim),
+                key_columns[:, region_rows].reshape(count, -1, dim),
+                label_columns[:, region_rows].reshape(-1, labels.shape[-1]),
+                _outside(rows, cols, region_rows, region_cols, radius, queries.device),
+                top_k,
+                temperature,
+            ).reshape(rows.stop - rows.start, cols.stop - cols.start, -1)
     return out
 
 
@@ -347,38 +360,29 @@ def _checked_context(
 
 
 def _propagate_tile(
-    queries: torch.Tensor,
-    keys: torch.Tensor,
-    labels: torch.Tensor,
-    rows: slice,
-    cols: slice,
+    tile: torch.Tensor,
+    region: torch.Tensor,
+    region_labels: torch.Tensor,
+    outside: torch.Tensor,
     top_k: int,
-    radius: int,
     temperature: float,
 ) -> torch.Tensor:
-    """Soft labels ``(rows, cols, L)`` of one tile of target patches from its context region.
+    """Soft labels ``(T, L)`` of a tile's target patches ``(T, C)`` from their context region
+    ``(n, R, C)`` with labels ``(n R, L)``; ``outside`` ``(T, R)`` marks region patches beyond the
+    neighbourhood of each target patch.
 
     The joint top-k over all context frames is the top-k of each frame's own top-k (a patch among
     the k best of all frames is among the k best of its frame), so no ``(T, n R)`` copy is made."""
-    grid_h, grid_w = queries.shape[:2]
-    region_rows = slice(max(rows.start - radius, 0), min(rows.stop + radius, grid_h))
-    region_cols = slice(max(cols.start - radius, 0), min(cols.stop + radius, grid_w))
-    count, dim = keys.shape[0], keys.shape[-1]
-    tile = queries[rows, cols].reshape(-1, dim)  # (T, C)
-    region = keys[:, region_rows, region_cols].reshape(count, -1, dim)  # (n, R, C)
+    count, size = region.shape[0], region.shape[1]
     cosine = torch.matmul(region, tile.T).transpose(1, 2)  # (n, T, R)
-    outside = _outside(rows, cols, region_rows, region_cols, radius, queries.device)  # (T, R)
     cosine = cosine.masked_fill(outside, float("-inf"))
-    k = min(top_k, cosine.shape[2])
-    each_best, each_index = cosine.topk(k, dim=2)  # (n, T, k): every frame's own best
-    each_index = each_index + torch.arange(count, device=queries.device)[:, None, None] * cosine.shape[2]
+    each_best, each_index = cosine.topk(min(top_k, size), dim=2)  # (n, T, k): every frame's own best
+    each_index = each_index + torch.arange(count, device=tile.device)[:, None, None] * size
     candidates = each_best.permute(1, 0, 2).reshape(tile.shape[0], -1)  # (T, n k)
     best, which = candidates.topk(min(top_k, candidates.shape[1]), dim=1)  # (T, k)
     index = each_index.permute(1, 0, 2).reshape(tile.shape[0], -1).gather(1, which)  # into (n R)
     weights = torch.softmax(best / temperature, dim=1)  # exp(cos / t) normalised; -inf weighs 0
-    region_labels = labels[:, region_rows, region_cols].reshape(-1, labels.shape[-1])  # (n R, L)
-    soft = torch.einsum("tk,tkl->tl", weights, region_labels[index])
-    return soft.reshape(rows.stop - rows.start, cols.stop - cols.start, -1)
+    return torch.einsum("tk,tkl->tl", weights, region_labels[index])
 
 
 def _outside(

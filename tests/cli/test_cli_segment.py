@@ -103,6 +103,8 @@ def test_video_clicks_start_at_their_frame(tmp_path, scene, model_args):
         ([], "no first mask"),
         (["--mask", "{first}", "NO_OUTPUTS"], "nothing to write"),
         (["--mask", "{first}", "-o", "{dir}/o.png"], ".mp4"),
+        (["--mask", "{first}", "-o", "{video}"], "is the input"),
+        (["IMAGE", "--point", "10,10", "--masks-dir", "{scene}"], "is the input"),  # {scene}/view0.png
         (["--mask", "{first}", "--top-k", "0"], "--top-k"),
         (["--mask", "{first}", "--temperature", "0"], "--temperature"),
     ],
@@ -119,9 +121,11 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, scene, model_arg
         elif item == "NO_OUTPUTS":
             outputs = []
         else:
-            argv.append(item.replace("{dir}", str(tmp_path)).replace("{first}", str(folder / "first.png")))
+            for name, path in (("{dir}", tmp_path), ("{first}", folder / "first.png"), ("{scene}", folder)):
+                item = item.replace(name, str(path))
+            argv.append(item.replace("{video}", source))
     before = _files(tmp_path)
-    rc = main(["segment", source, *argv, *outputs, *model_args])
+    rc = main(["segment", source, *outputs, *argv, *model_args])  # a flag in argv overrides the default outputs
     err = capsys.readouterr().err
     assert rc == 2
     assert message in err and len(err.strip().splitlines()) == 1, err

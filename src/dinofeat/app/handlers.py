@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from dinofeat.app.session import MAX_POINTS
+from dinofeat.dataset.listing import VIDEO_SUFFIXES
 from dinofeat.drawing import draw_points
 from dinofeat.errors import DinofeatError, InputError
 from dinofeat.optionspec import flag_of
@@ -330,3 +331,76 @@ def track_run(session, view, queries, radius, min_score, trail, resolution, prog
         progress=progress,
     )
     return (str(out.video_path), [str(out.video_path), str(out.json_path), str(out.csv_path)], out.data, out.summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment tab. State: the input ({"path", "video": VideoView or None}), the clean frame on show,
+# the clicks [[x, y, label], ...] (label 0: background).
+
+#: Object labels the page's chooser offers (the command line takes up to 254).
+SEGMENT_LABELS = 9
+#: The "a click adds" choices: on an object (the chosen label) or on the background.
+SEGMENT_CLICK_KINDS = ("object", "background")
+
+
+def segment_panel(session, frame, clicks, resolution) -> np.ndarray:
+    """The click panel: the frame with the mask of its clicks over it, and the clicks marked."""
+    shown = session.segment_preview(frame, clicks, resolution=resolution)
+    return click_panel(shown, [c[:2] for c in clicks])
+
+
+@messages
+def segment_open(session, path) -> tuple:
+    """An image or a video uploaded: the image (a video's first frame) to click on, a status line.
+    Outputs: input state, clean frame, clicks, shown frame, clicks JSON, summary."""
+    if path is None or str(path) == "":
+        raise InputError("no file: upload an image or a video")
+    name = Path(path).name
+    if Path(path).suffix.lower() in VIDEO_SUFFIXES:
+        view = session.open_video(path)
+        if view.notice:
+            require_gradio().Warning(view.notice)
+        frame = session.video_frame(view.path, 0)
+        text = (
+            f"{name}: {view.frames} frames, {view.size_wh[0]}x{view.size_wh[1]}. Click the object on the first frame."
+        )
+    else:
+        view = None
+        frame = session.load_image(path)
+        text = f"{name}: {frame.shape[1]}x{frame.shape[0]}. Click the object."
+    return {"path": str(path), "video": view}, frame, [], click_panel(frame), [], text
+
+
+def segment_clear_input() -> tuple:
+    return None, None, [], None, [], ""
+
+
+@messages
+def segment_click(session, source, frame, clicks, label, kind, resolution, index) -> tuple:
+    """A click at Gradio's ``index``: one more click ``[x, y, label]`` (label 0 for the background),
+    and the mask it gives shown. Outputs: clicks, clicks JSON, shown frame."""
+    if source is None or frame is None:
+        raise InputError("upload an image or a video first")
+    if len(clicks) >= MAX_POINTS:
+        raise InputError(f"at most {MAX_POINTS} clicks; clear them to start again")
+    x, y = _click(index, frame)
+    chosen = 0 if kind == "background" else int(label)
+    clicks = [*clicks, [round(x, 3), round(y, 3), chosen]]
+    return clicks, clicks, segment_panel(session, frame, clicks, resolution)
+
+
+def segment_clear_clicks(frame) -> tuple:
+    return [], [], None if frame is None else click_panel(frame)
+
+
+@messages
+def segment_run(session, source, clicks, resolution, progress=None) -> tuple:
+    """*Segment*: an image's overlay, or a video's; the downloads (overlay, JSON, masks); the JSON;
+    a summary. Outputs: result image, result video, downloads, JSON, summary."""
+    if source is None:
+        raise InputError("upload an image or a video first")
+    out = session.segment(source["path"], clicks, resolution=resolution, progress=progress)
+    downloads = [str(out.overlay_path), str(out.json_path), *(str(p) for p in out.mask_paths[:50])]
+    image = None if out.is_video else str(out.overlay_path)
+    video = str(out.overlay_path) if out.is_video else None
+    return image, video, downloads, out.data, out.summary

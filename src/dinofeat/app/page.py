@@ -1,4 +1,4 @@
-"""The Gradio page: tabs Match, PCA and Track laid out and wired to :mod:`dinofeat.app.handlers`.
+"""The Gradio page: tabs Match, PCA, Track and Segment laid out and wired to :mod:`dinofeat.app.handlers`.
 
 Gradio is an optional extra (``pip install "dinofeat[app]"``), imported only when a page is built.
 (No ``from __future__ import annotations`` here: Gradio reads the handlers' ``gr.SelectData``
@@ -124,6 +124,8 @@ def build_app(
                 _pca_tab(gr, session, resolution, examples["images"])
             with gr.Tab("Track", id="track"):
                 _track_tab(gr, session, resolution, examples["videos"])
+            with gr.Tab("Segment", id="segment"):
+                _segment_tab(gr, session, resolution, examples)
     demo.dinofeat_session = session
     return demo
 
@@ -405,3 +407,65 @@ def _track_tab(gr, session: AppSession, resolution, videos: list) -> None:
                 label="Example video (click to open)",
                 elem_id="track_examples",
             )
+
+
+def _segment_tab(gr, session: AppSession, resolution, examples: dict) -> None:
+    source_state = gr.State(None)  # {"path", "video"} of the uploaded image or video
+    frame_state = gr.State(None)  # the clean image (a video's first frame), (H, W, 3) uint8
+    clicks = gr.State([])  # [[x, y, label], ...], label 0: background
+    with gr.Row():
+        upload = gr.File(
+            label="Image or video", file_types=["image", "video"], type="filepath", elem_id="segment_file", scale=1
+        )
+        frame_image = gr.Image(
+            label="Click the object (a video: on its first frame)",
+            interactive=False,
+            format="png",
+            elem_id="segment_frame",
+            scale=2,
+        )
+    with gr.Row():
+        kind = gr.Radio(
+            list(handlers.SEGMENT_CLICK_KINDS), value="object", label="A click marks", elem_id="segment_kind"
+        )
+        label = gr.Dropdown(
+            list(range(1, handlers.SEGMENT_LABELS + 1)),
+            value=1,
+            label="Object label",
+            info="several objects: one label each",
+            elem_id="segment_label",
+        )
+        points_json = gr.JSON(label="Clicks [x, y, label] (0: background)", elem_id="segment_clicks", max_height=200)
+        with gr.Column():
+            clear_button = gr.Button("Clear clicks", elem_id="segment_clear")
+            run = gr.Button("Segment", variant="primary", elem_id="segment_run")
+    summary = gr.Markdown(elem_id="segment_summary")
+    with gr.Row():
+        result_image = gr.Image(label="Overlay", interactive=False, format="png", elem_id="segment_result_image")
+        result_video = gr.Video(label="Overlay video", interactive=False, elem_id="segment_result")
+        downloads = gr.File(
+            label="Downloads: overlay, JSON, masks",
+            file_count="multiple",
+            interactive=False,
+            elem_id="segment_downloads",
+        )
+    data = gr.JSON(label="Objects (JSON)", elem_id="segment_json", open=False, max_height=300)
+
+    def click_frame(source, frame, clicks_, label_, kind_, res, evt: gr.SelectData):
+        return handlers.segment_click(session, source, frame, clicks_, label_, kind_, res, evt.index)
+
+    @messages
+    def run_segment(source, clicks_, res, progress=gr.Progress()):  # noqa: B008 - Gradio injects its tracker through this default
+        def report(done, total):
+            progress((done, total), desc="Segmenting", unit="frames")
+
+        return handlers.segment_run(session, source, clicks_, res, progress=report)
+
+    open_outputs = [source_state, frame_state, clicks, frame_image, points_json, summary]
+    upload.upload(bound(handlers.segment_open, session), [upload], open_outputs)
+    upload.clear(handlers.segment_clear_input, None, open_outputs)
+    frame_image.select(
+        click_frame, [source_state, frame_state, clicks, label, kind, resolution], [clicks, points_json, frame_image]
+    )
+    clear_button.click(handlers.segment_clear_clicks, [frame_state], [clicks, points_json, frame_image])
+    run.click(run_segment, [source_state, clicks, resolution], [result_image, result_video, downloads, data, summary])

@@ -20,13 +20,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dinofeat.colorize import pca_panel
-from dinofeat.drawing import draw_points
+from dinofeat.dataset.listing import VIDEO_SUFFIXES
+from dinofeat.drawing import draw_points, draw_segmentation
 from dinofeat.errors import InputError
 from dinofeat.features.cache import DEFAULT_CACHE_SIZE, FeatureCache
 from dinofeat.io.images import load_image
 from dinofeat.io.video import VideoInfo, probe_video, read_frames
 from dinofeat.jobs.match import MatchJob, heatmap_picture, match_picture
 from dinofeat.jobs.pca import PCAJob
+from dinofeat.jobs.segment import SegmentJob
 from dinofeat.jobs.track import TrackJob
 from dinofeat.options import (
     COLOR_COMPONENTS,
@@ -38,10 +40,12 @@ from dinofeat.options import (
     MatchOptions,
     PCADrawingOptions,
     PCAOptions,
+    SegmentOptions,
     TrackerOptions,
     TrailOptions,
 )
 from dinofeat.runtime.progress import Progress
+from dinofeat.segmentation import mask_from_clicks, patch_labels_to_mask
 
 #: Query points per image pair or video at most (each point is one line in the pictures).
 MAX_POINTS = 200
@@ -129,6 +133,36 @@ class TrackView:
     csv_path: Path
     data: dict
     summary: str
+
+
+@dataclass(frozen=True)
+class SegmentView:
+    """What the Segment tab shows after segmenting.
+
+    Attributes:
+        overlay_path: the overlay, ``.png`` for an image, H.264 ``.mp4`` for a video.
+        json_path: each object's area, box and confidence, as ``dinofeat segment --json`` writes it.
+        mask_paths: the indexed mask PNGs (DAVIS palette), one per image or frame.
+        data: the JSON content.
+        summary: one line about the run.
+        is_video: whether the input was a video.
+    """
+
+    overlay_path: Path
+    json_path: Path
+    mask_paths: list[Path]
+    data: dict
+    summary: str
+    is_video: bool
+
+
+def split_clicks(clicks_xyl: Sequence[Sequence[float]]) -> tuple[list[tuple[float, float]], list[int], list]:
+    """Clicks ``[x, y, label]`` (label 0: background) as the segment job takes them: object points,
+    their labels, background points."""
+    objects = [(float(x), float(y)) for x, y, label in clicks_xyl if int(label) > 0]
+    labels = [int(label) for _, _, label in clicks_xyl if int(label) > 0]
+    background = [(float(x), float(y)) for x, y, label in clicks_xyl if int(label) == 0]
+    return objects, labels, background
 
 
 class AppSession:
@@ -414,3 +448,79 @@ class AppSession:
             f"visible {visible:.0%} of the time."
         )
         return TrackView(video_path, json_path, csv_path, data, summary)
+
+    # -- segmentation -------------------------------------------------------------------------
+    def segment_preview(
+        self, image: np.ndarray, clicks_xyl: Sequence[Sequence[float]], *, resolution: int | None = None
+    ) -> np.ndarray:
+        """``image`` (``(H, W, 3) uint8``) with the mask its clicks give drawn over it (each object's
+        colour, contour, legend): :func:`~dinofeat.segmentation.mask_from_clicks` on its features,
+        read back at every pixel. ``clicks_xyl``: ``[x, y, label]``, label 0 on the background.
+        No click on an object: the image as it is."""
+        objects, labels, background = split_clicks(clicks_xyl)
+        if not objects:
+            return image
+        fmap = self.features([image], resolution)[0]
+        positives: dict[int, list[tuple[float, float]]] = {}
+        for point, label in zip(objects, labels, strict=True):
+            positives.setdefault(label, []).append(point)
+        soft = mask_from_clicks(fmap, positives, background or None)
+        mask, _ = patch_labels_to_mask(soft, fmap)
+        return draw_segmentation(image, mask)
+
+    def segment(
+        self,
+        path: str | Path,
+        clicks_xyl: Sequence[Sequence[float]],
+        *,
+        frame: int = 0,
+        resolution: int | None = None,
+        progress: Progress | None = None,
+    ) -> SegmentView:
+        """Segment an image or a video from clicks on it and write the overlay, the mask PNGs and
+        the JSON, as ``dinofeat segment`` does (:class:`~dinofeat.jobs.segment.SegmentJob`).
+
+        Args:
+            path: an image, or a video (checked as :meth:`open_video` does; cut at the frame limit).
+            clicks_xyl: ``[x, y, label]`` on the image or on video frame ``frame``; label 0 is the
+                background, 1 to 254 an object.
+            frame: a video's frame the clicks are on; segmentation runs from it.
+            resolution: model resolution for this call (default: the session's).
+            progress: called as ``progress(frames_done, frames_total)`` after each frame.
+        """
+        if len(clicks_xyl) > MAX_POINTS:
+            raise InputError(f"at most {MAX_POINTS} clicks, got {len(clicks_xyl)}")
+        objects, labels, background = split_clicks(clicks_xyl)
+        if not objects:
+            raise InputError("click at least one point on an object first")
+        name = Path(path).name
+        is_video = Path(path).suffix.lower() in VIDEO_SUFFIXES
+        folder = self.new_folder("segment")
+        stem = Path(name).stem or "input"
+        overlay = folder / f"{stem}_segments{'.mp4' if is_video else '.png'}"
+        json_path, masks = folder / f"{stem}_segments.json", folder / "masks"
+        frames = FrameOptions()
+        if is_video:
+            view = self.open_video(path)
+            frames = FrameOptions(max_frames=view.usable_frames)
+        else:
+            self.load_image(path)  # the app's checks: an image, not too large
+        job = SegmentJob(
+            [path],
+            points_xy=objects,
+            point_labels=labels,
+            point_frame=int(frame) if is_video else None,
+            negatives_xy=background,
+            output=overlay,
+            masks_dir=masks,
+            json=json_path,
+            options=SegmentOptions(),
+            frames=frames,
+        )
+        job.check()
+        extractor = self.extractor_at(resolution)
+        with self.cache.model_lock:
+            result = job.run(extractor, progress)
+        data = job.document(result, extractor.options.model)
+        summary = f"Segmented {name}: {result.summary()}."
+        return SegmentView(overlay, json_path, sorted(masks.iterdir()), data, summary, is_video)

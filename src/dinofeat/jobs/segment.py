@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -245,9 +245,7 @@ class SegmentJob:
         first = load_image(self.inputs[0])
         size_wh = (first.shape[1], first.shape[0])
         checked = self._checked_first(size_wh, "the first image", _Checked("images", size_wh, None, (), []))
-        folder = ensure_folder(self.masks_dir, field("masks_dir")) if self.masks_dir else None
-        mask_files = _image_mask_names(folder, self.inputs) if folder else []
-        self._check_outputs(mask_files)
+        mask_files = self._checked_outputs(lambda folder: _image_mask_names(folder, self.inputs))
         return dataclasses.replace(checked, mask_files=mask_files)
 
     def _check_video(self) -> _Checked:
@@ -263,14 +261,19 @@ class SegmentJob:
         written = indices[indices.index(key) :]
         checked = _Checked("video", info.size_wh, None, (), [], info, key, written)
         checked = self._checked_first(info.size_wh, f"frame {key}", checked)
-        folder = ensure_folder(self.masks_dir, field("masks_dir")) if self.masks_dir else None
-        mask_files = [str(folder / f"{index:05d}.png") for index in written] if folder else []
-        self._check_outputs(mask_files)
+        mask_files = self._checked_outputs(lambda folder: [str(folder / f"{index:05d}.png") for index in written])
         return dataclasses.replace(checked, mask_files=mask_files)
 
-    def _check_outputs(self, mask_files: Sequence[str]) -> None:
+    def _checked_outputs(self, mask_names: Callable[[Path], list[str]]) -> list[str]:
+        """The outputs checked (writable, not an input, distinct) and the mask files, named by
+        ``mask_names(folder)``; the masks folder is made only once the other outputs pass."""
         inputs = [*self.inputs, *([self.mask] if self.mask is not None else [])]
+        check_outputs([self.output, self.json], inputs=inputs)
+        if not self.masks_dir:
+            return []
+        mask_files = mask_names(ensure_folder(self.masks_dir, field("masks_dir")))
         check_outputs([self.output, self.json, *mask_files], inputs=inputs)
+        return mask_files
 
     def _checked_first(self, size_wh: tuple[int, int], where: str, checked: _Checked) -> _Checked:
         """``checked`` with the first mask (read and checked against ``size_wh``) or the clicks checked."""
