@@ -890,3 +890,51 @@ class SegmentOptions(Options):
         help="clicks: a patch joins a clicked object when its cosine to the object's clicks is at least S "
         "(default: chosen per image, Otsu's threshold of the cosines)",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# DAVIS 2017 (``dinofeat eval davis``)
+
+#: The image sets of DAVIS 2017 semi-supervised with annotations for every frame.
+DAVIS_SETS = ("val", "train")
+#: The model resolution ``eval davis`` defaults to (the 480 px short side of the reference protocol).
+DAVIS_RESOLUTION = 480
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """``"a,b"`` -> ``("a", "b")`` (spaces around names dropped, empty names refused).
+
+    >>> parse_names("bear, blackswan")
+    ('bear', 'blackswan')
+    """
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise ValueError(f"expected names separated by commas, got {text!r}")
+    return names
+
+
+@dataclass(frozen=True)
+class DavisOptions(Options):
+    """How ``dinofeat eval davis`` runs the benchmark (see :func:`~dinofeat.eval.evaluation.evaluate_davis_folder`)."""
+
+    subset: str = option(
+        "val", flag="--set", choices=DAVIS_SETS, noun="set", help="image set of ImageSets/2017 (default: %(default)s)"
+    )
+    sequences: tuple[str, ...] | None = option(
+        None,
+        flag="--sequences",
+        parse=parse_names,
+        metavar="A,B",
+        help="evaluate only these sequences of the set, names separated by commas (default: all)",
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sequences, str):
+            object.__setattr__(self, "sequences", parse_names(self.sequences))
+        elif self.sequences is not None:
+            object.__setattr__(self, "sequences", tuple(self.sequences))
+        super().__post_init__()
+
+    def _check_together(self) -> None:
+        if self.sequences is not None and not self.sequences:
+            raise InputError(f"{field('sequences')} needs at least one name")
