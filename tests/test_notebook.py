@@ -64,7 +64,7 @@ def test_reprs_are_one_short_line_with_shapes_counts_and_model(extractor, match_
         "PCAResult": (pca_result, ["2 images", "foreground"]),
         "PCAColors": (pca_result.colors[0], ["451x300", "foreground"]),
         "Tracks": (tracks, ["2 points x 36 frames", "visible"]),
-        "ExtractResult": (extracted, ["1 image(s)", "f.npz"]),
+        "ExtractResult": (extracted, ["1 image,", "f.npz"]),
     }
     for name, (value, parts) in shown.items():
         text = repr(value)

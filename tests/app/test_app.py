@@ -649,5 +649,5 @@ def test_the_status_line_says_1_point_and_1_match():
     from dinofeat.app.handlers import describe_pair
 
     image = np.zeros((4, 6, 3), np.uint8)
-    assert describe_pair(image, image, ["a.png", "b.png"], 1, 1).endswith("1 point, 1 match kept")
-    assert describe_pair(image, None, ["a.png", ""], 2).endswith("no image B · 2 points")
+    assert describe_pair(image, image, "a.png", "b.png", 1, 1).endswith("1 point, 1 match kept")
+    assert describe_pair(image, None, "a.png", "", 2).endswith("no image B · 2 points")
