@@ -10,15 +10,19 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 from segment_scene import FRAMES, SIDE, STEP_XY, H, W, moving_object
 
 from conftest import save_png, smooth_vit
 from dinofeat.errors import InputError
 from dinofeat.features.extractor import Extractor
+from dinofeat.features.upsample import Upsampler
 from dinofeat.io.masks import DAVIS_PALETTE, read_mask, save_mask
 from dinofeat.io.video import VideoWriter, probe_video
-from dinofeat.jobs.segment import SegmentJob
+from dinofeat.jobs.segment import MaskReader, SegmentJob
+from dinofeat.models.anyup import AnyUp
 from dinofeat.options import FrameOptions, SegmentOptions
+from dinofeat.segmentation import mask_to_patch_labels, patch_labels_to_mask, propagate_labels
 
 
 def iou(found: np.ndarray, truth: np.ndarray) -> float:
@@ -193,3 +197,48 @@ def test_failure_while_segmenting_writes_nothing(tmp_path, scene, extractor, mon
     with pytest.raises(OSError, match="disk full"):
         job.run(extractor)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["masks"] and not any((tmp_path / "masks").iterdir())
+
+
+@pytest.fixture(scope="module")
+def random_upsampler():
+    torch.manual_seed(0)
+    return Upsampler(AnyUp(dim=16, heads=2), device="cpu", precision="fp32")
+
+
+def test_mask_reader_with_an_upsampler_reads_the_pixel_level_labels(scene, extractor, random_upsampler):
+    images, truths = moving_object()
+    fmap = extractor.extract(images[0])
+    soft = mask_to_patch_labels(truths[0], fmap, 2)
+    labels, confidence = MaskReader(random_upsampler, 2)(soft, fmap, images[0])
+    fine = random_upsampler.upsample_values(fmap, images[0], soft, scale=2)
+    expected = patch_labels_to_mask(fine.features, fine)
+    assert np.array_equal(labels, expected[0]) and np.array_equal(confidence, expected[1])
+    assert labels.shape == truths[0].shape and iou(labels, truths[0]) > 0.5  # random AnyUp weights
+    constant = torch.zeros_like(soft)
+    constant[..., 1] = 1.0  # one label everywhere stays that label everywhere, fully confident
+    labels, confidence = MaskReader(random_upsampler)(constant, fmap, images[0])
+    assert (labels == 1).all() and np.allclose(confidence, 1.0, atol=1e-5)
+
+
+def test_images_with_an_upsampler_take_the_first_images_labels_at_pixel_level(
+    tmp_path, scene, extractor, random_upsampler
+):
+    images, truths = moving_object()
+    paths = [save_png(tmp_path / f"view{k}.png", images[k]) for k in (0, 5)]
+    save_mask(tmp_path / "first.png", truths[0])
+    job = SegmentJob(paths, mask=tmp_path / "first.png", masks_dir=tmp_path / "out", json=tmp_path / "seg.json")
+    job.run(extractor, upsampler=random_upsampler)
+    found = read_mask(tmp_path / "out" / "view5.png")
+    first, fifth = extractor.extract(images[0]), extractor.extract(images[5])
+    options = SegmentOptions()
+    soft = propagate_labels(
+        fifth,
+        [first],
+        [mask_to_patch_labels(truths[0], first, 2)],
+        top_k=options.top_k,
+        radius=None,
+        temperature=options.temperature,
+    )
+    assert np.array_equal(found, MaskReader(random_upsampler)(soft, fifth, images[5])[0])  # read at pixel level
+    assert found.shape == truths[5].shape and iou(found, truths[5]) > 0.4  # random AnyUp weights
+    assert np.array_equal(read_mask(tmp_path / "out" / "view0.png"), truths[0])  # the given mask, as it is
