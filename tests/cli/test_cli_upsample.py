@@ -100,3 +100,53 @@ def test_pca_upsamples_stored_patch_features_with_their_images(tmp_path, image, 
     assert main([*argv, *upsample]) == 0
     with np.load(feats) as f:
         assert f["features_0"].shape == (H, W, 3)
+
+
+@pytest.fixture
+def segment_inputs(tmp_path, image) -> list[str]:
+    """Two images (the second the first shifted by a patch) and the first one's mask: the textured box."""
+    picture = np.asarray(Image.open(image))
+    second = str(save_png(tmp_path / "b.png", np.roll(picture, 14, axis=1)))
+    mask = np.zeros((H, W), np.uint8)
+    mask[14:56, 21:77] = 1
+    Image.fromarray(mask).save(tmp_path / "first_mask.png")
+    return [image, second, "--mask", str(tmp_path / "first_mask.png")]
+
+
+@pytest.mark.parametrize("scale", [None, 2])
+def test_segment_writes_masks_from_pixel_level_labels(
+    tmp_path, segment_inputs, model_args, anyup_checkpoint, capsys, scale
+):
+    masks = tmp_path / "masks"
+    upsample = ["--upsample", "anyup", "--upsample-weights", str(anyup_checkpoint)]
+    if scale is not None:
+        upsample += ["--upsample-scale", str(scale)]
+    argv = ["segment", *segment_inputs, "--masks-dir", str(masks), "--json", str(tmp_path / "s.json"), *model_args]
+    assert main([*argv, *upsample]) == 0
+    assert sorted(p.name for p in masks.iterdir()) == ["a.png", "b.png"]
+    second = np.asarray(Image.open(masks / "b.png"))
+    assert second.shape == (H, W) and set(np.unique(second)) <= {0, 1}
+    document = json.loads((tmp_path / "s.json").read_text())
+    assert [image["objects"]["1"]["area_px"] > 0 for image in document["images"]] == [True, True]
+
+
+@pytest.mark.parametrize("case", ["scale_alone", "stride", "missing_weights"])
+def test_segment_refuses_bad_upsample_options_in_one_line_writing_nothing(
+    tmp_path, segment_inputs, model_args, capsys, case
+):
+    masks = tmp_path / "masks"
+    extra = {
+        "scale_alone": ["--upsample-scale", "2"],
+        "stride": ["--upsample", "anyup", "--stride", "7"],
+        "missing_weights": ["--upsample", "anyup", "--upsample-weights", str(tmp_path / "none.pth")],
+    }[case]
+    expected = {
+        "scale_alone": "--upsample-scale needs --upsample anyup",
+        "stride": "--stride 7",
+        "missing_weights": "none.pth",
+    }[case]
+    capsys.readouterr()
+    assert main(["segment", *segment_inputs, "--json", str(tmp_path / "s.json"), *extra, *model_args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+    assert not masks.exists() and not (tmp_path / "s.json").exists()
