@@ -64,7 +64,7 @@ def test_pca_pictures_at_pixel_level(tmp_path, image, model_args, anyup_checkpoi
         assert f["features_0"].shape == (H, W, 3)
 
 
-@pytest.mark.parametrize("case", ["scale_alone", "weights_alone", "stride", "missing_weights", "wrong_file", "out_dir"])
+@pytest.mark.parametrize("case", ["scale_alone", "weights_alone", "stride", "missing_weights", "wrong_file"])
 def test_bad_upsample_options_are_one_line_and_write_nothing(tmp_path, image, model_args, capsys, case):
     out = str(tmp_path / "f.npz")
     (tmp_path / "notes.pth").write_text("not weights\n")
@@ -74,7 +74,6 @@ def test_bad_upsample_options_are_one_line_and_write_nothing(tmp_path, image, mo
         "stride": ["-o", out, "--upsample", "anyup", "--stride", "7"],
         "missing_weights": ["-o", out, "--upsample", "anyup", "--upsample-weights", str(tmp_path / "none.pth")],
         "wrong_file": ["-o", out, "--upsample", "anyup", "--upsample-weights", str(tmp_path / "notes.pth")],
-        "out_dir": ["--out-dir", str(tmp_path / "feats"), "--upsample", "anyup"],
     }[case]
     expected = {
         "scale_alone": "--upsample-scale needs --upsample anyup",
@@ -82,7 +81,6 @@ def test_bad_upsample_options_are_one_line_and_write_nothing(tmp_path, image, mo
         "stride": "--stride 7 is below the patch size 14",
         "missing_weights": "weights file not found",
         "wrong_file": "expected an AnyUp state dict",
-        "out_dir": "--upsample does not apply with --out-dir",
     }[case]
     before = set(tmp_path.iterdir())
     capsys.readouterr()

@@ -133,24 +133,41 @@ class Upsampler:
             :meth:`upsample` gives (``cell_size``); per cell a weighted mean of window values, so
             values summing to 1 per patch sum to 1 per cell.
         """
-        if values.ndim != 3 or tuple(values.shape[:2]) != fmap.grid_hw:
-            raise InputError(
-                f"values have shape {tuple(values.shape)}, the grid is {fmap.grid_hw[0]}x{fmap.grid_hw[1]}"
-            )
         return self._upsampled(fmap, image, values, scale)
 
     def _upsampled(
         self, fmap: FeatureMap, image: ImageLike, values: torch.Tensor | None, scale: int | None
     ) -> FeatureMap:
         """``values`` ``(h, w, L)`` (None: the features) mixed with ``fmap``'s attention, upsampled geometry."""
-        out_h, out_w = upsampled_grid_hw(fmap, scale)
+        upsampled_grid_hw(fmap, scale)  # an upsampled map or a bad scale is refused before the image is read
         pixels = load_image(image)
         if (pixels.shape[1], pixels.shape[0]) != fmap.image_size_wh:
             raise InputError(
                 f"the image is {pixels.shape[1]}x{pixels.shape[0]} but the feature map is of a "
                 f"{fmap.image_size_wh[0]}x{fmap.image_size_wh[1]} image"
             )
-        processed = resize(pixels, fmap.processed_size_wh)
+        return self.upsample_resized(fmap, resize(pixels, fmap.processed_size_wh), values=values, scale=scale)
+
+    def upsample_resized(
+        self,
+        fmap: FeatureMap,
+        processed: np.ndarray,
+        *,
+        values: torch.Tensor | None = None,
+        scale: int | None = None,
+    ) -> FeatureMap:
+        """:meth:`upsample` (or, with ``values``, :meth:`upsample_values`) given the image already
+        resized to ``fmap.processed_size_wh`` (``(H', W', 3) uint8``, as
+        :meth:`~dinofeat.features.extractor.Extractor.extract_resized` takes it)."""
+        out_h, out_w = upsampled_grid_hw(fmap, scale)
+        if (processed.shape[1], processed.shape[0]) != fmap.processed_size_wh:
+            raise InputError(
+                f"the resized image is {processed.shape[1]}x{processed.shape[0]}, the feature map's "
+                f"processed size {fmap.processed_size_wh[0]}x{fmap.processed_size_wh[1]}"
+            )
+        if values is not None and (values.ndim != 3 or tuple(values.shape[:2]) != fmap.grid_hw):
+            grid = f"{fmap.grid_hw[0]}x{fmap.grid_hw[1]}"
+            raise InputError(f"values have shape {tuple(values.shape)}, the grid is {grid}")
         mixed = self._run(processed, fmap.features, (out_h, out_w), values)
         return replace(fmap, features=mixed, cell_size=fmap.processed_size_wh[0] / out_w)
 
