@@ -31,7 +31,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "patch size, stride, layers and facet. With --out-dir, the inputs are a dataset (a folder, searched "
         "recursively; a glob; or a list file: .txt with one path per line, .csv or .parquet with a 'path' "
         "column) and DIR gets safetensors shards of the same arrays, a Parquet index, a manifest and "
-        "errors.jsonl; rerunning the same command resumes. Read it back with dinofeat.open_features(DIR).",
+        "errors.jsonl; rerunning the same command resumes. Read it back with dinofeat.open_features(DIR). "
+        "With --upsample anyup the features are AnyUp's pixel-level ones (one per model pixel, or "
+        "--upsample-scale S per patch side; with --out-dir S defaults to 2) and record their cell_size.",
     )
     parser.add_argument(
         "images",
