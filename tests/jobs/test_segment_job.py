@@ -242,3 +242,19 @@ def test_images_with_an_upsampler_take_the_first_images_labels_at_pixel_level(
     assert np.array_equal(found, MaskReader(random_upsampler)(soft, fifth, images[5])[0])  # read at pixel level
     assert found.shape == truths[5].shape and iou(found, truths[5]) > 0.4  # random AnyUp weights
     assert np.array_equal(read_mask(tmp_path / "out" / "view0.png"), truths[0])  # the given mask, as it is
+
+
+def test_video_with_an_upsampler_writes_pixel_level_masks_of_every_frame(tmp_path, scene, extractor, random_upsampler):
+    folder, truths = scene
+    job = SegmentJob(
+        [folder / "clip.mp4"],
+        mask=folder / "first.png",
+        masks_dir=tmp_path / "masks",
+        frames=FrameOptions(max_frames=3),
+    )
+    result = job.run(extractor, upsampler=random_upsampler, upsample_scale=4)
+    names = sorted(p.name for p in (tmp_path / "masks").iterdir())
+    assert names == ["00000.png", "00001.png", "00002.png"] and len(result.frames) == 3
+    found = [read_mask(tmp_path / "masks" / name) for name in names]
+    assert np.array_equal(found[0], truths[0])  # the given mask, as it is
+    assert all(mask.shape == truths[0].shape and iou(mask, truth) > 0.4 for mask, truth in zip(found, truths))
