@@ -126,6 +126,7 @@ def test_segment_writes_masks_from_pixel_level_labels(
     assert second.shape == (H, W) and set(np.unique(second)) <= {0, 1}
     document = json.loads((tmp_path / "s.json").read_text())
     assert [image["objects"]["1"]["area_px"] > 0 for image in document["images"]] == [True, True]
+    assert document["upsample"] == {"upsample": "anyup", "upsample_scale": scale}
 
 
 @pytest.mark.parametrize("case", ["scale_alone", "stride", "missing_weights"])

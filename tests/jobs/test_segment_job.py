@@ -62,7 +62,7 @@ def test_video_masks_follow_the_moving_object(tmp_path, scene, extractor):
     scores = [iou(mask, truth) for mask, truth in zip(found[1:], truths[1:], strict=True)]
     assert min(scores) > 0.7 and np.mean(scores) > 0.8, scores
     document = json.loads((tmp_path / "seg.json").read_text())
-    assert document["objects"] == [1] and len(document["frames"]) == FRAMES
+    assert document["objects"] == [1] and len(document["frames"]) == FRAMES and "upsample" not in document
     assert document["frames"][3]["frame"] == 3 and set(document["frames"][3]["objects"]) == {"1"}
     last = document["frames"][-1]["objects"]["1"]
     assert last["area_px"] == int((found[-1] == 1).sum()) and 0 < last["mean_confidence"] <= 1
@@ -242,6 +242,8 @@ def test_images_with_an_upsampler_take_the_first_images_labels_at_pixel_level(
     assert np.array_equal(found, MaskReader(random_upsampler)(soft, fifth, images[5])[0])  # read at pixel level
     assert found.shape == truths[5].shape and iou(found, truths[5]) > 0.4  # random AnyUp weights
     assert np.array_equal(read_mask(tmp_path / "out" / "view0.png"), truths[0])  # the given mask, as it is
+    document = json.loads((tmp_path / "seg.json").read_text())
+    assert document["upsample"] == {"upsample": "anyup", "upsample_scale": None}
 
 
 def test_video_with_an_upsampler_writes_pixel_level_masks_of_every_frame(tmp_path, scene, extractor, random_upsampler):

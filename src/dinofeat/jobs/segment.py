@@ -127,11 +127,14 @@ class SegmentedFrame:
 
 @dataclass(frozen=True)
 class SegmentResult:
-    """What :meth:`SegmentJob.run` found: each image's or frame's objects, the object labels."""
+    """What :meth:`SegmentJob.run` found: each image's or frame's objects, the object labels;
+    ``upsample``: how the masks were read (``{"upsample": "anyup", "upsample_scale": S or None}``),
+    None for the bilinear read of patch labels."""
 
     frames: list[SegmentedFrame]
     objects: tuple[int, ...]
     video: bool
+    upsample: dict[str, object] | None = None
 
     def summary(self) -> str:
         """``12 frames, 2 objects (mean area 1520, 310 px)``."""
@@ -162,6 +165,10 @@ class MaskReader:
             return patch_labels_to_mask(soft, fmap)
         fine = self.upsampler.upsample_values(fmap, image, soft, scale=self.scale)
         return patch_labels_to_mask(fine.features, fine)
+
+    def describe(self) -> dict[str, object] | None:
+        """``{"upsample": "anyup", "upsample_scale": S or None}`` with an upsampler, else None."""
+        return None if self.upsampler is None else {"upsample": "anyup", "upsample_scale": self.scale}
 
 
 @dataclass(frozen=True)
@@ -388,7 +395,7 @@ class SegmentJob:
                 save_image(overlay_tmp, figure)
             for tmp, labels in zip(mask_tmps, masks, strict=True):
                 save_mask(tmp, labels)
-            result = SegmentResult(frames, checked.objects, video=False)
+            result = SegmentResult(frames, checked.objects, video=False, upsample=read.describe())
             if json_tmp is not None:
                 json_tmp.write_text(format_json(self.document(result, source.options.model)))
         return result
@@ -419,7 +426,7 @@ class SegmentJob:
                     stats = object_stats(labels, confidence, checked.objects)
                     frames.append(SegmentedFrame(f"{index:05d}", stats, index, round(time_s, 6)))
                     report(progress, done, total)
-            result = SegmentResult(frames, checked.objects, video=True)
+            result = SegmentResult(frames, checked.objects, video=True, upsample=read.describe())
             if len(frames) < total:  # the video ended before its frame count said: nothing is written
                 raise InputError(
                     f"{self.inputs[0]} has {len(frames)} frames from {checked.key_frame}, fewer than it said"
@@ -445,7 +452,8 @@ class SegmentJob:
 
     def document(self, result: SegmentResult, model: str) -> dict:
         """The ``--json`` document: the model, the inputs, the options and, per image or frame, each
-        object's ``area_px``, ``bbox_xyxy`` and ``mean_confidence``."""
+        object's ``area_px``, ``bbox_xyxy`` and ``mean_confidence``; with masks read at pixel level
+        (an upsampler), ``upsample``: ``{"upsample": "anyup", "upsample_scale": S or None}``."""
         checked = self._checked_now()
         document: dict[str, object] = {"model": model, "objects": list(result.objects)}
         if result.video:
@@ -457,6 +465,8 @@ class SegmentJob:
         else:
             document["images"] = [frame.to_json() for frame in result.frames]
         document["options"] = self.options.as_dict()
+        if result.upsample is not None:  # only then: the document of a bilinear read is as it was
+            document["upsample"] = result.upsample
         return document
 
     def summary(self, result: SegmentResult) -> str:
