@@ -1,4 +1,4 @@
-"""The PCA tab's pixel-level toggle: :class:`dinofeat.app.AppSession` with an AnyUp upsampler."""
+"""The PCA and Segment tabs' pixel-level toggles: :class:`dinofeat.app.AppSession` with an AnyUp upsampler."""
 
 from __future__ import annotations
 
@@ -52,3 +52,17 @@ def test_the_handler_passes_the_toggle(extractor, upsampler, image, tmp_path):
     inputs = ([path], "none", 0.5, 3, "side by side", 0.6, True, None)
     panels, _, summary, _ = handlers.pca_run(session, *inputs, True)
     assert len(panels) == 1 and "a.png" in summary
+
+
+def test_pixel_level_segment_masks_follow_the_session_upsampler(extractor, upsampler, image, tmp_path):
+    session = AppSession(extractor, workdir=tmp_path, upsampler=upsampler)
+    path = str(save_png(tmp_path / "b.png", image))
+    clicks = [[80.0, 60.0, 1]]
+    patches = session.segment(path, clicks)
+    pixels = session.segment(path, clicks, upsample=True)
+    assert len(pixels.mask_paths) == 1 and pixels.data["images"][0]["objects"]["1"]["area_px"] > 0
+    assert pixels.data["images"][0] != patches.data["images"][0]  # read through AnyUp, not bilinearly
+    _, _, _, data, _ = handlers.segment_run(session, {"path": path, "video": None}, clicks, None, upsample=True)
+    assert data["images"][0]["objects"] == pixels.data["images"][0]["objects"]
+    with pytest.raises(InputError, match="upsample=anyup"):
+        AppSession(extractor, workdir=tmp_path).segment(path, clicks, upsample=True)

@@ -64,7 +64,7 @@ def test_pca_pictures_at_pixel_level(tmp_path, image, model_args, anyup_checkpoi
         assert f["features_0"].shape == (H, W, 3)
 
 
-@pytest.mark.parametrize("case", ["scale_alone", "weights_alone", "stride", "missing_weights", "wrong_file", "out_dir"])
+@pytest.mark.parametrize("case", ["scale_alone", "weights_alone", "stride", "missing_weights", "wrong_file"])
 def test_bad_upsample_options_are_one_line_and_write_nothing(tmp_path, image, model_args, capsys, case):
     out = str(tmp_path / "f.npz")
     (tmp_path / "notes.pth").write_text("not weights\n")
@@ -74,7 +74,6 @@ def test_bad_upsample_options_are_one_line_and_write_nothing(tmp_path, image, mo
         "stride": ["-o", out, "--upsample", "anyup", "--stride", "7"],
         "missing_weights": ["-o", out, "--upsample", "anyup", "--upsample-weights", str(tmp_path / "none.pth")],
         "wrong_file": ["-o", out, "--upsample", "anyup", "--upsample-weights", str(tmp_path / "notes.pth")],
-        "out_dir": ["--out-dir", str(tmp_path / "feats"), "--upsample", "anyup"],
     }[case]
     expected = {
         "scale_alone": "--upsample-scale needs --upsample anyup",
@@ -82,7 +81,6 @@ def test_bad_upsample_options_are_one_line_and_write_nothing(tmp_path, image, mo
         "stride": "--stride 7 is below the patch size 14",
         "missing_weights": "weights file not found",
         "wrong_file": "expected an AnyUp state dict",
-        "out_dir": "--upsample does not apply with --out-dir",
     }[case]
     before = set(tmp_path.iterdir())
     capsys.readouterr()
@@ -100,3 +98,54 @@ def test_pca_upsamples_stored_patch_features_with_their_images(tmp_path, image, 
     assert main([*argv, *upsample]) == 0
     with np.load(feats) as f:
         assert f["features_0"].shape == (H, W, 3)
+
+
+@pytest.fixture
+def segment_inputs(tmp_path, image) -> list[str]:
+    """Two images (the second the first shifted by a patch) and the first one's mask: the textured box."""
+    picture = np.asarray(Image.open(image))
+    second = str(save_png(tmp_path / "b.png", np.roll(picture, 14, axis=1)))
+    mask = np.zeros((H, W), np.uint8)
+    mask[14:56, 21:77] = 1
+    Image.fromarray(mask).save(tmp_path / "first_mask.png")
+    return [image, second, "--mask", str(tmp_path / "first_mask.png")]
+
+
+@pytest.mark.parametrize("scale", [None, 2])
+def test_segment_writes_masks_from_pixel_level_labels(
+    tmp_path, segment_inputs, model_args, anyup_checkpoint, capsys, scale
+):
+    masks = tmp_path / "masks"
+    upsample = ["--upsample", "anyup", "--upsample-weights", str(anyup_checkpoint)]
+    if scale is not None:
+        upsample += ["--upsample-scale", str(scale)]
+    argv = ["segment", *segment_inputs, "--masks-dir", str(masks), "--json", str(tmp_path / "s.json"), *model_args]
+    assert main([*argv, *upsample]) == 0
+    assert sorted(p.name for p in masks.iterdir()) == ["a.png", "b.png"]
+    second = np.asarray(Image.open(masks / "b.png"))
+    assert second.shape == (H, W) and set(np.unique(second)) <= {0, 1}
+    document = json.loads((tmp_path / "s.json").read_text())
+    assert [image["objects"]["1"]["area_px"] > 0 for image in document["images"]] == [True, True]
+    assert document["upsample"] == {"upsample": "anyup", "upsample_scale": scale}
+
+
+@pytest.mark.parametrize("case", ["scale_alone", "stride", "missing_weights"])
+def test_segment_refuses_bad_upsample_options_in_one_line_writing_nothing(
+    tmp_path, segment_inputs, model_args, capsys, case
+):
+    masks = tmp_path / "masks"
+    extra = {
+        "scale_alone": ["--upsample-scale", "2"],
+        "stride": ["--upsample", "anyup", "--stride", "7"],
+        "missing_weights": ["--upsample", "anyup", "--upsample-weights", str(tmp_path / "none.pth")],
+    }[case]
+    expected = {
+        "scale_alone": "--upsample-scale needs --upsample anyup",
+        "stride": "--stride 7",
+        "missing_weights": "none.pth",
+    }[case]
+    capsys.readouterr()
+    assert main(["segment", *segment_inputs, "--json", str(tmp_path / "s.json"), *extra, *model_args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+    assert not masks.exists() and not (tmp_path / "s.json").exists()

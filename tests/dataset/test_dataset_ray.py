@@ -98,3 +98,22 @@ def test_ray_on_a_full_disk_is_one_line_and_resumes(tmp_path, local_ray, small_d
     assert main(argv) == 0
     shards = {p.name: p.read_bytes() for p in (out / "shards").glob("*.safetensors")}
     assert len(shards) == 10 and all(shards[name] == data for name, data in kept.items())
+
+
+def test_ray_upsampled_features_are_the_same_bytes_as_local(tmp_path, local_ray, vits14_checkpoint, capsys):
+    import torch
+
+    from dinofeat.models.anyup import AnyUp
+
+    torch.manual_seed(0)
+    torch.save(AnyUp().state_dict(), tmp_path / "anyup.pth")
+    root = tmp_path / "images"
+    make_image_dataset(root, 8, bad=False)
+    model = ["--weights", str(vits14_checkpoint), *MODEL, "--shard-size", "4"]
+    upsample = ["--upsample", "anyup", "--upsample-weights", str(tmp_path / "anyup.pth")]
+    for engine in ("local", "ray"):
+        argv = ["extract", str(root), "--out-dir", str(tmp_path / engine), "--engine", engine, *model, *upsample]
+        assert main([*argv, "-q"]) == 0
+    _same_folders(tmp_path / "local", tmp_path / "ray", "shards/*.safetensors")
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["geometry"]["cell_size"] == 7.0

@@ -131,3 +131,44 @@ def test_wrapped_source_upsamples_what_the_extractor_gives(small_upsampler, phot
     coarse = extractor.extract(photo)
     assert fine.grid_hw == (coarse.grid_hw[0] * 2, coarse.grid_hw[1] * 2)
     assert source.options == extractor.options and source.stride == extractor.stride
+
+
+@pytest.mark.parametrize("scale", [None, 2])
+def test_upsampling_the_features_as_values_reproduces_upsample(small_upsampler, scale):
+    coarse = patch_map(seed=3)
+    image = np.random.default_rng(2).integers(0, 255, (70, 100, 3), dtype=np.uint8)
+    fine = small_upsampler.upsample(coarse, image, scale=scale)
+    mixed = small_upsampler.upsample_values(coarse, image, coarse.features.clone(), scale=scale)
+    assert mixed.grid_hw == fine.grid_hw and mixed.cell_size == fine.cell_size
+    assert torch.equal(mixed.features, fine.features)
+
+
+def test_values_are_mixed_with_the_features_attention(small_upsampler):
+    coarse = patch_map(seed=4)
+    image = np.random.default_rng(3).integers(0, 255, (70, 100, 3), dtype=np.uint8)
+    fine = small_upsampler.upsample(coarse, image, scale=2)
+    # the first two channels as values: the same weights give the same two channels
+    mixed = small_upsampler.upsample_values(coarse, image, coarse.features[..., :2].clone(), scale=2)
+    assert mixed.dim == 2
+    assert torch.allclose(mixed.features, fine.features[..., :2], atol=1e-5)
+
+
+def test_one_hot_labels_constant_over_the_image_stay_constant_and_sum_to_one(small_upsampler):
+    coarse = patch_map(seed=5)
+    image = np.random.default_rng(4).integers(0, 255, (70, 100, 3), dtype=np.uint8)
+    constant = torch.zeros(3, 4, 3)
+    constant[..., 1] = 1.0
+    fine = small_upsampler.upsample_values(coarse, image, constant)
+    assert fine.grid_hw == (42, 56)
+    assert torch.allclose(fine.features, constant[0, 0].expand_as(fine.features), atol=1e-6)
+    halves = torch.zeros(3, 4, 2)
+    halves[:, :2, 0], halves[:, 2:, 1] = 1.0, 1.0  # left half label 0, right half label 1
+    split = small_upsampler.upsample_values(coarse, image, halves).features
+    assert torch.allclose(split.sum(-1), torch.ones(42, 56), atol=1e-5)
+    assert (split[:, :10, 0] > 0.999).all() and (split[:, -10:, 1] > 0.999).all()  # far from the edge: pure
+
+
+def test_values_off_the_grid_are_refused(small_upsampler):
+    coarse = patch_map()
+    with pytest.raises(InputError, match="the grid is 3x4"):
+        small_upsampler.upsample_values(coarse, np.zeros((70, 100, 3), np.uint8), torch.zeros(4, 3, 2))

@@ -10,15 +10,19 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 from segment_scene import FRAMES, SIDE, STEP_XY, H, W, moving_object
 
 from conftest import save_png, smooth_vit
 from dinofeat.errors import InputError
 from dinofeat.features.extractor import Extractor
+from dinofeat.features.upsample import Upsampler
 from dinofeat.io.masks import DAVIS_PALETTE, read_mask, save_mask
 from dinofeat.io.video import VideoWriter, probe_video
-from dinofeat.jobs.segment import SegmentJob
+from dinofeat.jobs.segment import MaskReader, SegmentJob
+from dinofeat.models.anyup import AnyUp
 from dinofeat.options import FrameOptions, SegmentOptions
+from dinofeat.segmentation import mask_to_patch_labels, patch_labels_to_mask, propagate_labels
 
 
 def iou(found: np.ndarray, truth: np.ndarray) -> float:
@@ -58,7 +62,7 @@ def test_video_masks_follow_the_moving_object(tmp_path, scene, extractor):
     scores = [iou(mask, truth) for mask, truth in zip(found[1:], truths[1:], strict=True)]
     assert min(scores) > 0.7 and np.mean(scores) > 0.8, scores
     document = json.loads((tmp_path / "seg.json").read_text())
-    assert document["objects"] == [1] and len(document["frames"]) == FRAMES
+    assert document["objects"] == [1] and len(document["frames"]) == FRAMES and "upsample" not in document
     assert document["frames"][3]["frame"] == 3 and set(document["frames"][3]["objects"]) == {"1"}
     last = document["frames"][-1]["objects"]["1"]
     assert last["area_px"] == int((found[-1] == 1).sum()) and 0 < last["mean_confidence"] <= 1
@@ -193,3 +197,66 @@ def test_failure_while_segmenting_writes_nothing(tmp_path, scene, extractor, mon
     with pytest.raises(OSError, match="disk full"):
         job.run(extractor)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["masks"] and not any((tmp_path / "masks").iterdir())
+
+
+@pytest.fixture(scope="module")
+def random_upsampler():
+    torch.manual_seed(0)
+    return Upsampler(AnyUp(dim=16, heads=2), device="cpu", precision="fp32")
+
+
+def test_mask_reader_with_an_upsampler_reads_the_pixel_level_labels(scene, extractor, random_upsampler):
+    images, truths = moving_object()
+    fmap = extractor.extract(images[0])
+    soft = mask_to_patch_labels(truths[0], fmap, 2)
+    labels, confidence = MaskReader(random_upsampler, 2)(soft, fmap, images[0])
+    fine = random_upsampler.upsample_values(fmap, images[0], soft, scale=2)
+    expected = patch_labels_to_mask(fine.features, fine)
+    assert np.array_equal(labels, expected[0]) and np.array_equal(confidence, expected[1])
+    assert labels.shape == truths[0].shape and iou(labels, truths[0]) > 0.5  # random AnyUp weights
+    constant = torch.zeros_like(soft)
+    constant[..., 1] = 1.0  # one label everywhere stays that label everywhere, fully confident
+    labels, confidence = MaskReader(random_upsampler)(constant, fmap, images[0])
+    assert (labels == 1).all() and np.allclose(confidence, 1.0, atol=1e-5)
+
+
+def test_images_with_an_upsampler_take_the_first_images_labels_at_pixel_level(
+    tmp_path, scene, extractor, random_upsampler
+):
+    images, truths = moving_object()
+    paths = [save_png(tmp_path / f"view{k}.png", images[k]) for k in (0, 5)]
+    save_mask(tmp_path / "first.png", truths[0])
+    job = SegmentJob(paths, mask=tmp_path / "first.png", masks_dir=tmp_path / "out", json=tmp_path / "seg.json")
+    job.run(extractor, upsampler=random_upsampler)
+    found = read_mask(tmp_path / "out" / "view5.png")
+    first, fifth = extractor.extract(images[0]), extractor.extract(images[5])
+    options = SegmentOptions()
+    soft = propagate_labels(
+        fifth,
+        [first],
+        [mask_to_patch_labels(truths[0], first, 2)],
+        top_k=options.top_k,
+        radius=None,
+        temperature=options.temperature,
+    )
+    assert np.array_equal(found, MaskReader(random_upsampler)(soft, fifth, images[5])[0])  # read at pixel level
+    assert found.shape == truths[5].shape and iou(found, truths[5]) > 0.4  # random AnyUp weights
+    assert np.array_equal(read_mask(tmp_path / "out" / "view0.png"), truths[0])  # the given mask, as it is
+    document = json.loads((tmp_path / "seg.json").read_text())
+    assert document["upsample"] == {"upsample": "anyup", "upsample_scale": None}
+
+
+def test_video_with_an_upsampler_writes_pixel_level_masks_of_every_frame(tmp_path, scene, extractor, random_upsampler):
+    folder, truths = scene
+    job = SegmentJob(
+        [folder / "clip.mp4"],
+        mask=folder / "first.png",
+        masks_dir=tmp_path / "masks",
+        frames=FrameOptions(max_frames=3),
+    )
+    result = job.run(extractor, upsampler=random_upsampler, upsample_scale=4)
+    names = sorted(p.name for p in (tmp_path / "masks").iterdir())
+    assert names == ["00000.png", "00001.png", "00002.png"] and len(result.frames) == 3
+    found = [read_mask(tmp_path / "masks" / name) for name in names]
+    assert np.array_equal(found[0], truths[0])  # the given mask, as it is
+    assert all(mask.shape == truths[0].shape and iou(mask, truth) > 0.4 for mask, truth in zip(found, truths))

@@ -416,12 +416,12 @@ def segment_clear_clicks(frame) -> tuple:
 
 
 @messages
-def segment_run(session, source, clicks, resolution, progress=None) -> tuple:
+def segment_run(session, source, clicks, resolution, progress=None, upsample=False) -> tuple:
     """*Segment*: an image's overlay, or a video's; the downloads (overlay, JSON, masks); the JSON;
     a summary. Outputs: result image, result video, downloads, JSON, summary."""
     if source is None:
         raise InputError("upload an image or a video first")
-    out = session.segment(source["path"], clicks, resolution=resolution, progress=progress)
+    out = session.segment(source["path"], clicks, resolution=resolution, progress=progress, upsample=bool(upsample))
     downloads = [str(out.overlay_path), str(out.json_path), *(str(p) for p in out.mask_paths[:50])]
     image = None if out.is_video else str(out.overlay_path)
     video = str(out.overlay_path) if out.is_video else None

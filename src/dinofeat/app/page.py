@@ -451,6 +451,12 @@ def _segment_tab(gr, session: AppSession, resolution, examples: dict) -> None:
         points_json = gr.JSON(label="Clicks [x, y, label] (0: background)", elem_id="segment_clicks", max_height=200)
         with gr.Column():
             clear_button = gr.Button("Clear clicks", elem_id="segment_clear")
+            upsample = gr.Checkbox(
+                False,
+                label="Pixel-level masks (AnyUp)",
+                visible=session.upsampler is not None,
+                elem_id="segment_upsample",
+            )
             run = gr.Button("Segment", variant="primary", elem_id="segment_run")
     summary = gr.Markdown(elem_id="segment_summary")
     with gr.Row():
@@ -468,11 +474,11 @@ def _segment_tab(gr, session: AppSession, resolution, examples: dict) -> None:
         return handlers.segment_click(session, source, frame, clicks_, label_, kind_, res, evt.index)
 
     @messages
-    def run_segment(source, clicks_, res, progress=gr.Progress()):  # noqa: B008 - Gradio injects its tracker through this default
+    def run_segment(source, clicks_, res, upsample_, progress=gr.Progress()):  # noqa: B008 - Gradio injects its tracker through this default
         def report(done, total):
             progress((done, total), desc="Segmenting", unit="frames")
 
-        return handlers.segment_run(session, source, clicks_, res, progress=report)
+        return handlers.segment_run(session, source, clicks_, res, progress=report, upsample=upsample_)
 
     open_outputs = [source_state, frame_state, clicks, frame_image, points_json, summary]
     upload.upload(bound(handlers.segment_open, session), [upload], open_outputs)
@@ -481,4 +487,8 @@ def _segment_tab(gr, session: AppSession, resolution, examples: dict) -> None:
         click_frame, [source_state, frame_state, clicks, label, kind, resolution], [clicks, points_json, frame_image]
     )
     clear_button.click(handlers.segment_clear_clicks, [frame_state], [clicks, points_json, frame_image])
-    run.click(run_segment, [source_state, clicks, resolution], [result_image, result_video, downloads, data, summary])
+    run.click(
+        run_segment,
+        [source_state, clicks, resolution, upsample],
+        [result_image, result_video, downloads, data, summary],
+    )

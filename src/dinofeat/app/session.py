@@ -503,6 +503,7 @@ class AppSession:
         frame: int = 0,
         resolution: int | None = None,
         progress: Progress | None = None,
+        upsample: bool = False,
     ) -> SegmentView:
         """Segment an image or a video from clicks on it and write the overlay, the mask PNGs and
         the JSON, as ``dinofeat segment`` does (:class:`~dinofeat.jobs.segment.SegmentJob`).
@@ -514,7 +515,11 @@ class AppSession:
             frame: a video's frame the clicks are on; segmentation runs from it.
             resolution: model resolution for this call (default: the session's).
             progress: called as ``progress(frames_done, frames_total)`` after each frame.
+            upsample: masks from pixel-level labels (the session's ``upsampler``: labels read through
+                AnyUp's attention, as ``dinofeat segment --upsample anyup``) instead of patch labels.
         """
+        if upsample and self.upsampler is None:
+            raise InputError(f"pixel-level masks need AnyUp: start the app with {field_named('upsample', 'anyup')}")
         if len(clicks_xyl) > MAX_POINTS:
             raise InputError(f"at most {MAX_POINTS} clicks, got {len(clicks_xyl)}")
         objects, labels, background = split_clicks(clicks_xyl)
@@ -547,7 +552,8 @@ class AppSession:
         job.check()
         extractor = self.extractor_at(resolution)
         with self.cache.model_lock:
-            result = job.run(extractor, progress)
+            upsampler = self.upsampler if upsample else None
+            result = job.run(extractor, progress, upsampler=upsampler, upsample_scale=self.upsample_scale)
         data = job.document(result, extractor.options.model)
         summary = f"Segmented {name}: {result.summary()}."
         return SegmentView(overlay, json_path, sorted(masks.iterdir()), data, summary, is_video)

@@ -39,7 +39,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--examples", metavar="DIR", help="folder of example files (default: the examples/ folder of a source checkout)"
     )
     add_extractor_options(parser)
-    add_upsample_options(parser)  # --upsample anyup: the PCA tab gets a pixel-level toggle
+    add_upsample_options(parser)  # --upsample anyup: the PCA and Segment tabs get a pixel-level toggle
     return parser
 
 

@@ -16,7 +16,6 @@ from dinofeat.cli.common import (
     summary,
     upsample_options,
 )
-from dinofeat.errors import InputError
 from dinofeat.options import DatasetOptions
 
 #: DatasetOptions fields that are about tracking only.
@@ -32,7 +31,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "patch size, stride, layers and facet. With --out-dir, the inputs are a dataset (a folder, searched "
         "recursively; a glob; or a list file: .txt with one path per line, .csv or .parquet with a 'path' "
         "column) and DIR gets safetensors shards of the same arrays, a Parquet index, a manifest and "
-        "errors.jsonl; rerunning the same command resumes. Read it back with dinofeat.open_features(DIR).",
+        "errors.jsonl; rerunning the same command resumes. Read it back with dinofeat.open_features(DIR). "
+        "With --upsample anyup the features are AnyUp's pixel-level ones (one per model pixel, or "
+        "--upsample-scale S per patch side; with --out-dir S defaults to 2) and record their cell_size.",
     )
     parser.add_argument(
         "images",
@@ -62,11 +63,10 @@ def run(args: argparse.Namespace) -> int:
     dataset = options_from(args, DatasetOptions)
     job = ExtractJob(args.images, output=args.output, out_dir=args.out_dir, dataset=dataset)
     job.check()
-    if job.is_dataset and upsample.enabled:
-        raise InputError("--upsample does not apply with --out-dir yet: extract pixel-level features with -o OUT")
     if job.is_dataset:
+        make_upsampler(upsample, options)  # a missing or wrong weights file is found before the folder is claimed
         with progress_bar(args, "extracting", "image") as bar:
-            report = job.run_dataset(options, progress=bar)
+            report = job.run_dataset(options, progress=bar, upsample=upsample)
         summary(args, f"{report.summary()} -> {args.out_dir}")
         return 0 if report.ok else 1
     upsampler = make_upsampler(upsample, options)  # before the model: a missing file is found at once

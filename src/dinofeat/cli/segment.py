@@ -8,14 +8,17 @@ from dinofeat.cli.common import (
     FRAMES_BATCH_HELP,
     add_extractor_options,
     add_options,
+    add_upsample_options,
     extractor_options,
     make_extractor,
+    make_upsampler,
     options_from,
     parse_each,
     point_xy,
     progress_bar,
     query_txy,
     summary,
+    upsample_options,
 )
 from dinofeat.dataset.listing import (
     VIDEO_SUFFIXES,  # inputs with these suffixes are read as videos (the rest as images)
@@ -39,7 +42,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "patch joins the object whose clicked features it resembles). Every other image takes the first "
         "image's labels from its most similar patches; every later frame of a video takes them from the "
         "first frame and the last --context-frames frames, within --radius patches (label propagation, "
-        "as DINO's DAVIS evaluation). Labels: 0 background, 1-254 objects, 255 void (ignored). "
+        "as DINO's DAVIS evaluation). With --upsample anyup the labels are still carried on the patch grid, "
+        "and each image's are then brought to pixel level by AnyUp's attention (each pixel mixes its "
+        "neighbouring patches' labels by how its image-guided features match theirs) before the argmax, so "
+        "mask edges follow the image instead of the patch grid. "
+        "Labels: 0 background, 1-254 objects, 255 void (ignored). "
         "Coordinates are pixels of the original image (x right, y down, centre of the top-left pixel = "
         "0,0); frame indices count from 0 in the video.",
     )
@@ -95,6 +102,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     frames = parser.add_argument_group("video frames")
     add_options(frames, FrameOptions)
     add_extractor_options(parser, batch_help=FRAMES_BATCH_HELP)
+    add_upsample_options(parser)  # --upsample anyup: masks from pixel-level labels
     return parser
 
 
@@ -102,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from dinofeat.jobs.segment import SegmentJob  # lazy: --help stays fast (torch)
 
     model = extractor_options(args)
+    upsample = upsample_options(args, model)
     options = options_from(args, SegmentOptions)
     frames = options_from(args, FrameOptions)
     is_video = len(args.inputs) == 1 and args.inputs[0].lower().endswith(VIDEO_SUFFIXES)
@@ -122,9 +131,10 @@ def run(args: argparse.Namespace) -> int:
         frames=frames,
     )
     job.check()
+    upsampler = make_upsampler(upsample, model)  # before the model: a missing file is found at once
     extractor = make_extractor(model, args)
     with progress_bar(args, "segmenting", "frame" if is_video else "image") as bar:
-        result = job.run(extractor, bar)
+        result = job.run(extractor, bar, upsampler=upsampler, upsample_scale=upsample.upsample_scale)
     summary(args, job.summary(result))
     return 0
 

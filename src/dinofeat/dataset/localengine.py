@@ -28,6 +28,7 @@ from dinofeat.dataset.workunits import (
     write_shard_result,
 )
 from dinofeat.features.extractor import Extractor
+from dinofeat.features.upsample import Upsampler
 from dinofeat.models.digest import weights_digest
 from dinofeat.models.vit import DenseViT
 from dinofeat.options import ExtractorOptions
@@ -48,12 +49,14 @@ class LocalEngine:
     def __init__(self, model: DenseViT | None = None) -> None:
         self._model = model
         self._extractor: Extractor | None = None
+        self._upsampler: Upsampler | None = None
 
     def __enter__(self) -> LocalEngine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._extractor = None
+        self._upsampler = None
 
     def extractor(self, options: ExtractorOptions) -> Extractor:
         if self._extractor is None:
@@ -79,6 +82,9 @@ class LocalEngine:
         them), the model runs here, and a writer thread writes the previous shard.
         """
         extractor = self.extractor(job.extractor)
+        if self._upsampler is None:
+            self._upsampler = job.upsampler(extractor)
+        upsampler = self._upsampler
         decoders = ThreadPoolExecutor(
             job.dataset.decode_threads, thread_name_prefix="dinofeat-decode", initializer=block_interrupts
         )
@@ -112,6 +118,8 @@ class LocalEngine:
                     (f.result() for f in futures),
                     extractor,
                     pca=job.pca,
+                    upsampler=upsampler,
+                    upsample_scale=job.upsample_scale,
                     stop_on_error=stop_on_error,
                     on_items=on_items,
                 )

@@ -303,6 +303,7 @@ class _ShardWorker:
             _die_with_raylet()
         self.job = job
         self.extractor = Extractor.from_options(job.extractor)
+        self.upsampler = job.upsampler(self.extractor)
         self.decoders = ThreadPoolExecutor(
             job.dataset.decode_threads, thread_name_prefix="dinofeat-decode", initializer=block_interrupts
         )
@@ -339,6 +340,8 @@ class _ShardWorker:
             (f.result() for f in futures),
             self.extractor,
             pca=self.job.pca,
+            upsampler=self.upsampler,
+            upsample_scale=self.job.upsample_scale,
             stop_on_error=self.job.dataset.on_error == "fail",
         )
         if not result.stopped:

@@ -60,6 +60,7 @@ from dinofeat.options import (
     FrameOptions,
     TrackerOptions,
     TrailOptions,
+    UpsampleOptions,
 )
 from dinofeat.pca import PCABasis
 from dinofeat.runtime.progress import Progress, report
@@ -132,6 +133,7 @@ def extract_dataset(
     *,
     model: DenseViT | None = None,
     progress: Progress | None = None,
+    upsample: UpsampleOptions | None = None,
 ) -> DatasetReport:
     """The ``dinofeat extract --out-dir`` job: features of every image of ``inputs`` into a feature folder.
 
@@ -142,6 +144,12 @@ def extract_dataset(
         options: engine, on_error, dtype, pca, shard size... (:class:`~dinofeat.options.DatasetOptions`).
         model: a built model to use instead of loading one (local engine).
         progress: ``progress(done, total)`` over the images this run processes.
+        upsample: ``upsample="anyup"``: store AnyUp-upsampled maps at ``upsample.dataset_scale`` x the
+            patch grid (``--upsample-scale``, default :data:`~dinofeat.options.DATASET_UPSAMPLE_SCALE`);
+            the manifest's settings record it (compared on a rerun; the weights are recorded, not
+            compared) and its geometry the ``cell_size``
+            (processed pixels per cell), so :func:`~dinofeat.dataset.store.open_features` gives maps
+            with their exact geometry. With ``pca`` the basis is fitted on patch features.
 
     Raises :class:`InputError` for bad inputs or options, a folder made with other settings, or
     (``on_error="fail"``) the first image that cannot be read. Read the result with
@@ -150,6 +158,8 @@ def extract_dataset(
     started = time.monotonic()
     extractor_options = _for_workers(extractor_options or ExtractorOptions())
     options = options or DatasetOptions()
+    upsample = _upsample_for_workers(upsample or UpsampleOptions())
+    upsample.check_with(extractor_options)
     folder = ensure_folder(out_dir).resolve()
     listing = list_inputs(inputs, "image", exclude=folder)
     spec = get_spec(extractor_options.model)
@@ -167,11 +177,15 @@ def extract_dataset(
         "pca_sample": options.pca_sample if options.pca else None,
         "shard_size": options.shard_size,
     }
-    geometry = {
+    geometry: dict[str, Any] = {
         "patch_size": spec.patch_size,
         "stride": extractor_options.stride or spec.patch_size,
         "dim": options.pca or channels,
     }
+    metadata = extractor_metadata(extractor_options)
+    if upsample.enabled:  # only then: folders made before upsampling existed resume as they are
+        settings["upsample"] = {"upsample": upsample.upsample, "upsample_scale": upsample.dataset_scale}
+        geometry["cell_size"] = metadata["cell_size"] = spec.patch_size / upsample.dataset_scale
     inputs_entry = {**listing.describe(), "items": total, "sha256": digest}
     manifest = make_manifest(
         "features",
@@ -181,12 +195,21 @@ def extract_dataset(
         inputs=inputs_entry,
         geometry=geometry,
         batch_size=extractor_options.batch_size,  # recorded, not compared: it only changes rounding
+        **({"upsample_weights": upsample.upsample_weights} if upsample.enabled else {}),  # recorded, not compared
     )
     with locked(folder), _claimed(folder, manifest, extractor_options, options, model) as engine:
         (folder / SHARDS).mkdir(exist_ok=True)
-        job = FeatureJob(str(folder), extractor_options, options, extractor_metadata(extractor_options))
+        job = FeatureJob(str(folder), extractor_options, options, metadata, upsample=upsample)
         job = replace(job, pca=_storage_pca(folder, engine, job, listing, total))
         return _run_shards(folder, listing, engine, job, total, started, progress)
+
+
+def _upsample_for_workers(options: UpsampleOptions) -> UpsampleOptions:
+    """``options`` with a weights file's path made absolute (a released name is kept), as :func:`_for_workers`."""
+    weights = options.upsample_weights
+    if weights is None or not os.path.exists(weights):
+        return options
+    return options.replace(upsample_weights=os.path.abspath(weights))
 
 
 def _for_workers(options: ExtractorOptions) -> ExtractorOptions:

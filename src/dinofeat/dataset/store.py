@@ -342,6 +342,8 @@ class FeatureStore(Mapping[str, FeatureMap]):
         self.root = Path(self.manifest["inputs"]["root"])
         self.patch_size: int = self.manifest["geometry"]["patch_size"]
         self.stride: int = self.manifest["geometry"]["stride"]
+        #: processed pixels per cell of maps stored upsampled (``extract --out-dir --upsample anyup``), else None
+        self.cell_size: float | None = self.manifest["geometry"].get("cell_size")
         self.pca = load_pca(self.folder / PCA_FILE) if settings.get("pca") else None
         self._entries = self._read_entries()
         self._handles: OrderedDict = OrderedDict()
@@ -400,6 +402,7 @@ class FeatureStore(Mapping[str, FeatureMap]):
             processed_size_wh=entry.processed_size_wh,
             patch_size=self.patch_size,
             stride=self.stride,
+            cell_size=self.cell_size,
         )
 
     def _handle(self, shard: str) -> Any:

@@ -29,9 +29,17 @@ from dinofeat.errors import field as field_named
 from dinofeat.features.extractor import Extractor
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.features.source import FeatureSource
+from dinofeat.features.upsample import Upsampler
 from dinofeat.io.images import load_image, resize
 from dinofeat.jobs import track
-from dinofeat.options import DatasetOptions, ExtractorOptions, FrameOptions, TrackerOptions, TrailOptions
+from dinofeat.options import (
+    DatasetOptions,
+    ExtractorOptions,
+    FrameOptions,
+    TrackerOptions,
+    TrailOptions,
+    UpsampleOptions,
+)
 from dinofeat.pca import PCABasis, fit_pca
 from dinofeat.points import collect_queries
 from dinofeat.runtime.modelthread import block_interrupts
@@ -47,6 +55,8 @@ class FeatureJob:
         dataset: the dataset options (dtype, shard size, decode threads, on_error).
         metadata: each shard's header metadata (model, resolution, layers, facet).
         pca: the storage :class:`~dinofeat.pca.PCABasis` (``--pca K``), or None.
+        upsample: ``--upsample anyup``: store AnyUp-upsampled maps at ``upsample.dataset_scale`` x
+            the patch grid (None, or ``upsample="none"``: the patches).
     """
 
     folder: str
@@ -54,6 +64,20 @@ class FeatureJob:
     dataset: DatasetOptions
     metadata: dict[str, Any]
     pca: PCABasis | None = None
+    upsample: UpsampleOptions | None = None
+
+    @property
+    def upsample_scale(self) -> int | None:
+        """Features per patch side of the stored maps when upsampled (None: patches, not upsampled)."""
+        return self.upsample.dataset_scale if self.upsample is not None and self.upsample.enabled else None
+
+    def upsampler(self, extractor: Extractor) -> Upsampler | None:
+        """The job's AnyUp (its weights loaded, on ``extractor``'s device, in its precision), or None."""
+        if self.upsample is None or not self.upsample.enabled:
+            return None
+        return Upsampler.from_weights(
+            self.upsample.upsample_weights, device=extractor.device, precision=self.extractor.precision
+        )
 
 
 @dataclass(frozen=True)
@@ -103,6 +127,8 @@ def compute_shard(
     extractor: Extractor,
     *,
     pca: PCABasis | None = None,
+    upsampler: Upsampler | None = None,
+    upsample_scale: int | None = None,
     stop_on_error: bool = False,
     on_items: Callable[[int], None] | None = None,
 ) -> ShardResult:
@@ -112,7 +138,11 @@ def compute_shard(
     batches of ``extractor.batch_size`` in item order: the batches
     :meth:`~dinofeat.features.extractor.Extractor.extract_arrays` makes for the whole shard. A batch runs
     as soon as it is complete, so the model works while later images are still decoding. Maps are
-    reduced by ``pca`` when given. ``on_items(n)`` is called as ``n`` more items are finished.
+    reduced by ``pca`` when given. With an ``upsampler`` each map is stored upsampled by AnyUp at
+    ``upsample_scale`` x the patch grid (None: one cell per processed pixel); with ``pca`` too, the
+    reduced features are what AnyUp mixes (with the full features' attention: the same as reducing
+    the upsampled map, since the PCA is affine and AnyUp's weights sum to 1, and far cheaper).
+    ``on_items(n)`` is called as ``n`` more items are finished.
     """
     result = ShardResult(number)
     order: list[Decoded] = []
@@ -124,8 +154,12 @@ def compute_shard(
     def run(positions: list[int]) -> None:
         batch = [pending.pop(p) for p in positions]
         out = extractor.extract_resized([image for image, _ in batch], [size for _, size in batch])
-        for p, fmap in zip(positions, out):
+        for p, (image, _), fmap in zip(positions, batch, out):
             features = fmap.features if pca is None else pca.transform(fmap.features)
+            if upsampler is not None:
+                values = None if pca is None else features
+                fmap = upsampler.upsample_resized(fmap, image, values=values, scale=upsample_scale)
+                features = fmap.features
             maps[p] = replace(fmap, features=features, cls_token=None, register_tokens=None)
         if on_items is not None:
             on_items(len(positions))

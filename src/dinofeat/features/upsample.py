@@ -113,25 +113,80 @@ class Upsampler:
             A :class:`FeatureMap` ``(H_out, W_out, C)`` float32 with ``cell_size`` processed
             pixels per cell (1, or ``patch_size / S``); CLS and register tokens carried over.
         """
-        out_h, out_w = upsampled_grid_hw(fmap, scale)
+        return self._upsampled(fmap, image, None, scale)
+
+    def upsample_values(
+        self, fmap: FeatureMap, image: ImageLike, values: torch.Tensor, *, scale: int | None = None
+    ) -> FeatureMap:
+        """Per-patch ``values`` brought to pixel level with ``fmap``'s attention: each output cell
+        mixes the values of its window's patches with the weights that :meth:`upsample` gives their
+        features, so edges follow the image (what ``dinofeat segment --upsample anyup`` does with soft labels).
+
+        Args:
+            fmap: the patch map whose features (and image) set the attention.
+            image: as for :meth:`upsample`.
+            values: ``(h, w, L)`` on ``fmap``'s grid, any L (``values = fmap.features`` is :meth:`upsample`).
+            scale: as for :meth:`upsample`.
+
+        Returns:
+            A :class:`FeatureMap` ``(H_out, W_out, L)`` float32 of the values, with the geometry
+            :meth:`upsample` gives (``cell_size``); per cell a weighted mean of window values, so
+            values summing to 1 per patch sum to 1 per cell.
+        """
+        return self._upsampled(fmap, image, values, scale)
+
+    def _upsampled(
+        self, fmap: FeatureMap, image: ImageLike, values: torch.Tensor | None, scale: int | None
+    ) -> FeatureMap:
+        """``values`` ``(h, w, L)`` (None: the features) mixed with ``fmap``'s attention, upsampled geometry."""
+        upsampled_grid_hw(fmap, scale)  # an upsampled map or a bad scale is refused before the image is read
         pixels = load_image(image)
         if (pixels.shape[1], pixels.shape[0]) != fmap.image_size_wh:
             raise InputError(
                 f"the image is {pixels.shape[1]}x{pixels.shape[0]} but the feature map is of a "
                 f"{fmap.image_size_wh[0]}x{fmap.image_size_wh[1]} image"
             )
-        processed = resize(pixels, fmap.processed_size_wh)
-        features = self._run(processed, fmap.features, (out_h, out_w))
-        return replace(fmap, features=features, cell_size=fmap.processed_size_wh[0] / out_w)
+        return self.upsample_resized(fmap, resize(pixels, fmap.processed_size_wh), values=values, scale=scale)
+
+    def upsample_resized(
+        self,
+        fmap: FeatureMap,
+        processed: np.ndarray,
+        *,
+        values: torch.Tensor | None = None,
+        scale: int | None = None,
+    ) -> FeatureMap:
+        """:meth:`upsample` (or, with ``values``, :meth:`upsample_values`) given the image already
+        resized to ``fmap.processed_size_wh`` (``(H', W', 3) uint8``, as
+        :meth:`~dinofeat.features.extractor.Extractor.extract_resized` takes it)."""
+        out_h, out_w = upsampled_grid_hw(fmap, scale)
+        if (processed.shape[1], processed.shape[0]) != fmap.processed_size_wh:
+            raise InputError(
+                f"the resized image is {processed.shape[1]}x{processed.shape[0]}, the feature map's "
+                f"processed size {fmap.processed_size_wh[0]}x{fmap.processed_size_wh[1]}"
+            )
+        if values is not None and (values.ndim != 3 or tuple(values.shape[:2]) != fmap.grid_hw):
+            grid = f"{fmap.grid_hw[0]}x{fmap.grid_hw[1]}"
+            raise InputError(f"values have shape {tuple(values.shape)}, the grid is {grid}")
+        mixed = self._run(processed, fmap.features, (out_h, out_w), values)
+        return replace(fmap, features=mixed, cell_size=fmap.processed_size_wh[0] / out_w)
 
     @torch.inference_mode()
-    def _run(self, processed: np.ndarray, features: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-        """``(H', W', 3) uint8`` image and ``(h, w, C)`` features -> ``(H_out, W_out, C)`` float32 on the CPU."""
+    def _run(
+        self,
+        processed: np.ndarray,
+        features: torch.Tensor,
+        out_hw: tuple[int, int],
+        values: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(H', W', 3) uint8`` image, ``(h, w, C)`` features (and ``(h, w, L)`` values to mix
+        instead of them) -> ``(H_out, W_out, C or L)`` float32 on the CPU."""
         image = torch.tensor(processed).to(self.device).permute(2, 0, 1)[None].float()
         image = (image - self._mean) / self._std
         feats = features.to(self.device).float().permute(2, 0, 1)[None]
+        mixed = None if values is None else values.to(self.device).float().permute(2, 0, 1)[None]
         with autocast(self.device, self.dtype):
-            out = self.model.upsample(image, feats, out_hw, memory_budget=self.memory_budget)
+            out = self.model.upsample(image, feats, out_hw, values=mixed, memory_budget=self.memory_budget)
         return out[0].float().cpu().clone()  # an ordinary tensor (outside inference mode)
 
     def wrap(self, source: FeatureSource, *, scale: int | None = None) -> UpsampledSource:

@@ -32,7 +32,7 @@ from dinofeat.features.files import FEATURE_SUFFIXES, extractor_metadata, save_f
 from dinofeat.features.source import provenance
 from dinofeat.io.images import ImageLike, load_image
 from dinofeat.io.outputs import check_outputs, check_suffix
-from dinofeat.options import DatasetOptions, ExtractorOptions
+from dinofeat.options import DatasetOptions, ExtractorOptions, UpsampleOptions
 from dinofeat.optionspec import Options, option
 from dinofeat.wording import plural
 
@@ -162,13 +162,20 @@ class ExtractJob(Options):
         return ExtractResult(tuple(maps), Path(self.output))
 
     def run_dataset(
-        self, extractor_options: ExtractorOptions | None = None, progress: Progress | None = None
+        self,
+        extractor_options: ExtractorOptions | None = None,
+        progress: Progress | None = None,
+        *,
+        upsample: UpsampleOptions | None = None,
     ) -> DatasetReport:
         """The dataset route: :func:`~dinofeat.dataset.runs.extract_dataset` of ``inputs`` into
-        ``out_dir`` (resumable; the model loads there, in this process or on Ray workers)."""
+        ``out_dir`` (resumable; the model loads there, in this process or on Ray workers); with
+        ``upsample`` (``anyup``) the maps are stored upsampled (see ``extract_dataset``)."""
         if self._images is None:
             self._read()
         if self.out_dir is None:  # check() let a single file through
             raise InputError(f"{field_named('out_dir')} is not given: run a single file with run()")
         paths = [str(p) for p in self.inputs]
-        return extract_dataset(paths, self.out_dir, extractor_options, self.dataset, progress=progress)
+        return extract_dataset(
+            paths, self.out_dir, extractor_options, self.dataset, progress=progress, upsample=upsample
+        )

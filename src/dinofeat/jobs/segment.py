@@ -62,6 +62,7 @@ from dinofeat.segmentation import (
 if TYPE_CHECKING:  # types only
     from dinofeat.features.featuremap import FeatureMap
     from dinofeat.features.source import FeatureSource
+    from dinofeat.features.upsample import Upsampler
     from dinofeat.io.video import VideoInfo
     from dinofeat.runtime.progress import Progress
 
@@ -126,11 +127,14 @@ class SegmentedFrame:
 
 @dataclass(frozen=True)
 class SegmentResult:
-    """What :meth:`SegmentJob.run` found: each image's or frame's objects, the object labels."""
+    """What :meth:`SegmentJob.run` found: each image's or frame's objects, the object labels;
+    ``upsample``: how the masks were read (``{"upsample": "anyup", "upsample_scale": S or None}``),
+    None for the bilinear read of patch labels."""
 
     frames: list[SegmentedFrame]
     objects: tuple[int, ...]
     video: bool
+    upsample: dict[str, object] | None = None
 
     def summary(self) -> str:
         """``12 frames, 2 objects (mean area 1520, 310 px)``."""
@@ -141,6 +145,30 @@ class SegmentResult:
         ]
         shown = ", ".join(f"{area:.0f}" for area in areas)
         return f"{len(self.frames)} {unit}, {len(self.objects)} object(s) (mean area {shown} px)"
+
+
+@dataclass(frozen=True)
+class MaskReader:
+    """Soft patch labels -> a mask at the original pixels: read bilinearly from the patch grid
+    (:func:`~dinofeat.segmentation.patch_labels_to_mask`), or, with an ``upsampler``, first brought
+    to pixel level by AnyUp's attention (:meth:`~dinofeat.features.upsample.Upsampler.upsample_values`:
+    each pixel mixes its window's patch labels with the weights its features get, so edges follow
+    the image), at ``scale`` x the patch grid (None: one cell per processed pixel)."""
+
+    upsampler: Upsampler | None = None
+    scale: int | None = None
+
+    def __call__(self, soft: torch.Tensor, fmap: FeatureMap, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(h, w, L)`` soft labels on ``fmap``'s grid, the ``(H, W, 3)`` image -> ``(H, W)`` uint8
+        labels and float32 confidence."""
+        if self.upsampler is None:
+            return patch_labels_to_mask(soft, fmap)
+        fine = self.upsampler.upsample_values(fmap, image, soft, scale=self.scale)
+        return patch_labels_to_mask(fine.features, fine)
+
+    def describe(self) -> dict[str, object] | None:
+        """``{"upsample": "anyup", "upsample_scale": S or None}`` with an upsampler, else None."""
+        return None if self.upsampler is None else {"upsample": "anyup", "upsample_scale": self.scale}
 
 
 @dataclass(frozen=True)
@@ -294,17 +322,29 @@ class SegmentJob:
         return self._checked
 
     # -- running ------------------------------------------------------------------------------
-    def run(self, source: FeatureSource, progress: Progress | None = None) -> SegmentResult:
+    def run(
+        self,
+        source: FeatureSource,
+        progress: Progress | None = None,
+        *,
+        upsampler: Upsampler | None = None,
+        upsample_scale: int | None = None,
+    ) -> SegmentResult:
         """Segment with ``source`` and write the files (all of them, or none on failure).
 
-        ``progress(done, total)`` counts images or frames. A video streams: decoding, the model and
+        Labels are propagated (and clicks read) on the patch grid; with an ``upsampler`` each
+        image's soft labels are then brought to pixel level by AnyUp's attention before the argmax
+        (:class:`MaskReader`; ``upsample_scale`` S: at S x the patch grid, None: one cell per
+        processed pixel), so masks follow the image's edges. ``progress(done, total)`` counts
+        images or frames. A video streams: decoding, the model and
         encoding hold one batch of frames, and the segmenter a fixed number of frames' labels. Runs
         :meth:`check` first if it has not run.
         """
         checked = self._checked_now()
+        read = MaskReader(upsampler, upsample_scale)
         if checked.route == "video":
-            return self._run_video(source, checked, progress)
-        return self._run_images(source, checked, progress)
+            return self._run_video(source, checked, progress, read)
+        return self._run_images(source, checked, progress, read)
 
     def _first_labels(self, fmap: FeatureMap, checked: _Checked) -> torch.Tensor:
         """Soft labels ``(h, w, L)`` of the first image or frame: its mask's, or from the clicks."""
@@ -317,13 +357,17 @@ class SegmentJob:
         negatives = self.negatives_xy if len(self.negatives_xy) else None
         return mask_from_clicks(fmap, positives, negatives, threshold=self.options.click_threshold, num_labels=count)
 
-    def _first_mask(self, soft: torch.Tensor, fmap: FeatureMap, checked: _Checked) -> tuple[np.ndarray, np.ndarray]:
+    def _first_mask(
+        self, soft: torch.Tensor, fmap: FeatureMap, image: np.ndarray, checked: _Checked, read: MaskReader
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The first image's or frame's labels and confidence: the given mask itself, or read from ``soft``."""
         if checked.first_mask is not None:
             return checked.first_mask, (checked.first_mask != LABEL_VOID).astype(np.float32)
-        return patch_labels_to_mask(soft, fmap)
+        return read(soft, fmap, image)
 
-    def _run_images(self, source: FeatureSource, checked: _Checked, progress: Progress | None) -> SegmentResult:
+    def _run_images(
+        self, source: FeatureSource, checked: _Checked, progress: Progress | None, read: MaskReader
+    ) -> SegmentResult:
         images = [load_image(path) for path in self.inputs]
         maps = source.extract_arrays(images)
         first = self._first_labels(maps[0], checked)
@@ -331,12 +375,12 @@ class SegmentJob:
         frames, overlays, masks = [], [], []
         for index, (path, image, fmap) in enumerate(zip(self.inputs, images, maps, strict=True)):
             if index == 0:
-                labels, confidence = self._first_mask(first, fmap, checked)
+                labels, confidence = self._first_mask(first, fmap, image, checked, read)
             else:
                 soft = propagate_labels(
                     fmap, [maps[0]], [first], top_k=options.top_k, radius=None, temperature=options.temperature
                 )
-                labels, confidence = patch_labels_to_mask(soft, fmap)
+                labels, confidence = read(soft, fmap, image)
             frames.append(SegmentedFrame(str(path), object_stats(labels, confidence, checked.objects)))
             masks.append(labels)
             if self.output:
@@ -351,12 +395,14 @@ class SegmentJob:
                 save_image(overlay_tmp, figure)
             for tmp, labels in zip(mask_tmps, masks, strict=True):
                 save_mask(tmp, labels)
-            result = SegmentResult(frames, checked.objects, video=False)
+            result = SegmentResult(frames, checked.objects, video=False, upsample=read.describe())
             if json_tmp is not None:
                 json_tmp.write_text(format_json(self.document(result, source.options.model)))
         return result
 
-    def _run_video(self, source: FeatureSource, checked: _Checked, progress: Progress | None) -> SegmentResult:
+    def _run_video(
+        self, source: FeatureSource, checked: _Checked, progress: Progress | None, read: MaskReader
+    ) -> SegmentResult:
         info = checked.info or video_io.probe_video(self.inputs[0])
         total = len(checked.written_frames)
         frames: list[SegmentedFrame] = []
@@ -370,9 +416,9 @@ class SegmentJob:
                     if segmenter is None:
                         first = self._first_labels(fmap, checked)
                         segmenter = VideoSegmenter(fmap, first, self.options)
-                        labels, confidence = self._first_mask(first, fmap, checked)
+                        labels, confidence = self._first_mask(first, fmap, image, checked, read)
                     else:
-                        labels, confidence = patch_labels_to_mask(segmenter.step(fmap), fmap)
+                        labels, confidence = read(segmenter.step(fmap), fmap, image)
                     if mask_tmps:
                         save_mask(mask_tmps[done - 1], labels)
                     if writer is not None:
@@ -380,7 +426,7 @@ class SegmentJob:
                     stats = object_stats(labels, confidence, checked.objects)
                     frames.append(SegmentedFrame(f"{index:05d}", stats, index, round(time_s, 6)))
                     report(progress, done, total)
-            result = SegmentResult(frames, checked.objects, video=True)
+            result = SegmentResult(frames, checked.objects, video=True, upsample=read.describe())
             if len(frames) < total:  # the video ended before its frame count said: nothing is written
                 raise InputError(
                     f"{self.inputs[0]} has {len(frames)} frames from {checked.key_frame}, fewer than it said"
@@ -406,7 +452,8 @@ class SegmentJob:
 
     def document(self, result: SegmentResult, model: str) -> dict:
         """The ``--json`` document: the model, the inputs, the options and, per image or frame, each
-        object's ``area_px``, ``bbox_xyxy`` and ``mean_confidence``."""
+        object's ``area_px``, ``bbox_xyxy`` and ``mean_confidence``; with masks read at pixel level
+        (an upsampler), ``upsample``: ``{"upsample": "anyup", "upsample_scale": S or None}``."""
         checked = self._checked_now()
         document: dict[str, object] = {"model": model, "objects": list(result.objects)}
         if result.video:
@@ -418,6 +465,8 @@ class SegmentJob:
         else:
             document["images"] = [frame.to_json() for frame in result.frames]
         document["options"] = self.options.as_dict()
+        if result.upsample is not None:  # only then: the document of a bilinear read is as it was
+            document["upsample"] = result.upsample
         return document
 
     def summary(self, result: SegmentResult) -> str:

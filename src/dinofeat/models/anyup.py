@@ -386,6 +386,7 @@ class AnyUp(nn.Module):
         features: torch.Tensor,
         output_size_hw: tuple[int, int] | None = None,
         *,
+        values: torch.Tensor | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> torch.Tensor:
         """Features at ``output_size_hw`` (the image's size by default), channels last.
@@ -395,12 +396,16 @@ class AnyUp(nn.Module):
                 features were computed from (at the size the backbone saw).
             features: ``(B, C, h, w)`` patch features, any C, covering the same image.
             output_size_hw: ``(H_out, W_out)`` output pixels covering the image.
+            values: ``(B, L, h, w)``, any L, mixed instead of the features with the same attention
+                (the attention is the features'; e.g. soft labels of the patches, brought to pixel
+                level along the image's edges). None: the features themselves.
             memory_budget: bytes for the intermediate tensors of each chunk of the attention and
                 feature unification (the encoders at image size come on top).
 
         Returns:
-            ``(B, H_out, W_out, C)`` in the features' dtype: each output pixel a weighted mean of the
-            input features of its window (so a constant map stays constant).
+            ``(B, H_out, W_out, C)`` in the features' dtype (``(B, H_out, W_out, L)`` in the values'
+            with ``values``): each output pixel a weighted mean of the input features (values) of
+            its window (so a constant map stays constant).
         """
         out_hw = output_size_hw if output_size_hw is not None else (int(image.shape[-2]), int(image.shape[-1]))
         encoded = self.rope(self.image_encoder(image))
@@ -410,4 +415,6 @@ class AnyUp(nn.Module):
         unified = self.key_features_encoder[0](F.normalize(features, dim=1).to(keys.dtype), memory_budget)
         unified = self.key_features_encoder[2](self.key_features_encoder[1](unified))
         keys = self.aggregation(torch.cat([keys, unified], dim=1))
-        return self.cross_decode(queries, keys, features, memory_budget)
+        if values is not None and (values.shape[0], *values.shape[2:]) != (features.shape[0], *features.shape[2:]):
+            raise ValueError(f"values have shape {tuple(values.shape)}, the features {tuple(features.shape)}")
+        return self.cross_decode(queries, keys, features if values is None else values, memory_budget)
