@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write_h264
 from dinofeat.runtime import allocator
 from dinofeat.runtime.allocator import release_freed_memory, releasing
-from tests.conftest import write_h264
 
-ROOT = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def test_releasing_hands_on_every_item_and_releases_every_few(monkeypatch):
@@ -47,7 +47,8 @@ def test_release_works_on_linux():
 # one-block random ViT-S/14 at 112 px, and prints its peak resident memory (kB) on exit.
 _PEAK_OF_TRACK = """
 import sys
-from tests.conftest import random_vit
+sys.path.insert(0, sys.argv.pop(1))  # the tests folder: its conftest
+from conftest import random_vit
 from dinofeat.features.extractor import Extractor
 from dinofeat.jobs.track import TrackJob
 from dinofeat.options import FrameOptions
@@ -62,8 +63,8 @@ print("peak", open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
 
 
 def _peak_mb_of_track(video: Path, out: Path, frames: int) -> float:
-    command = [sys.executable, "-c", _PEAK_OF_TRACK, str(video), str(out / str(frames)), str(frames)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    command = [sys.executable, "-c", _PEAK_OF_TRACK, str(TESTS), str(video), str(out / str(frames)), str(frames)]
+    done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return int(done.stdout.split("peak")[-1]) / 1024
 
