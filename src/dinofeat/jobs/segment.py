@@ -43,7 +43,7 @@ from dinofeat.io import video as video_io  # called through the module: the test
 from dinofeat.io.frames import frames_to_process
 from dinofeat.io.images import load_image
 from dinofeat.io.masks import read_mask, save_mask
-from dinofeat.io.outputs import check_outputs, check_suffix, ensure_folder, format_json, save_image, staged_outputs
+from dinofeat.io.outputs import check_outputs, check_suffix, format_json, save_image, staged_outputs
 from dinofeat.io.suffixes import IMAGE_OUTPUTS, VIDEO_OUTPUTS
 from dinofeat.jobs.base import PathLike
 from dinofeat.options import FrameOptions, SegmentOptions
@@ -202,7 +202,7 @@ class SegmentJob:
             video of the input's size at ``fps / every`` (:data:`~dinofeat.io.suffixes.VIDEO_OUTPUTS`).
         masks_dir: one indexed PNG per image (``<stem>.png``; ``000_<stem>.png``... when stems
             repeat) or per written frame (``00000.png``: the frame index in the video), in the
-            DAVIS palette; the folder is made by :meth:`check`.
+            DAVIS palette; the folder is made when they are written.
         json: per image or frame and object: area in pixels, box, mean confidence.
         options: how labels are propagated and clicks become a mask (:class:`~dinofeat.options.SegmentOptions`).
         frames: which video frames are processed.
@@ -226,8 +226,8 @@ class SegmentJob:
         return len(self.inputs) == 1 and Path(self.inputs[0]).suffix.lower() in VIDEO_SUFFIXES
 
     def check(self) -> None:
-        """Every check that needs no model, once: the inputs, the outputs (given, suffixes, the masks
-        folder made, writable, not an input), the video (probed once) and its frames, the first mask
+        """Every check that needs no model, once: the inputs, the outputs (given, suffixes, writable,
+        not an input; the masks folder is made only when the masks are written), the video (probed once) and its frames, the first mask
         (its size and labels) or the clicks (inside the image, labels)."""
         self._checked = self._check()
 
@@ -294,12 +294,16 @@ class SegmentJob:
 
     def _checked_outputs(self, mask_names: Callable[[Path], list[str]]) -> list[str]:
         """The outputs checked (writable, not an input, distinct) and the mask files, named by
-        ``mask_names(folder)``; the masks folder is made only once the other outputs pass."""
+        ``mask_names(folder)``. The masks folder is made when the masks are written (and removed
+        again if the run fails), so a run that fails leaves no empty folder."""
         inputs = [*self.inputs, *([self.mask] if self.mask is not None else [])]
         check_outputs([self.output, self.json], inputs=inputs)
         if not self.masks_dir:
             return []
-        mask_files = mask_names(ensure_folder(self.masks_dir, field("masks_dir")))
+        folder = Path(self.masks_dir)
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{field('masks_dir', folder)} exists and is not a folder")
+        mask_files = mask_names(folder)
         check_outputs([self.output, self.json, *mask_files], inputs=inputs)
         return mask_files
 
