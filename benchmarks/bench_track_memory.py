@@ -69,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="40 vs 400 frames")
     parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--modes", nargs="+", choices=("without", "with"), default=["without", "with"])
     args = parser.parse_args()
     short, long = (40, 400) if args.quick else (200, 2000)
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +80,7 @@ def main() -> None:
         model = f"ViT-S/14 (random weights), {args.resolution} px"
         print(f"dinofeat track, 320x180 video, {model}, --grid 4, -o --json --csv")
         print(f"{'':>10} {short:>6} frames {long:>6} frames   growth   (peak resident MB; seconds)")
-        for mode in ("without", "with"):
+        for mode in args.modes:
             (a, ta), (b, tb) = (peak_mb(mode, video, weights, n, args.resolution, folder) for n in (short, long))
             print(f"{mode + ' release':>10} {a:6.0f} ({ta:4.0f}s) {b:6.0f} ({tb:4.0f}s)   {b / a - 1:+6.1%}")
 

@@ -104,7 +104,7 @@ def _with_suggestion(message: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="dinofeat",
-        description="DINO dense features: extract, match, PCA and tracking. "
+        description="DINO dense features: extract, match, PCA, tracking and segmentation. "
         "Coordinates are pixels of the original image (x right, y down, centre of the top-left pixel = 0,0).",
     )
     parser.add_argument("--version", action="version", version=f"dinofeat {__version__}")

@@ -24,7 +24,7 @@ from dinofeat.options import AppOptions
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "app",
-        help="start a local web app: click points, see matches, PCA and tracks",
+        help="start a local web app: click points, see matches, PCA, tracks and masks",
         description='Start a local web app (Gradio; install with: pip install "dinofeat[app]"). Tabs: '
         "Match (click points on image A, see their matches in image B, the similarity heatmap and the "
         "JSON), PCA (joint PCA colours and foreground masks of one or more images) and Track (click points "
