@@ -227,8 +227,9 @@ class SegmentJob:
 
     def check(self) -> None:
         """Every check that needs no model, once: the inputs, the outputs (given, suffixes, writable,
-        not an input; the masks folder is made only when the masks are written), the video (probed once) and its frames, the first mask
-        (its size and labels) or the clicks (inside the image, labels)."""
+        not an input; the masks folder is made only when the masks are written), the video (probed
+        once) and its frames, the first mask (its size and labels) or the clicks (inside the image,
+        labels)."""
         self._checked = self._check()
 
     def _check(self) -> _Checked:
