@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import cv2
 import numpy as np
+
+from conftest import save_png
+from dinofeat.io.masks import save_mask
+from dinofeat.io.video import VideoWriter
 
 W, H, SIDE = 224, 168, 56  # at resolution 168 the model sees the frames 1:1 (16 x 12 patches); the object 4 x 4
 FRAMES = 8
@@ -33,3 +40,17 @@ def moving_object(frames: int = FRAMES) -> tuple[list[np.ndarray], list[np.ndarr
         images.append(image.astype(np.uint8))
         masks.append(mask)
     return images, masks
+
+
+def write_scene(folder: Path, views: Sequence[int] = ()) -> tuple[Path, list[np.ndarray]]:
+    """The scene as files in ``folder``: ``clip.mp4`` (nearly lossless H.264), ``first.png`` (the first
+    frame's mask) and ``view<k>.png`` (frame k as a photo) for each k in ``views``; returns
+    ``(folder, masks)``."""
+    images, masks = moving_object()
+    with VideoWriter(folder / "clip.mp4", fps=10, size_wh=(W, H), crf=2) as sink:
+        for image in images:
+            sink.write(image)
+    save_mask(folder / "first.png", masks[0])
+    for k in views:
+        save_png(folder / f"view{k}.png", images[k])
+    return folder, masks

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from segment_scene import FRAMES, SIDE, H, W, moving_object
+from segment_scene import FRAMES, SIDE, H, W, write_scene
 
 from conftest import save_png
 from dinofeat.cli import main
-from dinofeat.io.masks import read_mask, save_mask
-from dinofeat.io.video import VideoWriter, probe_video
+from dinofeat.io.masks import read_mask
+from dinofeat.io.video import probe_video
 from dinofeat.models.dinov2 import DinoVisionTransformer
 from dinofeat.models.registry import get_spec
 
@@ -31,15 +31,7 @@ def model_args(tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    images, masks = moving_object()
-    folder = tmp_path_factory.mktemp("scene")
-    with VideoWriter(folder / "clip.mp4", fps=10, size_wh=(W, H), crf=2) as sink:
-        for image in images:
-            sink.write(image)
-    save_mask(folder / "first.png", masks[0])
-    for k in (0, 4):
-        save_png(folder / f"view{k}.png", images[k])
-    return folder, masks
+    return write_scene(tmp_path_factory.mktemp("scene"), views=(0, 4))
 
 
 def _files(folder) -> set[str]:

@@ -11,14 +11,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from segment_scene import FRAMES, SIDE, STEP_XY, H, W, moving_object
+from segment_scene import FRAMES, SIDE, STEP_XY, H, W, moving_object, write_scene
 
 from conftest import save_png, smooth_vit
 from dinofeat.errors import InputError
 from dinofeat.features.extractor import Extractor
 from dinofeat.features.upsample import Upsampler
 from dinofeat.io.masks import DAVIS_PALETTE, read_mask, save_mask
-from dinofeat.io.video import VideoWriter, probe_video
+from dinofeat.io.video import probe_video
 from dinofeat.jobs.segment import MaskReader, SegmentJob
 from dinofeat.models.anyup import AnyUp
 from dinofeat.options import FrameOptions, SegmentOptions
@@ -31,13 +31,7 @@ def iou(found: np.ndarray, truth: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    images, masks = moving_object()
-    folder = tmp_path_factory.mktemp("scene")
-    with VideoWriter(folder / "clip.mp4", fps=10, size_wh=(W, H), crf=2) as sink:
-        for image in images:
-            sink.write(image)
-    save_mask(folder / "first.png", masks[0])
-    return folder, masks
+    return write_scene(tmp_path_factory.mktemp("scene"))
 
 
 @pytest.fixture(scope="module")

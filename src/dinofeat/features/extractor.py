@@ -276,14 +276,20 @@ class Extractor:
         resolution asked for, and once per extractor that small inputs are enlarged for the model;
         the first image concerned is the example given."""
         key = (self.resolution, self.max_size, self.stride)
-        geometry = {"patch_size": self.model.patch_size, "stride": self.stride, "max_size": self.max_size}
+        if key in self._announced and _ENLARGED in self._announced:
+            return  # both said: nothing to work out for the frames that follow
+        geometry: dict[str, Any] = {
+            "patch_size": self.model.patch_size,
+            "stride": self.stride,
+            "max_size": self.max_size,
+        }
         for size_wh in sizes_wh:
-            capped = size_cap_note(size_wh, self.resolution, **geometry)  # type: ignore[arg-type]
+            capped = size_cap_note(size_wh, self.resolution, **geometry)
             if capped is not None and key not in self._announced:
                 self._announced.add(key)
                 log.warning(FieldMessage(f"{capped}; said once, other images are capped alike"))
             if capped is None and _ENLARGED not in self._announced:  # a capped size is said already
-                note = enlargement_note(size_wh, self.resolution, **geometry)  # type: ignore[arg-type]
+                note = enlargement_note(size_wh, self.resolution, **geometry)
                 if note is not None:
                     self._announced.add(_ENLARGED)
                     log.warning(FieldMessage(f"{note}; said once"))
