@@ -44,6 +44,9 @@ from dinofeat.optionspec import (
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: ``--compile``: ``auto`` compiles the model where the job's length repays it (see
+#: :mod:`dinofeat.runtime.compile`); ``on`` and ``off`` force it.
+COMPILE_MODES = ("auto", "on", "off")
 FACETS = ("token", "key", "query", "value")
 GEOMETRIES = ("homography", "fundamental")
 TEMPLATE_POLICIES = ("anchored", "fixed")
@@ -163,6 +166,16 @@ class ExtractorOptions(Options):
         metavar="B",
         help=f"images (or video frames) per forward pass (default: {GPU_BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on CPU, "
         "where bigger batches measured slower)",
+    )
+
+    compile: str = option(
+        "auto",
+        flag="--compile",
+        choices=COMPILE_MODES,
+        noun="compile mode",
+        help="compile the model (torch.compile): auto = where the job is long enough to repay the compile time "
+        "(videos, datasets, eval, the app; on a CUDA GPU or a CPU), on, off; never changes a result beyond "
+        "rounding, falls back to eager with one warning (default: %(default)s)",
     )
 
     def __post_init__(self) -> None:

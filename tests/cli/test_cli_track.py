@@ -434,3 +434,17 @@ def test_non_square_pixels_are_tracked_in_display_pixels(tmp_path, model_args, s
     with av.open(str(out)) as container:
         stream = container.streams.video[0]
         assert (stream.width, stream.height) == (W, height) and stream.sample_aspect_ratio in (None, 0, 1)
+
+
+def test_compile_on_tracks_as_eager_and_says_its_compile_time_once(tmp_path, video, model_args, capsys):
+    documents = []
+    for mode in ("off", "on"):
+        js = tmp_path / f"{mode}.json"
+        assert main(["track", video, "--grid", "3", "--json", str(js), "--compile", mode, *model_args]) == 0
+        documents.append(json.loads(js.read_text()))
+    said = [line for line in capsys.readouterr().err.splitlines() if "compiled the model" in line]
+    assert len(said) == 1 and said[0].startswith("dinofeat track: compiled the model for 168x126 in "), said
+    eager, compiled = documents
+    for a, b in zip(eager["tracks"], compiled["tracks"], strict=True):
+        assert a["visible"] == b["visible"]
+        assert np.abs(np.array(a["points"]) - np.array(b["points"])).max() <= 1e-3

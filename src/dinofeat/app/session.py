@@ -10,6 +10,7 @@ shows exactly what the commands write.
 from __future__ import annotations
 
 import atexit
+import math
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from dinofeat.drawing import draw_points, draw_segmentation
 from dinofeat.errors import InputError
 from dinofeat.errors import field as field_named
 from dinofeat.features.cache import DEFAULT_CACHE_SIZE, FeatureCache
-from dinofeat.features.source import provenance
+from dinofeat.features.source import expect_images, provenance
 from dinofeat.io.images import load_image
 from dinofeat.io.video import VideoInfo, probe_video, read_frames
 from dinofeat.jobs.match import MatchJob, heatmap_picture, match_picture
@@ -207,6 +208,7 @@ class AppSession:
         self.upsampler = upsampler  # an Upsampler for the PCA tab's pixel-level toggle (None: no toggle)
         self.upsample_scale = upsample_scale
         self.cache = FeatureCache(extractor, FEATURE_CACHE_SIZE)
+        expect_images(extractor, math.inf)  # a session: --compile auto compiles once the passes are timed
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix="dinofeat-app-")
             atexit.register(shutil.rmtree, workdir, ignore_errors=True)

@@ -86,14 +86,14 @@ FRAMES_BATCH_HELP = (
 def add_extractor_options(
     parser: argparse.ArgumentParser, *, batch_help: str | None = None, resolution: int | None = None
 ) -> None:
-    """The model group (--model, --weights, --device, --precision, --resolution, --max-size), the
+    """The model group (--model, --weights, --device, --precision, --resolution, --max-size, --compile), the
     features group (--layer, --facet, --stride, --batch-size) and --debug; ``resolution`` is the
     command's own default resolution where it differs from the library's."""
 
     features = parser.add_argument_group("features")
     add_options(features, ExtractorOptions, "layers", "facet", "stride", "batch_size", batch_size=batch_help or "")
     model = parser.add_argument_group("model")
-    add_options(model, ExtractorOptions, "model", "weights", "device", "precision", "resolution", "max_size")
+    add_options(model, ExtractorOptions, "model", "weights", "device", "precision", "resolution", "max_size", "compile")
     if resolution is not None:
         parser.set_defaults(resolution=resolution)
     add_output_options(parser)

@@ -82,6 +82,7 @@ class LocalEngine:
         them), the model runs here, and a writer thread writes the previous shard.
         """
         extractor = self.extractor(job.extractor)
+        extractor.expect_images(job.images)
         if self._upsampler is None:
             self._upsampler = job.upsampler(extractor)
         upsampler = self._upsampler

@@ -303,6 +303,7 @@ class _ShardWorker:
             _die_with_raylet()
         self.job = job
         self.extractor = Extractor.from_options(job.extractor)
+        self.extractor.expect_images(job.images)  # every worker weighs the whole dataset: it compiles readily
         self.upsampler = job.upsampler(self.extractor)
         self.decoders = ThreadPoolExecutor(
             job.dataset.decode_threads, thread_name_prefix="dinofeat-decode", initializer=block_interrupts

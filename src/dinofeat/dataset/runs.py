@@ -199,7 +199,7 @@ def extract_dataset(
     )
     with locked(folder), _claimed(folder, manifest, extractor_options, options, model) as engine:
         (folder / SHARDS).mkdir(exist_ok=True)
-        job = FeatureJob(str(folder), extractor_options, options, metadata, upsample=upsample)
+        job = FeatureJob(str(folder), extractor_options, options, metadata, upsample=upsample, images=total)
         job = replace(job, pca=_storage_pca(folder, engine, job, listing, total))
         return _run_shards(folder, listing, engine, job, total, started, progress)
 

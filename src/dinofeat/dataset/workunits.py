@@ -57,6 +57,8 @@ class FeatureJob:
         pca: the storage :class:`~dinofeat.pca.PCABasis` (``--pca K``), or None.
         upsample: ``--upsample anyup``: store AnyUp-upsampled maps at ``upsample.dataset_scale`` x
             the patch grid (None, or ``upsample="none"``: the patches).
+        images: the images of the dataset, all workers together: how long the job is, which
+            ``--compile auto`` weighs (:meth:`~dinofeat.features.extractor.Extractor.expect_images`).
     """
 
     folder: str
@@ -65,6 +67,7 @@ class FeatureJob:
     metadata: dict[str, Any]
     pca: PCABasis | None = None
     upsample: UpsampleOptions | None = None
+    images: int = 0
 
     @property
     def upsample_scale(self) -> int | None:

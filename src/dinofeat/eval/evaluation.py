@@ -38,7 +38,7 @@ from dinofeat.eval.tapvid import (
 from dinofeat.eval.tapvid_metrics import mean_metrics
 from dinofeat.features.cache import FeatureCache
 from dinofeat.features.extractor import Extractor
-from dinofeat.features.source import FeatureSource
+from dinofeat.features.source import FeatureSource, expect_images
 from dinofeat.matching import match_features
 from dinofeat.options import DavisOptions, MatchOptions, SegmentOptions, SPairOptions, TapVidOptions, TrackerOptions
 from dinofeat.runtime.progress import Progress, report
@@ -80,6 +80,7 @@ def evaluate_tapvid_file(
     track every video's queries with dinofeat's tracker, score with the reference metrics."""
     options = options or TapVidOptions()
     videos = read_tapvid(path)
+    expect_images(extractor, sum(video.num_frames for video in videos[: options.max_videos]))
     return evaluate_tapvid(
         videos,
         tracker_fn(extractor, tracker),
@@ -114,6 +115,7 @@ def sweep_tapvid(
     settings = _sweep_settings(grid)
     trackers = [tracker.replace(**setting) for setting in settings]  # every value checked before any work
     cache = FeatureCache(extractor, size=max(video.num_frames for video in videos))
+    expect_images(cache, sum(video.num_frames for video in videos))
     per_setting: list[list[dict]] = [[] for _ in settings]
     total, done = len(videos) * len(settings), 0
     for video in videos:
@@ -176,6 +178,7 @@ def evaluate_spair_folder(
     keypoint into the target image, score PCK@alpha per point and per image, overall and per category."""
     options = options or SPairOptions()
     pairs = read_spair(root, split=options.split, limit=options.limit)
+    expect_images(extractor, 2 * len(pairs))
     return evaluate_spair(
         pairs, matcher_fn(extractor, matching), alphas=options.alphas, model=_model_name(extractor), progress=progress
     )
@@ -260,6 +263,7 @@ def evaluate_davis_folder(
     ``results_dir`` the masks are written in the official results layout."""
     options = options or DavisOptions()
     sequences = read_davis(root, subset=options.subset, sequences=options.sequences)
+    expect_images(extractor, sum(sequence.num_frames for sequence in sequences))
     return evaluate_davis(sequences, segmenter_fn(extractor, segment), results_dir=results_dir, progress=progress)
 
 
@@ -283,6 +287,7 @@ def sweep_davis(
     settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     segmenters = sweep_segmenters(grid, segment)  # every value checked before any work
     cache = FeatureCache(extractor, size=max(sequence.num_frames for sequence in sequences))
+    expect_images(cache, sum(sequence.num_frames for sequence in sequences))
     per_setting: list[list[ObjectScore]] = [[] for _ in settings]
     total, done = len(sequences) * len(settings), 0
     for sequence in sequences:

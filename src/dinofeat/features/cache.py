@@ -70,6 +70,11 @@ class FeatureCache:
         """The extractor's :meth:`~dinofeat.features.extractor.Extractor.provenance`."""
         return self.extractor.provenance()
 
+    def expect_images(self, count: float) -> None:
+        """Passed on to the extractor (:meth:`~dinofeat.features.extractor.Extractor.expect_images`):
+        maps found in the cache need no pass, so this may overestimate."""
+        self.extractor.expect_images(count)
+
     def __len__(self) -> int:
         return len(self._store)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -20,6 +22,7 @@ from dinofeat.models.registry import DEFAULT_MODEL, ModelSpec
 from dinofeat.models.vit import DenseViT
 from dinofeat.models.weights import load_model
 from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION, ExtractorOptions
+from dinofeat.runtime.compile import CompiledBlocks, CompilePlan, compiled_blocks
 from dinofeat.runtime.devices import (
     autocast,
     default_batch_size,
@@ -63,6 +66,11 @@ class Extractor:
         facet: ``token`` (default, normalised block output) or ``key`` / ``query`` / ``value``.
         batch_size: images per forward pass; None: by device (:func:`~dinofeat.runtime.devices.default_batch_size`,
             1 on CPU, 8 on a GPU).
+        compile: ``auto`` | ``on`` | ``off``: run the model's blocks compiled (``torch.compile``).
+            ``auto`` compiles once a job has said it will run enough passes to repay the compile
+            time (:meth:`expect_images`; the jobs do), ``on`` from the first pass. Results equal
+            eager ones up to rounding; a compile error gives one warning and eager passes
+            (:mod:`dinofeat.runtime.compile`).
         block_progress: for progress within a forward pass (a big image's can take a while):
             called as ``block_progress("the model on 1344x1792")`` before each forward pass, it
             gives a context manager yielding a :class:`~dinofeat.runtime.progress.Progress` that is called
@@ -97,6 +105,7 @@ class Extractor:
         layers: int | Sequence[int] = -1,
         facet: str = "token",
         batch_size: int | None = None,
+        compile: str = "auto",
         block_progress: BlockProgress | None = None,
     ) -> None:
         name = model if isinstance(model, str) else model.spec.name
@@ -111,6 +120,7 @@ class Extractor:
             layers=(layers,) if isinstance(layers, int) else tuple(layers),
             facet=facet,
             batch_size=batch_size,
+            compile=compile,
         )
         given = None if isinstance(model, str) else model
         self._load(options, given, block_progress, device if isinstance(device, torch.device) else None)
@@ -159,6 +169,8 @@ class Extractor:
         self._std = (std * 255).view(1, 3, 1, 1).to(device)
         # size caps already announced, as (resolution, max_size, stride) (shared with with_options copies)
         self._announced: set[tuple[int, int | None, int] | str] = set()
+        blocks_run = max(vit.resolve_layers(options.layers)) + 1
+        self._plan = CompilePlan(options.compile, device, blocks_run)
 
     def with_options(self, **changes: object) -> Extractor:
         """A copy with other feature options (resolution, max_size, stride, layers, facet, batch_size,
@@ -169,8 +181,16 @@ class Extractor:
         other = type(self).__new__(type(self))
         other._setup(self.model, self.device, self.options.replace(**changes))
         other._announced = self._announced
+        if other.options.compile == self.options.compile:
+            other._plan = self._plan  # one decision, one compile note for the copies
         other.block_progress = self.block_progress
         return other
+
+    def expect_images(self, count: float) -> None:
+        """Say that a job is about to extract about ``count`` images (``math.inf``: an open-ended
+        session such as the app's). With ``compile="auto"`` this decides whether compiling the model
+        repays its compile time (:class:`~dinofeat.runtime.compile.CompilePlan`)."""
+        self._plan.expect(count if math.isinf(count) else math.ceil(count / self.batch_size))
 
     def __repr__(self) -> str:
         """``Extractor(dinov2_vits14 on cpu, bf16, resolution 448, max_size 1344, stride 14, layers [-1], token)``."""
@@ -333,14 +353,47 @@ class Extractor:
         """Same-size ``(H, W, 3) uint8`` images -> patch tokens (B, h, w, C), CLS (B, C), registers (B, R, C).
 
         Progress goes to :attr:`block_progress` block by block; a long pass runs in the helper
-        thread of :mod:`dinofeat.runtime.modelthread` so that an interrupt is answered at once."""
+        thread of :mod:`dinofeat.runtime.modelthread` so that an interrupt is answered at once.
+        The blocks run compiled where :attr:`options` ``compile`` says so (:class:`CompilePlan`)."""
         h, w = batch[0].shape[:2]
+        compiled = compiled_blocks(self.model, self.device) if self._plan.compiled_now() else None
+        compiling = compiled is not None and compiled.failed is None and not self._plan.compiled_once
         what = f"the model on {w}x{h}" if len(batch) == 1 else f"the model on {len(batch)} images of {w}x{h}"
+        if compiling:
+            what = f"compiling the model for {w}x{h}"
         opened = self.block_progress(what) if self.block_progress is not None else contextlib.nullcontext()
+        started = time.perf_counter()
         with opened as progress:
-            if self._block_flops(len(batch), (w, h)) < RESPONSIVE_BLOCK_FLOPS:
-                return self._model_pass(batch, progress, None)
-            return run_responsively(lambda cancel: self._model_pass(batch, progress, cancel))
+            result = self._run_pass(batch, progress, compiled)
+        seconds = time.perf_counter() - started
+        if compiling and compiled.failed is None:  # type: ignore[union-attr]  # compiling: compiled is set
+            self._plan.compiled_once = True
+            log.warning(FieldMessage(f"compiled the model for {w}x{h} in {seconds:.1f} s; said once"))
+        self._plan.record(seconds, self.dtype)
+        return result
+
+    def _run_pass(
+        self, batch: list[np.ndarray], progress: Progress | None, compiled: CompiledBlocks | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pass, compiled where ``compiled`` is given and has not failed; a compiled pass that
+        fails runs again eagerly, and only an error of the eager pass is raised."""
+        blocks = compiled.blocks if compiled is not None and compiled.failed is None else None
+        try:
+            return self._responsive_pass(batch, progress, blocks)
+        except Exception as error:
+            if compiled is None or blocks is None:
+                raise
+            result = self._responsive_pass(batch, progress, None)  # a genuine error is raised here again
+            compiled.fail(error)
+            return result
+
+    def _responsive_pass(
+        self, batch: list[np.ndarray], progress: Progress | None, blocks: list | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h, w = batch[0].shape[:2]
+        if self._block_flops(len(batch), (w, h)) < RESPONSIVE_BLOCK_FLOPS:
+            return self._model_pass(batch, progress, None, blocks)
+        return run_responsively(lambda cancel: self._model_pass(batch, progress, cancel, blocks))
 
     def _block_flops(self, batch: int, size_wh: tuple[int, int]) -> float:
         """Multiply-adds of one block (projections, MLP and attention) for ``batch`` images."""
@@ -350,7 +403,11 @@ class Extractor:
 
     @torch.inference_mode()
     def _model_pass(
-        self, batch: list[np.ndarray], progress: Progress | None, cancel: threading.Event | None
+        self,
+        batch: list[np.ndarray],
+        progress: Progress | None,
+        cancel: threading.Event | None,
+        blocks: list | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         def on_block(done: int, total: int) -> None:
             if cancel is not None and cancel.is_set():
@@ -362,7 +419,7 @@ class Extractor:
         pixels = (pixels - self._mean) / self._std
         with autocast(self.device, self.dtype):
             out = self.model.forward_features(
-                pixels, layers=self.layers, facet=self.facet, stride=self.stride, on_block=on_block
+                pixels, layers=self.layers, facet=self.facet, stride=self.stride, on_block=on_block, blocks=blocks
             )
         gh, gw = out.grid_hw
         tokens = torch.cat(out.patch_tokens, dim=-1).float().reshape(len(batch), gh, gw, -1)

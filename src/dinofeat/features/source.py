@@ -58,3 +58,13 @@ def provenance(source: FeatureSource) -> dict[str, Any]:
     options = source.options
     weights = str(options.weights) if options.weights else None
     return {"weights": {"path": weights, "sha256": None}, "precision": options.precision}
+
+
+def expect_images(source: FeatureSource, count: float) -> None:
+    """Tell ``source`` that a job is about to ask it for about ``count`` images' maps (``math.inf``:
+    an open-ended session): an :class:`~dinofeat.features.extractor.Extractor` with
+    ``compile="auto"`` compiles its model where that repays the compile time. Sources that wrap
+    another pass it on; sources without ``expect_images`` (stored features) need not know."""
+    expect = getattr(source, "expect_images", None)
+    if callable(expect):
+        expect(count)

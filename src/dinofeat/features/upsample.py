@@ -28,7 +28,7 @@ import torch
 
 from dinofeat.errors import InputError, field
 from dinofeat.features.featuremap import FeatureMap
-from dinofeat.features.source import FeatureSource
+from dinofeat.features.source import FeatureSource, expect_images
 from dinofeat.io.images import ImageLike, load_image, resize
 from dinofeat.models.anyup import DEFAULT_MEMORY_BUDGET, AnyUp
 from dinofeat.models.registry import ModelSpec
@@ -218,6 +218,10 @@ class UpsampledSource:
     @property
     def batch_size(self) -> int:
         return self.source.batch_size
+
+    def expect_images(self, count: float) -> None:
+        """Passed on to the wrapped source (:func:`~dinofeat.features.source.expect_images`)."""
+        expect_images(self.source, count)
 
     def extract_arrays(self, images: Sequence[np.ndarray]) -> list[FeatureMap]:
         """``(H, W, 3) uint8`` RGB images -> their upsampled maps, in order."""

@@ -29,7 +29,7 @@ from dinofeat.errors import InputError
 from dinofeat.errors import field as field_named
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.features.files import FEATURE_SUFFIXES, extractor_metadata, save_features
-from dinofeat.features.source import provenance
+from dinofeat.features.source import expect_images, provenance
 from dinofeat.io.images import ImageLike, load_image
 from dinofeat.io.outputs import check_outputs, check_suffix
 from dinofeat.options import DatasetOptions, ExtractorOptions, UpsampleOptions
@@ -156,6 +156,7 @@ class ExtractJob(Options):
         images = self._images if self._images is not None else self._read()
         if self.output is None or self.is_dataset:  # check() let a dataset through
             raise InputError(f"{field_named('out_dir', self.out_dir)} is a dataset: run it with run_dataset()")
+        expect_images(source, len(images))
         maps = source.extract_arrays(list(images))
         names = [str(p) if isinstance(p, (str, os.PathLike)) else None for p in self.inputs]
         save_features(self.output, maps, inputs=names, **extractor_metadata(source), **provenance(source))

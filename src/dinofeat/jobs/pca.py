@@ -39,7 +39,7 @@ from dinofeat.colorize import (
 from dinofeat.dataset.listing import IMAGE_SUFFIXES, VIDEO_SUFFIXES, folder_files
 from dinofeat.errors import InputError, field
 from dinofeat.features.files import extractor_metadata, write_features
-from dinofeat.features.source import provenance
+from dinofeat.features.source import expect_images, provenance
 from dinofeat.io import video as video_io  # called through the module: the tests count probes
 from dinofeat.io.frames import frames_to_process
 from dinofeat.io.images import load_image
@@ -337,6 +337,7 @@ class PCAJob:
         path, drawing, frames = self.inputs[0], self.drawing, self.frames
         info = checked.info or video_io.probe_video(path)  # probed by check()
         total = len(frames_to_process(info, frames, video=path))
+        expect_images(source, total)  # and the frames the fit reads, where it fits
         pca = checked.loaded
         if pca is not None:
             check_pca_fits(pca, source)

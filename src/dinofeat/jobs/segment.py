@@ -39,6 +39,7 @@ from dinofeat.dataset.listing import VIDEO_SUFFIXES
 from dinofeat.drawing import draw_pca_grid, draw_segmentation
 from dinofeat.errors import InputError, field
 from dinofeat.features.featuremap import check_inside
+from dinofeat.features.source import expect_images
 from dinofeat.io import video as video_io  # called through the module: the tests count probes
 from dinofeat.io.frames import frames_to_process
 from dinofeat.io.images import load_image
@@ -410,6 +411,7 @@ class SegmentJob:
     ) -> SegmentResult:
         info = checked.info or video_io.probe_video(self.inputs[0])
         total = len(checked.written_frames)
+        expect_images(source, total)
         frames: list[SegmentedFrame] = []
         segmenter: VideoSegmenter | None = None
         with staged_outputs([self.output, self.json, *checked.mask_files]) as temps:

@@ -24,7 +24,7 @@ import numpy as np
 
 from dinofeat.drawing import TrailAnnotator
 from dinofeat.errors import InputError, field
-from dinofeat.features.source import provenance
+from dinofeat.features.source import expect_images, provenance
 from dinofeat.io import video as video_io  # called through the module: the tests count probes
 from dinofeat.io.frames import frames_to_process
 from dinofeat.io.outputs import check_outputs, check_suffix, staged_outputs
@@ -136,6 +136,7 @@ class TrackJob:
             self._checked = self._check()
         checked = self._checked
         info, queries = checked.info, checked.queries_txy
+        expect_images(source, len(checked.indices))
         steps = track_steps(
             self.video,
             queries,

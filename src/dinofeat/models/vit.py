@@ -104,6 +104,7 @@ class DenseViT(nn.Module):
         stride: int | None = None,
         norm: bool = True,
         on_block: Callable[[int, int], None] | None = None,
+        blocks: Sequence[Callable[..., tuple[torch.Tensor, torch.Tensor]]] | None = None,
     ) -> ViTOutput:
         """Run the model on normalised images (B, 3, H, W); H and W fit the patch grid.
 
@@ -115,6 +116,9 @@ class DenseViT(nn.Module):
         ``on_block(done, total)`` is called after each block run (``done`` from 1 to ``total``, the
         blocks up to the deepest requested layer): progress for long forward passes, and a point
         where an exception (an interrupt) stops the pass between blocks.
+
+        ``blocks`` run in place of :attr:`blocks`, one for each (the compiled ones of
+        :class:`~dinofeat.runtime.compile.CompiledBlocks`).
         """
         if facet not in FACETS:
             raise InputError(f"unknown facet {facet!r}; choose one of {', '.join(FACETS)}")
@@ -126,7 +130,8 @@ class DenseViT(nn.Module):
         extra = self.block_inputs(grid_hw, stride, x.device)
         first_patch = 1 + self.num_registers
         picked: dict[int, torch.Tensor] = {}
-        run = self.blocks[: max(wanted) + 1]
+        run: list[Callable[..., tuple[torch.Tensor, torch.Tensor]]] = list(self.blocks if blocks is None else blocks)
+        run = run[: max(wanted) + 1]
         for index, block in enumerate(run):
             x, qkv = block(x, *extra)
             if on_block is not None:

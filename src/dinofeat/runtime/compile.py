@@ -1,0 +1,191 @@
+"""The model's blocks compiled with ``torch.compile``: where it pays, and eager when it fails.
+
+What is compiled: each block on its own (:class:`CompiledBlocks`), not the whole forward pass, so
+that :meth:`~dinofeat.models.vit.DenseViT.forward_features` still calls its hook between blocks
+(block-by-block progress, and the point where Ctrl-C stops a pass) and still picks any layer's
+tokens or attention facet; one graph of all blocks measured within noise of it (ViT-S/14 at 448²,
+bf16, 2-core AMX CPU: 1.36x and 1.43x eager, in separate runs).
+
+On the CPU the blocks compile with inductor's ``freezing``: the weights become constants, cast to
+the run's precision and packed for oneDNN once instead of at every pass, which is most of the
+gain (unfrozen: 1.20x eager in the same run where frozen gave 1.43x). On CUDA the default mode
+(``max-autotune`` was not measured: no GPU was lent to measure it).
+
+Sizes: dynamo's automatic dynamic shapes. A block compiles for the first input size and once
+more, shape-generic, when another size comes; a job of many sizes (datasets, eval) compiles each
+block at most three times per precision (the first size, then the token count and the batch size
+made dynamic), never once per image. Inductor keeps what it compiled in its on-disk cache
+(``TORCHINDUCTOR_CACHE_DIR``, by default in the temporary folder), so a second run compiles in
+about a fifth of the time (ViT-S/14: 11 s, then 2.3 s).
+
+``auto`` (:class:`CompilePlan`) runs the first passes eagerly, times them, and compiles when the
+passes the job said are left (:meth:`CompilePlan.expect`) save more than compiling costs, with
+the speed-up and compile time measured for the device (:func:`compile_cost`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dinofeat.errors import FieldMessage
+from dinofeat.options import COMPILE_MODES
+
+log = logging.getLogger(__name__)
+
+#: Eager passes timed before ``auto`` decides (the first one also pays one-off set-up costs).
+TIMED_PASSES = 2
+
+
+@dataclass(frozen=True)
+class CompileCost:
+    """What compiling brings on a device: ``speedup`` (eager time / compiled time of a pass) and
+    ``seconds_per_block`` (first-time compile time, per block, without inductor's cache)."""
+
+    speedup: float
+    seconds_per_block: float
+
+
+#: Measured with benchmarks/bench_extract.py (2-core AMX Xeon, ViT-S/14 at 448²): frozen blocks 1.36x
+#: eager in bf16 and 1.05-1.19x in fp32, 11 s to compile 12 blocks the first time, 2.5 s more for a
+#: second size. CUDA: timm's published tables give 1.2-1.7x for the DINOv2/v3 family; the compile
+#: time there was not measured here (no GPU lent) and is taken as the CPU's.
+_COSTS = {
+    ("cpu", torch.bfloat16): CompileCost(speedup=1.3, seconds_per_block=1.1),
+    ("cpu", torch.float32): CompileCost(speedup=1.05, seconds_per_block=1.1),
+    ("cuda", torch.bfloat16): CompileCost(speedup=1.2, seconds_per_block=1.1),
+    ("cuda", torch.float16): CompileCost(speedup=1.2, seconds_per_block=1.1),
+    ("cuda", torch.float32): CompileCost(speedup=1.2, seconds_per_block=1.1),
+}
+
+
+def compile_cost(device: torch.device, dtype: torch.dtype) -> CompileCost | None:
+    """What compiling brings on ``device`` in ``dtype``; None where it was not measured to win
+    (Apple MPS, fp16 on the CPU), where ``auto`` never compiles."""
+    return _COSTS.get((device.type, dtype))
+
+
+def compile_pays(eager_seconds: float, passes_left: float, blocks: int, cost: CompileCost) -> bool:
+    """Whether ``passes_left`` passes of ``eager_seconds`` each save more than compiling ``blocks``
+    blocks costs.
+
+    >>> cost = CompileCost(speedup=1.25, seconds_per_block=1.0)
+    >>> compile_pays(0.1, 1000, 12, cost), compile_pays(0.1, 100, 12, cost)
+    (True, False)
+    """
+    return passes_left * eager_seconds * (1 - 1 / cost.speedup) > blocks * cost.seconds_per_block
+
+
+class CompiledBlocks:
+    """The blocks of one model, each compiled on first use (:mod:`dinofeat.runtime.compile`); after
+    a compile error, ``failed`` says why and the model runs eagerly from then on.
+
+    Shared by every extractor of the model (:func:`compiled_blocks`): compiled code is kept per
+    model, and a failure is said once.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], device: torch.device) -> None:
+        compiled = [torch.compile(block) for block in blocks]
+        self.blocks: list[Callable] = [_frozen(block) for block in compiled] if device.type == "cpu" else compiled
+        self.failed: str | None = None
+        _allow_recompiles(len(blocks))
+
+    def fail(self, error: BaseException) -> None:
+        """Run eagerly from now on, and say so once (one line: the error's type and first line)."""
+        if self.failed is not None:
+            return
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        self.failed = f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+        log.warning(FieldMessage(f"compiling the model failed ({self.failed}); running it uncompiled"))
+
+
+_compiled: weakref.WeakKeyDictionary[nn.Module, CompiledBlocks] = weakref.WeakKeyDictionary()
+_compiled_lock = threading.Lock()
+
+
+def compiled_blocks(model: nn.Module, device: torch.device) -> CompiledBlocks:
+    """The :class:`CompiledBlocks` of ``model`` (its ``blocks``), made on first call."""
+    with _compiled_lock:
+        if model not in _compiled:
+            _compiled[model] = CompiledBlocks(model.blocks, device)  # type: ignore[arg-type]  # a ModuleList
+        return _compiled[model]
+
+
+def _frozen(compiled: Callable) -> Callable:
+    """``compiled`` called with inductor's ``freezing`` on (dynamo reads the global setting when it
+    traces: given as a compile option, the weights stay graph inputs and are cast at every pass)."""
+
+    def run(*args: object) -> object:
+        with torch._inductor.config.patch(freezing=True):
+            return compiled(*args)
+
+    return run
+
+
+def _allow_recompiles(blocks: int) -> None:
+    """Let dynamo keep every block's graphs: the blocks share one ``forward`` and dynamo caps the
+    graphs per function (8 by default), beyond which it would run them eagerly without a word."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    needed = blocks * 3 * 2  # three shape variants per block (see the module), in two precisions
+    if getattr(config, name) < needed:
+        setattr(config, name, needed)
+
+
+class CompilePlan:
+    """Whether an extractor's passes run compiled.
+
+    ``on`` and ``off`` say so; ``auto`` runs :data:`TIMED_PASSES` passes eagerly, then compiles if
+    :func:`compile_pays` for the passes left that a job said it will run (:meth:`expect`; none
+    said: never), with :func:`compile_cost` of the device and precision. Decided once.
+    """
+
+    def __init__(self, mode: str, device: torch.device, blocks: int) -> None:
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {mode!r}")
+        self.mode = mode
+        self.device = device
+        self.blocks = blocks
+        self.decided: bool | None = {"on": True, "off": False}.get(mode)
+        self.passes_done = 0
+        self.passes_expected = 0.0
+        self.compiled_once = False
+        self._timed: list[float] = []
+        self._dtype = torch.float32
+
+    def expect(self, passes: float) -> None:
+        """A job is about to run about ``passes`` forward passes (``math.inf``: an open-ended session).
+        With ``auto`` decided against compiling, the new length is weighed again."""
+        self.passes_expected = max(self.passes_expected, self.passes_done + passes)
+        if self.mode == "auto" and self.decided is False:
+            self.decided = None
+            self._decide()
+
+    def compiled_now(self) -> bool:
+        """Whether the next pass runs compiled."""
+        return bool(self.decided)
+
+    def record(self, seconds: float, dtype: torch.dtype) -> None:
+        """A pass ran in ``seconds``; with ``auto``, the first :data:`TIMED_PASSES` decide."""
+        self.passes_done += 1
+        if self.decided is not None:
+            return
+        self._timed.append(seconds)
+        self._dtype = dtype
+        self._decide()
+
+    def _decide(self) -> None:
+        if len(self._timed) < TIMED_PASSES:
+            return
+        cost = compile_cost(self.device, self._dtype)
+        left, seconds = self.passes_expected - self.passes_done, min(self._timed)
+        self.decided = cost is not None and left > 0 and compile_pays(seconds, left, self.blocks, cost)
+        if self.decided:
+            log.debug("compiling: %s passes left of %.3f s each", "many" if math.isinf(left) else int(left), seconds)
