@@ -442,8 +442,9 @@ def test_compile_on_tracks_as_eager_and_says_its_compile_time_once(tmp_path, vid
         js = tmp_path / f"{mode}.json"
         assert main(["track", video, "--grid", "3", "--json", str(js), "--compile", mode, *model_args]) == 0
         documents.append(json.loads(js.read_text()))
-    said = [line for line in capsys.readouterr().err.splitlines() if "compiled the model" in line]
-    assert len(said) == 1 and said[0].startswith("dinofeat track: compiled the model for 168x126 in "), said
+    said = [line for line in capsys.readouterr().err.splitlines() if "compil" in line and "json" not in line]
+    assert said[0] == "dinofeat track: compiling the model for 168x126, once per run (--compile off skips it)"
+    assert len(said) == 2 and said[1].startswith("dinofeat track: compiled the model for 168x126 in "), said
     eager, compiled = documents
     for a, b in zip(eager["tracks"], compiled["tracks"], strict=True):
         assert a["visible"] == b["visible"]

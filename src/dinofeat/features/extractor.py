@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dinofeat.errors import FieldMessage, InputError
+from dinofeat.errors import FieldMessage, InputError, field
 from dinofeat.features.featuremap import FeatureMap
 from dinofeat.io.images import ImageLike, enlargement_note, load_image, processed_size, resize, size_cap_note
 from dinofeat.models.digest import DIGEST_PREFIX, weights_digest
@@ -22,7 +22,7 @@ from dinofeat.models.registry import DEFAULT_MODEL, ModelSpec
 from dinofeat.models.vit import DenseViT
 from dinofeat.models.weights import load_model
 from dinofeat.options import DEFAULT_MAX_SIZE, DEFAULT_RESOLUTION, ExtractorOptions
-from dinofeat.runtime.compile import CompiledBlocks, CompilePlan, compiled_blocks
+from dinofeat.runtime.compile import CompiledModel, CompilePlan, compiled_model
 from dinofeat.runtime.devices import (
     autocast,
     default_batch_size,
@@ -354,13 +354,15 @@ class Extractor:
 
         Progress goes to :attr:`block_progress` block by block; a long pass runs in the helper
         thread of :mod:`dinofeat.runtime.modelthread` so that an interrupt is answered at once.
-        The blocks run compiled where :attr:`options` ``compile`` says so (:class:`CompilePlan`)."""
+        The model runs compiled where :attr:`options` ``compile`` says so (:class:`CompilePlan`)."""
         h, w = batch[0].shape[:2]
-        compiled = compiled_blocks(self.model, self.device) if self._plan.compiled_now() else None
-        compiling = compiled is not None and compiled.failed is None and not self._plan.compiled_once
+        compiled = compiled_model(self.model, self.device) if self._plan.compiled_now() else None
+        compiled = compiled if compiled is not None and compiled.failed is None else None
+        compiling = compiled is not None and not self._plan.compiled_once
         what = f"the model on {w}x{h}" if len(batch) == 1 else f"the model on {len(batch)} images of {w}x{h}"
         if compiling:
             what = f"compiling the model for {w}x{h}"
+            log.warning(FieldMessage(f"{what}, once per run ({field('compile', 'off')} skips it)"))
         opened = self.block_progress(what) if self.block_progress is not None else contextlib.nullcontext()
         started = time.perf_counter()
         with opened as progress:
@@ -368,32 +370,33 @@ class Extractor:
         seconds = time.perf_counter() - started
         if compiling and compiled.failed is None:  # type: ignore[union-attr]  # compiling: compiled is set
             self._plan.compiled_once = True
-            log.warning(FieldMessage(f"compiled the model for {w}x{h} in {seconds:.1f} s; said once"))
+            log.warning(FieldMessage(f"compiled the model for {w}x{h} in {seconds:.1f} s"))
         self._plan.record(seconds, self.dtype)
         return result
 
     def _run_pass(
-        self, batch: list[np.ndarray], progress: Progress | None, compiled: CompiledBlocks | None
+        self, batch: list[np.ndarray], progress: Progress | None, compiled: CompiledModel | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One pass, compiled where ``compiled`` is given and has not failed; a compiled pass that
-        fails runs again eagerly, and only an error of the eager pass is raised."""
-        blocks = compiled.blocks if compiled is not None and compiled.failed is None else None
+        """One pass, compiled where ``compiled`` is given; a compiled pass that fails runs again
+        eagerly, and only an error of the eager pass is raised."""
         try:
-            return self._responsive_pass(batch, progress, blocks)
+            return self._responsive_pass(batch, progress, compiled)
         except Exception as error:
-            if compiled is None or blocks is None:
+            if compiled is None:
                 raise
             result = self._responsive_pass(batch, progress, None)  # a genuine error is raised here again
             compiled.fail(error)
             return result
 
     def _responsive_pass(
-        self, batch: list[np.ndarray], progress: Progress | None, blocks: list | None
+        self, batch: list[np.ndarray], progress: Progress | None, compiled: CompiledModel | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A short pass here, compiled in one graph; a long one in the helper thread, its blocks
+        compiled one by one (the hook between them answers Ctrl-C and shows progress)."""
         h, w = batch[0].shape[:2]
         if self._block_flops(len(batch), (w, h)) < RESPONSIVE_BLOCK_FLOPS:
-            return self._model_pass(batch, progress, None, blocks)
-        return run_responsively(lambda cancel: self._model_pass(batch, progress, cancel, blocks))
+            return self._model_pass(batch, progress, None, compiled, whole=True)
+        return run_responsively(lambda cancel: self._model_pass(batch, progress, cancel, compiled))
 
     def _block_flops(self, batch: int, size_wh: tuple[int, int]) -> float:
         """Multiply-adds of one block (projections, MLP and attention) for ``batch`` images."""
@@ -407,8 +410,13 @@ class Extractor:
         batch: list[np.ndarray],
         progress: Progress | None,
         cancel: threading.Event | None,
-        blocks: list | None = None,
+        compiled: CompiledModel | None = None,
+        *,
+        whole: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward pass; ``compiled``: with ``whole``, the blocks in one graph (no block
+        progress: the pass is short), else each block compiled alone."""
+
         def on_block(done: int, total: int) -> None:
             if cancel is not None and cancel.is_set():
                 raise KeyboardInterrupt  # the caller was interrupted: stop between blocks
@@ -417,10 +425,13 @@ class Extractor:
 
         pixels = torch.from_numpy(np.stack(batch)).to(self.device).permute(0, 3, 1, 2).float()
         pixels = (pixels - self._mean) / self._std
+        settings: dict[str, Any] = {"layers": self.layers, "facet": self.facet, "stride": self.stride}
+        if compiled is not None and whole:
+            settings["run_blocks"] = compiled.run_blocks
+        else:
+            settings.update(on_block=on_block, blocks=compiled.blocks if compiled is not None else None)
         with autocast(self.device, self.dtype):
-            out = self.model.forward_features(
-                pixels, layers=self.layers, facet=self.facet, stride=self.stride, on_block=on_block, blocks=blocks
-            )
+            out = self.model.forward_features(pixels, **settings)
         gh, gw = out.grid_hw
         tokens = torch.cat(out.patch_tokens, dim=-1).float().reshape(len(batch), gh, gw, -1)
         return tokens, out.cls_token.float(), out.register_tokens.float()

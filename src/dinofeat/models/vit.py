@@ -15,6 +15,10 @@ from dinofeat.models.registry import ModelSpec
 from dinofeat.options import FACETS, resolve_layers
 
 _QKV_INDEX = {"query": 0, "key": 1, "value": 2}
+#: A block: tokens (and :meth:`DenseViT.block_inputs`) -> tokens and the stacked q, k, v.
+BlockFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+#: :meth:`DenseViT.run_blocks` without its hooks: ``(tokens, extra, wanted, facet, norm)``.
+RunBlocksFn = Callable[[torch.Tensor, tuple, tuple[int, ...], str, bool], tuple[list[torch.Tensor], torch.Tensor]]
 
 
 @dataclass
@@ -104,7 +108,8 @@ class DenseViT(nn.Module):
         stride: int | None = None,
         norm: bool = True,
         on_block: Callable[[int, int], None] | None = None,
-        blocks: Sequence[Callable[..., tuple[torch.Tensor, torch.Tensor]]] | None = None,
+        blocks: Sequence[BlockFn] | None = None,
+        run_blocks: RunBlocksFn | None = None,
     ) -> ViTOutput:
         """Run the model on normalised images (B, 3, H, W); H and W fit the patch grid.
 
@@ -117,20 +122,48 @@ class DenseViT(nn.Module):
         blocks up to the deepest requested layer): progress for long forward passes, and a point
         where an exception (an interrupt) stops the pass between blocks.
 
-        ``blocks`` run in place of :attr:`blocks`, one for each (the compiled ones of
-        :class:`~dinofeat.runtime.compile.CompiledBlocks`).
+        Compiled runs (:class:`~dinofeat.runtime.compile.CompiledModel`): ``blocks`` run in place
+        of :attr:`blocks`, one for each; or ``run_blocks`` (called as ``run_blocks(tokens, extra,
+        wanted, facet, norm)``, no ``on_block``) in place of :meth:`run_blocks`.
         """
         if facet not in FACETS:
             raise InputError(f"unknown facet {facet!r}; choose one of {', '.join(FACETS)}")
         stride = stride or self.patch_size
         if not 1 <= stride <= self.patch_size:
             raise InputError(f"stride must be between 1 and the patch size {self.patch_size}, got {stride}")
-        wanted = self.resolve_layers(layers)
+        wanted = tuple(self.resolve_layers(layers))
         x, grid_hw = self.prepare_tokens(x, stride)
         extra = self.block_inputs(grid_hw, stride, x.device)
+        if run_blocks is not None:
+            picked, final = run_blocks(x, extra, wanted, facet, norm)
+        else:
+            picked, final = self.run_blocks(x, extra, wanted, facet, norm, on_block=on_block, blocks=blocks)
+        first_patch = 1 + self.num_registers
+        return ViTOutput(
+            patch_tokens=picked,
+            cls_token=final[:, 0],
+            register_tokens=final[:, 1:first_patch],
+            grid_hw=grid_hw,
+        )
+
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        extra: tuple,
+        wanted: tuple[int, ...],
+        facet: str = "token",
+        norm: bool = True,
+        *,
+        on_block: Callable[[int, int], None] | None = None,
+        blocks: Sequence[BlockFn] | None = None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Tokens (B, 1 + R + h*w, C) through the blocks up to the deepest of ``wanted`` (0-based
+        indices; ``extra``: :meth:`block_inputs`): each wanted layer's patch tokens (B, h*w, C'),
+        in ``wanted``'s order, and the last block's output after the final norm (B, 1 + R + h*w, C).
+        The part of :meth:`forward_features` after the tokens are made."""
         first_patch = 1 + self.num_registers
         picked: dict[int, torch.Tensor] = {}
-        run: list[Callable[..., tuple[torch.Tensor, torch.Tensor]]] = list(self.blocks if blocks is None else blocks)
+        run: list[BlockFn] = list(self.blocks) if blocks is None else list(blocks)
         run = run[: max(wanted) + 1]
         for index, block in enumerate(run):
             x, qkv = block(x, *extra)
@@ -143,13 +176,7 @@ class DenseViT(nn.Module):
             else:
                 part = qkv[_QKV_INDEX[facet]]  # (B, heads, N, C/heads)
                 picked[index] = part.transpose(1, 2).flatten(2)[:, first_patch:]
-        final = self.norm(x)
-        return ViTOutput(
-            patch_tokens=[picked[i] for i in wanted],
-            cls_token=final[:, 0],
-            register_tokens=final[:, 1:first_patch],
-            grid_hw=grid_hw,
-        )
+        return [picked[i] for i in wanted], self.norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Final normalised patch tokens (B, h*w, C), like the official ``x_norm_patchtokens``."""

@@ -7,16 +7,17 @@ tokens or attention facet; one graph of all blocks measured within noise of it (
 bf16, 2-core AMX CPU: 1.36x and 1.43x eager, in separate runs).
 
 On the CPU the blocks compile with inductor's ``freezing``: the weights become constants, cast to
-the run's precision and packed for oneDNN once instead of at every pass, which is most of the
-gain (unfrozen: 1.20x eager in the same run where frozen gave 1.43x). On CUDA the default mode
-(``max-autotune`` was not measured: no GPU was lent to measure it).
+the run's precision and packed for oneDNN once instead of at every pass, which is most of the gain
+(ViT-S/14 at 448², bf16, one run: frozen 1.48x eager, unfrozen 1.24x, frozen without packing
+1.28x). On CUDA the default mode (``max-autotune`` was not measured: no GPU was lent to measure it).
 
 Sizes: dynamo's automatic dynamic shapes. A block compiles for the first input size and once
 more, shape-generic, when another size comes; a job of many sizes (datasets, eval) compiles each
 block at most three times per precision (the first size, then the token count and the batch size
-made dynamic), never once per image. Inductor keeps what it compiled in its on-disk cache
-(``TORCHINDUCTOR_CACHE_DIR``, by default in the temporary folder), so a second run compiles in
-about a fifth of the time (ViT-S/14: 11 s, then 2.3 s).
+made dynamic), never once per image. The cost: packed weights cannot go into inductor's on-disk
+cache ("mkldnn tensors unpickleable"), so every run compiles again (ViT-S/14: about 10 s on 2
+cores; unfrozen graphs are cached, 3 s the second time, but run slower, see above); CUDA graphs
+are cached (``TORCHINDUCTOR_CACHE_DIR``, by default in the temporary folder).
 
 ``auto`` (:class:`CompilePlan`) runs the first passes eagerly, times them, and compiles when the
 passes the job said are left (:meth:`CompilePlan.expect`) save more than compiling costs, with
@@ -29,8 +30,9 @@ import logging
 import math
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,12 +55,12 @@ class CompileCost:
     seconds_per_block: float
 
 
-#: Measured with benchmarks/bench_extract.py (2-core AMX Xeon, ViT-S/14 at 448²): frozen blocks 1.36x
-#: eager in bf16 and 1.05-1.19x in fp32, 11 s to compile 12 blocks the first time, 2.5 s more for a
-#: second size. CUDA: timm's published tables give 1.2-1.7x for the DINOv2/v3 family; the compile
+#: Measured with benchmarks/bench_extract.py (2-core AMX Xeon, ViT-S/14 at 448²): frozen blocks 1.36-1.48x
+#: eager in bf16 and 1.05-1.19x in fp32, 10 s to compile 12 blocks (every run: see above), 2.5 s more
+#: for a second size. CUDA: timm's published tables give 1.2-1.7x for the DINOv2/v3 family; the compile
 #: time there was not measured here (no GPU lent) and is taken as the CPU's.
 _COSTS = {
-    ("cpu", torch.bfloat16): CompileCost(speedup=1.3, seconds_per_block=1.1),
+    ("cpu", torch.bfloat16): CompileCost(speedup=1.35, seconds_per_block=1.1),
     ("cpu", torch.float32): CompileCost(speedup=1.05, seconds_per_block=1.1),
     ("cuda", torch.bfloat16): CompileCost(speedup=1.2, seconds_per_block=1.1),
     ("cuda", torch.float16): CompileCost(speedup=1.2, seconds_per_block=1.1),
@@ -83,19 +85,40 @@ def compile_pays(eager_seconds: float, passes_left: float, blocks: int, cost: Co
     return passes_left * eager_seconds * (1 - 1 / cost.speedup) > blocks * cost.seconds_per_block
 
 
-class CompiledBlocks:
-    """The blocks of one model, each compiled on first use (:mod:`dinofeat.runtime.compile`); after
-    a compile error, ``failed`` says why and the model runs eagerly from then on.
+class CompiledModel:
+    """A model's compiled forward passes (:mod:`dinofeat.runtime.compile`), each made on first use:
+    :attr:`run_blocks`, every block in one graph (:meth:`~dinofeat.models.vit.DenseViT.run_blocks`
+    without hooks), and :attr:`blocks`, each block compiled alone for passes that need the hook
+    between blocks. After a compile error, ``failed`` says why and the model runs eagerly.
 
-    Shared by every extractor of the model (:func:`compiled_blocks`): compiled code is kept per
+    Shared by every extractor of the model (:func:`compiled_model`): compiled code is kept per
     model, and a failure is said once.
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], device: torch.device) -> None:
-        compiled = [torch.compile(block) for block in blocks]
-        self.blocks: list[Callable] = [_frozen(block) for block in compiled] if device.type == "cpu" else compiled
+    def __init__(self, model: Any, device: torch.device) -> None:
+        self.model = model  # a DenseViT (the runtime layer does not import the models)
+        self.frozen = device.type == "cpu"
         self.failed: str | None = None
-        _allow_recompiles(len(blocks))
+        self._blocks: list[Callable] | None = None
+        self._run_blocks: Callable | None = None
+        _allow_recompiles(len(model.blocks))
+
+    @property
+    def run_blocks(self) -> Callable:
+        """``run_blocks(tokens, extra, wanted, facet, norm)`` in one compiled graph."""
+        if self._run_blocks is None:
+            self._run_blocks = self._freezing(torch.compile(self.model.run_blocks))
+        return self._run_blocks
+
+    @property
+    def blocks(self) -> list[Callable]:
+        """The blocks, each compiled alone (one graph per block)."""
+        if self._blocks is None:
+            self._blocks = [self._freezing(torch.compile(block)) for block in self.model.blocks]
+        return self._blocks
+
+    def _freezing(self, compiled: Callable) -> Callable:
+        return _frozen(compiled) if self.frozen else compiled
 
     def fail(self, error: BaseException) -> None:
         """Run eagerly from now on, and say so once (one line: the error's type and first line)."""
@@ -106,15 +129,15 @@ class CompiledBlocks:
         log.warning(FieldMessage(f"compiling the model failed ({self.failed}); running it uncompiled"))
 
 
-_compiled: weakref.WeakKeyDictionary[nn.Module, CompiledBlocks] = weakref.WeakKeyDictionary()
+_compiled: weakref.WeakKeyDictionary[nn.Module, CompiledModel] = weakref.WeakKeyDictionary()
 _compiled_lock = threading.Lock()
 
 
-def compiled_blocks(model: nn.Module, device: torch.device) -> CompiledBlocks:
-    """The :class:`CompiledBlocks` of ``model`` (its ``blocks``), made on first call."""
+def compiled_model(model: nn.Module, device: torch.device) -> CompiledModel:
+    """The :class:`CompiledModel` of ``model``, made on first call."""
     with _compiled_lock:
         if model not in _compiled:
-            _compiled[model] = CompiledBlocks(model.blocks, device)  # type: ignore[arg-type]  # a ModuleList
+            _compiled[model] = CompiledModel(model, device)
         return _compiled[model]
 
 
@@ -134,7 +157,7 @@ def _allow_recompiles(blocks: int) -> None:
     graphs per function (8 by default), beyond which it would run them eagerly without a word."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
-    needed = blocks * 3 * 2  # three shape variants per block (see the module), in two precisions
+    needed = blocks * 3 * 2 + 8  # three shape variants per block (see the module), in two precisions
     if getattr(config, name) < needed:
         setattr(config, name, needed)
 
