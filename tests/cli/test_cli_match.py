@@ -134,7 +134,7 @@ def test_grid_auto_checks_and_heatmap(tmp_path, images, model_args):
         (["--heatmap", "--point", "1,2", "--point", "3,4"], "exactly one query point"),
         (["--heatmap", "--point", "1,2", "--no-picture"], "give -o"),
         (["--ratio", "-1"], "--ratio"),
-        (["--compile", "yes"], "invalid choice: 'yes' (choose from auto, on, off)"),
+        (["--compile", "yes"], "--compile: invalid choice: 'yes'"),
         (["-o", "{dir}/x.gif"], ".png"),
         (["-o", "/dev/null/x.png"], "is not a folder"),
     ],
