@@ -53,7 +53,9 @@ from dinofeat.features.extractor import Extractor
 from dinofeat.jobs.track import TrackJob
 from dinofeat.options import FrameOptions
 video, out, frames = sys.argv[1], sys.argv[2], int(sys.argv[3])
-extractor = Extractor(random_vit("dinov2_vits14", depth=1), resolution=112, device="cpu", precision="fp32")
+# compile off: under auto the 2,000-frame job compiles (inductor's own memory), which is not measured here
+extractor = Extractor(random_vit("dinov2_vits14", depth=1), resolution=112, device="cpu", precision="fp32",
+                      compile="off")
 job = TrackJob(video, output=out + ".mp4", json=out + ".json", csv=out + ".csv", grid=4,
                frames=FrameOptions(max_frames=frames))
 tracks = job.run(extractor)

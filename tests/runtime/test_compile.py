@@ -20,7 +20,7 @@ from dinofeat.features.extractor import Extractor
 from dinofeat.matching import match
 from dinofeat.models.build import build_model
 from dinofeat.models.registry import get_spec
-from dinofeat.runtime.compile import CompileCost, CompilePlan, compile_pays
+from dinofeat.runtime.compile import CompileCost, CompilePlan, compile_cost, compile_pays
 
 CPU = torch.device("cpu")
 
@@ -43,6 +43,13 @@ def test_compile_pays_when_the_passes_left_save_more_than_the_compile_costs():
     assert compile_pays(eager_seconds=1.0, passes_left=25, blocks=12, cost=cost)  # saves 12.5 s
     assert not compile_pays(eager_seconds=1.0, passes_left=23, blocks=12, cost=cost)  # saves 11.5 s
     assert compile_pays(eager_seconds=0.001, passes_left=math.inf, blocks=12, cost=cost)
+
+
+def test_auto_on_a_bf16_cpu_compiles_a_448_px_vits_video_from_about_400_frames():
+    """README's figure: a 640x480 frame at 448 px (602x448) takes about 0.13 s eagerly there."""
+    cost = compile_cost(CPU, torch.bfloat16)
+    assert not compile_pays(0.13, 350, blocks=12, cost=cost)
+    assert compile_pays(0.13, 450, blocks=12, cost=cost)
 
 
 def test_auto_compiles_after_the_timed_passes_only_for_a_long_enough_job():

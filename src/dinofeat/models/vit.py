@@ -3,6 +3,7 @@ weights, the block loop that picks a layer's tokens or attention facet) and :cla
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -132,12 +133,12 @@ class DenseViT(nn.Module):
         if not 1 <= stride <= self.patch_size:
             raise InputError(f"stride must be between 1 and the patch size {self.patch_size}, got {stride}")
         wanted = tuple(self.resolve_layers(layers))
-        x, grid_hw = self.prepare_tokens(x, stride)
+        tokens, grid_hw = self.prepare_tokens(x, stride)
         extra = self.block_inputs(grid_hw, stride, x.device)
-        if run_blocks is not None:
-            picked, final = run_blocks(x, extra, wanted, facet, norm)
-        else:
-            picked, final = self.run_blocks(x, extra, wanted, facet, norm, on_block=on_block, blocks=blocks)
+        run = run_blocks or functools.partial(self.run_blocks, on_block=on_block, blocks=blocks)
+        handed = [tokens]
+        del tokens  # handed over: once the first block has run, nothing holds them (peak memory)
+        picked, final = run(handed.pop(), extra, wanted, facet, norm)
         first_patch = 1 + self.num_registers
         return ViTOutput(
             patch_tokens=picked,

@@ -1,23 +1,24 @@
-"""The model's blocks compiled with ``torch.compile``: where it pays, and eager when it fails.
+"""The model compiled with ``torch.compile``: where it pays, and eager when it fails.
 
-What is compiled: each block on its own (:class:`CompiledBlocks`), not the whole forward pass, so
-that :meth:`~dinofeat.models.vit.DenseViT.forward_features` still calls its hook between blocks
-(block-by-block progress, and the point where Ctrl-C stops a pass) and still picks any layer's
-tokens or attention facet; one graph of all blocks measured within noise of it (ViT-S/14 at 448²,
-bf16, 2-core AMX CPU: 1.36x and 1.43x eager, in separate runs).
+What is compiled (:class:`CompiledModel`): a pass short enough to run in the calling thread runs
+all blocks in one graph (:meth:`~dinofeat.models.vit.DenseViT.run_blocks`); a long pass, which
+needs the hook between blocks (block-by-block progress, and the point where Ctrl-C stops it),
+runs each block compiled on its own. One graph measured 1.26x faster than block by block (ViT-S/14
+at 224², bf16, 2-core AMX CPU: 19.1 against 24.0 ms a pass); the patch embedding stays eager in
+both (its positional-embedding resize would specialise the graph to every size).
 
-On the CPU the blocks compile with inductor's ``freezing``: the weights become constants, cast to
+On the CPU the graphs compile with inductor's ``freezing``: the weights become constants, cast to
 the run's precision and packed for oneDNN once instead of at every pass, which is most of the gain
-(ViT-S/14 at 448², bf16, one run: frozen 1.48x eager, unfrozen 1.24x, frozen without packing
-1.28x). On CUDA the default mode (``max-autotune`` was not measured: no GPU was lent to measure it).
+(ViT-S/14 at 448², bf16, blocks one by one, same run: frozen 1.48x eager, unfrozen 1.24x, frozen
+without packing 1.28x). On CUDA the default mode, unfrozen (neither ``freezing`` nor
+``max-autotune`` was measured on a GPU: none was lent).
 
-Sizes: dynamo's automatic dynamic shapes. A block compiles for the first input size and once
-more, shape-generic, when another size comes; a job of many sizes (datasets, eval) compiles each
-block at most three times per precision (the first size, then the token count and the batch size
-made dynamic), never once per image. The cost: packed weights cannot go into inductor's on-disk
-cache ("mkldnn tensors unpickleable"), so every run compiles again (ViT-S/14: about 10 s on 2
-cores; unfrozen graphs are cached, 3 s the second time, but run slower, see above); CUDA graphs
-are cached (``TORCHINDUCTOR_CACHE_DIR``, by default in the temporary folder).
+Sizes: dynamo's automatic dynamic shapes. A graph compiles for the first input size and once more,
+shape-generic, when another size comes, and once more when the batch size changes; so a job of
+many sizes (datasets, eval) compiles at most three times per precision, never once per image. The
+cost: packed weights cannot go into inductor's on-disk cache ("mkldnn tensors unpickleable"), so
+every run compiles again (ViT-S/14: about 10 s on 2 cores); unfrozen graphs (CUDA) are cached
+(``TORCHINDUCTOR_CACHE_DIR``, by default in the temporary folder).
 
 ``auto`` (:class:`CompilePlan`) runs the first passes eagerly, times them, and compiles when the
 passes the job said are left (:meth:`CompilePlan.expect`) save more than compiling costs, with
@@ -55,16 +56,17 @@ class CompileCost:
     seconds_per_block: float
 
 
-#: Measured with benchmarks/bench_extract.py (2-core AMX Xeon, ViT-S/14 at 448²): frozen blocks 1.36-1.48x
-#: eager in bf16 and 1.05-1.19x in fp32, 10 s to compile 12 blocks (every run: see above), 2.5 s more
-#: for a second size. CUDA: timm's published tables give 1.2-1.7x for the DINOv2/v3 family; the compile
-#: time there was not measured here (no GPU lent) and is taken as the CPU's.
+#: Measured with benchmarks/bench_extract.py (2-core AMX Xeon; DINOv2 S and B, DINOv3 S; 224 and 448
+#: px): compiled 1.31-1.91x eager in bf16 and 1.16-1.41x in fp32 (the lower ends, at 448 px, are
+#: taken), 7-13 s to compile 12 blocks (every run: see above). CUDA: timm's published tables give
+#: 1.2-1.7x for the DINOv2/v3 family (the lower end is taken); the compile time there was not
+#: measured here (no GPU lent): Triton's kernels are assumed to take twice the CPU's.
 _COSTS = {
     ("cpu", torch.bfloat16): CompileCost(speedup=1.35, seconds_per_block=1.1),
-    ("cpu", torch.float32): CompileCost(speedup=1.05, seconds_per_block=1.1),
-    ("cuda", torch.bfloat16): CompileCost(speedup=1.2, seconds_per_block=1.1),
-    ("cuda", torch.float16): CompileCost(speedup=1.2, seconds_per_block=1.1),
-    ("cuda", torch.float32): CompileCost(speedup=1.2, seconds_per_block=1.1),
+    ("cpu", torch.float32): CompileCost(speedup=1.15, seconds_per_block=1.1),
+    ("cuda", torch.bfloat16): CompileCost(speedup=1.2, seconds_per_block=2.2),
+    ("cuda", torch.float16): CompileCost(speedup=1.2, seconds_per_block=2.2),
+    ("cuda", torch.float32): CompileCost(speedup=1.2, seconds_per_block=2.2),
 }
 
 

@@ -11,7 +11,8 @@ to the loaded model, from the shapes alone (no allocation). What it counts:
   attention kernel materialises them**: torch's SDPA "math" path does, its flash and
   memory-efficient kernels (CUDA, and the CPU in recent torch) do not; which one torch picks is
   asked of torch itself (:func:`attention_materialised`);
-* the outputs kept: the requested layers' features, the final norm, and their float32 copies.
+* the outputs kept: the requested layers' features, the final norm, and their float32 copies;
+* the normalised input pixels (float32), which the pass holds to its end.
 
 Not counted: the allocator's caching and fragmentation, the input images and their resized copies,
 and what other programs will take meanwhile; the weights are reported but are already in memory.
@@ -123,7 +124,8 @@ def forward_memory(
     rope = 4 * dim * 4 if model.spec.family == "dinov3" else 0  # float32 copies of q, k and the rotated ones
     per_token = 4 * dim * wide + 9 * dim * narrow + hidden * narrow + rope
     kept = len(layers) * 3 + 2  # features of each requested layer, cat and float copies; final norm
-    activations = batch * tokens * (per_token + kept * dim * 4)
+    pixels = batch * 3 * size_wh[0] * size_wh[1] * 4  # the normalised input, float32
+    activations = batch * tokens * (per_token + kept * dim * 4) + pixels
     materialised = attention_materialised(device, dtype, dim // heads)
     attention = 2 * batch * heads * tokens * tokens * (4 if not low else 2) if materialised else 0
     weights = model_bytes(model) if weight_bytes is None else weight_bytes
