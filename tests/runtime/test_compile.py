@@ -35,6 +35,16 @@ def random_images(sizes_hw, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes_hw]
 
 
+def passes_seen(extractor: Extractor, count: int) -> list[str]:
+    """What ``count`` passes of a 30x40 image tell the block progress: each pass's description and
+    the blocks it reported (``"the model on 42x28: 1/2 2/2"``)."""
+    seen: list[str] = []
+    extractor.block_progress = lambda what: _Recorder(seen, what)
+    for image in random_images([(30, 40)] * count):
+        extractor.extract(image)
+    return seen
+
+
 # -- when auto compiles ---------------------------------------------------------------------------
 
 
@@ -96,14 +106,10 @@ def test_an_unknown_compile_mode_is_a_one_line_error_naming_the_option():
         Extractor(fresh_vit(depth=1), compile="yes", device="cpu")
 
 
-def test_the_extractor_compiles_under_auto_once_a_job_says_it_is_long(monkeypatch):
+def test_the_extractor_compiles_under_auto_once_a_job_says_it_is_long():
     extractor = Extractor(fresh_vit(depth=1), resolution=28, device="cpu", precision="fp32")
-    seen: list[str] = []
-    extractor.block_progress = lambda what: _Recorder(seen, what)
     extractor.expect_images(math.inf)
-    for image in random_images([(30, 40)] * 4):
-        extractor.extract(image)
-    assert [what.split(" ")[0] for what in seen] == ["the", "the", "compiling", "the"]
+    assert [what.split(" ")[0] for what in passes_seen(extractor, 4)] == ["the", "the", "compiling", "the"]
 
 
 # -- compiling changes no result --------------------------------------------------------------------
@@ -158,10 +164,7 @@ def test_many_sizes_compile_each_block_a_bounded_number_of_times():
 def test_long_passes_compile_block_by_block_keeping_progress_and_interrupts(monkeypatch):
     monkeypatch.setattr(extractor_module, "RESPONSIVE_BLOCK_FLOPS", 0)  # every pass is a long one
     extractor = Extractor(fresh_vit(depth=3), resolution=28, device="cpu", precision="fp32", compile="on")
-    seen: list[str] = []
-    extractor.block_progress = lambda what: _Recorder(seen, what)
-    extractor.extract(random_images([(30, 40)])[0])
-    assert seen == ["compiling the model for 42x28: 1/3 2/3 3/3"]
+    assert passes_seen(extractor, 1) == ["compiling the model for 42x28: 1/3 2/3 3/3"]
 
     def stop(what):
         return _Recorder([], what, stop_at=2)
@@ -173,10 +176,7 @@ def test_long_passes_compile_block_by_block_keeping_progress_and_interrupts(monk
 
 def test_short_passes_run_the_blocks_in_one_graph_without_block_progress():
     extractor = Extractor(fresh_vit(depth=3), resolution=28, device="cpu", precision="fp32", compile="on")
-    seen: list[str] = []
-    extractor.block_progress = lambda what: _Recorder(seen, what)
-    extractor.extract(random_images([(30, 40)])[0])
-    assert seen == ["compiling the model for 42x28"]
+    assert passes_seen(extractor, 1) == ["compiling the model for 42x28"]
 
 
 def test_the_compile_and_its_time_are_said_once(caplog):
