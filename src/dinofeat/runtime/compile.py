@@ -9,8 +9,8 @@ both (its positional-embedding resize would specialise the graph to every size).
 
 On the CPU the graphs compile with inductor's ``freezing``: the weights become constants, cast to
 the run's precision and packed for oneDNN once instead of at every pass, which is most of the gain
-(ViT-S/14 at 448², bf16, blocks one by one, same run: frozen 1.48x eager, unfrozen 1.24x, frozen
-without packing 1.28x). On CUDA the default mode, unfrozen (neither ``freezing`` nor
+(ViT-S/14 at 448², bf16, blocks one by one, each against eager in its own run: frozen 1.48x,
+unfrozen 1.24x, frozen without packing 1.28x). On CUDA the default mode, unfrozen (neither ``freezing`` nor
 ``max-autotune`` was measured on a GPU: none was lent).
 
 Sizes: dynamo's automatic dynamic shapes. A graph compiles for the first input size and once more,
