@@ -136,9 +136,7 @@ class DenseViT(nn.Module):
         tokens, grid_hw = self.prepare_tokens(x, stride)
         extra = self.block_inputs(grid_hw, stride, x.device)
         run = run_blocks or functools.partial(self.run_blocks, on_block=on_block, blocks=blocks)
-        handed = [tokens]
-        del tokens  # handed over: once the first block has run, nothing holds them (peak memory)
-        picked, final = run(handed.pop(), extra, wanted, facet, norm)
+        picked, final = run(tokens, extra, wanted, facet, norm)
         first_patch = 1 + self.num_registers
         return ViTOutput(
             patch_tokens=picked,
