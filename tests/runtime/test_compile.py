@@ -63,41 +63,41 @@ def test_auto_on_a_bf16_cpu_compiles_a_448_px_vits_video_from_about_400_frames()
 
 
 def test_auto_compiles_after_the_timed_passes_only_for_a_long_enough_job():
-    long_job = CompilePlan("auto", CPU, blocks=12)
+    long_job = CompilePlan("auto", CPU, torch.bfloat16, blocks=12)
     long_job.expect(10_000)
     assert not long_job.compiled_now()
-    long_job.record(0.1, torch.bfloat16)
+    long_job.record(0.1)
     assert not long_job.compiled_now()  # one pass timed: not decided yet
-    long_job.record(0.1, torch.bfloat16)
+    long_job.record(0.1)
     assert long_job.compiled_now()
 
-    short_job = CompilePlan("auto", CPU, blocks=12)
+    short_job = CompilePlan("auto", CPU, torch.bfloat16, blocks=12)
     short_job.expect(20)
     for _ in range(5):
-        short_job.record(0.1, torch.bfloat16)
+        short_job.record(0.1)
     assert not short_job.compiled_now()
     short_job.expect(10_000)  # a longer job on the same extractor is weighed again
     assert short_job.compiled_now()
 
 
 def test_auto_never_compiles_without_a_job_length_or_where_compiling_was_not_measured_to_win():
-    unsaid = CompilePlan("auto", CPU, blocks=12)
+    unsaid = CompilePlan("auto", CPU, torch.bfloat16, blocks=12)
     for _ in range(3):
-        unsaid.record(10.0, torch.bfloat16)
+        unsaid.record(10.0)
     assert not unsaid.compiled_now()
-    apple = CompilePlan("auto", torch.device("mps"), blocks=12)
+    apple = CompilePlan("auto", torch.device("mps"), torch.float16, blocks=12)
     apple.expect(math.inf)
     for _ in range(3):
-        apple.record(10.0, torch.float16)
+        apple.record(10.0)
     assert not apple.compiled_now()
 
 
 def test_on_and_off_are_decided_from_the_first_pass():
-    assert CompilePlan("on", CPU, blocks=2).compiled_now()
-    off = CompilePlan("off", CPU, blocks=2)
+    assert CompilePlan("on", CPU, torch.bfloat16, blocks=2).compiled_now()
+    off = CompilePlan("off", CPU, torch.bfloat16, blocks=2)
     off.expect(math.inf)
-    off.record(100.0, torch.bfloat16)
-    off.record(100.0, torch.bfloat16)
+    off.record(100.0)
+    off.record(100.0)
     assert not off.compiled_now()
 
 

@@ -170,7 +170,7 @@ class Extractor:
         # size caps already announced, as (resolution, max_size, stride) (shared with with_options copies)
         self._announced: set[tuple[int, int | None, int] | str] = set()
         blocks_run = max(vit.resolve_layers(options.layers)) + 1
-        self._plan = CompilePlan(options.compile, device, blocks_run)
+        self._plan = CompilePlan(options.compile, device, self.dtype, blocks_run)
 
     def with_options(self, **changes: object) -> Extractor:
         """A copy with other feature options (resolution, max_size, stride, layers, facet, batch_size,
@@ -181,7 +181,7 @@ class Extractor:
         other = type(self).__new__(type(self))
         other._setup(self.model, self.device, self.options.replace(**changes))
         other._announced = self._announced
-        if other.options.compile == self.options.compile:
+        if (other.options.compile, other.dtype) == (self.options.compile, self.dtype):
             other._plan = self._plan  # one decision, one compile note for the copies
         other.block_progress = self.block_progress
         return other
@@ -356,8 +356,7 @@ class Extractor:
         thread of :mod:`dinofeat.runtime.modelthread` so that an interrupt is answered at once.
         The model runs compiled where :attr:`options` ``compile`` says so (:class:`CompilePlan`)."""
         h, w = batch[0].shape[:2]
-        compiled = compiled_model(self.model, self.device) if self._plan.compiled_now() else None
-        compiled = compiled if compiled is not None and compiled.failed is None else None
+        compiled = self._compiled_model()
         compiling = compiled is not None and not self._plan.compiled_once
         what = f"the model on {w}x{h}" if len(batch) == 1 else f"the model on {len(batch)} images of {w}x{h}"
         if compiling:
@@ -368,11 +367,19 @@ class Extractor:
         with opened as progress:
             result = self._run_pass(batch, progress, compiled)
         seconds = time.perf_counter() - started
-        if compiling and compiled.failed is None:  # type: ignore[union-attr]  # compiling: compiled is set
+        if compiling and compiled is not None and compiled.failed is None:
             self._plan.compiled_once = True
             log.warning(FieldMessage(f"compiled the model for {w}x{h} in {seconds:.1f} s"))
-        self._plan.record(seconds, self.dtype)
+        self._plan.record(seconds)
         return result
+
+    def _compiled_model(self) -> CompiledModel | None:
+        """The compiled model the next pass runs, or None where it runs eagerly (not compiling, or
+        compiling failed)."""
+        if not self._plan.compiled_now():
+            return None
+        compiled = compiled_model(self.model, self.device)
+        return compiled if compiled.failed is None else None
 
     def _run_pass(
         self, batch: list[np.ndarray], progress: Progress | None, compiled: CompiledModel | None

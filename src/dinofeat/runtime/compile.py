@@ -159,7 +159,9 @@ def _allow_recompiles(blocks: int) -> None:
     graphs per function (8 by default), beyond which it would run them eagerly without a word."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
-    needed = blocks * 3 * 2 + 8  # three shape variants per block (see the module), in two precisions
+    # three shape variants per block (see the module) in two precisions; the one-graph pass's function
+    # gets the same limit: 8 more for its variants (feature settings, sizes, precisions)
+    needed = blocks * 3 * 2 + 8
     if getattr(config, name) < needed:
         setattr(config, name, needed)
 
@@ -169,21 +171,21 @@ class CompilePlan:
 
     ``on`` and ``off`` say so; ``auto`` runs :data:`TIMED_PASSES` passes eagerly, then compiles if
     :func:`compile_pays` for the passes left that a job said it will run (:meth:`expect`; none
-    said: never), with :func:`compile_cost` of the device and precision. Decided once.
+    said: never), with :func:`compile_cost` of the device and precision (``dtype``, what the passes
+    run in). Once compiling, always; a decision against is weighed again when a job says more.
     """
 
-    def __init__(self, mode: str, device: torch.device, blocks: int) -> None:
+    def __init__(self, mode: str, device: torch.device, dtype: torch.dtype, blocks: int) -> None:
         if mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {mode!r}")
         self.mode = mode
-        self.device = device
+        self.cost = compile_cost(device, dtype)
         self.blocks = blocks
         self.decided: bool | None = {"on": True, "off": False}.get(mode)
         self.passes_done = 0
         self.passes_expected = 0.0
         self.compiled_once = False
         self._timed: list[float] = []
-        self._dtype = torch.float32
 
     def expect(self, passes: float) -> None:
         """A job is about to run about ``passes`` forward passes (``math.inf``: an open-ended session).
@@ -197,20 +199,18 @@ class CompilePlan:
         """Whether the next pass runs compiled."""
         return bool(self.decided)
 
-    def record(self, seconds: float, dtype: torch.dtype) -> None:
+    def record(self, seconds: float) -> None:
         """A pass ran in ``seconds``; with ``auto``, the first :data:`TIMED_PASSES` decide."""
         self.passes_done += 1
         if self.decided is not None:
             return
         self._timed.append(seconds)
-        self._dtype = dtype
         self._decide()
 
     def _decide(self) -> None:
         if len(self._timed) < TIMED_PASSES:
             return
-        cost = compile_cost(self.device, self._dtype)
         left, seconds = self.passes_expected - self.passes_done, min(self._timed)
-        self.decided = cost is not None and left > 0 and compile_pays(seconds, left, self.blocks, cost)
+        self.decided = self.cost is not None and left > 0 and compile_pays(seconds, left, self.blocks, self.cost)
         if self.decided:
             log.debug("compiling: %s passes left of %.3f s each", "many" if math.isinf(left) else int(left), seconds)
